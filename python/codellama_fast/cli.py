@@ -1,0 +1,129 @@
+"""``codellama-fast`` command line: argument parsing only; the work is done by the packages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import EngineError, TokenizerError
+
+
+def _tokenizer(path: str | None, **kwargs: Any):
+    from .tokenizer import CodeLlamaTokenizerFast
+
+    return CodeLlamaTokenizerFast.from_pretrained(path, **kwargs)
+
+
+def _read_text(args: argparse.Namespace) -> str:
+    if getattr(args, "file", None):
+        return Path(args.file).read_text(encoding="utf-8")
+    if args.text is not None:
+        return args.text
+    if sys.stdin.isatty():
+        raise SystemExit("error: give TEXT, --file FILE, or text on standard input")
+    return sys.stdin.read()
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    tok = _tokenizer(args.tokenizer, split_special_tokens=args.plain)
+    text = _read_text(args)
+    ids = tok.encode(text, add_special_tokens=not args.no_special)
+    out: dict[str, Any] = {"ids": ids, "count": len(ids)}
+    if args.tokens:
+        out["tokens"] = tok.convert_ids_to_tokens(ids)
+    json.dump(out, sys.stdout, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    tok = _tokenizer(args.tokenizer)
+    if args.ids:
+        ids = [int(i) for i in args.ids]
+    else:
+        raw = sys.stdin.read()
+        data = json.loads(raw)
+        ids = data["ids"] if isinstance(data, dict) else data
+    sys.stdout.write(tok.decode(ids, skip_special_tokens=args.skip_special_tokens))
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on the bundled defaults: tokenize a sample file, then generate with the demo model."""
+    from . import tokenizer as tokenizer_pkg
+
+    tok = _tokenizer(None)
+    sample = Path(args.file) if args.file else Path(tokenizer_pkg.__file__).with_name("fast.py")
+    text = sample.read_text(encoding="utf-8")
+    start = time.perf_counter()
+    ids = tok.encode(text)
+    first = time.perf_counter() - start
+    rounds, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 0.5:
+        tok.encode(text)
+        rounds += 1
+    elapsed = (time.perf_counter() - start) / rounds
+    mb = len(text.encode("utf-8")) / 1e6
+    print(f"tokenizer: bundled Code Llama ({tok.vocab_size} pieces)")
+    print(f"sample: {sample} ({len(text.encode('utf-8'))} bytes) -> {len(ids)} ids")
+    print(f"first ids: {ids[:24]}")
+    print(f"round trip exact: {tok.decode(ids, skip_special_tokens=True) == text}")
+    print(f"encode speed: {mb / elapsed:.1f} MB/s ({elapsed * 1e3:.2f} ms per encode, first call {first * 1e3:.2f} ms)")
+    try:
+        from .demo import run_generation_demo
+    except ImportError:
+        return 0
+    return run_generation_demo(max_new_tokens=args.max_new_tokens)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="codellama-fast", description="Fast Code Llama tokenizer and inference engine.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("tokenize", help="text or file -> ids (JSON on stdout)")
+    t.add_argument("text", nargs="?", help="text to tokenize (default: --file or stdin)")
+    t.add_argument("--file", help="read the text from this file")
+    t.add_argument("--tokenizer", help="tokenizer folder or file (default: bundled Code Llama)")
+    t.add_argument("--tokens", action="store_true", help="also print the pieces")
+    t.add_argument("--no-special", action="store_true", help="no BOS/EOS")
+    t.add_argument("--plain", action="store_true", help="treat special-token strings in the text as plain text")
+    t.set_defaults(func=cmd_tokenize)
+
+    d = sub.add_parser("decode", help="ids -> text")
+    d.add_argument("ids", nargs="*", help="token ids (default: a JSON list or {'ids': [...]} on stdin)")
+    d.add_argument("--tokenizer", help="tokenizer folder or file (default: bundled Code Llama)")
+    d.add_argument("--skip-special-tokens", action="store_true")
+    d.set_defaults(func=cmd_decode)
+
+    m = sub.add_parser("demo", help="the main job on the bundled defaults (tokenizer speed, demo generation)")
+    m.add_argument("--file", help="sample file to tokenize (default: a source file of this package)")
+    m.add_argument("--max-new-tokens", type=int, default=200)
+    m.set_defaults(func=cmd_demo)
+
+    try:
+        from .cli_engine import add_engine_commands
+    except ImportError:
+        pass
+    else:
+        add_engine_commands(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (TokenizerError, EngineError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

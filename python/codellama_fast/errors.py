@@ -1,0 +1,48 @@
+"""The package's exception hierarchy.
+
+Tokenizer errors come from the native core and are all ``ValueError`` subclasses:
+
+- ``TokenizerError``: base class (bad arguments, text the tokenizer cannot take).
+- ``InvalidTokenizerFile``: a ``tokenizer.json``/``tokenizer.model`` that is corrupt, truncated or of the wrong kind.
+- ``TokenIdError``: an id outside the vocabulary (negative or >= vocab size).
+- ``InfillingUnsupported``: infilling asked of a vocabulary without ``▁<PRE>``/``▁<SUF>``/``▁<MID>``/``▁<EOT>``.
+
+Engine errors (checkpoints, memory, generation) derive from ``EngineError``.
+"""
+
+from __future__ import annotations
+
+from ._native import InfillingUnsupported, InvalidTokenizerFile, TokenIdError, TokenizerError
+
+
+class EngineError(RuntimeError):
+    """Base class of every inference-engine error."""
+
+
+class CheckpointError(EngineError, ValueError):
+    """A model folder, config or weight file is missing, inconsistent or unsupported."""
+
+
+class UnsupportedConfigError(CheckpointError):
+    """The config asks for something the engine does not implement (e.g. rope scaling)."""
+
+
+class OutOfMemoryError(EngineError, MemoryError):
+    """An allocation (KV cache, weights) would not fit in the device's free memory."""
+
+
+class ConversionError(EngineError, ValueError):
+    """A checkpoint conversion failed (missing shards, inconsistent shapes, unknown params)."""
+
+
+__all__ = [
+    "TokenizerError",
+    "InvalidTokenizerFile",
+    "TokenIdError",
+    "InfillingUnsupported",
+    "EngineError",
+    "CheckpointError",
+    "UnsupportedConfigError",
+    "OutOfMemoryError",
+    "ConversionError",
+]

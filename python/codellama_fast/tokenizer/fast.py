@@ -1,0 +1,721 @@
+"""``CodeLlamaTokenizerFast``: the transformers-compatible policy layer over the native core.
+
+Plain text encodes exactly as sentencepiece does (``[bos] + sp.encode(text)``); infilling follows
+Meta's reference (``llama/generation.py``); the rest of the surface follows transformers'
+``CodeLlamaTokenizerFast``. Every deliberate difference is listed in ``docs/tokenizer.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import _native
+from ..errors import InfillingUnsupported, TokenizerError
+from .batch_encoding import BatchEncoding
+from .files import TokenizerFiles, resolve, token_content
+
+FILL_MARKER: str = _native.FILL_MARKER
+
+# Special-token handling in text: the native core's mode codes.
+_MODE_MATCH, _MODE_NO_PREFIX, _MODE_PLAIN = 0, 1, 2
+
+_PADDING_STRATEGIES = {False: None, None: None, "do_not_pad": None, True: "longest", "longest": "longest", "max_length": "max_length"}
+
+
+def _ids_list(ids: Any) -> list[int]:
+    """Accepts an int, a sequence of ints, a numpy array or a torch tensor (1-D)."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    if isinstance(ids, int):
+        return [ids]
+    if isinstance(ids, (list, tuple)):
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            bad = next(i for i in ids if not isinstance(i, int) or isinstance(i, bool))
+            raise TypeError(f"token ids must be ints, got {type(bad).__name__} {bad!r}")
+        return list(ids)
+    raise TypeError(f"token ids must be an int, a list of ints, a numpy array or a tensor, not {type(ids).__name__}")
+
+
+def _check_text(text: Any, what: str = "text") -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a str, not {type(text).__name__}")
+    return text
+
+
+class CodeLlamaTokenizerFast:
+    """Code Llama tokenizer: sentencepiece-exact encoding, Meta's infilling, HF-compatible API.
+
+    >>> from codellama_fast import CodeLlamaTokenizerFast
+    >>> tok = CodeLlamaTokenizerFast.from_pretrained()          # the bundled Code Llama tokenizer
+    >>> tok.encode(" Hello")
+    [1, 29871, 15043]
+    >>> tok.decode(tok.encode("def f(x):\\n    return x"), skip_special_tokens=True)
+    'def f(x):\\n    return x'
+    >>> tok("a<FILL_ME>")["input_ids"]                            # Meta's infilling prompt
+    [1, 32007, 263, 32008, 32009]
+    """
+
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(
+        self,
+        native: Any,
+        *,
+        add_bos_token: bool = True,
+        add_eos_token: bool = False,
+        legacy: bool | None = None,
+        split_special_tokens: bool = False,
+        suffix_first: bool = False,
+        pad_token: str | None = None,
+        padding_side: str = "left",
+        truncation_side: str = "right",
+        model_max_length: int = 16384,
+        fill_token: str | None = FILL_MARKER,
+        name_or_path: str = "",
+        model_file_bytes: bytes | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self._native = native
+        self._legacy = legacy
+        self.split_special_tokens = bool(split_special_tokens)
+        self.suffix_first = bool(suffix_first)
+        self._pad_token: str | None = None
+        self.padding_side = padding_side
+        self.truncation_side = truncation_side
+        self.model_max_length = int(model_max_length)
+        self.fill_token = fill_token
+        self.name_or_path = name_or_path
+        self._model_file_bytes = model_file_bytes
+        self._config = dict(config or {})
+        ids = native.special_ids()
+        self._special_ids: dict[str, int | None] = ids
+        self._add_bos_token = bool(add_bos_token)
+        self._add_eos_token = bool(add_eos_token)
+        self.update_post_processor()
+        if pad_token is not None:
+            self.pad_token = pad_token
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str] | None = None, **kwargs: Any) -> "CodeLlamaTokenizerFast":
+        """Loads a tokenizer folder (``tokenizer.json`` and/or ``tokenizer.model`` plus configs).
+
+        With no argument, or ``"codellama/CodeLlama-7b-hf"`` and the other bundled names, loads the
+        Code Llama tokenizer shipped inside the package (offline). Keyword arguments override
+        ``tokenizer_config.json`` (``add_bos_token``, ``add_eos_token``, ``legacy``,
+        ``split_special_tokens``, ``suffix_first``, ``pad_token``, ``padding_side``...).
+        ``use_json=False`` builds from ``tokenizer.model`` even when ``tokenizer.json`` exists.
+        """
+        use_json = kwargs.pop("use_json", True)
+        files = resolve(pretrained_model_name_or_path)
+        if files.tokenizer_json is not None and (use_json or files.tokenizer_model is None):
+            native = _native.NativeTokenizer.from_json_file(str(files.tokenizer_json))
+        else:
+            assert files.tokenizer_model is not None
+            native = _native.NativeTokenizer.from_spm_file(str(files.tokenizer_model))
+        model_bytes = files.tokenizer_model.read_bytes() if files.tokenizer_model is not None else None
+        return cls(native, **cls._settings(files, kwargs), name_or_path=str(pretrained_model_name_or_path or "codellama/CodeLlama-7b-hf"), model_file_bytes=model_bytes)
+
+    @staticmethod
+    def _settings(files: TokenizerFiles, overrides: dict[str, Any]) -> dict[str, Any]:
+        cfg = {**files.config}
+        for key in ("pad_token",):
+            if key not in cfg and key in files.special_tokens_map:
+                cfg[key] = files.special_tokens_map[key]
+        known = {
+            "add_bos_token": True,
+            "add_eos_token": False,
+            "legacy": None,
+            "split_special_tokens": False,
+            "suffix_first": False,
+            "pad_token": None,
+            "padding_side": "left",
+            "truncation_side": "right",
+            "model_max_length": 16384,
+            "fill_token": FILL_MARKER,
+        }
+        out: dict[str, Any] = {}
+        for key, default in known.items():
+            value = overrides.pop(key, cfg.get(key, default))
+            if key == "pad_token":
+                value = token_content(value)
+            if key == "model_max_length" and (value is None or value > 10**12):
+                value = default
+            out[key] = value
+        if overrides:
+            raise TypeError(f"unexpected keyword arguments for from_pretrained: {', '.join(sorted(overrides))}")
+        out["config"] = cfg
+        return out
+
+    # ------------------------------------------------------------------ special tokens
+
+    def _piece(self, key: str) -> str | None:
+        i = self._special_ids.get(key)
+        return None if i is None else self._native.id_to_piece(i)
+
+    @property
+    def bos_token(self) -> str | None:
+        return self._piece("bos")
+
+    @property
+    def eos_token(self) -> str | None:
+        return self._piece("eos")
+
+    @property
+    def unk_token(self) -> str:
+        return self._piece("unk")  # type: ignore[return-value]
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._special_ids["bos"]
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._special_ids["eos"]
+
+    @property
+    def unk_token_id(self) -> int:
+        return self._special_ids["unk"]  # type: ignore[return-value]
+
+    @property
+    def pad_token(self) -> str | None:
+        return self._pad_token
+
+    @pad_token.setter
+    def pad_token(self, value: str | None) -> None:
+        if value is not None and self._native.piece_to_id(value) is None:
+            raise TokenizerError(f"pad token {value!r} is not in the vocabulary; use an existing piece such as {self.eos_token!r} or {self.unk_token!r}")
+        self._pad_token = value
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return None if self._pad_token is None else self._native.piece_to_id(self._pad_token)
+
+    @property
+    def prefix_token(self) -> str | None:
+        return self._piece("prefix")
+
+    @property
+    def suffix_token(self) -> str | None:
+        return self._piece("suffix")
+
+    @property
+    def middle_token(self) -> str | None:
+        return self._piece("middle")
+
+    @property
+    def eot_token(self) -> str | None:
+        return self._piece("eot")
+
+    @property
+    def prefix_id(self) -> int | None:
+        return self._special_ids["prefix"]
+
+    @property
+    def suffix_id(self) -> int | None:
+        return self._special_ids["suffix"]
+
+    @property
+    def middle_id(self) -> int | None:
+        return self._special_ids["middle"]
+
+    @property
+    def eot_id(self) -> int | None:
+        return self._special_ids["eot"]
+
+    @property
+    def fill_token_id(self) -> None:
+        """``<FILL_ME>`` is a marker, never an id."""
+        return None
+
+    @property
+    def can_infill(self) -> bool:
+        return all(self._special_ids[k] is not None for k in ("prefix", "suffix", "middle", "eot"))
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        keys = ("bos", "eos", "unk", "prefix", "middle", "suffix", "eot")
+        return [i for k in keys if (i := self._special_ids[k]) is not None]
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        return [self._native.id_to_piece(i) for i in self.all_special_ids]
+
+    # ------------------------------------------------------------------ post-processor
+
+    @property
+    def add_bos_token(self) -> bool:
+        return self._add_bos_token
+
+    @add_bos_token.setter
+    def add_bos_token(self, value: bool) -> None:
+        self._add_bos_token = bool(value)
+        self.update_post_processor()
+
+    @property
+    def add_eos_token(self) -> bool:
+        return self._add_eos_token
+
+    @add_eos_token.setter
+    def add_eos_token(self, value: bool) -> None:
+        self._add_eos_token = bool(value)
+        self.update_post_processor()
+
+    def update_post_processor(self) -> None:
+        """Rebuilds the BOS/EOS post-processor from ``add_bos_token``/``add_eos_token``."""
+        self._native.update_post_processor(self._add_bos_token, self._add_eos_token)
+
+    @property
+    def legacy(self) -> bool | None:
+        return self._legacy
+
+    def _mode(self, split_special_tokens: bool | None = None) -> int:
+        split = self.split_special_tokens if split_special_tokens is None else split_special_tokens
+        if split:
+            return _MODE_PLAIN
+        return _MODE_NO_PREFIX if self._legacy is False else _MODE_MATCH
+
+    # ------------------------------------------------------------------ vocabulary
+
+    @property
+    def vocab_size(self) -> int:
+        return self._native.vocab_size
+
+    def __len__(self) -> int:
+        return self._native.vocab_size
+
+    def get_vocab(self) -> dict[str, int]:
+        return {p: i for i, p in enumerate(self._native.pieces())}
+
+    def convert_ids_to_tokens(self, ids: int | Sequence[int], skip_special_tokens: bool = False) -> str | list[str]:
+        if isinstance(ids, int):
+            return self._native.id_to_piece(ids)
+        out = []
+        for i in _ids_list(ids):
+            if skip_special_tokens and i in self.all_special_ids:
+                continue
+            out.append(self._native.id_to_piece(i))
+        return out
+
+    def convert_tokens_to_ids(self, tokens: str | Iterable[str]) -> int | list[int]:
+        """Unknown pieces map to the unknown token's id, as in transformers."""
+        if isinstance(tokens, str):
+            found = self._native.piece_to_id(tokens)
+            return self.unk_token_id if found is None else found
+        return [self.convert_tokens_to_ids(t) for t in tokens]  # type: ignore[misc]
+
+    def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False, **kwargs: Any) -> list[str]:
+        ids = self.encode(text, pair, add_special_tokens=add_special_tokens, **kwargs)
+        return [self._native.id_to_piece(i) for i in ids]
+
+    # ------------------------------------------------------------------ encoding
+
+    def _call_native(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except UnicodeEncodeError as exc:
+            raise TokenizerError(
+                f"text is not valid Unicode: {exc.reason} at position {exc.start} ({exc.object[exc.start:exc.end]!r}); "
+                "lone surrogates cannot be tokenized"
+            ) from None
+
+    def _infill_parts(self, text: str, suffix: str | None) -> tuple[str, str] | None:
+        if suffix is not None:
+            _check_text(suffix, "suffix")
+            if self.fill_token and self.fill_token in text:
+                raise TokenizerError(f"give either a text with {self.fill_token} or suffix=, not both")
+            return text, suffix
+        if self.fill_token and self.fill_token in text:
+            count = text.count(self.fill_token)
+            if count != 1:
+                raise TokenizerError(f"the text contains {count} {self.fill_token} markers; infilling needs exactly one")
+            prefix, _, rest = text.partition(self.fill_token)
+            return prefix, rest
+        return None
+
+    def _encode_one(
+        self,
+        text: str,
+        text_pair: str | None,
+        suffix: str | None,
+        suffix_first: bool | None,
+        add_special_tokens: bool,
+        split_special_tokens: bool | None,
+    ) -> tuple[list[int], bool]:
+        """(ids, is_infill) for one example."""
+        _check_text(text)
+        parts = self._infill_parts(text, suffix)
+        if parts is not None:
+            if text_pair is not None:
+                raise TokenizerError("text_pair cannot be combined with infilling")
+            if not self.can_infill:
+                raise InfillingUnsupported(
+                    "this tokenizer's vocabulary has no infilling pieces (▁<PRE>, ▁<SUF>, ▁<MID>, ▁<EOT>); "
+                    "infilling needs a 7B/13B Code Llama tokenizer with 32016 pieces"
+                )
+            sf = self.suffix_first if suffix_first is None else suffix_first
+            add_bos = add_special_tokens and self._add_bos_token
+            return self._call_native(self._native.encode_infill, parts[0], parts[1], bool(sf), add_bos), True
+        mode = self._mode(split_special_tokens)
+        if text_pair is None:
+            return self._call_native(self._native.encode, text, mode, add_special_tokens), False
+        _check_text(text_pair, "text_pair")
+        a = self._call_native(self._native.encode, text, mode, False)
+        b = self._call_native(self._native.encode, text_pair, mode, False)
+        return (self.build_inputs_with_special_tokens(a, b) if add_special_tokens else a + b), False
+
+    def _num_special(self, pair: bool) -> int:
+        n = int(self._add_bos_token) + int(self._add_eos_token)
+        return 2 * n if pair else n
+
+    def _truncate(self, ids: list[int], max_length: int, add_special_tokens: bool, is_infill: bool) -> list[int]:
+        if len(ids) <= max_length:
+            return ids
+        if is_infill:
+            raise TokenizerError(
+                f"the infilling prompt has {len(ids)} tokens, more than max_length={max_length}; "
+                "truncating it would cut the sentinels, so shorten the prefix or suffix instead"
+            )
+        n_special = self._num_special(False) if add_special_tokens else 0
+        if max_length < n_special:
+            raise TokenizerError(f"max_length={max_length} is smaller than the {n_special} special tokens added to every sequence")
+        head = 1 if (add_special_tokens and self._add_bos_token) else 0
+        tail = 1 if (add_special_tokens and self._add_eos_token) else 0
+        body = ids[head : len(ids) - tail]
+        keep = max_length - head - tail
+        body = body[:keep] if self.truncation_side == "right" else body[len(body) - keep :]
+        return ids[:head] + body + (ids[len(ids) - tail :] if tail else [])
+
+    def encode(
+        self,
+        text: str,
+        text_pair: str | None = None,
+        add_special_tokens: bool = True,
+        *,
+        suffix: str | None = None,
+        suffix_first: bool | None = None,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        split_special_tokens: bool | None = None,
+        return_tensors: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Ids of one text (a list), or a ``[1, n]`` tensor with ``return_tensors``."""
+        if return_tensors is not None or kwargs:
+            enc = self(
+                text, text_pair, suffix=suffix, suffix_first=suffix_first, add_special_tokens=add_special_tokens,
+                truncation=truncation, max_length=max_length, split_special_tokens=split_special_tokens,
+                return_tensors=return_tensors, **kwargs,
+            )
+            return enc["input_ids"]
+        ids, is_infill = self._encode_one(text, text_pair, suffix, suffix_first, add_special_tokens, split_special_tokens)
+        if truncation and truncation != "do_not_truncate":
+            ids = self._truncate(ids, max_length if max_length is not None else self.model_max_length, add_special_tokens, is_infill)
+        return ids
+
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        text_pair: str | Sequence[str] | None = None,
+        *,
+        suffix: str | Sequence[str] | None = None,
+        suffix_first: bool | None = None,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_offsets_mapping: bool = False,
+        return_special_tokens_mask: bool = False,
+        return_length: bool = False,
+        padding_side: str | None = None,
+        pad_to_multiple_of: int | None = None,
+        split_special_tokens: bool | None = None,
+        return_token_type_ids: bool | None = None,
+        verbose: bool = True,
+    ) -> BatchEncoding:
+        """Tokenizes one text or a batch; infilling when a text holds ``<FILL_ME>`` or ``suffix=`` is given."""
+        if return_tensors not in (None, "np", "pt"):
+            raise TokenizerError(f"return_tensors={return_tensors!r} is not supported; use 'np', 'pt' or None")
+        if padding not in _PADDING_STRATEGIES:
+            raise TokenizerError(f"padding={padding!r} is not one of True, False, 'longest', 'max_length', 'do_not_pad'")
+        if return_offsets_mapping:
+            raise NotImplementedError("return_offsets_mapping is not implemented yet")
+        side = padding_side or self.padding_side
+        if side not in ("left", "right"):
+            raise TokenizerError(f"padding_side must be 'left' or 'right', not {side!r}")
+        batched = isinstance(text, (list, tuple))
+        texts = list(text) if batched else [text]
+        n = len(texts)
+        pairs = self._broadcast(text_pair, n, batched, "text_pair")
+        suffixes = self._broadcast(suffix, n, batched, "suffix")
+        for t in texts:
+            _check_text(t)
+        encoded: list[list[int]]
+        infill_flags: list[bool]
+        if batched and all(p is None for p in pairs):
+            items: list[Any] = [t if s is None else (t, _check_text(s, "suffix")) for t, s in zip(texts, suffixes)]
+            if self.fill_token and any(isinstance(i, tuple) and self.fill_token in i[0] for i in items):
+                raise TokenizerError(f"give either a text with {self.fill_token} or suffix=, not both")
+            if self.fill_token not in (None, FILL_MARKER):
+                items = [self._infill_parts(t, s) or t for t, s in zip(texts, suffixes)]
+            if any(isinstance(i, tuple) for i in items) or any(FILL_MARKER in t for t in texts):
+                if not self.can_infill:
+                    raise InfillingUnsupported("this tokenizer's vocabulary has no infilling pieces; infilling needs a 7B/13B Code Llama tokenizer")
+            sf = self.suffix_first if suffix_first is None else suffix_first
+            try:
+                encoded = self._call_native(
+                    self._native.encode_batch, items, self._mode(split_special_tokens), add_special_tokens,
+                    self.fill_token == FILL_MARKER, bool(sf),
+                )
+            except TypeError as exc:
+                raise TypeError(f"every text of a batch must be a str: {exc}") from None
+            infill_flags = [isinstance(i, tuple) or (self.fill_token is not None and self.fill_token in i) for i in items]
+        else:
+            results = [self._encode_one(t, p, s, suffix_first, add_special_tokens, split_special_tokens) for t, p, s in zip(texts, pairs, suffixes)]
+            encoded = [r[0] for r in results]
+            infill_flags = [r[1] for r in results]
+        if truncation and truncation != "do_not_truncate":
+            limit = max_length if max_length is not None else self.model_max_length
+            encoded = [self._truncate(ids, limit, add_special_tokens, inf) for ids, inf in zip(encoded, infill_flags)]
+        return self._finish(encoded, batched, padding, max_length, side, pad_to_multiple_of, return_tensors,
+                            return_attention_mask, return_special_tokens_mask, return_length)
+
+    @staticmethod
+    def _broadcast(value: Any, n: int, batched: bool, name: str) -> list[Any]:
+        if value is None:
+            return [None] * n
+        if batched:
+            if not isinstance(value, (list, tuple)) or len(value) != n:
+                raise TokenizerError(f"{name} must be a list with one entry per text ({n}) in a batch call")
+            return list(value)
+        return [value]
+
+    def _finish(
+        self,
+        encoded: list[list[int]],
+        batched: bool,
+        padding: bool | str,
+        max_length: int | None,
+        side: str,
+        pad_to_multiple_of: int | None,
+        return_tensors: str | None,
+        return_attention_mask: bool | None,
+        return_special_tokens_mask: bool,
+        return_length: bool,
+    ) -> BatchEncoding:
+        strategy = _PADDING_STRATEGIES[padding]
+        masks = [[1] * len(ids) for ids in encoded]
+        specials = [[int(self._native.is_special_id(i)) for i in ids] for ids in encoded] if return_special_tokens_mask else None
+        if strategy is not None:
+            pad_id = self.pad_token_id
+            if pad_id is None:
+                raise TokenizerError(
+                    "padding needs a pad token and this tokenizer has none (Code Llama defines none); "
+                    "set one first, e.g. tokenizer.pad_token = tokenizer.eos_token"
+                )
+            if strategy == "max_length":
+                if max_length is None:
+                    raise TokenizerError("padding='max_length' needs max_length")
+                width = max_length
+            else:
+                width = max((len(e) for e in encoded), default=0)
+            if pad_to_multiple_of:
+                width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+            for k, ids in enumerate(encoded):
+                gap = width - len(ids)
+                if gap <= 0:
+                    continue
+                if side == "left":
+                    encoded[k] = [pad_id] * gap + ids
+                    masks[k] = [0] * gap + masks[k]
+                    if specials is not None:
+                        specials[k] = [1] * gap + specials[k]
+                else:
+                    encoded[k] = ids + [pad_id] * gap
+                    masks[k] = masks[k] + [0] * gap
+                    if specials is not None:
+                        specials[k] = specials[k] + [1] * gap
+        data: dict[str, Any] = {"input_ids": encoded}
+        if return_attention_mask is not False:
+            data["attention_mask"] = masks
+        if specials is not None:
+            data["special_tokens_mask"] = specials
+        if return_length:
+            data["length"] = [sum(m) for m in masks]
+        if return_tensors is not None:
+            lengths = {len(e) for e in encoded}
+            if len(lengths) > 1:
+                raise TokenizerError(
+                    "the texts have different lengths, so they cannot form one tensor; pass padding=True "
+                    "(after setting a pad token) or return lists"
+                )
+            data = {k: self._to_tensor(v, return_tensors) for k, v in data.items()}
+        elif not batched:
+            data = {k: v[0] for k, v in data.items()}
+        return BatchEncoding(data)
+
+    @staticmethod
+    def _to_tensor(rows: list[Any], kind: str) -> Any:
+        import numpy as np
+
+        array = np.asarray(rows, dtype=np.int64)
+        if array.ndim == 1:
+            array = array.reshape(len(rows), -1)
+        if kind == "np":
+            return array
+        try:
+            import torch
+        except ImportError:
+            raise TokenizerError("return_tensors='pt' needs PyTorch; install torch or use return_tensors='np'") from None
+        return torch.from_numpy(array)
+
+    def batch_encode_plus(self, texts: Sequence[str], **kwargs: Any) -> BatchEncoding:
+        return self(list(texts), **kwargs)
+
+    # ------------------------------------------------------------------ special-token helpers
+
+    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
+        bos = [self.bos_token_id] if self._add_bos_token and self.bos_token_id is not None else []
+        eos = [self.eos_token_id] if self._add_eos_token and self.eos_token_id is not None else []
+        out = bos + list(token_ids_0) + eos
+        if token_ids_1 is not None:
+            out += bos + list(token_ids_1) + eos
+        return out
+
+    def get_special_tokens_mask(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None, already_has_special_tokens: bool = False
+    ) -> list[int]:
+        if already_has_special_tokens:
+            if token_ids_1 is not None:
+                raise TokenizerError("already_has_special_tokens=True takes one sequence that already holds them")
+            return [int(self._native.is_special_id(i)) for i in _ids_list(token_ids_0)]
+        bos = [1] if self._add_bos_token else []
+        eos = [1] if self._add_eos_token else []
+        mask = bos + [0] * len(token_ids_0) + eos
+        if token_ids_1 is not None:
+            mask += bos + [0] * len(token_ids_1) + eos
+        return mask
+
+    def create_token_type_ids_from_sequences(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
+        n_special = int(self._add_bos_token) + int(self._add_eos_token)
+        out = [0] * (len(token_ids_0) + n_special)
+        if token_ids_1 is not None:
+            out += [1] * (len(token_ids_1) + n_special)
+        return out
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode(self, token_ids: Any, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None, **kwargs: Any) -> str:
+        """Text of ``token_ids``: byte pieces reassembled, the first token's leading space removed."""
+        return self._native.decode(_ids_list(token_ids), bool(skip_special_tokens))
+
+    def batch_decode(self, sequences: Any, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None, **kwargs: Any) -> list[str]:
+        if hasattr(sequences, "tolist"):
+            sequences = sequences.tolist()
+        rows = [_ids_list(s) for s in sequences]
+        return self._native.decode_batch(rows, bool(skip_special_tokens))
+
+    def decode_infilling(self, token_ids: Any) -> str:
+        """The middle of an infilling generation: stops at ``▁<EOT>``, skips special tokens and keeps
+        the leading space (Meta's ``decode_infilling``), so ``prefix + middle + suffix`` is the filled text."""
+        ids = _ids_list(token_ids)
+        eot = self.eot_id
+        if eot is not None and eot in ids:
+            ids = ids[: ids.index(eot)]
+        return self._native.decode_keep_space(ids, True)
+
+    @staticmethod
+    def assemble_infill(prefix: str, middle: str, suffix: str) -> str:
+        """The filled text: ``prefix + middle + suffix``."""
+        return prefix + middle + suffix
+
+    def stream_decoder(self, skip_special_tokens: bool = False, keep_leading_space: bool = False) -> "StreamDecoder":
+        from .streaming import StreamDecoder
+
+        return StreamDecoder(self, skip_special_tokens=skip_special_tokens, keep_leading_space=keep_leading_space)
+
+    # ------------------------------------------------------------------ saving, pickling
+
+    def _tokenizer_config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "add_bos_token": self._add_bos_token,
+            "add_eos_token": self._add_eos_token,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "unk_token": self.unk_token,
+            "pad_token": self._pad_token,
+            "clean_up_tokenization_spaces": False,
+            "legacy": self._legacy,
+            "model_max_length": self.model_max_length,
+            "padding_side": self.padding_side,
+            "split_special_tokens": self.split_special_tokens,
+            "tokenizer_class": "CodeLlamaTokenizer",
+        }
+        if self.can_infill:
+            cfg.update(
+                prefix_token=self.prefix_token, suffix_token=self.suffix_token, middle_token=self.middle_token,
+                eot_token=self.eot_token, fill_token=self.fill_token, suffix_first=self.suffix_first,
+            )
+        else:
+            cfg.update(prefix_token=None, suffix_token=None, middle_token=None, eot_token=None, fill_token=None)
+        return cfg
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> tuple[str, ...]:
+        """Writes ``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json`` and, when
+        known, ``tokenizer.model``. The folder loads here and in transformers."""
+        folder = Path(save_directory)
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(f"{folder} exists and is not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        written = [self._write(folder / "tokenizer.json", self._native.to_json())]
+        written.append(self._write(folder / "tokenizer_config.json", json.dumps(self._tokenizer_config(), indent=2, ensure_ascii=False)))
+        stm = {k: v for k, v in (("bos_token", self.bos_token), ("eos_token", self.eos_token), ("unk_token", self.unk_token), ("pad_token", self._pad_token)) if v is not None}
+        written.append(self._write(folder / "special_tokens_map.json", json.dumps(stm, indent=2, ensure_ascii=False)))
+        if self._model_file_bytes is not None:
+            written.extend(self.save_vocabulary(folder))
+        return tuple(written)
+
+    def save_vocabulary(self, save_directory: str | os.PathLike[str], filename_prefix: str | None = None) -> tuple[str, ...]:
+        """Writes the sentencepiece ``tokenizer.model`` (what the slow tokenizer needs)."""
+        if self._model_file_bytes is None:
+            raise TokenizerError("this tokenizer was loaded from tokenizer.json alone, so there is no tokenizer.model to save")
+        name = f"{filename_prefix}-tokenizer.model" if filename_prefix else "tokenizer.model"
+        path = Path(save_directory) / name
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(self._model_file_bytes)
+        os.replace(tmp, path)
+        return (str(path),)
+
+    @staticmethod
+    def _write(path: Path, text: str) -> str:
+        # Write beside, then rename: an interrupted save never leaves a half-written file.
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        return str(path)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k != "_native"}
+        state["_native_json"] = self._native.to_json()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        text = state.pop("_native_json")
+        self.__dict__.update(state)
+        self._native = _native.NativeTokenizer.from_json_str(text, "<pickled tokenizer>")
+        self.update_post_processor()
+
+    def __repr__(self) -> str:
+        return (
+            f"CodeLlamaTokenizerFast(name_or_path={self.name_or_path!r}, vocab_size={self.vocab_size}, "
+            f"add_bos_token={self._add_bos_token}, add_eos_token={self._add_eos_token}, "
+            f"infilling={'yes' if self.can_infill else 'no'}, padding_side={self.padding_side!r})"
+        )

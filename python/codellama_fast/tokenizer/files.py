@@ -1,0 +1,75 @@
+"""Finding and reading the files of a tokenizer folder (``tokenizer.json``, ``tokenizer.model``,
+``tokenizer_config.json``, ``special_tokens_map.json``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import BUNDLED_TOKENIZER_NAMES, CODELLAMA_TOKENIZER_DIR
+from ..errors import InvalidTokenizerFile
+
+
+@dataclass
+class TokenizerFiles:
+    folder: Path | None
+    tokenizer_json: Path | None
+    tokenizer_model: Path | None
+    config: dict[str, Any] = field(default_factory=dict)
+    special_tokens_map: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidTokenizerFile(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InvalidTokenizerFile(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def resolve(name_or_path: str | os.PathLike[str] | None) -> TokenizerFiles:
+    """Where the tokenizer files are. ``None`` or a bundled name means the bundled Code Llama files."""
+    if name_or_path is None or (isinstance(name_or_path, str) and name_or_path in BUNDLED_TOKENIZER_NAMES):
+        folder = CODELLAMA_TOKENIZER_DIR
+    else:
+        folder = Path(name_or_path).expanduser()
+    if folder.is_file():
+        # A single file: tokenizer.json or a sentencepiece model.
+        if folder.suffix == ".json":
+            return TokenizerFiles(None, folder, None)
+        return TokenizerFiles(None, None, folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"no tokenizer folder or file at {str(name_or_path)!r}; pass a local folder holding tokenizer.json "
+            f"and/or tokenizer.model (this package never downloads), or one of the bundled names: "
+            f"{', '.join(sorted(BUNDLED_TOKENIZER_NAMES))}"
+        )
+    tj = folder / "tokenizer.json"
+    tm = folder / "tokenizer.model"
+    if not tj.is_file() and not tm.is_file():
+        raise FileNotFoundError(f"{folder} holds neither tokenizer.json nor tokenizer.model")
+    cfg_path = folder / "tokenizer_config.json"
+    stm_path = folder / "special_tokens_map.json"
+    return TokenizerFiles(
+        folder,
+        tj if tj.is_file() else None,
+        tm if tm.is_file() else None,
+        _read_json(cfg_path) if cfg_path.is_file() else {},
+        _read_json(stm_path) if stm_path.is_file() else {},
+    )
+
+
+def token_content(value: Any) -> str | None:
+    """A token from a config: a plain string or an AddedToken dict (``{"content": ...}``)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    raise InvalidTokenizerFile(f"cannot read a token from {value!r}")

@@ -1,0 +1,559 @@
+//! The Code Llama tokenizer core: loading (hub `tokenizer.json` or sentencepiece `tokenizer.model`),
+//! encoding with sentencepiece's rules over the `tokenizers` crate's byte-fallback BPE, the BOS/EOS
+//! post-processor, and decoding with byte reassembly.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use ahash::AHashMap;
+use serde_json::Value;
+use tokenizers::models::bpe::BPE;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::Model;
+
+use crate::error::{Result, TokenizerError};
+use crate::special::{Segment, SpecialIds, SpecialMatcher, EOT, MIDDLE, PREFIX, SUFFIX};
+use crate::spm_model::{PieceKind, SpmModel};
+
+const JSON_KIND: &str = "tokenizer.json";
+const SPACE_MARK: char = '▁';
+
+/// How special-token strings inside the text are treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecialTokenMode {
+    /// Hub `tokenizer.json` behaviour: matched as special tokens; every text span between them is
+    /// encoded as sentencepiece encodes it alone (dummy prefix included).
+    Match,
+    /// Hugging Face slow `legacy=False`: matched, but only the start of the text gets the dummy prefix.
+    MatchNoPrefix,
+    /// Plain text, as Meta's `encode` does (`split_special_tokens=True`): safe for untrusted input.
+    Plain,
+}
+
+/// What each id turns into when decoding.
+#[derive(Clone, Debug)]
+enum PieceText {
+    /// UTF-8 text with `▁` already turned into spaces.
+    Text(Box<str>),
+    /// A byte-fallback piece `<0xNN>`.
+    Byte(u8),
+}
+
+/// BOS/EOS flags packed in one atomic so a call always sees a consistent pair.
+const ADD_BOS: u8 = 1;
+const ADD_EOS: u8 = 2;
+
+pub struct CodeLlamaTokenizer {
+    bpe: BPE,
+    pieces: Vec<String>,
+    piece_to_id: AHashMap<String, u32>,
+    decode_table: Vec<PieceText>,
+    is_special: Vec<bool>,
+    special: SpecialIds,
+    matcher: SpecialMatcher,
+    add_dummy_prefix: bool,
+    remove_extra_whitespaces: bool,
+    post_flags: AtomicU8,
+    /// Hub-layout JSON without `post_processor`, filled in on serialization.
+    json_template: Value,
+}
+
+impl Clone for CodeLlamaTokenizer {
+    fn clone(&self) -> Self {
+        CodeLlamaTokenizer {
+            bpe: self.bpe.clone(),
+            pieces: self.pieces.clone(),
+            piece_to_id: self.piece_to_id.clone(),
+            decode_table: self.decode_table.clone(),
+            is_special: self.is_special.clone(),
+            special: self.special,
+            matcher: self.matcher.clone(),
+            add_dummy_prefix: self.add_dummy_prefix,
+            remove_extra_whitespaces: self.remove_extra_whitespaces,
+            post_flags: AtomicU8::new(self.post_flags.load(Ordering::Acquire)),
+            json_template: self.json_template.clone(),
+        }
+    }
+}
+
+fn is_byte_piece(piece: &str) -> Option<u8> {
+    let b = piece.as_bytes();
+    if b.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>') {
+        u8::from_str_radix(&piece[3..5], 16).ok()
+    } else {
+        None
+    }
+}
+
+impl CodeLlamaTokenizer {
+    // ---------------------------------------------------------------- loading
+
+    /// Loads a sentencepiece `tokenizer.model` alone.
+    pub fn from_spm_file(path: &Path) -> Result<Self> {
+        let spm = SpmModel::from_file(path)?;
+        Self::from_spm(&spm, path)
+    }
+
+    pub fn from_spm(spm: &SpmModel, path: &Path) -> Result<Self> {
+        let unk = spm.pieces[spm.unk_id as usize].clone();
+        let bpe = BPE::builder()
+            .vocab_and_merges(spm.vocab(), spm.merges())
+            .unk_token(unk)
+            .fuse_unk(true)
+            .byte_fallback(true)
+            .build()
+            .map_err(|e| TokenizerError::invalid(path, "sentencepiece model (tokenizer.model)", format!("cannot build BPE: {e}")))?;
+        // Text matched as special tokens: unknown and control pieces (<unk>, <s>, </s>).
+        let mut specials: Vec<(String, u32)> = spm
+            .kinds
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| matches!(k, PieceKind::Unknown | PieceKind::Control))
+            .map(|(i, _)| (spm.pieces[i].clone(), i as u32))
+            .collect();
+        specials.sort_by_key(|(_, id)| *id);
+        let specials_json: Vec<(String, u32)> = specials.clone();
+        let template = hub_json_template(&bpe, &specials_json, spm.add_dummy_prefix)?;
+        let mut tok = Self::assemble(bpe, specials, spm.unk_id, spm.bos_id, spm.eos_id, spm.add_dummy_prefix, template, path, "sentencepiece model (tokenizer.model)")?;
+        tok.remove_extra_whitespaces = spm.remove_extra_whitespaces;
+        Ok(tok)
+    }
+
+    /// Loads a hub `tokenizer.json` (byte-fallback BPE, legacy or Metaspace layout).
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::InvalidData => TokenizerError::invalid(path, JSON_KIND, "the file is not UTF-8 text"),
+            _ => TokenizerError::Io { path: path.to_path_buf(), source },
+        })?;
+        Self::from_json_str(&text, path)
+    }
+
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        let bad = |reason: String| TokenizerError::invalid(path, JSON_KIND, reason);
+        if text.trim().is_empty() {
+            return Err(bad("the file is empty".into()));
+        }
+        let root: Value = serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON ({e})")))?;
+        let model = root.get("model").ok_or_else(|| bad("it has no \"model\" section".into()))?;
+        if model.get("type").and_then(Value::as_str) != Some("BPE") {
+            return Err(bad(format!("model type is {}; a byte-fallback BPE is expected", model.get("type").unwrap_or(&Value::Null))));
+        }
+        if model.get("byte_fallback").and_then(Value::as_bool) != Some(true) {
+            return Err(bad("the BPE model does not use byte_fallback".into()));
+        }
+        let bpe: BPE = serde_json::from_str(&model.to_string()).map_err(|e| bad(format!("cannot read the BPE model ({e})")))?;
+        let vocab = bpe.get_vocab();
+        let unk_piece = model.get("unk_token").and_then(Value::as_str).unwrap_or("<unk>");
+        let unk_id = *vocab.get(unk_piece).ok_or_else(|| bad(format!("the unknown token {unk_piece:?} is not in the vocabulary")))?;
+        // Added special tokens are the strings matched in raw text.
+        let mut specials: Vec<(String, u32)> = Vec::new();
+        if let Some(added) = root.get("added_tokens").and_then(Value::as_array) {
+            for tok in added {
+                let content = tok.get("content").and_then(Value::as_str);
+                let id = tok.get("id").and_then(Value::as_u64);
+                let special = tok.get("special").and_then(Value::as_bool).unwrap_or(false);
+                match (content, id) {
+                    (Some(c), Some(i)) if special && c != PREFIX && c != SUFFIX && c != MIDDLE && c != EOT => {
+                        if vocab.get(c).copied() != Some(i as u32) {
+                            return Err(bad(format!("added token {c:?} has id {i}, which does not match the vocabulary")));
+                        }
+                        specials.push((c.to_string(), i as u32));
+                    }
+                    (Some(_), Some(_)) => {}
+                    _ => return Err(bad("an entry of added_tokens lacks \"content\" or \"id\"".into())),
+                }
+            }
+        }
+        let bos = vocab.get("<s>").copied();
+        let eos = vocab.get("</s>").copied();
+        let dummy = json_adds_dummy_prefix(&root);
+        let mut template = root.clone();
+        if let Some(obj) = template.as_object_mut() {
+            obj.remove("post_processor");
+        }
+        Self::assemble(bpe, specials, unk_id, bos, eos, dummy, template, path, JSON_KIND)
+    }
+
+    /// Loads from a `tokenizer.json` and/or a `tokenizer.model`; with both, they must agree.
+    pub fn from_files(json: Option<&Path>, model: Option<&Path>) -> Result<Self> {
+        match (json, model) {
+            (Some(j), _) => Self::from_json_file(j),
+            (None, Some(m)) => Self::from_spm_file(m),
+            (None, None) => Err(TokenizerError::InvalidInput("give a tokenizer.json or a tokenizer.model path".into())),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        bpe: BPE,
+        mut specials: Vec<(String, u32)>,
+        unk: u32,
+        bos: Option<u32>,
+        eos: Option<u32>,
+        add_dummy_prefix: bool,
+        json_template: Value,
+        path: &Path,
+        kind: &'static str,
+    ) -> Result<Self> {
+        let bad = |reason: String| TokenizerError::invalid(path, kind, reason);
+        let vocab = bpe.get_vocab();
+        let n = vocab.len();
+        let mut pieces = vec![String::new(); n];
+        for (piece, &id) in &vocab {
+            let slot = pieces.get_mut(id as usize).ok_or_else(|| bad(format!("id {id} of piece {piece:?} is beyond the {n} pieces (ids must be 0..{n})")))?;
+            *slot = piece.clone();
+        }
+        let mut byte_count = 0;
+        let decode_table: Vec<PieceText> = pieces
+            .iter()
+            .map(|p| match is_byte_piece(p) {
+                Some(b) => {
+                    byte_count += 1;
+                    PieceText::Byte(b)
+                }
+                None => PieceText::Text(p.replace(SPACE_MARK, " ").into_boxed_str()),
+            })
+            .collect();
+        if byte_count != 256 {
+            return Err(bad(format!("the vocabulary has {byte_count} byte pieces <0x00>..<0xFF> instead of 256")));
+        }
+        let lookup = |p: &str| vocab.get(p).copied();
+        let special = SpecialIds {
+            unk,
+            bos,
+            eos,
+            prefix: lookup(PREFIX),
+            suffix: lookup(SUFFIX),
+            middle: lookup(MIDDLE),
+            eot: lookup(EOT),
+        };
+        // The sentinels are special tokens too (as transformers' CodeLlamaTokenizer adds them).
+        for (s, id) in [(PREFIX, special.prefix), (SUFFIX, special.suffix), (MIDDLE, special.middle), (EOT, special.eot)] {
+            if let Some(id) = id {
+                if !specials.iter().any(|(_, i)| *i == id) {
+                    specials.push((s.to_string(), id));
+                }
+            }
+        }
+        let mut is_special = vec![false; n];
+        for id in special.all() {
+            is_special[id as usize] = true;
+        }
+        let matcher = SpecialMatcher::new(&specials);
+        let piece_to_id: AHashMap<String, u32> = vocab.into_iter().collect();
+        Ok(CodeLlamaTokenizer {
+            bpe,
+            pieces,
+            piece_to_id,
+            decode_table,
+            is_special,
+            special,
+            matcher,
+            add_dummy_prefix,
+            remove_extra_whitespaces: false,
+            post_flags: AtomicU8::new(if bos.is_some() { ADD_BOS } else { 0 }),
+            json_template,
+        })
+    }
+
+    // ---------------------------------------------------------------- vocabulary
+
+    pub fn vocab_size(&self) -> usize {
+        self.pieces.len()
+    }
+
+    pub fn special_ids(&self) -> SpecialIds {
+        self.special
+    }
+
+    pub fn id_to_piece(&self, id: i64) -> Result<&str> {
+        self.check_id(id).map(|i| self.pieces[i as usize].as_str())
+    }
+
+    pub fn piece_to_id(&self, piece: &str) -> Option<u32> {
+        self.piece_to_id.get(piece).copied()
+    }
+
+    pub fn pieces(&self) -> &[String] {
+        &self.pieces
+    }
+
+    pub fn is_special_id(&self, id: u32) -> bool {
+        self.is_special.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// The (string, id) pairs matched as special tokens in raw text.
+    pub fn special_tokens(&self) -> Vec<(String, u32)> {
+        self.matcher.tokens().map(|(s, i)| (s.to_string(), i)).collect()
+    }
+
+    pub fn add_dummy_prefix(&self) -> bool {
+        self.add_dummy_prefix
+    }
+
+    fn check_id(&self, id: i64) -> Result<u32> {
+        if id < 0 || id as usize >= self.pieces.len() {
+            Err(TokenizerError::IdOutOfRange { id, vocab_size: self.pieces.len() })
+        } else {
+            Ok(id as u32)
+        }
+    }
+
+    // ---------------------------------------------------------------- post-processor
+
+    /// Rebuilds the post-processor (BOS/EOS template) for new `add_bos_token`/`add_eos_token` values.
+    pub fn update_post_processor(&self, add_bos: bool, add_eos: bool) -> Result<()> {
+        if add_bos && self.special.bos.is_none() {
+            return Err(TokenizerError::InvalidInput("add_bos_token=True but the vocabulary has no <s> piece".into()));
+        }
+        if add_eos && self.special.eos.is_none() {
+            return Err(TokenizerError::InvalidInput("add_eos_token=True but the vocabulary has no </s> piece".into()));
+        }
+        let flags = (if add_bos { ADD_BOS } else { 0 }) | (if add_eos { ADD_EOS } else { 0 });
+        self.post_flags.store(flags, Ordering::Release);
+        Ok(())
+    }
+
+    /// (add_bos, add_eos) currently in force.
+    pub fn post_processor(&self) -> (bool, bool) {
+        let f = self.post_flags.load(Ordering::Acquire);
+        (f & ADD_BOS != 0, f & ADD_EOS != 0)
+    }
+
+    /// The post-processor as the `tokenizers` crate's `TemplateProcessing` (for `tokenizer.json`).
+    pub fn template_processing(&self) -> TemplateProcessing {
+        let (add_bos, add_eos) = self.post_processor();
+        let bos = self.special.bos.map(|id| (self.pieces[id as usize].clone(), id));
+        let eos = self.special.eos.map(|id| (self.pieces[id as usize].clone(), id));
+        let mut single = Vec::new();
+        let mut pair = Vec::new();
+        let mut tokens = Vec::new();
+        if let (true, Some((b, id))) = (add_bos, &bos) {
+            single.push(format!("{b}:0"));
+            tokens.push((b.clone(), *id));
+        }
+        single.push("$A:0".to_string());
+        if let (true, Some((e, id))) = (add_eos, &eos) {
+            single.push(format!("{e}:0"));
+            tokens.push((e.clone(), *id));
+        }
+        pair.extend(single.iter().cloned());
+        if let (true, Some((b, _))) = (add_bos, &bos) {
+            pair.push(format!("{b}:1"));
+        }
+        pair.push("$B:1".to_string());
+        if let (true, Some((e, _))) = (add_eos, &eos) {
+            pair.push(format!("{e}:1"));
+        }
+        TemplateProcessing::builder()
+            .try_single(single.join(" "))
+            .expect("valid single template")
+            .try_pair(pair.join(" "))
+            .expect("valid pair template")
+            .special_tokens(tokens)
+            .build()
+            .expect("template tokens are declared")
+    }
+
+    /// The whole tokenizer in the hub `tokenizer.json` layout, with the current post-processor.
+    pub fn to_json(&self) -> String {
+        let mut root = self.json_template.clone();
+        let post = serde_json::to_value(self.template_processing()).expect("TemplateProcessing serializes");
+        root["post_processor"] = post;
+        serde_json::to_string_pretty(&root).expect("JSON values serialize")
+    }
+
+    // ---------------------------------------------------------------- encoding
+
+    /// Ids of `text` with the post-processor applied when `add_special_tokens`.
+    pub fn encode(&self, text: &str, mode: SpecialTokenMode, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let (add_bos, add_eos) = if add_special_tokens { self.post_processor() } else { (false, false) };
+        let mut ids = Vec::with_capacity(text.len() / 3 + 2);
+        if add_bos {
+            ids.extend(self.special.bos);
+        }
+        self.encode_body(text, mode, &mut ids)?;
+        if add_eos {
+            ids.extend(self.special.eos);
+        }
+        Ok(ids)
+    }
+
+    /// Ids of `text` without BOS/EOS, according to `mode`.
+    pub fn encode_body(&self, text: &str, mode: SpecialTokenMode, out: &mut Vec<u32>) -> Result<()> {
+        match mode {
+            SpecialTokenMode::Plain => self.encode_text(text, self.add_dummy_prefix, out),
+            SpecialTokenMode::Match => {
+                for seg in self.matcher.split(text) {
+                    match seg {
+                        Segment::Special(id) => out.push(id),
+                        Segment::Text(t) => self.encode_text(t, self.add_dummy_prefix, out)?,
+                    }
+                }
+                Ok(())
+            }
+            SpecialTokenMode::MatchNoPrefix => {
+                // HF slow (legacy=False): `▁` in the text is read as a space, "▁" is prepended to
+                // the text, and every span is encoded without a dummy prefix. A prepended "▁" that
+                // stands alone before a special token is dropped, so it is only added to a leading
+                // text span.
+                let text = text.replace(SPACE_MARK, " ");
+                for (i, seg) in self.matcher.split(&text).into_iter().enumerate() {
+                    match seg {
+                        Segment::Special(id) => out.push(id),
+                        Segment::Text(t) if i == 0 && self.add_dummy_prefix => {
+                            self.encode_text(&format!("{SPACE_MARK}{t}"), false, out)?
+                        }
+                        Segment::Text(t) => self.encode_text(t, false, out)?,
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// sentencepiece's encoding of plain text (no special-token matching): spaces become `▁`,
+    /// `dummy_prefix` adds a leading `▁` to non-empty text, then byte-fallback BPE.
+    pub fn encode_text(&self, text: &str, dummy_prefix: bool, out: &mut Vec<u32>) -> Result<()> {
+        let collapsed;
+        let text = if self.remove_extra_whitespaces {
+            collapsed = text.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ");
+            collapsed.as_str()
+        } else {
+            text
+        };
+        if text.is_empty() {
+            return Ok(());
+        }
+        let mut normalized = String::with_capacity(text.len() + text.len() / 4 + 3);
+        if dummy_prefix {
+            normalized.push(SPACE_MARK);
+        }
+        for ch in text.chars() {
+            normalized.push(if ch == ' ' { SPACE_MARK } else { ch });
+        }
+        let tokens = self
+            .bpe
+            .tokenize(&normalized)
+            .map_err(|e| TokenizerError::InvalidInput(format!("BPE failed on the input: {e}")))?;
+        out.extend(tokens.into_iter().map(|t| t.id));
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- decoding
+
+    /// Text of `ids`: `▁` → space, byte pieces reassembled into UTF-8 (an invalid or incomplete
+    /// sequence gives U+FFFD per byte), one leading space removed.
+    pub fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
+        let mut out = String::with_capacity(ids.len() * 4);
+        self.decode_into(ids, skip_special_tokens, &mut out)?;
+        if out.starts_with(' ') {
+            out.remove(0);
+        }
+        Ok(out)
+    }
+
+    /// Decoded text of `ids` without removing the leading space (for infilling and streaming).
+    pub fn decode_into(&self, ids: &[i64], skip_special_tokens: bool, out: &mut String) -> Result<()> {
+        let mut pending: Vec<u8> = Vec::new();
+        for &raw in ids {
+            let id = self.check_id(raw)?;
+            if skip_special_tokens && self.is_special[id as usize] {
+                continue;
+            }
+            match &self.decode_table[id as usize] {
+                PieceText::Byte(b) => pending.push(*b),
+                PieceText::Text(t) => {
+                    flush_bytes(&mut pending, out);
+                    out.push_str(t);
+                }
+            }
+        }
+        flush_bytes(&mut pending, out);
+        Ok(())
+    }
+}
+
+/// Appends `bytes` as UTF-8, one U+FFFD for each byte that is not part of a valid character.
+pub(crate) fn flush_bytes(bytes: &mut Vec<u8>, out: &mut String) {
+    let mut rest: &[u8] = bytes;
+    while !rest.is_empty() {
+        match std::str::from_utf8(rest) {
+            Ok(s) => {
+                out.push_str(s);
+                break;
+            }
+            Err(e) => {
+                let valid = e.valid_up_to();
+                out.push_str(std::str::from_utf8(&rest[..valid]).expect("checked valid prefix"));
+                let bad = e.error_len().unwrap_or(rest.len() - valid);
+                for _ in 0..bad {
+                    out.push('\u{FFFD}');
+                }
+                rest = &rest[valid + bad..];
+            }
+        }
+    }
+    bytes.clear();
+}
+
+/// Whether a hub JSON adds sentencepiece's dummy prefix (legacy `Prepend("▁")` normalizer, or a
+/// `Metaspace` pre-tokenizer whose prepend scheme is not "never").
+fn json_adds_dummy_prefix(root: &Value) -> bool {
+    fn has_prepend(v: &Value) -> bool {
+        match v {
+            Value::Object(o) => {
+                (o.get("type").and_then(Value::as_str) == Some("Prepend"))
+                    || o.get("normalizers").and_then(Value::as_array).is_some_and(|a| a.iter().any(has_prepend))
+            }
+            _ => false,
+        }
+    }
+    fn metaspace_prepends(v: &Value) -> Option<bool> {
+        let o = v.as_object()?;
+        if o.get("type").and_then(Value::as_str) == Some("Metaspace") {
+            return Some(o.get("prepend_scheme").and_then(Value::as_str).unwrap_or("always") != "never"
+                && o.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(true));
+        }
+        o.get("pretokenizers").and_then(Value::as_array)?.iter().find_map(metaspace_prepends)
+    }
+    if root.get("normalizer").is_some_and(has_prepend) {
+        return true;
+    }
+    root.get("pre_tokenizer").and_then(metaspace_prepends).unwrap_or(false)
+}
+
+/// The hub `tokenizer.json` layout (without post-processor) for a BPE built from a `tokenizer.model`.
+fn hub_json_template(bpe: &BPE, specials: &[(String, u32)], dummy_prefix: bool) -> Result<Value> {
+    let added: Vec<Value> = specials
+        .iter()
+        .map(|(s, id)| {
+            serde_json::json!({"id": id, "content": s, "single_word": false, "lstrip": false,
+                               "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let mut normalizers = Vec::new();
+    if dummy_prefix {
+        normalizers.push(serde_json::json!({"type": "Prepend", "prepend": "▁"}));
+    }
+    normalizers.push(serde_json::json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
+    let mut decoders = vec![
+        serde_json::json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
+        serde_json::json!({"type": "ByteFallback"}),
+        serde_json::json!({"type": "Fuse"}),
+    ];
+    if dummy_prefix {
+        decoders.push(serde_json::json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    let model = serde_json::to_value(bpe).map_err(|e| TokenizerError::InvalidInput(format!("cannot serialize the BPE model: {e}")))?;
+    Ok(serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": normalizers},
+        "pre_tokenizer": null,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": model,
+    }))
+}
