@@ -417,7 +417,7 @@ impl CodeLlamaTokenizer {
     pub fn encode_text(&self, text: &str, dummy_prefix: bool, out: &mut Vec<u32>) -> Result<()> {
         let collapsed;
         let text = if self.remove_extra_whitespaces {
-            collapsed = text.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ");
+            collapsed = collapse_whitespace(text);
             collapsed.as_str()
         } else {
             text
@@ -472,6 +472,23 @@ impl CodeLlamaTokenizer {
         flush_bytes(&mut pending, out);
         Ok(())
     }
+}
+
+/// sentencepiece's `remove_extra_whitespaces`: leading spaces dropped, runs of spaces collapsed to
+/// one, and trailing spaces or `▁` marks dropped (they are alike once escaped).
+fn collapse_whitespace(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut prev_space = false;
+    for ch in text.trim_start_matches(' ').chars() {
+        let is_space = ch == ' ';
+        if !(is_space && prev_space) {
+            out.push(ch);
+        }
+        prev_space = is_space;
+    }
+    let kept = out.trim_end_matches([' ', SPACE_MARK]).len();
+    out.truncate(kept);
+    out
 }
 
 /// Appends `bytes` as UTF-8, one U+FFFD for each byte that is not part of a valid character.

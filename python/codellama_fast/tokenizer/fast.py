@@ -475,8 +475,8 @@ class CodeLlamaTokenizerFast:
                     self._native.encode_batch, items, self._mode(split_special_tokens), add_special_tokens,
                     self.fill_token == FILL_MARKER, bool(sf),
                 )
-            except TypeError as exc:
-                raise TypeError(f"every text of a batch must be a str: {exc}") from None
+            except TypeError:
+                raise self._batch_item_error(items) from None
             infill_flags = [isinstance(i, tuple) or (self.fill_token is not None and self.fill_token in i) for i in items]
         else:
             results = [self._encode_one(t, p, s, suffix_first, add_special_tokens, split_special_tokens) for t, p, s in zip(texts, pairs, suffixes)]
@@ -487,6 +487,22 @@ class CodeLlamaTokenizerFast:
             encoded = [self._truncate(ids, limit, add_special_tokens, inf) for ids, inf in zip(encoded, infill_flags)]
         return self._finish(encoded, batched, padding, max_length, side, pad_to_multiple_of, return_tensors,
                             return_attention_mask, return_special_tokens_mask, return_length)
+
+    @staticmethod
+    def _batch_item_error(items: list[Any]) -> Exception:
+        """The precise error for the first unusable batch item (only computed on failure)."""
+        for k, item in enumerate(items):
+            for part in item if isinstance(item, tuple) else (item,):
+                if not isinstance(part, str):
+                    return TypeError(f"item {k} of the batch is a {type(part).__name__}, not a str")
+                try:
+                    part.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    return TokenizerError(
+                        f"item {k} of the batch is not valid Unicode: {exc.reason} at position {exc.start} "
+                        f"({exc.object[exc.start:exc.end]!r}); lone surrogates cannot be tokenized"
+                    )
+        return TypeError("every item of a batch must be a str or a (prefix, suffix) pair of str")
 
     @staticmethod
     def _broadcast(value: Any, n: int, batched: bool, name: str) -> list[Any]:

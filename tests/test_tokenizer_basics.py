@@ -1,0 +1,198 @@
+"""Loading, bad files, post-processor flags, decoding and the import/CLI contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import codellama_fast
+from codellama_fast import (
+    CodeLlamaTokenizerFast,
+    InfillingUnsupported,
+    InvalidTokenizerFile,
+    TokenIdError,
+    TokenizerError,
+)
+from tests.conftest import CODELLAMA_DIR, LLAMA2_MODEL, STORIES_DIR
+
+
+def test_bundled_default_and_names_are_the_codellama_files(sp_codellama):
+    for name in (None, "codellama/CodeLlama-7b-hf", "codellama"):
+        t = CodeLlamaTokenizerFast.from_pretrained(name)
+        assert t.vocab_size == 32016 == len(t)
+        assert t.encode("def main():\n    pass") == [1] + sp_codellama.encode("def main():\n    pass")
+
+
+def test_unknown_name_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        CodeLlamaTokenizerFast.from_pretrained("meta-llama/NotHere")
+
+
+def test_special_token_ids(tok, tok_llama2):
+    assert (tok.bos_token_id, tok.eos_token_id, tok.unk_token_id) == (1, 2, 0)
+    assert (tok.bos_token, tok.eos_token, tok.unk_token) == ("<s>", "</s>", "<unk>")
+    assert (tok.prefix_id, tok.suffix_id, tok.middle_id, tok.eot_id) == (32007, 32008, 32009, 32010)
+    assert (tok.prefix_token, tok.eot_token) == ("▁<PRE>", "▁<EOT>")
+    assert tok.pad_token is None and tok.pad_token_id is None
+    assert tok_llama2.vocab_size == 32000
+    assert tok_llama2.prefix_id is None and tok_llama2.eot_token is None
+    with pytest.raises(InfillingUnsupported):
+        tok_llama2("def f(<FILL_ME>):")
+
+
+def test_add_bos_eos_setters_take_effect_everywhere():
+    t = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    assert t.encode("Hello") == [1, 15043]
+    t.add_eos_token = True
+    assert t.encode("Hello") == [1, 15043, 2]
+    assert t(["Hello", "Hi"])["input_ids"] == [[1, 15043, 2], [1, 6324, 2]]
+    # The saved tokenizer.json carries the rebuilt post-processor.
+    post = json.loads(t._native.to_json())["post_processor"]
+    assert "</s>" in json.dumps(post)
+    t.add_bos_token = False
+    assert t.encode("Hello") == [15043, 2]
+    assert t.encode("Hello", add_special_tokens=False) == [15043]
+    # Infilling never gets EOS after ▁<MID>.
+    assert t("a<FILL_ME>")["input_ids"] == [32007, 263, 32008, 32009]
+
+
+def test_config_flags_are_read(tmp_path):
+    for f in CODELLAMA_DIR.glob("*.json"):
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    cfg["add_eos_token"] = True
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    t = CodeLlamaTokenizerFast.from_pretrained(tmp_path)
+    assert t.add_eos_token and t.encode("Hello") == [1, 15043, 2]
+
+
+def test_decode_skip_special_and_bytes(tok, sp_codellama):
+    ids = tok.encode("x = '日本' # 🦙")
+    assert tok.decode(ids) == "<s> x = '日本' # 🦙"
+    assert tok.decode(ids, skip_special_tokens=True) == "x = '日本' # 🦙"
+    assert tok.decode(ids[1:]) == sp_codellama.decode(ids[1:])
+    # Incomplete UTF-8 (first two bytes of '€'): one U+FFFD per byte, as sentencepiece.
+    broken = [3 + 0xE2, 3 + 0x82]
+    assert tok.decode(broken) == sp_codellama.decode(broken) == "\ufffd\ufffd"
+    assert tok.batch_decode([ids, ids[:3]], skip_special_tokens=True) == [
+        tok.decode(ids, skip_special_tokens=True),
+        tok.decode(ids[:3], skip_special_tokens=True),
+    ]
+    np = pytest.importorskip("numpy")
+    assert tok.decode(np.array(ids)) == tok.decode(ids)
+
+
+def test_decode_bad_ids_are_typed_errors(tok):
+    with pytest.raises(TokenIdError, match="32016"):
+        tok.decode([1, 32016])
+    with pytest.raises(TokenIdError):
+        tok.decode([-1])
+    with pytest.raises(TypeError):
+        tok.decode(["a"])
+    with pytest.raises(TokenIdError):
+        tok.batch_decode([[1], [99999]])
+
+
+def test_bad_text_inputs(tok):
+    with pytest.raises(TypeError):
+        tok.encode(123)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        tok(["ok", None])  # type: ignore[list-item]
+    with pytest.raises(TokenizerError, match="surrogate"):
+        tok.encode("a\ud800b")
+    with pytest.raises(TokenizerError, match="surrogate"):
+        tok(["fine", "bad\udfff"])
+    with pytest.raises(ValueError, match="2 <FILL_ME>"):
+        tok("a<FILL_ME>b<FILL_ME>c")
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        ("tokenizer.model", lambda src: b""),
+        ("tokenizer.model", lambda src: src[: len(src) // 2]),
+        ("tokenizer.model", lambda src: os.urandom(20000)),
+        ("tokenizer.model", lambda src: (CODELLAMA_DIR / "tokenizer.json").read_bytes()),
+        ("tokenizer.json", lambda src: b""),
+        ("tokenizer.json", lambda src: (CODELLAMA_DIR / "tokenizer.json").read_bytes()[:50000]),
+        ("tokenizer.json", lambda src: b'{"model": {"type": "Unigram", "vocab": []}}'),
+        ("tokenizer.json", lambda src: os.urandom(3000)),
+        ("tokenizer.json", lambda src: b"[]"),
+    ],
+)
+def test_bad_files_raise_typed_error_naming_the_file(tmp_path, name, make):
+    src = (CODELLAMA_DIR / "tokenizer.model").read_bytes()
+    path = _write(tmp_path / name, make(src))
+    with pytest.raises(InvalidTokenizerFile) as info:
+        CodeLlamaTokenizerFast.from_pretrained(tmp_path)
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_missing_folder_and_empty_folder(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        CodeLlamaTokenizerFast.from_pretrained(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="neither"):
+        CodeLlamaTokenizerFast.from_pretrained(tmp_path)
+
+
+def test_loads_llama2_and_tok512(sp_llama2):
+    t2 = CodeLlamaTokenizerFast.from_pretrained(LLAMA2_MODEL)
+    assert t2.encode("print('hi')") == [1] + sp_llama2.encode("print('hi')")
+    t512 = CodeLlamaTokenizerFast.from_pretrained(STORIES_DIR / "tok512.model")
+    assert t512.vocab_size == 512
+
+
+def test_import_does_not_load_torch_or_triton():
+    code = "import sys, codellama_fast; codellama_fast.CodeLlamaTokenizerFast.from_pretrained().encode('x'); print('torch' in sys.modules, 'triton' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+
+
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "codellama_fast.cli", *args], input=stdin, capture_output=True, text=True)
+
+
+def test_cli_tokenize_and_decode(tmp_path, sp_codellama):
+    res = _cli("tokenize", "def f(): pass", "--tokens")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["ids"] == [1] + sp_codellama.encode("def f(): pass")
+    assert out["tokens"][0] == "<s>"
+    f = tmp_path / "x.py"
+    f.write_text("import os\n")
+    assert json.loads(_cli("tokenize", "--file", str(f)).stdout)["ids"] == [1] + sp_codellama.encode("import os\n")
+    dec = _cli("decode", "--skip-special-tokens", stdin=json.dumps(out))
+    assert dec.stdout == "def f(): pass\n"
+    bad = _cli("decode", "1", "99999")
+    assert bad.returncode == 2 and "out of range" in bad.stderr
+
+
+def test_pickle_and_deepcopy_round_trip(sp_codellama):
+    import copy
+    import pickle
+
+    t = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR, add_eos_token=True)
+    for clone in (pickle.loads(pickle.dumps(t)), copy.deepcopy(t)):
+        assert clone.add_eos_token
+        assert clone.encode("x <s> y") == t.encode("x <s> y")
+        assert clone("a<FILL_ME>b")["input_ids"] == t("a<FILL_ME>b")["input_ids"]
+        clone.add_eos_token = False
+        assert t.encode("x") == [1] + sp_codellama.encode("x") + [2]  # the original is untouched
+
+
+def test_version_and_public_api():
+    assert codellama_fast.__version__
+    for name in codellama_fast.__all__:
+        if name not in {"Engine", "GenerationConfig", "GenerationResult", "load_model"}:
+            assert hasattr(codellama_fast, name), name
