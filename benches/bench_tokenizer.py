@@ -1,0 +1,163 @@
+"""Tokenizer throughput: codellama-fast vs sentencepiece, HF `tokenizers` and transformers'
+CodeLlamaTokenizerFast, on the same corpora in one run (encode/decode, single text and batch,
+padded batch tensors), plus exactness against sentencepiece and a length-scaling check.
+
+    python benches/bench_tokenizer.py [--corpus-mb 8] [--repeats 3] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import git_sha, machine, now, percentiles, time_call, versions, write_results  # noqa: E402
+
+from codellama_fast import CodeLlamaTokenizerFast  # noqa: E402
+from codellama_fast.corpus import other_code, python_stdlib  # noqa: E402
+from codellama_fast.data import CODELLAMA_TOKENIZER_DIR  # noqa: E402
+
+SPECIALS = ("<s>", "</s>", "<unk>", "▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>", "<FILL_ME>")
+
+
+def take(files: list[tuple[str, str]], limit_mb: float) -> list[str]:
+    out, total = [], 0
+    for _, text in files:
+        if any(s in text for s in SPECIALS):
+            continue  # plain text only: every provider must produce the same ids
+        out.append(text)
+        total += len(text.encode("utf-8"))
+        if total >= limit_mb * 1e6:
+            break
+    return out
+
+
+def chunks(texts: list[str], size: int) -> list[str]:
+    return [t[i : i + size] for t in texts for i in range(0, len(t), size)]
+
+
+class Providers:
+    """Each provider: name -> dict of operations (encode_one, encode_batch, decode_one, decode_batch, padded)."""
+
+    def __init__(self, threads: int) -> None:
+        import sentencepiece as spm
+        import tokenizers
+        import transformers
+
+        path = CODELLAMA_TOKENIZER_DIR
+        self.ours = CodeLlamaTokenizerFast.from_pretrained()
+        self.ours_pad = CodeLlamaTokenizerFast.from_pretrained(pad_token="</s>")
+        self.sp = spm.SentencePieceProcessor(model_file=str(path / "tokenizer.model"))
+        self.hf_tok = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.tf = transformers.CodeLlamaTokenizerFast.from_pretrained(str(path))
+        self.tf.pad_token = self.tf.eos_token
+        self.threads = threads
+
+    def table(self) -> dict[str, dict[str, Callable[..., Any]]]:
+        sp, hf, tf, ours, ours_pad, th = self.sp, self.hf_tok, self.tf, self.ours, self.ours_pad, self.threads
+        return {
+            "codellama-fast": {
+                "encode_one": lambda ts: [ours.encode(t) for t in ts],
+                "encode_batch": lambda ts: ours(ts)["input_ids"],
+                "decode_one": lambda ids: [ours.decode(i) for i in ids],
+                "decode_batch": lambda ids: ours.batch_decode(ids),
+                "padded_np": lambda ts: ours_pad(ts, padding=True, return_tensors="np"),
+            },
+            "sentencepiece": {
+                "encode_one": lambda ts: [[1] + sp.encode(t) for t in ts],
+                "encode_batch": lambda ts: [[1] + r for r in sp.encode(ts, num_threads=th)],
+                "decode_one": lambda ids: [sp.decode(i) for i in ids],
+                "decode_batch": lambda ids: sp.decode(ids, num_threads=th),
+            },
+            "tokenizers": {
+                "encode_one": lambda ts: [hf.encode(t).ids for t in ts],
+                "encode_batch": lambda ts: [e.ids for e in hf.encode_batch(ts)],
+                "decode_one": lambda ids: [hf.decode(i) for i in ids],
+                "decode_batch": lambda ids: hf.decode_batch(ids),
+            },
+            "transformers": {
+                "encode_one": lambda ts: [tf.encode(t) for t in ts],
+                "encode_batch": lambda ts: tf(ts)["input_ids"],
+                "decode_one": lambda ids: [tf.decode(i) for i in ids],
+                "decode_batch": lambda ids: tf.batch_decode(ids),
+                "padded_np": lambda ts: tf(ts, padding=True, return_tensors="np"),
+            },
+        }
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus-mb", type=float, default=8.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--providers", default="codellama-fast,sentencepiece,tokenizers,transformers")
+    args = ap.parse_args(argv)
+
+    threads = os.cpu_count() or 1
+    prov = Providers(threads)
+    table = {k: v for k, v in prov.table().items() if k in args.providers.split(",")}
+    corpora = {"python-stdlib": take(python_stdlib(), args.corpus_mb), "c-headers": take(other_code(), args.corpus_mb / 2)}
+    rows: list[dict[str, Any]] = []
+    meta = {
+        "bench": "tokenizer",
+        "machine": machine(),
+        "versions": versions("codellama-fast", "sentencepiece", "tokenizers", "transformers", "numpy"),
+        "git_sha": git_sha(),
+        "timestamp": now(),
+        "threads": threads,
+    }
+
+    def row(bench: str, provider: str, corpus: str, nbytes: int, secs: list[float], extra: dict[str, Any] | None = None) -> None:
+        mbps = [nbytes / s / 1e6 for s in secs]
+        r = {"bench": bench, "provider": provider, "metric": "throughput", "unit": "MB/s", "shape": corpus,
+             **percentiles(mbps), "device": "cpu", "dtype": "n/a", "bytes": nbytes,
+             "versions": meta["versions"], "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]}
+        r.update(extra or {})
+        rows.append(r)
+        print(f"{bench:14s} {corpus:14s} {provider:15s} {r['p50']:8.2f} MB/s", flush=True)
+
+    for corpus, texts in corpora.items():
+        nbytes = sum(len(t.encode("utf-8")) for t in texts)
+        ids = [[1] + x for x in prov.sp.encode(texts)]
+        reference = ids
+        mismatches = sum(a != b for a, b in zip(prov.ours(texts)["input_ids"], reference))
+        rows.append({"bench": "exactness", "provider": "codellama-fast", "metric": "mismatching_texts_vs_sentencepiece",
+                     "unit": "count", "shape": corpus, "p50": mismatches, "texts": len(texts), "bytes": nbytes,
+                     "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]})
+        print(f"exactness {corpus}: {mismatches} mismatching texts of {len(texts)} ({nbytes/1e6:.1f} MB)")
+        for name, ops in table.items():
+            for op in ("encode_one", "encode_batch"):
+                row(op, name, corpus, nbytes, time_call(lambda: ops[op](texts), args.repeats))
+            for op in ("decode_one", "decode_batch"):
+                row(op, name, corpus, nbytes, time_call(lambda: ops[op](ids), args.repeats))
+        # Batches of 4 KB chunks to one padded [batch, length] array (what a model consumes).
+        pieces = chunks(texts, 4096)[:2048]
+        pbytes = sum(len(t.encode("utf-8")) for t in pieces)
+        for name, ops in table.items():
+            if "padded_np" in ops:
+                row("padded_np", name, corpus, pbytes, time_call(lambda: ops["padded_np"](pieces), args.repeats),
+                    {"batch": len(pieces), "chunk_chars": 4096})
+
+    # Length scaling: one document of growing size (a cache cannot help: every size is new text).
+    base = "".join(corpora["python-stdlib"])
+    for size in (1_000, 100_000, 1_000_000, 10_000_000):
+        doc = (base * (1 + size // max(1, len(base))))[:size]
+        for name in ("codellama-fast", "sentencepiece"):
+            if name in table:
+                reps = 5 if size <= 100_000 else 1
+                row("encode_length", name, f"doc-{size}", len(doc.encode("utf-8")), time_call(lambda: table[name]["encode_one"]([doc]), reps))
+
+    path = write_results("tokenizer", meta, rows, args.out)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
