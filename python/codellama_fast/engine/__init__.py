@@ -1,0 +1,12 @@
+"""The inference engine (imports torch; loaded lazily by ``codellama_fast``)."""
+
+from .config import LlamaConfig
+from .generate import Engine, GenerationConfig, GenerationResult, InfillResult
+from .loader import load_model
+from .model import LlamaModel, StepContext
+from .ops import Ops, TorchOps, select_ops
+
+__all__ = [
+    "Engine", "GenerationConfig", "GenerationResult", "InfillResult", "LlamaConfig", "LlamaModel",
+    "Ops", "StepContext", "TorchOps", "load_model", "select_ops",
+]

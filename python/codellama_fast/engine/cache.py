@@ -1,0 +1,53 @@
+"""Static, preallocated KV cache: one [B, Hkv, S, D] key and value tensor per layer, sized once
+from batch × max length and checked against the device's free memory before allocation."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import OutOfMemoryError
+from .config import LlamaConfig
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return 1 << 62
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+class KVCache:
+    def __init__(self, cfg: LlamaConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device, headroom: float = 0.9) -> None:
+        if batch <= 0 or max_len <= 0:
+            raise ValueError(f"KV cache needs a positive batch and length, got batch={batch}, max_len={max_len}")
+        self.batch, self.max_len, self.dtype, self.device = batch, max_len, dtype, torch.device(device)
+        elem = torch.empty((), dtype=dtype).element_size()
+        self.nbytes = cfg.num_hidden_layers * 2 * batch * cfg.num_key_value_heads * max_len * cfg.head_dim * elem
+        free = free_memory_bytes(self.device)
+        if self.nbytes > headroom * free:
+            raise OutOfMemoryError(
+                f"the KV cache needs {_gib(self.nbytes)} (batch {batch} × {max_len} tokens × {cfg.num_hidden_layers} layers × "
+                f"{cfg.num_key_value_heads} KV heads × {cfg.head_dim} dims × 2 × {elem} bytes) but {self.device} has "
+                f"{_gib(free)} free; lower max_new_tokens, the prompt length or the batch size"
+            )
+        shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = [
+            (torch.zeros(shape, dtype=dtype, device=self.device), torch.zeros(shape, dtype=dtype, device=self.device))
+            for _ in range(cfg.num_hidden_layers)
+        ]

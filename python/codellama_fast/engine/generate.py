@@ -1,0 +1,339 @@
+"""The generation engine: prefill then decode over a static KV cache, sampling on the device,
+stops on EOS / extra ids / stop strings, batches of different lengths (left padding), streaming,
+infilling and Instruct chat."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+
+from ..errors import CheckpointError, InfillingUnsupported
+from ..tokenizer import FILL_MARKER, CodeLlamaTokenizerFast
+from .cache import KVCache
+from .chat import chat_prompt_ids
+from .loader import generation_config, load_model
+from .model import LlamaModel, StepContext
+from .sampling import SamplingParams, sample
+
+
+@dataclass
+class GenerationConfig:
+    """Generation settings (names follow transformers' ``generate``). ``temperature=0`` is greedy."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    stop_token_ids: Sequence[int] = ()
+    stop_at_eos: bool = True
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.temperature, self.top_k, self.top_p)
+
+
+@dataclass
+class GenerationResult:
+    texts: list[str]
+    token_ids: list[list[int]]
+    finish_reasons: list[str]
+    prompt_tokens: list[int]
+    time_to_first_token_s: float
+    decode_tokens_per_s: float
+    prefill_tokens_per_s: float
+    total_s: float
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return self.texts[0]
+
+    def summary(self) -> str:
+        n = sum(len(t) for t in self.token_ids)
+        return (f"{n} tokens in {self.total_s:.2f} s; time to first token {self.time_to_first_token_s * 1e3:.1f} ms; "
+                f"decode {self.decode_tokens_per_s:.1f} tokens/s; prefill {self.prefill_tokens_per_s:.1f} tokens/s")
+
+
+@dataclass
+class InfillResult:
+    prefix: str
+    middle: str
+    suffix: str
+    generation: GenerationResult
+
+    @property
+    def text(self) -> str:
+        return self.prefix + self.middle + self.suffix
+
+
+class _StopTracker:
+    """Per-sequence stop state: stop ids end a sequence at once; stop strings are checked on the
+    decoded continuation and cut it."""
+
+    def __init__(self, batch: int, stop_ids: set[int], stop_strings: Sequence[str], decode: Callable[[list[int]], str]) -> None:
+        self.stop_ids, self.stop_strings, self.decode = stop_ids, list(stop_strings), decode
+        self.ids: list[list[int]] = [[] for _ in range(batch)]
+        self.reasons: list[str | None] = [None] * batch
+        self.cut_text: list[str | None] = [None] * batch
+
+    def push(self, tokens: Sequence[int]) -> None:
+        for b, tok in enumerate(tokens):
+            if self.reasons[b] is not None:
+                continue
+            if tok in self.stop_ids:
+                self.reasons[b] = "eos"
+                continue
+            self.ids[b].append(tok)
+            if self.stop_strings:
+                text = self.decode(self.ids[b])
+                hits = [text.find(s) for s in self.stop_strings if s and s in text]
+                if hits:
+                    self.reasons[b] = "stop"
+                    self.cut_text[b] = text[: min(hits)]
+
+    @property
+    def all_done(self) -> bool:
+        return all(r is not None for r in self.reasons)
+
+
+def _partial_stop_len(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of `text` that is a proper start of some stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
+class Engine:
+    """A loaded model plus its tokenizer.
+
+    >>> engine = Engine.from_pretrained("path/to/CodeLlama-7b-hf")            # doctest: +SKIP
+    >>> engine.generate("def fibonacci(n):", max_new_tokens=64).text           # doctest: +SKIP
+    >>> engine.infill("def add(a, b):\\n    ", "\\n    return c\\n").middle       # doctest: +SKIP
+    """
+
+    def __init__(self, model: LlamaModel, tokenizer: CodeLlamaTokenizerFast, defaults: Mapping[str, Any] | None = None) -> None:
+        if tokenizer.vocab_size != model.config.vocab_size:
+            raise CheckpointError(
+                f"the tokenizer has {tokenizer.vocab_size} pieces but the model's vocabulary is {model.config.vocab_size}; "
+                "pass the tokenizer that belongs to this model"
+            )
+        self.model, self.tokenizer = model, tokenizer
+        self.defaults = dict(defaults or {})
+        self.device = model.embed.weight.device
+        self.dtype = model.embed.weight.dtype
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        backend: str = "auto",
+        tokenizer: CodeLlamaTokenizerFast | str | Path | None = None,
+        progress: bool | None = None,
+    ) -> "Engine":
+        """Loads an HF model folder; the tokenizer comes from the folder unless given."""
+        path = Path(path)
+        model = load_model(path, dtype=dtype, device=device, backend=backend, progress=progress)
+        if isinstance(tokenizer, CodeLlamaTokenizerFast):
+            tok = tokenizer
+        elif tokenizer is not None:
+            tok = CodeLlamaTokenizerFast.from_pretrained(tokenizer)
+        elif (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file():
+            tok = CodeLlamaTokenizerFast.from_pretrained(path)
+        elif model.config.vocab_size == 32016:
+            tok = CodeLlamaTokenizerFast.from_pretrained()
+        else:
+            raise CheckpointError(f"{path} has no tokenizer files and its vocabulary ({model.config.vocab_size}) is not Code Llama's; pass tokenizer=")
+        gen = generation_config(path)
+        return cls(model, tok, defaults={k: gen[k] for k in ("temperature", "top_k", "top_p", "max_new_tokens") if k in gen and gen.get("do_sample", True)})
+
+    # ------------------------------------------------------------------ the core loop
+
+    def _config(self, overrides: dict[str, Any]) -> GenerationConfig:
+        unknown = set(overrides) - set(GenerationConfig.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown generation arguments: {', '.join(sorted(unknown))}")
+        cfg = GenerationConfig(**{**self.defaults, **overrides})
+        if cfg.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {cfg.max_new_tokens}")
+        return cfg
+
+    def _prepare(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Left-padded tokens [B, T] and kv_start [B] (number of padding slots per row)."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token (an empty text still has BOS)")
+        vocab = self.model.config.vocab_size
+        for p in prompts:
+            bad = [t for t in p if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"token id {bad[0]} is outside the model's vocabulary of {vocab}")
+        t = max(len(p) for p in prompts)
+        rows = [[0] * (t - len(p)) + list(p) for p in prompts]
+        tokens = torch.tensor(rows, dtype=torch.long, device=self.device)
+        kv_start = torch.tensor([t - len(p) for p in prompts], dtype=torch.long, device=self.device)
+        return tokens, kv_start, t
+
+    def _steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float]) -> Iterator[list[int]]:
+        """Yields the sampled token of every sequence, step by step (host lists of length B)."""
+        tokens, kv_start, t = self._prepare(prompts)
+        b = tokens.shape[0]
+        if cfg.max_new_tokens == 0:
+            return
+        cache = KVCache(self.model.config, b, t + cfg.max_new_tokens, self.dtype, self.device)
+        gen = None
+        if cfg.seed is not None:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(cfg.seed)
+        params = cfg.sampling()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            positions = (torch.arange(t, device=self.device)[None, :] - kv_start[:, None]).clamp_min(0)
+            ctx = StepContext(positions, torch.arange(t, device=self.device), 0, kv_start, t)
+            nxt = sample(self.model(tokens, ctx, cache.layers), params, gen)
+            host = nxt.tolist()
+            stats["prefill_s"] = time.perf_counter() - start
+            yield host
+            lengths = t - kv_start  # real prompt lengths [B]
+            decode_start = time.perf_counter()
+            for step in range(1, cfg.max_new_tokens):
+                slot = t + step - 1
+                ctx = StepContext((lengths + step - 1)[:, None], torch.tensor([slot], device=self.device), slot, kv_start, slot + 1)
+                nxt = sample(self.model(nxt[:, None], ctx, cache.layers), params, gen)
+                host = nxt.tolist()
+                stats["decode_tokens"] += b
+                stats["decode_s"] = time.perf_counter() - decode_start
+                yield host
+
+    def _run(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: set[int]) -> tuple[_StopTracker, dict[str, float]]:
+        stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
+        tracker = _StopTracker(len(prompts), stop_ids, cfg.stop, lambda ids: self.tokenizer._native.decode_keep_space(ids, True))
+        for host in self._steps(prompts, cfg, stats):
+            tracker.push(host)
+            if tracker.all_done:
+                break
+        return tracker, stats
+
+    def _result(self, prompts: Sequence[Sequence[int]], tracker: _StopTracker, stats: dict[str, float],
+                decode: Callable[[list[int]], str]) -> GenerationResult:
+        texts, reasons = [], []
+        for b, ids in enumerate(tracker.ids):
+            texts.append(tracker.cut_text[b] if tracker.cut_text[b] is not None else decode(ids))
+            reasons.append(tracker.reasons[b] or "length")
+        prompt_tokens = sum(len(p) for p in prompts)
+        return GenerationResult(
+            texts=texts,
+            token_ids=[list(i) for i in tracker.ids],
+            finish_reasons=reasons,
+            prompt_tokens=[len(p) for p in prompts],
+            time_to_first_token_s=stats["prefill_s"],
+            decode_tokens_per_s=stats["decode_tokens"] / stats["decode_s"] if stats["decode_s"] > 0 else 0.0,
+            prefill_tokens_per_s=prompt_tokens / stats["prefill_s"] if stats["prefill_s"] > 0 else 0.0,
+            total_s=stats["prefill_s"] + stats["decode_s"],
+        )
+
+    def _stop_ids(self, cfg: GenerationConfig, extra: Sequence[int] = ()) -> set[int]:
+        ids = set(cfg.stop_token_ids) | set(extra)
+        if cfg.stop_at_eos and self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def _continuation_decoder(self, prompts: Sequence[Sequence[int]]) -> list[Callable[[list[int]], str]]:
+        # A continuation keeps its leading space after a real prompt (prompt + text == full text);
+        # after BOS alone the text starts like a fresh decode.
+        native = self.tokenizer._native
+        bos = self.tokenizer.bos_token_id
+        out = []
+        for p in prompts:
+            fresh = all(t == bos for t in p)
+            out.append((lambda ids: native.decode(ids, True)) if fresh else (lambda ids: native.decode_keep_space(ids, True)))
+        return out
+
+    # ------------------------------------------------------------------ public API
+
+    def encode_prompts(self, prompts: str | Sequence[str]) -> list[list[int]]:
+        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        return [self.tokenizer.encode(t) for t in texts]
+
+    def generate(self, prompts: str | Sequence[str] | None = None, *, input_ids: Sequence[Sequence[int]] | None = None, **kwargs: Any) -> GenerationResult:
+        """Generates a continuation of each prompt (a batch is left-padded and runs together).
+
+        Keyword arguments: ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_k``, ``top_p``,
+        ``seed``, ``stop`` (strings), ``stop_token_ids``, ``stop_at_eos``.
+        """
+        cfg = self._config(kwargs)
+        if input_ids is None:
+            if prompts is None:
+                raise ValueError("give prompts (text) or input_ids")
+            input_ids = self.encode_prompts(prompts)
+        tracker, stats = self._run(input_ids, cfg, self._stop_ids(cfg))
+        decoders = self._continuation_decoder(input_ids)
+        result = self._result(input_ids, tracker, stats, lambda ids: "")
+        result.texts = [tracker.cut_text[b] if tracker.cut_text[b] is not None else decoders[b](ids) for b, ids in enumerate(tracker.ids)]
+        return result
+
+    def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[str]:
+        """Yields text deltas of one prompt's continuation as tokens are generated. The deltas
+        concatenate to ``generate(prompt).text``: text that could be the start of a stop string is
+        held back until it is known not to be one."""
+        cfg = self._config(kwargs)
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        fresh = all(t == self.tokenizer.bos_token_id for t in ids)
+        decoder = self.tokenizer.stream_decoder(skip_special_tokens=True, keep_leading_space=not fresh)
+        stop_ids = self._stop_ids(cfg)
+        stops = [s for s in cfg.stop if s]
+        text, emitted = "", 0
+        stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
+        for host in self._steps([ids], cfg, stats):
+            if host[0] in stop_ids:
+                break
+            text += decoder.step(host[0])
+            hits = [text.find(s) for s in stops if s in text]
+            if hits:
+                yield text[emitted : min(hits)]
+                return
+            safe = len(text) - _partial_stop_len(text, stops)
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+        text += decoder.flush()
+        hits = [text.find(s) for s in stops if s in text]
+        end = min(hits) if hits else len(text)
+        if end > emitted:
+            yield text[emitted:end]
+
+    def infill(self, prefix: str, suffix: str, *, suffix_first: bool = False, **kwargs: Any) -> InfillResult:
+        """Fills the gap between ``prefix`` and ``suffix`` (Meta's format); generation stops at ``▁<EOT>``."""
+        tok = self.tokenizer
+        if not tok.can_infill:
+            raise InfillingUnsupported("this model's vocabulary has no infilling pieces (34B and Python variants cannot infill)")
+        cfg = self._config(kwargs)
+        ids = tok._native.encode_infill(prefix, suffix, bool(suffix_first), True)
+        tracker, stats = self._run([ids], cfg, self._stop_ids(cfg, [tok.eot_id]))
+        result = self._result([ids], tracker, stats, lambda new: tok.decode_infilling(new))
+        return InfillResult(prefix, result.texts[0], suffix, result)
+
+    def fill(self, text: str, **kwargs: Any) -> str:
+        """``text`` with one ``<FILL_ME>`` -> the generated middle only (like a pipeline's ``return_type=1``)."""
+        count = text.count(FILL_MARKER)
+        if count != 1:
+            raise ValueError(f"the text contains {count} {FILL_MARKER} markers; infilling needs exactly one")
+        prefix, _, suffix = text.partition(FILL_MARKER)
+        return self.infill(prefix, suffix, **kwargs).middle
+
+    def chat(self, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> str:
+        """The assistant's next message for a Code Llama Instruct dialog."""
+        ids = chat_prompt_ids(self.tokenizer, messages)
+        cfg = self._config(kwargs)
+        tracker, stats = self._run([ids], cfg, self._stop_ids(cfg))
+        return self._result([ids], tracker, stats, lambda new: self.tokenizer._native.decode(new, True)).texts[0].strip()
