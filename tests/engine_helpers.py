@@ -1,0 +1,46 @@
+"""Tiny random Llama checkpoints written with transformers (the independent reference)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CONFIGS = {
+    # name: (hidden, layers, heads, kv_heads, ffn, rope_theta, vocab)
+    "mha": (64, 2, 4, 4, 128, 1e4, 32016),
+    "gqa4": (64, 2, 8, 2, 172, 1e6, 32016),
+    "odd": (48, 3, 6, 3, 100, 1e6, 32016),
+    "gqa8-small-vocab": (128, 2, 16, 2, 96, 1e4, 512),
+}
+
+
+def hf_config(name: str, **over):
+    from transformers import LlamaConfig
+
+    hidden, layers, heads, kv, ffn, theta, vocab = CONFIGS[name]
+    kw = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+              num_attention_heads=heads, num_key_value_heads=kv, rope_theta=theta, max_position_embeddings=1024,
+              rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    kw.update(over)
+    return LlamaConfig(**kw)
+
+
+def make_hf_model(name: str, seed: int, **over):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(hf_config(name, **over)).eval()
+    # Random init has tiny weights; widen them so logits are not all near zero.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.08)
+            else:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def save(model, folder: Path, **kwargs) -> Path:
+    model.save_pretrained(folder, **kwargs)
+    return folder

@@ -1,0 +1,205 @@
+"""Engine parity with transformers' LlamaForCausalLM (fp32, CPU) on tiny random checkpoints."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from codellama_fast import CheckpointError, CodeLlamaTokenizerFast, OutOfMemoryError, UnsupportedConfigError  # noqa: E402
+from codellama_fast.engine import Engine, LlamaConfig, load_model  # noqa: E402
+from codellama_fast.engine.cache import KVCache  # noqa: E402
+from codellama_fast.engine.model import StepContext  # noqa: E402
+from tests.engine_helpers import CONFIGS, make_hf_model, save  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    seed = random.SystemRandom().randrange(2**31)
+    print(f"model seed {seed}")
+    out = {}
+    for name in CONFIGS:
+        hf = make_hf_model(name, seed)
+        out[name] = (hf, save(hf, tmp_path_factory.mktemp(name)))
+    return out
+
+
+def _forward_all(model, ids: torch.Tensor) -> torch.Tensor:
+    b, t = ids.shape
+    cache = KVCache(model.config, b, t, torch.float32, torch.device("cpu"))
+    ctx = StepContext(torch.arange(t).expand(b, t), torch.arange(t), 0, torch.zeros(b, dtype=torch.long), t)
+    with torch.no_grad():
+        return model(ids, ctx, cache.layers, last_only=False)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_prefill_logits_match_transformers(checkpoints, name):
+    hf, path = checkpoints[name]
+    ours = load_model(path, dtype="float32", device="cpu")
+    ids = torch.randint(0, hf.config.vocab_size, (2, 23))
+    with torch.no_grad():
+        ref = hf(ids).logits
+    assert _rel(_forward_all(ours, ids), ref) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["gqa4", "odd"])
+def test_incremental_decode_logits_match_full_forward(checkpoints, name):
+    hf, path = checkpoints[name]
+    ours = load_model(path, dtype="float32", device="cpu")
+    t0, steps = 9, 6
+    ids = torch.randint(0, hf.config.vocab_size, (1, t0 + steps))
+    with torch.no_grad():
+        ref = hf(ids).logits[0]
+    cache = KVCache(ours.config, 1, t0 + steps, torch.float32, torch.device("cpu"))
+    kv_start = torch.zeros(1, dtype=torch.long)
+    with torch.no_grad():
+        ctx = StepContext(torch.arange(t0)[None], torch.arange(t0), 0, kv_start, t0)
+        got = [ours(ids[:, :t0], ctx, cache.layers)[0]]
+        for s in range(t0, t0 + steps - 1):
+            ctx = StepContext(torch.tensor([[s]]), torch.tensor([s]), s, kv_start, s + 1)
+            got.append(ours(ids[:, s : s + 1], ctx, cache.layers)[0])
+    assert _rel(torch.stack(got), ref[t0 - 1 : t0 + steps - 1]) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return CodeLlamaTokenizerFast.from_pretrained()
+
+
+@pytest.mark.parametrize("name", ["mha", "gqa4"])
+def test_greedy_64_steps_identical_to_transformers(checkpoints, tok, name):
+    hf, path = checkpoints[name]
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    prompt = "def quicksort(items):\n    "
+    ids = torch.tensor([tok.encode(prompt)])
+    want = hf.generate(ids, max_new_tokens=64, do_sample=False, eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    got = engine.generate(prompt, max_new_tokens=64, stop_at_eos=False)
+    assert got.token_ids[0] == want
+    assert got.finish_reasons == ["length"]
+    assert got.text == tok._native.decode_keep_space(want, True)
+
+
+def test_batched_with_padding_equals_one_by_one(checkpoints, tok):
+    _, path = checkpoints["gqa4"]
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    prompts = ["x", "import numpy as np\nimport torch\n\n\nclass Model:", "def f(a, b):\n    return"]
+    batch = engine.generate(prompts, max_new_tokens=24, stop_at_eos=False)
+    for k, p in enumerate(prompts):
+        single = engine.generate(p, max_new_tokens=24, stop_at_eos=False)
+        assert batch.token_ids[k] == single.token_ids[0], k
+
+
+def test_sharded_and_bin_checkpoints_load_identically(checkpoints, tmp_path):
+    hf, path = checkpoints["odd"]
+    sharded = save(hf, tmp_path / "sharded", max_shard_size="100KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    binary = save(hf, tmp_path / "bin", safe_serialization=False)
+    assert (binary / "pytorch_model.bin").is_file() or (binary / "pytorch_model.bin.index.json").is_file()
+    ids = torch.randint(0, hf.config.vocab_size, (1, 11))
+    base = _forward_all(load_model(path, dtype="float32", device="cpu"), ids)
+    for folder in (sharded, binary):
+        assert torch.equal(_forward_all(load_model(folder, dtype="float32", device="cpu"), ids), base)
+
+
+def test_dtype_paths(checkpoints, tmp_path):
+    hf, path = checkpoints["mha"]
+    ids = torch.randint(0, hf.config.vocab_size, (1, 7))
+    with torch.no_grad():
+        ref = hf(ids).logits
+    assert load_model(path, device="cpu").embed.weight.dtype == torch.float32  # CPU default
+    assert load_model(path, dtype="auto", device="cpu").embed.weight.dtype == torch.float32  # stored
+    for dtype, tol in ((torch.float16, 2e-2), (torch.bfloat16, 6e-2)):
+        m = load_model(path, dtype=dtype, device="cpu")
+        assert all(p.dtype == dtype for p in m.parameters())
+        b, t = ids.shape
+        cache = KVCache(m.config, b, t, dtype, torch.device("cpu"))
+        ctx = StepContext(torch.arange(t)[None], torch.arange(t), 0, torch.zeros(1, dtype=torch.long), t)
+        with torch.no_grad():
+            assert _rel(m(ids, ctx, cache.layers, last_only=False), ref) < tol
+    bf16 = save(hf.to(torch.bfloat16), tmp_path / "bf16")
+    hf.to(torch.float32)
+    assert load_model(bf16, dtype="auto", device="cpu").embed.weight.dtype == torch.bfloat16
+
+
+def test_config_reads_rope_parameters_and_rejects_scaling(checkpoints, tmp_path):
+    raw = json.loads((checkpoints["mha"][1] / "config.json").read_text())
+    raw.pop("rope_theta", None)
+    raw["rope_parameters"] = {"rope_theta": 1e6, "rope_type": "default"}
+    assert LlamaConfig.from_dict(raw).rope_theta == 1e6
+    raw["rope_scaling"] = {"type": "linear", "factor": 2.0}
+    with pytest.raises(UnsupportedConfigError, match="rope_scaling"):
+        LlamaConfig.from_dict(raw)
+    with pytest.raises(CheckpointError, match="hidden_size"):
+        LlamaConfig.from_dict({"num_hidden_layers": 2})
+
+
+def _copy(src, dst):
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_bad_checkpoints_raise_clear_errors(checkpoints, tmp_path):
+    hf, path = checkpoints["odd"]
+    sharded = save(hf, tmp_path / "sharded", max_shard_size="100KB")
+    shards = sorted(sharded.glob("*.safetensors"))
+    shards[1].unlink()
+    with pytest.raises(CheckpointError, match=f"shard .*{shards[1].name}.* is missing"):
+        load_model(sharded, device="cpu")
+
+    trunc = _copy(path, tmp_path / "trunc")
+    data = (trunc / "model.safetensors").read_bytes()
+    (trunc / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_model(trunc, device="cpu")
+
+    wrong = _copy(path, tmp_path / "wrong")
+    cfg = json.loads((wrong / "config.json").read_text())
+    cfg["intermediate_size"] += 1
+    (wrong / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"mlp\.gate_proj\.weight has shape"):
+        load_model(wrong, device="cpu")
+
+    fewer = _copy(path, tmp_path / "fewer")
+    cfg = json.loads((fewer / "config.json").read_text())
+    cfg["num_hidden_layers"] += 1
+    (fewer / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="lacks"):
+        load_model(fewer, device="cpu")
+
+    nokeys = _copy(path, tmp_path / "nokeys")
+    (nokeys / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(CheckpointError, match="required keys"):
+        load_model(nokeys, device="cpu")
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "absent", device="cpu")
+
+
+def test_pickled_objects_in_bin_are_refused(tmp_path, checkpoints):
+    _, path = checkpoints["mha"]
+    folder = _copy(path, tmp_path / "evil")
+    (folder / "model.safetensors").unlink()
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    torch.save({"model.embed_tokens.weight": torch.zeros(1), "x": Payload()}, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_model(folder, device="cpu")
+
+
+def test_kv_cache_memory_check_refuses_impossible_sizes(checkpoints):
+    cfg = LlamaConfig.from_file(checkpoints["mha"][1] / "config.json")
+    with pytest.raises(OutOfMemoryError, match="needs .* GiB .* free"):
+        KVCache(cfg, batch=4096, max_len=10**9, dtype=torch.float16, device=torch.device("cpu"))

@@ -1,0 +1,168 @@
+"""Generation behaviour: stops (EOS, EOT, extra ids, stop strings), streaming, infilling, chat,
+sampling controls. A scripted model (its logits replaced by a fixed token script) isolates the
+engine's logic from any model's numbers; the chat prompt is checked against Meta's rules written
+here on sentencepiece."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from codellama_fast import CodeLlamaTokenizerFast, InfillingUnsupported  # noqa: E402
+from codellama_fast.engine import Engine, load_model  # noqa: E402
+from codellama_fast.engine.sampling import SamplingParams, filter_logits, sample  # noqa: E402
+from tests.conftest import CODELLAMA_DIR, LLAMA2_MODEL  # noqa: E402
+from tests.engine_helpers import make_hf_model, save  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save(make_hf_model("gqa4", seed=7), tmp_path_factory.mktemp("gen"))
+
+
+def scripted(engine: Engine, script: list[int]) -> list[list[int]]:
+    """Makes the model emit `script` token by token (then repeat its last token); returns the
+    list of input batches it was called with."""
+    calls: list[list[int]] = []
+    vocab = engine.model.config.vocab_size
+
+    def forward(tokens, ctx, caches, last_only=True):
+        calls.append(tokens[0].tolist())
+        k = min(len(calls) - 1, len(script) - 1)
+        logits = torch.zeros(tokens.shape[0], vocab)
+        logits[:, script[k]] = 10.0
+        return logits
+
+    engine.model.forward = forward  # type: ignore[method-assign]
+    return calls
+
+
+def test_infill_prompt_and_stop_at_eot(model_dir, tok):
+    engine = Engine(load_model(model_dir, device="cpu"), tok)
+    middle_ids = tok.encode(" x = 1\n    y = x", add_special_tokens=False)
+    calls = scripted(engine, middle_ids + [tok.eot_id, 500, 600])
+    res = engine.infill("def f():\n   ", "\n    return y\n", max_new_tokens=50)
+    assert calls[0] == tok("def f():\n   <FILL_ME>\n    return y\n")["input_ids"]
+    assert res.generation.token_ids[0] == middle_ids
+    assert res.generation.finish_reasons == ["eos"]
+    assert res.middle == tok._native.decode_keep_space(middle_ids, True)  # leading space kept
+    assert res.text == "def f():\n   " + res.middle + "\n    return y\n"
+    scripted(engine, middle_ids + [tok.eot_id, 500, 600])
+    assert engine.fill("def f():\n   <FILL_ME>\n    return y\n", max_new_tokens=50) == res.middle
+    spm = engine.infill("a", "b", suffix_first=True, max_new_tokens=3)
+    assert spm.generation.token_ids  # ran
+
+
+def test_generation_stops_at_eos_and_extra_ids(model_dir, tok):
+    engine = Engine(load_model(model_dir, device="cpu"), tok)
+    scripted(engine, [100, 200, tok.eos_token_id, 300])
+    assert engine.generate("x", max_new_tokens=10).token_ids == [[100, 200]]
+    scripted(engine, [100, 200, 300, 400])
+    r = engine.generate("x", max_new_tokens=10, stop_token_ids=[300])
+    assert r.token_ids == [[100, 200]] and r.finish_reasons == ["eos"]
+    scripted(engine, [100, 200, tok.eos_token_id, 300])
+    r = engine.generate("x", max_new_tokens=4, stop_at_eos=False)
+    assert r.token_ids == [[100, 200, tok.eos_token_id, 300]] and r.finish_reasons == ["length"]
+
+
+def test_stop_strings_cut_text_and_stream(model_dir, tok):
+    engine = Engine(load_model(model_dir, device="cpu"), tok)
+    script = tok.encode("return a\n\ndef g():\n", add_special_tokens=False)
+    scripted(engine, script + [2])
+    r = engine.generate("def f(a):\n    ", max_new_tokens=30, stop=["\n\n"])
+    assert r.text == " return a" or r.text == "return a"
+    assert r.finish_reasons == ["stop"]
+    scripted(engine, script + [2])
+    assert "".join(engine.stream("def f(a):\n    ", max_new_tokens=30, stop=["\n\n"])) == r.text
+
+
+def test_streaming_concatenates_to_full_decode(model_dir, tok):
+    engine = Engine(load_model(model_dir, device="cpu"), tok)
+    # Multi-byte characters split over byte-fallback pieces, word-initial spaces, a newline.
+    script = tok.encode("  naïve 日本 🦙 x\n y", add_special_tokens=False) + [3 + 0xF0, 3 + 0x9F, 2]
+    scripted(engine, script)
+    deltas = list(engine.stream("s", max_new_tokens=40))
+    scripted(engine, script)
+    full = engine.generate("s", max_new_tokens=40)
+    assert "".join(deltas) == full.text
+    assert len(deltas) > 3
+
+
+def test_real_model_stream_equals_generate(model_dir, tok):
+    engine = Engine(load_model(model_dir, device="cpu"), tok)
+    text = engine.generate("def main():", max_new_tokens=30, stop_at_eos=False).text
+    assert "".join(engine.stream("def main():", max_new_tokens=30, stop_at_eos=False)) == text
+    empty = engine.generate("", max_new_tokens=5, stop_at_eos=False)  # BOS alone
+    assert len(empty.token_ids[0]) == 5
+
+
+def test_sampling_seed_top_k_top_p(model_dir, tok):
+    engine = Engine(load_model(model_dir, device="cpu"), tok)
+    a = engine.generate("x", max_new_tokens=12, temperature=1.0, seed=3, stop_at_eos=False)
+    b = engine.generate("x", max_new_tokens=12, temperature=1.0, seed=3, stop_at_eos=False)
+    assert a.token_ids == b.token_ids
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, -1.0]])
+    assert torch.isinf(filter_logits(logits, 2, None)).tolist() == [[True, True, False, False, True]]
+    probs = torch.softmax(logits, -1)[0]  # 3: 0.64, 2: 0.24 -> top_p 0.7 keeps {3, 2}
+    kept = ~torch.isinf(filter_logits(logits, None, 0.7))
+    assert kept.tolist() == [[False, False, True, True, False]]
+    assert probs[3] < 0.7 < probs[3] + probs[2]
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample(logits, SamplingParams(1.0), g) for _ in range(4000)])
+    freq = torch.bincount(draws.flatten(), minlength=5).float() / draws.numel()
+    assert torch.allclose(freq, probs, atol=0.03)
+    with pytest.raises(ValueError):
+        SamplingParams(temperature=-1)
+    with pytest.raises(ValueError):
+        SamplingParams(top_p=0)
+
+
+def _meta_chat_reference(sp, dialog):
+    """Meta's chat_completion on sentencepiece: [bos]+encode(turn)+[eos] per finished exchange."""
+    B_INST, E_INST, B_SYS, E_SYS = "[INST]", "[/INST]", "<<SYS>>\n", "\n<</SYS>>\n\n"
+    if dialog[0]["role"] == "system":
+        dialog = [{"role": dialog[1]["role"], "content": B_SYS + dialog[0]["content"] + E_SYS + dialog[1]["content"]}] + dialog[2:]
+    ids = []
+    for p, a in zip(dialog[::2], dialog[1::2]):
+        ids += [1] + sp.encode(f"{B_INST} {p['content'].strip()} {E_INST} {a['content'].strip()} ") + [2]
+    ids += [1] + sp.encode(f"{B_INST} {dialog[-1]['content'].strip()} {E_INST}")
+    return ids
+
+
+def test_chat_prompt_matches_meta(model_dir, tok, sp_codellama):
+    from codellama_fast.engine.chat import chat_prompt_ids
+
+    dialog = [
+        {"role": "system", "content": "Answer in Python. </s> stays text."},
+        {"role": "user", "content": "Write fizzbuzz. <s>"},
+        {"role": "assistant", "content": " def fizzbuzz(): ... "},
+        {"role": "user", "content": "Now in one line."},
+    ]
+    assert chat_prompt_ids(tok, dialog) == _meta_chat_reference(sp_codellama, dialog)
+    assert chat_prompt_ids(tok, dialog[1:2]) == _meta_chat_reference(sp_codellama, dialog[1:2])
+    with pytest.raises(ValueError, match="alternate"):
+        chat_prompt_ids(tok, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+    engine = Engine(load_model(model_dir, device="cpu"), tok)
+    scripted(engine, tok.encode("print(1)", add_special_tokens=False) + [2])
+    assert engine.chat(dialog[1:2], max_new_tokens=20) == "print(1)"
+
+
+def test_infill_unsupported_vocab_is_clear(tmp_path):
+    llama2 = CodeLlamaTokenizerFast.from_pretrained(LLAMA2_MODEL)
+    folder = save(make_hf_model("mha", seed=1, vocab_size=32000), tmp_path / "m")
+    engine = Engine(load_model(folder, device="cpu"), llama2)
+    with pytest.raises(InfillingUnsupported, match="34B"):
+        engine.infill("a", "b")
+
+
+def test_tokenizer_and_model_vocab_must_agree(model_dir):
+    llama2 = CodeLlamaTokenizerFast.from_pretrained(LLAMA2_MODEL)
+    with pytest.raises(Exception, match="32000 pieces but the model's vocabulary is 32016"):
+        Engine(load_model(model_dir, device="cpu"), llama2)
