@@ -20,7 +20,8 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
+
+from ..kernels import reference
 
 
 class Ops(Protocol):
@@ -39,76 +40,25 @@ class Ops(Protocol):
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor: ...
 
 
-def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape [B, T, D] (halves repeated, as HF), fp32."""
-    freqs = positions.to(torch.float32)[..., None] * inv_freq.to(torch.float32)  # [B, T, D/2]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, T, H, D]; cos/sin [B, T, D] fp32. Computed in fp32, returned in x's dtype."""
-    xf = x.to(torch.float32)
-    c, s = cos[:, :, None, :], sin[:, :, None, :]
-    return (xf * c + rotate_half(xf) * s).to(x.dtype)
-
-
-def attention_mask(q_start: int, t: int, kv_len: int, kv_start: torch.Tensor) -> torch.Tensor:
-    """Boolean [B, 1, T, kv_len]: True where query i may attend key j."""
-    device = kv_start.device
-    q_slot = torch.arange(q_start, q_start + t, device=device)[:, None]  # [T, 1]
-    k_slot = torch.arange(kv_len, device=device)[None, :]  # [1, S]
-    causal = k_slot <= q_slot  # [T, S]
-    not_pad = k_slot[None] >= kv_start[:, None, None]  # [B, 1, S]
-    own = (k_slot == q_slot)[None]  # a padding query sees itself, so no row is empty
-    return ((causal[None] & not_pad) | own)[:, None]
-
-
 class TorchOps:
     """Reference implementation on plain PyTorch ops (any device, any float dtype)."""
 
     name = "torch"
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        xf = x.to(torch.float32)
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        return weight * y.to(x.dtype)
+        return reference.rms_norm(x, weight, eps)
 
     def add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        summed = x + residual
-        return self.rms_norm(summed, weight, eps), summed
+        return reference.rms_norm(x, weight, eps, residual)
 
     def rope_cache_update(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots):
-        cos, sin = rope_cos_sin(positions, inv_freq)
-        q_rot = apply_rope(q, cos, sin)
-        k_rot = apply_rope(k, cos, sin)
-        # cache layout [B, Hkv, S, D]; new entries [B, Hkv, T, D]
-        k_cache.index_copy_(2, slots, k_rot.transpose(1, 2).to(k_cache.dtype))
-        v_cache.index_copy_(2, slots, v.transpose(1, 2).to(v_cache.dtype))
-        return q_rot
+        return reference.rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
 
     def attention(self, q, k_cache, v_cache, q_start, kv_start, kv_len):
-        b, t, hq, d = q.shape
-        hkv = k_cache.shape[1]
-        q_start, kv_len = int(q_start), int(kv_len)
-        k = k_cache[:, :, :kv_len]
-        v = v_cache[:, :, :kv_len]
-        group = hq // hkv
-        if group > 1:  # GQA: every KV head serves `group` consecutive query heads
-            k = k[:, :, None].expand(b, hkv, group, kv_len, d).reshape(b, hq, kv_len, d)
-            v = v[:, :, None].expand(b, hkv, group, kv_len, d).reshape(b, hq, kv_len, d)
-        mask = attention_mask(q_start, t, kv_len, kv_start)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask)  # [B, Hq, T, D]
-        return out.transpose(1, 2)
+        return reference.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
 
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
-        gate, up = gate_up.chunk(2, dim=-1)
-        return F.silu(gate) * up
+        return reference.swiglu(gate_up)
 
 
 def select_ops(device: torch.device, backend: str = "auto") -> Ops:
@@ -118,7 +68,7 @@ def select_ops(device: torch.device, backend: str = "auto") -> Ops:
     if backend in ("auto", "triton"):
         if device.type == "cuda" or backend == "triton":
             try:
-                from ..kernels import TritonOps
+                from ..kernels.triton_ops import TritonOps
             except ImportError as exc:
                 if backend == "triton":
                     raise RuntimeError(f"the Triton backend is unavailable: {exc}") from exc

@@ -1,0 +1,84 @@
+"""Plain-PyTorch reference implementations of every kernel, in the kernels' own convention.
+No Triton import: the engine's CPU path (``TorchOps``) runs these.
+
+Shapes (B batch, T new tokens, S cache slots, Hq/Hkv query/KV heads, D head dim):
+  rms_norm(x [..., C], w [C], eps, residual=None) -> y  |  (y, x + residual)
+  swiglu(gate_up [..., 2F]) -> silu(gate) * up [..., F]
+  rope_cache_update(q [B,T,Hq,D], k, v [B,T,Hkv,D], positions [B,T], inv_freq [D/2], k_cache, v_cache [B,Hkv,S,D],
+                    slots [T]) -> rotated q; rotated k and v written into the cache at `slots`
+  attention(q [B,T,Hq,D], k_cache, v_cache, q_start, kv_start [B], kv_len) -> [B,T,Hq,D]
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    if residual is not None:
+        s = x + residual  # the add happens in the model dtype, as in transformers
+        return rms_norm(s, weight, eps), s
+    xf = x.to(torch.float32)
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * y.to(x.dtype)
+
+
+def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [B, T, D] in fp32 (the half-dim angles repeated, as transformers does)."""
+    freqs = positions.to(torch.float32)[..., None] * inv_freq.to(torch.float32)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, T, H, D] rotated in fp32, returned in x's dtype."""
+    xf = x.to(torch.float32)
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
+    return (xf * c + rotate_half(xf) * s).to(x.dtype)
+
+
+def rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots) -> torch.Tensor:
+    cos, sin = rope_cos_sin(positions, inv_freq)
+    q_rot = apply_rope(q, cos, sin)
+    k_rot = apply_rope(k, cos, sin)
+    k_cache.index_copy_(2, slots, k_rot.transpose(1, 2).to(k_cache.dtype))
+    v_cache.index_copy_(2, slots, v.transpose(1, 2).to(v_cache.dtype))
+    return q_rot
+
+
+def attention_mask(q_start: int, t: int, kv_len: int, kv_start: torch.Tensor) -> torch.Tensor:
+    """Boolean [B, 1, T, kv_len]: query i (slot q_start+i) sees key j when j <= its slot and
+    j >= kv_start[b]; a padding query also sees its own slot, so no row is empty."""
+    device = kv_start.device
+    q_slot = torch.arange(q_start, q_start + t, device=device)[:, None]
+    k_slot = torch.arange(kv_len, device=device)[None, :]
+    causal = k_slot <= q_slot
+    not_pad = k_slot[None] >= kv_start[:, None, None]
+    own = (k_slot == q_slot)[None]
+    return ((causal[None] & not_pad) | own)[:, None]
+
+
+def attention(q, k_cache, v_cache, q_start, kv_start, kv_len) -> torch.Tensor:
+    b, t, hq, d = q.shape
+    hkv = k_cache.shape[1]
+    q_start, kv_len = int(q_start), int(kv_len)
+    k = k_cache[:, :, :kv_len]
+    v = v_cache[:, :, :kv_len]
+    group = hq // hkv
+    if group > 1:  # GQA: KV head h serves query heads h*group .. h*group+group-1
+        k = k[:, :, None].expand(b, hkv, group, kv_len, d).reshape(b, hq, kv_len, d)
+        v = v[:, :, None].expand(b, hkv, group, kv_len, d).reshape(b, hq, kv_len, d)
+    mask = attention_mask(q_start, t, kv_len, kv_start)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask)
+    return out.transpose(1, 2)

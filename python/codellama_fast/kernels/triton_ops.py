@@ -1,0 +1,44 @@
+"""The engine's ``Ops`` implemented with the Triton kernels of this package."""
+
+from __future__ import annotations
+
+import torch
+
+from .attention_decode import attention_decode
+from .attention_prefill import attention_prefill
+from .rmsnorm import rms_norm
+from .rope import rope_cache_update
+from .swiglu import swiglu
+
+
+from . import reference
+
+# Head sizes the attention/RoPE kernels take (tl.dot needs >= 16, tl.arange powers of two).
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
+
+
+class TritonOps:
+    """Kernels where they apply; the torch reference for head sizes they do not take."""
+
+    name = "triton"
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return rms_norm(x, weight, eps)
+
+    def add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
+        return rms_norm(x, weight, eps, residual)
+
+    def rope_cache_update(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots):
+        if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+            return reference.rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
+        return rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
+
+    def attention(self, q, k_cache, v_cache, q_start, kv_start, kv_len):
+        if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+            return reference.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
+        if q.shape[1] == 1:
+            return attention_decode(q, k_cache, v_cache, kv_start, kv_len)
+        return attention_prefill(q, k_cache, v_cache, int(q_start), kv_start, int(kv_len))
+
+    def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
+        return swiglu(gate_up)

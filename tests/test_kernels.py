@@ -1,0 +1,154 @@
+"""Triton kernels vs their torch references and an fp32 reference, in the Triton interpreter on CPU
+(small shapes) or on a GPU when present. Fresh random inputs every run.
+
+Tolerances: fp32 inputs ~1e-5 absolute on O(1) values; fp16 inputs ~1e-2 (fp16 has 11 bits, the
+kernels accumulate in fp32, the fp16 references round intermediate results)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+triton = pytest.importorskip("triton")
+
+from codellama_fast.kernels import reference as R  # noqa: E402
+from codellama_fast.kernels.attention_decode import attention_decode  # noqa: E402
+from codellama_fast.kernels.attention_prefill import attention_prefill  # noqa: E402
+from codellama_fast.kernels.rmsnorm import rms_norm  # noqa: E402
+from codellama_fast.kernels.rope import rope_cache_update  # noqa: E402
+from codellama_fast.kernels.swiglu import swiglu  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+TOL = {torch.float32: 2e-5, torch.float16: 1.5e-2, torch.bfloat16: 6e-2}
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
+    err = (got.float() - want.float()).abs().max().item()
+    scale = max(1.0, want.float().abs().max().item())
+    assert err <= TOL[dtype] * scale, f"max error {err} > {TOL[dtype] * scale}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 8), (3, 37), (2, 5, 200), (4, 1000)])
+def test_rms_norm(dtype, shape):
+    x = torch.randn(shape, dtype=dtype, device=DEVICE)
+    w = (torch.rand(shape[-1], device=DEVICE) + 0.5).to(dtype)
+    _close(rms_norm(x, w, 1e-5), R.rms_norm(x, w, 1e-5), dtype)
+    _close(rms_norm(x, w, 1e-5), R.rms_norm(x.double(), w.double(), 1e-5), dtype)  # fp64 oracle
+    r = torch.randn(shape, dtype=dtype, device=DEVICE)
+    y, s = rms_norm(x, w, 1e-6, residual=r)
+    y_ref, s_ref = R.rms_norm(x, w, 1e-6, residual=r)
+    assert torch.equal(s, s_ref)  # the add is the same rounding either way
+    _close(y, y_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 2 * 11), (3, 4, 2 * 100), (2, 2 * 4100)])
+def test_swiglu(dtype, shape):
+    gu = torch.randn(shape, dtype=dtype, device=DEVICE) * 3
+    _close(swiglu(gu), R.swiglu(gu), dtype)
+    _close(swiglu(gu), R.swiglu(gu.double()), dtype)
+
+
+def _qkv(b, t, hq, hkv, d, dtype):
+    qkv = torch.randn(b, t, (hq + 2 * hkv) * d, dtype=dtype, device=DEVICE)
+    q = qkv[..., : hq * d].view(b, t, hq, d)
+    k = qkv[..., hq * d : (hq + hkv) * d].view(b, t, hkv, d)
+    v = qkv[..., (hq + hkv) * d :].view(b, t, hkv, d)
+    return q, k, v
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b,t,hq,hkv,d,theta,offset", [(1, 1, 4, 4, 16, 1e4, 0), (2, 7, 8, 2, 32, 1e6, 5), (3, 5, 8, 1, 64, 1e6, 100), (1, 3, 6, 3, 128, 1e6, 16000)])
+def test_rope_cache_update(dtype, b, t, hq, hkv, d, theta, offset):
+    q, k, v = _qkv(b, t, hq, hkv, d, dtype)
+    # different positions per sequence (as with left padding), including large ones
+    pos = torch.stack([torch.arange(t) + offset + 3 * i for i in range(b)]).to(DEVICE)
+    inv = 1.0 / (theta ** (torch.arange(0, d, 2, device=DEVICE).float() / d))
+    slots = torch.arange(2, 2 + t, device=DEVICE)
+    caches = [torch.zeros(b, hkv, t + 4, d, dtype=dtype, device=DEVICE) for _ in range(4)]
+    qo = rope_cache_update(q, k, v, pos, inv, caches[0], caches[1], slots)
+    qr = R.rope_cache_update(q, k, v, pos, inv, caches[2], caches[3], slots)
+    _close(qo, qr, dtype)
+    _close(caches[0], caches[2], dtype)
+    assert torch.equal(caches[1], caches[3])
+    # fp64 oracle for the rotation itself
+    cos, sin = R.rope_cos_sin(pos.double(), inv.double())
+    _close(qo, R.apply_rope(q.double(), cos, sin), dtype)
+
+
+def _cache(b, hkv, s, d, dtype):
+    return torch.randn(b, hkv, s, d, dtype=dtype, device=DEVICE), torch.randn(b, hkv, s, d, dtype=dtype, device=DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("b,t,hq,hkv,d,q_start,pads", [
+    (1, 37, 4, 4, 64, 0, [0]),          # MHA, length not a block multiple
+    (2, 45, 8, 2, 32, 0, [0, 13]),       # GQA 4, left padding
+    (3, 20, 8, 1, 16, 0, [19, 5, 0]),    # GQA 8, a sequence that is almost all padding
+    (2, 9, 4, 1, 128, 30, [2, 31]),      # chunked prefill at an offset, head_dim 128
+])
+def test_prefill_attention(dtype, b, t, hq, hkv, d, q_start, pads):
+    kv_len = q_start + t
+    q = torch.randn(b, t, hq, d, dtype=dtype, device=DEVICE)
+    kc, vc = _cache(b, hkv, kv_len + 3, d, dtype)
+    kv_start = torch.tensor(pads, device=DEVICE)
+    got = attention_prefill(q, kc, vc, q_start, kv_start, kv_len)
+    want = R.attention(q, kc, vc, q_start, kv_start, kv_len)
+    want64 = R.attention(q.double(), kc.double(), vc.double(), q_start, kv_start, kv_len)
+    for i in range(b):  # rows of padding queries are don't-care
+        real = slice(max(0, pads[i] - q_start), t)
+        _close(got[i, real], want[i, real], dtype)
+        _close(got[i, real], want64[i, real], dtype)
+    assert torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("b,hq,hkv,d,kv_lens_pads", [
+    (1, 4, 4, 64, (77, [0])),
+    (2, 8, 2, 32, (130, [0, 50])),
+    (3, 16, 2, 16, (65, [0, 7, 64])),   # GQA 8; one sequence has a single visible key
+    (2, 8, 1, 128, (33, [1, 0])),
+])
+def test_decode_attention(dtype, b, hq, hkv, d, kv_lens_pads):
+    kv_len, pads = kv_lens_pads
+    q = torch.randn(b, 1, hq, d, dtype=dtype, device=DEVICE)
+    kc, vc = _cache(b, hkv, kv_len + 40, d, dtype)
+    kv_start = torch.tensor(pads, device=DEVICE)
+    for splits in (None, 1, 3):
+        got = attention_decode(q, kc, vc, kv_start, torch.tensor([kv_len], device=DEVICE), num_splits=splits)
+        _close(got, R.attention(q, kc, vc, kv_len - 1, kv_start, kv_len), dtype)
+        _close(got, R.attention(q.double(), kc.double(), vc.double(), kv_len - 1, kv_start, kv_len), dtype)
+
+
+@pytest.mark.parametrize("name", ["mha", "gqa4-d16"])
+def test_engine_with_triton_ops_matches_torch_path(tmp_path, name):
+    pytest.importorskip("transformers")
+    from codellama_fast import CodeLlamaTokenizerFast
+    from codellama_fast.engine import Engine, load_model
+    from codellama_fast.kernels.triton_ops import TritonOps
+    from tests.engine_helpers import make_hf_model, save
+
+    folder = save(make_hf_model(name, seed=torch.randint(0, 2**31, ()).item()), tmp_path / "m")
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    ref = Engine(load_model(folder, dtype="float32", device=DEVICE, backend="torch"), tok)
+    fast = Engine(load_model(folder, dtype="float32", device=DEVICE, backend="torch"), tok)
+    fast.model.ops = TritonOps()
+    prompts = ["def f(x):\n    return", "import os"]
+    a = ref.generate(prompts, max_new_tokens=12, stop_at_eos=False)
+    b = fast.generate(prompts, max_new_tokens=12, stop_at_eos=False)
+    assert a.token_ids == b.token_ids
+    # and the logits of a prefill agree to fp32 precision
+    ids = torch.tensor([tok.encode(prompts[0])], device=DEVICE)
+    from codellama_fast.engine.cache import KVCache
+    from codellama_fast.engine.model import StepContext
+
+    outs = []
+    for eng in (ref, fast):
+        t = ids.shape[1]
+        cache = KVCache(eng.model.config, 1, t, torch.float32, torch.device(DEVICE))
+        ctx = StepContext(torch.arange(t, device=DEVICE)[None], torch.arange(t, device=DEVICE), 0, torch.zeros(1, dtype=torch.long, device=DEVICE), t)
+        with torch.no_grad():
+            outs.append(eng.model(ids, ctx, cache.layers, last_only=False))
+    _close(outs[1], outs[0], torch.float32)
