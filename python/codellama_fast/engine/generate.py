@@ -14,6 +14,7 @@ import torch
 from ..errors import CheckpointError, InfillingUnsupported
 from ..tokenizer import FILL_MARKER, CodeLlamaTokenizerFast
 from .cache import KVCache
+from .cuda_graph import GraphDecoder
 from .chat import chat_prompt_ids
 from .loader import generation_config, load_model
 from .model import LlamaModel, StepContext
@@ -130,6 +131,12 @@ class Engine:
         self.defaults = dict(defaults or {})
         self.device = model.embed.weight.device
         self.dtype = model.embed.weight.dtype
+        # CUDA-graph decode (CUDA + Triton ops): ids are read back every `check_every` steps.
+        self.use_cuda_graph: bool | str = True
+        self.check_every = 16
+        # Prefill runs in chunks of at most this many tokens (batch × length) to bound activations.
+        self.prefill_chunk_tokens = 16384
+        self._graphs: dict[tuple[int, int, bool], Any] = {}
 
     @classmethod
     def from_pretrained(
@@ -184,28 +191,88 @@ class Engine:
         kv_start = torch.tensor([t - len(p) for p in prompts], dtype=torch.long, device=self.device)
         return tokens, kv_start, t
 
-    def _steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float]) -> Iterator[list[int]]:
-        """Yields the sampled token of every sequence, step by step (host lists of length B)."""
-        tokens, kv_start, t = self._prepare(prompts)
+    def _use_graph(self) -> bool:
+        """Graph decode on CUDA with the Triton ops; ``use_cuda_graph="eager"`` runs the same
+        static-buffer step without capture on any device (for testing)."""
+        if getattr(self.model.ops, "name", "") != "triton" or not self.use_cuda_graph:
+            return False
+        return self.device.type == "cuda" or self.use_cuda_graph == "eager"
+
+    def _graph_state(self, b: int, max_len: int, greedy: bool) -> tuple[KVCache, torch.Tensor, GraphDecoder]:
+        """A KV cache and a captured decode graph for this batch × length, reused across calls."""
+        from .cuda_graph import GraphDecoder
+
+        key = (b, max_len, greedy)
+        if key not in self._graphs:
+            self._graphs.clear()  # one shape at a time: the cache may be large
+            cache = KVCache(self.model.config, b, max_len, self.dtype, self.device)
+            kv_start = torch.zeros(b, dtype=torch.long, device=self.device)
+            self._graphs[key] = (cache, kv_start, GraphDecoder(self.model, cache.layers, kv_start, max_len, greedy))
+        return self._graphs[key]
+
+    def _prefill(self, tokens: torch.Tensor, kv_start: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Runs the prompt through the model, in chunks when batch × length exceeds the prefill
+        budget (activations grow with it); returns the last position's logits [B, V]."""
+        b, t = tokens.shape
+        chunk = max(1, self.prefill_chunk_tokens // b)
+        positions = (torch.arange(t, device=self.device)[None, :] - kv_start[:, None]).clamp_min(0)
+        logits = None
+        for c0 in range(0, t, chunk):
+            c1 = min(t, c0 + chunk)
+            ctx = StepContext(positions[:, c0:c1], torch.arange(c0, c1, device=self.device), c0, kv_start, c1)
+            logits = self.model(tokens[:, c0:c1], ctx, cache.layers)
+        assert logits is not None
+        return logits
+
+    def _steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float],
+               check_every: int | None = None) -> Iterator[list[int]]:
+        """Yields the sampled token of every sequence, step by step (host lists of length B).
+        On CUDA with the Triton ops, decode steps are CUDA-graph replays and the host reads the
+        ids every `check_every` steps."""
+        tokens, kv_start_now, t = self._prepare(prompts)
         b = tokens.shape[0]
         if cfg.max_new_tokens == 0:
             return
-        cache = KVCache(self.model.config, b, t + cfg.max_new_tokens, self.dtype, self.device)
+        params = cfg.sampling()
+        max_len = t + cfg.max_new_tokens
         gen = None
         if cfg.seed is not None:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(cfg.seed)
-        params = cfg.sampling()
+        graph = None
+        if self._use_graph() and cfg.max_new_tokens > 1:
+            cache, kv_start, graph = self._graph_state(b, max_len, params.greedy)
+            kv_start.copy_(kv_start_now)
+        else:
+            cache, kv_start = KVCache(self.model.config, b, max_len, self.dtype, self.device), kv_start_now
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         start = time.perf_counter()
         with torch.inference_mode():
-            positions = (torch.arange(t, device=self.device)[None, :] - kv_start[:, None]).clamp_min(0)
-            ctx = StepContext(positions, torch.arange(t, device=self.device), 0, kv_start, t)
-            nxt = sample(self.model(tokens, ctx, cache.layers), params, gen)
+            nxt = sample(self._prefill(tokens, kv_start, cache), params, gen)
             host = nxt.tolist()
             stats["prefill_s"] = time.perf_counter() - start
             yield host
             lengths = t - kv_start  # real prompt lengths [B]
             decode_start = time.perf_counter()
+            if graph is not None:
+                every = check_every or self.check_every
+                graph.start(nxt, lengths, t)
+                done = 1
+                while done < cfg.max_new_tokens:
+                    n = min(every, cfg.max_new_tokens - done)
+                    for i in range(n):
+                        logits = graph.replay()
+                        if not params.greedy:
+                            nxt = sample(logits, params, gen)
+                            graph.tok.copy_(nxt[:, None])
+                            graph.out[:, done - 1 + i].copy_(nxt)
+                    block = graph.out[:, done - 1 : done - 1 + n].tolist()  # the one sync per block
+                    stats["decode_tokens"] += b * n
+                    stats["decode_s"] = time.perf_counter() - decode_start
+                    done += n
+                    for i in range(n):
+                        yield [row[i] for row in block]
+                return
             for step in range(1, cfg.max_new_tokens):
                 slot = t + step - 1
                 ctx = StepContext((lengths + step - 1)[:, None], torch.tensor([slot], device=self.device), slot, kv_start, slot + 1)
@@ -214,6 +281,7 @@ class Engine:
                 stats["decode_tokens"] += b
                 stats["decode_s"] = time.perf_counter() - decode_start
                 yield host
+            sync()
 
     def _run(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: set[int]) -> tuple[_StopTracker, dict[str, float]]:
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
@@ -294,7 +362,7 @@ class Engine:
         stops = [s for s in cfg.stop if s]
         text, emitted = "", 0
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
-        for host in self._steps([ids], cfg, stats):
+        for host in self._steps([ids], cfg, stats, check_every=1):
             if host[0] in stop_ids:
                 break
             text += decoder.step(host[0])

@@ -1,0 +1,79 @@
+"""Graph-captured decode: one CUDA graph replay runs a whole decode step (embedding, every layer,
+LM head, greedy choice, and the advance of positions/slots), with no per-token Python or launch
+overhead and no host synchronisation. The host reads the generated ids only every few steps.
+
+All inputs live in static device buffers that the graph updates in place:
+  tok [B, 1] next input ids, pos [B, 1] rotary positions, slot [1] cache slot, kv_len [1].
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .model import LlamaModel, StepContext
+
+
+class GraphDecoder:
+    def __init__(self, model: LlamaModel, caches: list[tuple[torch.Tensor, torch.Tensor]], kv_start: torch.Tensor,
+                 max_steps: int, greedy: bool) -> None:
+        # Off CUDA the same static-buffer step runs eagerly on replay(): the step logic can be
+        # tested anywhere (e.g. the Triton interpreter on CPU).
+        self.captured = model.embed.weight.device.type == "cuda"
+        self.model, self.caches, self.greedy = model, caches, greedy
+        dev = model.embed.weight.device
+        b = kv_start.shape[0]
+        self.tok = torch.zeros(b, 1, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(b, 1, dtype=torch.long, device=dev)
+        self.slot = torch.zeros(1, dtype=torch.long, device=dev)
+        self.kv_len = torch.zeros(1, dtype=torch.int32, device=dev)
+        self.step = torch.zeros(1, dtype=torch.long, device=dev)
+        self.out = torch.zeros(b, max_steps, dtype=torch.long, device=dev)  # ids written by the graph
+        self.kv_start = kv_start
+        self.logits: torch.Tensor | None = None
+        self.graph = torch.cuda.CUDAGraph() if self.captured else None
+        if self.captured:
+            self._capture()
+
+    def _body(self) -> None:
+        ctx = StepContext(self.pos, self.slot, self.slot, self.kv_start, self.kv_len)
+        self.logits = self.model(self.tok, ctx, self.caches)  # [B, V] fp32
+        if self.greedy:
+            nxt = self.logits.argmax(dim=-1, keepdim=True)
+            self.tok.copy_(nxt)
+            self.out.index_copy_(1, self.step, nxt)
+        self.pos.add_(1)
+        self.slot.add_(1)
+        self.kv_len.add_(1)
+        self.step.add_(1)
+
+    def _capture(self) -> None:
+        # Warm up on a side stream (compiles the Triton kernels, sets up cuBLAS), then capture.
+        saved = [t.clone() for t in (self.tok, self.pos, self.slot, self.kv_len, self.step)]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(2):
+                self._body()
+        torch.cuda.current_stream().wait_stream(stream)
+        for t, s in zip((self.tok, self.pos, self.slot, self.kv_len, self.step), saved):
+            t.copy_(s)
+        with torch.inference_mode(), torch.cuda.graph(self.graph):
+            self._body()
+
+    def start(self, first_tokens: torch.Tensor, positions: torch.Tensor, slot: int) -> None:
+        """first_tokens/positions [B]: the token sampled after prefill and its rotary position."""
+        self.tok.copy_(first_tokens[:, None])
+        self.pos.copy_(positions[:, None])
+        self.slot.fill_(slot)
+        self.kv_len.fill_(slot + 1)
+        self.step.zero_()
+
+    def replay(self) -> torch.Tensor:
+        """Runs one step; returns the step's logits buffer [B, V] (valid until the next replay)."""
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            with torch.inference_mode():
+                self._body()
+        assert self.logits is not None
+        return self.logits
