@@ -1,0 +1,174 @@
+"""End-to-end GPU speed: random weights in the exact Code Llama 7B/13B/34B shapes (whatever fits),
+batch × prompt grid, 128 new tokens; time to first token, decode tokens/s, achieved GB/s and % of
+the copy bandwidth measured in the same run, peak memory; transformers `LlamaForCausalLM` (sdpa
+eager, and static cache + compile where it works) on the same shapes in the same run. A correctness
+gate runs first. Writes JSON and a PNG chart to benches/results/.
+
+    python benches/bench_e2e.py                      # the full grid on a GPU
+    python benches/bench_e2e.py --smoke              # tiny model on CPU: checks the harness itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from common import git_sha, machine, now, versions, write_results  # noqa: E402
+from llm_bench import (  # noqa: E402
+    correctness_gate, free, hf_model, measure_hf, measure_ours, our_config, random_engine, weight_bytes,
+)
+
+
+def copy_bandwidth(device: str) -> float:
+    if not device.startswith("cuda"):
+        return float("nan")
+    import triton.testing
+
+    a = torch.empty(1 << 30, dtype=torch.float16, device=device)
+    b = torch.empty_like(a)
+    ms = triton.testing.do_bench(lambda: b.copy_(a), warmup=10, rep=50)
+    del a, b
+    return 2 * (1 << 30) * 2 / (ms * 1e-3) / 1e9
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--models", nargs="+", default=["7B", "13B", "34B"])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--prompt", type=int, nargs="+", default=[512, 2048, 8192])
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--hf-new", type=int, default=32, help="new tokens for the transformers runs (a rate; fewer saves time)")
+    ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--hf-static", nargs="*", default=["7B:1:512"], help="MODEL:BATCH:PROMPT cells that also run transformers static cache + compile")
+    ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting new cells after this many seconds")
+    ap.add_argument("--llama2-tokenizer", default=str(Path(__file__).resolve().parents[2] / "shared/tokenizers/llama2/tokenizer.model"))
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    device = "cpu" if args.smoke else "cuda"
+    if args.smoke:
+        args.models, args.batch, args.prompt, args.new, args.hf_new = ["tiny"], [1, 2], [16], 8, 4
+        args.hf_static = []
+    elif not torch.cuda.is_available():
+        raise SystemExit("bench_e2e needs a CUDA GPU (or --smoke)")
+    dtype = torch.float32 if args.smoke else torch.float16
+
+    from codellama_fast import CodeLlamaTokenizerFast
+    from codellama_fast.errors import OutOfMemoryError
+
+    tok32016 = CodeLlamaTokenizerFast.from_pretrained()
+    meta: dict[str, Any] = {"bench": "e2e", "machine": machine(), "versions": versions("torch", "triton", "transformers", "codellama-fast"),
+                            "git_sha": git_sha(), "timestamp": now(), "dtype": str(dtype), "new_tokens": args.new, "hf_new_tokens": args.hf_new}
+    gate = correctness_gate(device, tok32016)
+    meta["correctness_gate"] = gate
+    print(f"correctness gate: {gate}", flush=True)
+    if not gate["passed"]:
+        print("correctness gate FAILED: speed numbers below are not trustworthy", flush=True)
+    bw = copy_bandwidth(device)
+    meta["copy_bandwidth_GBps"] = bw
+    print(f"measured copy bandwidth: {bw:.0f} GB/s", flush=True)
+    rows: list[dict[str, Any]] = []
+
+    def out_of_time() -> bool:
+        return time.perf_counter() - t_start > args.budget_s
+
+    for name in args.models:
+        cfg = our_config(name)
+        wbytes = weight_bytes(cfg, dtype)
+        if device == "cuda" and cfg.num_parameters() * 2 > 0.85 * torch.cuda.mem_get_info()[0]:
+            print(f"{name}: weights do not fit this GPU; skipped", flush=True)
+            continue
+        if out_of_time():
+            break
+        tok = tok32016 if cfg.vocab_size == 32016 else CodeLlamaTokenizerFast.from_pretrained(args.llama2_tokenizer)
+        engine = random_engine(name, device, dtype, tok)
+        cells = []
+        for b in args.batch:
+            for p in args.prompt:
+                if out_of_time():
+                    break
+                shape = f"{name} B{b} P{p}"
+                try:
+                    m = measure_ours(engine, b, p, args.new, device)
+                except (OutOfMemoryError, torch.cuda.OutOfMemoryError) as exc:
+                    print(f"{shape}: skipped ({str(exc)[:120]})", flush=True)
+                    engine._graphs.clear()
+                    free(device)
+                    continue
+                ctx = p + args.new / 2
+                kv = b * ctx * cfg.kv_bytes_per_token(torch.empty((), dtype=dtype).element_size())
+                gbps = (wbytes + kv) * (m.decode_tokens_per_s / b) / 1e9
+                row = {"bench": "e2e", "provider": m.provider, "model": name, "batch": b, "prompt": p, "shape": shape,
+                       "metric": "decode_tokens_per_s", "unit": "tokens/s", "p50": m.decode_tokens_per_s,
+                       "ttft_ms": m.ttft_s * 1e3, "achieved_GBps": gbps, "fraction_of_copy_bw": gbps / bw if bw == bw else None,
+                       "peak_memory_gib": m.peak_memory_gib, "new_tokens": args.new, "device": meta["machine"].get("gpu", "cpu"),
+                       "dtype": str(dtype), "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]}
+                rows.append(row)
+                cells.append((b, p))
+                print(f"{shape:16s} ours: ttft {m.ttft_s * 1e3:8.1f} ms  decode {m.decode_tokens_per_s:9.1f} tok/s  "
+                      f"{gbps:7.0f} GB/s ({100 * gbps / bw if bw == bw else float('nan'):.0f}% of copy bw)  peak {m.peak_memory_gib or 0:.1f} GiB", flush=True)
+        del engine
+        free(device)
+        if args.no_hf or out_of_time():
+            continue
+        try:
+            hf = hf_model(name, device, dtype)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            print(f"{name}: transformers model did not fit ({str(exc)[:100]})", flush=True)
+            free(device)
+            continue
+        for b, p in cells:
+            if out_of_time():
+                break
+            variants = [False] + ([True] if f"{name}:{b}:{p}" in args.hf_static else [])
+            for static in variants:
+                shape = f"{name} B{b} P{p}"
+                try:
+                    m = measure_hf(hf, b, p, args.hf_new, device, static=static)
+                except Exception as exc:  # a baseline that fails is recorded, not fatal
+                    print(f"{shape}: transformers{' static' if static else ''} failed: {str(exc)[:160]}", flush=True)
+                    rows.append({"bench": "e2e", "provider": "transformers-static-compile" if static else "transformers-eager",
+                                 "model": name, "batch": b, "prompt": p, "shape": shape, "error": str(exc)[:300]})
+                    free(device)
+                    continue
+                rows.append({"bench": "e2e", "provider": m.provider, "model": name, "batch": b, "prompt": p, "shape": shape,
+                             "metric": "decode_tokens_per_s", "unit": "tokens/s", "p50": m.decode_tokens_per_s, "ttft_ms": m.ttft_s * 1e3,
+                             "peak_memory_gib": m.peak_memory_gib, "new_tokens": args.hf_new, "device": meta["machine"].get("gpu", "cpu"),
+                             "dtype": str(dtype), "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]})
+                print(f"{shape:16s} {m.provider}: ttft {m.ttft_s * 1e3:8.1f} ms  decode {m.decode_tokens_per_s:9.1f} tok/s", flush=True)
+        del hf
+        free(device)
+
+    # ratios ours / baseline per cell
+    by = {(r["shape"], r["provider"]): r for r in rows if "p50" in r}
+    for (shape, prov), r in list(by.items()):
+        if prov != "codellama-fast":
+            continue
+        for base in ("transformers-eager", "transformers-static-compile"):
+            if (shape, base) in by:
+                rows.append({"bench": "e2e", "provider": "ratio", "shape": shape, "metric": f"decode_over_{base}",
+                             "unit": "x", "p50": r["p50"] / by[(shape, base)]["p50"],
+                             "ttft_ratio": by[(shape, base)]["ttft_ms"] / r["ttft_ms"]})
+    meta["elapsed_s"] = time.perf_counter() - t_start
+    path = write_results("e2e" + ("-smoke" if args.smoke else ""), meta, rows, args.out)
+    try:
+        from plot import plot_e2e
+
+        png = plot_e2e(path)
+        print(f"wrote {png}")
+    except Exception as exc:  # the chart is optional; the JSON is the record
+        print(f"no chart: {exc}")
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

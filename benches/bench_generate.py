@@ -1,0 +1,69 @@
+"""Prefill and decode speed of this engine vs transformers `generate` on the same model, the same
+prompts, in the same run. CPU default: a ~110M-parameter random model in fp32.
+
+    python benches/bench_generate.py [--model 110M] [--device cpu] [--batch 1 4] [--prompt 128 512] [--new 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from common import git_sha, machine, now, versions, write_results  # noqa: E402
+from llm_bench import free, hf_model, measure_hf, measure_ours, random_engine  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="110M")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="float32 (CPU default) or float16 (GPU default)")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--prompt", type=int, nargs="+", default=[128, 512])
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if args.device == "cuda" else torch.float32)
+
+    from codellama_fast import CodeLlamaTokenizerFast
+
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    meta = {"bench": "generate", "machine": machine(), "versions": versions("torch", "transformers", "codellama-fast"),
+            "git_sha": git_sha(), "timestamp": now(), "model": args.model, "device": args.device, "dtype": str(dtype),
+            "torch_threads": torch.get_num_threads()}
+    rows: list[dict[str, Any]] = []
+    ours = random_engine(args.model, args.device, dtype, tok)
+    hf = hf_model(args.model, args.device, dtype)
+    for b in args.batch:
+        for p in args.prompt:
+            shape = f"{args.model} B{b} P{p} N{args.new}"
+            res = [measure_ours(ours, b, p, args.new, args.device), measure_hf(hf, b, p, args.new, args.device)]
+            for m in res:
+                rows.append({"bench": "generate", "provider": m.provider, "shape": shape, "batch": b, "prompt": p,
+                             "new_tokens": args.new, "metric": "decode_tokens_per_s", "unit": "tokens/s",
+                             "p50": m.decode_tokens_per_s, "ttft_s": m.ttft_s, "prefill_tokens_per_s": b * p / m.ttft_s,
+                             "device": args.device, "dtype": str(dtype), "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]})
+            ratio = res[0].decode_tokens_per_s / res[1].decode_tokens_per_s
+            pre = res[1].ttft_s / res[0].ttft_s
+            rows.append({"bench": "generate", "provider": "ratio", "shape": shape, "metric": "ours_over_transformers",
+                         "decode": ratio, "prefill": pre, "unit": "x"})
+            print(f"{shape:26s} decode ours {res[0].decode_tokens_per_s:8.1f} tok/s  transformers {res[1].decode_tokens_per_s:8.1f}  "
+                  f"({ratio:.2f}x); prefill {b * p / res[0].ttft_s:8.0f} vs {b * p / res[1].ttft_s:8.0f} tok/s ({pre:.2f}x)", flush=True)
+    del ours, hf
+    free(args.device)
+    path = write_results(f"generate-{args.device}", meta, rows, args.out)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

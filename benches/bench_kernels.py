@@ -1,0 +1,184 @@
+"""Triton kernels vs torch baselines on one GPU (same run): prefill attention vs
+scaled_dot_product_attention (flash backend), decode attention vs SDPA, RMSNorm / SwiGLU / RoPE vs
+eager torch. Reports TFLOP/s or GB/s and the fraction of the ceilings measured in the same run
+(device copy bandwidth, fp16 GEMM rate). JSON to benches/results/.
+
+    python benches/bench_kernels.py [--quick] [--out DIR]
+    python benches/bench_kernels.py --smoke      # tiny shapes on CPU (Triton interpreter): checks the harness
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+if "--smoke" in sys.argv:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+
+from common import git_sha, machine, now, versions, write_results  # noqa: E402
+
+
+def bench(fn: Callable[[], Any], smoke: bool) -> dict[str, float]:
+    """Median/p20/p80 milliseconds (do_bench on GPU, a plain timer in smoke mode)."""
+    if smoke:
+        fn()
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        ts.sort()
+        return {"p20": ts[0], "p50": ts[1], "p80": ts[2]}
+    import triton.testing
+
+    p50, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
+    return {"p20": p20, "p50": p50, "p80": p80}
+
+
+def ceilings(dev: str, smoke: bool) -> dict[str, float]:
+    if smoke:
+        return {"copy_GBps": float("nan"), "fp16_gemm_TFLOPs": float("nan")}
+    n = 1 << 30  # 2 GiB of fp16 each way
+    a = torch.empty(n, dtype=torch.float16, device=dev)
+    b = torch.empty_like(a)
+    t = bench(lambda: b.copy_(a), False)["p50"]
+    copy = 2 * a.numel() * 2 / (t * 1e-3) / 1e9  # read + write
+    del a, b
+    m = torch.randn(8192, 8192, dtype=torch.float16, device=dev)
+    t = bench(lambda: m @ m, False)["p50"]
+    gemm = 2 * 8192**3 / (t * 1e-3) / 1e12
+    return {"copy_GBps": copy, "fp16_gemm_TFLOPs": gemm}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="fewer shapes")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    smoke = args.smoke
+    dev = "cpu" if smoke else "cuda"
+    if not smoke and not torch.cuda.is_available():
+        raise SystemExit("bench_kernels needs a CUDA GPU (or --smoke for a CPU harness check)")
+
+    from codellama_fast.kernels import reference as R
+    from codellama_fast.kernels.attention_decode import attention_decode
+    from codellama_fast.kernels.attention_prefill import attention_prefill
+    from codellama_fast.kernels.rmsnorm import rms_norm
+    from codellama_fast.kernels.rope import rope_cache_update
+    from codellama_fast.kernels.swiglu import swiglu
+    import torch.nn.functional as F
+
+    dt = torch.float16
+    meta = {"bench": "kernels", "machine": machine(), "versions": versions("torch", "triton", "codellama-fast"),
+            "git_sha": git_sha(), "timestamp": now(), "smoke": smoke}
+    ceil = ceilings(dev, smoke)
+    meta["ceilings"] = ceil
+    print(f"ceilings: {ceil}", flush=True)
+    rows: list[dict[str, Any]] = []
+
+    def add(bench_name: str, provider: str, shape: str, t: dict[str, float], work: float, unit: str, ceiling: float | None) -> None:
+        rate_scale = 1e12 if unit == "TFLOP/s" else 1e9
+        r = {"bench": bench_name, "provider": provider, "metric": "rate", "unit": unit, "shape": shape,
+             "p50": work / (t["p50"] * 1e-3) / rate_scale, "p20": work / (t["p80"] * 1e-3) / rate_scale,
+             "p80": work / (t["p20"] * 1e-3) / rate_scale, "ms_p50": t["p50"], "device": meta["machine"].get("gpu", "cpu"),
+             "dtype": "float16", "versions": meta["versions"], "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]}
+        if ceiling and ceiling == ceiling:
+            r["fraction_of_ceiling"] = r["p50"] / ceiling
+        rows.append(r)
+        print(f"{bench_name:16s} {shape:34s} {provider:10s} {r['p50']:9.1f} {unit}" + (f" ({100 * r['fraction_of_ceiling']:.0f}% of ceiling)" if "fraction_of_ceiling" in r else ""), flush=True)
+
+    # ---- prefill attention: causal, head_dim 128
+    prefill_shapes = [(1, 64, 4, 16)] if smoke else [(1, 32, 32, 4096), (1, 32, 32, 8192), (1, 32, 32, 16384), (1, 64, 8, 4096), (4, 32, 32, 2048)]
+    if args.quick and not smoke:
+        prefill_shapes = prefill_shapes[:1] + prefill_shapes[2:4]
+    d = 16 if smoke else 128
+    for b, hq, hkv, s in prefill_shapes:
+        q = torch.randn(b, s, hq, d, dtype=dt, device=dev)
+        kc = torch.randn(b, hkv, s, d, dtype=dt, device=dev)
+        vc = torch.randn_like(kc)
+        kv_start = torch.zeros(b, dtype=torch.long, device=dev)
+        flops = 4 * b * hq * s * s * d / 2  # causal: half the score matrix
+        shape = f"B{b} Hq{hq} Hkv{hkv} S{s} D{d}"
+        add("prefill_attn", "triton", shape, bench(lambda: attention_prefill(q, kc, vc, 0, kv_start, s), smoke), flops, "TFLOP/s", None)
+        qh = q.transpose(1, 2).contiguous()
+        kh = kc if hkv == hq else kc.repeat_interleave(hq // hkv, dim=1)
+        vh = vc if hkv == hq else vc.repeat_interleave(hq // hkv, dim=1)
+
+        def sdpa():
+            if dev == "cuda":
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)
+            return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)
+
+        add("prefill_attn", "sdpa_flash", shape, bench(sdpa, smoke), flops, "TFLOP/s", None)
+        del q, kc, vc, qh, kh, vh
+
+    # ---- decode attention: one query per sequence against a full cache
+    decode_shapes = [(2, 8, 2, 64)] if smoke else [(b, hq, hkv, L) for (hq, hkv) in ((32, 32), (64, 8)) for b in (1, 8, 32) for L in (2048, 8192, 16384)]
+    if args.quick and not smoke:
+        decode_shapes = [x for x in decode_shapes if x[3] != 8192]
+    for b, hq, hkv, L in decode_shapes:
+        kv_bytes = 2 * b * hkv * L * d * 2
+        if not smoke and kv_bytes > 40e9:
+            continue
+        q = torch.randn(b, 1, hq, d, dtype=dt, device=dev)
+        kc = torch.randn(b, hkv, L, d, dtype=dt, device=dev)
+        vc = torch.randn_like(kc)
+        kv_start = torch.zeros(b, dtype=torch.long, device=dev)
+        kv_len = torch.tensor([L], dtype=torch.int32, device=dev)
+        shape = f"B{b} Hq{hq} Hkv{hkv} L{L} D{d}"
+        add("decode_attn", "triton", shape, bench(lambda: attention_decode(q, kc, vc, kv_start, kv_len), smoke), kv_bytes, "GB/s", ceil["copy_GBps"])
+        qh = q.transpose(1, 2)
+        add("decode_attn", "sdpa", shape, bench(lambda: F.scaled_dot_product_attention(qh, kc, vc, enable_gqa=hq != hkv), smoke), kv_bytes, "GB/s", ceil["copy_GBps"])
+        del q, kc, vc
+
+    # ---- memory-bound elementwise kernels (bytes = reads + writes)
+    tokens = 8 if smoke else 8192
+    for hidden in ([64] if smoke else [4096, 8192]):
+        x = torch.randn(tokens, hidden, dtype=dt, device=dev)
+        r = torch.randn_like(x)
+        w = torch.rand(hidden, dtype=dt, device=dev)
+        shape = f"T{tokens} C{hidden}"
+        nbytes = 2 * x.numel() * 2
+        add("rmsnorm", "triton", shape, bench(lambda: rms_norm(x, w, 1e-5), smoke), nbytes, "GB/s", ceil["copy_GBps"])
+        add("rmsnorm", "torch", shape, bench(lambda: R.rms_norm(x, w, 1e-5), smoke), nbytes, "GB/s", ceil["copy_GBps"])
+        nbytes = 4 * x.numel() * 2
+        add("add_rmsnorm", "triton", shape, bench(lambda: rms_norm(x, w, 1e-5, r), smoke), nbytes, "GB/s", ceil["copy_GBps"])
+        add("add_rmsnorm", "torch", shape, bench(lambda: R.rms_norm(x, w, 1e-5, r), smoke), nbytes, "GB/s", ceil["copy_GBps"])
+    for ffn in ([40] if smoke else [11008, 22016]):
+        gu = torch.randn(tokens, 2 * ffn, dtype=dt, device=dev)
+        nbytes = 3 * tokens * ffn * 2
+        shape = f"T{tokens} F{ffn}"
+        add("swiglu", "triton", shape, bench(lambda: swiglu(gu), smoke), nbytes, "GB/s", ceil["copy_GBps"])
+        add("swiglu", "torch", shape, bench(lambda: R.swiglu(gu), smoke), nbytes, "GB/s", ceil["copy_GBps"])
+        del gu
+    b, t, hq, hkv = (2, 8, 4, 2) if smoke else (1, 4096, 32, 32)
+    qkv = torch.randn(b, t, (hq + 2 * hkv) * d, dtype=dt, device=dev)
+    q, k, v = qkv[..., : hq * d].view(b, t, hq, d), qkv[..., hq * d : (hq + hkv) * d].view(b, t, hkv, d), qkv[..., (hq + hkv) * d :].view(b, t, hkv, d)
+    pos = torch.arange(t, device=dev)[None].expand(b, t)
+    inv = 1.0 / (1e6 ** (torch.arange(0, d, 2, device=dev).float() / d))
+    kc = torch.zeros(b, hkv, t, d, dtype=dt, device=dev)
+    vc = torch.zeros_like(kc)
+    slots = torch.arange(t, device=dev)
+    nbytes = 2 * qkv.numel() * 2
+    shape = f"B{b} T{t} Hq{hq} Hkv{hkv} D{d}"
+    add("rope_cache", "triton", shape, bench(lambda: rope_cache_update(q, k, v, pos, inv, kc, vc, slots), smoke), nbytes, "GB/s", ceil["copy_GBps"])
+    add("rope_cache", "torch", shape, bench(lambda: R.rope_cache_update(q, k, v, pos, inv, kc, vc, slots), smoke), nbytes, "GB/s", ceil["copy_GBps"])
+
+    path = write_results("kernels" + ("-smoke" if smoke else ""), meta, rows, args.out)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

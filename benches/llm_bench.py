@@ -1,0 +1,193 @@
+"""Shared pieces of the generation benchmarks: Code Llama shapes, random-weight models (ours and
+transformers'), and the measurement of prefill / decode speed for each provider on the same shapes.
+
+Speed does not depend on weight values, so the large shapes use random weights; correctness is
+checked separately (see `correctness_gate`)."""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "7B": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, intermediate_size=11008, vocab_size=32016),
+    "13B": dict(hidden_size=5120, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40, intermediate_size=13824, vocab_size=32016),
+    "34B": dict(hidden_size=8192, num_hidden_layers=48, num_attention_heads=64, num_key_value_heads=8, intermediate_size=22016, vocab_size=32000),
+    # ~110M parameters: the CPU benchmark model
+    "110M": dict(hidden_size=768, num_hidden_layers=8, num_attention_heads=12, num_key_value_heads=12, intermediate_size=2048, vocab_size=32016),
+    # tiny: harness checks
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96, vocab_size=32016),
+}
+COMMON = dict(rms_norm_eps=1e-5, rope_theta=1e6, max_position_embeddings=16384)
+
+
+def our_config(name: str):
+    from codellama_fast.engine import LlamaConfig
+
+    return LlamaConfig(**SHAPES[name], **COMMON)
+
+
+def weight_bytes(cfg, dtype: torch.dtype) -> int:
+    """Bytes read per decode step: every matrix except the embedding table (only B rows of it)."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    return (cfg.num_parameters() - cfg.vocab_size * cfg.hidden_size) * elem
+
+
+def random_engine(name: str, device: str, dtype: torch.dtype, tokenizer, backend: str = "auto"):
+    """Our engine with random weights in the exact shapes of `name`, built directly on the device."""
+    from torch import nn
+
+    from codellama_fast.engine import Engine, LlamaModel
+    from codellama_fast.engine.ops import select_ops
+
+    cfg = our_config(name)
+    with torch.device("meta"):
+        model = LlamaModel(cfg)
+    gen = torch.Generator(device=device).manual_seed(0)
+    for mod in model.modules():
+        for pname, p in list(mod.named_parameters(recurse=False)):
+            t = torch.empty(p.shape, dtype=dtype, device=device)
+            if p.ndim == 1:
+                t.fill_(1.0)
+            else:
+                t.normal_(0.0, 0.02, generator=gen)
+            setattr(mod, pname, nn.Parameter(t, requires_grad=False))
+    model.inv_freq = LlamaModel.rope_inv_freq(cfg, device)
+    model.ops = select_ops(torch.device(device), backend)
+    model.eval()
+    return Engine(model, tokenizer)
+
+
+def hf_model(name: str, device: str, dtype: torch.dtype, attn: str = "sdpa"):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**SHAPES[name], **COMMON, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            try:
+                model = LlamaForCausalLM._from_config(cfg, attn_implementation=attn)
+            except TypeError:
+                model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    return model.eval()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def free(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+@dataclass
+class Measurement:
+    provider: str
+    ttft_s: float
+    decode_tokens_per_s: float
+    new_tokens: int
+    peak_memory_gib: float | None
+
+
+def prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, min(vocab, 32000), (batch, length - 1), generator=g)
+    return [[1] + row for row in ids.tolist()]
+
+
+def measure_ours(engine, batch: int, prompt_len: int, new_tokens: int, device: str, repeats: int = 2) -> Measurement:
+    ids = prompts(batch, prompt_len, engine.model.config.vocab_size)
+    engine.generate(input_ids=ids, max_new_tokens=new_tokens, stop_at_eos=False)  # compile / capture
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    best = None
+    for _ in range(repeats):
+        r = engine.generate(input_ids=ids, max_new_tokens=new_tokens, stop_at_eos=False)
+        if best is None or r.decode_tokens_per_s > best.decode_tokens_per_s:
+            best = r
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    return Measurement("codellama-fast", best.time_to_first_token_s, best.decode_tokens_per_s, new_tokens, peak)
+
+
+def measure_hf(model, batch: int, prompt_len: int, new_tokens: int, device: str, static: bool = False, repeats: int = 2) -> Measurement:
+    """transformers `generate` (greedy). TTFT = a 1-token generate; the decode rate is taken from
+    the difference between an N-token and a 1-token generate."""
+    ids = torch.tensor(prompts(batch, prompt_len, model.config.vocab_size), device=device)
+    mask = torch.ones_like(ids)
+    kw: dict[str, Any] = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+    if static:
+        kw["cache_implementation"] = "static"
+
+    def run(n: int) -> float:
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, **kw)
+        sync(device)
+        assert out.shape[1] == prompt_len + n
+        return time.perf_counter() - t0
+
+    run(new_tokens)  # warm-up (and compilation for the static cache)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t1 = min(run(1) for _ in range(repeats))
+    tn = min(run(new_tokens) for _ in range(repeats))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    rate = batch * (new_tokens - 1) / max(tn - t1, 1e-9)
+    return Measurement("transformers-static-compile" if static else "transformers-eager", t1, rate, new_tokens, peak)
+
+
+def correctness_gate(device: str, tokenizer) -> dict[str, Any]:
+    """Our logits (fp32 and fp16, on the device's default ops) vs transformers fp32 logits on a
+    small random model, and greedy tokens for 32 steps."""
+    import tempfile
+
+    from codellama_fast.engine import Engine, load_model
+    from codellama_fast.engine.cache import KVCache
+    from codellama_fast.engine.model import StepContext
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=32016, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, rope_theta=1e6, max_position_embeddings=4096, rms_norm_eps=1e-5)
+    hf = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.05)
+    ids = torch.randint(3, 32000, (2, 300))
+    with torch.no_grad():
+        ref = hf.to(device)(ids.to(device)).logits.float()
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        for dtype in (torch.float32, torch.float16):
+            m = load_model(d, dtype=dtype, device=device)
+            b, t = ids.shape
+            cache = KVCache(m.config, b, t, dtype, torch.device(device))
+            ctx = StepContext(torch.arange(t, device=device).expand(b, t), torch.arange(t, device=device), 0,
+                              torch.zeros(b, dtype=torch.long, device=device), t)
+            with torch.no_grad():
+                got = m(ids.to(device), ctx, cache.layers, last_only=False)
+            rel = ((got - ref).abs().max() / ref.abs().max()).item()
+            out[f"max_rel_err_{str(dtype).split('.')[-1]}"] = rel
+            out["ops"] = m.ops.name
+        eng = Engine(load_model(d, dtype=torch.float32, device=device), tokenizer)
+        prompt = ids[:1, :50].tolist()
+        ours = eng.generate(input_ids=prompt, max_new_tokens=32, stop_at_eos=False).token_ids[0]
+        with torch.no_grad():
+            theirs = hf.generate(torch.tensor(prompt, device=device), max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)[0, 50:].tolist()
+        out["greedy_32_equal_fp32"] = ours == theirs
+    out["passed"] = bool(out["max_rel_err_float32"] < 1e-3 and out["max_rel_err_float16"] < 3e-2 and out["greedy_32_equal_fp32"])
+    return out
