@@ -22,7 +22,7 @@ if "--smoke" in sys.argv:
 
 import torch  # noqa: E402
 
-from common import git_sha, machine, now, versions, write_results  # noqa: E402
+from common import LiveRows, git_sha, machine, now, result_path, versions, write_results  # noqa: E402
 
 
 def bench(fn: Callable[[], Any], smoke: bool) -> dict[str, float]:
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> Path:
     ceil = ceilings(dev, smoke)
     meta["ceilings"] = ceil
     print(f"ceilings: {ceil}", flush=True)
-    rows: list[dict[str, Any]] = []
+    out_path = result_path("kernels" + ("-smoke" if smoke else ""), args.out)
+    rows = LiveRows(meta, out_path)
 
     def add(bench_name: str, provider: str, shape: str, t: dict[str, float], work: float, unit: str, ceiling: float | None) -> None:
         rate_scale = 1e12 if unit == "TFLOP/s" else 1e9
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> Path:
     add("rope_cache", "triton", shape, bench(lambda: rope_cache_update(q, k, v, pos, inv, kc, vc, slots), smoke), nbytes, "GB/s", ceil["copy_GBps"])
     add("rope_cache", "torch", shape, bench(lambda: R.rope_cache_update(q, k, v, pos, inv, kc, vc, slots), smoke), nbytes, "GB/s", ceil["copy_GBps"])
 
-    path = write_results("kernels" + ("-smoke" if smoke else ""), meta, rows, args.out)
+    path = write_results("", meta, rows, path=out_path)
     print(f"wrote {path}")
     return path
 

@@ -85,10 +85,30 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def write_results(name: str, meta: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path | None = None) -> Path:
+def result_path(name: str, out_dir: Path | None = None) -> Path:
     out_dir = out_dir or RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = out_dir / f"{name}-{stamp}.json"
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, ensure_ascii=False))
+    return out_dir / f"{name}-{stamp}.json"
+
+
+def write_results(name: str, meta: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path | None = None, path: Path | None = None) -> Path:
+    """Writes {"meta", "rows"} JSON (to `path` when given: benchmarks rewrite it as rows arrive,
+    so a run cut short still leaves its results)."""
+    path = path or result_path(name, out_dir)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
     return path
+
+
+class LiveRows(list):
+    """A list of result rows that rewrites its JSON file after every append."""
+
+    def __init__(self, meta: dict[str, Any], path: Path) -> None:
+        super().__init__()
+        self.meta, self.path = meta, path
+
+    def append(self, row: dict[str, Any]) -> None:
+        super().append(row)
+        write_results("", self.meta, self, path=self.path)

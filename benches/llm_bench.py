@@ -106,8 +106,9 @@ def prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int
     return [[1] + row for row in ids.tolist()]
 
 
-def measure_ours(engine, batch: int, prompt_len: int, new_tokens: int, device: str, repeats: int = 2) -> Measurement:
+def measure_ours(engine, batch: int, prompt_len: int, new_tokens: int, device: str, repeats: int | None = None) -> Measurement:
     ids = prompts(batch, prompt_len, engine.model.config.vocab_size)
+    repeats = repeats or (1 if batch * prompt_len >= 16384 else 2)
     engine.generate(input_ids=ids, max_new_tokens=new_tokens, stop_at_eos=False)  # compile / capture
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

@@ -20,7 +20,8 @@ if not _HAS_CUDA:
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+# The shared data beside the checkout (CODELLAMA_FAST_SHARED points elsewhere, e.g. on a GPU box).
+SHARED = Path(os.environ.get("CODELLAMA_FAST_SHARED", ROOT.parent / "shared"))
 CODELLAMA_DIR = SHARED / "tokenizers" / "codellama"
 LLAMA2_MODEL = SHARED / "tokenizers" / "llama2" / "tokenizer.model"
 STORIES_DIR = SHARED / "models" / "stories260K"

@@ -86,6 +86,21 @@ def _prefill_kernel(
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < T)
 
 
+# On a GPU the block shape is tuned once per (head_dim, precision) among a few configurations
+# that suit Hopper/Ampere; the interpreter runs one fixed small configuration.
+_TUNED = None
+if not _INTERPRET and torch.cuda.is_available():
+    _TUNED = triton.autotune(
+        configs=[
+            triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+            triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
+            triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+            triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=4),
+        ],
+        key=["D", "IEEE"],
+    )(_prefill_kernel)
+
+
 def _config(d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages)."""
     if _INTERPRET:
@@ -104,9 +119,18 @@ def attention_prefill(q, k_cache, v_cache, q_start: int, kv_start: torch.Tensor,
         raise ValueError(f"head_dim {d} is not supported by the Triton attention kernel")
     assert q.stride(-1) == 1 and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
     out = torch.empty((b, t, hq, d), dtype=q.dtype, device=q.device)
+    scale = (1.0 / d**0.5) * 1.4426950408889634  # log2(e): softmax via exp2
+    ieee = q.dtype == torch.float32
+    if _TUNED is not None and q.is_cuda and not ieee:
+        _TUNED[lambda meta: (triton.cdiv(t, meta["BLOCK_M"]), b * hq)](
+            q, k_cache, v_cache, out, kv_start,
+            q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            t, hq, hq // hkv, int(q_start), int(kv_len), scale, D=d, IEEE=False,
+        )
+        return out
     bm, bn, warps, stages = _config(d, q.dtype)
     grid = (triton.cdiv(t, bm), b * hq)
-    scale = (1.0 / d**0.5) * 1.4426950408889634  # log2(e): softmax via exp2
     _prefill_kernel[grid](
         q, k_cache, v_cache, out, kv_start,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
