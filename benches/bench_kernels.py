@@ -25,8 +25,10 @@ import torch  # noqa: E402
 from common import LiveRows, git_sha, machine, now, result_path, versions, write_results  # noqa: E402
 
 
-def bench(fn: Callable[[], Any], smoke: bool) -> dict[str, float]:
-    """Median/p20/p80 milliseconds (do_bench on GPU, a plain timer in smoke mode)."""
+def bench(fn: Callable[[], Any], smoke: bool, graph: bool = False) -> dict[str, float]:
+    """Median/p20/p80 milliseconds (do_bench on GPU, a plain timer in smoke mode). `graph` times
+    replays of a CUDA graph of `fn`: GPU time without Python launch cost, which is how the engine
+    runs its decode step."""
     if smoke:
         fn()
         ts = []
@@ -38,6 +40,9 @@ def bench(fn: Callable[[], Any], smoke: bool) -> dict[str, float]:
         return {"p20": ts[0], "p50": ts[1], "p80": ts[2]}
     import triton.testing
 
+    if graph:
+        p50, p20, p80 = triton.testing.do_bench_cudagraph(fn, rep=100, quantiles=[0.5, 0.2, 0.8])
+        return {"p20": p20, "p50": p50, "p80": p80}
     p50, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
     return {"p20": p20, "p50": p50, "p80": p80}
 
@@ -61,6 +66,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
+    ap.add_argument("--only", choices=["prefill", "decode", "elementwise"], default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     smoke = args.smoke
@@ -85,22 +91,25 @@ def main(argv: list[str] | None = None) -> Path:
     out_path = result_path("kernels" + ("-smoke" if smoke else ""), args.out)
     rows = LiveRows(meta, out_path)
 
-    def add(bench_name: str, provider: str, shape: str, t: dict[str, float], work: float, unit: str, ceiling: float | None) -> None:
+    def add(bench_name: str, provider: str, shape: str, t: dict[str, float], work: float, unit: str, ceiling: float | None,
+            timing: str = "launch") -> None:
         rate_scale = 1e12 if unit == "TFLOP/s" else 1e9
         r = {"bench": bench_name, "provider": provider, "metric": "rate", "unit": unit, "shape": shape,
              "p50": work / (t["p50"] * 1e-3) / rate_scale, "p20": work / (t["p80"] * 1e-3) / rate_scale,
              "p80": work / (t["p20"] * 1e-3) / rate_scale, "ms_p50": t["p50"], "device": meta["machine"].get("gpu", "cpu"),
-             "dtype": "float16", "versions": meta["versions"], "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]}
+             "dtype": "float16", "timing": timing, "versions": meta["versions"], "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]}
         if ceiling and ceiling == ceiling:
             r["fraction_of_ceiling"] = r["p50"] / ceiling
         rows.append(r)
-        print(f"{bench_name:16s} {shape:34s} {provider:10s} {r['p50']:9.1f} {unit}" + (f" ({100 * r['fraction_of_ceiling']:.0f}% of ceiling)" if "fraction_of_ceiling" in r else ""), flush=True)
+        print(f"{bench_name:16s} {shape:34s} {provider:10s} {timing:6s} {r['p50']:9.1f} {unit}" + (f" ({100 * r['fraction_of_ceiling']:.0f}% of ceiling)" if "fraction_of_ceiling" in r else ""), flush=True)
 
     # ---- prefill attention: causal, head_dim 128
     prefill_shapes = [(1, 64, 4, 16)] if smoke else [(1, 32, 32, 4096), (1, 32, 32, 8192), (1, 32, 32, 16384), (1, 64, 8, 4096), (4, 32, 32, 2048)]
     if args.quick and not smoke:
         prefill_shapes = prefill_shapes[:1] + prefill_shapes[2:4]
     d = 16 if smoke else 128
+    if args.only not in (None, "prefill"):
+        prefill_shapes = []
     for b, hq, hkv, s in prefill_shapes:
         q = torch.randn(b, s, hq, d, dtype=dt, device=dev)
         kc = torch.randn(b, hkv, s, d, dtype=dt, device=dev)
@@ -128,6 +137,8 @@ def main(argv: list[str] | None = None) -> Path:
     decode_shapes = [(2, 8, 2, 64)] if smoke else [(b, hq, hkv, L) for (hq, hkv) in ((32, 32), (64, 8)) for b in (1, 8, 32) for L in (2048, 8192, 16384)]
     if args.quick and not smoke:
         decode_shapes = [x for x in decode_shapes if x[3] != 8192]
+    if args.only not in (None, "decode"):
+        decode_shapes = []
     for b, hq, hkv, L in decode_shapes:
         kv_bytes = 2 * b * hkv * L * d * 2
         if not smoke and kv_bytes > 40e9:
@@ -138,12 +149,18 @@ def main(argv: list[str] | None = None) -> Path:
         kv_start = torch.zeros(b, dtype=torch.long, device=dev)
         kv_len = torch.tensor([L], dtype=torch.int32, device=dev)
         shape = f"B{b} Hq{hq} Hkv{hkv} L{L} D{d}"
-        add("decode_attn", "triton", shape, bench(lambda: attention_decode(q, kc, vc, kv_start, kv_len), smoke), kv_bytes, "GB/s", ceil["copy_GBps"])
         qh = q.transpose(1, 2)
-        add("decode_attn", "sdpa", shape, bench(lambda: F.scaled_dot_product_attention(qh, kc, vc, enable_gqa=hq != hkv), smoke), kv_bytes, "GB/s", ceil["copy_GBps"])
+        for graph in ([False] if smoke else [False, True]):
+            timing = "graph" if graph else "launch"
+            add("decode_attn", "triton", shape, bench(lambda: attention_decode(q, kc, vc, kv_start, kv_len), smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
+            add("decode_attn", "sdpa", shape, bench(lambda: F.scaled_dot_product_attention(qh, kc, vc, enable_gqa=hq != hkv), smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
         del q, kc, vc
 
     # ---- memory-bound elementwise kernels (bytes = reads + writes)
+    if args.only not in (None, "elementwise"):
+        path = write_results("", meta, rows, path=out_path)
+        print(f"wrote {path}")
+        return path
     tokens = 8 if smoke else 8192
     for hidden in ([64] if smoke else [4096, 8192]):
         x = torch.randn(tokens, hidden, dtype=dt, device=dev)
