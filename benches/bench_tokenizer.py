@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--corpus-mb", type=float, default=8.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--max-doc-bytes", type=int, default=10_000_000, help="largest document of the length-scaling check")
     ap.add_argument("--providers", default="codellama-fast,sentencepiece,tokenizers,transformers")
     args = ap.parse_args(argv)
 
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # Length scaling: one document of growing size (a cache cannot help: every size is new text).
     base = "".join(corpora["python-stdlib"])
-    for size in (1_000, 100_000, 1_000_000, 10_000_000):
+    for size in [n for n in (1_000, 100_000, 1_000_000, 10_000_000) if n <= args.max_doc_bytes]:
         doc = (base * (1 + size // max(1, len(base))))[:size]
         for name in ("codellama-fast", "sentencepiece"):
             if name in table:

@@ -8,8 +8,10 @@ import time
 
 
 class Progress:
-    def __init__(self, label: str, total: float, unit: str = "GB", scale: float = 1e9, enabled: bool | None = None) -> None:
-        self.label, self.total, self.unit, self.scale = label, max(total, 1e-9), unit, scale
+    def __init__(self, label: str, total: float, unit: str | None = None, scale: float | None = None, enabled: bool | None = None) -> None:
+        if unit is None:  # bytes: GB for big jobs, MB otherwise
+            unit, scale = ("GB", 1e9) if total >= 1e9 else ("MB", 1e6)
+        self.label, self.total, self.unit, self.scale = label, max(total, 1e-9), unit, scale or 1.0
         self.done = 0.0
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.start = time.perf_counter()

@@ -1,0 +1,167 @@
+"""Engine commands of the ``codellama-fast`` CLI: generate, infill, chat (argument parsing only).
+Generated text goes to stdout; speed and progress go to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .data import DEMO_MODEL_DIR
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="HF model folder (default: the bundled demo model; real use: a Code Llama folder)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model folder's, else the bundled Code Llama one)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument("--dtype", default=None, help="float16 | bfloat16 | float32 | auto (default: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+
+
+def _load(args: argparse.Namespace):
+    from .engine import Engine
+
+    model = args.model or str(DEMO_MODEL_DIR)
+    return Engine.from_pretrained(model, dtype=args.dtype, device=args.device, backend=args.backend, tokenizer=args.tokenizer)
+
+
+def _gen_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                seed=args.seed, stop=tuple(args.stop))
+
+
+def _prompt(args: argparse.Namespace) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    if sys.stdin is None or sys.stdin.isatty():
+        return ""
+    return sys.stdin.read()
+
+
+def _report(result) -> None:
+    print(f"[{result.summary()}]", file=sys.stderr)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    engine = _load(args)
+    prompt = _prompt(args)
+    if args.stream:
+        import time
+
+        t0 = time.perf_counter()
+        n = 0
+        for delta in engine.stream(prompt, **_gen_kwargs(args)):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+            n += 1
+        sys.stdout.write("\n")
+        print(f"[streamed {n} deltas in {time.perf_counter() - t0:.2f} s]", file=sys.stderr)
+        return 0
+    result = engine.generate(prompt, **_gen_kwargs(args))
+    sys.stdout.write(result.text + "\n")
+    _report(result)
+    return 0
+
+
+def cmd_infill(args: argparse.Namespace) -> int:
+    engine = _load(args)
+    text = _prompt(args)
+    if args.suffix is not None:
+        prefix, suffix = text, args.suffix
+    else:
+        from .tokenizer import FILL_MARKER
+
+        count = text.count(FILL_MARKER)
+        if count != 1:
+            raise SystemExit(f"error: the text must contain exactly one {FILL_MARKER} (found {count}), or pass --suffix")
+        prefix, _, suffix = text.partition(FILL_MARKER)
+    res = engine.infill(prefix, suffix, suffix_first=args.suffix_first, **_gen_kwargs(args))
+    sys.stdout.write((res.text if args.full else res.middle) + ("\n" if not args.full else ""))
+    _report(res.generation)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    engine = _load(args)
+    messages: list[dict[str, str]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    if args.messages_json:
+        messages = json.loads(open(args.messages_json).read())
+        print(engine.chat(messages, **_gen_kwargs(args)))
+        return 0
+    if args.prompt is not None or not sys.stdin.isatty():
+        messages.append({"role": "user", "content": _prompt(args)})
+        print(engine.chat(messages, **_gen_kwargs(args)))
+        return 0
+    print("chat: an empty line ends the conversation", file=sys.stderr)
+    while True:
+        try:
+            user = input("you> ")
+        except EOFError:
+            break
+        if not user.strip():
+            break
+        messages.append({"role": "user", "content": user})
+        answer = engine.chat(messages, **_gen_kwargs(args))
+        print(answer)
+        messages.append({"role": "assistant", "content": answer})
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from .convert import convert_llama2c, convert_meta
+
+    dtype = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float32": torch.float32, "fp32": torch.float32}.get(args.dtype)
+    if dtype is None:
+        raise SystemExit(f"error: unknown --dtype {args.dtype}; use float16, bfloat16 or float32")
+    if args.source == "llama2c":
+        out = convert_llama2c(args.input, args.tokenizer, args.output, dtype=dtype, rope_theta=args.rope_theta, force=args.force, progress=True)
+    else:
+        out = convert_meta(args.input, args.output, model_size=args.model_size, dtype=dtype, force=args.force, progress=True)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def add_engine_commands(sub: Any) -> None:
+    g = sub.add_parser("generate", help="continue a prompt with a model")
+    g.add_argument("prompt", nargs="?", default=None, help="prompt text (default: stdin; empty = from BOS)")
+    _engine_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    i = sub.add_parser("infill", help="fill the <FILL_ME> in a text (7B/13B Code Llama)")
+    i.add_argument("prompt", nargs="?", default=None, help="text with one <FILL_ME> (default: stdin)")
+    i.add_argument("--suffix", default=None, help="give the suffix explicitly (the prompt is then the prefix)")
+    i.add_argument("--suffix-first", action="store_true", help="SPM prompt order")
+    i.add_argument("--full", action="store_true", help="print prefix + middle + suffix instead of the middle only")
+    _engine_args(i)
+    i.set_defaults(func=cmd_infill)
+
+    c = sub.add_parser("chat", help="talk to a Code Llama Instruct model")
+    c.add_argument("prompt", nargs="?", default=None, help="one user message (default: interactive, or stdin)")
+    c.add_argument("--system", default=None, help="system message")
+    c.add_argument("--messages-json", default=None, help="a JSON file with the whole dialog [{role, content}, ...]")
+    _engine_args(c)
+    c.set_defaults(func=cmd_chat)
+
+    v = sub.add_parser("convert", help="convert Meta (consolidated.*.pth) or llama2.c checkpoints to an HF folder")
+    v.add_argument("--input", required=True, help="Meta checkpoint folder, or a llama2.c .bin file")
+    v.add_argument("--output", required=True, help="HF folder to create")
+    v.add_argument("--from", dest="source", choices=["meta", "llama2c"], default="meta")
+    v.add_argument("--model-size", default=None, help="7B | 13B | 34B (checked against params.json; inferred when omitted)")
+    v.add_argument("--dtype", default="float16", help="float16 (default) | bfloat16 | float32")
+    v.add_argument("--tokenizer", default=None, help="llama2c: the sentencepiece tokenizer.model to ship with the model")
+    v.add_argument("--rope-theta", type=float, default=10000.0, help="llama2c: rotary base (llama2.c uses 10000)")
+    v.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    v.set_defaults(func=cmd_convert)

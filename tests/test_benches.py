@@ -1,0 +1,51 @@
+"""The benchmark harnesses run end to end on CPU with tiny shapes and write well-formed JSON (a
+test of the harnesses themselves; speed is never asserted here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(script: str, *args: str, tmp: Path) -> dict:
+    res = subprocess.run([sys.executable, str(ROOT / "benches" / script), *args, "--out", str(tmp)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    (path,) = [p for p in tmp.glob("*.json")]
+    data = json.loads(path.read_text())
+    assert data["meta"]["git_sha"] and data["meta"]["machine"]["cores"]
+    assert data["rows"]
+    return data
+
+
+def test_bench_e2e_smoke(tmp_path):
+    pytest.importorskip("transformers")
+    data = _run("bench_e2e.py", "--smoke", tmp=tmp_path)
+    assert data["meta"]["correctness_gate"]["passed"]
+    providers = {r["provider"] for r in data["rows"]}
+    assert {"codellama-fast", "transformers-eager", "ratio"} <= providers
+    assert list(tmp_path.glob("*.png"))
+
+
+def test_bench_kernels_smoke(tmp_path):
+    pytest.importorskip("triton")
+    data = _run("bench_kernels.py", "--smoke", tmp=tmp_path)
+    assert {r["bench"] for r in data["rows"]} >= {"prefill_attn", "decode_attn", "rmsnorm", "swiglu", "rope_cache"}
+
+
+def test_bench_generate_tiny(tmp_path):
+    pytest.importorskip("transformers")
+    data = _run("bench_generate.py", "--model", "tiny", "--batch", "1", "--prompt", "8", "--new", "4", tmp=tmp_path)
+    assert any(r["provider"] == "ratio" for r in data["rows"])
+
+
+def test_bench_tokenizer_small(tmp_path):
+    data = _run("bench_tokenizer.py", "--corpus-mb", "0.2", "--repeats", "1", "--max-doc-bytes", "100000", tmp=tmp_path)
+    exact = [r for r in data["rows"] if r["bench"] == "exactness"]
+    assert exact and all(r["p50"] == 0 for r in exact)
+    assert {r["provider"] for r in data["rows"]} >= {"codellama-fast", "sentencepiece", "tokenizers", "transformers"}
