@@ -145,7 +145,7 @@ def convert_meta(input_dir: Path, output: Path, model_size: str | None = None, d
     if params.get("vocab_size", -1) not in (-1, vocab):
         raise ConversionError(f"params.json vocab_size {params['vocab_size']} differs from the embedding's {vocab} rows")
     if dim != params["dim"]:
-        raise ConversionError(f"params.json dim {params['dim']} differs from the embedding's width {dim}")
+        raise ConversionError(f"params.json dim {params['dim']} differs from the embedding's width {dim} across {len(shards)} shard(s); a shard may be missing")
     cfg = LlamaConfig(hidden_size=dim, num_hidden_layers=params["n_layers"], num_attention_heads=params["n_heads"],
                       num_key_value_heads=n_kv, intermediate_size=ffn, vocab_size=vocab,
                       rms_norm_eps=float(params.get("norm_eps", 1e-5)), rope_theta=float(params.get("rope_theta", 10000.0)),
@@ -157,7 +157,7 @@ def convert_meta(input_dir: Path, output: Path, model_size: str | None = None, d
                            ("feed_forward.w3", (ffn, dim))):
             got = sset.shape_of(f"layers.{l}.{leaf}.weight")
             if got != want:
-                raise ConversionError(f"layers.{l}.{leaf}.weight merges to {list(got)}, but params.json implies {list(want)}")
+                raise ConversionError(f"layers.{l}.{leaf}.weight merges to {list(got)} across {len(shards)} shard(s), but params.json implies {list(want)}; a shard may be missing")
     tmp = prepare_output(output, force)
     try:
         tok_model = input_dir / "tokenizer.model"
