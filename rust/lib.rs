@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod infill;
+pub mod offsets;
 pub mod parallel;
 pub mod special;
 pub mod spm_model;

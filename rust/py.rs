@@ -139,6 +139,12 @@ impl NativeTokenizer {
         py.detach(|| self.inner.encode(text, mode, add_special_tokens)).map_err(to_py)
     }
 
+    /// (ids, character offsets) of one text; the ids equal `encode`'s.
+    fn encode_with_offsets(&self, py: Python<'_>, text: &str, mode: u8, add_special_tokens: bool) -> PyResult<(Vec<u32>, Vec<(usize, usize)>)> {
+        let mode = mode_from(mode)?;
+        py.detach(|| self.inner.encode_with_offsets(text, mode, add_special_tokens)).map_err(to_py)
+    }
+
     /// Ids of plain text, with or without sentencepiece's dummy prefix, no BOS/EOS.
     fn encode_text(&self, py: Python<'_>, text: &str, dummy_prefix: bool) -> PyResult<Vec<u32>> {
         py.detach(|| {

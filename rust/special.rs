@@ -63,6 +63,23 @@ impl SpecialMatcher {
         self.strings.iter().map(String::as_str).zip(self.ids.iter().copied())
     }
 
+    /// Byte ranges of the pieces of `text`: (start, end, Some(id)) for a special token, None for text.
+    pub fn split_ranges(&self, text: &str) -> Vec<(usize, usize, Option<u32>)> {
+        let mut out = Vec::new();
+        let mut last = 0;
+        for m in self.automaton.find_iter(text) {
+            if m.start() > last {
+                out.push((last, m.start(), None));
+            }
+            out.push((m.start(), m.end(), Some(self.ids[m.pattern().as_usize()])));
+            last = m.end();
+        }
+        if last < text.len() {
+            out.push((last, text.len(), None));
+        }
+        out
+    }
+
     /// Splits `text` into text spans and special tokens, dropping empty text spans.
     pub fn split<'a>(&self, text: &'a str) -> Vec<Segment<'a>> {
         let mut out = Vec::new();

@@ -291,6 +291,18 @@ impl CodeLlamaTokenizer {
         self.add_dummy_prefix
     }
 
+    pub(crate) fn removes_extra_whitespace(&self) -> bool {
+        self.remove_extra_whitespaces
+    }
+
+    pub(crate) fn special_matcher(&self) -> &SpecialMatcher {
+        &self.matcher
+    }
+
+    pub(crate) fn bpe(&self) -> &BPE {
+        &self.bpe
+    }
+
     fn check_id(&self, id: i64) -> Result<u32> {
         if id < 0 || id as usize >= self.pieces.len() {
             Err(TokenizerError::IdOutOfRange { id, vocab_size: self.pieces.len() })
@@ -393,19 +405,27 @@ impl CodeLlamaTokenizer {
                 Ok(())
             }
             SpecialTokenMode::MatchNoPrefix => {
-                // HF slow (legacy=False): `▁` in the text is read as a space, "▁" is prepended to
-                // the text, and every span is encoded without a dummy prefix. A prepended "▁" that
-                // stands alone before a special token is dropped, so it is only added to a leading
-                // text span.
-                let text = text.replace(SPACE_MARK, " ");
-                for (i, seg) in self.matcher.split(&text).into_iter().enumerate() {
+                // HF slow CodeLlamaTokenizer: text' = "▁" + text with `▁` read as spaces; split on
+                // special tokens; every span encoded without a dummy prefix; then a leading lone "▁"
+                // is dropped when a special piece follows it.
+                if text.is_empty() {
+                    return Ok(());
+                }
+                let mut prefixed = String::with_capacity(text.len() + 3);
+                if self.add_dummy_prefix {
+                    prefixed.push(SPACE_MARK);
+                }
+                prefixed.extend(text.chars().map(|c| if c == SPACE_MARK { ' ' } else { c }));
+                let start = out.len();
+                for seg in self.matcher.split(&prefixed) {
                     match seg {
                         Segment::Special(id) => out.push(id),
-                        Segment::Text(t) if i == 0 && self.add_dummy_prefix => {
-                            self.encode_text(&format!("{SPACE_MARK}{t}"), false, out)?
-                        }
                         Segment::Text(t) => self.encode_text(t, false, out)?,
                     }
+                }
+                let lone_mark = self.piece_to_id.get("▁").copied();
+                if out.len() > start + 1 && Some(out[start]) == lone_mark && self.is_special[out[start + 1] as usize] {
+                    out.remove(start);
                 }
                 Ok(())
             }

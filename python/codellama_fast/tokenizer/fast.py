@@ -310,8 +310,8 @@ class CodeLlamaTokenizerFast:
             return self.unk_token_id if found is None else found
         return [self.convert_tokens_to_ids(t) for t in tokens]  # type: ignore[misc]
 
-    def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False, **kwargs: Any) -> list[str]:
-        ids = self.encode(text, pair, add_special_tokens=add_special_tokens, **kwargs)
+    def tokenize(self, text: str, suffix: str | None = None, add_special_tokens: bool = False, **kwargs: Any) -> list[str]:
+        ids = self.encode(text, suffix=suffix, add_special_tokens=add_special_tokens, **kwargs)
         return [self._native.id_to_piece(i) for i in ids]
 
     # ------------------------------------------------------------------ encoding
@@ -342,7 +342,6 @@ class CodeLlamaTokenizerFast:
     def _encode_one(
         self,
         text: str,
-        text_pair: str | None,
         suffix: str | None,
         suffix_first: bool | None,
         add_special_tokens: bool,
@@ -352,8 +351,6 @@ class CodeLlamaTokenizerFast:
         _check_text(text)
         parts = self._infill_parts(text, suffix)
         if parts is not None:
-            if text_pair is not None:
-                raise TokenizerError("text_pair cannot be combined with infilling")
             if not self.can_infill:
                 raise InfillingUnsupported(
                     "this tokenizer's vocabulary has no infilling pieces (▁<PRE>, ▁<SUF>, ▁<MID>, ▁<EOT>); "
@@ -362,13 +359,14 @@ class CodeLlamaTokenizerFast:
             sf = self.suffix_first if suffix_first is None else suffix_first
             add_bos = add_special_tokens and self._add_bos_token
             return self._call_native(self._native.encode_infill, parts[0], parts[1], bool(sf), add_bos), True
-        mode = self._mode(split_special_tokens)
-        if text_pair is None:
-            return self._call_native(self._native.encode, text, mode, add_special_tokens), False
-        _check_text(text_pair, "text_pair")
-        a = self._call_native(self._native.encode, text, mode, False)
-        b = self._call_native(self._native.encode, text_pair, mode, False)
-        return (self.build_inputs_with_special_tokens(a, b) if add_special_tokens else a + b), False
+        return self._call_native(self._native.encode, text, self._mode(split_special_tokens), add_special_tokens), False
+
+    @staticmethod
+    def _suffix_arg(text_pair: Any, suffix: Any) -> Any:
+        """transformers' CodeLlamaTokenizerFast reads `text_pair` as the infilling suffix."""
+        if text_pair is not None and suffix is not None:
+            raise TokenizerError("give the infilling suffix either as text_pair or as suffix=, not both")
+        return suffix if suffix is not None else text_pair
 
     def _num_special(self, pair: bool) -> int:
         n = int(self._add_bos_token) + int(self._add_eos_token)
@@ -414,7 +412,7 @@ class CodeLlamaTokenizerFast:
                 return_tensors=return_tensors, **kwargs,
             )
             return enc["input_ids"]
-        ids, is_infill = self._encode_one(text, text_pair, suffix, suffix_first, add_special_tokens, split_special_tokens)
+        ids, is_infill = self._encode_one(text, self._suffix_arg(text_pair, suffix), suffix_first, add_special_tokens, split_special_tokens)
         if truncation and truncation != "do_not_truncate":
             ids = self._truncate(ids, max_length if max_length is not None else self.model_max_length, add_special_tokens, is_infill)
         return ids
@@ -446,21 +444,28 @@ class CodeLlamaTokenizerFast:
             raise TokenizerError(f"return_tensors={return_tensors!r} is not supported; use 'np', 'pt' or None")
         if padding not in _PADDING_STRATEGIES:
             raise TokenizerError(f"padding={padding!r} is not one of True, False, 'longest', 'max_length', 'do_not_pad'")
-        if return_offsets_mapping:
-            raise NotImplementedError("return_offsets_mapping is not implemented yet")
         side = padding_side or self.padding_side
         if side not in ("left", "right"):
             raise TokenizerError(f"padding_side must be 'left' or 'right', not {side!r}")
         batched = isinstance(text, (list, tuple))
         texts = list(text) if batched else [text]
         n = len(texts)
-        pairs = self._broadcast(text_pair, n, batched, "text_pair")
-        suffixes = self._broadcast(suffix, n, batched, "suffix")
+        suffixes = self._broadcast(self._suffix_arg(text_pair, suffix), n, batched, "suffix")
         for t in texts:
             _check_text(t)
         encoded: list[list[int]]
         infill_flags: list[bool]
-        if batched and all(p is None for p in pairs):
+        offsets: list[list[tuple[int, int]]] | None = None
+        if return_offsets_mapping:
+            encoded, offsets = [], []
+            for t, s in zip(texts, suffixes):
+                if s is not None or (self.fill_token and self.fill_token in t):
+                    raise TokenizerError("return_offsets_mapping is not available for infilling prompts (their sentinels have no place in the text)")
+                ids, offs = self._call_native(self._native.encode_with_offsets, t, self._mode(split_special_tokens), add_special_tokens)
+                encoded.append(ids)
+                offsets.append([tuple(o) for o in offs])
+            infill_flags = [False] * n
+        elif batched:
             items: list[Any] = [t if s is None else (t, _check_text(s, "suffix")) for t, s in zip(texts, suffixes)]
             if self.fill_token and any(isinstance(i, tuple) and self.fill_token in i[0] for i in items):
                 raise TokenizerError(f"give either a text with {self.fill_token} or suffix=, not both")
@@ -479,14 +484,16 @@ class CodeLlamaTokenizerFast:
                 raise self._batch_item_error(items) from None
             infill_flags = [isinstance(i, tuple) or (self.fill_token is not None and self.fill_token in i) for i in items]
         else:
-            results = [self._encode_one(t, p, s, suffix_first, add_special_tokens, split_special_tokens) for t, p, s in zip(texts, pairs, suffixes)]
+            results = [self._encode_one(t, s, suffix_first, add_special_tokens, split_special_tokens) for t, s in zip(texts, suffixes)]
             encoded = [r[0] for r in results]
             infill_flags = [r[1] for r in results]
         if truncation and truncation != "do_not_truncate":
             limit = max_length if max_length is not None else self.model_max_length
+            if offsets is not None:
+                offsets = [self._truncate(o, limit, add_special_tokens, False) for o in offsets]  # type: ignore[arg-type]
             encoded = [self._truncate(ids, limit, add_special_tokens, inf) for ids, inf in zip(encoded, infill_flags)]
         return self._finish(encoded, batched, padding, max_length, side, pad_to_multiple_of, return_tensors,
-                            return_attention_mask, return_special_tokens_mask, return_length)
+                            return_attention_mask, return_special_tokens_mask, return_length, offsets, infill_flags, add_special_tokens)
 
     @staticmethod
     def _batch_item_error(items: list[Any]) -> Exception:
@@ -526,10 +533,14 @@ class CodeLlamaTokenizerFast:
         return_attention_mask: bool | None,
         return_special_tokens_mask: bool,
         return_length: bool,
+        offsets: list[list[tuple[int, int]]] | None = None,
+        infill_flags: list[bool] | None = None,
+        add_special: bool = True,
     ) -> BatchEncoding:
+        infill_flags = infill_flags or [False] * len(encoded)
         strategy = _PADDING_STRATEGIES[padding]
         masks = [[1] * len(ids) for ids in encoded]
-        specials = [[int(self._native.is_special_id(i)) for i in ids] for ids in encoded] if return_special_tokens_mask else None
+        specials = [self._added_mask(ids, inf, add_special) for ids, inf in zip(encoded, infill_flags)] if return_special_tokens_mask else None
         if strategy is not None:
             pad_id = self.pad_token_id
             if pad_id is None:
@@ -549,6 +560,8 @@ class CodeLlamaTokenizerFast:
                 gap = width - len(ids)
                 if gap <= 0:
                     continue
+                if offsets is not None:
+                    offsets[k] = ([(0, 0)] * gap + offsets[k]) if side == "left" else (offsets[k] + [(0, 0)] * gap)
                 if side == "left":
                     encoded[k] = [pad_id] * gap + ids
                     masks[k] = [0] * gap + masks[k]
@@ -564,6 +577,8 @@ class CodeLlamaTokenizerFast:
             data["attention_mask"] = masks
         if specials is not None:
             data["special_tokens_mask"] = specials
+        if offsets is not None:
+            data["offset_mapping"] = offsets
         if return_length:
             data["length"] = [sum(m) for m in masks]
         if return_tensors is not None:
@@ -573,18 +588,38 @@ class CodeLlamaTokenizerFast:
                     "the texts have different lengths, so they cannot form one tensor; pass padding=True "
                     "(after setting a pad token) or return lists"
                 )
-            data = {k: self._to_tensor(v, return_tensors) for k, v in data.items()}
+            data = {k: self._to_tensor(v, return_tensors, k == "offset_mapping") for k, v in data.items()}
         elif not batched:
             data = {k: v[0] for k, v in data.items()}
         return BatchEncoding(data)
 
+    def _added_mask(self, ids: list[int], is_infill: bool, add_special: bool) -> list[int]:
+        """1 where the tokenizer added a token (BOS/EOS, infilling sentinels), 0 for the text's own
+        tokens, special-token strings in the text included (as transformers does)."""
+        mask = [0] * len(ids)
+        if not add_special and not is_infill:
+            return mask
+        if is_infill:
+            sentinels = {self.prefix_id, self.suffix_id, self.middle_id}
+            seen = 0
+            for k, i in enumerate(ids):
+                if (k == 0 and add_special and self._add_bos_token and i == self.bos_token_id) or (i in sentinels and seen < 3):
+                    mask[k] = 1
+                    seen += i in sentinels
+            return mask
+        if self._add_bos_token and ids and ids[0] == self.bos_token_id:
+            mask[0] = 1
+        if self._add_eos_token and ids and ids[-1] == self.eos_token_id:
+            mask[-1] = 1
+        return mask
+
     @staticmethod
-    def _to_tensor(rows: list[Any], kind: str) -> Any:
+    def _to_tensor(rows: list[Any], kind: str, pairs: bool = False) -> Any:
         import numpy as np
 
         array = np.asarray(rows, dtype=np.int64)
-        if array.ndim == 1:
-            array = array.reshape(len(rows), -1)
+        if array.ndim == (2 if pairs else 1):
+            array = array.reshape(len(rows), -1, 2) if pairs else array.reshape(len(rows), -1)
         if kind == "np":
             return array
         try:

@@ -1,0 +1,322 @@
+"""Conformance with transformers 4.x `CodeLlamaTokenizerFast` / `CodeLlamaTokenizer` loaded from the
+same folder (tokenizer-behavior.md: the oracle for the API), over a corpus with special-token
+strings sprinkled in and hypothesis inputs. Every deliberate difference has its own named test
+that asserts our (Meta-correct) result and that transformers differs."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+transformers = pytest.importorskip("transformers")
+if not transformers.__version__.startswith("4."):
+    pytest.skip("the conformance oracle is transformers 4.x", allow_module_level=True)
+
+from codellama_fast import CodeLlamaTokenizerFast  # noqa: E402
+from tests.conftest import CODELLAMA_DIR  # noqa: E402
+
+SPECIAL_STRINGS = ["<s>", "</s>", "<unk>", "▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>", " <PRE>", "[INST]", "<<SYS>>"]
+
+
+def _hf_fast(**kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return transformers.CodeLlamaTokenizerFast.from_pretrained(str(CODELLAMA_DIR), **kw)
+
+
+def _hf_slow(**kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return transformers.CodeLlamaTokenizer.from_pretrained(str(CODELLAMA_DIR), **kw)
+
+
+@pytest.fixture(scope="module")
+def hf():
+    return _hf_fast()
+
+
+@pytest.fixture(scope="module")
+def hf_slow():
+    return _hf_slow()
+
+
+@pytest.fixture(scope="module")
+def ours():
+    return CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+
+
+@pytest.fixture(scope="module")
+def ours_nolegacy():
+    return CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR, legacy=False)
+
+
+@pytest.fixture(scope="module")
+def sprinkled(stdlib_corpus):
+    """Corpus chunks with special-token strings inserted at random places (fixed seed per run)."""
+    import random
+
+    r = random.Random()
+    out = []
+    for _ in range(600):
+        _, text = r.choice(stdlib_corpus)
+        start = r.randrange(max(1, len(text)))
+        chunk = text[start : start + r.choice([10, 80, 400])]
+        for _ in range(r.randrange(3)):
+            pos = r.randrange(len(chunk) + 1)
+            chunk = chunk[:pos] + r.choice(SPECIAL_STRINGS) + chunk[pos:]
+        if "<FILL_ME>" not in chunk:
+            out.append(chunk)
+    return out
+
+
+def test_default_matches_hf_fast_with_special_strings(hf, ours, sprinkled):
+    assert ours(sprinkled)["input_ids"] == hf(sprinkled)["input_ids"]
+    for t in sprinkled[:100]:
+        assert ours.encode(t) == hf.encode(t), t
+        assert ours.tokenize(t) == hf.tokenize(t), t
+
+
+def test_legacy_false_matches_hf_slow(hf_slow, ours_nolegacy, sprinkled):
+    for t in sprinkled[:300]:
+        assert ours_nolegacy.encode(t) == hf_slow.encode(t), repr(t)
+    assert ours_nolegacy.encode("<s>Hello") == [1, 1, 10994]
+
+
+def test_split_special_tokens_is_plain_sentencepiece(ours, sp_codellama, sprinkled):
+    for t in sprinkled[:200]:
+        assert ours.encode(t, split_special_tokens=True) == [1] + sp_codellama.encode(t)
+    t2 = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR, split_special_tokens=True)
+    assert t2.encode("<s>") == [1] + sp_codellama.encode("<s>")
+
+
+_TEXT = st.lists(st.one_of(st.text(max_size=12), st.sampled_from(SPECIAL_STRINGS + [" ", "  ", "\n", "é", "🦙", "▁"])), max_size=12).map("".join).filter(
+    lambda s: "<FILL_ME>" not in s and not any(0xD800 <= ord(c) <= 0xDFFF for c in s))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXT)
+def test_hypothesis_default_and_offsets_match_hf_fast(text):
+    hf, ours = _cached("hf"), _cached("ours")
+    a = hf(text, return_offsets_mapping=True)
+    b = ours(text, return_offsets_mapping=True)
+    assert b["input_ids"] == a["input_ids"]
+    assert b["offset_mapping"] == [tuple(x) for x in a["offset_mapping"]]
+    assert ours.encode(text) == b["input_ids"]
+    assert ours.decode(a["input_ids"]) == hf.decode(a["input_ids"])
+    assert ours.decode(a["input_ids"], skip_special_tokens=True) == hf.decode(a["input_ids"], skip_special_tokens=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_TEXT)
+def test_hypothesis_legacy_false_matches_hf_slow(text):
+    assert _cached("ours_nolegacy").encode(text) == _cached("hf_slow").encode(text)
+    nl = _cached("ours_nolegacy")
+    assert nl(text, return_offsets_mapping=True)["input_ids"] == nl.encode(text)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(padding=True),
+    dict(padding="longest", padding_side="right"),
+    dict(padding="max_length", max_length=40, truncation=True),
+    dict(truncation=True, max_length=5),
+    dict(padding=True, return_tensors="np"),
+    dict(padding=True, return_tensors="pt"),
+    dict(return_special_tokens_mask=True, padding=True),
+    dict(return_attention_mask=False, padding=True),
+    dict(add_special_tokens=False, padding=True),
+    dict(return_offsets_mapping=True, padding=True),
+    dict(padding=True, pad_to_multiple_of=8),
+    dict(return_length=True),
+])
+def test_call_options_match_hf_fast(kwargs, sprinkled):
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    hf.pad_token = hf.eos_token
+    ours.pad_token = ours.eos_token
+    texts = [t for t in sprinkled[:20] if t] + ["a", "def f():\n    return 1"]
+    a, b = hf(texts, **kwargs), ours(texts, **kwargs)
+    assert set(a.keys()) == set(b.keys())
+    for key in a:
+        va, vb = a[key], b[key]
+        if hasattr(va, "tolist"):
+            assert type(va).__module__.split(".")[0] == type(vb).__module__.split(".")[0]
+            assert va.shape == vb.shape and va.tolist() == vb.tolist(), key
+        else:
+            if key == "offset_mapping":
+                va = [[tuple(x) for x in row] for row in va]
+            assert va == vb, key
+
+
+def test_single_text_shapes_match(hf, ours):
+    for kw in ({}, {"return_tensors": "np"}, {"return_tensors": "pt"}):
+        a, b = hf("def f(): pass", **kw), ours("def f(): pass", **kw)
+        for k in a:
+            va, vb = a[k], b[k]
+            assert (va.tolist() if hasattr(va, "tolist") else va) == (vb.tolist() if hasattr(vb, "tolist") else vb)
+    assert ours.encode("x", return_tensors="pt").tolist() == hf.encode("x", return_tensors="pt").tolist()
+
+
+def test_add_bos_eos_setters_match_hf(sprinkled):
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    for bos, eos in ((True, True), (False, True), (False, False), (True, False)):
+        hf.add_bos_token, hf.add_eos_token = bos, eos
+        ours.add_bos_token, ours.add_eos_token = bos, eos
+        assert ours(sprinkled[:30])["input_ids"] == hf(sprinkled[:30])["input_ids"]
+        hf.pad_token = ours.pad_token = "</s>"
+        assert ours(sprinkled[:5], padding=True, truncation=True, max_length=7)["input_ids"] == hf(sprinkled[:5], padding=True, truncation=True, max_length=7)["input_ids"]
+
+
+def test_vocab_and_conversions_match(hf, ours):
+    assert ours.get_vocab() == hf.get_vocab()
+    assert ours.vocab_size == hf.vocab_size and len(ours) == len(hf)
+    ids = list(range(0, 32016, 97)) + [1, 2, 32007, 32010]
+    assert ours.convert_ids_to_tokens(ids) == hf.convert_ids_to_tokens(ids)
+    assert ours.convert_ids_to_tokens(ids, skip_special_tokens=True) == hf.convert_ids_to_tokens(ids, skip_special_tokens=True)
+    toks = ["▁def", "<s>", "not-a-piece", "▁<PRE>", "<0x0A>"]
+    assert ours.convert_tokens_to_ids(toks) == hf.convert_tokens_to_ids(toks)
+    assert ours.convert_tokens_to_ids("▁def") == hf.convert_tokens_to_ids("▁def")
+    assert sorted(ours.all_special_ids) == sorted(hf.all_special_ids)
+    assert (ours.prefix_id, ours.suffix_id, ours.middle_id, ours.eot_id) == (hf.prefix_id, hf.suffix_id, hf.middle_id, hf.eot_id)
+    assert (ours.prefix_token, ours.suffix_token, ours.middle_token, ours.eot_token) == (hf.prefix_token, hf.suffix_token, hf.middle_token, hf.eot_token)
+    assert ours.fill_token == hf.fill_token == "<FILL_ME>"
+
+
+def test_decode_and_batch_decode_match(hf, ours, sprinkled):
+    batch = hf(sprinkled[:100])["input_ids"]
+    for skip in (False, True):
+        assert ours.batch_decode(batch, skip_special_tokens=skip) == hf.batch_decode(batch, skip_special_tokens=skip)
+
+
+def test_special_token_helpers(hf, hf_slow, ours):
+    a, b = [5, 6, 7], [8, 9]
+    assert ours.build_inputs_with_special_tokens(a, b) == hf_slow.build_inputs_with_special_tokens(a, b)
+    assert ours.build_inputs_with_special_tokens(a) == hf_slow.build_inputs_with_special_tokens(a)
+    assert ours.get_special_tokens_mask(a, b) == hf_slow.get_special_tokens_mask(a, b)
+    assert ours.create_token_type_ids_from_sequences(a, b) == hf_slow.create_token_type_ids_from_sequences(a, b)
+    assert ours.create_token_type_ids_from_sequences(a) == hf_slow.create_token_type_ids_from_sequences(a)
+    ids = [1, 5, 32007, 6, 2]
+    assert ours.get_special_tokens_mask(ids, already_has_special_tokens=True) == hf.get_special_tokens_mask(ids, already_has_special_tokens=True)
+
+
+def test_save_pretrained_round_trip_and_loads_in_transformers(tmp_path, sprinkled):
+    t = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR, add_eos_token=True, pad_token="</s>", suffix_first=True)
+    t.save_pretrained(tmp_path)
+    again = CodeLlamaTokenizerFast.from_pretrained(tmp_path)
+    assert again(sprinkled)["input_ids"] == t(sprinkled)["input_ids"]
+    assert again.add_eos_token and again.pad_token == "</s>" and again.suffix_first
+    from_json_only = CodeLlamaTokenizerFast.from_pretrained(tmp_path / "tokenizer.json")
+    assert from_json_only.encode("def f(): <s> pass") == CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR).encode("def f(): <s> pass")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf_loaded = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+        hf_slow = transformers.CodeLlamaTokenizer.from_pretrained(str(tmp_path))
+    plain = [s for s in sprinkled if "<" not in s and "▁" not in s][:50]
+    assert hf_loaded(plain)["input_ids"] == t(plain)["input_ids"]
+    assert hf_slow(plain)["input_ids"] == t(plain)["input_ids"]
+    (tmp_path / "v").mkdir()
+    (path,) = t.save_vocabulary(tmp_path / "v")
+    assert open(path, "rb").read() == (CODELLAMA_DIR / "tokenizer.model").read_bytes()
+
+
+def test_result_works_as_generate_kwargs(ours):
+    enc = ours("def f():", return_tensors="pt")
+    seen = {}
+
+    def generate(input_ids=None, attention_mask=None, **kw):
+        seen.update(input_ids=input_ids, attention_mask=attention_mask)
+
+    generate(**enc)
+    assert seen["input_ids"].tolist() == [ours.encode("def f():")]
+    assert enc.input_ids is enc["input_ids"] and dict(enc).keys() == {"input_ids", "attention_mask"}
+
+
+# ---------------------------------------------------------------- deliberate differences
+
+
+def test_difference_infilling_in_batch_calls(hf, ours):
+    """HF fast silently skips infilling in batch calls; we infill every item."""
+    texts = ["def f(<FILL_ME>):", "x = <FILL_ME>"]
+    ours_ids = ours(texts)["input_ids"]
+    assert ours_ids == [ours(t)["input_ids"] for t in texts]
+    assert all(ids[1] == 32007 and ids[-1] == 32009 for ids in ours_ids)
+    assert hf(texts)["input_ids"] != ours_ids
+
+
+def test_difference_empty_prefix(hf, ours, sp_codellama):
+    """An empty prefix adds nothing (Meta); HF fast adds 29871."""
+    assert ours("<FILL_ME>b")["input_ids"] == [1, 32007, 32008] + sp_codellama.encode("☺b")[2:] + [32009]
+    assert hf("<FILL_ME>b")["input_ids"] != ours("<FILL_ME>b")["input_ids"]
+
+
+def test_difference_empty_suffix(hf, ours):
+    """An empty suffix still emits every sentinel (Meta); HF drops the marker and the sentinels."""
+    assert ours("a<FILL_ME>")["input_ids"] == [1, 32007, 263, 32008, 32009]
+    assert hf("a<FILL_ME>")["input_ids"] != [1, 32007, 263, 32008, 32009]
+
+
+def test_difference_suffix_first_from_constructor(hf_slow):
+    """suffix_first given to the constructor is honoured; HF slow ignores it."""
+    ours = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR, suffix_first=True)
+    ids = ours("a<FILL_ME>b")["input_ids"]
+    assert ids[:3] == [1, 32007, 32008] and ids[-1] == 263
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        slow = transformers.CodeLlamaTokenizer.from_pretrained(str(CODELLAMA_DIR), suffix_first=True)
+    assert slow("a<FILL_ME>b")["input_ids"] != ids
+
+
+def test_difference_infilling_never_changes_state(ours):
+    """HF fast rewrites its normalizer/post-processor during an infilling call (#26038); ours has no
+    such state, so plain encodes before and after an infilling call are identical."""
+    hf = _hf_fast()
+    before_hf, before = hf.encode(" Hello"), ours.encode(" Hello")
+    hf("a<FILL_ME>b", suffix_first=True)
+    ours("a<FILL_ME>b", suffix_first=True)
+    assert ours.encode(" Hello") == before == [1, 29871, 15043]
+    assert hf.encode(" Hello") == before_hf  # 4.57 restores it; the concurrent case is the thread test
+
+
+def test_difference_no_eos_after_middle():
+    """add_eos_token=True must not put EOS after ▁<MID> in an infilling prompt."""
+    ours = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR, add_eos_token=True)
+    assert ours("a<FILL_ME>b")["input_ids"][-1] == 32009
+    hf = _hf_fast(add_eos_token=True)
+    assert hf("a<FILL_ME>b")["input_ids"][-1] == 2
+
+
+def test_difference_build_inputs_fast_is_broken_in_hf(hf, ours):
+    """transformers 4.x CodeLlamaTokenizerFast.build_inputs_with_special_tokens adds an int to a list."""
+    assert ours.build_inputs_with_special_tokens([5]) == [1, 5]
+    with pytest.raises(TypeError):
+        hf.build_inputs_with_special_tokens([5])
+
+
+def test_difference_token_type_ids_line_up_with_special_tokens(hf, ours):
+    """HF fast's create_token_type_ids_from_sequences ignores BOS/EOS, so its types do not line up
+    with build_inputs_with_special_tokens; we follow the slow class, whose types do."""
+    a, b = [5, 6, 7], [8, 9]
+    types = ours.create_token_type_ids_from_sequences(a, b)
+    assert len(types) == len(ours.build_inputs_with_special_tokens(a, b))
+    assert hf.create_token_type_ids_from_sequences(a, b) != types
+
+
+def test_difference_special_tokens_mask_without_specials(hf, ours):
+    """HF fast refuses get_special_tokens_mask(..., already_has_special_tokens=False); we answer as the slow class."""
+    assert ours.get_special_tokens_mask([5, 6]) == [1, 0, 0]
+    with pytest.raises(AssertionError):
+        hf.get_special_tokens_mask([5, 6])
+
+
+_CACHE: dict = {}
+
+
+def _cached(name: str):
+    if name not in _CACHE:
+        _CACHE[name] = {
+            "hf": _hf_fast, "hf_slow": _hf_slow,
+            "ours": lambda: CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR),
+            "ours_nolegacy": lambda: CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR, legacy=False),
+        }[name]()
+    return _CACHE[name]

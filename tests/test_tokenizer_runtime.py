@@ -1,0 +1,129 @@
+"""Streaming decode, concurrency (threads, fork after parallel use) and bad input."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import random
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from codellama_fast import CodeLlamaTokenizerFast, TokenIdError, TokenizerError
+from tests.conftest import CODELLAMA_DIR
+
+_TOK = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.integers(0, 32015), max_size=40), st.booleans())
+def test_stream_decoder_equals_full_decode_for_any_ids(ids, skip):
+    d = _TOK.stream_decoder(skip_special_tokens=skip)
+    assert "".join(d.step(i) for i in ids) + d.flush() == _TOK.decode(ids, skip_special_tokens=skip)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60).filter(lambda s: not any(0xD800 <= ord(c) <= 0xDFFF for c in s)))
+def test_stream_decoder_on_real_text(text):
+    ids = _TOK.encode(text, add_special_tokens=False, split_special_tokens=True)
+    d = _TOK.stream_decoder()
+    deltas = [d.step(i) for i in ids] + [d.flush()]
+    assert "".join(deltas) == _TOK.decode(ids)
+    assert all("\ufffd" not in x for x in deltas) or "\ufffd" in text
+
+
+def test_stream_decoder_holds_back_split_characters():
+    ids = _TOK.encode("a🦙b", add_special_tokens=False)
+    assert 3 + 0xF0 in ids  # the llama is byte-fallback pieces
+    d = _TOK.stream_decoder()
+    deltas = [d.step(i) for i in ids]
+    assert "".join(deltas) == "a🦙b" and "\ufffd" not in "".join(deltas)
+    assert deltas.count("") >= 3  # three bytes waited for the fourth
+
+
+def test_many_threads_mixed_calls_equal_serial(stdlib_corpus):
+    r = random.Random(5)
+    jobs = []
+    for k in range(400):
+        _, text = r.choice(stdlib_corpus)
+        s = r.randrange(max(1, len(text)))
+        chunk = text[s : s + 300].replace("<FILL_ME>", "")
+        kind = k % 4
+        if kind == 0:
+            jobs.append(("plain", chunk))
+        elif kind == 1:
+            jobs.append(("infill", chunk[:100] + "<FILL_ME>" + chunk[100:]))
+        elif kind == 2:
+            jobs.append(("batch", [chunk, chunk[:50] + "<FILL_ME>"]))
+        else:
+            jobs.append(("spm", chunk[:80] + "<FILL_ME>" + chunk[80:]))
+
+    def run(job):
+        kind, x = job
+        if kind == "plain":
+            return _TOK.encode(x)
+        if kind == "infill":
+            return _TOK(x)["input_ids"]
+        if kind == "batch":
+            return _TOK(x)["input_ids"]
+        return _TOK(x, suffix_first=True)["input_ids"]
+
+    serial = [run(j) for j in jobs]
+    results: list = [None] * len(jobs)
+
+    def worker(idx: list[int]):
+        for i in idx:
+            results[i] = run(jobs[i])
+
+    threads = [threading.Thread(target=worker, args=(list(range(t, len(jobs), 8)),)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == serial
+
+
+def _child(q):
+    tok = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    q.put(tok(["x = 1", "y = 2", "z = 3"] * 10)["input_ids"][:3])
+
+
+def test_fork_after_parallel_use_does_not_deadlock():
+    _TOK(["warm the thread pool"] * 64)  # parallel batch work in the parent
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q,))
+    p.start()
+    p.join(timeout=60)
+    assert not p.is_alive(), "the forked child hung"
+    assert p.exitcode == 0
+    assert q.get(timeout=5) == _TOK(["x = 1", "y = 2", "z = 3"])["input_ids"]
+
+
+def test_bad_inputs_are_typed_errors():
+    t = _TOK
+    with pytest.raises(TypeError):
+        t(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        t([b"bytes"])  # type: ignore[list-item]
+    with pytest.raises(TokenizerError, match="surrogate"):
+        t("\udc80")
+    with pytest.raises(TokenIdError):
+        t.decode([2**40])
+    with pytest.raises(TokenIdError):
+        t.convert_ids_to_tokens([-5])
+    with pytest.raises(TokenizerError, match="max_length=1"):
+        CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR, add_eos_token=True)("abc def", truncation=True, max_length=1)
+    with pytest.raises(TokenizerError, match="return_tensors"):
+        t("x", return_tensors="tf")
+    with pytest.raises(TokenizerError, match="pad token"):
+        t(["a", "b c"], padding=True)
+    with pytest.raises(TokenizerError, match="different lengths"):
+        t(["a", "b c d"], return_tensors="np")
+    with pytest.raises(TokenizerError, match="padding="):
+        t("x", padding="sideways")
+    with pytest.raises(TokenizerError, match="not in the vocabulary"):
+        t.pad_token = "<pad>"
+    with pytest.raises(TokenizerError, match="infilling prompt"):
+        t("a" * 50 + "<FILL_ME>", truncation=True, max_length=5)
