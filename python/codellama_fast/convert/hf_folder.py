@@ -68,7 +68,7 @@ def write_model(
         writer = SafetensorsWriter(tmp / fname, entries, metadata={"format": "pt"})
         try:
             for name, _, shape in entries:
-                t = produce(name).to(dtype)
+                t = produce(name).to(dtype).contiguous()
                 writer.write(name, t)
                 bar.update(t.numel() * elem)
                 weight_map[name] = fname

@@ -107,17 +107,18 @@ class ShardSet:
                 raise ConversionError(f"{s} lacks tensor {name}")
             parts.append(sd[name])
         leaf = name.split(".")[-2] if name.endswith(".weight") else name
+        # Merged in the stored dtype (the writer casts once): no fp32 copies of large tensors.
         if len(parts) == 1:
-            return parts[0].float()
+            return parts[0]
         if leaf not in CAT_DIM:  # replicated (norms)
             if any(p.shape != parts[0].shape for p in parts):
                 raise ConversionError(f"replicated tensor {name} has different shapes across shards: {[tuple(p.shape) for p in parts]}")
-            return parts[0].float()
+            return parts[0]
         dim = CAT_DIM[leaf]
         other = 1 - dim
         if any(p.shape[other] != parts[0].shape[other] or p.ndim != 2 for p in parts):
             raise ConversionError(f"shards disagree on the shape of {name}: {[tuple(p.shape) for p in parts]}")
-        return torch.cat([p.float() for p in parts], dim=dim)
+        return torch.cat(parts, dim=dim)
 
     def shape_of(self, name: str) -> tuple[int, ...]:
         dicts = self.open(("shapes",))
