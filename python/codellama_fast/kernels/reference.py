@@ -79,6 +79,13 @@ def attention(q, k_cache, v_cache, q_start, kv_start, kv_len) -> torch.Tensor:
     if group > 1:  # GQA: KV head h serves query heads h*group .. h*group+group-1
         k = k[:, :, None].expand(b, hkv, group, kv_len, d).reshape(b, hq, kv_len, d)
         v = v[:, :, None].expand(b, hkv, group, kv_len, d).reshape(b, hq, kv_len, d)
+    qh = q.transpose(1, 2)
+    # Without padding the mask is plain causal (prefill) or empty (one query at the end): let SDPA
+    # pick its fused kernels instead of reading a materialised mask.
+    if not bool(kv_start.any()):
+        if t == 1 and q_start == kv_len - 1:
+            return F.scaled_dot_product_attention(qh, k, v).transpose(1, 2)
+        if q_start == 0 and t == kv_len:
+            return F.scaled_dot_product_attention(qh, k, v, is_causal=True).transpose(1, 2)
     mask = attention_mask(q_start, t, kv_len, kv_start)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask)
-    return out.transpose(1, 2)
+    return F.scaled_dot_product_attention(qh, k, v, attn_mask=mask).transpose(1, 2)
