@@ -3,6 +3,7 @@
 //! prompts and byte-reassembling decoding. Pure Rust; the Python glue lives in `py.rs` behind the
 //! `python` feature so `cargo test` needs no interpreter.
 
+pub mod chunking;
 pub mod error;
 pub mod infill;
 pub mod offsets;

@@ -36,6 +36,11 @@ fn pool() -> Arc<rayon::ThreadPool> {
     }
 }
 
+/// Worker threads of the pool.
+pub fn threads() -> usize {
+    pool().current_num_threads()
+}
+
 /// `f` over every item, in parallel when there is more than one item; results keep input order.
 pub fn map_ordered<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
     if items.len() <= 1 {

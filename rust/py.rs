@@ -154,6 +154,11 @@ impl NativeTokenizer {
         .map_err(to_py)
     }
 
+    /// The unsplit reference encoder (one BPE pass, no chunking or cache): for tests.
+    fn encode_text_unsplit(&self, py: Python<'_>, text: &str, dummy_prefix: bool) -> PyResult<Vec<u32>> {
+        py.detach(|| self.inner.encode_text_unsplit(text, dummy_prefix)).map_err(to_py)
+    }
+
     fn encode_infill(&self, py: Python<'_>, prefix: &str, suffix: &str, suffix_first: bool, add_bos: bool) -> PyResult<Vec<u32>> {
         py.detach(|| self.inner.encode_infill(prefix, suffix, suffix_first, add_bos)).map_err(to_py)
     }

@@ -3,7 +3,8 @@
 //! post-processor, and decoding with byte reassembly.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use ahash::AHashMap;
 use serde_json::Value;
@@ -11,11 +12,14 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::Model;
 
+use crate::chunking::{cached_chunk, JoinableBigrams};
 use crate::error::{Result, TokenizerError};
 use crate::special::{Segment, SpecialIds, SpecialMatcher, EOT, MIDDLE, PREFIX, SUFFIX};
 use crate::spm_model::{PieceKind, SpmModel};
 
 const JSON_KIND: &str = "tokenizer.json";
+/// Normalized texts at least this long are encoded by several threads.
+const PARALLEL_MIN_BYTES: usize = 512 * 1024;
 const SPACE_MARK: char = '▁';
 
 /// How special-token strings inside the text are treated.
@@ -56,7 +60,13 @@ pub struct CodeLlamaTokenizer {
     post_flags: AtomicU8,
     /// Hub-layout JSON without `post_processor`, filled in on serialization.
     json_template: Value,
+    /// Where text may be split into independently encoded chunks.
+    bigrams: Arc<JoinableBigrams>,
+    /// Identity for the per-thread chunk caches.
+    cache_owner: usize,
 }
+
+static NEXT_OWNER: AtomicUsize = AtomicUsize::new(1);
 
 impl Clone for CodeLlamaTokenizer {
     fn clone(&self) -> Self {
@@ -72,6 +82,8 @@ impl Clone for CodeLlamaTokenizer {
             remove_extra_whitespaces: self.remove_extra_whitespaces,
             post_flags: AtomicU8::new(self.post_flags.load(Ordering::Acquire)),
             json_template: self.json_template.clone(),
+            bigrams: self.bigrams.clone(),
+            cache_owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
         }
     }
 }
@@ -96,8 +108,10 @@ impl CodeLlamaTokenizer {
 
     pub fn from_spm(spm: &SpmModel, path: &Path) -> Result<Self> {
         let unk = spm.pieces[spm.unk_id as usize].clone();
+        let merges = spm.merges();
+        let bigrams = JoinableBigrams::from_merges(merges.iter().map(|(a, b)| (a.as_str(), b.as_str())));
         let bpe = BPE::builder()
-            .vocab_and_merges(spm.vocab(), spm.merges())
+            .vocab_and_merges(spm.vocab(), merges)
             .unk_token(unk)
             .fuse_unk(true)
             .byte_fallback(true)
@@ -114,7 +128,7 @@ impl CodeLlamaTokenizer {
         specials.sort_by_key(|(_, id)| *id);
         let specials_json: Vec<(String, u32)> = specials.clone();
         let template = hub_json_template(&bpe, &specials_json, spm.add_dummy_prefix)?;
-        let mut tok = Self::assemble(bpe, specials, spm.unk_id, spm.bos_id, spm.eos_id, spm.add_dummy_prefix, template, path, "sentencepiece model (tokenizer.model)")?;
+        let mut tok = Self::assemble(bpe, bigrams, specials, spm.unk_id, spm.bos_id, spm.eos_id, spm.add_dummy_prefix, template, path, "sentencepiece model (tokenizer.model)")?;
         tok.remove_extra_whitespaces = spm.remove_extra_whitespaces;
         Ok(tok)
     }
@@ -142,6 +156,20 @@ impl CodeLlamaTokenizer {
             return Err(bad("the BPE model does not use byte_fallback".into()));
         }
         let bpe: BPE = serde_json::from_str(&model.to_string()).map_err(|e| bad(format!("cannot read the BPE model ({e})")))?;
+        let merges: Vec<(String, String)> = model
+            .get("merges")
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(|m| match m {
+                        Value::String(s) => s.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())),
+                        Value::Array(pair) if pair.len() == 2 => Some((pair[0].as_str()?.to_string(), pair[1].as_str()?.to_string())),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let bigrams = JoinableBigrams::from_merges(merges.iter().map(|(a, b)| (a.as_str(), b.as_str())));
         let vocab = bpe.get_vocab();
         let unk_piece = model.get("unk_token").and_then(Value::as_str).unwrap_or("<unk>");
         let unk_id = *vocab.get(unk_piece).ok_or_else(|| bad(format!("the unknown token {unk_piece:?} is not in the vocabulary")))?;
@@ -171,7 +199,7 @@ impl CodeLlamaTokenizer {
         if let Some(obj) = template.as_object_mut() {
             obj.remove("post_processor");
         }
-        Self::assemble(bpe, specials, unk_id, bos, eos, dummy, template, path, JSON_KIND)
+        Self::assemble(bpe, bigrams, specials, unk_id, bos, eos, dummy, template, path, JSON_KIND)
     }
 
     /// Loads from a `tokenizer.json` and/or a `tokenizer.model`; with both, they must agree.
@@ -186,6 +214,7 @@ impl CodeLlamaTokenizer {
     #[allow(clippy::too_many_arguments)]
     fn assemble(
         bpe: BPE,
+        bigrams: JoinableBigrams,
         mut specials: Vec<(String, u32)>,
         unk: u32,
         bos: Option<u32>,
@@ -253,6 +282,8 @@ impl CodeLlamaTokenizer {
             remove_extra_whitespaces: false,
             post_flags: AtomicU8::new(if bos.is_some() { ADD_BOS } else { 0 }),
             json_template,
+            bigrams: Arc::new(bigrams),
+            cache_owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -452,12 +483,78 @@ impl CodeLlamaTokenizer {
         for ch in text.chars() {
             normalized.push(if ch == ' ' { SPACE_MARK } else { ch });
         }
-        let tokens = self
-            .bpe
-            .tokenize(&normalized)
-            .map_err(|e| TokenizerError::InvalidInput(format!("BPE failed on the input: {e}")))?;
-        out.extend(tokens.into_iter().map(|t| t.id));
+        if normalized.len() >= PARALLEL_MIN_BYTES {
+            return self.encode_normalized_parallel(&normalized, out);
+        }
+        self.encode_normalized(&normalized, out)
+    }
+
+    /// Chunked, cached BPE of an already normalized string.
+    fn encode_normalized(&self, normalized: &str, out: &mut Vec<u32>) -> Result<()> {
+        let mut failure = None;
+        for chunk in self.bigrams.chunks(normalized) {
+            cached_chunk(self.cache_owner, chunk, out, |c, o| match self.bpe.tokenize(c) {
+                Ok(tokens) => o.extend(tokens.into_iter().map(|t| t.id)),
+                Err(e) => failure = Some(e.to_string()),
+            });
+            if let Some(e) = failure.take() {
+                return Err(TokenizerError::InvalidInput(format!("BPE failed on the input: {e}")));
+            }
+        }
         Ok(())
+    }
+
+    /// A long text is cut at safe boundaries into one piece per worker, encoded in parallel.
+    fn encode_normalized_parallel(&self, normalized: &str, out: &mut Vec<u32>) -> Result<()> {
+        let workers = crate::parallel::threads().max(1);
+        let mut cuts = vec![0usize];
+        for k in 1..workers {
+            let mut at = normalized.len() * k / workers;
+            while !normalized.is_char_boundary(at) {
+                at += 1;
+            }
+            // walk forward to a boundary no merge can cross
+            let mut prev = normalized[..at].chars().next_back();
+            let mut found = None;
+            for (i, c) in normalized[at..].char_indices() {
+                if let Some(p) = prev {
+                    if !self.bigrams.joinable(p, c) {
+                        found = Some(at + i);
+                        break;
+                    }
+                }
+                prev = Some(c);
+            }
+            match found {
+                Some(cut) if cut > *cuts.last().expect("non-empty") => cuts.push(cut),
+                _ => {}
+            }
+        }
+        cuts.push(normalized.len());
+        let pieces: Vec<&str> = cuts.windows(2).map(|w| &normalized[w[0]..w[1]]).collect();
+        let parts = crate::parallel::map_ordered(&pieces, |p| {
+            let mut ids = Vec::with_capacity(p.len() / 3);
+            self.encode_normalized(p, &mut ids).map(|_| ids)
+        });
+        for part in parts {
+            out.extend(part?);
+        }
+        Ok(())
+    }
+
+    /// The same ids as `encode_text`, from one BPE pass over the whole text (no chunks, no cache):
+    /// the reference the chunked path is tested against.
+    pub fn encode_text_unsplit(&self, text: &str, dummy_prefix: bool) -> Result<Vec<u32>> {
+        let mut normalized = String::with_capacity(text.len() + 3);
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        if dummy_prefix {
+            normalized.push(SPACE_MARK);
+        }
+        normalized.extend(text.chars().map(|c| if c == ' ' { SPACE_MARK } else { c }));
+        let tokens = self.bpe.tokenize(&normalized).map_err(|e| TokenizerError::InvalidInput(format!("BPE failed on the input: {e}")))?;
+        Ok(tokens.into_iter().map(|t| t.id).collect())
     }
 
     // ---------------------------------------------------------------- decoding

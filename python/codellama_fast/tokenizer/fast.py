@@ -27,18 +27,23 @@ _MODE_MATCH, _MODE_NO_PREFIX, _MODE_PLAIN = 0, 1, 2
 _PADDING_STRATEGIES = {False: None, None: None, "do_not_pad": None, True: "longest", "longest": "longest", "max_length": "max_length"}
 
 
-def _ids_list(ids: Any) -> list[int]:
-    """Accepts an int, a sequence of ints, a numpy array or a torch tensor (1-D)."""
+def _ids_list(ids: Any) -> Any:
+    """An int, a sequence of ints, a numpy array or a torch tensor (1-D) as something the native
+    core takes; element types are checked there (no per-element Python work here)."""
     if hasattr(ids, "tolist"):
         ids = ids.tolist()
     if isinstance(ids, int):
         return [ids]
     if isinstance(ids, (list, tuple)):
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            bad = next(i for i in ids if not isinstance(i, int) or isinstance(i, bool))
-            raise TypeError(f"token ids must be ints, got {type(bad).__name__} {bad!r}")
-        return list(ids)
+        return ids
     raise TypeError(f"token ids must be an int, a list of ints, a numpy array or a tensor, not {type(ids).__name__}")
+
+
+def _native_ids(call: Any, *args: Any) -> Any:
+    try:
+        return call(*args)
+    except (TypeError, OverflowError) as exc:
+        raise TypeError(f"token ids must be ints: {exc}") from None
 
 
 def _check_text(text: Any, what: str = "text") -> str:
@@ -450,6 +455,11 @@ class CodeLlamaTokenizerFast:
         batched = isinstance(text, (list, tuple))
         texts = list(text) if batched else [text]
         n = len(texts)
+        fast = self._padded_fast_path(texts, batched, text_pair, suffix, padding, truncation, return_tensors, return_offsets_mapping,
+                                      return_special_tokens_mask, return_length, pad_to_multiple_of, return_attention_mask,
+                                      add_special_tokens, split_special_tokens, side)
+        if fast is not None:
+            return fast
         suffixes = self._broadcast(self._suffix_arg(text_pair, suffix), n, batched, "suffix")
         for t in texts:
             _check_text(t)
@@ -494,6 +504,29 @@ class CodeLlamaTokenizerFast:
             encoded = [self._truncate(ids, limit, add_special_tokens, inf) for ids, inf in zip(encoded, infill_flags)]
         return self._finish(encoded, batched, padding, max_length, side, pad_to_multiple_of, return_tensors,
                             return_attention_mask, return_special_tokens_mask, return_length, offsets, infill_flags, add_special_tokens)
+
+    def _padded_fast_path(self, texts, batched, text_pair, suffix, padding, truncation, return_tensors, return_offsets_mapping,
+                          return_special_tokens_mask, return_length, pad_to_multiple_of, return_attention_mask,
+                          add_special_tokens, split_special_tokens, side) -> BatchEncoding | None:
+        """Plain texts padded to the longest, straight into int64 arrays by the native core (no
+        per-token Python objects). None when the call needs the general path."""
+        if not (batched and return_tensors in ("np", "pt") and _PADDING_STRATEGIES.get(padding) == "longest" and not truncation
+                and text_pair is None and suffix is None and not return_offsets_mapping and not return_special_tokens_mask
+                and not return_length and not pad_to_multiple_of and self.pad_token_id is not None and texts):
+            return None
+        if not all(type(t) is str for t in texts) or (self.fill_token and any(self.fill_token in t for t in texts)):
+            return None
+        try:
+            ids, mask = self._call_native(self._native.encode_batch_padded, texts, self._mode(split_special_tokens), add_special_tokens,
+                                          self.pad_token_id, side == "left", None, False)
+        except TypeError:
+            raise self._batch_item_error(texts) from None
+        data: dict[str, Any] = {"input_ids": ids}
+        if return_attention_mask is not False:
+            data["attention_mask"] = mask
+        if return_tensors == "pt":
+            data = {k: self._to_tensor(v, "pt") for k, v in data.items()}
+        return BatchEncoding(data)
 
     @staticmethod
     def _batch_item_error(items: list[Any]) -> Exception:
@@ -614,10 +647,10 @@ class CodeLlamaTokenizerFast:
         return mask
 
     @staticmethod
-    def _to_tensor(rows: list[Any], kind: str, pairs: bool = False) -> Any:
+    def _to_tensor(rows: Any, kind: str, pairs: bool = False) -> Any:
         import numpy as np
 
-        array = np.asarray(rows, dtype=np.int64)
+        array = rows if isinstance(rows, np.ndarray) else np.asarray(rows, dtype=np.int64)
         if array.ndim == (2 if pairs else 1):
             array = array.reshape(len(rows), -1, 2) if pairs else array.reshape(len(rows), -1)
         if kind == "np":
@@ -666,13 +699,13 @@ class CodeLlamaTokenizerFast:
 
     def decode(self, token_ids: Any, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None, **kwargs: Any) -> str:
         """Text of ``token_ids``: byte pieces reassembled, the first token's leading space removed."""
-        return self._native.decode(_ids_list(token_ids), bool(skip_special_tokens))
+        return _native_ids(self._native.decode, _ids_list(token_ids), bool(skip_special_tokens))
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None, **kwargs: Any) -> list[str]:
         if hasattr(sequences, "tolist"):
             sequences = sequences.tolist()
         rows = [_ids_list(s) for s in sequences]
-        return self._native.decode_batch(rows, bool(skip_special_tokens))
+        return _native_ids(self._native.decode_batch, rows, bool(skip_special_tokens))
 
     def decode_infilling(self, token_ids: Any) -> str:
         """The middle of an infilling generation: stops at ``▁<EOT>``, skips special tokens and keeps
