@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 import sys
 import warnings
 from pathlib import Path
@@ -69,6 +70,7 @@ class Providers:
                 "decode_one": lambda ids: [ours.decode(i) for i in ids],
                 "decode_batch": lambda ids: ours.batch_decode(ids),
                 "padded_np": lambda ts: ours_pad(ts, padding=True, return_tensors="np"),
+                "padded_pt": lambda ts: ours_pad(ts, padding=True, return_tensors="pt"),
             },
             "sentencepiece": {
                 "encode_one": lambda ts: [[1] + sp.encode(t) for t in ts],
@@ -88,6 +90,7 @@ class Providers:
                 "decode_one": lambda ids: [tf.decode(i) for i in ids],
                 "decode_batch": lambda ids: tf.batch_decode(ids),
                 "padded_np": lambda ts: tf(ts, padding=True, return_tensors="np"),
+                "padded_pt": lambda ts: tf(ts, padding=True, return_tensors="pt"),
             },
         }
 
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--corpus-mb", type=float, default=8.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--memory-calls", type=int, default=1_000_000, help="encode calls of the memory check (0 skips it)")
     ap.add_argument("--max-doc-bytes", type=int, default=10_000_000, help="largest document of the length-scaling check")
     ap.add_argument("--providers", default="codellama-fast,sentencepiece,tokenizers,transformers")
     args = ap.parse_args(argv)
@@ -133,6 +137,13 @@ def main(argv: list[str] | None = None) -> Path:
                      "unit": "count", "shape": corpus, "p50": mismatches, "texts": len(texts), "bytes": nbytes,
                      "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]})
         print(f"exactness {corpus}: {mismatches} mismatching texts of {len(texts)} ({nbytes/1e6:.1f} MB)")
+        if "codellama-fast" in table:
+            # Cold: a fresh tokenizer each time, so no chunk is cached yet (the first pass a user sees).
+            cold = []
+            for _ in range(args.repeats):
+                fresh = CodeLlamaTokenizerFast.from_pretrained()
+                cold.append(time_call(lambda: [fresh.encode(t) for t in texts], 1, warmup=0)[0])
+            row("encode_one_cold", "codellama-fast", corpus, nbytes, cold)
         for name, ops in table.items():
             for op in ("encode_one", "encode_batch"):
                 row(op, name, corpus, nbytes, time_call(lambda: ops[op](texts), args.repeats))
@@ -142,9 +153,10 @@ def main(argv: list[str] | None = None) -> Path:
         pieces = chunks(texts, 4096)[:2048]
         pbytes = sum(len(t.encode("utf-8")) for t in pieces)
         for name, ops in table.items():
-            if "padded_np" in ops:
-                row("padded_np", name, corpus, pbytes, time_call(lambda: ops["padded_np"](pieces), args.repeats),
-                    {"batch": len(pieces), "chunk_chars": 4096})
+            for op in ("padded_np", "padded_pt"):
+                if op in ops:
+                    row(op, name, corpus, pbytes, time_call(lambda: ops[op](pieces), args.repeats),
+                        {"batch": len(pieces), "chunk_chars": 4096})
 
     # Length scaling: one document of growing size (a cache cannot help: every size is new text).
     base = "".join(corpora["python-stdlib"])
@@ -152,9 +164,38 @@ def main(argv: list[str] | None = None) -> Path:
         doc = (base * (1 + size // max(1, len(base))))[:size]
         for name in ("codellama-fast", "sentencepiece"):
             if name in table:
-                reps = 5 if size <= 100_000 else 1
+                # enough repeats for about a second of timing at each size (medians, not one-offs)
+                once = time_call(lambda: table[name]["encode_one"]([doc]), 1)[0]
+                reps = max(3, min(2000, int(1.0 / max(once, 1e-6))))
                 row("encode_length", name, f"doc-{size}", len(doc.encode("utf-8")), time_call(lambda: table[name]["encode_one"]([doc]), reps))
 
+    # Memory: resident set before and after a million encode calls of varied short texts.
+    if "codellama-fast" in table and args.memory_calls:
+        ours = prov.ours
+        lines = [ln for t in corpora["python-stdlib"] for ln in t.splitlines() if ln.strip()]
+        def rss() -> int:
+            return int([ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("VmRSS")][0]) * 1024
+        for ln in lines[:20000]:
+            ours.encode(ln)
+        before = rss()
+        t0 = time.perf_counter()
+        for k in range(args.memory_calls):
+            ours.encode(lines[k % len(lines)] + (str(k) if k % 3 == 0 else ""))
+        secs = time.perf_counter() - t0
+        after = rss()
+        rows.append({"bench": "memory", "provider": "codellama-fast", "metric": "rss_growth", "unit": "bytes", "p50": after - before,
+                     "calls": args.memory_calls, "rss_before": before, "rss_after": after, "seconds": secs,
+                     "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]})
+        print(f"memory: {args.memory_calls} encode calls, RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB ({secs:.1f} s)", flush=True)
+
+    by = {(r["bench"], r["provider"], r["shape"]): r["p50"] for r in rows if r.get("unit") == "MB/s"}
+    for (bench, prov, shape), v in list(by.items()):
+        if prov != "codellama-fast":
+            continue
+        for base in ("sentencepiece", "tokenizers", "transformers"):
+            if (bench, base, shape) in by:
+                rows.append({"bench": bench, "provider": "ratio", "metric": f"ours_over_{base}", "unit": "x", "shape": shape,
+                             "p50": v / by[(bench, base, shape)]})
     path = write_results("tokenizer", meta, rows, args.out)
     print(f"wrote {path}")
     return path

@@ -15,9 +15,9 @@ use ahash::{AHashMap, AHashSet};
 const SPACE_MARK: char = '▁';
 /// Chunks longer than this (bytes) are encoded directly, never cached.
 pub const MAX_CACHED_CHUNK: usize = 96;
-/// Entries per thread and tokenizer before the cache is cleared (bounded memory: at most 128K
-/// chunks of <= 96 bytes, ~20 MB).
-pub const CACHE_ENTRIES: usize = 1 << 17;
+/// Entries per generation, thread and tokenizer (bounded memory: at most 2 × 96K chunks of
+/// <= 96 bytes each, ~30 MB).
+pub const CACHE_ENTRIES: usize = 96 * 1024;
 
 /// Bigrams that occur inside some merge product.
 #[derive(Clone, Debug)]
@@ -98,7 +98,16 @@ impl<'a> Iterator for ChunkIter<'a, '_> {
     }
 }
 
-type ChunkCache = AHashMap<Box<str>, Box<[u32]>>;
+type ChunkMap = AHashMap<Box<str>, Box<[u32]>>;
+
+/// Two generations: new entries go to `young`; when it is full, the old generation is dropped and
+/// `young` becomes `old`. Entries used in both generations survive a turnover, so a long document
+/// keeps its frequent chunks while memory stays bounded (2 × CACHE_ENTRIES).
+#[derive(Default)]
+struct ChunkCache {
+    young: ChunkMap,
+    old: ChunkMap,
+}
 
 /// Tokenizers a thread keeps caches for at once (more evicts them all: memory stays bounded).
 const OWNERS_PER_THREAD: usize = 4;
@@ -122,20 +131,29 @@ pub fn cached_chunk(owner: usize, chunk: &str, out: &mut Vec<u32>, encode: impl 
                 if caches.len() >= OWNERS_PER_THREAD {
                     caches.clear();
                 }
-                caches.push((owner, AHashMap::new()));
+                caches.push((owner, ChunkCache::default()));
                 caches.len() - 1
             }
         };
-        let map = &mut caches[slot].1;
-        if let Some(ids) = map.get(chunk) {
+        let cache = &mut caches[slot].1;
+        if let Some(ids) = cache.young.get(chunk) {
             out.extend_from_slice(ids);
             return;
         }
         let start = out.len();
-        encode(chunk, out);
-        if map.len() >= CACHE_ENTRIES {
-            map.clear();
+        if let Some((key, ids)) = cache.old.remove_entry(chunk) {
+            out.extend_from_slice(&ids);
+            insert(cache, key, ids);
+            return;
         }
-        map.insert(chunk.into(), out[start..].into());
+        encode(chunk, out);
+        insert(cache, chunk.into(), out[start..].into());
     });
+}
+
+fn insert(cache: &mut ChunkCache, key: Box<str>, ids: Box<[u32]>) {
+    if cache.young.len() >= CACHE_ENTRIES {
+        cache.old = std::mem::take(&mut cache.young);
+    }
+    cache.young.insert(key, ids);
 }

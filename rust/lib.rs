@@ -8,6 +8,7 @@ pub mod error;
 pub mod infill;
 pub mod offsets;
 pub mod parallel;
+pub mod small_bpe;
 pub mod special;
 pub mod spm_model;
 pub mod tokenizer;

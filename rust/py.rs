@@ -8,7 +8,7 @@ use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 
 use crate::error::TokenizerError as CoreError;
 use crate::infill::split_fill_marker;
@@ -51,6 +51,22 @@ enum BatchItem {
 #[pyclass(module = "codellama_fast._native", frozen)]
 struct NativeTokenizer {
     inner: Arc<CodeLlamaTokenizer>,
+    /// One Python int per id, made once: id lists are built by reference instead of allocating
+    /// millions of int objects for a long document.
+    ints: Arc<Vec<Py<PyAny>>>,
+}
+
+impl NativeTokenizer {
+    fn wrap(py: Python<'_>, inner: CodeLlamaTokenizer) -> PyResult<Self> {
+        let ints = (0..inner.vocab_size() as u64)
+            .map(|i| Ok(i.into_pyobject(py)?.into_any().unbind()))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(NativeTokenizer { inner: Arc::new(inner), ints: Arc::new(ints) })
+    }
+
+    fn id_list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(py, ids.iter().map(|&i| self.ints[i as usize].bind(py)))
+    }
 }
 
 #[pymethods]
@@ -58,24 +74,24 @@ impl NativeTokenizer {
     #[staticmethod]
     fn from_json_file(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let t = py.detach(|| CodeLlamaTokenizer::from_json_file(&path)).map_err(to_py)?;
-        Ok(NativeTokenizer { inner: Arc::new(t) })
+        Self::wrap(py, t)
     }
 
     #[staticmethod]
     fn from_spm_file(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let t = py.detach(|| CodeLlamaTokenizer::from_spm_file(&path)).map_err(to_py)?;
-        Ok(NativeTokenizer { inner: Arc::new(t) })
+        Self::wrap(py, t)
     }
 
     #[staticmethod]
     fn from_json_str(py: Python<'_>, text: String, name: PathBuf) -> PyResult<Self> {
         let t = py.detach(|| CodeLlamaTokenizer::from_json_str(&text, &name)).map_err(to_py)?;
-        Ok(NativeTokenizer { inner: Arc::new(t) })
+        Self::wrap(py, t)
     }
 
     /// An independent copy (own post-processor state).
     fn copy(&self) -> Self {
-        NativeTokenizer { inner: Arc::new((*self.inner).clone()) }
+        NativeTokenizer { inner: Arc::new((*self.inner).clone()), ints: self.ints.clone() }
     }
 
     #[getter]
@@ -134,9 +150,10 @@ impl NativeTokenizer {
     }
 
     /// Ids of one text. `mode`: 0 match special tokens (hub), 1 HF slow legacy=False, 2 plain text.
-    fn encode(&self, py: Python<'_>, text: &str, mode: u8, add_special_tokens: bool) -> PyResult<Vec<u32>> {
+    fn encode<'py>(&self, py: Python<'py>, text: &str, mode: u8, add_special_tokens: bool) -> PyResult<Bound<'py, PyList>> {
         let mode = mode_from(mode)?;
-        py.detach(|| self.inner.encode(text, mode, add_special_tokens)).map_err(to_py)
+        let ids = py.detach(|| self.inner.encode(text, mode, add_special_tokens)).map_err(to_py)?;
+        self.id_list(py, &ids)
     }
 
     /// (ids, character offsets) of one text; the ids equal `encode`'s.
@@ -146,12 +163,14 @@ impl NativeTokenizer {
     }
 
     /// Ids of plain text, with or without sentencepiece's dummy prefix, no BOS/EOS.
-    fn encode_text(&self, py: Python<'_>, text: &str, dummy_prefix: bool) -> PyResult<Vec<u32>> {
-        py.detach(|| {
-            let mut out = Vec::new();
-            self.inner.encode_text(text, dummy_prefix, &mut out).map(|_| out)
-        })
-        .map_err(to_py)
+    fn encode_text<'py>(&self, py: Python<'py>, text: &str, dummy_prefix: bool) -> PyResult<Bound<'py, PyList>> {
+        let ids = py
+            .detach(|| {
+                let mut out = Vec::new();
+                self.inner.encode_text(text, dummy_prefix, &mut out).map(|_| out)
+            })
+            .map_err(to_py)?;
+        self.id_list(py, &ids)
     }
 
     /// The unsplit reference encoder (one BPE pass, no chunking or cache): for tests.
@@ -159,22 +178,23 @@ impl NativeTokenizer {
         py.detach(|| self.inner.encode_text_unsplit(text, dummy_prefix)).map_err(to_py)
     }
 
-    fn encode_infill(&self, py: Python<'_>, prefix: &str, suffix: &str, suffix_first: bool, add_bos: bool) -> PyResult<Vec<u32>> {
-        py.detach(|| self.inner.encode_infill(prefix, suffix, suffix_first, add_bos)).map_err(to_py)
+    fn encode_infill<'py>(&self, py: Python<'py>, prefix: &str, suffix: &str, suffix_first: bool, add_bos: bool) -> PyResult<Bound<'py, PyList>> {
+        let ids = py.detach(|| self.inner.encode_infill(prefix, suffix, suffix_first, add_bos)).map_err(to_py)?;
+        self.id_list(py, &ids)
     }
 
     /// Ids of many texts in parallel. An item is a `str` (plain or with one `<FILL_ME>` when
     /// `infill_marker`) or a `(prefix, suffix)` pair for infilling.
     #[pyo3(signature = (items, mode, add_special_tokens, infill_marker, suffix_first))]
-    fn encode_batch(
+    fn encode_batch<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         items: Vec<BatchItem>,
         mode: u8,
         add_special_tokens: bool,
         infill_marker: bool,
         suffix_first: bool,
-    ) -> PyResult<Vec<Vec<u32>>> {
+    ) -> PyResult<Vec<Bound<'py, PyList>>> {
         let mode = mode_from(mode)?;
         let tok = &*self.inner;
         let add_bos = add_special_tokens && tok.post_processor().0;
@@ -188,7 +208,8 @@ impl NativeTokenizer {
                 BatchItem::Text(t) => tok.encode(t, mode, add_special_tokens),
             })
         });
-        results.into_iter().collect::<Result<Vec<_>, _>>().map_err(to_py)
+        let rows = results.into_iter().collect::<Result<Vec<_>, _>>().map_err(to_py)?;
+        rows.iter().map(|ids| self.id_list(py, ids)).collect()
     }
 
     /// Many texts to a padded `[batch, length]` int64 id matrix and its attention mask, without

@@ -13,6 +13,7 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::Model;
 
 use crate::chunking::{cached_chunk, JoinableBigrams};
+use crate::small_bpe::MergeTable;
 use crate::error::{Result, TokenizerError};
 use crate::special::{Segment, SpecialIds, SpecialMatcher, EOT, MIDDLE, PREFIX, SUFFIX};
 use crate::spm_model::{PieceKind, SpmModel};
@@ -64,6 +65,8 @@ pub struct CodeLlamaTokenizer {
     bigrams: Arc<JoinableBigrams>,
     /// Identity for the per-thread chunk caches.
     cache_owner: usize,
+    /// Allocation-free BPE for short chunks (None if the merges do not fit the vocabulary).
+    small: Option<Arc<MergeTable>>,
 }
 
 static NEXT_OWNER: AtomicUsize = AtomicUsize::new(1);
@@ -84,6 +87,7 @@ impl Clone for CodeLlamaTokenizer {
             json_template: self.json_template.clone(),
             bigrams: self.bigrams.clone(),
             cache_owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
+            small: self.small.clone(),
         }
     }
 }
@@ -109,9 +113,8 @@ impl CodeLlamaTokenizer {
     pub fn from_spm(spm: &SpmModel, path: &Path) -> Result<Self> {
         let unk = spm.pieces[spm.unk_id as usize].clone();
         let merges = spm.merges();
-        let bigrams = JoinableBigrams::from_merges(merges.iter().map(|(a, b)| (a.as_str(), b.as_str())));
         let bpe = BPE::builder()
-            .vocab_and_merges(spm.vocab(), merges)
+            .vocab_and_merges(spm.vocab(), merges.clone())
             .unk_token(unk)
             .fuse_unk(true)
             .byte_fallback(true)
@@ -128,7 +131,7 @@ impl CodeLlamaTokenizer {
         specials.sort_by_key(|(_, id)| *id);
         let specials_json: Vec<(String, u32)> = specials.clone();
         let template = hub_json_template(&bpe, &specials_json, spm.add_dummy_prefix)?;
-        let mut tok = Self::assemble(bpe, bigrams, specials, spm.unk_id, spm.bos_id, spm.eos_id, spm.add_dummy_prefix, template, path, "sentencepiece model (tokenizer.model)")?;
+        let mut tok = Self::assemble(bpe, &merges, specials, spm.unk_id, spm.bos_id, spm.eos_id, spm.add_dummy_prefix, template, path, "sentencepiece model (tokenizer.model)")?;
         tok.remove_extra_whitespaces = spm.remove_extra_whitespaces;
         Ok(tok)
     }
@@ -169,7 +172,6 @@ impl CodeLlamaTokenizer {
                     .collect()
             })
             .unwrap_or_default();
-        let bigrams = JoinableBigrams::from_merges(merges.iter().map(|(a, b)| (a.as_str(), b.as_str())));
         let vocab = bpe.get_vocab();
         let unk_piece = model.get("unk_token").and_then(Value::as_str).unwrap_or("<unk>");
         let unk_id = *vocab.get(unk_piece).ok_or_else(|| bad(format!("the unknown token {unk_piece:?} is not in the vocabulary")))?;
@@ -199,7 +201,7 @@ impl CodeLlamaTokenizer {
         if let Some(obj) = template.as_object_mut() {
             obj.remove("post_processor");
         }
-        Self::assemble(bpe, bigrams, specials, unk_id, bos, eos, dummy, template, path, JSON_KIND)
+        Self::assemble(bpe, &merges, specials, unk_id, bos, eos, dummy, template, path, JSON_KIND)
     }
 
     /// Loads from a `tokenizer.json` and/or a `tokenizer.model`; with both, they must agree.
@@ -214,7 +216,7 @@ impl CodeLlamaTokenizer {
     #[allow(clippy::too_many_arguments)]
     fn assemble(
         bpe: BPE,
-        bigrams: JoinableBigrams,
+        merges: &[(String, String)],
         mut specials: Vec<(String, u32)>,
         unk: u32,
         bos: Option<u32>,
@@ -270,6 +272,12 @@ impl CodeLlamaTokenizer {
         }
         let matcher = SpecialMatcher::new(&specials);
         let piece_to_id: AHashMap<String, u32> = vocab.into_iter().collect();
+        let bigrams = JoinableBigrams::from_merges(merges.iter().map(|(a, b)| (a.as_str(), b.as_str())));
+        let mut byte_ids = [0u32; 256];
+        for (b, slot) in byte_ids.iter_mut().enumerate() {
+            *slot = piece_to_id[&format!("<0x{b:02X}>")];
+        }
+        let small = MergeTable::new(&piece_to_id, merges, byte_ids).map(Arc::new);
         Ok(CodeLlamaTokenizer {
             bpe,
             pieces,
@@ -284,6 +292,7 @@ impl CodeLlamaTokenizer {
             json_template,
             bigrams: Arc::new(bigrams),
             cache_owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
+            small,
         })
     }
 
@@ -493,9 +502,14 @@ impl CodeLlamaTokenizer {
     fn encode_normalized(&self, normalized: &str, out: &mut Vec<u32>) -> Result<()> {
         let mut failure = None;
         for chunk in self.bigrams.chunks(normalized) {
-            cached_chunk(self.cache_owner, chunk, out, |c, o| match self.bpe.tokenize(c) {
-                Ok(tokens) => o.extend(tokens.into_iter().map(|t| t.id)),
-                Err(e) => failure = Some(e.to_string()),
+            cached_chunk(self.cache_owner, chunk, out, |c, o| {
+                if self.small.as_ref().is_some_and(|m| m.encode(c, o)) {
+                    return;
+                }
+                match self.bpe.tokenize(c) {
+                    Ok(tokens) => o.extend(tokens.into_iter().map(|t| t.id)),
+                    Err(e) => failure = Some(e.to_string()),
+                }
             });
             if let Some(e) = failure.take() {
                 return Err(TokenizerError::InvalidInput(format!("BPE failed on the input: {e}")));

@@ -45,7 +45,7 @@ def test_bench_generate_tiny(tmp_path):
 
 
 def test_bench_tokenizer_small(tmp_path):
-    data = _run("bench_tokenizer.py", "--corpus-mb", "0.2", "--repeats", "1", "--max-doc-bytes", "100000", tmp=tmp_path)
+    data = _run("bench_tokenizer.py", "--corpus-mb", "0.2", "--repeats", "1", "--max-doc-bytes", "100000", "--memory-calls", "2000", tmp=tmp_path)
     exact = [r for r in data["rows"] if r["bench"] == "exactness"]
     assert exact and all(r["p50"] == 0 for r in exact)
     assert {r["provider"] for r in data["rows"]} >= {"codellama-fast", "sentencepiece", "tokenizers", "transformers"}
