@@ -6,7 +6,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import statistics
 import subprocess
 import time
 from importlib import metadata

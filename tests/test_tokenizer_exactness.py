@@ -64,8 +64,6 @@ _TEXT = st.one_of(
 @settings(max_examples=400, deadline=None)
 @given(_TEXT)
 def test_hypothesis_text_matches_sentencepiece_codellama(text):
-    import sentencepiece as spm
-
     from tests.conftest import CODELLAMA_DIR
 
     sp = _cached_sp(str(CODELLAMA_DIR / "tokenizer.model"))

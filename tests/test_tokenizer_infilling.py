@@ -51,8 +51,6 @@ _SIDE = st.lists(_PIECE, max_size=8).map("".join).filter(lambda s: "<FILL_ME>" n
 @settings(max_examples=300, deadline=None)
 @given(_SIDE, _SIDE, st.booleans())
 def test_hypothesis_infilling_matches_meta(prefix, suffix, suffix_first):
-    import sentencepiece as spm
-
     tok = _tok()
     sp = _sp()
     want = meta_infill(sp, prefix, suffix, suffix_first)

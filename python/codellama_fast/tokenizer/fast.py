@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _native
 from ..errors import InfillingUnsupported, TokenizerError
 from .batch_encoding import BatchEncoding
 from .files import TokenizerFiles, resolve, token_content
+
+if TYPE_CHECKING:
+    from .streaming import StreamDecoder
 
 FILL_MARKER: str = _native.FILL_MARKER
 
