@@ -45,6 +45,15 @@ class TorchOps:
 
     name = "torch"
 
+    def __init__(self) -> None:
+        # cos/sin of the last positions tensor: every layer of one forward rotates with the same
+        # angles, so they are computed once per step. The tensor itself is kept, so its identity
+        # cannot be reused by another; the engine never changes positions in place on this path
+        # (only the CUDA-graph decode does, and it runs the Triton ops).
+        self._rope_pos: torch.Tensor | None = None
+        self._rope_freq: torch.Tensor | None = None
+        self._rope_cs: tuple[torch.Tensor, torch.Tensor] | None = None
+
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return reference.rms_norm(x, weight, eps)
 
@@ -52,7 +61,14 @@ class TorchOps:
         return reference.rms_norm(x, weight, eps, residual)
 
     def rope_cache_update(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots):
-        return reference.rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
+        if positions is not self._rope_pos or inv_freq is not self._rope_freq:
+            self._rope_pos, self._rope_freq = positions, inv_freq
+            self._rope_cs = reference.rope_cos_sin(positions, inv_freq)
+        cos, sin = self._rope_cs  # type: ignore[misc]
+        q_rot = reference.apply_rope(q, cos, sin)
+        k_cache.index_copy_(2, slots, reference.apply_rope(k, cos, sin).transpose(1, 2).to(k_cache.dtype))
+        v_cache.index_copy_(2, slots, v.transpose(1, 2).to(v_cache.dtype))
+        return q_rot
 
     def attention(self, q, k_cache, v_cache, q_start, kv_start, kv_len):
         return reference.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
