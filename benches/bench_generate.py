@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--prompt", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5, help="best of N for each provider (shared machines are noisy)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> Path:
     for b in args.batch:
         for p in args.prompt:
             shape = f"{args.model} B{b} P{p} N{args.new}"
-            res = [measure_ours(ours, b, p, args.new, args.device), measure_hf(hf, b, p, args.new, args.device)]
+            res = [measure_ours(ours, b, p, args.new, args.device, repeats=args.repeats),
+                   measure_hf(hf, b, p, args.new, args.device, repeats=args.repeats)]
             for m in res:
                 rows.append({"bench": "generate", "provider": m.provider, "shape": shape, "batch": b, "prompt": p,
                              "new_tokens": args.new, "metric": "decode_tokens_per_s", "unit": "tokens/s",
