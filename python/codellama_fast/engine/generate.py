@@ -76,8 +76,9 @@ class _StopTracker:
     """Per-sequence stop state: stop ids end a sequence at once; stop strings are checked on the
     decoded continuation and cut it."""
 
-    def __init__(self, batch: int, stop_ids: set[int], stop_strings: Sequence[str], decode: Callable[[list[int]], str]) -> None:
-        self.stop_ids, self.stop_strings, self.decode = stop_ids, list(stop_strings), decode
+    def __init__(self, stop_ids: set[int], stop_strings: Sequence[str], decoders: Sequence[Callable[[list[int]], str]]) -> None:
+        self.stop_ids, self.stop_strings, self.decoders = stop_ids, list(stop_strings), list(decoders)
+        batch = len(self.decoders)
         self.ids: list[list[int]] = [[] for _ in range(batch)]
         self.reasons: list[str | None] = [None] * batch
         self.cut_text: list[str | None] = [None] * batch
@@ -91,7 +92,7 @@ class _StopTracker:
                 continue
             self.ids[b].append(tok)
             if self.stop_strings:
-                text = self.decode(self.ids[b])
+                text = self.decoders[b](self.ids[b])
                 hits = [text.find(s) for s in self.stop_strings if s and s in text]
                 if hits:
                     self.reasons[b] = "stop"
@@ -100,6 +101,9 @@ class _StopTracker:
     @property
     def all_done(self) -> bool:
         return all(r is not None for r in self.reasons)
+
+    def texts(self) -> list[str]:
+        return [cut if cut is not None else dec(ids) for cut, dec, ids in zip(self.cut_text, self.decoders, self.ids)]
 
 
 def _partial_stop_len(text: str, stops: Sequence[str]) -> int:
@@ -283,26 +287,19 @@ class Engine:
                 yield host
             sync()
 
-    def _run(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: set[int]) -> tuple[_StopTracker, dict[str, float]]:
+    def _run(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: set[int],
+             decoders: Sequence[Callable[[list[int]], str]]) -> GenerationResult:
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
-        tracker = _StopTracker(len(prompts), stop_ids, cfg.stop, lambda ids: self.tokenizer._native.decode_keep_space(ids, True))
+        tracker = _StopTracker(stop_ids, cfg.stop, decoders)
         for host in self._steps(prompts, cfg, stats):
             tracker.push(host)
             if tracker.all_done:
                 break
-        return tracker, stats
-
-    def _result(self, prompts: Sequence[Sequence[int]], tracker: _StopTracker, stats: dict[str, float],
-                decode: Callable[[list[int]], str]) -> GenerationResult:
-        texts, reasons = [], []
-        for b, ids in enumerate(tracker.ids):
-            texts.append(tracker.cut_text[b] if tracker.cut_text[b] is not None else decode(ids))
-            reasons.append(tracker.reasons[b] or "length")
         prompt_tokens = sum(len(p) for p in prompts)
         return GenerationResult(
-            texts=texts,
+            texts=tracker.texts(),
             token_ids=[list(i) for i in tracker.ids],
-            finish_reasons=reasons,
+            finish_reasons=[r or "length" for r in tracker.reasons],
             prompt_tokens=[len(p) for p in prompts],
             time_to_first_token_s=stats["prefill_s"],
             decode_tokens_per_s=stats["decode_tokens"] / stats["decode_s"] if stats["decode_s"] > 0 else 0.0,
@@ -344,11 +341,7 @@ class Engine:
             if prompts is None:
                 raise ValueError("give prompts (text) or input_ids")
             input_ids = self.encode_prompts(prompts)
-        tracker, stats = self._run(input_ids, cfg, self._stop_ids(cfg))
-        decoders = self._continuation_decoder(input_ids)
-        result = self._result(input_ids, tracker, stats, lambda ids: "")
-        result.texts = [tracker.cut_text[b] if tracker.cut_text[b] is not None else decoders[b](ids) for b, ids in enumerate(tracker.ids)]
-        return result
+        return self._run(input_ids, cfg, self._stop_ids(cfg), self._continuation_decoder(input_ids))
 
     def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[str]:
         """Yields text deltas of one prompt's continuation as tokens are generated. The deltas
@@ -387,8 +380,7 @@ class Engine:
             raise InfillingUnsupported("this model's vocabulary has no infilling pieces (34B and Python variants cannot infill)")
         cfg = self._config(kwargs)
         ids = tok._native.encode_infill(prefix, suffix, bool(suffix_first), True)
-        tracker, stats = self._run([ids], cfg, self._stop_ids(cfg, [tok.eot_id]))
-        result = self._result([ids], tracker, stats, lambda new: tok.decode_infilling(new))
+        result = self._run([ids], cfg, self._stop_ids(cfg, [tok.eot_id]), [tok.decode_infilling])
         return InfillResult(prefix, result.texts[0], suffix, result)
 
     def fill(self, text: str, **kwargs: Any) -> str:
@@ -403,5 +395,5 @@ class Engine:
         """The assistant's next message for a Code Llama Instruct dialog."""
         ids = chat_prompt_ids(self.tokenizer, messages)
         cfg = self._config(kwargs)
-        tracker, stats = self._run([ids], cfg, self._stop_ids(cfg))
-        return self._result([ids], tracker, stats, lambda new: self.tokenizer._native.decode(new, True)).texts[0].strip()
+        decode = lambda new: self.tokenizer._native.decode(new, True)  # noqa: E731
+        return self._run([ids], cfg, self._stop_ids(cfg), [decode]).texts[0].strip()
