@@ -1,0 +1,44 @@
+"""The engine commands of the CLI on the bundled demo model: stdout holds only generated text,
+speed goes to stderr, errors are one clear line with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+
+
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "codellama_fast.cli", *args], input=stdin, capture_output=True, text=True, timeout=300)
+
+
+def test_generate_stream_and_plain_agree():
+    plain = _cli("generate", "Lily", "--max-new-tokens", "24")
+    stream = _cli("generate", "Lily", "--max-new-tokens", "24", "--stream")
+    assert plain.returncode == stream.returncode == 0, plain.stderr + stream.stderr
+    assert plain.stdout == stream.stdout and plain.stdout.strip()
+    assert "tokens/s" in plain.stderr and "tokens/s" not in plain.stdout
+
+
+def test_generate_from_stdin_and_empty_prompt():
+    piped = _cli("generate", "--max-new-tokens", "8", stdin="Tom")
+    assert piped.returncode == 0 and piped.stdout.strip()
+    empty = _cli("generate", "", "--max-new-tokens", "12")
+    assert empty.returncode == 0 and empty.stdout.startswith("Once upon a time")
+
+
+def test_engine_errors_are_one_line_with_exit_code_2(tmp_path):
+    infill = _cli("infill", "a<FILL_ME>b", "--max-new-tokens", "4")
+    assert infill.returncode == 2 and "no infilling pieces" in infill.stderr
+    missing = _cli("generate", "x", "--model", str(tmp_path / "absent"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    bad = _cli("generate", "x", "--top-p", "0")
+    assert bad.returncode == 2 and "top_p" in bad.stderr
+
+
+def test_chat_runs_on_a_message():
+    res = _cli("chat", "Tell me a story", "--max-new-tokens", "8")
+    assert res.returncode == 0, res.stderr
