@@ -238,38 +238,33 @@ def test_killed_conversion_leaves_no_model(tmp_path):
     assert partial and not (partial[0] / "config.json").exists()
 
 
+def _copy_of(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
 def test_broken_meta_checkpoints(tmp_path):
     src = _make_two_shard(tmp_path)
     # missing shard
-    gap = tmp_path / "gap"
-    gap.mkdir()
-    for f in src.iterdir():
-        (gap / f.name).write_bytes(f.read_bytes())
+    gap = _copy_of(src, tmp_path / "gap")
     (gap / "consolidated.00.pth").unlink()
     with pytest.raises(ConversionError, match=r"consolidated\.00\.pth are missing"):
         convert_meta(gap, tmp_path / "o1")
     # a missing last shard shows up as shapes that do not add up
-    last = tmp_path / "last"
-    last.mkdir()
-    for f in src.iterdir():
-        (last / f.name).write_bytes(f.read_bytes())
+    last = _copy_of(src, tmp_path / "last")
     (last / "consolidated.01.pth").unlink()
     with pytest.raises(ConversionError, match="a shard may be missing"):
         convert_meta(last, tmp_path / "o2")
     # truncated shard
-    trunc = tmp_path / "trunc"
-    trunc.mkdir()
-    for f in src.iterdir():
-        (trunc / f.name).write_bytes(f.read_bytes())
+    trunc = _copy_of(src, tmp_path / "trunc")
     data = (trunc / "consolidated.01.pth").read_bytes()
     (trunc / "consolidated.01.pth").write_bytes(data[: len(data) // 2])
     with pytest.raises(ConversionError, match="consolidated.01.pth"):
         convert_meta(trunc, tmp_path / "o3")
     # inconsistent shard shapes
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for f in src.iterdir():
-        (bad / f.name).write_bytes(f.read_bytes())
+    bad = _copy_of(src, tmp_path / "bad")
     sd = torch.load(bad / "consolidated.01.pth", weights_only=True)
     sd["layers.0.attention.wo.weight"] = sd["layers.0.attention.wo.weight"][:-1]
     torch.save(sd, bad / "consolidated.01.pth")
