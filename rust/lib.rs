@@ -4,7 +4,9 @@
 //! `python` feature so `cargo test` needs no interpreter.
 
 pub mod chunking;
+mod decode;
 pub mod error;
+mod hub_json;
 pub mod infill;
 pub mod offsets;
 pub mod parallel;

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use ahash::AHashMap;
 use serde_json::Value;
 use tokenizers::models::bpe::BPE;
-use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::Model;
 
 use crate::chunking::{cached_chunk, JoinableBigrams};
@@ -21,7 +20,7 @@ use crate::spm_model::{PieceKind, SpmModel};
 const JSON_KIND: &str = "tokenizer.json";
 /// Normalized texts at least this long are encoded by several threads.
 const PARALLEL_MIN_BYTES: usize = 512 * 1024;
-const SPACE_MARK: char = '▁';
+pub(crate) const SPACE_MARK: char = '▁';
 
 /// How special-token strings inside the text are treated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +36,7 @@ pub enum SpecialTokenMode {
 
 /// What each id turns into when decoding.
 #[derive(Clone, Debug)]
-enum PieceText {
+pub(crate) enum PieceText {
     /// UTF-8 text with `▁` already turned into spaces.
     Text(Box<str>),
     /// A byte-fallback piece `<0xNN>`.
@@ -49,24 +48,24 @@ const ADD_BOS: u8 = 1;
 const ADD_EOS: u8 = 2;
 
 pub struct CodeLlamaTokenizer {
-    bpe: BPE,
-    pieces: Vec<String>,
-    piece_to_id: AHashMap<String, u32>,
-    decode_table: Vec<PieceText>,
-    is_special: Vec<bool>,
-    special: SpecialIds,
-    matcher: SpecialMatcher,
-    add_dummy_prefix: bool,
-    remove_extra_whitespaces: bool,
-    post_flags: AtomicU8,
+    pub(crate) bpe: BPE,
+    pub(crate) pieces: Vec<String>,
+    pub(crate) piece_to_id: AHashMap<String, u32>,
+    pub(crate) decode_table: Vec<PieceText>,
+    pub(crate) is_special: Vec<bool>,
+    pub(crate) special: SpecialIds,
+    pub(crate) matcher: SpecialMatcher,
+    pub(crate) add_dummy_prefix: bool,
+    pub(crate) remove_extra_whitespaces: bool,
+    pub(crate) post_flags: AtomicU8,
     /// Hub-layout JSON without `post_processor`, filled in on serialization.
-    json_template: Value,
+    pub(crate) json_template: Value,
     /// Where text may be split into independently encoded chunks.
-    bigrams: Arc<JoinableBigrams>,
+    pub(crate) bigrams: Arc<JoinableBigrams>,
     /// Identity for the per-thread chunk caches.
-    cache_owner: usize,
+    pub(crate) cache_owner: usize,
     /// Allocation-free BPE for short chunks (None if the merges do not fit the vocabulary).
-    small: Option<Arc<MergeTable>>,
+    pub(crate) small: Option<Arc<MergeTable>>,
 }
 
 static NEXT_OWNER: AtomicUsize = AtomicUsize::new(1);
@@ -92,7 +91,7 @@ impl Clone for CodeLlamaTokenizer {
     }
 }
 
-fn is_byte_piece(piece: &str) -> Option<u8> {
+pub(crate) fn is_byte_piece(piece: &str) -> Option<u8> {
     let b = piece.as_bytes();
     if b.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>') {
         u8::from_str_radix(&piece[3..5], 16).ok()
@@ -130,7 +129,7 @@ impl CodeLlamaTokenizer {
             .collect();
         specials.sort_by_key(|(_, id)| *id);
         let specials_json: Vec<(String, u32)> = specials.clone();
-        let template = hub_json_template(&bpe, &specials_json, spm.add_dummy_prefix)?;
+        let template = crate::hub_json::hub_json_template(&bpe, &specials_json, spm.add_dummy_prefix)?;
         let mut tok = Self::assemble(bpe, &merges, specials, spm.unk_id, spm.bos_id, spm.eos_id, spm.add_dummy_prefix, template, path, "sentencepiece model (tokenizer.model)")?;
         tok.remove_extra_whitespaces = spm.remove_extra_whitespaces;
         Ok(tok)
@@ -196,7 +195,7 @@ impl CodeLlamaTokenizer {
         }
         let bos = vocab.get("<s>").copied();
         let eos = vocab.get("</s>").copied();
-        let dummy = json_adds_dummy_prefix(&root);
+        let dummy = crate::hub_json::json_adds_dummy_prefix(&root);
         let mut template = root.clone();
         if let Some(obj) = template.as_object_mut() {
             obj.remove("post_processor");
@@ -343,7 +342,7 @@ impl CodeLlamaTokenizer {
         &self.bpe
     }
 
-    fn check_id(&self, id: i64) -> Result<u32> {
+    pub(crate) fn check_id(&self, id: i64) -> Result<u32> {
         if id < 0 || id as usize >= self.pieces.len() {
             Err(TokenizerError::IdOutOfRange { id, vocab_size: self.pieces.len() })
         } else {
@@ -370,49 +369,6 @@ impl CodeLlamaTokenizer {
     pub fn post_processor(&self) -> (bool, bool) {
         let f = self.post_flags.load(Ordering::Acquire);
         (f & ADD_BOS != 0, f & ADD_EOS != 0)
-    }
-
-    /// The post-processor as the `tokenizers` crate's `TemplateProcessing` (for `tokenizer.json`).
-    pub fn template_processing(&self) -> TemplateProcessing {
-        let (add_bos, add_eos) = self.post_processor();
-        let bos = self.special.bos.map(|id| (self.pieces[id as usize].clone(), id));
-        let eos = self.special.eos.map(|id| (self.pieces[id as usize].clone(), id));
-        let mut single = Vec::new();
-        let mut pair = Vec::new();
-        let mut tokens = Vec::new();
-        if let (true, Some((b, id))) = (add_bos, &bos) {
-            single.push(format!("{b}:0"));
-            tokens.push((b.clone(), *id));
-        }
-        single.push("$A:0".to_string());
-        if let (true, Some((e, id))) = (add_eos, &eos) {
-            single.push(format!("{e}:0"));
-            tokens.push((e.clone(), *id));
-        }
-        pair.extend(single.iter().cloned());
-        if let (true, Some((b, _))) = (add_bos, &bos) {
-            pair.push(format!("{b}:1"));
-        }
-        pair.push("$B:1".to_string());
-        if let (true, Some((e, _))) = (add_eos, &eos) {
-            pair.push(format!("{e}:1"));
-        }
-        TemplateProcessing::builder()
-            .try_single(single.join(" "))
-            .expect("valid single template")
-            .try_pair(pair.join(" "))
-            .expect("valid pair template")
-            .special_tokens(tokens)
-            .build()
-            .expect("template tokens are declared")
-    }
-
-    /// The whole tokenizer in the hub `tokenizer.json` layout, with the current post-processor.
-    pub fn to_json(&self) -> String {
-        let mut root = self.json_template.clone();
-        let post = serde_json::to_value(self.template_processing()).expect("TemplateProcessing serializes");
-        root["post_processor"] = post;
-        serde_json::to_string_pretty(&root).expect("JSON values serialize")
     }
 
     // ---------------------------------------------------------------- encoding
@@ -571,38 +527,6 @@ impl CodeLlamaTokenizer {
         Ok(tokens.into_iter().map(|t| t.id).collect())
     }
 
-    // ---------------------------------------------------------------- decoding
-
-    /// Text of `ids`: `▁` → space, byte pieces reassembled into UTF-8 (an invalid or incomplete
-    /// sequence gives U+FFFD per byte), one leading space removed.
-    pub fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
-        let mut out = String::with_capacity(ids.len() * 4);
-        self.decode_into(ids, skip_special_tokens, &mut out)?;
-        if out.starts_with(' ') {
-            out.remove(0);
-        }
-        Ok(out)
-    }
-
-    /// Decoded text of `ids` without removing the leading space (for infilling and streaming).
-    pub fn decode_into(&self, ids: &[i64], skip_special_tokens: bool, out: &mut String) -> Result<()> {
-        let mut pending: Vec<u8> = Vec::new();
-        for &raw in ids {
-            let id = self.check_id(raw)?;
-            if skip_special_tokens && self.is_special[id as usize] {
-                continue;
-            }
-            match &self.decode_table[id as usize] {
-                PieceText::Byte(b) => pending.push(*b),
-                PieceText::Text(t) => {
-                    flush_bytes(&mut pending, out);
-                    out.push_str(t);
-                }
-            }
-        }
-        flush_bytes(&mut pending, out);
-        Ok(())
-    }
 }
 
 /// sentencepiece's `remove_extra_whitespaces`: leading spaces dropped, runs of spaces collapsed to
@@ -620,88 +544,4 @@ fn collapse_whitespace(text: &str) -> String {
     let kept = out.trim_end_matches([' ', SPACE_MARK]).len();
     out.truncate(kept);
     out
-}
-
-/// Appends `bytes` as UTF-8, one U+FFFD for each byte that is not part of a valid character.
-pub(crate) fn flush_bytes(bytes: &mut Vec<u8>, out: &mut String) {
-    let mut rest: &[u8] = bytes;
-    while !rest.is_empty() {
-        match std::str::from_utf8(rest) {
-            Ok(s) => {
-                out.push_str(s);
-                break;
-            }
-            Err(e) => {
-                let valid = e.valid_up_to();
-                out.push_str(std::str::from_utf8(&rest[..valid]).expect("checked valid prefix"));
-                let bad = e.error_len().unwrap_or(rest.len() - valid);
-                for _ in 0..bad {
-                    out.push('\u{FFFD}');
-                }
-                rest = &rest[valid + bad..];
-            }
-        }
-    }
-    bytes.clear();
-}
-
-/// Whether a hub JSON adds sentencepiece's dummy prefix (legacy `Prepend("▁")` normalizer, or a
-/// `Metaspace` pre-tokenizer whose prepend scheme is not "never").
-fn json_adds_dummy_prefix(root: &Value) -> bool {
-    fn has_prepend(v: &Value) -> bool {
-        match v {
-            Value::Object(o) => {
-                (o.get("type").and_then(Value::as_str) == Some("Prepend"))
-                    || o.get("normalizers").and_then(Value::as_array).is_some_and(|a| a.iter().any(has_prepend))
-            }
-            _ => false,
-        }
-    }
-    fn metaspace_prepends(v: &Value) -> Option<bool> {
-        let o = v.as_object()?;
-        if o.get("type").and_then(Value::as_str) == Some("Metaspace") {
-            return Some(o.get("prepend_scheme").and_then(Value::as_str).unwrap_or("always") != "never"
-                && o.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(true));
-        }
-        o.get("pretokenizers").and_then(Value::as_array)?.iter().find_map(metaspace_prepends)
-    }
-    if root.get("normalizer").is_some_and(has_prepend) {
-        return true;
-    }
-    root.get("pre_tokenizer").and_then(metaspace_prepends).unwrap_or(false)
-}
-
-/// The hub `tokenizer.json` layout (without post-processor) for a BPE built from a `tokenizer.model`.
-fn hub_json_template(bpe: &BPE, specials: &[(String, u32)], dummy_prefix: bool) -> Result<Value> {
-    let added: Vec<Value> = specials
-        .iter()
-        .map(|(s, id)| {
-            serde_json::json!({"id": id, "content": s, "single_word": false, "lstrip": false,
-                               "rstrip": false, "normalized": false, "special": true})
-        })
-        .collect();
-    let mut normalizers = Vec::new();
-    if dummy_prefix {
-        normalizers.push(serde_json::json!({"type": "Prepend", "prepend": "▁"}));
-    }
-    normalizers.push(serde_json::json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
-    let mut decoders = vec![
-        serde_json::json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
-        serde_json::json!({"type": "ByteFallback"}),
-        serde_json::json!({"type": "Fuse"}),
-    ];
-    if dummy_prefix {
-        decoders.push(serde_json::json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
-    }
-    let model = serde_json::to_value(bpe).map_err(|e| TokenizerError::InvalidInput(format!("cannot serialize the BPE model: {e}")))?;
-    Ok(serde_json::json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": {"type": "Sequence", "normalizers": normalizers},
-        "pre_tokenizer": null,
-        "decoder": {"type": "Sequence", "decoders": decoders},
-        "model": model,
-    }))
 }

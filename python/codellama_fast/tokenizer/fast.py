@@ -7,16 +7,16 @@ Meta's reference (``llama/generation.py``); the rest of the surface follows tran
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import _native
 from ..errors import InfillingUnsupported, TokenizerError
 from .batch_encoding import BatchEncoding
+from .batching import _PADDING_STRATEGIES, BatchingMixin
 from .files import TokenizerFiles, resolve, token_content
+from .saving import SavingMixin
 
 if TYPE_CHECKING:
     from .streaming import StreamDecoder
@@ -26,7 +26,6 @@ FILL_MARKER: str = _native.FILL_MARKER
 # Special-token handling in text: the native core's mode codes.
 _MODE_MATCH, _MODE_NO_PREFIX, _MODE_PLAIN = 0, 1, 2
 
-_PADDING_STRATEGIES = {False: None, None: None, "do_not_pad": None, True: "longest", "longest": "longest", "max_length": "max_length"}
 
 
 def _ids_list(ids: Any) -> Any:
@@ -54,7 +53,7 @@ def _check_text(text: Any, what: str = "text") -> str:
     return text
 
 
-class CodeLlamaTokenizerFast:
+class CodeLlamaTokenizerFast(BatchingMixin, SavingMixin):
     """Code Llama tokenizer: sentencepiece-exact encoding, Meta's infilling, HF-compatible API.
 
     >>> from codellama_fast import CodeLlamaTokenizerFast
@@ -507,162 +506,6 @@ class CodeLlamaTokenizerFast:
         return self._finish(encoded, batched, padding, max_length, side, pad_to_multiple_of, return_tensors,
                             return_attention_mask, return_special_tokens_mask, return_length, offsets, infill_flags, add_special_tokens)
 
-    def _padded_fast_path(self, texts, batched, text_pair, suffix, padding, truncation, return_tensors, return_offsets_mapping,
-                          return_special_tokens_mask, return_length, pad_to_multiple_of, return_attention_mask,
-                          add_special_tokens, split_special_tokens, side) -> BatchEncoding | None:
-        """Plain texts padded to the longest, straight into int64 arrays by the native core (no
-        per-token Python objects). None when the call needs the general path."""
-        if not (batched and return_tensors in ("np", "pt") and _PADDING_STRATEGIES.get(padding) == "longest" and not truncation
-                and text_pair is None and suffix is None and not return_offsets_mapping and not return_special_tokens_mask
-                and not return_length and not pad_to_multiple_of and self.pad_token_id is not None and texts):
-            return None
-        if not all(type(t) is str for t in texts) or (self.fill_token and any(self.fill_token in t for t in texts)):
-            return None
-        try:
-            ids, mask = self._call_native(self._native.encode_batch_padded, texts, self._mode(split_special_tokens), add_special_tokens,
-                                          self.pad_token_id, side == "left", None, False)
-        except TypeError:
-            raise self._batch_item_error(texts) from None
-        data: dict[str, Any] = {"input_ids": ids}
-        if return_attention_mask is not False:
-            data["attention_mask"] = mask
-        if return_tensors == "pt":
-            data = {k: self._to_tensor(v, "pt") for k, v in data.items()}
-        return BatchEncoding(data)
-
-    @staticmethod
-    def _batch_item_error(items: list[Any]) -> Exception:
-        """The precise error for the first unusable batch item (only computed on failure)."""
-        for k, item in enumerate(items):
-            for part in item if isinstance(item, tuple) else (item,):
-                if not isinstance(part, str):
-                    return TypeError(f"item {k} of the batch is a {type(part).__name__}, not a str")
-                try:
-                    part.encode("utf-8")
-                except UnicodeEncodeError as exc:
-                    return TokenizerError(
-                        f"item {k} of the batch is not valid Unicode: {exc.reason} at position {exc.start} "
-                        f"({exc.object[exc.start:exc.end]!r}); lone surrogates cannot be tokenized"
-                    )
-        return TypeError("every item of a batch must be a str or a (prefix, suffix) pair of str")
-
-    @staticmethod
-    def _broadcast(value: Any, n: int, batched: bool, name: str) -> list[Any]:
-        if value is None:
-            return [None] * n
-        if batched:
-            if not isinstance(value, (list, tuple)) or len(value) != n:
-                raise TokenizerError(f"{name} must be a list with one entry per text ({n}) in a batch call")
-            return list(value)
-        return [value]
-
-    def _finish(
-        self,
-        encoded: list[list[int]],
-        batched: bool,
-        padding: bool | str,
-        max_length: int | None,
-        side: str,
-        pad_to_multiple_of: int | None,
-        return_tensors: str | None,
-        return_attention_mask: bool | None,
-        return_special_tokens_mask: bool,
-        return_length: bool,
-        offsets: list[list[tuple[int, int]]] | None = None,
-        infill_flags: list[bool] | None = None,
-        add_special: bool = True,
-    ) -> BatchEncoding:
-        infill_flags = infill_flags or [False] * len(encoded)
-        strategy = _PADDING_STRATEGIES[padding]
-        masks = [[1] * len(ids) for ids in encoded]
-        specials = [self._added_mask(ids, inf, add_special) for ids, inf in zip(encoded, infill_flags)] if return_special_tokens_mask else None
-        if strategy is not None:
-            pad_id = self.pad_token_id
-            if pad_id is None:
-                raise TokenizerError(
-                    "padding needs a pad token and this tokenizer has none (Code Llama defines none); "
-                    "set one first, e.g. tokenizer.pad_token = tokenizer.eos_token"
-                )
-            if strategy == "max_length":
-                if max_length is None:
-                    raise TokenizerError("padding='max_length' needs max_length")
-                width = max_length
-            else:
-                width = max((len(e) for e in encoded), default=0)
-            if pad_to_multiple_of:
-                width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-            for k, ids in enumerate(encoded):
-                gap = width - len(ids)
-                if gap <= 0:
-                    continue
-                if offsets is not None:
-                    offsets[k] = ([(0, 0)] * gap + offsets[k]) if side == "left" else (offsets[k] + [(0, 0)] * gap)
-                if side == "left":
-                    encoded[k] = [pad_id] * gap + ids
-                    masks[k] = [0] * gap + masks[k]
-                    if specials is not None:
-                        specials[k] = [1] * gap + specials[k]
-                else:
-                    encoded[k] = ids + [pad_id] * gap
-                    masks[k] = masks[k] + [0] * gap
-                    if specials is not None:
-                        specials[k] = specials[k] + [1] * gap
-        data: dict[str, Any] = {"input_ids": encoded}
-        if return_attention_mask is not False:
-            data["attention_mask"] = masks
-        if specials is not None:
-            data["special_tokens_mask"] = specials
-        if offsets is not None:
-            data["offset_mapping"] = offsets
-        if return_length:
-            data["length"] = [sum(m) for m in masks]
-        if return_tensors is not None:
-            lengths = {len(e) for e in encoded}
-            if len(lengths) > 1:
-                raise TokenizerError(
-                    "the texts have different lengths, so they cannot form one tensor; pass padding=True "
-                    "(after setting a pad token) or return lists"
-                )
-            data = {k: self._to_tensor(v, return_tensors, k == "offset_mapping") for k, v in data.items()}
-        elif not batched:
-            data = {k: v[0] for k, v in data.items()}
-        return BatchEncoding(data)
-
-    def _added_mask(self, ids: list[int], is_infill: bool, add_special: bool) -> list[int]:
-        """1 where the tokenizer added a token (BOS/EOS, infilling sentinels), 0 for the text's own
-        tokens, special-token strings in the text included (as transformers does)."""
-        mask = [0] * len(ids)
-        if not add_special and not is_infill:
-            return mask
-        if is_infill:
-            sentinels = {self.prefix_id, self.suffix_id, self.middle_id}
-            seen = 0
-            for k, i in enumerate(ids):
-                if (k == 0 and add_special and self._add_bos_token and i == self.bos_token_id) or (i in sentinels and seen < 3):
-                    mask[k] = 1
-                    seen += i in sentinels
-            return mask
-        if self._add_bos_token and ids and ids[0] == self.bos_token_id:
-            mask[0] = 1
-        if self._add_eos_token and ids and ids[-1] == self.eos_token_id:
-            mask[-1] = 1
-        return mask
-
-    @staticmethod
-    def _to_tensor(rows: Any, kind: str, pairs: bool = False) -> Any:
-        import numpy as np
-
-        array = rows if isinstance(rows, np.ndarray) else np.asarray(rows, dtype=np.int64)
-        if array.ndim == (2 if pairs else 1):
-            array = array.reshape(len(rows), -1, 2) if pairs else array.reshape(len(rows), -1)
-        if kind == "np":
-            return array
-        try:
-            import torch
-        except ImportError:
-            raise TokenizerError("return_tensors='pt' needs PyTorch; install torch or use return_tensors='np'") from None
-        return torch.from_numpy(array)
-
     def batch_encode_plus(self, texts: Sequence[str], **kwargs: Any) -> BatchEncoding:
         return self(list(texts), **kwargs)
 
@@ -727,77 +570,6 @@ class CodeLlamaTokenizerFast:
         from .streaming import StreamDecoder
 
         return StreamDecoder(self, skip_special_tokens=skip_special_tokens, keep_leading_space=keep_leading_space)
-
-    # ------------------------------------------------------------------ saving, pickling
-
-    def _tokenizer_config(self) -> dict[str, Any]:
-        cfg: dict[str, Any] = {
-            "add_bos_token": self._add_bos_token,
-            "add_eos_token": self._add_eos_token,
-            "bos_token": self.bos_token,
-            "eos_token": self.eos_token,
-            "unk_token": self.unk_token,
-            "pad_token": self._pad_token,
-            "clean_up_tokenization_spaces": False,
-            "legacy": self._legacy,
-            "model_max_length": self.model_max_length,
-            "padding_side": self.padding_side,
-            "split_special_tokens": self.split_special_tokens,
-            "tokenizer_class": "CodeLlamaTokenizer",
-        }
-        if self.can_infill:
-            cfg.update(
-                prefix_token=self.prefix_token, suffix_token=self.suffix_token, middle_token=self.middle_token,
-                eot_token=self.eot_token, fill_token=self.fill_token, suffix_first=self.suffix_first,
-            )
-        else:
-            cfg.update(prefix_token=None, suffix_token=None, middle_token=None, eot_token=None, fill_token=None)
-        return cfg
-
-    def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> tuple[str, ...]:
-        """Writes ``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json`` and, when
-        known, ``tokenizer.model``. The folder loads here and in transformers."""
-        folder = Path(save_directory)
-        if folder.exists() and not folder.is_dir():
-            raise FileExistsError(f"{folder} exists and is not a folder")
-        folder.mkdir(parents=True, exist_ok=True)
-        written = [self._write(folder / "tokenizer.json", self._native.to_json())]
-        written.append(self._write(folder / "tokenizer_config.json", json.dumps(self._tokenizer_config(), indent=2, ensure_ascii=False)))
-        stm = {k: v for k, v in (("bos_token", self.bos_token), ("eos_token", self.eos_token), ("unk_token", self.unk_token), ("pad_token", self._pad_token)) if v is not None}
-        written.append(self._write(folder / "special_tokens_map.json", json.dumps(stm, indent=2, ensure_ascii=False)))
-        if self._model_file_bytes is not None:
-            written.extend(self.save_vocabulary(folder))
-        return tuple(written)
-
-    def save_vocabulary(self, save_directory: str | os.PathLike[str], filename_prefix: str | None = None) -> tuple[str, ...]:
-        """Writes the sentencepiece ``tokenizer.model`` (what the slow tokenizer needs)."""
-        if self._model_file_bytes is None:
-            raise TokenizerError("this tokenizer was loaded from tokenizer.json alone, so there is no tokenizer.model to save")
-        name = f"{filename_prefix}-tokenizer.model" if filename_prefix else "tokenizer.model"
-        path = Path(save_directory) / name
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_bytes(self._model_file_bytes)
-        os.replace(tmp, path)
-        return (str(path),)
-
-    @staticmethod
-    def _write(path: Path, text: str) -> str:
-        # Write beside, then rename: an interrupted save never leaves a half-written file.
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-        return str(path)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if k != "_native"}
-        state["_native_json"] = self._native.to_json()
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        text = state.pop("_native_json")
-        self.__dict__.update(state)
-        self._native = _native.NativeTokenizer.from_json_str(text, "<pickled tokenizer>")
-        self.update_post_processor()
 
     def __repr__(self) -> str:
         return (
