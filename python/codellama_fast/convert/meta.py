@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..engine.config import LlamaConfig
+from ..engine.loader import load_state_dict
 from ..errors import ConversionError
 from .hf_folder import finish_output, hf_plan, permute_rotary, prepare_output, save_tokenizer, write_model
 
@@ -88,14 +89,7 @@ class ShardSet:
         if key != self._key:
             self._dicts = []
             gc.collect()  # unmap the previous layer's pages
-            for s in self.shards:
-                try:
-                    sd = torch.load(str(s), map_location="cpu", mmap=True, weights_only=True)
-                except Exception as exc:
-                    raise ConversionError(f"{s} cannot be read with torch.load(weights_only=True) (truncated or not a checkpoint?): {exc}") from None
-                if not isinstance(sd, dict):
-                    raise ConversionError(f"{s} does not hold a state dict")
-                self._dicts.append(sd)
+            self._dicts = [load_state_dict(s, ConversionError) for s in self.shards]
             self._key = key
         return self._dicts
 

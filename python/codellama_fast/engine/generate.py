@@ -5,7 +5,7 @@ infilling and Instruct chat."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -48,7 +48,6 @@ class GenerationResult:
     decode_tokens_per_s: float
     prefill_tokens_per_s: float
     total_s: float
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def text(self) -> str:

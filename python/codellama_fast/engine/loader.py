@@ -128,15 +128,8 @@ class WeightSource:
         self._open[path] = handle
 
     def _scan_torch(self, path: Path) -> None:
-        try:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:
-            raise CheckpointError(f"{path} could not be loaded with torch.load(weights_only=True) (only plain tensors are accepted): {exc}") from None
-        if not isinstance(sd, dict):
-            raise CheckpointError(f"{path} does not hold a state dict")
+        sd = load_state_dict(path, CheckpointError)
         for name, t in sd.items():
-            if not isinstance(t, torch.Tensor):
-                raise CheckpointError(f"{path}: entry {name!r} is not a tensor")
             self.files[name] = path
             self.shapes[name] = tuple(t.shape)
             self.dtypes[name] = t.dtype
@@ -154,6 +147,21 @@ class WeightSource:
 
     def names(self) -> Iterator[str]:
         return iter(self.files)
+
+
+def load_state_dict(path: Path, error: type[Exception] = CheckpointError) -> dict[str, torch.Tensor]:
+    """A ``.bin``/``.pth`` state dict, memory-mapped, through ``torch.load(weights_only=True)`` only
+    (never arbitrary unpickling); anything else raises `error` naming the file."""
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise error(f"{path} could not be loaded with torch.load(weights_only=True) (truncated, or not only plain tensors): {exc}") from None
+    if not isinstance(sd, dict):
+        raise error(f"{path} does not hold a state dict")
+    for name, t in sd.items():
+        if not isinstance(t, torch.Tensor):
+            raise error(f"{path}: entry {name!r} is not a tensor")
+    return sd
 
 
 def _st_dtype(name: str, path: Path) -> torch.dtype:
