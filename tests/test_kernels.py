@@ -88,6 +88,7 @@ def _cache(b, hkv, s, d, dtype):
     (2, 45, 8, 2, 32, 0, [0, 13]),       # GQA 4, left padding
     (3, 20, 8, 1, 16, 0, [19, 5, 0]),    # GQA 8, a sequence that is almost all padding
     (2, 9, 4, 1, 128, 30, [2, 31]),      # chunked prefill at an offset, head_dim 128
+    (2, 100, 4, 2, 32, 37, [0, 45]),     # long enough for unmasked key blocks between padding and diagonal
 ])
 def test_prefill_attention(dtype, b, t, hq, hkv, d, q_start, pads):
     kv_len = q_start + t

@@ -22,13 +22,62 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
+def _attend_blocks(
+    acc, l_i, m_i, q, k_base, v_base, sks, svs, q_slot, kv_start, kv_len, qk_scale, lo, hi,
+    BLOCK_N: tl.constexpr, D: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr,
+):
+    """Online-softmax update of (acc [BM, D], l_i [BM], m_i [BM]) over the key blocks [lo, hi).
+    MASKED=False is only used for blocks every query of the block sees in full (no padding, no
+    diagonal, inside kv_len), so that loop carries no mask arithmetic at all."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    for start_n in range(lo, hi, BLOCK_N):
+        k_slot = start_n + offs_n  # [BLOCK_N]
+        if MASKED:
+            in_range = k_slot < kv_len
+            k = tl.load(k_base + k_slot[None, :].to(tl.int64) * sks + offs_d[:, None], mask=in_range[None, :], other=0.0)
+        else:
+            k = tl.load(k_base + k_slot[None, :].to(tl.int64) * sks + offs_d[:, None])
+        if IEEE:
+            s = tl.dot(q, k, input_precision="ieee")
+        else:
+            s = tl.dot(q, k)
+        s = s * qk_scale
+        if MASKED:
+            visible = (k_slot[None, :] <= q_slot[:, None]) & (k_slot[None, :] >= kv_start) & in_range[None, :]
+            visible = visible | (k_slot[None, :] == q_slot[:, None])  # a padding query sees its own slot
+            s = tl.where(visible, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_safe = m_new  # every row has a finite score here
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None]
+        if MASKED:
+            v = tl.load(v_base + k_slot[:, None].to(tl.int64) * svs + offs_d[None, :], mask=in_range[:, None], other=0.0)
+        else:
+            v = tl.load(v_base + k_slot[:, None].to(tl.int64) * svs + offs_d[None, :])
+        if IEEE:
+            acc += tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc += tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _prefill_kernel(
     Q, KC, VC, O, KV_START,
     sqb, sqt, sqh, skb, skh, sks, svb, svh, svs, sob, sot, soh,
-    T, HQ, GROUP, q_start, kv_len, qk_scale,
+    T, HQ, GROUP, q_start, kv_len, qk_scale, T_BUCKET,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    # Causal work grows with the query block index: the heaviest blocks are launched first so the
+    # light ones fill the tail of the grid.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // HQ).to(tl.int64)
     h = (bh % HQ).to(tl.int64)
@@ -37,7 +86,6 @@ def _prefill_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # query rows
     offs_d = tl.arange(0, D)
-    offs_n = tl.arange(0, BLOCK_N)
     q_slot = q_start + offs_m  # [BLOCK_M]
     q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None].to(tl.int64) * sqt + offs_d[None, :]
     q = tl.load(q_ptrs, mask=offs_m[:, None] < T, other=0.0)
@@ -48,57 +96,52 @@ def _prefill_kernel(
 
     k_base = KC + b * skb + hk * skh
     v_base = VC + b * svb + hk * svh
-    # Keys this block of queries can see: [lo, hi).
-    hi = tl.minimum(kv_len, q_start + (pid_m + 1) * BLOCK_M)
-    lo = (kv_start // BLOCK_N) * BLOCK_N
-    # A block of padding queries only sees its own slots.
-    lo = tl.minimum(lo, ((q_start + pid_m * BLOCK_M) // BLOCK_N) * BLOCK_N)
+    # Keys this block of queries can see: [lo, hi), in whole key blocks.
     first_q = q_start + pid_m * BLOCK_M
-    for start_n in range(lo, hi, BLOCK_N):
-        k_slot = start_n + offs_n  # [BLOCK_N]
-        in_range = k_slot < kv_len
-        k = tl.load(k_base + k_slot[None, :].to(tl.int64) * sks + offs_d[:, None], mask=in_range[None, :], other=0.0)
-        if IEEE:
-            s = tl.dot(q, k, input_precision="ieee")
-        else:
-            s = tl.dot(q, k)
-        s = s * qk_scale
-        # Masking is only needed on blocks that touch the padding boundary or the diagonal.
-        if (start_n < kv_start) | (start_n + BLOCK_N > first_q) | (start_n + BLOCK_N > kv_len):
-            visible = (k_slot[None, :] <= q_slot[:, None]) & (k_slot[None, :] >= kv_start) & in_range[None, :]
-            visible = visible | (k_slot[None, :] == q_slot[:, None])
-            s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None]
-        v = tl.load(v_base + k_slot[:, None].to(tl.int64) * svs + offs_d[None, :], mask=in_range[:, None], other=0.0)
-        if IEEE:
-            acc += tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc += tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+    hi = tl.minimum(kv_len, first_q + BLOCK_M)
+    lo = (kv_start // BLOCK_N) * BLOCK_N
+    lo = tl.minimum(lo, (first_q // BLOCK_N) * BLOCK_N)  # a block of padding queries sees its own slots
+    # Three runs of key blocks: [lo, a_end) touches the padding boundary (masked); [a_end, b_end)
+    # is seen in full by every query of the block (no mask); [b_end, hi) holds the diagonal (masked).
+    full_lo = tl.cdiv(kv_start, BLOCK_N) * BLOCK_N  # first block wholly after the padding
+    full_hi = (first_q // BLOCK_N) * BLOCK_N  # blocks ending at or before the first query slot
+    a_end = tl.minimum(tl.maximum(full_lo, lo), hi)
+    b_end = tl.maximum(a_end, tl.minimum(full_hi, hi))
+    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_base, v_base, sks, svs, q_slot, kv_start, kv_len, qk_scale,
+                                   lo, a_end, BLOCK_N, D, True, IEEE)
+    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_base, v_base, sks, svs, q_slot, kv_start, kv_len, qk_scale,
+                                   a_end, b_end, BLOCK_N, D, False, IEEE)
+    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_base, v_base, sks, svs, q_slot, kv_start, kv_len, qk_scale,
+                                   b_end, hi, BLOCK_N, D, True, IEEE)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     o_ptrs = O + b * sob + h * soh + offs_m[:, None].to(tl.int64) * sot + offs_d[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < T)
 
 
-# On a GPU the block shape is tuned once per (head_dim, precision) among a few configurations
-# that suit Hopper/Ampere; the interpreter runs one fixed small configuration.
+# On a GPU the block shape is tuned among configurations that suit Hopper/Ampere, once per head
+# size, precision and prompt-length bucket (short prompts and 16k prompts favour different shapes);
+# the interpreter runs one fixed small configuration.
 _TUNED = None
 if not _INTERPRET and torch.cuda.is_available():
     _TUNED = triton.autotune(
         configs=[
             triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+            triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=4),
+            triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
             triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
+            triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
             triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+            triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=4, num_stages=3),
             triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=4),
         ],
-        key=["D", "IEEE"],
+        key=["D", "IEEE", "T_BUCKET"],
     )(_prefill_kernel)
+
+
+def _length_bucket(t: int) -> int:
+    """Tuning bucket of a prompt length: 0 (<= 512), 1 (<= 2048), 2 (longer)."""
+    return 0 if t <= 512 else 1 if t <= 2048 else 2
 
 
 def _config(d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
@@ -126,7 +169,7 @@ def attention_prefill(q, k_cache, v_cache, q_start: int, kv_start: torch.Tensor,
             q, k_cache, v_cache, out, kv_start,
             q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            t, hq, hq // hkv, int(q_start), int(kv_len), scale, D=d, IEEE=False,
+            t, hq, hq // hkv, int(q_start), int(kv_len), scale, _length_bucket(t), D=d, IEEE=False,
         )
         return out
     bm, bn, warps, stages = _config(d, q.dtype)
@@ -135,7 +178,7 @@ def attention_prefill(q, k_cache, v_cache, q_start: int, kv_start: torch.Tensor,
         q, k_cache, v_cache, out, kv_start,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        t, hq, hq // hkv, int(q_start), int(kv_len), scale,
+        t, hq, hq // hkv, int(q_start), int(kv_len), scale, 0,
         D=d, BLOCK_M=bm, BLOCK_N=bn, IEEE=q.dtype == torch.float32, num_warps=warps, num_stages=stages,
     )
     return out
