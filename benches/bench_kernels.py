@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit("bench_kernels needs a CUDA GPU (or --smoke for a CPU harness check)")
 
     from codellama_fast.kernels import reference as R
-    from codellama_fast.kernels.attention_decode import attention_decode
+    from codellama_fast.kernels.attention_decode import attention_decode, new_counters, rope_attention_decode
     from codellama_fast.kernels.attention_prefill import attention_prefill
     from codellama_fast.kernels.rmsnorm import rms_norm
     from codellama_fast.kernels.rope import rope_cache_update
@@ -150,10 +150,34 @@ def main(argv: list[str] | None = None) -> Path:
         kv_len = torch.tensor([L], dtype=torch.int32, device=dev)
         shape = f"B{b} Hq{hq} Hkv{hkv} L{L} D{d}"
         qh = q.transpose(1, 2)
+        counters = new_counters(b * hkv, dev)
+        # The whole decode step of a layer (RoPE of q and the new k, cache write, attention), as the
+        # engine runs it: one fused launch vs the separate RoPE kernel + attention kernel, and
+        # vs torch (reference RoPE + SDPA).
+        qkv = torch.randn(b, 1, (hq + 2 * hkv) * d, dtype=dt, device=dev)
+        qn, kn, vn = qkv[..., : hq * d].view(b, 1, hq, d), qkv[..., hq * d : (hq + hkv) * d].view(b, 1, hkv, d), qkv[..., (hq + hkv) * d :].view(b, 1, hkv, d)
+        pos = torch.full((b, 1), L - 1, dtype=torch.long, device=dev)
+        inv_freq = 1.0 / (1e6 ** (torch.arange(0, d, 2, device=dev).float() / d))
+        slots = torch.tensor([L - 1], device=dev)
+
+        def step_fused():
+            return rope_attention_decode(qn, kn, vn, pos, inv_freq, kc, vc, slots, kv_start, kv_len, counters=counters)
+
+        def step_separate():
+            q_rot = rope_cache_update(qn, kn, vn, pos, inv_freq, kc, vc, slots)
+            return attention_decode(q_rot, kc, vc, kv_start, kv_len, counters=counters)
+
+        def step_torch():
+            q_rot = R.rope_cache_update(qn, kn, vn, pos, inv_freq, kc, vc, slots)
+            return F.scaled_dot_product_attention(q_rot.transpose(1, 2), kc, vc, enable_gqa=hq != hkv)
+
         for graph in ([False] if smoke else [False, True]):
             timing = "graph" if graph else "launch"
-            add("decode_attn", "triton", shape, bench(lambda: attention_decode(q, kc, vc, kv_start, kv_len), smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
+            add("decode_attn", "triton", shape, bench(lambda: attention_decode(q, kc, vc, kv_start, kv_len, counters=counters), smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
             add("decode_attn", "sdpa", shape, bench(lambda: F.scaled_dot_product_attention(qh, kc, vc, enable_gqa=hq != hkv), smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
+            add("decode_step", "triton_fused", shape, bench(step_fused, smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
+            add("decode_step", "triton_separate", shape, bench(step_separate, smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
+            add("decode_step", "torch", shape, bench(step_torch, smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
         del q, kc, vc
 
     # ---- memory-bound elementwise kernels (bytes = reads + writes)

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
 from codellama_fast.kernels import reference as R  # noqa: E402
-from codellama_fast.kernels.attention_decode import attention_decode  # noqa: E402
+from codellama_fast.kernels.attention_decode import attention_decode, new_counters, rope_attention_decode  # noqa: E402
 from codellama_fast.kernels.attention_prefill import attention_prefill  # noqa: E402
 from codellama_fast.kernels.rmsnorm import rms_norm  # noqa: E402
 from codellama_fast.kernels.rope import rope_cache_update  # noqa: E402
@@ -30,7 +30,7 @@ def _close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 8), (3, 37), (2, 5, 200), (4, 1000)])
+@pytest.mark.parametrize("shape", [(1, 8), (3, 37), (2, 5, 200), (4, 1000), (7, 64)])
 def test_rms_norm(dtype, shape):
     x = torch.randn(shape, dtype=dtype, device=DEVICE)
     w = (torch.rand(shape[-1], device=DEVICE) + 0.5).to(dtype)
@@ -41,6 +41,12 @@ def test_rms_norm(dtype, shape):
     y_ref, s_ref = R.rms_norm(x, w, 1e-6, residual=r)
     assert torch.equal(s, s_ref)  # the add is the same rounding either way
     _close(y, y_ref, dtype)
+    # several rows per program (the shape prefill may tune to), row counts that do not divide
+    for rows in (2, 4):
+        _close(rms_norm(x, w, 1e-5, rows_per_program=rows), R.rms_norm(x.double(), w.double(), 1e-5), dtype)
+        y, s = rms_norm(x, w, 1e-6, residual=r, rows_per_program=rows)
+        assert torch.equal(s, s_ref)
+        _close(y, y_ref, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -117,10 +123,51 @@ def test_decode_attention(dtype, b, hq, hkv, d, kv_lens_pads):
     q = torch.randn(b, 1, hq, d, dtype=dtype, device=DEVICE)
     kc, vc = _cache(b, hkv, kv_len + 40, d, dtype)
     kv_start = torch.tensor(pads, device=DEVICE)
-    for splits in (None, 1, 3):
-        got = attention_decode(q, kc, vc, kv_start, torch.tensor([kv_len], device=DEVICE), num_splits=splits)
+    counters = new_counters(b * hkv, DEVICE)
+    for splits in (None, 1, 3, 3):  # the repeat reuses the counters the previous launch left
+        got = attention_decode(q, kc, vc, kv_start, torch.tensor([kv_len], device=DEVICE), num_splits=splits,
+                               counters=counters)
         _close(got, R.attention(q, kc, vc, kv_len - 1, kv_start, kv_len), dtype)
         _close(got, R.attention(q.double(), kc.double(), vc.double(), kv_len - 1, kv_start, kv_len), dtype)
+        assert not counters.any(), "a launch must leave its counters zeroed"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("b,hq,hkv,d,kv_len,pads,theta", [
+    (1, 4, 4, 64, 77, [0], 1e4),
+    (2, 8, 2, 32, 130, [0, 50], 1e6),    # GQA 4, left padding
+    (3, 16, 2, 16, 65, [0, 7, 64], 1e6),  # GQA 8; one sequence sees only the new key
+    (2, 8, 1, 128, 33, [1, 0], 1e6),
+    (1, 2, 2, 16, 1, [0], 1e4),           # the very first token: nothing in the cache yet
+])
+def test_rope_attention_decode(dtype, b, hq, hkv, d, kv_len, pads, theta):
+    """The fused decode step (RoPE, cache write, attention) against the separate reference steps,
+    and against an fp64 oracle of the same steps."""
+    q, k, v = _qkv(b, 1, hq, hkv, d, dtype)
+    slot = kv_len - 1
+    pos = torch.tensor([[slot - p + 5 * i] for i, p in enumerate(pads)], device=DEVICE)  # differ per sequence
+    inv = 1.0 / (theta ** (torch.arange(0, d, 2, device=DEVICE).float() / d))
+    kc, vc = _cache(b, hkv, kv_len + 40, d, dtype)
+    kv_start = torch.tensor(pads, device=DEVICE)
+    slots = torch.tensor([slot], device=DEVICE)
+    kv = torch.tensor([kv_len], device=DEVICE, dtype=torch.int32)
+    ref_kc, ref_vc = kc.clone(), vc.clone()
+    want = R.rope_attention(q, k, v, pos, inv, ref_kc, ref_vc, slots, slot, kv_start, kv_len)
+    o64_kc, o64_vc = kc.double(), vc.double()
+    want64 = R.rope_attention(q.double(), k.double(), v.double(), pos.double(), inv.double(), o64_kc, o64_vc, slots,
+                              slot, kv_start, kv_len)
+    counters = new_counters(b * hkv, DEVICE)
+    for splits in (None, 1, 2, 3):
+        got_kc, got_vc = kc.clone(), vc.clone()
+        got = rope_attention_decode(q, k, v, pos, inv, got_kc, got_vc, slots, kv_start, kv, num_splits=splits,
+                                    counters=counters)
+        _close(got, want, dtype)
+        _close(got, want64, dtype)
+        _close(got_kc, ref_kc, dtype)
+        assert torch.equal(got_vc, ref_vc)
+        assert not counters.any()
+    with pytest.raises(ValueError):
+        rope_attention_decode(q, k, v, pos[:, 0], inv, kc, vc, slots, kv_start, kv)
 
 
 @pytest.mark.parametrize("name", ["mha", "gqa4-d16"])

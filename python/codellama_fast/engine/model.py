@@ -48,8 +48,8 @@ class Attention(nn.Module):
         k = qkv[..., q_size : q_size + kv_size].view(b, t, self.n_kv, self.head_dim)
         v = qkv[..., q_size + kv_size :].view(b, t, self.n_kv, self.head_dim)
         k_cache, v_cache = cache
-        q = ops.rope_cache_update(q, k, v, ctx.positions, inv_freq, k_cache, v_cache, ctx.slots)
-        out = ops.attention(q, k_cache, v_cache, ctx.q_start, ctx.kv_start, ctx.kv_len)  # [B, T, Hq, D]
+        out = ops.rope_attention(q, k, v, ctx.positions, inv_freq, k_cache, v_cache, ctx.slots,
+                                 ctx.q_start, ctx.kv_start, ctx.kv_len)  # [B, T, Hq, D]
         return self.wo(out.reshape(b, t, q_size))
 
 

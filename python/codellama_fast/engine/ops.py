@@ -9,6 +9,9 @@ Shapes (B batch, T new tokens, S cache slots, Hq/Hkv query/KV heads, D head dim)
   attention(q [B,T,Hq,D], k_cache, v_cache, q_start, kv_start [B], kv_len) -> [B,T,Hq,D]
       query i sits in slot q_start + i; it sees cache slots j < kv_len with j <= q_start + i and
       j >= kv_start[b] (left padding before kv_start), and always its own slot.
+  rope_attention(q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len) -> [B,T,Hq,D]
+      the layer's whole attention step: rope_cache_update, then attention of the rotated q
+      (an implementation may fuse them, e.g. in one launch for decode).
   swiglu(gate_up [..., 2F]) -> silu(gate) * up, [..., F]   (gate is the first half)
 
 RoPE is the Hugging Face rotate-half convention with angles computed in fp32.
@@ -36,6 +39,10 @@ class Ops(Protocol):
 
     def attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_start: int | torch.Tensor,
                   kv_start: torch.Tensor, kv_len: int | torch.Tensor) -> torch.Tensor: ...
+
+    def rope_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
+                       k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor, q_start: int | torch.Tensor,
+                       kv_start: torch.Tensor, kv_len: int | torch.Tensor) -> torch.Tensor: ...
 
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor: ...
 
@@ -72,6 +79,10 @@ class TorchOps:
 
     def attention(self, q, k_cache, v_cache, q_start, kv_start, kv_len):
         return reference.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
+
+    def rope_attention(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len):
+        q_rot = self.rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
+        return self.attention(q_rot, k_cache, v_cache, q_start, kv_start, kv_len)
 
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
         return reference.swiglu(gate_up)

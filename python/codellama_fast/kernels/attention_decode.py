@@ -1,14 +1,21 @@
-"""Decode attention (one new token per sequence) over the KV cache, split along the cache length
-(flash-decoding) so that a batch of 1 still fills the GPU.
+"""Decode attention (one new token per sequence) over the KV cache, in one launch.
 
-Each program takes one (sequence, KV head, split): it loads the whole query group that shares the
-KV head (Hq/Hkv rows, padded to 16 for the tensor cores), so every K/V element is read once, and
-writes an unnormalised partial (max, sum, acc). A second small kernel merges the splits.
-kv_len and kv_start are read from device tensors and the split ranges are computed in the
-kernel, so the launch has static shapes and can be captured in a CUDA graph.
+Split along the cache length (flash-decoding) so that a batch of 1 still fills the GPU: each program
+takes one (sequence, KV head, split) and loads the whole query group that shares the KV head
+(Hq/Hkv rows, padded to 16 for the tensor cores), so every K/V element is read once. Each split
+writes an unnormalised partial (max, sum, acc) and bumps a per-(sequence, KV head) counter; the
+split that arrives last merges the partials and writes the output, then resets the counter. One
+split writes the output directly.
+
+``rope_attention_decode`` also does the RoPE + cache-write step of the layer in the same launch:
+the programs rotate q themselves, and split 0 rotates the new k, writes k and v into the cache and
+counts the new key from registers, while the splits read only the older cache slots.
+
+kv_len and kv_start are read from device tensors and the split ranges are computed in the kernel,
+so a launch has static shapes and can be captured in a CUDA graph.
 
 q [B, 1, Hq, D], k_cache/v_cache [B, Hkv, S, D], kv_start [B], kv_len 0-d/1-elem tensor -> [B, 1, Hq, D].
-Query slot = kv_len - 1: keys kv_start[b] <= j < kv_len are visible.
+The query sits in slot kv_len - 1: keys kv_start[b] <= j < kv_len are visible.
 """
 
 from __future__ import annotations
@@ -20,16 +27,20 @@ import triton
 import triton.language as tl
 
 from .reference import attention as attention_reference  # noqa: F401  (the oracle)
+from .reference import rope_attention as rope_attention_reference  # noqa: F401  (the oracle)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+MAX_SPLITS = 64
 
 
 @triton.jit
-def _decode_split_kernel(
-    Q, KC, VC, KV_START, KV_LEN, M_OUT, L_OUT, ACC_OUT,
-    sqb, sqh, skb, skh, sks, svb, svh, svs,
-    HKV, GROUP, NSPLIT, qk_scale,
-    D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+def _decode_kernel(
+    Q, K_NEW, V_NEW, POS, INV_FREQ, SLOT, KC, VC, KV_START, KV_LEN, M_WS, L_WS, ACC_WS, COUNT, O,
+    sqb, sqh, sknb, sknh, svnb, svnh, sposb,
+    skb, skh, sks, svb, svh, svs, sob, soh,
+    HKV, NSPLIT, qk_scale,
+    GROUP: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+    FUSE_ROPE: tl.constexpr, SINGLE: tl.constexpr, IEEE: tl.constexpr,
 ):
     bh = tl.program_id(0)
     split = tl.program_id(1)
@@ -37,28 +48,57 @@ def _decode_split_kernel(
     hk = (bh % HKV).to(tl.int64)
     kv_len = tl.load(KV_LEN).to(tl.int32)
     kv_start = tl.load(KV_START + b).to(tl.int32)
-    # Split the visible range [kv_start, kv_len) into NSPLIT chunks of whole blocks.
-    span = kv_len - kv_start
-    chunk = tl.cdiv(tl.cdiv(span, NSPLIT), BLOCK_N) * BLOCK_N
-    lo = kv_start + split * chunk
-    hi = tl.minimum(lo + chunk, kv_len)
 
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, D)
     offs_n = tl.arange(0, BLOCK_N)
     heads = hk * GROUP + offs_g  # query heads of this group
     g_mask = offs_g < GROUP
-    q = tl.load(Q + b * sqb + heads[:, None] * sqh + offs_d[None, :], mask=g_mask[:, None], other=0.0)
+    q_ptrs = Q + b * sqb + heads[:, None] * sqh
+    q = tl.load(q_ptrs + offs_d[None, :], mask=g_mask[:, None], other=0.0)
 
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, D], dtype=tl.float32)
+    if FUSE_ROPE:
+        # Rotate-half RoPE, written per element: x'[d] = x[d] cos + sign(d) x[partner(d)] sin with
+        # partner(d) = (d + D/2) mod D and sign -1 on the first half. Angles in fp32.
+        partner = (offs_d + D // 2) % D
+        sign = tl.where(offs_d < D // 2, -1.0, 1.0)
+        ang = tl.load(POS + b * sposb).to(tl.float32) * tl.load(INV_FREQ + offs_d % (D // 2))
+        cos = tl.cos(ang)
+        sin = tl.sin(ang)
+        q_p = tl.load(q_ptrs + partner[None, :], mask=g_mask[:, None], other=0.0).to(tl.float32)
+        # rounded to the model dtype, as the separate RoPE step stores it
+        q = (q.to(tl.float32) * cos[None, :] + sign[None, :] * q_p * sin[None, :]).to(Q.dtype.element_ty)
+        cache_hi = kv_len - 1  # the new key is not read from the cache
+        if split == 0:
+            kn_ptrs = K_NEW + b * sknb + hk * sknh
+            k_rot = tl.load(kn_ptrs + offs_d).to(tl.float32) * cos + sign * tl.load(kn_ptrs + partner).to(tl.float32) * sin
+            k_rot = k_rot.to(KC.dtype.element_ty)
+            v_new = tl.load(V_NEW + b * svnb + hk * svnh + offs_d).to(VC.dtype.element_ty)
+            slot = tl.load(SLOT).to(tl.int64)
+            tl.store(KC + b * skb + hk * skh + slot * sks + offs_d, k_rot)
+            tl.store(VC + b * svb + hk * svh + slot * svs + offs_d, v_new)
+            # the new key is every query's own slot: start the running softmax with it
+            m_i = tl.sum(q.to(tl.float32) * k_rot.to(tl.float32)[None, :], axis=1) * qk_scale
+            l_i = tl.full([BLOCK_G], 1.0, dtype=tl.float32)
+            acc = tl.zeros([BLOCK_G, D], dtype=tl.float32) + v_new.to(tl.float32)[None, :]
+    else:
+        cache_hi = kv_len
+
+    # Split the cache range [kv_start, cache_hi) into NSPLIT chunks of whole blocks.
+    span = cache_hi - kv_start
+    chunk = tl.cdiv(tl.cdiv(span, NSPLIT), BLOCK_N) * BLOCK_N
+    lo = kv_start + split * chunk
+    hi = tl.minimum(lo + chunk, cache_hi)
     k_base = KC + b * skb + hk * skh
     v_base = VC + b * svb + hk * svh
     for start_n in range(lo, hi, BLOCK_N):
         k_slot = start_n + offs_n
         valid = k_slot < hi
         k = tl.load(k_base + k_slot[None, :].to(tl.int64) * sks + offs_d[:, None], mask=valid[None, :], other=0.0)
+        v = tl.load(v_base + k_slot[:, None].to(tl.int64) * svs + offs_d[None, :], mask=valid[:, None], other=0.0)
         if IEEE:
             s = tl.dot(q, k, input_precision="ieee")
         else:
@@ -69,69 +109,115 @@ def _decode_split_kernel(
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + k_slot[:, None].to(tl.int64) * svs + offs_d[None, :], mask=valid[:, None], other=0.0)
         if IEEE:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
-    # partials: [B, Hq, NSPLIT] and [B, Hq, NSPLIT, D], contiguous
-    hq_total = HKV * GROUP
-    row = (b * hq_total + heads) * NSPLIT + split
-    tl.store(M_OUT + row, m_i, mask=g_mask)
-    tl.store(L_OUT + row, l_i, mask=g_mask)
-    tl.store(ACC_OUT + row[:, None] * D + offs_d[None, :], acc, mask=g_mask[:, None])
+
+    if SINGLE:
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        tl.store(O + b * sob + heads[:, None] * soh + offs_d[None, :], out.to(O.dtype.element_ty), mask=g_mask[:, None])
+    else:
+        # partials: [B, Hq, NSPLIT] and [B, Hq, NSPLIT, D], contiguous
+        hq_total = HKV * GROUP
+        row = (b * hq_total + heads) * NSPLIT + split
+        tl.store(M_WS + row, m_i, mask=g_mask)
+        tl.store(L_WS + row, l_i, mask=g_mask)
+        tl.store(ACC_WS + row[:, None] * D + offs_d[None, :], acc, mask=g_mask[:, None])
+        # Every thread's partial stores come before the counter bump (barrier), the bump releases
+        # them and the last arrival acquires them; it reads them from L2 (".cg"), past its L1.
+        tl.debug_barrier()
+        arrived = tl.atomic_add(COUNT + bh, 1, sem="acq_rel", scope="gpu")
+        if arrived == NSPLIT - 1:
+            offs_s = tl.arange(0, BLOCK_S)
+            s_mask = offs_s < NSPLIT
+            for g in tl.static_range(GROUP):
+                base = (b * hq_total + hk * GROUP + g) * NSPLIT
+                m = tl.load(M_WS + base + offs_s, mask=s_mask, other=float("-inf"), cache_modifier=".cg")
+                l = tl.load(L_WS + base + offs_s, mask=s_mask, other=0.0, cache_modifier=".cg")
+                part = tl.load(ACC_WS + (base + offs_s[:, None]) * D + offs_d[None, :], mask=s_mask[:, None], other=0.0,
+                               cache_modifier=".cg")
+                m_all = tl.max(m, axis=0)
+                w = tl.where(m == float("-inf"), 0.0, tl.math.exp2(m - m_all))
+                total = tl.sum(w * l, axis=0)
+                out = tl.sum(w[:, None] * part, axis=0) / tl.where(total == 0.0, 1.0, total)
+                tl.store(O + b * sob + (hk * GROUP + g) * soh + offs_d, out.to(O.dtype.element_ty))
+            tl.atomic_xchg(COUNT + bh, 0)  # ready for the next launch (or graph replay)
 
 
-@triton.jit
-def _decode_merge_kernel(M_IN, L_IN, ACC_IN, O, sob, soh, HQ, NSPLIT, D: tl.constexpr, BLOCK_S: tl.constexpr):
-    bh = tl.program_id(0).to(tl.int64)
-    b = bh // HQ
-    h = bh % HQ
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, D)
-    smask = offs_s < NSPLIT
-    base = bh * NSPLIT
-    m = tl.load(M_IN + base + offs_s, mask=smask, other=float("-inf"))
-    l = tl.load(L_IN + base + offs_s, mask=smask, other=0.0)
-    acc = tl.load(ACC_IN + (base + offs_s[:, None]) * D + offs_d[None, :], mask=smask[:, None], other=0.0)
-    m_all = tl.max(m, axis=0)
-    w = tl.where(m == float("-inf"), 0.0, tl.math.exp2(m - m_all))
-    total = tl.sum(w * l, axis=0)
-    out = tl.sum(w[:, None] * acc, axis=0) / tl.where(total == 0.0, 1.0, total)
-    tl.store(O + b * sob + h * soh + offs_d, out.to(O.dtype.element_ty))
-
-
-def _num_splits(batch_heads: int, capacity: int, block_n: int, device: torch.device) -> int:
+def num_splits(batch_kv_heads: int, capacity: int, block_n: int, device: torch.device) -> int:
+    """Splits per (sequence, KV head): enough programs for ~4 waves of the GPU, each split at least
+    one key block. Depends only on shapes, so a captured launch keeps it."""
     if _INTERPRET or device.type != "cuda":
         return max(1, min(4, capacity // block_n))
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    want = triton.cdiv(4 * sms, batch_heads)
-    return int(max(1, min(want, capacity // block_n, 128)))
+    want = triton.cdiv(4 * sms, batch_kv_heads)
+    return int(max(1, min(want, capacity // block_n, MAX_SPLITS)))
 
 
-def attention_decode(q, k_cache, v_cache, kv_start: torch.Tensor, kv_len, num_splits: int | None = None) -> torch.Tensor:
+def new_counters(batch_kv_heads: int, device: torch.device | str) -> torch.Tensor:
+    """The zeroed int32 counters a launch needs, one per (sequence, KV head). Each launch leaves
+    them zeroed, so a caller may keep one buffer for every layer and step (one stream at a time)."""
+    return torch.zeros(batch_kv_heads, dtype=torch.int32, device=device)
+
+
+def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_start, kv_len,
+            splits: int | None, counters: torch.Tensor | None) -> torch.Tensor:
     b, t, hq, d = q.shape
-    assert t == 1, "decode attention takes one new token per sequence"
+    if t != 1:
+        raise ValueError(f"decode attention takes one new token per sequence, got {t}")
+    if d not in (16, 32, 64, 128, 256):
+        raise ValueError(f"head_dim {d} is not supported by the Triton attention kernel")
     hkv, capacity = k_cache.shape[1], k_cache.shape[2]
     group = hq // hkv
+    assert q.stride(-1) == 1 and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
     if not isinstance(kv_len, torch.Tensor):
         kv_len = torch.tensor([int(kv_len)], dtype=torch.int32, device=q.device)
     block_n = 32 if _INTERPRET else 64
     block_g = max(16, triton.next_power_of_2(group))
-    nsplit = num_splits or _num_splits(b * hkv, capacity, block_n, q.device)
-    m = torch.empty((b, hq, nsplit), dtype=torch.float32, device=q.device)
-    l = torch.empty_like(m)
-    acc = torch.empty((b, hq, nsplit, d), dtype=torch.float32, device=q.device)
-    scale = (1.0 / d**0.5) * 1.4426950408889634
-    _decode_split_kernel[(b * hkv, nsplit)](
-        q, k_cache, v_cache, kv_start, kv_len, m, l, acc,
-        q.stride(0), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        hkv, group, nsplit, scale,
-        D=d, BLOCK_G=block_g, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, num_warps=4, num_stages=1 if _INTERPRET else 3,
-    )
+    nsplit = max(1, min(int(splits or num_splits(b * hkv, capacity, block_n, q.device)), MAX_SPLITS))
+    single = nsplit == 1
     out = torch.empty((b, 1, hq, d), dtype=q.dtype, device=q.device)
-    _decode_merge_kernel[(b * hq,)](m, l, acc, out, out.stride(0), out.stride(2), hq, nsplit, D=d,
-                                    BLOCK_S=triton.next_power_of_2(nsplit), num_warps=4)
+    if single:
+        m = l = acc = count = out  # unused
+    else:
+        m = torch.empty((b, hq, nsplit), dtype=torch.float32, device=q.device)
+        l = torch.empty_like(m)
+        acc = torch.empty((b, hq, nsplit, d), dtype=torch.float32, device=q.device)
+        count = counters if counters is not None else new_counters(b * hkv, q.device)
+        if count.numel() < b * hkv or count.dtype != torch.int32:
+            raise ValueError(f"counters must be int32 with at least {b * hkv} elements")
+    fuse = k_new is not None
+    if not fuse:
+        k_new = v_new = positions = inv_freq = slot = q  # unused
+    scale = (1.0 / d**0.5) * 1.4426950408889634  # log2(e): softmax via exp2
+    _decode_kernel[(b * hkv, nsplit)](
+        q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_start, kv_len, m, l, acc, count, out,
+        q.stride(0), q.stride(2),
+        k_new.stride(0), k_new.stride(2), v_new.stride(0), v_new.stride(2), positions.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        out.stride(0), out.stride(2),
+        hkv, nsplit, scale,
+        GROUP=group, D=d, BLOCK_G=block_g, BLOCK_N=block_n, BLOCK_S=triton.next_power_of_2(nsplit),
+        FUSE_ROPE=fuse, SINGLE=single, IEEE=q.dtype == torch.float32,
+        num_warps=4, num_stages=1 if _INTERPRET else 2,
+    )
     return out
+
+
+def attention_decode(q, k_cache, v_cache, kv_start: torch.Tensor, kv_len, num_splits: int | None = None,
+                     counters: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of q (already rotated, its k/v already in the cache) over the cache."""
+    return _launch(q, None, None, None, None, None, k_cache, v_cache, kv_start, kv_len, num_splits, counters)
+
+
+def rope_attention_decode(q, k, v, positions, inv_freq, k_cache, v_cache, slots, kv_start: torch.Tensor, kv_len,
+                          num_splits: int | None = None, counters: torch.Tensor | None = None) -> torch.Tensor:
+    """RoPE on q and the new k, the cache write of k and v at ``slots`` (= kv_len - 1), and
+    attention, in one launch. q [B,1,Hq,D], k/v [B,1,Hkv,D] (views of the fused qkv output are
+    fine), positions [B,1] int64, inv_freq [D/2] fp32, slots [1] int64."""
+    if positions.dim() != 2 or positions.shape[1] != 1:
+        raise ValueError(f"positions must be [B, 1], got {tuple(positions.shape)}")
+    positions = positions.expand(q.shape[0], 1)
+    return _launch(q, k, v, positions, inv_freq, slots, k_cache, v_cache, kv_start, kv_len, num_splits, counters)

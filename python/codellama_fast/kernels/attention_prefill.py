@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .reference import attention as attention_reference  # noqa: F401  (the oracle)
+from .tuning import tuned
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -122,21 +123,20 @@ def _prefill_kernel(
 # On a GPU the block shape is tuned among configurations that suit Hopper/Ampere, once per head
 # size, precision and prompt-length bucket (short prompts and 16k prompts favour different shapes);
 # the interpreter runs one fixed small configuration.
-_TUNED = None
-if not _INTERPRET and torch.cuda.is_available():
-    _TUNED = triton.autotune(
-        configs=[
-            triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-            triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=4),
-            triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-            triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
-            triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-            triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-            triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=4, num_stages=3),
-            triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=4),
-        ],
-        key=["D", "IEEE", "T_BUCKET"],
-    )(_prefill_kernel)
+_TUNED = tuned(
+    _prefill_kernel,
+    configs=[
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=4),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=4),
+    ],
+    key=["D", "IEEE", "T_BUCKET"],
+)
 
 
 def _length_bucket(t: int) -> int:

@@ -7,6 +7,8 @@ Shapes (B batch, T new tokens, S cache slots, Hq/Hkv query/KV heads, D head dim)
   rope_cache_update(q [B,T,Hq,D], k, v [B,T,Hkv,D], positions [B,T], inv_freq [D/2], k_cache, v_cache [B,Hkv,S,D],
                     slots [T]) -> rotated q; rotated k and v written into the cache at `slots`
   attention(q [B,T,Hq,D], k_cache, v_cache, q_start, kv_start [B], kv_len) -> [B,T,Hq,D]
+  rope_attention(q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len)
+      = attention(rope_cache_update(...), ...): the whole attention step of a layer
 """
 
 from __future__ import annotations
@@ -89,3 +91,8 @@ def attention(q, k_cache, v_cache, q_start, kv_start, kv_len) -> torch.Tensor:
             return F.scaled_dot_product_attention(qh, k, v, is_causal=True).transpose(1, 2)
     mask = attention_mask(q_start, t, kv_len, kv_start)
     return F.scaled_dot_product_attention(qh, k, v, attn_mask=mask).transpose(1, 2)
+
+
+def rope_attention(q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len) -> torch.Tensor:
+    q_rot = rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
+    return attention(q_rot, k_cache, v_cache, q_start, kv_start, kv_len)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention_decode import attention_decode
+from .attention_decode import attention_decode, new_counters, rope_attention_decode
 from .attention_prefill import attention_prefill
 from .rmsnorm import rms_norm
 from .rope import rope_cache_update
@@ -21,6 +21,21 @@ class TritonOps:
     """Kernels where they apply; the torch reference for head sizes they do not take."""
 
     name = "triton"
+
+    def __init__(self) -> None:
+        # Split counters of the one-launch decode attention, per device. Every launch leaves them
+        # zeroed, and one model's layers run one after another, so all layers and steps share them.
+        # A larger batch gets a new buffer; old ones are kept, since captured graphs point at them.
+        self._counters: dict[torch.device, torch.Tensor] = {}
+        self._retired: list[torch.Tensor] = []
+
+    def _decode_counters(self, n: int, device: torch.device) -> torch.Tensor:
+        buf = self._counters.get(device)
+        if buf is None or buf.numel() < n:
+            if buf is not None:
+                self._retired.append(buf)
+            buf = self._counters[device] = new_counters(max(n, 256), device)
+        return buf
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return rms_norm(x, weight, eps)
@@ -39,6 +54,15 @@ class TritonOps:
         if q.shape[1] == 1:
             return attention_decode(q, k_cache, v_cache, kv_start, kv_len)
         return attention_prefill(q, k_cache, v_cache, int(q_start), kv_start, int(kv_len))
+
+    def rope_attention(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len):
+        # One new token per sequence (its slot is kv_len - 1): RoPE, cache write and attention in one launch.
+        if q.shape[1] == 1 and q.shape[-1] in SUPPORTED_HEAD_DIMS:
+            counters = self._decode_counters(q.shape[0] * k_cache.shape[1], q.device)
+            return rope_attention_decode(q, k, v, positions, inv_freq, k_cache, v_cache, slots, kv_start, kv_len,
+                                         counters=counters)
+        q_rot = self.rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
+        return self.attention(q_rot, k_cache, v_cache, q_start, kv_start, kv_len)
 
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
         return swiglu(gate_up)
