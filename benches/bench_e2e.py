@@ -137,12 +137,12 @@ def main(argv: list[str] | None = None) -> Path:
                 row = {"bench": "e2e", "provider": m.provider, "model": name, "batch": b, "prompt": p, "shape": shape,
                        "metric": "decode_tokens_per_s", "unit": "tokens/s", "p50": m.decode_tokens_per_s,
                        "ttft_ms": m.ttft_s * 1e3, "achieved_GBps": gbps, "fraction_of_copy_bw": gbps / bw if bw == bw else None,
-                       "peak_memory_gib": m.peak_memory_gib, "new_tokens": args.new, "device": meta["machine"].get("gpu", "cpu"),
+                       "peak_memory_gib": m.peak_memory_gib, "decode_step": m.decode_step, "new_tokens": args.new, "device": meta["machine"].get("gpu", "cpu"),
                        "dtype": str(dtype), "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]}
                 rows.append(row)
                 cells.append((b, p))
                 print(f"{shape:16s} ours: ttft {m.ttft_s * 1e3:8.1f} ms  decode {m.decode_tokens_per_s:9.1f} tok/s  "
-                      f"{gbps:7.0f} GB/s ({100 * gbps / bw if bw == bw else float('nan'):.0f}% of copy bw)  peak {m.peak_memory_gib or 0:.1f} GiB", flush=True)
+                      f"{gbps:7.0f} GB/s ({100 * gbps / bw if bw == bw else float('nan'):.0f}% of copy bw)  peak {m.peak_memory_gib or 0:.1f} GiB  step {m.decode_step}", flush=True)
         del engine
         free(device)
         if args.no_hf or out_of_time():

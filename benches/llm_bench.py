@@ -98,6 +98,7 @@ class Measurement:
     decode_tokens_per_s: float
     new_tokens: int
     peak_memory_gib: float | None
+    decode_step: str | None = None  # our engine: the captured decode step it kept ("plain"/"fused")
 
 
 def prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
@@ -115,7 +116,8 @@ def measure_ours(engine, batch: int, prompt_len: int, new_tokens: int, device: s
     # best of the repeats for each quantity, as for transformers below (min time, max rate)
     runs = [engine.generate(input_ids=ids, max_new_tokens=new_tokens, stop_at_eos=False) for _ in range(repeats)]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-    return Measurement("codellama-fast", min(r.time_to_first_token_s for r in runs), max(r.decode_tokens_per_s for r in runs), new_tokens, peak)
+    return Measurement("codellama-fast", min(r.time_to_first_token_s for r in runs), max(r.decode_tokens_per_s for r in runs), new_tokens, peak,
+                       getattr(engine, "decode_step_used", None))
 
 
 def measure_hf(model, batch: int, prompt_len: int, new_tokens: int, device: str, static: bool = False, repeats: int = 2) -> Measurement:

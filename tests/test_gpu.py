@@ -11,7 +11,9 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.gpu
 
 if torch.cuda.is_available():
-    from codellama_fast.kernels.attention_decode import attention_decode
+    from codellama_fast.kernels import gemv
+    from codellama_fast.kernels import reference as R
+    from codellama_fast.kernels.attention_decode import attention_decode, rope_attention_decode
     from codellama_fast.kernels.attention_prefill import attention_prefill
 
 TOL = {torch.float16: 1e-2, torch.bfloat16: 4e-2}
@@ -76,6 +78,95 @@ def test_decode_real_sizes(dtype, b, hq, hkv, L):
         ref = torch.einsum("hn,hnd->hd", torch.softmax(s, -1), v)
         err = (out[i, 0].float() - ref).abs().max().item()
         assert err < TOL[dtype], err
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("b,hq,hkv,L", [(1, 32, 32, 2048), (1, 64, 8, 16384), (8, 64, 8, 4099), (32, 32, 32, 2048)])
+def test_fused_rope_decode_real_sizes(dtype, b, hq, hkv, L):
+    """The one-launch decode step (RoPE, cache write, split attention, in-kernel merge) vs the
+    reference steps in fp32, twice in a row on the same counters."""
+    d = 128
+    qkv = torch.randn(b, 1, (hq + 2 * hkv) * d, device="cuda", dtype=dtype)
+    q, k, v = qkv[..., : hq * d].view(b, 1, hq, d), qkv[..., hq * d : (hq + hkv) * d].view(b, 1, hkv, d), qkv[..., (hq + hkv) * d :].view(b, 1, hkv, d)
+    kc = torch.randn(b, hkv, L + 64, d, device="cuda", dtype=dtype)
+    vc = torch.randn_like(kc)
+    pads = [0] + [int(x) for x in torch.randint(0, L // 2, (b - 1,))]
+    kv_start = torch.tensor(pads, device="cuda")
+    pos = (L - 1 - kv_start)[:, None]
+    inv = 1.0 / (1e6 ** (torch.arange(0, d, 2, device="cuda").float() / d))
+    slots = torch.tensor([L - 1], device="cuda")
+    ref_kc, ref_vc = kc.float(), vc.float()
+    want = R.rope_attention(q.float(), k.float(), v.float(), pos, inv, ref_kc, ref_vc, slots, L - 1, kv_start, L)
+    counters = torch.zeros(b * hkv, dtype=torch.int32, device="cuda")
+    for _ in range(2):
+        out = rope_attention_decode(q, k, v, pos, inv, kc, vc, slots, kv_start, torch.tensor([L], device="cuda", dtype=torch.int32),
+                                    counters=counters)
+        torch.cuda.synchronize()
+        err = (out.float() - want).abs().max().item()
+        assert err < TOL[dtype], err
+        assert not counters.any()
+    assert (kc[:, :, L - 1].float() - ref_kc[:, :, L - 1]).abs().max().item() < TOL[dtype]
+    assert torch.equal(vc[:, :, L - 1].float(), ref_vc[:, :, L - 1])
+
+
+@pytest.mark.parametrize("k,n", [(4096, 12288), (4096, 4096), (11008, 4096), (8192, 8192)])
+def test_fused_gemv_real_sizes(k, n):
+    """The one-row fused projections at Code Llama sizes vs the composed ops in fp32."""
+    x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+    nw = (torch.rand(k, device="cuda") + 0.5).half()
+    w = (torch.randn(n, k, device="cuda") / k**0.5).half()
+    res = torch.randn(1, n, device="cuda", dtype=torch.float16)
+    f = lambda t: t.float()  # noqa: E731
+    for got, want in (
+        (gemv.norm_linear(x, nw, w, 1e-5), R.norm_linear(f(x), f(nw), f(w), 1e-5)),
+        (gemv.norm_linear_swiglu(x, nw, w, 1e-5), R.norm_linear_swiglu(f(x), f(nw), f(w), 1e-5)),
+        (gemv.linear_residual(x, w, res), R.linear_residual(f(x), f(w), f(res))),
+    ):
+        scale = max(1.0, want.abs().max().item())
+        assert (got.float() - want).abs().max().item() < 1e-2 * scale
+
+
+@pytest.mark.parametrize("step", ["fused", "auto"])
+def test_graph_decode_batch1_fused_step(step):
+    """Batch 1, 7B layer shapes: the fused step's logits match the plain step's, and the captured
+    step (fused, or whichever `auto` keeps) generates what the same step does uncaptured."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
+    from llm_bench import SHAPES, random_engine
+
+    from codellama_fast import CodeLlamaTokenizerFast
+    from codellama_fast.engine.cache import KVCache
+    from codellama_fast.engine.fused_decode import fused_decode_forward
+    from codellama_fast.engine.model import StepContext
+
+    SHAPES["7B-2layers"] = dict(SHAPES["7B"], num_hidden_layers=2)
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    eng = random_engine("7B-2layers", "cuda", torch.float16, tok)
+    model = eng.model
+    ids = torch.randint(3, 32000, (1, 301), device="cuda")
+    logits = []
+    for fwd in (model, lambda t, c, k: fused_decode_forward(model, t, c, k)):
+        cache = KVCache(model.config, 1, 302, torch.float16, torch.device("cuda"))
+        zero = torch.zeros(1, dtype=torch.long, device="cuda")
+        with torch.inference_mode():
+            model(ids[:, :300], StepContext(torch.arange(300, device="cuda")[None], torch.arange(300, device="cuda"), 0, zero, 300), cache.layers)
+            ctx = StepContext(torch.tensor([[300]], device="cuda"), torch.tensor([300], device="cuda"), 300, zero, 301)
+            logits.append(fwd(ids[:, 300:], ctx, cache.layers))
+    scale = max(1.0, logits[0].abs().max().item())
+    assert (logits[1] - logits[0]).abs().max().item() < 2e-2 * scale
+
+    prompt = [[1] + torch.randint(3, 32000, (300,)).tolist()]
+    eng.decode_step = step
+    eng.use_cuda_graph = True
+    graphed = eng.generate(input_ids=prompt, max_new_tokens=40, stop_at_eos=False).token_ids
+    used = eng.decode_step_used
+    assert used in ("plain", "fused") and (step == "auto" or used == step)
+    eng.decode_step = used
+    eng.use_cuda_graph = "eager"  # the same static-buffer step, uncaptured
+    eng._graphs.clear()
+    assert eng.generate(input_ids=prompt, max_new_tokens=40, stop_at_eos=False).token_ids == graphed
 
 
 def test_graph_decode_7b_layout_matches_eager():

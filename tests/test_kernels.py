@@ -226,3 +226,123 @@ def test_static_buffer_decode_step_matches_plain_loop(tmp_path, greedy):
     assert graphed.generate(prompts, **kw).token_ids == plain.generate(prompts, **kw).token_ids
     # the captured state is reused for a second call of the same shape
     assert graphed.generate(prompts, **kw).token_ids == plain.generate(prompts, **kw).token_ids
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("k,n", [(64, 48), (100, 37), (300, 130)])  # K not a multiple of the block
+def test_fused_gemv(dtype, k, n):
+    """The one-row projections with norm / SwiGLU / residual fused in, vs the composed reference
+    ops and an fp64 oracle."""
+    from codellama_fast.kernels import gemv
+
+    x = torch.randn(1, k, dtype=dtype, device=DEVICE) * 2
+    nw = (torch.rand(k, device=DEVICE) + 0.5).to(dtype)
+    w = (torch.randn(n, k, device=DEVICE) / k**0.5).to(dtype)
+    w13 = (torch.randn(2 * n, k, device=DEVICE) / k**0.5).to(dtype)
+    res = torch.randn(1, n, dtype=dtype, device=DEVICE)
+    d = lambda t: t.double()  # noqa: E731
+    cases = [
+        (gemv.norm_linear(x, nw, w, 1e-5), R.norm_linear(x, nw, w, 1e-5), R.norm_linear(d(x), d(nw), d(w), 1e-5)),
+        (gemv.norm_linear_swiglu(x, nw, w13, 1e-5), R.norm_linear_swiglu(x, nw, w13, 1e-5),
+         R.norm_linear_swiglu(d(x), d(nw), d(w13), 1e-5)),
+        (gemv.linear_residual(x, w, res), R.linear_residual(x, w, res), R.linear_residual(d(x), d(w), d(res))),
+    ]
+    for got, want, want64 in cases:
+        assert got.shape == want.shape and got.dtype == dtype
+        _close(got, want, dtype)
+        _close(got, want64, dtype)
+    with pytest.raises(ValueError):
+        gemv.norm_linear(torch.randn(2, k, dtype=dtype, device=DEVICE), nw, w, 1e-5)  # one row only
+    with pytest.raises(ValueError):
+        gemv.linear_residual(x, w, res[:, :-1])
+    with pytest.raises(ValueError):
+        gemv.norm_linear_swiglu(x, nw, w13[:-1], 1e-5)
+
+
+@pytest.mark.parametrize("ops_name", ["torch", "triton"])
+@pytest.mark.parametrize("b", [1, 2])
+def test_fused_decode_step_matches_model(tmp_path, ops_name, b):
+    """engine.fused_decode computes the model's decode step: same logits as LlamaModel.forward
+    after the same prefill, fp32."""
+    pytest.importorskip("transformers")
+    from codellama_fast.engine import load_model
+    from codellama_fast.engine.cache import KVCache
+    from codellama_fast.engine.fused_decode import fused_decode_forward
+    from codellama_fast.engine.model import StepContext
+    from codellama_fast.kernels.triton_ops import TritonOps
+    from tests.engine_helpers import make_hf_model, save
+
+    folder = save(make_hf_model("gqa4", seed=int(torch.randint(0, 2**31, ()))), tmp_path / "m")
+    model = load_model(folder, dtype="float32", device=DEVICE, backend="torch")
+    if ops_name == "triton":
+        model.ops = TritonOps()
+    t = 6
+    ids = torch.randint(3, 32000, (b, t), device=DEVICE)
+    kv_start = torch.tensor([0, 2][:b], device=DEVICE)  # the second sequence is left-padded
+    nxt = torch.randint(3, 32000, (b, 1), device=DEVICE)
+    logits = []
+    for step in (lambda tok, ctx, caches: model(tok, ctx, caches), lambda tok, ctx, caches: fused_decode_forward(model, tok, ctx, caches)):
+        cache = KVCache(model.config, b, t + 1, torch.float32, torch.device(DEVICE))
+        pos = (torch.arange(t, device=DEVICE)[None] - kv_start[:, None]).clamp_min(0)
+        with torch.inference_mode():
+            model(ids, StepContext(pos, torch.arange(t, device=DEVICE), 0, kv_start, t), cache.layers)
+            ctx = StepContext((t - kv_start)[:, None], torch.tensor([t], device=DEVICE), t, kv_start, t + 1)
+            logits.append(step(nxt, ctx, cache.layers))
+    assert logits[1].shape == (b, model.config.vocab_size)
+    _close(logits[1], logits[0], torch.float32)
+
+
+@pytest.mark.parametrize("prompts", [["def f(x):\n    return"], ["x = [", "import os"]])
+def test_fused_decode_graph_step_gives_plain_tokens(tmp_path, prompts):
+    """The engine running the fused decode step (static buffers; captured on CUDA, eager here)
+    generates the tokens of the plain loop."""
+    pytest.importorskip("transformers")
+    from codellama_fast import CodeLlamaTokenizerFast
+    from codellama_fast.engine import Engine, load_model
+    from codellama_fast.kernels.triton_ops import TritonOps
+    from tests.engine_helpers import make_hf_model, save
+
+    folder = save(make_hf_model("mha", seed=11), tmp_path / "m")
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    plain = Engine(load_model(folder, dtype="float32", device=DEVICE, backend="torch"), tok)
+    plain.model.ops = TritonOps()
+    plain.use_cuda_graph = False
+    fused = Engine(load_model(folder, dtype="float32", device=DEVICE, backend="torch"), tok)
+    fused.model.ops = TritonOps()
+    fused.use_cuda_graph = "eager" if DEVICE == "cpu" else True
+    fused.decode_step = "fused"
+    kw = dict(max_new_tokens=10, stop_at_eos=False)
+    assert fused.generate(prompts, **kw).token_ids == plain.generate(prompts, **kw).token_ids
+    assert fused.decode_step_used == "fused"
+    fused.decode_step = "sideways"
+    fused._graphs.clear()
+    with pytest.raises(ValueError):
+        fused.generate(prompts, **kw)
+
+
+def test_pick_faster_keeps_only_agreeing_steps(tmp_path):
+    """The decode-step choice: the fastest of the steps whose logits agree with the first one; a
+    step that disagrees is never kept, however fast."""
+    pytest.importorskip("transformers")
+    from codellama_fast.engine import load_model
+    from codellama_fast.engine.cache import KVCache
+    from codellama_fast.engine.cuda_graph import GraphDecoder, pick_faster
+    from codellama_fast.engine.fused_decode import fused_decode_forward
+    from tests.engine_helpers import make_hf_model, save
+
+    model = load_model(save(make_hf_model("mha", seed=3), tmp_path / "m"), dtype="float32", device="cpu", backend="torch")
+    cache = KVCache(model.config, 1, 8, torch.float32, torch.device("cpu"))
+    kv_start = torch.zeros(1, dtype=torch.long)
+
+    def make(name, forward=None):
+        return GraphDecoder(model, cache.layers, kv_start, 8, True, forward=forward, name=name)
+
+    plain = make("plain")
+    fused = make("fused", lambda tok, ctx, caches: fused_decode_forward(model, tok, ctx, caches))
+    broken = make("broken", lambda tok, ctx, caches: model(tok, ctx, caches) * 1.5)
+    speed = {"plain": 2.0, "fused": 1.0, "broken": 0.1}
+    timer = lambda dec: speed[dec.name]  # noqa: E731
+    assert pick_faster([plain, fused], timer=timer).name == "fused"
+    assert pick_faster([plain, broken, fused], timer=timer).name == "fused"
+    speed["fused"] = 3.0
+    assert pick_faster([plain, broken, fused], timer=timer).name == "plain"

@@ -8,18 +8,28 @@ All inputs live in static device buffers that the graph updates in place:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .model import LlamaModel, StepContext
 
+Forward = Callable[[torch.Tensor, StepContext, list], torch.Tensor]
+
 
 class GraphDecoder:
     def __init__(self, model: LlamaModel, caches: list[tuple[torch.Tensor, torch.Tensor]], kv_start: torch.Tensor,
-                 max_steps: int, greedy: bool) -> None:
-        # Off CUDA the same static-buffer step runs eagerly on replay(): the step logic can be
-        # tested anywhere (e.g. the Triton interpreter on CPU).
-        self.captured = model.embed.weight.device.type == "cuda"
+                 max_steps: int, greedy: bool, forward: Forward | None = None, name: str = "plain",
+                 capture: bool | None = None) -> None:
+        # `forward(tokens, ctx, caches) -> logits` is the step to capture: the model itself, or an
+        # equivalent written for fewer launches (engine.fused_decode).
+        # Off CUDA (or with capture=False) the same static-buffer step runs eagerly on replay():
+        # the step logic can be tested anywhere (e.g. the Triton interpreter on CPU).
+        on_cuda = model.embed.weight.device.type == "cuda"
+        self.captured = on_cuda if capture is None else (capture and on_cuda)
         self.model, self.caches, self.greedy = model, caches, greedy
+        self.forward: Forward = forward or model
+        self.name = name
         dev = model.embed.weight.device
         b = kv_start.shape[0]
         self.tok = torch.zeros(b, 1, dtype=torch.long, device=dev)
@@ -36,7 +46,7 @@ class GraphDecoder:
 
     def _body(self) -> None:
         ctx = StepContext(self.pos, self.slot, self.slot, self.kv_start, self.kv_len)
-        self.logits = self.model(self.tok, ctx, self.caches)  # [B, V] fp32
+        self.logits = self.forward(self.tok, ctx, self.caches)  # [B, V] fp32
         if self.greedy:
             nxt = self.logits.argmax(dim=-1, keepdim=True)
             self.tok.copy_(nxt)
@@ -77,3 +87,39 @@ class GraphDecoder:
                 self._body()
         assert self.logits is not None
         return self.logits
+
+
+def time_replays(dec: GraphDecoder, replays: int = 12) -> float:
+    """Milliseconds for `replays` graph replays (best of three runs)."""
+    timings = []
+    for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        dec.start(torch.zeros_like(dec.tok[:, 0]), torch.zeros_like(dec.pos[:, 0]), 0)
+        start.record()
+        for _ in range(replays):
+            dec.replay()
+        end.record()
+        end.synchronize()
+        timings.append(start.elapsed_time(end))
+    return min(timings)
+
+
+def pick_faster(decoders: list[GraphDecoder], rel_tol: float = 2e-2,
+                timer: Callable[[GraphDecoder], float] = time_replays) -> GraphDecoder:
+    """Of decoders of the same model, cache and shape, the one whose step runs fastest (`timer`).
+    Each first runs one step from the same state and must give the first one's logits (within
+    `rel_tol` of their largest magnitude): a step that disagrees is never chosen. Replays rewrite
+    the same cache slot with the same values, and every decoder's state is reset by ``start``."""
+    ref: torch.Tensor | None = None
+    best, best_t = decoders[0], float("inf")
+    for dec in decoders:
+        dec.start(torch.zeros_like(dec.tok[:, 0]), torch.zeros_like(dec.pos[:, 0]), 0)
+        logits = dec.replay().clone()
+        if ref is None:
+            ref = logits
+        elif not bool(torch.isfinite(logits).all()) or (logits - ref).abs().max().item() > rel_tol * max(1.0, ref.abs().max().item()):
+            continue
+        t = timer(dec)
+        if t < best_t:
+            best, best_t = dec, t
+    return best

@@ -137,6 +137,12 @@ class Engine:
         # CUDA-graph decode (CUDA + Triton ops): ids are read back every `check_every` steps.
         self.use_cuda_graph: bool | str = True
         self.check_every = 16
+        # The captured decode step: "plain" (the model's forward), "fused" (engine.fused_decode:
+        # norm, SwiGLU and residual adds folded into the projections), or "auto": with a batch of
+        # one on CUDA both are captured and the faster one, checked against the other, is kept.
+        # `decode_step_used` says which one the last graph runs.
+        self.decode_step = "auto"
+        self.decode_step_used: str | None = None
         # Prefill runs in chunks of at most this many tokens (batch × length) to bound activations.
         self.prefill_chunk_tokens = 16384
         self._graphs: dict[tuple[int, int, bool], Any] = {}
@@ -205,12 +211,28 @@ class Engine:
         """A KV cache and a captured decode graph for this batch × length, reused across calls."""
         from .cuda_graph import GraphDecoder
 
+        from .cuda_graph import pick_faster
+        from .fused_decode import fused_decode_forward
+
+        if self.decode_step not in ("auto", "plain", "fused"):
+            raise ValueError(f"decode_step must be 'auto', 'plain' or 'fused', got {self.decode_step!r}")
         key = (b, max_len, greedy)
         if key not in self._graphs:
             self._graphs.clear()  # one shape at a time: the cache may be large
             cache = KVCache(self.model.config, b, max_len, self.dtype, self.device)
             kv_start = torch.zeros(b, dtype=torch.long, device=self.device)
-            self._graphs[key] = (cache, kv_start, GraphDecoder(self.model, cache.layers, kv_start, max_len, greedy))
+
+            def decoder(kind: str) -> GraphDecoder:
+                forward = (lambda tok, ctx, caches: fused_decode_forward(self.model, tok, ctx, caches)) if kind == "fused" else None
+                return GraphDecoder(self.model, cache.layers, kv_start, max_len, greedy, forward=forward, name=kind,
+                                    capture=self.use_cuda_graph is True)
+
+            if self.decode_step == "auto" and b == 1 and self.device.type == "cuda":
+                chosen = pick_faster([decoder("plain"), decoder("fused")])
+            else:
+                chosen = decoder("fused" if self.decode_step == "fused" else "plain")
+            self._graphs[key] = (cache, kv_start, chosen)
+        self.decode_step_used = self._graphs[key][2].name
         return self._graphs[key]
 
     def _prefill(self, tokens: torch.Tensor, kv_start: torch.Tensor, cache: KVCache) -> torch.Tensor:

@@ -13,6 +13,11 @@ Shapes (B batch, T new tokens, S cache slots, Hq/Hkv query/KV heads, D head dim)
       the layer's whole attention step: rope_cache_update, then attention of the rotated q
       (an implementation may fuse them, e.g. in one launch for decode).
   swiglu(gate_up [..., 2F]) -> silu(gate) * up, [..., F]   (gate is the first half)
+  norm_linear(x [M,K], norm_w [K], w [N,K], eps) -> rms_norm(x) @ w.T [M,N]
+  norm_linear_swiglu(x [M,K], norm_w [K], w13 [2F,K], eps) -> swiglu(rms_norm(x) @ w13.T) [M,F]
+  linear_residual(x [M,K], w [N,K], residual [M,N]) -> residual + x @ w.T
+      (the fused decode step of ``engine.fused_decode``; an implementation may fuse each into one
+      launch, e.g. for a single row)
 
 RoPE is the Hugging Face rotate-half convention with angles computed in fp32.
 The Triton implementation (``codellama_fast.kernels``) follows the same contract.
@@ -45,6 +50,12 @@ class Ops(Protocol):
                        kv_start: torch.Tensor, kv_len: int | torch.Tensor) -> torch.Tensor: ...
 
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor: ...
+
+    def norm_linear(self, x: torch.Tensor, norm_w: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor: ...
+
+    def norm_linear_swiglu(self, x: torch.Tensor, norm_w: torch.Tensor, w13: torch.Tensor, eps: float) -> torch.Tensor: ...
+
+    def linear_residual(self, x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor) -> torch.Tensor: ...
 
 
 class TorchOps:
@@ -86,6 +97,15 @@ class TorchOps:
 
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
         return reference.swiglu(gate_up)
+
+    def norm_linear(self, x, norm_w, w, eps):
+        return reference.norm_linear(x, norm_w, w, eps)
+
+    def norm_linear_swiglu(self, x, norm_w, w13, eps):
+        return reference.norm_linear_swiglu(x, norm_w, w13, eps)
+
+    def linear_residual(self, x, w, residual):
+        return reference.linear_residual(x, w, residual)
 
 
 def select_ops(device: torch.device, backend: str = "auto") -> Ops:

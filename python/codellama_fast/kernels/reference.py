@@ -9,6 +9,9 @@ Shapes (B batch, T new tokens, S cache slots, Hq/Hkv query/KV heads, D head dim)
   attention(q [B,T,Hq,D], k_cache, v_cache, q_start, kv_start [B], kv_len) -> [B,T,Hq,D]
   rope_attention(q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len)
       = attention(rope_cache_update(...), ...): the whole attention step of a layer
+  norm_linear(x [M,K], norm_w [K], w [N,K], eps) -> rms_norm(x) @ w.T [M,N]
+  norm_linear_swiglu(x, norm_w, w13 [2F,K], eps) -> swiglu(rms_norm(x) @ w13.T) [M,F]
+  linear_residual(x [M,K], w [N,K], residual [M,N]) -> residual + x @ w.T
 """
 
 from __future__ import annotations
@@ -96,3 +99,15 @@ def attention(q, k_cache, v_cache, q_start, kv_start, kv_len) -> torch.Tensor:
 def rope_attention(q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len) -> torch.Tensor:
     q_rot = rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
     return attention(q_rot, k_cache, v_cache, q_start, kv_start, kv_len)
+
+
+def norm_linear(x: torch.Tensor, norm_w: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.linear(rms_norm(x, norm_w, eps), w)
+
+
+def norm_linear_swiglu(x: torch.Tensor, norm_w: torch.Tensor, w13: torch.Tensor, eps: float) -> torch.Tensor:
+    return swiglu(F.linear(rms_norm(x, norm_w, eps), w13))
+
+
+def linear_residual(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    return residual + F.linear(x, w)  # the add in the model dtype, as the unfused model does it

@@ -6,6 +6,7 @@ import torch
 
 from .attention_decode import attention_decode, new_counters, rope_attention_decode
 from .attention_prefill import attention_prefill
+from . import gemv
 from .rmsnorm import rms_norm
 from .rope import rope_cache_update
 from .swiglu import swiglu
@@ -66,3 +67,20 @@ class TritonOps:
 
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
         return swiglu(gate_up)
+
+    # One row (the decode step of a single sequence): one launch each, the norm / SwiGLU / residual
+    # add fused around the weight read. More rows: the composed ops (cuBLAS does the matmul).
+    def norm_linear(self, x, norm_w, w, eps):
+        if x.shape[0] == 1:
+            return gemv.norm_linear(x, norm_w, w, eps)
+        return torch.nn.functional.linear(self.rms_norm(x, norm_w, eps), w)
+
+    def norm_linear_swiglu(self, x, norm_w, w13, eps):
+        if x.shape[0] == 1:
+            return gemv.norm_linear_swiglu(x, norm_w, w13, eps)
+        return self.swiglu(torch.nn.functional.linear(self.rms_norm(x, norm_w, eps), w13))
+
+    def linear_residual(self, x, w, residual):
+        if x.shape[0] == 1:
+            return gemv.linear_residual(x, w, residual)
+        return residual + torch.nn.functional.linear(x, w)
