@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-stamp
 
-.PHONY: demo test build venv bench
+.PHONY: demo test build venv bench gpu-prep
 
 $(STAMP): requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,3 +28,13 @@ test: build
 
 bench: build
 	$(PY) benches/bench_tokenizer.py
+
+# What scripts/gpu_run.sh needs on a GPU machine without Rust: the abi3 wheel, the shared tokenizer
+# files and the commit the results belong to, all under the ignored .gpu/.
+SHARED ?= ../shared
+gpu-prep: $(STAMP)
+	rm -rf .gpu && mkdir -p .gpu/shared
+	. $(VENV)/bin/activate && maturin build --release -q -o .gpu
+	cp -r $(SHARED)/tokenizers .gpu/shared/
+	git rev-parse --short=12 HEAD > .gpu/GIT_SHA
+	if [ -n "$$(git status --porcelain --untracked-files=no)" ]; then sed -i 's/$$/-dirty/' .gpu/GIT_SHA; fi

@@ -10,6 +10,7 @@ PY=${PY:-python3}
 $PY -m pip install -q --no-deps --no-index --target /tmp/site .gpu/*.whl || { echo "wheel install failed"; exit 1; }
 export PYTHONPATH=/tmp/site
 export CODELLAMA_FAST_SHARED="$PWD/.gpu/shared"
+export GIT_SHA="$(cat .gpu/GIT_SHA 2>/dev/null || echo unknown)"  # the copy has no .git; `make gpu-prep` wrote it
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || echo "no nvidia-smi"
   $PY -c "import torch, triton, transformers, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
@@ -21,7 +22,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
 else
   KB="--quick"; E2E="--budget-s ${E2E_BUDGET:-240}"; TESTS="tests/test_gpu.py tests/test_kernels.py"
 fi
-echo "== GPU tests"; timeout "${T_TESTS:-110}" $PY -m pytest -q -p no:cacheprovider $TESTS 2>&1 | tail -n 60 > "$OUT/tests.log"; cat "$OUT/tests.log"
-echo "== kernel benchmark"; timeout "${T_KERNELS:-80}" $PY benches/bench_kernels.py $KB --out "$OUT" > "$OUT/kernels.log" 2>&1; tail -n 40 "$OUT/kernels.log"
+echo "== GPU tests"; timeout "${T_TESTS:-160}" $PY -m pytest -q -p no:cacheprovider $TESTS 2>&1 | tail -n 60 > "$OUT/tests.log"; cat "$OUT/tests.log"
+echo "== kernel benchmark"; timeout "${T_KERNELS:-110}" $PY benches/bench_kernels.py $KB --out "$OUT" > "$OUT/kernels.log" 2>&1; tail -n 40 "$OUT/kernels.log"
 echo "== end-to-end benchmark"; timeout "${T_E2E:-280}" $PY benches/bench_e2e.py $E2E --out "$OUT" --llama2-tokenizer .gpu/shared/tokenizers/llama2/tokenizer.model > "$OUT/e2e.log" 2>&1; tail -n 80 "$OUT/e2e.log"
 ls -la "$OUT"
