@@ -43,17 +43,18 @@ def _attend_blocks(
             s = tl.dot(q, k, input_precision="ieee")
         else:
             s = tl.dot(q, k)
-        s = s * qk_scale
         if MASKED:
             visible = (k_slot[None, :] <= q_slot[:, None]) & (k_slot[None, :] >= kv_start) & in_range[None, :]
             visible = visible | (k_slot[None, :] == q_slot[:, None])  # a padding query sees its own slot
-            s = tl.where(visible, s, float("-inf"))
+            s = tl.where(visible, s * qk_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_safe[:, None])
         else:
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            m_safe = m_new  # every row has a finite score here
-        p = tl.math.exp2(s - m_safe[:, None])
+            # every score is finite here: scale inside the exponent (one FMA per score)
+            m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
+            m_safe = m_new
+            p = tl.math.exp2(s * qk_scale - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None]
