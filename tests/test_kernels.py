@@ -346,3 +346,21 @@ def test_pick_faster_keeps_only_agreeing_steps(tmp_path):
     assert pick_faster([plain, broken, fused], timer=timer).name == "fused"
     speed["fused"] = 3.0
     assert pick_faster([plain, broken, fused], timer=timer).name == "plain"
+
+
+def test_cache_layout_checks():
+    """The attention kernels address a head's cache block with 32-bit offsets: a layout they
+    cannot address, or a head dim that is not contiguous, is refused before any launch."""
+    from codellama_fast.kernels.layout import check_cache_layout
+
+    ok = torch.empty((2, 4, 4096, 128), device="meta")
+    check_cache_layout(ok, ok)
+    huge = torch.empty_strided((1, 1, 3, 128), (0, 0, 2**30, 1), device="meta")
+    with pytest.raises(ValueError, match="2\\^31"):
+        check_cache_layout(ok, huge)
+    with pytest.raises(ValueError, match="contiguous head dim"):
+        check_cache_layout(ok.transpose(2, 3), ok)
+    q = torch.randn(1, 1, 4, 16, device=DEVICE)
+    kc = torch.randn(1, 4, 16, 8, device=DEVICE).transpose(2, 3)  # [1, 4, 8, 16] with strided head dim
+    with pytest.raises(ValueError):
+        attention_decode(q, kc, kc, torch.zeros(1, dtype=torch.long, device=DEVICE), 4)

@@ -28,6 +28,7 @@ import triton.language as tl
 
 from .reference import attention as attention_reference  # noqa: F401  (the oracle)
 from .reference import rope_attention as rope_attention_reference  # noqa: F401  (the oracle)
+from .layout import check_cache_layout
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_SPLITS = 64
@@ -97,8 +98,8 @@ def _decode_kernel(
     for start_n in range(lo, hi, BLOCK_N):
         k_slot = start_n + offs_n
         valid = k_slot < hi
-        k = tl.load(k_base + k_slot[None, :].to(tl.int64) * sks + offs_d[:, None], mask=valid[None, :], other=0.0)
-        v = tl.load(v_base + k_slot[:, None].to(tl.int64) * svs + offs_d[None, :], mask=valid[:, None], other=0.0)
+        k = tl.load(k_base + k_slot[None, :] * sks + offs_d[:, None], mask=valid[None, :], other=0.0)
+        v = tl.load(v_base + k_slot[:, None] * svs + offs_d[None, :], mask=valid[:, None], other=0.0)
         if IEEE:
             s = tl.dot(q, k, input_precision="ieee")
         else:
@@ -171,7 +172,8 @@ def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_sta
         raise ValueError(f"head_dim {d} is not supported by the Triton attention kernel")
     hkv, capacity = k_cache.shape[1], k_cache.shape[2]
     group = hq // hkv
-    assert q.stride(-1) == 1 and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+    assert q.stride(-1) == 1
+    check_cache_layout(k_cache, v_cache)
     if not isinstance(kv_len, torch.Tensor):
         kv_len = torch.tensor([int(kv_len)], dtype=torch.int32, device=q.device)
     block_n = 32 if _INTERPRET else 64

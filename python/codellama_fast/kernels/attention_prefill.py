@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .reference import attention as attention_reference  # noqa: F401  (the oracle)
+from .layout import check_cache_layout
 from .tuning import tuned
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -36,9 +37,9 @@ def _attend_blocks(
         k_slot = start_n + offs_n  # [BLOCK_N]
         if MASKED:
             in_range = k_slot < kv_len
-            k = tl.load(k_base + k_slot[None, :].to(tl.int64) * sks + offs_d[:, None], mask=in_range[None, :], other=0.0)
+            k = tl.load(k_base + k_slot[None, :] * sks + offs_d[:, None], mask=in_range[None, :], other=0.0)
         else:
-            k = tl.load(k_base + k_slot[None, :].to(tl.int64) * sks + offs_d[:, None])
+            k = tl.load(k_base + k_slot[None, :] * sks + offs_d[:, None])
         if IEEE:
             s = tl.dot(q, k, input_precision="ieee")
         else:
@@ -59,9 +60,9 @@ def _attend_blocks(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None]
         if MASKED:
-            v = tl.load(v_base + k_slot[:, None].to(tl.int64) * svs + offs_d[None, :], mask=in_range[:, None], other=0.0)
+            v = tl.load(v_base + k_slot[:, None] * svs + offs_d[None, :], mask=in_range[:, None], other=0.0)
         else:
-            v = tl.load(v_base + k_slot[:, None].to(tl.int64) * svs + offs_d[None, :])
+            v = tl.load(v_base + k_slot[:, None] * svs + offs_d[None, :])
         if IEEE:
             acc += tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
@@ -124,20 +125,17 @@ def _prefill_kernel(
 # On a GPU the block shape is tuned among configurations that suit Hopper/Ampere, once per head
 # size, precision and prompt-length bucket (short prompts and 16k prompts favour different shapes);
 # the interpreter runs one fixed small configuration.
-_TUNED = tuned(
-    _prefill_kernel,
-    configs=[
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=4),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=4),
-    ],
-    key=["D", "IEEE", "T_BUCKET"],
-)
+PREFILL_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=4),
+]
+_TUNED = tuned(_prefill_kernel, PREFILL_CONFIGS, key=["D", "IEEE", "T_BUCKET"])
 
 
 def _length_bucket(t: int) -> int:
@@ -161,7 +159,8 @@ def attention_prefill(q, k_cache, v_cache, q_start: int, kv_start: torch.Tensor,
     hkv = k_cache.shape[1]
     if d not in (16, 32, 64, 128, 256):
         raise ValueError(f"head_dim {d} is not supported by the Triton attention kernel")
-    assert q.stride(-1) == 1 and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+    assert q.stride(-1) == 1
+    check_cache_layout(k_cache, v_cache)
     out = torch.empty((b, t, hq, d), dtype=q.dtype, device=q.device)
     scale = (1.0 / d**0.5) * 1.4426950408889634  # log2(e): softmax via exp2
     ieee = q.dtype == torch.float32

@@ -67,16 +67,14 @@ def _gemv_kernel(X, W, Y, RES, NORM_W, K, N, eps, stride_w,
     tl.store(Y + offs_n, y, mask=n_mask)
 
 
-_TUNED = tuned(
-    _gemv_kernel,
-    configs=[
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)
-        # the accumulator stays at <= 64 fp32 registers per thread (twice that for SwiGLU)
-        for bn, bk, w in ((4, 1024, 2), (4, 1024, 4), (8, 512, 4), (8, 1024, 4), (8, 1024, 8), (16, 256, 4),
-                          (16, 512, 4), (16, 512, 8), (32, 256, 4), (32, 256, 8), (64, 128, 4))
-    ],
-    key=["K", "N", "PRE_NORM", "SWIGLU", "ADD_RES"],
-)
+# 32 accumulator elements per thread (BLOCK_N * BLOCK_K / threads): with twice that, the SwiGLU
+# variant (two accumulators) spills on sm_90 (benches/kernel_resources.py)
+GEMV_CONFIGS = [
+    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)
+    for bn, bk, w in ((4, 1024, 4), (4, 2048, 8), (8, 512, 4), (8, 1024, 8), (16, 256, 4), (16, 512, 8),
+                      (32, 128, 4), (32, 256, 8))
+]
+_TUNED = tuned(_gemv_kernel, GEMV_CONFIGS, key=["K", "N", "PRE_NORM", "SWIGLU", "ADD_RES"])
 
 
 def _check(x: torch.Tensor, w: torch.Tensor) -> None:
@@ -97,8 +95,8 @@ def _launch(x, w, n_out, res, norm_w, eps, pre_norm: bool, swiglu: bool, add_res
     if _TUNED is not None and x.is_cuda:
         _TUNED[lambda meta: (triton.cdiv(n_out, meta["BLOCK_N"]),)](*args, **flags)
     else:
-        bn, bk = (16, 64) if INTERPRET else (16, 512)
-        _gemv_kernel[(triton.cdiv(n_out, bn),)](*args, **flags, BLOCK_N=bn, BLOCK_K=bk, num_warps=4)
+        bn, bk, warps = (16, 64, 4) if INTERPRET else (16, 512, 8)
+        _gemv_kernel[(triton.cdiv(n_out, bn),)](*args, **flags, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
     return y
 
 

@@ -44,11 +44,8 @@ def _rmsnorm_kernel(X, R, W, Y, S, N, stride_x, stride_r, stride_y, stride_s, C,
         tl.store(Y + row * stride_y + cols, y, mask=mask)
 
 
-_TUNED = tuned(
-    _rmsnorm_kernel,
-    configs=[triton.Config({"ROWS": rows}, num_warps=warps) for rows in (1, 2, 4) for warps in (4, 8, 16)],
-    key=["C", "HAS_RESIDUAL", "BLOCK"],
-)
+RMSNORM_CONFIGS = [triton.Config({"ROWS": rows}, num_warps=warps) for rows in (1, 2, 4) for warps in (4, 8, 16)]
+_TUNED = tuned(_rmsnorm_kernel, RMSNORM_CONFIGS, key=["C", "HAS_RESIDUAL", "BLOCK"])
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
