@@ -326,7 +326,7 @@ def test_pick_faster_keeps_only_agreeing_steps(tmp_path):
     pytest.importorskip("transformers")
     from codellama_fast.engine import load_model
     from codellama_fast.engine.cache import KVCache
-    from codellama_fast.engine.cuda_graph import GraphDecoder, pick_faster
+    from codellama_fast.engine.cuda_graph import GraphDecoder, pick_faster, time_replays
     from codellama_fast.engine.fused_decode import fused_decode_forward
     from tests.engine_helpers import make_hf_model, save
 
@@ -346,6 +346,12 @@ def test_pick_faster_keeps_only_agreeing_steps(tmp_path):
     assert pick_faster([plain, broken, fused], timer=timer).name == "fused"
     speed["fused"] = 3.0
     assert pick_faster([plain, broken, fused], timer=timer).name == "plain"
+    # the real timer stays inside a small cache and output buffer (3 slots)
+    small = KVCache(model.config, 1, 3, torch.float32, torch.device("cpu"))
+    a, b = (GraphDecoder(model, small.layers, kv_start, 3, True, forward=f, name=n)
+            for n, f in (("plain", None), ("fused", lambda tok, ctx, caches: fused_decode_forward(model, tok, ctx, caches))))
+    assert pick_faster([a, b]).name in ("plain", "fused")
+    assert time_replays(a, replays=50) > 0
 
 
 def test_cache_layout_checks():
