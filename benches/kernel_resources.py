@@ -64,7 +64,7 @@ def variants() -> list[Variant]:
     out: list[Variant] = []
     k = "codellama_fast.kernels.attention_prefill:_prefill_kernel"
     fn = attention_prefill._prefill_kernel
-    t = _types(fn, {"Q", "KC", "VC", "O"}, i64p={"KV_START"}, f32={"qk_scale"}, constexpr={"D", "BLOCK_M", "BLOCK_N", "IEEE"})
+    t = _types(fn, {"Q", "KC", "VC", "O"}, i64p={"KV_START"}, f32={"qk_scale"}, constexpr={"D", "BLOCK_M", "BLOCK_N", "IEEE", "SPLIT_LOOPS"})
     for c in attention_prefill.PREFILL_CONFIGS:
         out.append(Variant(k, t, dict(D=128, IEEE=False, **c.kwargs), c.num_warps, c.num_stages))
     k = "codellama_fast.kernels.attention_decode:_decode_kernel"

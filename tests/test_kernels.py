@@ -101,14 +101,15 @@ def test_prefill_attention(dtype, b, t, hq, hkv, d, q_start, pads):
     q = torch.randn(b, t, hq, d, dtype=dtype, device=DEVICE)
     kc, vc = _cache(b, hkv, kv_len + 3, d, dtype)
     kv_start = torch.tensor(pads, device=DEVICE)
-    got = attention_prefill(q, kc, vc, q_start, kv_start, kv_len)
     want = R.attention(q, kc, vc, q_start, kv_start, kv_len)
     want64 = R.attention(q.double(), kc.double(), vc.double(), q_start, kv_start, kv_len)
-    for i in range(b):  # rows of padding queries are don't-care
-        real = slice(max(0, pads[i] - q_start), t)
-        _close(got[i, real], want[i, real], dtype)
-        _close(got[i, real], want64[i, real], dtype)
-    assert torch.isfinite(got).all()
+    for split in (True, False):  # key blocks in three loops / in one loop with per-block masking
+        got = attention_prefill(q, kc, vc, q_start, kv_start, kv_len, split_loops=split)
+        for i in range(b):  # rows of padding queries are don't-care
+            real = slice(max(0, pads[i] - q_start), t)
+            _close(got[i, real], want[i, real], dtype)
+            _close(got[i, real], want64[i, real], dtype)
+        assert torch.isfinite(got).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

@@ -25,44 +25,47 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 @triton.jit
 def _attend_blocks(
-    acc, l_i, m_i, q, k_base, v_base, sks, svs, q_slot, kv_start, kv_len, qk_scale, lo, hi,
-    BLOCK_N: tl.constexpr, D: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr,
+    acc, l_i, m_i, q, k_base, v_base, sks, svs, q_slot, first_q, kv_start, kv_len, qk_scale, lo, hi,
+    BLOCK_N: tl.constexpr, D: tl.constexpr, MASK: tl.constexpr, IEEE: tl.constexpr,
 ):
     """Online-softmax update of (acc [BM, D], l_i [BM], m_i [BM]) over the key blocks [lo, hi).
-    MASKED=False is only used for blocks every query of the block sees in full (no padding, no
-    diagonal, inside kv_len), so that loop carries no mask arithmetic at all."""
+    MASK 0: blocks every query of the block sees in full (no padding, no diagonal, inside kv_len),
+    so the loop carries no mask arithmetic at all; 1: every block masked; 2: each block checks at
+    run time whether it touches the padding edge, the diagonal or kv_len, and masks only then."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     for start_n in range(lo, hi, BLOCK_N):
         k_slot = start_n + offs_n  # [BLOCK_N]
-        if MASKED:
-            in_range = k_slot < kv_len
-            k = tl.load(k_base + k_slot[None, :] * sks + offs_d[:, None], mask=in_range[None, :], other=0.0)
-        else:
+        in_range = k_slot < kv_len
+        if MASK == 0:
             k = tl.load(k_base + k_slot[None, :] * sks + offs_d[:, None])
+        else:
+            k = tl.load(k_base + k_slot[None, :] * sks + offs_d[:, None], mask=in_range[None, :], other=0.0)
         if IEEE:
             s = tl.dot(q, k, input_precision="ieee")
         else:
             s = tl.dot(q, k)
-        if MASKED:
-            visible = (k_slot[None, :] <= q_slot[:, None]) & (k_slot[None, :] >= kv_start) & in_range[None, :]
-            visible = visible | (k_slot[None, :] == q_slot[:, None])  # a padding query sees its own slot
-            s = tl.where(visible, s * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(s - m_safe[:, None])
-        else:
+        if MASK == 0:
             # every score is finite here: scale inside the exponent (one FMA per score)
             m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
             m_safe = m_new
             p = tl.math.exp2(s * qk_scale - m_safe[:, None])
+        else:
+            s = s * qk_scale
+            if (MASK == 1) | (start_n < kv_start) | (start_n + BLOCK_N > first_q) | (start_n + BLOCK_N > kv_len):
+                visible = (k_slot[None, :] <= q_slot[:, None]) & (k_slot[None, :] >= kv_start) & in_range[None, :]
+                visible = visible | (k_slot[None, :] == q_slot[:, None])  # a padding query sees its own slot
+                s = tl.where(visible, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None]
-        if MASKED:
-            v = tl.load(v_base + k_slot[:, None] * svs + offs_d[None, :], mask=in_range[:, None], other=0.0)
-        else:
+        if MASK == 0:
             v = tl.load(v_base + k_slot[:, None] * svs + offs_d[None, :])
+        else:
+            v = tl.load(v_base + k_slot[:, None] * svs + offs_d[None, :], mask=in_range[:, None], other=0.0)
         if IEEE:
             acc += tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
@@ -76,7 +79,7 @@ def _prefill_kernel(
     Q, KC, VC, O, KV_START,
     sqb, sqt, sqh, skb, skh, sks, svb, svh, svs, sob, sot, soh,
     T, HQ, GROUP, q_start, kv_len, qk_scale, T_BUCKET,
-    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, SPLIT_LOOPS: tl.constexpr,
 ):
     # Causal work grows with the query block index: the heaviest blocks are launched first so the
     # light ones fill the tail of the grid.
@@ -104,18 +107,24 @@ def _prefill_kernel(
     hi = tl.minimum(kv_len, first_q + BLOCK_M)
     lo = (kv_start // BLOCK_N) * BLOCK_N
     lo = tl.minimum(lo, (first_q // BLOCK_N) * BLOCK_N)  # a block of padding queries sees its own slots
-    # Three runs of key blocks: [lo, a_end) touches the padding boundary (masked); [a_end, b_end)
-    # is seen in full by every query of the block (no mask); [b_end, hi) holds the diagonal (masked).
-    full_lo = tl.cdiv(kv_start, BLOCK_N) * BLOCK_N  # first block wholly after the padding
-    full_hi = (first_q // BLOCK_N) * BLOCK_N  # blocks ending at or before the first query slot
-    a_end = tl.minimum(tl.maximum(full_lo, lo), hi)
-    b_end = tl.maximum(a_end, tl.minimum(full_hi, hi))
-    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_base, v_base, sks, svs, q_slot, kv_start, kv_len, qk_scale,
-                                   lo, a_end, BLOCK_N, D, True, IEEE)
-    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_base, v_base, sks, svs, q_slot, kv_start, kv_len, qk_scale,
-                                   a_end, b_end, BLOCK_N, D, False, IEEE)
-    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_base, v_base, sks, svs, q_slot, kv_start, kv_len, qk_scale,
-                                   b_end, hi, BLOCK_N, D, True, IEEE)
+    if SPLIT_LOOPS:
+        # Three runs of key blocks: [lo, a_end) touches the padding boundary (masked); [a_end, b_end)
+        # is seen in full by every query of the block (no mask); [b_end, hi) holds the diagonal (masked).
+        full_lo = tl.cdiv(kv_start, BLOCK_N) * BLOCK_N  # first block wholly after the padding
+        full_hi = (first_q // BLOCK_N) * BLOCK_N  # blocks ending at or before the first query slot
+        a_end = tl.minimum(tl.maximum(full_lo, lo), hi)
+        b_end = tl.maximum(a_end, tl.minimum(full_hi, hi))
+        acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_base, v_base, sks, svs, q_slot, first_q, kv_start, kv_len,
+                                       qk_scale, lo, a_end, BLOCK_N, D, 1, IEEE)
+        acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_base, v_base, sks, svs, q_slot, first_q, kv_start, kv_len,
+                                       qk_scale, a_end, b_end, BLOCK_N, D, 0, IEEE)
+        acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_base, v_base, sks, svs, q_slot, first_q, kv_start, kv_len,
+                                       qk_scale, b_end, hi, BLOCK_N, D, 1, IEEE)
+    else:
+        # One loop that decides per block whether to mask: fewer registers live at once, which
+        # can matter more than the mask arithmetic (the tuner measures both on the GPU).
+        acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_base, v_base, sks, svs, q_slot, first_q, kv_start, kv_len,
+                                       qk_scale, lo, hi, BLOCK_N, D, 2, IEEE)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     o_ptrs = O + b * sob + h * soh + offs_m[:, None].to(tl.int64) * sot + offs_d[None, :]
@@ -125,15 +134,12 @@ def _prefill_kernel(
 # On a GPU the block shape is tuned among configurations that suit Hopper/Ampere, once per head
 # size, precision and prompt-length bucket (short prompts and 16k prompts favour different shapes);
 # the interpreter runs one fixed small configuration.
+# Shapes that compile without heavy spilling on sm_90 (benches/kernel_resources.py), each with the
+# key blocks in three loops or in one.
 PREFILL_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "SPLIT_LOOPS": split}, num_warps=w, num_stages=st)
+    for bm, bn, w, st in ((128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 3), (64, 64, 4, 3))
+    for split in (True, False)
 ]
 _TUNED = tuned(_prefill_kernel, PREFILL_CONFIGS, key=["D", "IEEE", "T_BUCKET"])
 
@@ -154,7 +160,10 @@ def _config(d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     return 128, 64, 8, 3
 
 
-def attention_prefill(q, k_cache, v_cache, q_start: int, kv_start: torch.Tensor, kv_len: int) -> torch.Tensor:
+def attention_prefill(q, k_cache, v_cache, q_start: int, kv_start: torch.Tensor, kv_len: int,
+                      split_loops: bool = True) -> torch.Tensor:
+    """Causal attention of the new queries over the cache. ``split_loops`` applies where the launch
+    shape is fixed (no tuning: interpreter, fp32): key blocks in three loops, or one (see the kernel)."""
     b, t, hq, d = q.shape
     hkv = k_cache.shape[1]
     if d not in (16, 32, 64, 128, 256):
@@ -179,6 +188,7 @@ def attention_prefill(q, k_cache, v_cache, q_start: int, kv_start: torch.Tensor,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1), out.stride(2),
         t, hq, hq // hkv, int(q_start), int(kv_len), scale, 0,
-        D=d, BLOCK_M=bm, BLOCK_N=bn, IEEE=q.dtype == torch.float32, num_warps=warps, num_stages=stages,
+        D=d, BLOCK_M=bm, BLOCK_N=bn, IEEE=q.dtype == torch.float32, SPLIT_LOOPS=split_loops, num_warps=warps,
+        num_stages=stages,
     )
     return out
