@@ -371,3 +371,33 @@ def test_cache_layout_checks():
     kc = torch.randn(1, 4, 16, 8, device=DEVICE).transpose(2, 3)  # [1, 4, 8, 16] with strided head dim
     with pytest.raises(ValueError):
         attention_decode(q, kc, kc, torch.zeros(1, dtype=torch.long, device=DEVICE), 4)
+
+
+def test_auto_decode_step_falls_back_when_the_fused_step_cannot_be_built(tmp_path, monkeypatch):
+    """`decode_step="auto"` (batch of one): a fused step that fails to build leaves a warning and
+    the plain step, with the plain step's tokens."""
+    pytest.importorskip("transformers")
+    from codellama_fast import CodeLlamaTokenizerFast
+    from codellama_fast.engine import Engine, load_model
+    from codellama_fast.engine import fused_decode
+    from codellama_fast.kernels.triton_ops import TritonOps
+    from tests.engine_helpers import make_hf_model, save
+
+    folder = save(make_hf_model("mha", seed=2), tmp_path / "m")
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    eng = Engine(load_model(folder, dtype="float32", device=DEVICE, backend="torch"), tok)
+    eng.model.ops = TritonOps()
+    eng.use_cuda_graph = "eager" if DEVICE == "cpu" else True
+    kw = dict(max_new_tokens=6, stop_at_eos=False)
+    good = eng.generate(["def f():"], **kw).token_ids
+    assert eng.decode_step_used in ("plain", "fused")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this target")
+
+    monkeypatch.setattr(fused_decode, "fused_decode_forward", broken)
+    eng._graphs.clear()
+    with pytest.warns(RuntimeWarning, match="fused decode step (is unavailable|failed)"):
+        again = eng.generate(["def f():"], **kw).token_ids
+    assert eng.decode_step_used == "plain"
+    assert again == good

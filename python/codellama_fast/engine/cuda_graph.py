@@ -9,6 +9,7 @@ All inputs live in static device buffers that the graph updates in place:
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Callable
 
 import torch
@@ -120,13 +121,19 @@ def pick_faster(decoders: list[GraphDecoder], rel_tol: float = 2e-2,
                 timer: Callable[[GraphDecoder], float] = time_replays) -> GraphDecoder:
     """Of decoders of the same model, cache and shape, the one whose step runs fastest (`timer`).
     Each first runs one step from the same state and must give the first one's logits (within
-    `rel_tol` of their largest magnitude): a step that disagrees is never chosen. Replays rewrite
+    `rel_tol` of their largest magnitude): a step that disagrees or fails is never chosen. Replays rewrite
     the same cache slot with the same values, and every decoder's state is reset by ``start``."""
     ref: torch.Tensor | None = None
     best, best_t = decoders[0], float("inf")
     for dec in decoders:
         dec.start(torch.zeros_like(dec.tok[:, 0]), torch.zeros_like(dec.pos[:, 0]), 0)
-        logits = dec.replay().clone()
+        try:
+            logits = dec.replay().clone()
+        except Exception as exc:  # noqa: BLE001  (a candidate that cannot run is not chosen; the first must run)
+            if ref is None:
+                raise
+            warnings.warn(f"the {dec.name} decode step failed, not using it: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
+            continue
         if ref is None:
             ref = logits
         elif not bool(torch.isfinite(logits).all()) or (logits - ref).abs().max().item() > rel_tol * max(1.0, ref.abs().max().item()):

@@ -5,6 +5,7 @@ infilling and Instruct chat."""
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -227,8 +228,14 @@ class Engine:
                 return GraphDecoder(self.model, cache.layers, kv_start, max_len, greedy, forward=forward, name=kind,
                                     capture=self.use_cuda_graph is True)
 
-            if self.decode_step == "auto" and b == 1 and self.device.type == "cuda":
-                chosen = pick_faster([decoder("plain"), decoder("fused")])
+            if self.decode_step == "auto" and b == 1:
+                candidates = [decoder("plain")]
+                try:
+                    candidates.append(decoder("fused"))
+                except Exception as exc:  # noqa: BLE001  (a kernel this GPU or Triton cannot build: keep the plain step)
+                    warnings.warn(f"the fused decode step is unavailable here, using the plain one: {type(exc).__name__}: {exc}",
+                                  RuntimeWarning, stacklevel=2)
+                chosen = pick_faster(candidates)
             else:
                 chosen = decoder("fused" if self.decode_step == "fused" else "plain")
             self._graphs[key] = (cache, kv_start, chosen)
