@@ -32,6 +32,10 @@ class Variant:
     constexprs: dict[str, Any]
     num_warps: int = 4
     num_stages: int = 2
+    # integer arguments that are multiples of 16 at run time (strides, model sizes): Triton
+    # specialises such launches (and 16-byte-aligned pointers, assumed for every pointer), which
+    # is what lets it vectorise the loads
+    div16: frozenset[str] = frozenset()
 
     @property
     def label(self) -> str:
@@ -44,6 +48,10 @@ def _fn(variant: Variant):
 
     module, name = variant.kernel.split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def _strides(fn) -> frozenset[str]:
+    return frozenset(n for n in fn.arg_names if n.startswith("stride_") or re.fullmatch(r"s[a-z]{1,3}", n))
 
 
 def _types(fn, f16: set[str], i64p: set[str] = frozenset(), f32p: set[str] = frozenset(), i32p: set[str] = frozenset(),
@@ -66,7 +74,7 @@ def variants() -> list[Variant]:
     fn = attention_prefill._prefill_kernel
     t = _types(fn, {"Q", "KC", "VC", "O"}, i64p={"KV_START"}, f32={"qk_scale"}, constexpr={"D", "BLOCK_M", "BLOCK_N", "IEEE", "SPLIT_LOOPS"})
     for c in attention_prefill.PREFILL_CONFIGS:
-        out.append(Variant(k, t, dict(D=128, IEEE=False, **c.kwargs), c.num_warps, c.num_stages))
+        out.append(Variant(k, t, dict(D=128, IEEE=False, **c.kwargs), c.num_warps, c.num_stages, _strides(fn)))
     k = "codellama_fast.kernels.attention_decode:_decode_kernel"
     fn = attention_decode._decode_kernel
     t = _types(fn, {"Q", "K_NEW", "V_NEW", "KC", "VC", "O"}, i64p={"POS", "SLOT", "KV_START"},
@@ -76,20 +84,20 @@ def variants() -> list[Variant]:
         for single in (True, False):
             for group in (1, 8):
                 out.append(Variant(k, t, dict(GROUP=group, D=128, BLOCK_G=16, BLOCK_N=64, BLOCK_S=64, FUSE_ROPE=fuse,
-                                              SINGLE=single, IEEE=False), 4, 2))
+                                              SINGLE=single, IEEE=False), 4, 2, _strides(fn)))
     k = "codellama_fast.kernels.gemv:_gemv_kernel"
     fn = gemv._gemv_kernel
     t = _types(fn, {"X", "W", "Y", "RES", "NORM_W"}, f32={"eps"}, constexpr={"PRE_NORM", "SWIGLU", "ADD_RES", "BLOCK_N", "BLOCK_K"})
     for flags in (dict(PRE_NORM=True, SWIGLU=False, ADD_RES=False), dict(PRE_NORM=True, SWIGLU=True, ADD_RES=False),
                   dict(PRE_NORM=False, SWIGLU=False, ADD_RES=True)):
         for c in gemv.GEMV_CONFIGS:
-            out.append(Variant(k, t, dict(flags, **c.kwargs), c.num_warps, 3))
+            out.append(Variant(k, t, dict(flags, **c.kwargs), c.num_warps, 3, _strides(fn) | {"K", "N"}))
     k = "codellama_fast.kernels.rmsnorm:_rmsnorm_kernel"
     fn = rmsnorm._rmsnorm_kernel
     t = _types(fn, {"X", "R", "W", "Y", "S"}, f32={"eps"}, constexpr={"HAS_RESIDUAL", "BLOCK", "ROWS"})
     for c in rmsnorm.RMSNORM_CONFIGS:
         for res in (False, True):
-            out.append(Variant(k, t, dict(HAS_RESIDUAL=res, BLOCK=4096, **c.kwargs), c.num_warps, 3))
+            out.append(Variant(k, t, dict(HAS_RESIDUAL=res, BLOCK=4096, **c.kwargs), c.num_warps, 3, _strides(fn) | {"C"}))
     return out
 
 
@@ -98,7 +106,9 @@ def compile_variant(v: Variant, arch: int = 90):
     names = fn.arg_names
     signature = {n: ("constexpr" if n in v.constexprs else v.types[n]) for n in names}
     constexprs = {(names.index(n),): val for n, val in v.constexprs.items()}
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+             if n not in v.constexprs and (v.types[n].startswith("*") or n in v.div16)}
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": v.num_warps, "num_stages": v.num_stages})
 
 
