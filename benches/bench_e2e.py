@@ -6,17 +6,21 @@ gate runs first. Writes JSON and a PNG chart to benches/results/.
 
     python benches/bench_e2e.py                      # the full grid on a GPU
     python benches/bench_e2e.py --smoke              # tiny model on CPU: checks the harness itself
+                                                     # (our engine on the Triton kernels in the interpreter)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if "--smoke" in sys.argv:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel is defined
 
 import torch  # noqa: E402
 
@@ -47,6 +51,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--hf-new", type=int, default=32, help="new tokens for the transformers runs (a rate; fewer saves time)")
     ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--no-step-ab", action="store_true",
+                    help="batch-1 cells: do not also measure the decode step that `auto` did not keep")
     ap.add_argument("--hf-static", nargs="*", default=["7B:1:512"], help="MODEL:BATCH:PROMPT cells that also run transformers static cache + compile")
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting new cells after this many seconds")
     ap.add_argument("--llama2-tokenizer", default=str(Path(__file__).resolve().parents[2] / "shared/tokenizers/llama2/tokenizer.model"))
@@ -117,7 +123,9 @@ def main(argv: list[str] | None = None) -> Path:
         if out_of_time():
             break
         tok = tok32016 if cfg.vocab_size == 32016 else CodeLlamaTokenizerFast.from_pretrained(args.llama2_tokenizer)
-        engine = random_engine(name, device, dtype, tok)
+        engine = random_engine(name, device, dtype, tok, backend="triton" if args.smoke else "auto")
+        if args.smoke:
+            engine.use_cuda_graph = "eager"  # the graph-decode step, uncaptured, on the CPU
         cells = []
         for b in args.batch:
             for p in args.prompt:
@@ -143,6 +151,18 @@ def main(argv: list[str] | None = None) -> Path:
                 cells.append((b, p))
                 print(f"{shape:16s} ours: ttft {m.ttft_s * 1e3:8.1f} ms  decode {m.decode_tokens_per_s:9.1f} tok/s  "
                       f"{gbps:7.0f} GB/s ({100 * gbps / bw if bw == bw else float('nan'):.0f}% of copy bw)  peak {m.peak_memory_gib or 0:.1f} GiB  step {m.decode_step}", flush=True)
+                if b == 1 and m.decode_step in ("plain", "fused") and not args.no_step_ab and not out_of_time():
+                    # the step `auto` did not keep, measured in the same run: the choice's A/B
+                    other = "fused" if m.decode_step == "plain" else "plain"
+                    engine.decode_step, engine._graphs = other, {}
+                    m2 = measure_ours(engine, b, p, args.new, device)
+                    engine.decode_step, engine._graphs = "auto", {}
+                    gbps2 = (wbytes + kv) * (m2.decode_tokens_per_s / b) / 1e9
+                    rows.append(dict(row, provider=f"codellama-fast-{other}", p50=m2.decode_tokens_per_s, ttft_ms=m2.ttft_s * 1e3,
+                                     achieved_GBps=gbps2, fraction_of_copy_bw=gbps2 / bw if bw == bw else None,
+                                     peak_memory_gib=m2.peak_memory_gib, decode_step=other))
+                    print(f"{shape:16s} ours, {other} step: decode {m2.decode_tokens_per_s:9.1f} tok/s  "
+                          f"{gbps2:7.0f} GB/s ({100 * gbps2 / bw if bw == bw else float('nan'):.0f}% of copy bw)", flush=True)
         del engine
         free(device)
         if args.no_hf or out_of_time():

@@ -29,6 +29,9 @@ def test_bench_e2e_smoke(tmp_path):
     assert data["meta"]["correctness_gate"]["passed"]
     providers = {r["provider"] for r in data["rows"]}
     assert {"codellama-fast", "transformers-eager", "ratio"} <= providers
+    # batch 1: the decode step `auto` kept, and the other one measured beside it
+    steps = {(r["provider"], r["decode_step"]) for r in data["rows"] if r.get("batch") == 1 and r["provider"].startswith("codellama-fast")}
+    assert len(steps) == 2 and {s for _, s in steps} == {"plain", "fused"}, steps
     assert list(tmp_path.glob("*.png"))
 
 
