@@ -92,6 +92,15 @@ def variants() -> list[Variant]:
                   dict(PRE_NORM=False, SWIGLU=False, ADD_RES=True)):
         for c in gemv.GEMV_CONFIGS:
             out.append(Variant(k, t, dict(flags, **c.kwargs), c.num_warps, 3, _strides(fn) | {"K", "N"}))
+    k = "codellama_fast.kernels.gemv:_few_rows_kernel"
+    fn = gemv._few_rows_kernel
+    t = _types(fn, {"X", "W", "Y", "RES", "NORM_W"}, f32={"eps"},
+               constexpr={"PRE_NORM", "SWIGLU", "ADD_RES", "IEEE", "BLOCK_M", "BLOCK_N", "BLOCK_K"})
+    for flags in (dict(PRE_NORM=True, SWIGLU=False, ADD_RES=False), dict(PRE_NORM=True, SWIGLU=True, ADD_RES=False),
+                  dict(PRE_NORM=False, SWIGLU=False, ADD_RES=True)):
+        for c in gemv.FEW_ROWS_CONFIGS:
+            out.append(Variant(k, t, dict(flags, IEEE=False, BLOCK_M=16, **c.kwargs), c.num_warps, c.num_stages,
+                               _strides(fn) | {"K", "N"}))
     k = "codellama_fast.kernels.rmsnorm:_rmsnorm_kernel"
     fn = rmsnorm._rmsnorm_kernel
     t = _types(fn, {"X", "R", "W", "Y", "S"}, f32={"eps"}, constexpr={"HAS_RESIDUAL", "BLOCK", "ROWS"})

@@ -109,13 +109,14 @@ def test_fused_rope_decode_real_sizes(dtype, b, hq, hkv, L):
     assert torch.equal(vc[:, :, L - 1].float(), ref_vc[:, :, L - 1])
 
 
+@pytest.mark.parametrize("m", [1, 8])
 @pytest.mark.parametrize("k,n", [(4096, 12288), (4096, 4096), (11008, 4096), (8192, 8192)])
-def test_fused_gemv_real_sizes(k, n):
-    """The one-row fused projections at Code Llama sizes vs the composed ops in fp32."""
-    x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+def test_fused_gemv_real_sizes(m, k, n):
+    """The few-row fused projections at Code Llama sizes vs the composed ops in fp32."""
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
     nw = (torch.rand(k, device="cuda") + 0.5).half()
     w = (torch.randn(n, k, device="cuda") / k**0.5).half()
-    res = torch.randn(1, n, device="cuda", dtype=torch.float16)
+    res = torch.randn(m, n, device="cuda", dtype=torch.float16)
     f = lambda t: t.float()  # noqa: E731
     for got, want in (
         (gemv.norm_linear(x, nw, w, 1e-5), R.norm_linear(f(x), f(nw), f(w), 1e-5)),

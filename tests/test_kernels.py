@@ -230,17 +230,18 @@ def test_static_buffer_decode_step_matches_plain_loop(tmp_path, greedy):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("k,n", [(64, 48), (100, 37), (300, 130)])  # K not a multiple of the block
-def test_fused_gemv(dtype, k, n):
-    """The one-row projections with norm / SwiGLU / residual fused in, vs the composed reference
-    ops and an fp64 oracle."""
+@pytest.mark.parametrize("m,k,n", [(1, 64, 48), (1, 100, 37), (1, 300, 130), (2, 100, 37), (7, 300, 130), (16, 64, 48)])
+def test_fused_gemv(dtype, m, k, n):
+    """The few-row projections with norm / SwiGLU / residual fused in (one row on the CUDA cores,
+    2-16 on the tensor cores; K not a multiple of the block), vs the composed reference ops and an
+    fp64 oracle."""
     from codellama_fast.kernels import gemv
 
-    x = torch.randn(1, k, dtype=dtype, device=DEVICE) * 2
+    x = torch.randn(m, k, dtype=dtype, device=DEVICE) * 2
     nw = (torch.rand(k, device=DEVICE) + 0.5).to(dtype)
     w = (torch.randn(n, k, device=DEVICE) / k**0.5).to(dtype)
     w13 = (torch.randn(2 * n, k, device=DEVICE) / k**0.5).to(dtype)
-    res = torch.randn(1, n, dtype=dtype, device=DEVICE)
+    res = torch.randn(m, n, dtype=dtype, device=DEVICE)
     d = lambda t: t.double()  # noqa: E731
     cases = [
         (gemv.norm_linear(x, nw, w, 1e-5), R.norm_linear(x, nw, w, 1e-5), R.norm_linear(d(x), d(nw), d(w), 1e-5)),
@@ -253,7 +254,7 @@ def test_fused_gemv(dtype, k, n):
         _close(got, want, dtype)
         _close(got, want64, dtype)
     with pytest.raises(ValueError):
-        gemv.norm_linear(torch.randn(2, k, dtype=dtype, device=DEVICE), nw, w, 1e-5)  # one row only
+        gemv.norm_linear(torch.randn(17, k, dtype=dtype, device=DEVICE), nw, w, 1e-5)  # up to 16 rows
     with pytest.raises(ValueError):
         gemv.linear_residual(x, w, res[:, :-1])
     with pytest.raises(ValueError):

@@ -41,8 +41,9 @@ def test_every_kernel_variant_compiles(tmp_path, arch):
     for kernel in {r["variant"].split()[0] for r in rows}:
         assert any(r["shared_bytes"] <= SHARED_LIMIT[arch] for r in rows if r["variant"].split()[0] == kernel), kernel
         # the dots reach the tensor cores: Hopper's warpgroup MMA for prefill's 64/128-row tiles,
-        # the warp-level MMA for decode's 16-row query groups (and everything on Ampere)
+        # the warp-level MMA for the 16-row tiles of decode and of the few-row projections (and
+        # everything on Ampere)
         if "_prefill_kernel" in r["variant"]:
             assert r["mma"] == ("wgmma" if arch == 90 else "mma.sync"), r
-        if "_decode_kernel" in r["variant"]:
+        if "_decode_kernel" in r["variant"] or "_few_rows_kernel" in r["variant"]:
             assert r["mma"] == "mma.sync", r

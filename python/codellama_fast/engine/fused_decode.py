@@ -2,7 +2,7 @@
 ``LlamaModel.forward`` for one new token per sequence, with the RMSNorms, the SwiGLU and the
 residual adds folded into the projections (``Ops.norm_linear``, ``norm_linear_swiglu``,
 ``linear_residual``) and the attention step in one ``Ops.rope_attention``. With the Triton ops and
-a batch of one, a layer is five launches instead of eight.
+a batch of up to 16 sequences, a layer is five launches instead of eight.
 
 Which step runs faster depends on the GPU (the fused projections are Triton matrix-vector kernels,
 the plain step uses cuBLAS), so the engine captures both and keeps the faster

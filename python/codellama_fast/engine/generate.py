@@ -139,8 +139,9 @@ class Engine:
         self.use_cuda_graph: bool | str = True
         self.check_every = 16
         # The captured decode step: "plain" (the model's forward), "fused" (engine.fused_decode:
-        # norm, SwiGLU and residual adds folded into the projections), or "auto": with a batch of
-        # one on CUDA both are captured and the faster one, checked against the other, is kept.
+        # norm, SwiGLU and residual adds folded into the projections), or "auto": for batches the
+        # fused kernels take (up to 16 sequences), both are captured and the faster one, checked
+        # against the other, is kept.
         # `decode_step_used` says which one the last graph runs.
         self.decode_step = "auto"
         self.decode_step_used: str | None = None
@@ -228,7 +229,7 @@ class Engine:
                 return GraphDecoder(self.model, cache.layers, kv_start, max_len, greedy, forward=forward, name=kind,
                                     capture=self.use_cuda_graph is True)
 
-            if self.decode_step == "auto" and b == 1:
+            if self.decode_step == "auto" and b <= getattr(self.model.ops, "fused_max_rows", 0):
                 candidates = [decoder("plain")]
                 try:
                     candidates.append(decoder("fused"))

@@ -22,6 +22,8 @@ class TritonOps:
     """Kernels where they apply; the torch reference for head sizes they do not take."""
 
     name = "triton"
+    # batches up to this size get the one-launch fused projections (engine.fused_decode)
+    fused_max_rows = gemv.MAX_ROWS
 
     def __init__(self) -> None:
         # Split counters of the one-launch decode attention, per device. Every launch leaves them
@@ -68,19 +70,19 @@ class TritonOps:
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
         return swiglu(gate_up)
 
-    # One row (the decode step of a single sequence): one launch each, the norm / SwiGLU / residual
-    # add fused around the weight read. More rows: the composed ops (cuBLAS does the matmul).
+    # Up to gemv.MAX_ROWS rows (the decode step of a small batch): one launch each, the norm /
+    # SwiGLU / residual add fused around the weight read. More rows: the composed ops (cuBLAS).
     def norm_linear(self, x, norm_w, w, eps):
-        if x.shape[0] == 1:
+        if x.shape[0] <= gemv.MAX_ROWS:
             return gemv.norm_linear(x, norm_w, w, eps)
         return torch.nn.functional.linear(self.rms_norm(x, norm_w, eps), w)
 
     def norm_linear_swiglu(self, x, norm_w, w13, eps):
-        if x.shape[0] == 1:
+        if x.shape[0] <= gemv.MAX_ROWS:
             return gemv.norm_linear_swiglu(x, norm_w, w13, eps)
         return self.swiglu(torch.nn.functional.linear(self.rms_norm(x, norm_w, eps), w13))
 
     def linear_residual(self, x, w, residual):
-        if x.shape[0] == 1:
+        if x.shape[0] <= gemv.MAX_ROWS:
             return gemv.linear_residual(x, w, residual)
         return residual + torch.nn.functional.linear(x, w)
