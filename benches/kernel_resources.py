@@ -67,7 +67,7 @@ def _types(fn, f16: set[str], i64p: set[str] = frozenset(), f32p: set[str] = fro
 
 def variants() -> list[Variant]:
     """The configurations the launchers use on a GPU: the tuned candidates and the fixed ones."""
-    from codellama_fast.kernels import attention_decode, attention_prefill, gemv, rmsnorm
+    from codellama_fast.kernels import attention_decode, attention_prefill, gemv, rmsnorm, rope, swiglu
 
     out: list[Variant] = []
     k = "codellama_fast.kernels.attention_prefill:_prefill_kernel"
@@ -107,6 +107,16 @@ def variants() -> list[Variant]:
     for c in rmsnorm.RMSNORM_CONFIGS:
         for res in (False, True):
             out.append(Variant(k, t, dict(HAS_RESIDUAL=res, BLOCK=4096, **c.kwargs), c.num_warps, 3, _strides(fn) | {"C"}))
+    k = "codellama_fast.kernels.rope:_rope_cache_kernel"
+    fn = rope._rope_cache_kernel
+    t = _types(fn, {"Q", "K", "V", "QO", "KC", "VC"}, i64p={"POS", "SLOTS"}, f32p={"INV_FREQ"}, constexpr={"HALF", "BLOCK_H"})
+    for block_h in (16, 8):
+        out.append(Variant(k, t, dict(HALF=64, BLOCK_H=block_h), 4, 3, _strides(fn)))
+    k = "codellama_fast.kernels.swiglu:_swiglu_kernel"
+    fn = swiglu._swiglu_kernel
+    t = _types(fn, {"GU", "OUT"}, constexpr={"BLOCK"})
+    for block, warps in ((4096, 8), (1024, 4)):
+        out.append(Variant(k, t, dict(BLOCK=block), warps, 3, _strides(fn) | {"F"}))
     return out
 
 
