@@ -299,3 +299,33 @@ def test_cli_convert_llama2c(tmp_path):
     assert gen.returncode == 0, gen.stderr
     assert gen.stdout.startswith("Once upon a time")
     assert "tokens/s" in gen.stderr and "tokens/s" not in gen.stdout
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{not json", b"\xff\xfe{}"])
+def test_json_files_that_are_not_objects_raise_each_callers_error(tmp_path, text):
+    """config.json, params.json and tokenizer_config.json share one reader; each caller's typed
+    error names the file, for broken JSON, bytes that are not UTF-8, and a JSON value that is not
+    an object."""
+    import shutil
+
+    from codellama_fast import CodeLlamaTokenizerFast, InvalidTokenizerFile
+    from codellama_fast.convert.meta import read_params
+    from codellama_fast.engine.config import LlamaConfig
+    from codellama_fast.errors import CheckpointError, ConversionError
+    from tests.conftest import CODELLAMA_DIR
+
+    def put(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return path
+
+    with pytest.raises(CheckpointError, match="config.json"):
+        LlamaConfig.from_file(put(tmp_path / "model" / "config.json"))
+    put(tmp_path / "meta" / "params.json")
+    with pytest.raises(ConversionError, match="params.json"):
+        read_params(tmp_path / "meta")
+    tok_dir = tmp_path / "tok"
+    shutil.copytree(CODELLAMA_DIR, tok_dir)
+    put(tok_dir / "tokenizer_config.json")
+    with pytest.raises(InvalidTokenizerFile, match="tokenizer_config.json"):
+        CodeLlamaTokenizerFast.from_pretrained(tok_dir)

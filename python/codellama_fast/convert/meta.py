@@ -11,7 +11,6 @@ one merged tensor. wq/wk are permuted from Meta's interleaved RoPE to HF's rotat
 from __future__ import annotations
 
 import gc
-import json
 import re
 import shutil
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from ..engine.config import LlamaConfig
 from ..engine.loader import load_state_dict
 from ..errors import ConversionError
+from ..jsonfile import read_json_object
 from .hf_folder import finish_output, hf_plan, permute_rotary, prepare_output, save_tokenizer, write_model
 
 KNOWN_PARAMS = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier", "norm_eps", "rope_theta",
@@ -34,10 +34,7 @@ def read_params(folder: Path) -> dict[str, Any]:
     path = folder / "params.json"
     if not path.is_file():
         raise ConversionError(f"{folder} has no params.json; is it a Meta checkpoint folder?")
-    try:
-        params = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ConversionError(f"{path} is not valid JSON: {exc}") from None
+    params = read_json_object(path, ConversionError)
     unknown = set(params) - KNOWN_PARAMS
     if unknown:
         raise ConversionError(f"{path} has parameters this converter does not know: {', '.join(sorted(unknown))}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, UnsupportedConfigError
+from ..jsonfile import read_json_object
 
 _REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 
@@ -118,13 +119,7 @@ class LlamaConfig:
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path} is missing; a model folder needs config.json")
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{path} must hold a JSON object")
-        return cls.from_dict(raw, str(path))
+        return cls.from_dict(read_json_object(path, CheckpointError), str(path))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_hf_dict(), indent=2))

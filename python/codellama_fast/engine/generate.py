@@ -15,8 +15,9 @@ import torch
 from ..errors import CheckpointError, InfillingUnsupported
 from ..tokenizer import FILL_MARKER, CodeLlamaTokenizerFast
 from .cache import KVCache
-from .cuda_graph import GraphDecoder
+from . import fused_decode
 from .chat import chat_prompt_ids
+from .cuda_graph import GraphDecoder, pick_faster
 from .loader import generation_config, load_model
 from .model import LlamaModel, StepContext
 from .sampling import SamplingParams, sample
@@ -211,11 +212,6 @@ class Engine:
 
     def _graph_state(self, b: int, max_len: int, greedy: bool) -> tuple[KVCache, torch.Tensor, GraphDecoder]:
         """A KV cache and a captured decode graph for this batch × length, reused across calls."""
-        from .cuda_graph import GraphDecoder
-
-        from .cuda_graph import pick_faster
-        from .fused_decode import fused_decode_forward
-
         if self.decode_step not in ("auto", "plain", "fused"):
             raise ValueError(f"decode_step must be 'auto', 'plain' or 'fused', got {self.decode_step!r}")
         key = (b, max_len, greedy)
@@ -225,7 +221,7 @@ class Engine:
             kv_start = torch.zeros(b, dtype=torch.long, device=self.device)
 
             def decoder(kind: str) -> GraphDecoder:
-                forward = (lambda tok, ctx, caches: fused_decode_forward(self.model, tok, ctx, caches)) if kind == "fused" else None
+                forward = (lambda tok, ctx, caches: fused_decode.fused_decode_forward(self.model, tok, ctx, caches)) if kind == "fused" else None
                 return GraphDecoder(self.model, cache.layers, kv_start, max_len, greedy, forward=forward, name=kind,
                                     capture=self.use_cuda_graph is True)
 

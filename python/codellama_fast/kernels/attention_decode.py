@@ -20,17 +20,15 @@ The query sits in slot kv_len - 1: keys kv_start[b] <= j < kv_len are visible.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from .layout import check_cache_layout
 from .reference import attention as attention_reference  # noqa: F401  (the oracle)
 from .reference import rope_attention as rope_attention_reference  # noqa: F401  (the oracle)
-from .layout import check_cache_layout
+from .tuning import INTERPRET
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_SPLITS = 64
 
 
@@ -150,7 +148,7 @@ def _decode_kernel(
 def num_splits(batch_kv_heads: int, capacity: int, block_n: int, device: torch.device) -> int:
     """Splits per (sequence, KV head): enough programs for ~4 waves of the GPU, each split at least
     one key block. Depends only on shapes, so a captured launch keeps it."""
-    if _INTERPRET or device.type != "cuda":
+    if INTERPRET or device.type != "cuda":
         return max(1, min(4, capacity // block_n))
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     want = triton.cdiv(4 * sms, batch_kv_heads)
@@ -176,7 +174,7 @@ def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_sta
     check_cache_layout(k_cache, v_cache)
     if not isinstance(kv_len, torch.Tensor):
         kv_len = torch.tensor([int(kv_len)], dtype=torch.int32, device=q.device)
-    block_n = 32 if _INTERPRET else 64
+    block_n = 32 if INTERPRET else 64
     block_g = max(16, triton.next_power_of_2(group))
     nsplit = max(1, min(int(splits or num_splits(b * hkv, capacity, block_n, q.device)), MAX_SPLITS))
     single = nsplit == 1
@@ -203,7 +201,7 @@ def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_sta
         hkv, nsplit, scale,
         GROUP=group, D=d, BLOCK_G=block_g, BLOCK_N=block_n, BLOCK_S=triton.next_power_of_2(nsplit),
         FUSE_ROPE=fuse, SINGLE=single, IEEE=q.dtype == torch.float32,
-        num_warps=4, num_stages=1 if _INTERPRET else 2,
+        num_warps=4, num_stages=1 if INTERPRET else 2,
     )
     return out
 

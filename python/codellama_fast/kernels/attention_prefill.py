@@ -10,17 +10,13 @@ keys 0..kv_len-1 -> out [B, T, Hq, D].
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from .reference import attention as attention_reference  # noqa: F401  (the oracle)
 from .layout import check_cache_layout
-from .tuning import tuned
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from .reference import attention as attention_reference  # noqa: F401  (the oracle)
+from .tuning import INTERPRET, tuned
 
 
 @triton.jit
@@ -151,7 +147,7 @@ def _length_bucket(t: int) -> int:
 
 def _config(d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages)."""
-    if _INTERPRET:
+    if INTERPRET:
         return 32, 32, 4, 1
     if dtype == torch.float32:
         return 64, 32, 4, 2

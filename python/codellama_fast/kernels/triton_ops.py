@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from . import gemv, reference
 from .attention_decode import attention_decode, new_counters, rope_attention_decode
 from .attention_prefill import attention_prefill
-from . import gemv
 from .rmsnorm import rms_norm
 from .rope import rope_cache_update
 from .swiglu import swiglu
-
-
-from . import reference
 
 # Head sizes the attention/RoPE kernels take (tl.dot needs >= 16, tl.arange powers of two).
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 from ..data import BUNDLED_TOKENIZER_NAMES, CODELLAMA_TOKENIZER_DIR
 from ..errors import InvalidTokenizerFile
+from ..jsonfile import read_json_object
 
 
 @dataclass
@@ -23,13 +23,7 @@ class TokenizerFiles:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidTokenizerFile(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise InvalidTokenizerFile(f"{path} must hold a JSON object, not {type(data).__name__}")
-    return data
+    return read_json_object(path, InvalidTokenizerFile)
 
 
 def resolve(name_or_path: str | os.PathLike[str] | None) -> TokenizerFiles:
