@@ -42,3 +42,27 @@ def test_engine_errors_are_one_line_with_exit_code_2(tmp_path):
 def test_chat_runs_on_a_message():
     res = _cli("chat", "Tell me a story", "--max-new-tokens", "8")
     assert res.returncode == 0, res.stderr
+
+
+def test_device_and_backend_errors_are_one_line():
+    import os
+
+    import torch
+
+    absent = f"cuda:{torch.cuda.device_count() + 3}" if torch.cuda.is_available() else "cuda"
+    res = _cli("generate", "x", "--device", absent)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert ("does not exist" if torch.cuda.is_available() else "no CUDA GPU") in res.stderr
+    if not torch.cuda.is_available():
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        res = subprocess.run([sys.executable, "-m", "codellama_fast.cli", "generate", "x", "--backend", "triton"],
+                             capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode == 2 and "Traceback" not in res.stderr and "runs on CUDA devices" in res.stderr
+
+
+def test_past_the_trained_length_is_a_one_line_warning():
+    res = _cli("generate", "Lily", "--max-new-tokens", "520")  # the demo model was trained on 512 positions
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if "max_position_embeddings (512)" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning: ")
+    assert "RuntimeWarning" not in res.stderr

@@ -13,13 +13,8 @@ pytest.importorskip("transformers")
 from codellama_fast import CodeLlamaTokenizerFast, InfillingUnsupported  # noqa: E402
 from codellama_fast.engine import Engine, load_model  # noqa: E402
 from codellama_fast.engine.sampling import SamplingParams, filter_logits, sample  # noqa: E402
-from tests.conftest import CODELLAMA_DIR, LLAMA2_MODEL  # noqa: E402
+from tests.conftest import LLAMA2_MODEL  # noqa: E402
 from tests.engine_helpers import make_hf_model, save  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
 
 
 @pytest.fixture(scope="module")

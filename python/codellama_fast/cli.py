@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -112,15 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _print_warning(message: Warning | str, category: type[Warning], *_args: object, **_kwargs: object) -> None:
+    # A command-line user needs the message, not the library line that raised it.
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (TokenizerError, EngineError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        return 0
+    with warnings.catch_warnings():
+        warnings.showwarning = _print_warning
+        try:
+            return int(args.func(args) or 0)
+        except (TokenizerError, EngineError, FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except BrokenPipeError:
+            return 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,10 @@ class OutOfMemoryError(EngineError, MemoryError):
     """An allocation (KV cache, weights) would not fit in the device's free memory."""
 
 
+class DeviceError(EngineError, ValueError):
+    """The requested device or backend is unknown, unsupported or not present (e.g. ``cuda`` with no GPU)."""
+
+
 class ConversionError(EngineError, ValueError):
     """A checkpoint conversion failed (missing shards, inconsistent shapes, unknown params)."""
 
@@ -44,5 +48,6 @@ __all__ = [
     "CheckpointError",
     "UnsupportedConfigError",
     "OutOfMemoryError",
+    "DeviceError",
     "ConversionError",
 ]

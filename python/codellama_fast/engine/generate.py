@@ -15,7 +15,7 @@ import torch
 from ..errors import CheckpointError, InfillingUnsupported
 from ..tokenizer import FILL_MARKER, CodeLlamaTokenizerFast
 from .cache import KVCache
-from . import fused_decode
+from . import arguments, fused_decode
 from .chat import chat_prompt_ids
 from .cuda_graph import GraphDecoder, pick_faster
 from .loader import generation_config, load_model
@@ -184,8 +184,18 @@ class Engine:
         if unknown:
             raise TypeError(f"unknown generation arguments: {', '.join(sorted(unknown))}")
         cfg = GenerationConfig(**{**self.defaults, **overrides})
+        cfg.max_new_tokens = arguments.check_int("max_new_tokens", cfg.max_new_tokens)
         if cfg.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {cfg.max_new_tokens}")
+        cfg.temperature = arguments.check_real("temperature", cfg.temperature)
+        cfg.top_k = arguments.check_int("top_k", cfg.top_k, optional=True)
+        cfg.top_p = arguments.check_real("top_p", cfg.top_p, optional=True)
+        cfg.seed = arguments.check_int("seed", cfg.seed, optional=True)
+        cfg.stop = arguments.stop_strings(cfg.stop)
+        cfg.stop_token_ids = arguments.token_id_list("stop_token_ids", cfg.stop_token_ids)
+        if not isinstance(cfg.stop_at_eos, bool):
+            raise TypeError(f"stop_at_eos must be a bool, got {type(cfg.stop_at_eos).__name__}")
+        cfg.sampling()  # value checks (temperature >= 0, top_k >= 1, 0 < top_p <= 1)
         return cfg
 
     def _prepare(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -254,11 +264,12 @@ class Engine:
         return logits
 
     def _steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float],
-               check_every: int | None = None) -> Iterator[list[int]]:
+               check_every: int | None = None, warn_stacklevel: int = 5) -> Iterator[list[int]]:
         """Yields the sampled token of every sequence, step by step (host lists of length B).
         On CUDA with the Triton ops, decode steps are CUDA-graph replays and the host reads the
-        ids every `check_every` steps."""
+        ids every `check_every` steps. `warn_stacklevel` points warnings at the user's call."""
         tokens, kv_start_now, t = self._prepare(prompts)
+        arguments.warn_past_context(t, cfg.max_new_tokens, self.model.config.max_position_embeddings, warn_stacklevel)
         b = tokens.shape[0]
         if cfg.max_new_tokens == 0:
             return
@@ -352,8 +363,7 @@ class Engine:
     # ------------------------------------------------------------------ public API
 
     def encode_prompts(self, prompts: str | Sequence[str]) -> list[list[int]]:
-        texts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return [self.tokenizer.encode(t) for t in texts]
+        return [self.tokenizer.encode(t) for t in arguments.prompt_texts(prompts)]
 
     def generate(self, prompts: str | Sequence[str] | None = None, *, input_ids: Sequence[Sequence[int]] | None = None, **kwargs: Any) -> GenerationResult:
         """Generates a continuation of each prompt (a batch is left-padded and runs together).
@@ -362,25 +372,24 @@ class Engine:
         ``seed``, ``stop`` (strings), ``stop_token_ids``, ``stop_at_eos``.
         """
         cfg = self._config(kwargs)
-        if input_ids is None:
-            if prompts is None:
-                raise ValueError("give prompts (text) or input_ids")
-            input_ids = self.encode_prompts(prompts)
-        return self._run(input_ids, cfg, self._stop_ids(cfg), self._continuation_decoder(input_ids))
+        if (prompts is None) == (input_ids is None):
+            raise ValueError("give either prompts (text) or input_ids, not both" if prompts is not None else "give prompts (text) or input_ids")
+        ids = self.encode_prompts(prompts) if input_ids is None else arguments.prompt_id_lists(input_ids)
+        return self._run(ids, cfg, self._stop_ids(cfg), self._continuation_decoder(ids))
 
     def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[str]:
         """Yields text deltas of one prompt's continuation as tokens are generated. The deltas
         concatenate to ``generate(prompt).text``: text that could be the start of a stop string is
         held back until it is known not to be one."""
         cfg = self._config(kwargs)
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else arguments.token_id_list("prompt", prompt)
         fresh = all(t == self.tokenizer.bos_token_id for t in ids)
         decoder = self.tokenizer.stream_decoder(skip_special_tokens=True, keep_leading_space=not fresh)
         stop_ids = self._stop_ids(cfg)
         stops = [s for s in cfg.stop if s]
         text, emitted = "", 0
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
-        for host in self._steps([ids], cfg, stats, check_every=1):
+        for host in self._steps([ids], cfg, stats, check_every=1, warn_stacklevel=4):
             if host[0] in stop_ids:
                 break
             text += decoder.step(host[0])

@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import CheckpointError
 from .config import LlamaConfig
 from .model import LlamaModel
-from .ops import select_ops
+from .ops import resolve_device, select_ops
 from .progress import Progress
 
 _DTYPES = {
@@ -200,7 +200,8 @@ def load_model(
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"model folder {folder} does not exist")
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
+    ops = select_ops(device, backend)  # a bad device or backend fails before any weight is read
     cfg = LlamaConfig.from_file(folder / "config.json")
     src = WeightSource(folder)
     validate(cfg, src)
@@ -239,7 +240,7 @@ def load_model(
         put(model.lm_head, "weight", fetch("lm_head.weight"))
     bar.close()
     model.inv_freq = LlamaModel.rope_inv_freq(cfg, device)
-    model.ops = select_ops(device, backend)
+    model.ops = ops
     model.eval()
     return model
 

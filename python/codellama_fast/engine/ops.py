@@ -29,6 +29,7 @@ from typing import Protocol
 
 import torch
 
+from ..errors import DeviceError
 from ..kernels import reference
 
 
@@ -108,6 +109,28 @@ class TorchOps:
         return reference.linear_residual(x, w, residual)
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to load onto: CUDA when present unless one is named. A named device must parse,
+    be a CPU or CUDA device, and exist, or DeviceError says which part failed."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise DeviceError(f"unknown device {device!r}; use 'cuda', 'cuda:N' or 'cpu'") from exc
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise DeviceError(f"device type {dev.type!r} is not supported; use 'cuda', 'cuda:N' or 'cpu'")
+    if not torch.cuda.is_available():
+        built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
+        raise DeviceError(f"device {str(dev)!r} was asked for but torch finds no CUDA GPU here (torch {torch.__version__}, {built}); "
+                          "use device='cpu'")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {str(dev)!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def select_ops(device: torch.device, backend: str = "auto") -> Ops:
     """``auto``: Triton kernels on CUDA when Triton imports, else the torch reference."""
     if backend == "torch":
@@ -116,10 +139,14 @@ def select_ops(device: torch.device, backend: str = "auto") -> Ops:
         if device.type == "cuda" or backend == "triton":
             try:
                 from ..kernels.triton_ops import TritonOps
+                from ..kernels.tuning import INTERPRET
             except ImportError as exc:
                 if backend == "triton":
-                    raise RuntimeError(f"the Triton backend is unavailable: {exc}") from exc
+                    raise DeviceError(f"the Triton backend is unavailable: {exc}") from exc
                 return TorchOps()
+            if device.type != "cuda" and not INTERPRET:
+                raise DeviceError(f"the Triton backend runs on CUDA devices, not {device.type}; use backend='torch' there "
+                                  "(or set TRITON_INTERPRET=1 before importing codellama_fast to run the kernels in Triton's slow interpreter)")
             return TritonOps()
         return TorchOps()
-    raise ValueError(f"unknown ops backend {backend!r}; use 'auto', 'torch' or 'triton'")
+    raise DeviceError(f"unknown ops backend {backend!r}; use 'auto', 'torch' or 'triton'")

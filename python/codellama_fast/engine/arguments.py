@@ -1,0 +1,107 @@
+"""Checks and normalises what callers pass to ``Engine.generate``/``stream``/``infill``/``chat``,
+so that a wrong type or value fails at once with a message naming the argument, instead of deep
+inside torch or, worse, producing a plausible wrong answer (a float id truncated to an int, a stop
+string read as a list of one-letter stops, a NaN temperature sampling token 0)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Any, Sequence
+
+import torch
+
+
+def _is_int(x: Any) -> bool:
+    # bool is an Integral, but True as a token id or a token count is a mistake, not a choice.
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def check_int(name: str, value: Any, *, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int{' or None' if optional else ''}, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def check_real(name: str, value: Any, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a number{' or None' if optional else ''}, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def stop_strings(value: Any) -> tuple[str, ...]:
+    """``stop``: one string or a sequence of strings (a lone string is one stop, not its letters)."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (bytes, bytearray)) or not isinstance(value, Sequence) and not isinstance(value, (set, frozenset)):
+        raise TypeError(f"stop must be a str or a sequence of str, got {type(value).__name__}")
+    bad = [s for s in value if not isinstance(s, str)]
+    if bad:
+        raise TypeError(f"stop must contain only str, got {type(bad[0]).__name__} {bad[0]!r}")
+    return tuple(value)
+
+
+def token_id_list(name: str, value: Any) -> list[int]:
+    """A sequence of token ids (list, tuple, 1-D tensor or array) -> list[int]; floats and other
+    types are refused rather than truncated."""
+    if isinstance(value, torch.Tensor) or hasattr(value, "tolist") and hasattr(value, "ndim"):
+        if value.ndim != 1:
+            raise ValueError(f"{name} must be 1-D, got a {value.ndim}-D {type(value).__name__}")
+        value = value.tolist()
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a sequence of int token ids, got {type(value).__name__}")
+    for i, t in enumerate(value):
+        if not _is_int(t):
+            raise TypeError(f"{name}[{i}] must be an int token id, got {type(t).__name__} {t!r}")
+    return [int(t) for t in value]
+
+
+def prompt_id_lists(input_ids: Any) -> list[list[int]]:
+    """``input_ids``: one prompt (a flat sequence of ids or a 1-D tensor) or a batch (a sequence of
+    them, or a 2-D tensor). Rows are the real tokens of each prompt: the engine pads a batch
+    itself, so padded rows would be read as prompt text."""
+    if isinstance(input_ids, torch.Tensor) or hasattr(input_ids, "tolist") and hasattr(input_ids, "ndim"):
+        if input_ids.ndim not in (1, 2):
+            raise ValueError(f"input_ids must be 1-D (one prompt) or 2-D (a batch), got {input_ids.ndim}-D")
+        input_ids = input_ids.tolist()
+    if isinstance(input_ids, (str, bytes)) or not isinstance(input_ids, Sequence):
+        raise TypeError(f"input_ids must be a list of token ids or a list of such lists, got {type(input_ids).__name__}")
+    if len(input_ids) > 0 and all(_is_int(t) for t in input_ids):
+        return [[int(t) for t in input_ids]]
+    return [token_id_list(f"input_ids[{i}]", row) for i, row in enumerate(input_ids)]
+
+
+def prompt_texts(prompts: Any) -> list[str]:
+    """``prompts``: one str or a sequence of str."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if isinstance(prompts, (bytes, bytearray)) or not isinstance(prompts, Sequence):
+        raise TypeError(f"prompts must be a str or a sequence of str, got {type(prompts).__name__}")
+    bad = [p for p in prompts if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"prompts must contain only str, got {type(bad[0]).__name__} {bad[0]!r}; pass token ids as input_ids=")
+    return list(prompts)
+
+
+def warn_past_context(prompt_len: int, max_new_tokens: int, max_positions: int, stacklevel: int = 2) -> None:
+    """Generation may run past the length the model was trained for (RoPE positions it never saw):
+    allowed, as in transformers, but said."""
+    if prompt_len + max_new_tokens > max_positions:
+        warnings.warn(
+            f"the prompt ({prompt_len} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the model's "
+            f"max_position_embeddings ({max_positions}); text past that length may degrade",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )

@@ -1,0 +1,126 @@
+"""What callers pass to the engine is checked at the call: wrong types and values raise a typed
+error naming the argument (never a torch traceback or a silently different request), a device or
+backend that cannot run fails before weights load, and running past the model's trained length
+warns."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from codellama_fast import DeviceError, EngineError  # noqa: E402
+from codellama_fast.engine import Engine, load_model  # noqa: E402
+from tests.engine_helpers import make_hf_model, save  # noqa: E402
+from tests.test_generate import scripted  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save(make_hf_model("gqa4", seed=11), tmp_path_factory.mktemp("args"))
+
+
+@pytest.fixture()
+def engine(model_dir, tok):
+    return Engine(load_model(model_dir, device="cpu"), tok)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"max_new_tokens": 2.5}, TypeError, "max_new_tokens must be an int"),
+        ({"max_new_tokens": "3"}, TypeError, "max_new_tokens must be an int"),
+        ({"max_new_tokens": -1}, ValueError, "max_new_tokens must be >= 0"),
+        ({"temperature": "hot"}, TypeError, "temperature must be a number"),
+        ({"temperature": float("nan")}, ValueError, "temperature must be finite"),
+        ({"temperature": float("inf")}, ValueError, "temperature must be finite"),
+        ({"top_k": 2.0, "temperature": 1.0}, TypeError, "top_k must be an int"),
+        ({"top_p": float("nan"), "temperature": 1.0}, ValueError, "top_p must be finite"),
+        ({"seed": "1"}, TypeError, "seed must be an int"),
+        ({"stop": 3}, TypeError, "stop must be a str"),
+        ({"stop": ["x", None]}, TypeError, "stop must contain only str"),
+        ({"stop_token_ids": [2.0]}, TypeError, r"stop_token_ids\[0\] must be an int"),
+        ({"stop_at_eos": "no"}, TypeError, "stop_at_eos must be a bool"),
+        ({"max_tokens": 3}, TypeError, "unknown generation arguments: max_tokens"),
+    ],
+)
+def test_bad_generation_arguments_are_named(engine, kwargs, error, words):
+    for call in (lambda: engine.generate("x", **kwargs), lambda: list(engine.stream("x", **kwargs))):
+        with pytest.raises(error, match=words):
+            call()
+
+
+def test_sampling_params_refuse_nan():
+    from codellama_fast.engine.sampling import SamplingParams
+
+    with pytest.raises(ValueError, match="finite"):
+        SamplingParams(temperature=float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "words"),
+    [
+        (lambda e: e.generate(5), TypeError, "prompts must be a str or a sequence of str"),
+        (lambda e: e.generate(["a", 1]), TypeError, "prompts must contain only str"),
+        (lambda e: e.generate(b"abc"), TypeError, "prompts must be a str"),
+        (lambda e: e.generate(), ValueError, "give prompts"),
+        (lambda e: e.generate("a", input_ids=[1]), ValueError, "not both"),
+        (lambda e: e.generate(input_ids=[[1.5, 2]]), TypeError, r"input_ids\[0\]\[0\] must be an int token id, got float"),
+        (lambda e: e.generate(input_ids=[[1, True]]), TypeError, r"input_ids\[0\]\[1\] must be an int token id, got bool"),
+        (lambda e: e.generate(input_ids="abc"), TypeError, "input_ids must be a list"),
+        (lambda e: e.generate(input_ids=torch.ones(1, 2, 3, dtype=torch.long)), ValueError, "1-D .* or 2-D"),
+        (lambda e: e.generate(input_ids=[[1, 10**9]]), ValueError, "outside the model's vocabulary"),
+        (lambda e: list(e.stream(["a", "b"])), TypeError, r"prompt\[0\] must be an int token id, got str"),
+    ],
+)
+def test_bad_prompts_are_named(engine, call, error, words):
+    with pytest.raises(error, match=words):
+        call(engine)
+
+
+def test_input_id_forms_give_the_same_tokens(engine):
+    """A flat list, a list of lists, a 1-D and a 2-D tensor are the same one prompt; numpy ints count as ints."""
+    np = pytest.importorskip("numpy")
+    ids = [1, 822, 285]
+    want = engine.generate(input_ids=[ids], max_new_tokens=4, stop_at_eos=False).token_ids
+    for form in (ids, torch.tensor(ids), torch.tensor([ids]), np.array([ids]), [np.int64(i) for i in ids]):
+        assert engine.generate(input_ids=form, max_new_tokens=4, stop_at_eos=False).token_ids == want
+
+
+def test_a_lone_stop_string_is_one_stop_not_its_letters(engine, tok):
+    # The text " lag girl ..." holds the letters of "girl" before the word itself: read as a list of
+    # one-letter stops it would stop at the "l" of "lag".
+    script = tok.encode("lag girl here", add_special_tokens=False) + [2]  # "▁lag ▁girl ▁here"
+    scripted(engine, script)
+    assert engine.generate("x", stop="girl", max_new_tokens=20).text == " lag "
+    scripted(engine, script)
+    assert "".join(engine.stream("x", stop="girl", max_new_tokens=20)) == " lag "
+
+
+def test_running_past_the_trained_length_warns_once_at_the_callers_line(engine):
+    limit = engine.model.config.max_position_embeddings
+    ids = [1] + [29871] * (limit - 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # within the limit: no warning
+        engine.generate(input_ids=[ids], max_new_tokens=2, stop_at_eos=False)
+    with pytest.warns(RuntimeWarning, match="max_position_embeddings") as caught:
+        engine.generate(input_ids=[ids], max_new_tokens=3, stop_at_eos=False)
+    assert len(caught) == 1 and caught[0].filename == __file__
+    with pytest.warns(RuntimeWarning, match="max_position_embeddings") as caught:
+        list(engine.stream(ids, max_new_tokens=3, stop_at_eos=False))
+    assert caught[0].filename == __file__
+
+
+def test_device_and_backend_fail_before_loading(model_dir):
+    absent = f"cuda:{torch.cuda.device_count() + 3}" if torch.cuda.is_available() else "cuda"
+    with pytest.raises(DeviceError, match="does not exist" if torch.cuda.is_available() else "no CUDA GPU"):
+        load_model(model_dir, device=absent)
+    for device, words in (("foo", "unknown device 'foo'"), ("meta", "not supported")):
+        with pytest.raises(DeviceError, match=words):
+            load_model(model_dir, device=device)
+    with pytest.raises(DeviceError, match="unknown ops backend"):
+        load_model(model_dir, device="cpu", backend="cuda")
+    assert issubclass(DeviceError, EngineError) and issubclass(DeviceError, ValueError)
