@@ -161,6 +161,7 @@ def _write_v1(path: Path, h, w: dict[str, torch.Tensor], version: int = 1, group
 
 
 @pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.filterwarnings("ignore:.*has no tokenizer:RuntimeWarning")  # weights only: compared tensor by tensor
 def test_llama2c_versioned_formats(tmp_path, version):
     raw = (STORIES_DIR / "stories260K.bin").read_bytes()
     h = struct.unpack("<7i", raw[:28])
@@ -299,6 +300,24 @@ def test_cli_convert_llama2c(tmp_path):
     assert gen.returncode == 0, gen.stderr
     assert gen.stdout.startswith("Once upon a time")
     assert "tokens/s" in gen.stderr and "tokens/s" not in gen.stdout
+
+
+def test_cli_convert_reads_the_kind_from_the_input_and_warns_without_a_tokenizer(tmp_path):
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "codellama_fast.cli", *args], capture_output=True, text=True)
+
+    res = cli("convert", "--input", str(STORIES_DIR / "stories260K.bin"), "--output", str(tmp_path / "st"))  # no --from
+    assert res.returncode == 0, res.stderr
+    assert "warning: " in res.stderr and "has no tokenizer" in res.stderr
+    assert (tmp_path / "st" / "model.safetensors").is_file() and not (tmp_path / "st" / "tokenizer.model").exists()
+    gen = cli("generate", "--model", str(tmp_path / "st"), "--max-new-tokens", "5")
+    assert gen.returncode == 2 and "--tokenizer" in gen.stderr
+    gen = cli("generate", "--model", str(tmp_path / "st"), "--tokenizer", str(STORIES_DIR / "tok512.model"), "--max-new-tokens", "8")
+    assert gen.returncode == 0 and gen.stdout.startswith("Once upon a time"), gen.stderr
+    missing = cli("convert", "--input", str(tmp_path / "absent.bin"), "--output", str(tmp_path / "x"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and not (tmp_path / "x").exists()
+    folder = cli("convert", "--input", str(STORIES_DIR), "--output", str(tmp_path / "y"))  # a folder reads as Meta's layout
+    assert folder.returncode == 2 and "params.json" in folder.stderr
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", "{not json", b"\xff\xfe{}"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from .data import DEMO_MODEL_DIR
@@ -117,6 +118,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_kind(path: Path) -> str:
+    """--from when not given: a file is a llama2.c checkpoint, a folder Meta's layout."""
+    if path.is_file():
+        return "llama2c"
+    if path.is_dir():
+        return "meta"
+    raise FileNotFoundError(f"--input {path} does not exist")
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     import torch
 
@@ -126,7 +136,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
              "float32": torch.float32, "fp32": torch.float32}.get(args.dtype)
     if dtype is None:
         raise SystemExit(f"error: unknown --dtype {args.dtype}; use float16, bfloat16 or float32")
-    if args.source == "llama2c":
+    source = args.source or _checkpoint_kind(Path(args.input))
+    if source == "llama2c":
         out = convert_llama2c(args.input, args.tokenizer, args.output, dtype=dtype, rope_theta=args.rope_theta, force=args.force, progress=True)
     else:
         out = convert_meta(args.input, args.output, model_size=args.model_size, dtype=dtype, force=args.force, progress=True)
@@ -158,7 +169,8 @@ def add_engine_commands(sub: Any) -> None:
     v = sub.add_parser("convert", help="convert Meta (consolidated.*.pth) or llama2.c checkpoints to an HF folder")
     v.add_argument("--input", required=True, help="Meta checkpoint folder, or a llama2.c .bin file")
     v.add_argument("--output", required=True, help="HF folder to create")
-    v.add_argument("--from", dest="source", choices=["meta", "llama2c"], default="meta")
+    v.add_argument("--from", dest="source", choices=["meta", "llama2c"], default=None,
+                   help="checkpoint kind (default: llama2c for a file, meta for a folder)")
     v.add_argument("--model-size", default=None, help="7B | 13B | 34B (checked against params.json; inferred when omitted)")
     v.add_argument("--dtype", default="float16", help="float16 (default) | bfloat16 | float32")
     v.add_argument("--tokenizer", default=None, help="llama2c: the sentencepiece tokenizer.model to ship with the model")

@@ -15,12 +15,14 @@ wq/wk are permuted to HF's rotate-half layout.
 from __future__ import annotations
 
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..data import BUNDLED_VOCAB_SIZE
 from ..engine.config import LlamaConfig
 from ..errors import ConversionError
 from .hf_folder import finish_output, hf_plan, permute_rotary, prepare_output, save_tokenizer, write_model
@@ -172,4 +174,7 @@ def convert_llama2c(checkpoint: Path, tokenizer_model: Path | None, output: Path
 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if tokenizer_model is None and h.vocab_size != BUNDLED_VOCAB_SIZE:
+        warnings.warn(f"{output} has no tokenizer: pass the checkpoint's sentencepiece tokenizer.model when converting "
+                      "(tokenizer_model, --tokenizer), or a tokenizer when loading it", RuntimeWarning, stacklevel=2)
     return Path(output)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from ..data import BUNDLED_VOCAB_SIZE
 from ..errors import CheckpointError, InfillingUnsupported
 from ..tokenizer import FILL_MARKER, CodeLlamaTokenizerFast
 from .cache import KVCache
@@ -170,10 +171,11 @@ class Engine:
             tok = CodeLlamaTokenizerFast.from_pretrained(tokenizer)
         elif (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file():
             tok = CodeLlamaTokenizerFast.from_pretrained(path)
-        elif model.config.vocab_size == 32016:
+        elif model.config.vocab_size == BUNDLED_VOCAB_SIZE:
             tok = CodeLlamaTokenizerFast.from_pretrained()
         else:
-            raise CheckpointError(f"{path} has no tokenizer files and its vocabulary ({model.config.vocab_size}) is not Code Llama's; pass tokenizer=")
+            raise CheckpointError(f"{path} has no tokenizer files and its vocabulary ({model.config.vocab_size}) is not Code Llama's; "
+                                  "pass tokenizer= (--tokenizer on the command line)")
         gen = generation_config(path)
         return cls(model, tok, defaults={k: gen[k] for k in ("temperature", "top_k", "top_p", "max_new_tokens") if k in gen and gen.get("do_sample", True)})
 
