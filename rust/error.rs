@@ -22,7 +22,7 @@ pub enum TokenizerError {
     },
 
     /// A token id outside `0..vocab_size` was passed to decode or a lookup.
-    #[error("token id {id} is out of range for a vocabulary of {vocab_size} pieces (valid ids are 0..{vocab_size})")]
+    #[error("token id {id} is out of range for a vocabulary of {vocab_size} pieces (valid ids are 0 to {last})", last = .vocab_size.saturating_sub(1))]
     IdOutOfRange { id: i64, vocab_size: usize },
 
     /// Input the caller gave is not acceptable (message says why and what to do).

@@ -113,6 +113,16 @@ def test_bad_inputs_are_typed_errors():
         t.decode([2**40])
     with pytest.raises(TokenIdError):
         t.convert_ids_to_tokens([-5])
+    for call in (t.decode, t.convert_ids_to_tokens, lambda ids: t.batch_decode([[1], ids])):  # beyond 64 bits
+        with pytest.raises(TokenIdError, match="out of range"):
+            call([1, 2**70])
+    with pytest.raises(TokenIdError, match=r"valid ids are 0 to 32015\)"):
+        t.decode([32016])
+    for side in ("padding_side", "truncation_side"):  # checked when set, not at the next call
+        with pytest.raises(TokenizerError, match=f"{side} must be 'left' or 'right', not 'middle'"):
+            setattr(CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR), side, "middle")
+        with pytest.raises(TokenizerError, match=side):
+            CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR, **{side: "middle"})
     with pytest.raises(TokenizerError, match="max_length=1"):
         CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR, add_eos_token=True)("abc def", truncation=True, max_length=1)
     with pytest.raises(TokenizerError, match="return_tensors"):

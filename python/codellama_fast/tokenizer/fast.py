@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import _native
-from ..errors import InfillingUnsupported, TokenizerError
+from ..errors import InfillingUnsupported, TokenIdError, TokenizerError
 from .batch_encoding import BatchEncoding
 from .batching import _PADDING_STRATEGIES, BatchingMixin
 from .files import TokenizerFiles, resolve, token_content
@@ -43,7 +43,9 @@ def _ids_list(ids: Any) -> Any:
 def _native_ids(call: Any, *args: Any) -> Any:
     try:
         return call(*args)
-    except (TypeError, OverflowError) as exc:
+    except OverflowError as exc:  # an int beyond 64 bits: an id, just far out of range
+        raise TokenIdError(f"a token id is out of range for any vocabulary: {exc}") from None
+    except TypeError as exc:
         raise TypeError(f"token ids must be ints: {exc}") from None
 
 
@@ -199,6 +201,27 @@ class CodeLlamaTokenizerFast(BatchingMixin, SavingMixin):
             raise TokenizerError(f"pad token {value!r} is not in the vocabulary; use an existing piece such as {self.eos_token!r} or {self.unk_token!r}")
         self._pad_token = value
 
+    # The sides are checked when set: a typo would otherwise pad or cut the wrong end silently.
+    @property
+    def padding_side(self) -> str:
+        return self._padding_side
+
+    @padding_side.setter
+    def padding_side(self, value: str) -> None:
+        if value not in ("left", "right"):
+            raise TokenizerError(f"padding_side must be 'left' or 'right', not {value!r}")
+        self._padding_side = value
+
+    @property
+    def truncation_side(self) -> str:
+        return self._truncation_side
+
+    @truncation_side.setter
+    def truncation_side(self, value: str) -> None:
+        if value not in ("left", "right"):
+            raise TokenizerError(f"truncation_side must be 'left' or 'right', not {value!r}")
+        self._truncation_side = value
+
     @property
     def pad_token_id(self) -> int | None:
         return None if self._pad_token is None else self._native.piece_to_id(self._pad_token)
@@ -301,12 +324,12 @@ class CodeLlamaTokenizerFast(BatchingMixin, SavingMixin):
 
     def convert_ids_to_tokens(self, ids: int | Sequence[int], skip_special_tokens: bool = False) -> str | list[str]:
         if isinstance(ids, int):
-            return self._native.id_to_piece(ids)
+            return _native_ids(self._native.id_to_piece, ids)
         out = []
         for i in _ids_list(ids):
             if skip_special_tokens and i in self.all_special_ids:
                 continue
-            out.append(self._native.id_to_piece(i))
+            out.append(_native_ids(self._native.id_to_piece, i))
         return out
 
     def convert_tokens_to_ids(self, tokens: str | Iterable[str]) -> int | list[int]:
