@@ -235,6 +235,28 @@ def test_static_buffer_decode_step_matches_plain_loop(tmp_path, greedy):
     assert graphed.generate(prompts, **kw).token_ids == plain.generate(prompts, **kw).token_ids
 
 
+def test_interleaved_streams_of_one_shape_do_not_share_a_cache(tmp_path):
+    """Two streams of the same shape consumed in turn, and a generate call in between, each give
+    their own continuation: the graph state (KV cache, static buffers) serves one generation at a
+    time, and an overlapping one runs on a cache of its own."""
+    pytest.importorskip("transformers")
+    from tests.engine_helpers import make_hf_model, save
+
+    folder = save(make_hf_model("mha", seed=6), tmp_path / "m")
+    eng = _triton_engine(folder, graph=True, decode_step="plain")
+    kw = dict(max_new_tokens=6, stop_at_eos=False)
+    prompts = [[1, 921, 353, 518], [1, 1596, 29898, 29874]]  # the same (batch, length): one graph key
+    alone = [eng.generate(input_ids=[p], **kw) for p in prompts]
+    assert alone[0].token_ids != alone[1].token_ids
+    streams = [eng.stream(p, **kw) for p in prompts]
+    firsts = [next(s) for s in streams]  # both prefilled before either decodes
+    between = eng.generate(input_ids=[prompts[1]], **kw)
+    texts = [first + "".join(s) for first, s in zip(firsts, streams)]
+    assert texts == [a.text for a in alone]
+    assert between.token_ids == alone[1].token_ids
+    assert [eng.generate(input_ids=[p], **kw).token_ids for p in prompts] == [a.token_ids for a in alone]  # state reusable after
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("m,k,n", [(1, 64, 48), (1, 100, 37), (1, 300, 130), (2, 100, 37), (7, 300, 130), (16, 64, 48)])
 def test_fused_gemv(dtype, m, k, n):

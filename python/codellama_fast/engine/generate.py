@@ -4,6 +4,7 @@ infilling and Instruct chat."""
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -150,6 +151,8 @@ class Engine:
         # Prefill runs in chunks of at most this many tokens (batch × length) to bound activations.
         self.prefill_chunk_tokens = 16384
         self._graphs: dict[tuple[int, int, bool], Any] = {}
+        self._leased: set[tuple[int, int, bool]] = set()  # graph keys a generation is using now
+        self._lease_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -277,12 +280,33 @@ class Engine:
             return
         params = cfg.sampling()
         max_len = t + cfg.max_new_tokens
+        # The shared graph state of a (batch, length, greedy) key serves one generation at a time:
+        # a generation that overlaps it (interleaved streams, another thread) gets a cache of its
+        # own and the uncaptured loop, rather than overwriting the first one's cache.
+        key = (b, max_len, params.greedy)
+        leased = False
+        if self._use_graph() and cfg.max_new_tokens > 1:
+            with self._lease_lock:
+                leased = key not in self._leased
+                self._leased.add(key)
+        try:
+            yield from self._generate_steps(tokens, kv_start_now, t, cfg, params, stats, check_every, leased)
+        finally:
+            if leased:
+                with self._lease_lock:
+                    self._leased.discard(key)
+
+    def _generate_steps(self, tokens: torch.Tensor, kv_start_now: torch.Tensor, t: int, cfg: GenerationConfig,
+                        params: SamplingParams, stats: dict[str, float], check_every: int | None,
+                        use_graph: bool) -> Iterator[list[int]]:
+        b = tokens.shape[0]
+        max_len = t + cfg.max_new_tokens
         gen = None
         if cfg.seed is not None:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(cfg.seed)
         graph = None
-        if self._use_graph() and cfg.max_new_tokens > 1:
+        if use_graph:
             cache, kv_start, graph = self._graph_state(b, max_len, params.greedy)
             kv_start.copy_(kv_start_now)
         else:
