@@ -60,6 +60,15 @@ def test_sampling_params_refuse_nan():
         SamplingParams(temperature=float("nan"))
 
 
+@pytest.mark.parametrize("temperature", [1e-3, 1e-30, 1e-45, 5e-324])
+def test_a_tiny_temperature_is_the_argmax_not_an_overflow(temperature):
+    from codellama_fast.engine.sampling import SamplingParams, sample
+
+    logits = torch.randn(4, 1000) * 8
+    for params in (SamplingParams(temperature), SamplingParams(temperature, top_k=5), SamplingParams(temperature, top_p=0.9)):
+        assert torch.equal(sample(logits, params, torch.Generator().manual_seed(1)), logits.argmax(-1))
+
+
 @pytest.mark.parametrize(
     ("call", "error", "words"),
     [

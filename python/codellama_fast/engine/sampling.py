@@ -47,9 +47,13 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
     """logits [B, V] -> token ids [B] (int64), on the logits' device."""
-    if params.greedy:
+    # A temperature below the logits dtype's smallest number divides by zero: it is greedy.
+    if params.greedy or torch.tensor(params.temperature, dtype=logits.dtype).item() == 0.0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits / params.temperature, params.top_k, params.top_p)
+    # Shift the best logit to 0 before dividing: a tiny temperature then sends the others to -inf
+    # (a one-hot softmax) instead of overflowing every logit to inf and the softmax to NaN.
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / params.temperature
+    logits = filter_logits(logits, params.top_k, params.top_p)
     probs = torch.softmax(logits, dim=-1)
     noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
     return (probs / noise).argmax(dim=-1)
