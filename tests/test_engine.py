@@ -97,6 +97,55 @@ def test_batched_with_padding_equals_one_by_one(checkpoints, tok):
         assert batch.token_ids[k] == single.token_ids[0], k
 
 
+@pytest.mark.parametrize("ops", ["torch", "triton"])
+@pytest.mark.parametrize("limit", ["cap", "free memory"])
+def test_chunked_prefill_matches_transformers(checkpoints, tok, monkeypatch, ops, limit):
+    """A left-padded batch prefilled in chunks (by the token cap, or by a free-memory budget
+    that only fits 10 tokens of activations) gives each row's last logits as transformers does on
+    that row alone."""
+    from codellama_fast.engine import memory
+
+    hf, path = checkpoints["gqa4"]
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    if ops == "triton":
+        from codellama_fast.kernels.triton_ops import TritonOps
+
+        engine.model.ops = TritonOps()  # in the interpreter on CPU
+    if limit == "cap":
+        engine.prefill_chunk_tokens, per_row = 8, 4
+    else:
+        per_token = memory.prefill_bytes_per_token(engine.model.config, torch.float32)
+        monkeypatch.setattr(memory, "free_memory_bytes", lambda device: 2 * 10 * per_token + 1)
+        per_row = 5
+    widths = []
+    forward = engine.model.forward
+
+    def spy(tokens, *args, **kwargs):
+        widths.append(tokens.shape[1])
+        return forward(tokens, *args, **kwargs)
+
+    engine.model.forward = spy
+    rows = [torch.randint(3, hf.config.vocab_size, (n,)).tolist() for n in (19, 7)]
+    tokens, kv_start, t = engine._prepare(rows)
+    with torch.no_grad():
+        logits = engine._prefill(tokens, kv_start, KVCache(engine.model.config, 2, t, torch.float32, torch.device("cpu")))
+        want = torch.stack([hf(torch.tensor([r])).logits[0, -1] for r in rows])
+    assert widths == [per_row] * (t // per_row) + ([t % per_row] if t % per_row else [])
+    assert _rel(logits, want) < 1e-4
+
+
+def test_prefill_budget_shrinks_with_free_memory(checkpoints, monkeypatch):
+    from codellama_fast.engine import memory
+
+    cfg = LlamaConfig.from_file(checkpoints["gqa4"][1] / "config.json")
+    per_token = memory.prefill_bytes_per_token(cfg, torch.float16)  # measured against real peaks in test_gpu.py
+    assert per_token < memory.prefill_bytes_per_token(cfg, torch.float32)
+    cpu = torch.device("cpu")
+    for free, want in ((10**15, 16384), (2 * 100 * per_token, 100), (0, 1)):
+        monkeypatch.setattr(memory, "free_memory_bytes", lambda device, free=free: free)
+        assert memory.prefill_chunk_tokens(cfg, torch.float16, cpu, cap=16384) == want
+
+
 def test_sharded_and_bin_checkpoints_load_identically(checkpoints, tmp_path):
     hf, path = checkpoints["odd"]
     sharded = save(hf, tmp_path / "sharded", max_shard_size="100KB")

@@ -189,3 +189,38 @@ def test_graph_decode_7b_layout_matches_eager():
     eng.use_cuda_graph = True
     graphed = eng.generate(input_ids=ids, max_new_tokens=40, stop_at_eos=False).token_ids
     assert graphed == eager
+
+
+@pytest.mark.parametrize("shape", ["7B", "34B"])
+def test_prefill_activation_estimate_bounds_the_measured_peak(shape):
+    """The per-token activation bytes that size prefill chunks (engine.memory) are at least what a
+    prefill of 4096 tokens really allocates beyond the weights and the KV cache (one layer of the
+    real shape, Triton ops, fp16)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
+    from llm_bench import SHAPES, random_engine
+
+    from codellama_fast import CodeLlamaTokenizerFast
+    from codellama_fast.engine import memory
+    from codellama_fast.engine.cache import KVCache
+    from codellama_fast.engine.model import StepContext
+
+    SHAPES[shape + "-1layer"] = dict(SHAPES[shape], num_hidden_layers=1)
+    eng = random_engine(shape + "-1layer", "cuda", torch.float16, CodeLlamaTokenizerFast.from_pretrained())
+    t = 4096
+    ids = torch.randint(3, 32000, (1, t), device="cuda")
+    cache = KVCache(eng.model.config, 1, t, torch.float16, torch.device("cuda"))
+    zero = torch.zeros(1, dtype=torch.long, device="cuda")
+    ctx = StepContext(torch.arange(t, device="cuda")[None], torch.arange(t, device="cuda"), 0, zero, t)
+    with torch.inference_mode():
+        eng.model(ids, ctx, cache.layers)  # tunes and compiles first
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        eng.model(ids, ctx, cache.layers)
+        torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated() - base
+    estimate = memory.prefill_bytes_per_token(eng.model.config, torch.float16) * t
+    assert measured <= estimate, (measured, estimate)

@@ -7,25 +7,7 @@ import torch
 
 from ..errors import OutOfMemoryError
 from .config import LlamaConfig
-
-
-def free_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        return 1 << 62
+from .memory import free_memory_bytes
 
 
 def _gib(n: float) -> str:

@@ -17,7 +17,7 @@ from ..data import BUNDLED_VOCAB_SIZE
 from ..errors import CheckpointError, InfillingUnsupported
 from ..tokenizer import FILL_MARKER, CodeLlamaTokenizerFast
 from .cache import KVCache
-from . import arguments, fused_decode
+from . import arguments, fused_decode, memory
 from .chat import chat_prompt_ids
 from .cuda_graph import GraphDecoder, pick_faster
 from .loader import generation_config, load_model
@@ -148,7 +148,8 @@ class Engine:
         # `decode_step_used` says which one the last graph runs.
         self.decode_step = "auto"
         self.decode_step_used: str | None = None
-        # Prefill runs in chunks of at most this many tokens (batch × length) to bound activations.
+        # Prefill runs in chunks of at most this many tokens (batch × length) to bound activations,
+        # fewer when the free memory is short (engine.memory.prefill_chunk_tokens).
         self.prefill_chunk_tokens = 16384
         self._graphs: dict[tuple[int, int, bool], Any] = {}
         self._leased: set[tuple[int, int, bool]] = set()  # graph keys a generation is using now
@@ -256,9 +257,11 @@ class Engine:
 
     def _prefill(self, tokens: torch.Tensor, kv_start: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Runs the prompt through the model, in chunks when batch × length exceeds the prefill
-        budget (activations grow with it); returns the last position's logits [B, V]."""
+        budget: `prefill_chunk_tokens`, or fewer when their activations would not fit in half the
+        free memory (engine.memory); returns the last position's logits [B, V]."""
         b, t = tokens.shape
-        chunk = max(1, self.prefill_chunk_tokens // b)
+        budget = memory.prefill_chunk_tokens(self.model.config, self.dtype, self.device, self.prefill_chunk_tokens)
+        chunk = max(1, budget // b)
         positions = (torch.arange(t, device=self.device)[None, :] - kv_start[:, None]).clamp_min(0)
         logits = None
         for c0 in range(0, t, chunk):
