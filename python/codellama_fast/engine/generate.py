@@ -284,8 +284,10 @@ class Engine:
         params = cfg.sampling()
         max_len = t + cfg.max_new_tokens
         # The shared graph state of a (batch, length, greedy) key serves one generation at a time:
-        # a generation that overlaps it (interleaved streams, another thread) gets a cache of its
-        # own and the uncaptured loop, rather than overwriting the first one's cache.
+        # a generation that overlaps it (interleaved streams, a generate while a stream is open)
+        # gets a cache of its own and the uncaptured loop, rather than overwriting the first one's
+        # cache. (Driving one Engine from several threads at once is not supported on CUDA: a graph
+        # capture in one thread forbids the other's synchronisations.)
         key = (b, max_len, params.greedy)
         leased = False
         if self._use_graph() and cfg.max_new_tokens > 1:
