@@ -134,6 +134,29 @@ def test_chunked_prefill_matches_transformers(checkpoints, tok, monkeypatch, ops
     assert _rel(logits, want) < 1e-4
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("pads", [[0], [0, 0]])
+def test_prefill_activation_estimate_bounds_the_tracked_peak(checkpoints, name, pads):
+    """The per-token activation bytes that size prefill chunks are at least the peak of the
+    tensors the torch ops create in a 512-token prefill (tracked at the dispatcher, weights and
+    the KV cache aside), plus the last position's fp32 logits. (With left padding the torch ops
+    also build a mask of length² bytes per row, which the estimate leaves out.)"""
+    from codellama_fast.engine import memory
+    from tests.memory_tracking import LiveTensorPeak
+
+    model = load_model(checkpoints[name][1], dtype="float32", device="cpu")
+    b, t = len(pads), 512
+    ids = torch.randint(3, model.config.vocab_size, (b, t))
+    kv_start = torch.tensor(pads)
+    cache = KVCache(model.config, b, t, torch.float32, torch.device("cpu"))
+    positions = (torch.arange(t)[None] - kv_start[:, None]).clamp_min(0)
+    ctx = StepContext(positions, torch.arange(t), 0, kv_start, t)
+    with torch.inference_mode(), LiveTensorPeak(ignore=[x for kv in cache.layers for x in kv] + list(model.parameters())) as m:
+        model(ids, ctx, cache.layers)
+    logits = b * model.config.vocab_size * 4
+    assert 0 < m.peak <= memory.prefill_bytes_per_token(model.config, torch.float32) * b * t + logits
+
+
 def test_prefill_budget_shrinks_with_free_memory(checkpoints, monkeypatch):
     from codellama_fast.engine import memory
 

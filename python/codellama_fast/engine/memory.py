@@ -31,13 +31,18 @@ def free_memory_bytes(device: torch.device) -> int:
 
 def prefill_bytes_per_token(cfg: LlamaConfig, dtype: torch.dtype) -> int:
     """Activation bytes one prompt token holds at the peak of a layer's forward: the residual and
-    the normed input, plus the larger of the attention step (q/k/v, rotated q, attention output,
-    output projection) and the MLP step (gate/up output with its SwiGLU, then the down
-    projection). An upper bound on what the model's forward allocates (tests/test_gpu.py measures it)."""
+    the normed input, plus the larger of
+      - the attention step: q/k/v, up to six query-sized temporaries (the torch ops' rotate-half
+        RoPE, the attention output and its relayout) and the output projection, and
+      - the MLP step: the gate/up output, silu(gate) and the SwiGLU product (apart in the torch
+        ops), then the down projection.
+    An upper bound on what the forward allocates per token, measured in tests/test_engine.py (torch
+    ops) and tests/test_gpu.py (Triton ops). The torch ops' padding mask (chunk × length bytes
+    per row) comes on top."""
     elem = torch.empty((), dtype=dtype).element_size()
     h, q = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim
-    attn = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim + 2 * q + h
-    mlp = 3 * cfg.intermediate_size + h
+    attn = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim + 6 * q + 2 * h
+    mlp = 4 * cfg.intermediate_size + 2 * h
     return elem * (2 * h + max(attn, mlp))
 
 
