@@ -169,6 +169,35 @@ def test_prefill_budget_shrinks_with_free_memory(checkpoints, monkeypatch):
         assert memory.prefill_chunk_tokens(cfg, torch.float16, cpu, cap=16384) == want
 
 
+@pytest.mark.parametrize(
+    "gen",
+    [
+        {"bos_token_id": 1, "eos_token_id": 2},  # Code Llama's: greedy
+        {"temperature": 0.2, "top_p": 0.95},  # sampling settings without do_sample: greedy in transformers
+        {"do_sample": True, "temperature": 0.6, "top_p": 0.9},  # Llama 2 chat's (top_k defaults to 50)
+        {"do_sample": True, "top_k": 0, "max_new_tokens": 40},
+        {"do_sample": False, "max_new_tokens": 7, "temperature": 0.7},
+    ],
+)
+def test_generation_config_defaults_read_as_transformers_reads_them(checkpoints, tok, tmp_path, gen):
+    from transformers import GenerationConfig
+
+    folder = tmp_path / "m"
+    _copy(checkpoints["mha"][1], folder)
+    (folder / "generation_config.json").write_text(json.dumps(gen))
+    ref = GenerationConfig.from_pretrained(folder)
+    want = {}
+    if "max_new_tokens" in gen:
+        want["max_new_tokens"] = ref.max_new_tokens
+    if ref.do_sample:
+        want.update(temperature=ref.temperature, top_k=ref.top_k or None, top_p=ref.top_p if ref.top_p < 1.0 else None)
+    engine = Engine.from_pretrained(folder, device="cpu", tokenizer=tok)
+    assert engine.defaults == want
+    (folder / "generation_config.json").write_text("[1]")
+    with pytest.raises(CheckpointError, match="generation_config.json must hold a JSON object"):
+        Engine.from_pretrained(folder, device="cpu", tokenizer=tok)
+
+
 def test_sharded_and_bin_checkpoints_load_identically(checkpoints, tmp_path):
     hf, path = checkpoints["odd"]
     sharded = save(hf, tmp_path / "sharded", max_shard_size="100KB")

@@ -20,7 +20,7 @@ from .cache import KVCache
 from . import arguments, fused_decode, memory
 from .chat import chat_prompt_ids
 from .cuda_graph import GraphDecoder, pick_faster
-from .loader import generation_config, load_model
+from .loader import generation_defaults, load_model
 from .model import LlamaModel, StepContext
 from .sampling import SamplingParams, sample
 
@@ -180,8 +180,7 @@ class Engine:
         else:
             raise CheckpointError(f"{path} has no tokenizer files and its vocabulary ({model.config.vocab_size}) is not Code Llama's; "
                                   "pass tokenizer= (--tokenizer on the command line)")
-        gen = generation_config(path)
-        return cls(model, tok, defaults={k: gen[k] for k in ("temperature", "top_k", "top_p", "max_new_tokens") if k in gen and gen.get("do_sample", True)})
+        return cls(model, tok, defaults=generation_defaults(path))
 
     # ------------------------------------------------------------------ the core loop
 

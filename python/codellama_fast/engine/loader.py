@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..jsonfile import read_json_object
 from .config import LlamaConfig
 from .model import LlamaModel
 from .ops import resolve_device, select_ops
@@ -256,12 +257,22 @@ def _size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def generation_config(path: str | Path) -> dict[str, Any]:
+def generation_defaults(path: str | Path) -> dict[str, Any]:
+    """Generation defaults from the folder's ``generation_config.json``, read as transformers reads
+    it: ``max_new_tokens`` always; the sampling settings only when ``do_sample`` is true (otherwise
+    generation is greedy), with transformers' defaults for what the file leaves out (temperature
+    1.0, top_k 50, top_p 1.0; a top_k of 0 or a top_p of 1.0 filters nothing)."""
     f = Path(path) / "generation_config.json"
     if not f.is_file():
         return {}
-    try:
-        data = json.loads(f.read_text())
-    except ValueError as exc:
-        raise CheckpointError(f"{f} is not valid JSON: {exc}") from None
-    return data if isinstance(data, dict) else {}
+    gen = read_json_object(f, CheckpointError)
+    out: dict[str, Any] = {}
+    if isinstance(gen.get("max_new_tokens"), int):
+        out["max_new_tokens"] = gen["max_new_tokens"]
+    if gen.get("do_sample") is True:
+        out["temperature"] = float(gen.get("temperature", 1.0))
+        top_k = gen.get("top_k", 50)
+        out["top_k"] = int(top_k) if top_k else None
+        top_p = float(gen.get("top_p", 1.0))
+        out["top_p"] = top_p if top_p < 1.0 else None
+    return out
