@@ -119,6 +119,27 @@ def test_sampling_seed_top_k_top_p(model_dir, tok):
         SamplingParams(top_p=0)
 
 
+def test_filters_keep_what_transformers_warpers_keep():
+    """Temperature, then top-k, then top-p keep the same tokens as transformers' logits warpers in
+    that order (random logits without ties: at a tie the choice is arbitrary in both)."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    def warped(logits, t, k, p):
+        out = TemperatureLogitsWarper(t)(None, logits.clone())
+        out = TopKLogitsWarper(k)(None, out) if k is not None else out
+        return TopPLogitsWarper(p)(None, out) if p is not None else out
+
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    for _ in range(200):
+        v = int(torch.randint(2, 300, (), generator=g))
+        logits = torch.randn(3, v, generator=g) * float(torch.rand((), generator=g) * 6)
+        k = int(torch.randint(1, v + 3, (), generator=g))
+        p, t = float(torch.rand((), generator=g)), 0.2 + float(torch.rand((), generator=g))
+        for kk, pp in ((k, p), (None, p), (k, None)):
+            kept, want = ~torch.isinf(filter_logits(logits / t, kk, pp)), ~torch.isinf(warped(logits, t, kk, pp))
+            assert torch.equal(kept, want), (v, kk, pp)
+
+
 def _meta_chat_reference(sp, dialog):
     """Meta's chat_completion on sentencepiece: [bos]+encode(turn)+[eos] per finished exchange."""
     B_INST, E_INST, B_SYS, E_SYS = "[INST]", "[/INST]", "<<SYS>>\n", "\n<</SYS>>\n\n"
