@@ -99,6 +99,12 @@ def test_input_id_forms_give_the_same_tokens(engine):
         assert engine.generate(input_ids=form, max_new_tokens=4, stop_at_eos=False).token_ids == want
 
 
+def test_a_lone_stop_id_is_a_stop(engine, tok):
+    script = tok.encode("lag girl here", add_special_tokens=False)
+    scripted(engine, script)
+    assert engine.generate("x", stop_token_ids=script[1], max_new_tokens=20, stop_at_eos=False).token_ids == [script[:1]]
+
+
 def test_a_lone_stop_string_is_one_stop_not_its_letters(engine, tok):
     # The text " lag girl ..." holds the letters of "girl" before the word itself: read as a list of
     # one-letter stops it would stop at the "l" of "lag".

@@ -53,6 +53,11 @@ def stop_strings(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def stop_ids(value: Any) -> list[int]:
+    """``stop_token_ids``: one id or a sequence of ids."""
+    return [int(value)] if _is_int(value) else token_id_list("stop_token_ids", value)
+
+
 def token_id_list(name: str, value: Any) -> list[int]:
     """A sequence of token ids (list, tuple, 1-D tensor or array) -> list[int]; floats and other
     types are refused rather than truncated."""

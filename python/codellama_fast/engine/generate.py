@@ -197,7 +197,7 @@ class Engine:
         cfg.top_p = arguments.check_real("top_p", cfg.top_p, optional=True)
         cfg.seed = arguments.check_int("seed", cfg.seed, optional=True)
         cfg.stop = arguments.stop_strings(cfg.stop)
-        cfg.stop_token_ids = arguments.token_id_list("stop_token_ids", cfg.stop_token_ids)
+        cfg.stop_token_ids = arguments.stop_ids(cfg.stop_token_ids)
         if not isinstance(cfg.stop_at_eos, bool):
             raise TypeError(f"stop_at_eos must be a bool, got {type(cfg.stop_at_eos).__name__}")
         cfg.sampling()  # value checks (temperature >= 0, top_k >= 1, 0 < top_p <= 1)
