@@ -178,6 +178,23 @@ def test_cli_tokenize_and_decode(tmp_path, sp_codellama):
     assert bad.returncode == 2 and "out of range" in bad.stderr
 
 
+def test_cli_bad_input_is_one_error_line(tmp_path):
+    binary = tmp_path / "x.bin"
+    binary.write_bytes(b"abc\xd0\x00")
+    cases = [
+        (("tokenize", "--file", str(binary)), None, "not UTF-8 text (byte 0xd0 at offset 3)"),
+        (("tokenize", "--file", str(tmp_path)), None, "Is a directory"),
+        (("tokenize", "--file", str(tmp_path / "absent.py")), None, "No such file"),
+        (("decode",), "[1, 2", "standard input is not JSON"),
+        (("decode",), '["a"]', "JSON list of int ids"),
+        (("decode",), '{"x": 1}', "JSON list of int ids"),
+        (("decode", "abc"), None, "invalid int value"),
+    ]
+    for args, stdin, words in cases:
+        res = _cli(*args, stdin=stdin)
+        assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
+
+
 def test_pickle_and_deepcopy_round_trip(sp_codellama):
     import copy
     import pickle

@@ -21,7 +21,10 @@ def _tokenizer(path: str | None, **kwargs: Any):
 
 def _read_text(args: argparse.Namespace) -> str:
     if getattr(args, "file", None):
-        return Path(args.file).read_text(encoding="utf-8")
+        try:
+            return Path(args.file).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{args.file} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
     if args.text is not None:
         return args.text
     if sys.stdin.isatty():
@@ -41,14 +44,22 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ids_from_json(raw: str) -> list[int]:
+    """A JSON list of ids, or tokenize's {"ids": [...]} object."""
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"standard input is not JSON ({exc}); give a list of ids such as [1, 822, 285]") from None
+    if isinstance(data, dict):
+        data = data.get("ids")
+    if not isinstance(data, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in data):
+        raise ValueError('decode reads a JSON list of int ids, or tokenize\'s {"ids": [...]} object')
+    return data
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     tok = _tokenizer(args.tokenizer)
-    if args.ids:
-        ids = [int(i) for i in args.ids]
-    else:
-        raw = sys.stdin.read()
-        data = json.loads(raw)
-        ids = data["ids"] if isinstance(data, dict) else data
+    ids = args.ids or _ids_from_json(sys.stdin.read())
     sys.stdout.write(tok.decode(ids, skip_special_tokens=args.skip_special_tokens))
     sys.stdout.write("\n")
     return 0
@@ -94,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_tokenize)
 
     d = sub.add_parser("decode", help="ids -> text")
-    d.add_argument("ids", nargs="*", help="token ids (default: a JSON list or {'ids': [...]} on stdin)")
+    d.add_argument("ids", nargs="*", type=int, help="token ids (default: a JSON list or {'ids': [...]} on stdin)")
     d.add_argument("--tokenizer", help="tokenizer folder or file (default: bundled Code Llama)")
     d.add_argument("--skip-special-tokens", action="store_true")
     d.set_defaults(func=cmd_decode)
@@ -124,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = _print_warning
         try:
             return int(args.func(args) or 0)
-        except (TokenizerError, EngineError, FileNotFoundError, ValueError) as exc:
+        except (TokenizerError, EngineError, OSError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except BrokenPipeError:
