@@ -37,6 +37,12 @@ def test_engine_errors_are_one_line_with_exit_code_2(tmp_path):
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     bad = _cli("generate", "x", "--top-p", "0")
     assert bad.returncode == 2 and "top_p" in bad.stderr
+    no_marker = _cli("infill", "abc")
+    assert no_marker.returncode == 2 and "exactly one <FILL_ME>" in no_marker.stderr
+    dialog = tmp_path / "dialog.json"
+    dialog.write_text("nope")
+    not_json = _cli("chat", "--messages-json", str(dialog))
+    assert not_json.returncode == 2 and f"{dialog} is not valid JSON" in not_json.stderr and "Traceback" not in not_json.stderr
 
 
 def test_chat_runs_on_a_message():

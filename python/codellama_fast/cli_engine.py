@@ -82,7 +82,7 @@ def cmd_infill(args: argparse.Namespace) -> int:
 
         count = text.count(FILL_MARKER)
         if count != 1:
-            raise SystemExit(f"error: the text must contain exactly one {FILL_MARKER} (found {count}), or pass --suffix")
+            raise ValueError(f"the text must contain exactly one {FILL_MARKER} (found {count}), or pass --suffix")
         prefix, _, suffix = text.partition(FILL_MARKER)
     res = engine.infill(prefix, suffix, suffix_first=args.suffix_first, **_gen_kwargs(args))
     sys.stdout.write((res.text if args.full else res.middle) + ("\n" if not args.full else ""))
@@ -96,7 +96,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.system:
         messages.append({"role": "system", "content": args.system})
     if args.messages_json:
-        messages = json.loads(open(args.messages_json).read())
+        try:
+            messages = json.loads(Path(args.messages_json).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{args.messages_json} is not valid JSON ({exc}); it holds the dialog as [{{\"role\": ..., \"content\": ...}}, ...]") from None
         print(engine.chat(messages, **_gen_kwargs(args)))
         return 0
     if args.prompt is not None or not sys.stdin.isatty():
@@ -135,7 +138,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     dtype = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float32": torch.float32, "fp32": torch.float32}.get(args.dtype)
     if dtype is None:
-        raise SystemExit(f"error: unknown --dtype {args.dtype}; use float16, bfloat16 or float32")
+        raise ValueError(f"unknown --dtype {args.dtype}; use float16, bfloat16 or float32")
     source = args.source or _checkpoint_kind(Path(args.input))
     if source == "llama2c":
         out = convert_llama2c(args.input, args.tokenizer, args.output, dtype=dtype, rope_theta=args.rope_theta, force=args.force, progress=True)
