@@ -72,3 +72,19 @@ def test_past_the_trained_length_is_a_one_line_warning():
     lines = [ln for ln in res.stderr.splitlines() if "max_position_embeddings (512)" in ln]
     assert len(lines) == 1 and lines[0].startswith("warning: ")
     assert "RuntimeWarning" not in res.stderr
+
+
+def test_ctrl_c_stops_quietly():
+    import select
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "codellama_fast.cli", "generate", "Lily", "--max-new-tokens", "100000", "--stream"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 120)  # the first streamed text: generating now
+    assert ready, "no output"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err

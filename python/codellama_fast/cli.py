@@ -140,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         except BrokenPipeError:
             return 0
+        except KeyboardInterrupt:  # Ctrl-C: stop quietly with the shell's code for SIGINT
+            print(file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":
