@@ -45,3 +45,20 @@ def make_hf_model(name: str, seed: int, **over):
 def save(model, folder: Path, **kwargs) -> Path:
     model.save_pretrained(folder, **kwargs)
     return folder
+
+
+def scripted(engine, script: list[int]) -> list[list[int]]:
+    """Makes the model emit `script` token by token (then repeat its last token); returns the
+    list of input batches it was called with."""
+    calls: list[list[int]] = []
+    vocab = engine.model.config.vocab_size
+
+    def forward(tokens, ctx, caches, last_only=True):
+        calls.append(tokens[0].tolist())
+        k = min(len(calls) - 1, len(script) - 1)
+        logits = torch.zeros(tokens.shape[0], vocab)
+        logits[:, script[k]] = 10.0
+        return logits
+
+    engine.model.forward = forward  # type: ignore[method-assign]
+    return calls

@@ -14,8 +14,7 @@ pytest.importorskip("transformers")
 
 from codellama_fast import DeviceError, EngineError  # noqa: E402
 from codellama_fast.engine import Engine, load_model  # noqa: E402
-from tests.engine_helpers import make_hf_model, save  # noqa: E402
-from tests.test_generate import scripted  # noqa: E402
+from tests.engine_helpers import make_hf_model, save, scripted  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +79,7 @@ def test_a_tiny_temperature_is_the_argmax_not_an_overflow(temperature):
         (lambda e: e.generate(input_ids=[[1.5, 2]]), TypeError, r"input_ids\[0\]\[0\] must be an int token id, got float"),
         (lambda e: e.generate(input_ids=[[1, True]]), TypeError, r"input_ids\[0\]\[1\] must be an int token id, got bool"),
         (lambda e: e.generate(input_ids="abc"), TypeError, "input_ids must be a list"),
-        (lambda e: e.generate(input_ids=torch.ones(1, 2, 3, dtype=torch.long)), ValueError, "1-D .* or 2-D"),
+        (lambda e: e.generate(input_ids=torch.ones(1, 2, 3, dtype=torch.long)), ValueError, "input_ids must be 1-D or 2-D, got a 3-D"),
         (lambda e: e.generate(input_ids=[[1, 10**9]]), ValueError, "outside the model's vocabulary"),
         (lambda e: list(e.stream(["a", "b"])), TypeError, r"prompt\[0\] must be an int token id, got str"),
     ],

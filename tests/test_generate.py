@@ -14,29 +14,12 @@ from codellama_fast import CodeLlamaTokenizerFast, InfillingUnsupported  # noqa:
 from codellama_fast.engine import Engine, load_model  # noqa: E402
 from codellama_fast.engine.sampling import SamplingParams, filter_logits, sample  # noqa: E402
 from tests.conftest import LLAMA2_MODEL  # noqa: E402
-from tests.engine_helpers import make_hf_model, save  # noqa: E402
+from tests.engine_helpers import make_hf_model, save, scripted  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save(make_hf_model("gqa4", seed=7), tmp_path_factory.mktemp("gen"))
-
-
-def scripted(engine: Engine, script: list[int]) -> list[list[int]]:
-    """Makes the model emit `script` token by token (then repeat its last token); returns the
-    list of input batches it was called with."""
-    calls: list[list[int]] = []
-    vocab = engine.model.config.vocab_size
-
-    def forward(tokens, ctx, caches, last_only=True):
-        calls.append(tokens[0].tolist())
-        k = min(len(calls) - 1, len(script) - 1)
-        logits = torch.zeros(tokens.shape[0], vocab)
-        logits[:, script[k]] = 10.0
-        return logits
-
-    engine.model.forward = forward  # type: ignore[method-assign]
-    return calls
 
 
 def test_infill_prompt_and_stop_at_eot(model_dir, tok):

@@ -67,7 +67,7 @@ def write_model(
     for fname, entries in zip(names, shards):
         writer = SafetensorsWriter(tmp / fname, entries, metadata={"format": "pt"})
         try:
-            for name, _, shape in entries:
+            for name, _, _shape in entries:
                 t = produce(name).to(dtype).contiguous()
                 writer.write(name, t)
                 bar.update(t.numel() * elem)

@@ -41,6 +41,15 @@ def check_real(name: str, value: Any, *, optional: bool = False) -> float | None
     return value
 
 
+def _array_as_list(name: str, value: Any, ndims: tuple[int, ...]) -> Any:
+    """A tensor or numpy array of one of `ndims` dimensions as nested lists; anything else as given."""
+    if isinstance(value, torch.Tensor) or hasattr(value, "tolist") and hasattr(value, "ndim"):
+        if value.ndim not in ndims:
+            raise ValueError(f"{name} must be {' or '.join(f'{n}-D' for n in ndims)}, got a {value.ndim}-D {type(value).__name__}")
+        return value.tolist()
+    return value
+
+
 def stop_strings(value: Any) -> tuple[str, ...]:
     """``stop``: one string or a sequence of strings (a lone string is one stop, not its letters)."""
     if isinstance(value, str):
@@ -61,10 +70,7 @@ def stop_ids(value: Any) -> list[int]:
 def token_id_list(name: str, value: Any) -> list[int]:
     """A sequence of token ids (list, tuple, 1-D tensor or array) -> list[int]; floats and other
     types are refused rather than truncated."""
-    if isinstance(value, torch.Tensor) or hasattr(value, "tolist") and hasattr(value, "ndim"):
-        if value.ndim != 1:
-            raise ValueError(f"{name} must be 1-D, got a {value.ndim}-D {type(value).__name__}")
-        value = value.tolist()
+    value = _array_as_list(name, value, (1,))
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise TypeError(f"{name} must be a sequence of int token ids, got {type(value).__name__}")
     for i, t in enumerate(value):
@@ -77,10 +83,7 @@ def prompt_id_lists(input_ids: Any) -> list[list[int]]:
     """``input_ids``: one prompt (a flat sequence of ids or a 1-D tensor) or a batch (a sequence of
     them, or a 2-D tensor). Rows are the real tokens of each prompt: the engine pads a batch
     itself, so padded rows would be read as prompt text."""
-    if isinstance(input_ids, torch.Tensor) or hasattr(input_ids, "tolist") and hasattr(input_ids, "ndim"):
-        if input_ids.ndim not in (1, 2):
-            raise ValueError(f"input_ids must be 1-D (one prompt) or 2-D (a batch), got {input_ids.ndim}-D")
-        input_ids = input_ids.tolist()
+    input_ids = _array_as_list("input_ids", input_ids, (1, 2))
     if isinstance(input_ids, (str, bytes)) or not isinstance(input_ids, Sequence):
         raise TypeError(f"input_ids must be a list of token ids or a list of such lists, got {type(input_ids).__name__}")
     if len(input_ids) > 0 and all(_is_int(t) for t in input_ids):

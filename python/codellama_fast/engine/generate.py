@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -282,76 +283,72 @@ class Engine:
             return
         params = cfg.sampling()
         max_len = t + cfg.max_new_tokens
-        # The shared graph state of a (batch, length, greedy) key serves one generation at a time:
-        # a generation that overlaps it (interleaved streams, a generate while a stream is open)
-        # gets a cache of its own and the uncaptured loop, rather than overwriting the first one's
-        # cache. (Driving one Engine from several threads at once is not supported on CUDA: a graph
-        # capture in one thread forbids the other's synchronisations.)
-        key = (b, max_len, params.greedy)
-        leased = False
-        if self._use_graph() and cfg.max_new_tokens > 1:
-            with self._lease_lock:
-                leased = key not in self._leased
-                self._leased.add(key)
-        try:
-            yield from self._generate_steps(tokens, kv_start_now, t, cfg, params, stats, check_every, leased)
-        finally:
-            if leased:
-                with self._lease_lock:
-                    self._leased.discard(key)
-
-    def _generate_steps(self, tokens: torch.Tensor, kv_start_now: torch.Tensor, t: int, cfg: GenerationConfig,
-                        params: SamplingParams, stats: dict[str, float], check_every: int | None,
-                        use_graph: bool) -> Iterator[list[int]]:
-        b = tokens.shape[0]
-        max_len = t + cfg.max_new_tokens
         gen = None
         if cfg.seed is not None:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(cfg.seed)
-        graph = None
-        if use_graph:
-            cache, kv_start, graph = self._graph_state(b, max_len, params.greedy)
-            kv_start.copy_(kv_start_now)
-        else:
-            cache, kv_start = KVCache(self.model.config, b, max_len, self.dtype, self.device), kv_start_now
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            nxt = sample(self._prefill(tokens, kv_start, cache), params, gen)
-            host = nxt.tolist()
-            stats["prefill_s"] = time.perf_counter() - start
-            yield host
-            lengths = t - kv_start  # real prompt lengths [B]
-            decode_start = time.perf_counter()
-            if graph is not None:
-                every = check_every or self.check_every
-                graph.start(nxt, lengths, t)
-                done = 1
-                while done < cfg.max_new_tokens:
-                    n = min(every, cfg.max_new_tokens - done)
-                    for i in range(n):
-                        logits = graph.replay()
-                        if not params.greedy:
-                            nxt = sample(logits, params, gen)
-                            graph.tok.copy_(nxt[:, None])
-                            graph.out[:, done - 1 + i].copy_(nxt)
-                    block = graph.out[:, done - 1 : done - 1 + n].tolist()  # the one sync per block
-                    stats["decode_tokens"] += b * n
-                    stats["decode_s"] = time.perf_counter() - decode_start
-                    done += n
-                    for i in range(n):
-                        yield [row[i] for row in block]
-                return
-            for step in range(1, cfg.max_new_tokens):
-                slot = t + step - 1
-                ctx = StepContext((lengths + step - 1)[:, None], torch.tensor([slot], device=self.device), slot, kv_start, slot + 1)
-                nxt = sample(self.model(nxt[:, None], ctx, cache.layers), params, gen)
+        with self._graph_lease((b, max_len, params.greedy), self._use_graph() and cfg.max_new_tokens > 1) as use_graph:
+            graph = None
+            if use_graph:
+                cache, kv_start, graph = self._graph_state(b, max_len, params.greedy)
+                kv_start.copy_(kv_start_now)
+            else:
+                cache, kv_start = KVCache(self.model.config, b, max_len, self.dtype, self.device), kv_start_now
+            sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                nxt = sample(self._prefill(tokens, kv_start, cache), params, gen)
                 host = nxt.tolist()
-                stats["decode_tokens"] += b
-                stats["decode_s"] = time.perf_counter() - decode_start
+                stats["prefill_s"] = time.perf_counter() - start
                 yield host
-            sync()
+                lengths = t - kv_start  # real prompt lengths [B]
+                decode_start = time.perf_counter()
+                if graph is not None:
+                    every = check_every or self.check_every
+                    graph.start(nxt, lengths, t)
+                    done = 1
+                    while done < cfg.max_new_tokens:
+                        n = min(every, cfg.max_new_tokens - done)
+                        for i in range(n):
+                            logits = graph.replay()
+                            if not params.greedy:
+                                nxt = sample(logits, params, gen)
+                                graph.tok.copy_(nxt[:, None])
+                                graph.out[:, done - 1 + i].copy_(nxt)
+                        block = graph.out[:, done - 1 : done - 1 + n].tolist()  # the one sync per block
+                        stats["decode_tokens"] += b * n
+                        stats["decode_s"] = time.perf_counter() - decode_start
+                        done += n
+                        for i in range(n):
+                            yield [row[i] for row in block]
+                    return
+                for step in range(1, cfg.max_new_tokens):
+                    slot = t + step - 1
+                    ctx = StepContext((lengths + step - 1)[:, None], torch.tensor([slot], device=self.device), slot, kv_start, slot + 1)
+                    nxt = sample(self.model(nxt[:, None], ctx, cache.layers), params, gen)
+                    host = nxt.tolist()
+                    stats["decode_tokens"] += b
+                    stats["decode_s"] = time.perf_counter() - decode_start
+                    yield host
+                sync()
+
+    @contextmanager
+    def _graph_lease(self, key: tuple[int, int, bool], wanted: bool) -> Iterator[bool]:
+        """Whether this generation may use the shared graph state of `key`. That state serves one
+        generation at a time: one that overlaps it (interleaved streams, a generate while a stream
+        is open) gets False, so it runs on a cache of its own with the uncaptured loop rather than
+        overwriting the first one's cache. (Driving one Engine from several threads at once is not
+        supported on CUDA: a graph capture in one thread forbids the other's synchronisations.)"""
+        with self._lease_lock:
+            leased = wanted and key not in self._leased
+            if leased:
+                self._leased.add(key)
+        try:
+            yield leased
+        finally:
+            if leased:
+                with self._lease_lock:
+                    self._leased.discard(key)
 
     def _run(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: set[int],
              decoders: Sequence[Callable[[list[int]], str]]) -> GenerationResult:

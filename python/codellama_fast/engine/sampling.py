@@ -27,7 +27,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # A temperature that rounds to 0 in the fp32 logits (at most 2^-150) would divide by zero:
+        # it is greedy too.
+        return self.temperature <= 2.0**-150
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -47,8 +49,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
     """logits [B, V] -> token ids [B] (int64), on the logits' device."""
-    # A temperature below the logits dtype's smallest number divides by zero: it is greedy.
-    if params.greedy or torch.tensor(params.temperature, dtype=logits.dtype).item() == 0.0:
+    if params.greedy:
         return logits.argmax(dim=-1)
     # Shift the best logit to 0 before dividing: a tiny temperature then sends the others to -inf
     # (a one-hot softmax) instead of overflowing every logit to inf and the softmax to NaN.

@@ -55,6 +55,22 @@ def _check_text(text: Any, what: str = "text") -> str:
     return text
 
 
+class _Side:
+    """A 'left'/'right' setting checked when set: a typo would otherwise pad or cut the wrong end
+    silently, at some later call."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.slot = name, "_" + name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        return self if obj is None else getattr(obj, self.slot)
+
+    def __set__(self, obj: Any, value: str) -> None:
+        if value not in ("left", "right"):
+            raise TokenizerError(f"{self.name} must be 'left' or 'right', not {value!r}")
+        setattr(obj, self.slot, value)
+
+
 class CodeLlamaTokenizerFast(BatchingMixin, SavingMixin):
     """Code Llama tokenizer: sentencepiece-exact encoding, Meta's infilling, HF-compatible API.
 
@@ -67,6 +83,9 @@ class CodeLlamaTokenizerFast(BatchingMixin, SavingMixin):
     >>> tok("a<FILL_ME>")["input_ids"]                            # Meta's infilling prompt
     [1, 32007, 263, 32008, 32009]
     """
+
+    padding_side = _Side()
+    truncation_side = _Side()
 
     model_input_names = ["input_ids", "attention_mask"]
 
@@ -200,27 +219,6 @@ class CodeLlamaTokenizerFast(BatchingMixin, SavingMixin):
         if value is not None and self._native.piece_to_id(value) is None:
             raise TokenizerError(f"pad token {value!r} is not in the vocabulary; use an existing piece such as {self.eos_token!r} or {self.unk_token!r}")
         self._pad_token = value
-
-    # The sides are checked when set: a typo would otherwise pad or cut the wrong end silently.
-    @property
-    def padding_side(self) -> str:
-        return self._padding_side
-
-    @padding_side.setter
-    def padding_side(self, value: str) -> None:
-        if value not in ("left", "right"):
-            raise TokenizerError(f"padding_side must be 'left' or 'right', not {value!r}")
-        self._padding_side = value
-
-    @property
-    def truncation_side(self) -> str:
-        return self._truncation_side
-
-    @truncation_side.setter
-    def truncation_side(self, value: str) -> None:
-        if value not in ("left", "right"):
-            raise TokenizerError(f"truncation_side must be 'left' or 'right', not {value!r}")
-        self._truncation_side = value
 
     @property
     def pad_token_id(self) -> int | None:
