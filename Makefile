@@ -21,6 +21,12 @@ build: $(STAMP)
 demo: build
 	$(VENV)/bin/codellama-fast demo
 
+# The shared test data: CODELLAMA_FAST_SHARED if set, else `shared` beside the checkout, else (a
+# local clone such as `git clone . /tmp/x`) the one beside the repository it was cloned from.
+ORIGIN := $(shell git config --get remote.origin.url 2>/dev/null)
+CODELLAMA_FAST_SHARED ?= $(or $(wildcard $(CURDIR)/../shared),$(if $(ORIGIN),$(wildcard $(ORIGIN)/../shared)),$(CURDIR)/../shared)
+export CODELLAMA_FAST_SHARED
+
 test: build
 	cargo test --release
 	@# pytest exits 5 when it collects nothing (e.g. a -k filter): warn, do not fail.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 from pathlib import Path
 
 # Must precede any `import triton` so @triton.jit kernels run in the interpreter on CPU.
@@ -21,24 +20,8 @@ if not _HAS_CUDA:
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _shared_dir() -> Path:
-    """The shared data: CODELLAMA_FAST_SHARED (e.g. on a GPU box), else the `shared` folder beside
-    the checkout, else (a local clone such as `git clone . /tmp/x`) the one beside the repository
-    it was cloned from."""
-    if "CODELLAMA_FAST_SHARED" in os.environ:
-        return Path(os.environ["CODELLAMA_FAST_SHARED"])
-    beside = ROOT.parent / "shared"
-    if beside.is_dir():
-        return beside
-    origin = subprocess.run(["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"], capture_output=True, text=True).stdout.strip()
-    if origin and Path(origin).is_dir() and (Path(origin).resolve().parent / "shared").is_dir():
-        return Path(origin).resolve().parent / "shared"
-    return beside
-
-
-SHARED = _shared_dir()
+# The shared data beside the checkout (CODELLAMA_FAST_SHARED points elsewhere, e.g. on a GPU box).
+SHARED = Path(os.environ.get("CODELLAMA_FAST_SHARED", ROOT.parent / "shared"))
 CODELLAMA_DIR = SHARED / "tokenizers" / "codellama"
 LLAMA2_MODEL = SHARED / "tokenizers" / "llama2" / "tokenizer.model"
 STORIES_DIR = SHARED / "models" / "stories260K"

@@ -1,11 +1,14 @@
-//! Core tests against the real tokenizer files in ../shared (no Python needed).
+//! Core tests against the real tokenizer files in the project's shared data (no Python needed).
 
 use std::path::{Path, PathBuf};
 
 use codellama_fast::{split_fill_marker, CodeLlamaTokenizer, SpecialTokenMode, SpmModel, TokenizerError};
 
+/// CODELLAMA_FAST_SHARED (set by `make test`), else the `shared` folder beside the checkout.
 fn shared(rel: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    let root = std::env::var_os("CODELLAMA_FAST_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
     let p = root.join(rel);
     assert!(p.exists(), "{} is missing: the tests need the project's shared data beside the checkout", p.display());
     p
