@@ -111,6 +111,18 @@ def test_bad_text_inputs(tok):
         tok("a<FILL_ME>b<FILL_ME>c")
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(truncation="only_second", max_length=4), "only_second"),
+    (dict(truncation="sideways", max_length=4), "truncation='sideways'"),
+    (dict(truncation=True, max_length=-1), "max_length must be a non-negative int"),
+    (dict(truncation=True, max_length=2.5), "max_length must be a non-negative int"),
+])
+def test_bad_truncation_arguments(tok, kwargs, match):
+    for call in (lambda: tok("a b c d e", **kwargs), lambda: tok.encode("a b c d e", **kwargs)):
+        with pytest.raises(TokenizerError, match=match):
+            call()
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path

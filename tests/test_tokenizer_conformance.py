@@ -122,6 +122,11 @@ def test_hypothesis_legacy_false_matches_hf_slow(text):
     dict(padding="longest", padding_side="right"),
     dict(padding="max_length", max_length=40, truncation=True),
     dict(truncation=True, max_length=5),
+    dict(truncation="only_first", max_length=5),
+    dict(max_length=5),  # no truncation or padding given: transformers truncates (and warns)
+    dict(max_length=5, padding="do_not_pad"),
+    dict(max_length=5, padding=True),
+    dict(max_length=12, padding="max_length"),
     dict(padding=True, return_tensors="np"),
     dict(padding=True, return_tensors="pt"),
     dict(return_special_tokens_mask=True, padding=True),
@@ -136,7 +141,9 @@ def test_call_options_match_hf_fast(kwargs, sprinkled):
     hf.pad_token = hf.eos_token
     ours.pad_token = ours.eos_token
     texts = [t for t in sprinkled[:20] if t] + ["a", "def f():\n    return 1"]
-    a, b = hf(texts, **kwargs), ours(texts, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # both warn about a lone max_length
+        a, b = hf(texts, **kwargs), ours(texts, **kwargs)
     assert set(a.keys()) == set(b.keys())
     for key in a:
         va, vb = a[key], b[key]
@@ -300,6 +307,24 @@ def test_difference_token_type_ids_line_up_with_special_tokens(hf, ours):
     types = ours.create_token_type_ids_from_sequences(a, b)
     assert len(types) == len(ours.build_inputs_with_special_tokens(a, b))
     assert hf.create_token_type_ids_from_sequences(a, b) != types
+
+
+def test_max_length_without_truncation_warns_as_transformers_does(ours):
+    """transformers truncates to a lone max_length and logs why; we truncate and warn, pointing at the call."""
+    with pytest.warns(UserWarning, match="max_length is given without truncation") as caught:
+        ids = ours.encode("a b c d e f", max_length=4)
+    assert caught[0].filename == __file__
+    assert ids == ours.encode("a b c d e f")[:4]
+
+
+def test_difference_truncation_without_max_length_uses_the_code_llama_context(hf, ours):
+    """truncation=True alone truncates to model_max_length. The hub config says 1e30 there, so
+    transformers does not truncate; we read it as Code Llama's 16384-token context."""
+    text = "a " * 17000
+    assert ours.model_max_length == 16384
+    ids = ours(text, truncation=True)["input_ids"]
+    assert ids == ours.encode(text)[:16384]
+    assert len(hf(text, truncation=True)["input_ids"]) > 16384
 
 
 def test_difference_special_tokens_mask_without_specials(hf, ours):

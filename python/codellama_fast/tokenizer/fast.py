@@ -8,6 +8,7 @@ Meta's reference (``llama/generation.py``); the rest of the surface follows tran
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,9 @@ from .batch_encoding import BatchEncoding
 from .batching import _PADDING_STRATEGIES, BatchingMixin
 from .files import TokenizerFiles, resolve, token_content
 from .saving import SavingMixin
+
+# transformers' TruncationStrategy values that apply to one sequence (an infilling prompt is one too)
+_TRUNCATION_STRATEGIES = (None, False, True, "do_not_truncate", "longest_first", "only_first")
 
 if TYPE_CHECKING:
     from .streaming import StreamDecoder
@@ -399,6 +403,30 @@ class CodeLlamaTokenizerFast(BatchingMixin, SavingMixin):
         n = int(self._add_bos_token) + int(self._add_eos_token)
         return 2 * n if pair else n
 
+    def _truncation_limit(self, truncation: bool | str | None, max_length: int | None, padding: bool | str, verbose: bool) -> int | None:
+        """The length to truncate to, or None. As transformers: a ``max_length`` given with no
+        ``truncation`` and no padding truncates (with a warning); ``truncation=True`` without
+        ``max_length`` uses ``model_max_length`` (16384 for Code Llama, where transformers reads
+        the hub's 1e30 placeholder and does not truncate)."""
+        if truncation not in _TRUNCATION_STRATEGIES:
+            raise TokenizerError(
+                f"truncation={truncation!r} is not one of True, False, None, {', '.join(map(repr, _TRUNCATION_STRATEGIES[3:]))} "
+                "(a call encodes one sequence per text, so there is no 'only_second')"
+            )
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0):
+            raise TokenizerError(f"max_length must be a non-negative int, got {max_length!r}")
+        if truncation is None and max_length is not None and padding is False:
+            if verbose:
+                warnings.warn(
+                    "max_length is given without truncation, so the texts are truncated to it (as transformers does); "
+                    "pass truncation=True to say so, or drop max_length",
+                    UserWarning, stacklevel=3,
+                )
+            truncation = True
+        if not truncation or truncation == "do_not_truncate":
+            return None
+        return max_length if max_length is not None else self.model_max_length
+
     def _truncate(self, ids: list[int], max_length: int, add_special_tokens: bool, is_infill: bool) -> list[int]:
         if len(ids) <= max_length:
             return ids
@@ -439,9 +467,10 @@ class CodeLlamaTokenizerFast(BatchingMixin, SavingMixin):
                 return_tensors=return_tensors, **kwargs,
             )
             return enc["input_ids"]
+        limit = self._truncation_limit(truncation, max_length, False, True)
         ids, is_infill = self._encode_one(text, self._suffix_arg(text_pair, suffix), suffix_first, add_special_tokens, split_special_tokens)
-        if truncation and truncation != "do_not_truncate":
-            ids = self._truncate(ids, max_length if max_length is not None else self.model_max_length, add_special_tokens, is_infill)
+        if limit is not None:
+            ids = self._truncate(ids, limit, add_special_tokens, is_infill)
         return ids
 
     def __call__(
@@ -474,10 +503,11 @@ class CodeLlamaTokenizerFast(BatchingMixin, SavingMixin):
         side = padding_side or self.padding_side
         if side not in ("left", "right"):
             raise TokenizerError(f"padding_side must be 'left' or 'right', not {side!r}")
+        limit = self._truncation_limit(truncation, max_length, padding, verbose)
         batched = isinstance(text, (list, tuple))
         texts = list(text) if batched else [text]
         n = len(texts)
-        fast = self._padded_fast_path(texts, batched, text_pair, suffix, padding, truncation, return_tensors, return_offsets_mapping,
+        fast = self._padded_fast_path(texts, batched, text_pair, suffix, padding, limit is not None, return_tensors, return_offsets_mapping,
                                       return_special_tokens_mask, return_length, pad_to_multiple_of, return_attention_mask,
                                       add_special_tokens, split_special_tokens, side)
         if fast is not None:
@@ -519,8 +549,7 @@ class CodeLlamaTokenizerFast(BatchingMixin, SavingMixin):
             results = [self._encode_one(t, s, suffix_first, add_special_tokens, split_special_tokens) for t, s in zip(texts, suffixes)]
             encoded = [r[0] for r in results]
             infill_flags = [r[1] for r in results]
-        if truncation and truncation != "do_not_truncate":
-            limit = max_length if max_length is not None else self.model_max_length
+        if limit is not None:
             if offsets is not None:
                 offsets = [self._truncate(o, limit, add_special_tokens, False) for o in offsets]  # type: ignore[arg-type]
             encoded = [self._truncate(ids, limit, add_special_tokens, inf) for ids, inf in zip(encoded, infill_flags)]
