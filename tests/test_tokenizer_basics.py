@@ -123,6 +123,24 @@ def test_bad_truncation_arguments(tok, kwargs, match):
             call()
 
 
+@pytest.mark.parametrize("inputs, match", [
+    ([], "empty list"),
+    ({"attention_mask": [[1]]}, "needs input_ids"),
+    ([{"input_ids": [1]}, {"input_ids": [1], "labels": 0}], "fields"),
+    ({"input_ids": [[1], [1, 2]], "attention_mask": [[1]]}, "attention_mask has 1 rows"),
+])
+def test_pad_bad_inputs(inputs, match):
+    tok = CodeLlamaTokenizerFast.from_pretrained(pad_token="</s>")
+    with pytest.raises(TokenizerError, match=match):
+        tok.pad(inputs)
+    with pytest.raises(TokenizerError, match="different lengths"):
+        tok.pad({"input_ids": [[1], [1, 2]]}, padding=False, return_tensors="np")
+    with pytest.raises(TokenizerError, match="needs a pad token"):
+        CodeLlamaTokenizerFast.from_pretrained().pad({"input_ids": [[1], [1, 2]]})
+    with pytest.raises(TypeError):
+        tok.pad("input_ids")
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path

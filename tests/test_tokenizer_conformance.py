@@ -156,6 +156,59 @@ def test_call_options_match_hf_fast(kwargs, sprinkled):
             assert va == vb, key
 
 
+def _plain(encoding):
+    return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in encoding.items()}
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"padding_side": "right"},
+    {"padding": "max_length", "max_length": 96},
+    {"pad_to_multiple_of": 8},
+    {"padding": False},
+    {"return_attention_mask": False},
+    {"return_tensors": "np"},
+    {"return_tensors": "pt"},
+])
+def test_pad_matches_hf_fast(kwargs, sprinkled):
+    """tokenizer.pad on encoded examples (a list of mappings, a mapping of lists, one example,
+    tensors in) gives what transformers' pad gives."""
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    hf.pad_token = hf.eos_token
+    ours.pad_token = ours.eos_token
+    texts = [t[:80] for t in sprinkled[:12] if t] + ["a"]  # at most 82 tokens: max_length=96 pads them all
+    examples = [dict(ours(t, return_special_tokens_mask=True)) for t in texts]
+    assert examples == [dict(hf(t, return_special_tokens_mask=True)) for t in texts]
+    as_columns = {key: [e[key] for e in examples] for key in examples[0]}
+    as_tensors = [{"input_ids": __import__("torch").tensor(e["input_ids"])} for e in examples]
+    tensor_kwargs = {k: v for k, v in kwargs.items() if k != "padding"} if kwargs.get("padding") is False else kwargs
+    for inputs, kw in ((examples, kwargs), (as_columns, kwargs), (examples[0], kwargs), (as_tensors, tensor_kwargs)):
+        copy_a = [dict(e) for e in inputs] if isinstance(inputs, list) else dict(inputs)
+        copy_b = [dict(e) for e in inputs] if isinstance(inputs, list) else dict(inputs)
+        a, b = hf.pad(copy_a, **kw), ours.pad(copy_b, **kw)
+        assert _plain(a) == _plain(b)
+        assert {type(v).__name__ for v in a.values()} == {type(v).__name__ for v in b.values()}
+
+
+def test_data_collator_with_padding_matches_hf(hf, ours):
+    collator = pytest.importorskip("transformers").DataCollatorWithPadding
+    hf_tok = _hf_fast()
+    hf_tok.pad_token = hf_tok.eos_token
+    ours = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR, pad_token="</s>")
+    texts = ["def f():\n    return 1", "x", "a<FILL_ME>b"]
+    batch_a = collator(hf_tok)([{**hf_tok(t), "labels": k} for k, t in enumerate(texts[:2])])
+    batch_b = collator(ours)([{**ours(t), "labels": k} for k, t in enumerate(texts[:2])])
+    assert _plain(batch_a) == _plain(batch_b)
+    assert batch_b["labels"].shape == (2,)
+
+
+def test_encode_plus_and_is_fast_match_hf(hf, ours):
+    for text in ("def f(): pass", "a<FILL_ME>b", ""):
+        assert dict(ours.encode_plus(text)) == dict(hf.encode_plus(text))
+    assert ours.encode_plus("a", "b") == ours("a", suffix="b")
+    assert ours.is_fast is hf.is_fast is True
+
+
 def test_single_text_shapes_match(hf, ours):
     for kw in ({}, {"return_tensors": "np"}, {"return_tensors": "pt"}):
         a, b = hf("def f(): pass", **kw), ours("def f(): pass", **kw)

@@ -16,6 +16,7 @@ from .. import _native
 from ..errors import InfillingUnsupported, TokenIdError, TokenizerError
 from .batch_encoding import BatchEncoding
 from .batching import _PADDING_STRATEGIES, BatchingMixin
+from .collate import PaddingMixin
 from .files import TokenizerFiles, resolve, token_content
 from .saving import SavingMixin
 
@@ -75,7 +76,7 @@ class _Side:
         setattr(obj, self.slot, value)
 
 
-class CodeLlamaTokenizerFast(BatchingMixin, SavingMixin):
+class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, SavingMixin):
     """Code Llama tokenizer: sentencepiece-exact encoding, Meta's infilling, HF-compatible API.
 
     >>> from codellama_fast import CodeLlamaTokenizerFast
@@ -92,6 +93,7 @@ class CodeLlamaTokenizerFast(BatchingMixin, SavingMixin):
     truncation_side = _Side()
 
     model_input_names = ["input_ids", "attention_mask"]
+    is_fast = True  # a native (Rust) tokenizer, as transformers' flag means
 
     def __init__(
         self,
@@ -555,6 +557,12 @@ class CodeLlamaTokenizerFast(BatchingMixin, SavingMixin):
             encoded = [self._truncate(ids, limit, add_special_tokens, inf) for ids, inf in zip(encoded, infill_flags)]
         return self._finish(encoded, batched, padding, max_length, side, pad_to_multiple_of, return_tensors,
                             return_attention_mask, return_special_tokens_mask, return_length, offsets, infill_flags, add_special_tokens)
+
+    def encode_plus(self, text: str, text_pair: str | None = None, **kwargs: Any) -> BatchEncoding:
+        """One text's encoding (transformers' older name for calling the tokenizer on one text)."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode_plus takes one str; use the tokenizer call or batch_encode_plus for {type(text).__name__}")
+        return self(text, text_pair, **kwargs)
 
     def batch_encode_plus(self, texts: Sequence[str], **kwargs: Any) -> BatchEncoding:
         return self(list(texts), **kwargs)
