@@ -86,3 +86,17 @@ def meta_forward(w: dict[str, torch.Tensor], tokens: torch.Tensor, n_heads: int,
         ff = (torch.nn.functional.silu(h @ w[p + "feed_forward.w1.weight"].T) * (h @ w[p + "feed_forward.w3.weight"].T)) @ w[p + "feed_forward.w2.weight"].T
         x = x + ff
     return norm(x, w["norm.weight"]) @ w["output.weight"].T
+
+
+def meta_chat_reference(sp, dialog):
+    """Meta's chat_completion (llama/generation.py) on sentencepiece: [bos]+encode(turn)+[eos] per
+    finished exchange, then the open user turn if the dialog ends with one."""
+    B_INST, E_INST, B_SYS, E_SYS = "[INST]", "[/INST]", "<<SYS>>\n", "\n<</SYS>>\n\n"
+    if dialog[0]["role"] == "system":
+        dialog = [{"role": dialog[1]["role"], "content": B_SYS + dialog[0]["content"] + E_SYS + dialog[1]["content"]}] + dialog[2:]
+    ids = []
+    for p, a in zip(dialog[::2], dialog[1::2]):
+        ids += [1] + sp.encode(f"{B_INST} {p['content'].strip()} {E_INST} {a['content'].strip()} ") + [2]
+    if len(dialog) % 2:
+        ids += [1] + sp.encode(f"{B_INST} {dialog[-1]['content'].strip()} {E_INST}")
+    return ids

@@ -15,6 +15,7 @@ from codellama_fast.engine import Engine, load_model  # noqa: E402
 from codellama_fast.engine.sampling import SamplingParams, filter_logits, sample  # noqa: E402
 from tests.conftest import LLAMA2_MODEL  # noqa: E402
 from tests.engine_helpers import make_hf_model, save, scripted  # noqa: E402
+from tests.meta_reference import meta_chat_reference  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -123,20 +124,8 @@ def test_filters_keep_what_transformers_warpers_keep():
             assert torch.equal(kept, want), (v, kk, pp)
 
 
-def _meta_chat_reference(sp, dialog):
-    """Meta's chat_completion on sentencepiece: [bos]+encode(turn)+[eos] per finished exchange."""
-    B_INST, E_INST, B_SYS, E_SYS = "[INST]", "[/INST]", "<<SYS>>\n", "\n<</SYS>>\n\n"
-    if dialog[0]["role"] == "system":
-        dialog = [{"role": dialog[1]["role"], "content": B_SYS + dialog[0]["content"] + E_SYS + dialog[1]["content"]}] + dialog[2:]
-    ids = []
-    for p, a in zip(dialog[::2], dialog[1::2]):
-        ids += [1] + sp.encode(f"{B_INST} {p['content'].strip()} {E_INST} {a['content'].strip()} ") + [2]
-    ids += [1] + sp.encode(f"{B_INST} {dialog[-1]['content'].strip()} {E_INST}")
-    return ids
-
-
 def test_chat_prompt_matches_meta(model_dir, tok, sp_codellama):
-    from codellama_fast.engine.chat import chat_prompt_ids
+    from codellama_fast.tokenizer.chat import chat_prompt_ids
 
     dialog = [
         {"role": "system", "content": "Answer in Python. </s> stays text."},
@@ -144,8 +133,8 @@ def test_chat_prompt_matches_meta(model_dir, tok, sp_codellama):
         {"role": "assistant", "content": " def fizzbuzz(): ... "},
         {"role": "user", "content": "Now in one line."},
     ]
-    assert chat_prompt_ids(tok, dialog) == _meta_chat_reference(sp_codellama, dialog)
-    assert chat_prompt_ids(tok, dialog[1:2]) == _meta_chat_reference(sp_codellama, dialog[1:2])
+    assert chat_prompt_ids(tok, dialog) == meta_chat_reference(sp_codellama, dialog)
+    assert chat_prompt_ids(tok, dialog[1:2]) == meta_chat_reference(sp_codellama, dialog[1:2])
     with pytest.raises(ValueError, match="alternate"):
         chat_prompt_ids(tok, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
     engine = Engine(load_model(model_dir, device="cpu"), tok)

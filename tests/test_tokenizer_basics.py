@@ -141,6 +141,21 @@ def test_pad_bad_inputs(inputs, match):
         tok.pad("input_ids")
 
 
+@pytest.mark.parametrize("call, error, match", [
+    (lambda t: t.apply_chat_template([{"role": "user", "content": "a"}], chat_template="{{ messages }}"), TokenizerError, "custom chat templates"),
+    (lambda t: t.apply_chat_template([{"role": "user", "content": "a"}], continue_final_message=True), TokenizerError, "assistant message"),
+    (lambda t: t.apply_chat_template([{"role": "user", "content": "a"}], continue_final_message=True, add_generation_prompt=True),
+     TokenizerError, "cannot both"),
+    (lambda t: t.apply_chat_template([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]), ValueError, "alternate"),
+    (lambda t: t.apply_chat_template([{"role": "user", "content": 5}]), ValueError, "str 'role' and 'content'"),
+    (lambda t: t.apply_chat_template([]), ValueError, "non-empty list"),
+    (lambda t: t.apply_chat_template("hello"), ValueError, "non-empty list"),
+])
+def test_apply_chat_template_bad_input(tok, call, error, match):
+    with pytest.raises(error, match=match):
+        call(tok)
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path

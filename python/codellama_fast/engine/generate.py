@@ -17,9 +17,9 @@ import torch
 from ..data import BUNDLED_VOCAB_SIZE
 from ..errors import CheckpointError, InfillingUnsupported
 from ..tokenizer import FILL_MARKER, CodeLlamaTokenizerFast
+from ..tokenizer.chat import chat_prompt_ids
 from .cache import KVCache
 from . import arguments, fused_decode, memory
-from .chat import chat_prompt_ids
 from .cuda_graph import GraphDecoder, pick_faster
 from .loader import generation_defaults, load_model
 from .model import LlamaModel, StepContext

@@ -16,6 +16,7 @@ from .. import _native
 from ..errors import InfillingUnsupported, TokenIdError, TokenizerError
 from .batch_encoding import BatchEncoding
 from .batching import _PADDING_STRATEGIES, BatchingMixin
+from .chat import ChatMixin
 from .collate import PaddingMixin
 from .files import TokenizerFiles, resolve, token_content
 from .saving import SavingMixin
@@ -76,7 +77,7 @@ class _Side:
         setattr(obj, self.slot, value)
 
 
-class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, SavingMixin):
+class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, SavingMixin):
     """Code Llama tokenizer: sentencepiece-exact encoding, Meta's infilling, HF-compatible API.
 
     >>> from codellama_fast import CodeLlamaTokenizerFast

@@ -1,0 +1,143 @@
+"""Code Llama Instruct prompts, exactly as Meta's ``chat_completion`` builds them: each finished
+(user, assistant) exchange is ``[bos] + encode("[INST] {user} [/INST] {answer} ") + [eos]``, and the
+last user turn ``[bos] + encode("[INST] {user} [/INST]")``; a system message is folded into the
+first user turn between ``<<SYS>>`` markers. Text is encoded as plain text (special-token strings in
+a message stay text).
+
+The same conversation as text (``chat_prompt_text``) is what the Llama 2 chat template of the
+Instruct models' ``tokenizer_config.json`` renders: ``<s>[INST] {user} [/INST] {answer} </s>``..."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from ..errors import TokenizerError
+
+if TYPE_CHECKING:
+    from .fast import CodeLlamaTokenizerFast
+
+B_INST, E_INST = "[INST]", "[/INST]"
+B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
+
+
+def _turns(messages: Sequence[Mapping[str, str]], final: str) -> list[dict[str, str]]:
+    """The dialog checked and with the system message folded into the first user turn.
+    ``final``: who must speak last ("user", "assistant" or "any")."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+        raise ValueError("a chat is a non-empty list of {'role': ..., 'content': ...} messages")
+    for k, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ValueError(f"message {k} must be a mapping with str 'role' and 'content'")
+    dialog = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if dialog[0]["role"] == "system":
+        if len(dialog) < 2:
+            raise ValueError("a system message must be followed by a user message")
+        dialog = [{"role": dialog[1]["role"], "content": B_SYS + dialog[0]["content"] + E_SYS + dialog[1]["content"]}] + dialog[2:]
+    for k, m in enumerate(dialog):
+        want = "user" if k % 2 == 0 else "assistant"
+        if m["role"] != want:
+            raise ValueError(f"roles must alternate user/assistant (after an optional system message); message {k} is {m['role']!r}, expected {want!r}")
+    if final != "any" and dialog[-1]["role"] != final:
+        raise ValueError(f"the last message must be from the {final}")
+    return dialog
+
+
+def chat_prompt_ids(
+    tokenizer: CodeLlamaTokenizerFast, messages: Sequence[Mapping[str, str]], final: str = "user", open_end: bool = False
+) -> list[int]:
+    """Meta's ids for a dialog. The last message is the user's (a prompt to answer), or with
+    ``final="any"`` may be the assistant's (a finished exchange, ending in EOS); ``open_end``
+    leaves that last answer open (as written, without the closing space and EOS) for the model to
+    continue."""
+    dialog = _turns(messages, final)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    assert bos is not None and eos is not None
+
+    def enc(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+
+    ids: list[int] = []
+    for k, (prompt, answer) in enumerate(zip(dialog[::2], dialog[1::2])):
+        if open_end and 2 * k + 2 == len(dialog):
+            # the answer to continue keeps its trailing whitespace, as transformers' continue_final_message does
+            return ids + [bos] + enc(f"{B_INST} {prompt['content'].strip()} {E_INST} {answer['content'].lstrip()}")
+        ids += [bos] + enc(f"{B_INST} {prompt['content'].strip()} {E_INST} {answer['content'].strip()} ") + [eos]
+    if len(dialog) % 2:
+        ids += [bos] + enc(f"{B_INST} {dialog[-1]['content'].strip()} {E_INST}")
+    return ids
+
+
+def chat_prompt_text(tokenizer: CodeLlamaTokenizerFast, messages: Sequence[Mapping[str, str]], open_end: bool = False) -> str:
+    """The dialog as the Llama 2 chat template writes it (any last speaker)."""
+    dialog = _turns(messages, "any")
+    bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
+    parts = []
+    for k, m in enumerate(dialog):
+        if m["role"] == "user":
+            parts.append(f"{bos}{B_INST} {m['content'].strip()} {E_INST}")
+        elif open_end and k == len(dialog) - 1:
+            parts.append(f" {m['content'].lstrip()}")
+        else:
+            parts.append(f" {m['content'].strip()} {eos}")
+    return "".join(parts)
+
+
+class ChatMixin:
+    """``apply_chat_template`` for `CodeLlamaTokenizerFast`, with Code Llama Instruct's format built in."""
+
+    @property
+    def chat_template(self) -> str | None:
+        """The ``chat_template`` of ``tokenizer_config.json`` (the Instruct models carry the Llama 2
+        template), for reading; ``apply_chat_template`` builds that format itself."""
+        value = self._config.get("chat_template")  # type: ignore[attr-defined]
+        return value if isinstance(value, str) else None
+
+    def apply_chat_template(
+        self,
+        conversation: Sequence[Mapping[str, str]] | Sequence[Sequence[Mapping[str, str]]],
+        chat_template: str | None = None,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+        tokenize: bool = True,
+        padding: bool | str = False,
+        truncation: bool = False,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        return_dict: bool = False,
+    ):
+        """A conversation (or a list of them) in Code Llama Instruct's chat format: the text the
+        Llama 2 chat template renders with ``tokenize=False``, else Meta's ids (``chat_completion``),
+        where special-token strings inside a message stay text. The last message may be the user's
+        (a prompt) or the assistant's (a finished exchange, ending in EOS; with
+        ``continue_final_message=True`` left open for the model to continue).
+
+        Returns ids (a list, or a tensor with ``return_tensors``), a `BatchEncoding` with
+        ``return_dict=True``, or the text.
+
+        >>> tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
+        '<s>[INST] Hi [/INST]'
+        """
+        if chat_template is not None:
+            raise TokenizerError(
+                "custom chat templates are not rendered here; this tokenizer builds Code Llama Instruct's "
+                "(Llama 2) chat format, the one its chat_template describes"
+            )
+        if continue_final_message and add_generation_prompt:
+            raise TokenizerError("continue_final_message and add_generation_prompt cannot both be set")
+        # add_generation_prompt adds nothing: a user turn already ends with [/INST], the assistant's cue
+        batched = isinstance(conversation, Sequence) and bool(conversation) and not isinstance(conversation[0], Mapping)
+        conversations = list(conversation) if batched else [conversation]
+        for chat in conversations:
+            if continue_final_message and (not chat or not isinstance(chat[-1], Mapping) or chat[-1].get("role") != "assistant"):
+                raise TokenizerError("continue_final_message needs the conversation to end with an assistant message")
+        if not tokenize:
+            texts = [chat_prompt_text(self, chat, open_end=continue_final_message) for chat in conversations]  # type: ignore[arg-type]
+            return texts if batched else texts[0]
+        encoded = [chat_prompt_ids(self, chat, final="any", open_end=continue_final_message) for chat in conversations]  # type: ignore[arg-type]
+        limit = self._truncation_limit(truncation, max_length, padding, True)  # type: ignore[attr-defined]
+        if limit is not None:
+            encoded = [self._truncate(ids, limit, False, False) for ids in encoded]  # type: ignore[attr-defined]
+        side = self.padding_side  # type: ignore[attr-defined]
+        out = self._finish(encoded, batched, padding, max_length, side, None, return_tensors, None, False, False)  # type: ignore[attr-defined]
+        return out if return_dict else out["input_ids"]
