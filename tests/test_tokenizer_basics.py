@@ -156,6 +156,15 @@ def test_apply_chat_template_bad_input(tok, call, error, match):
         call(tok)
 
 
+def test_convert_tokens_to_string_bad_input(tok):
+    with pytest.raises(TokenizerError, match="not in the vocabulary"):
+        tok.convert_tokens_to_string(["▁Hello", "no-such-piece"])
+    with pytest.raises(TypeError):
+        tok.convert_tokens_to_string("▁Hello")
+    with pytest.raises(TypeError, match="piece 0"):
+        tok.convert_tokens_to_string([5])
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path

@@ -292,6 +292,21 @@ def test_difference_chat_without_a_template(hf, ours):
     assert ours.apply_chat_template(CHAT[1:2], tokenize=False) == "<s>[INST] Write fizzbuzz. [/INST]"
 
 
+def test_attributes_libraries_read_match_hf(sprinkled):
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    for tok in (hf, ours):
+        tok.pad_token = tok.eos_token
+    for name in ("special_tokens_map", "additional_special_tokens", "additional_special_tokens_ids", "sep_token", "cls_token",
+                 "mask_token", "sep_token_id", "mask_token_id", "pad_token_type_id", "added_tokens_encoder"):
+        assert getattr(ours, name) == getattr(hf, name), name
+    assert ours.get_added_vocab() == hf.get_added_vocab()
+    assert ours.vocab == hf.vocab
+    assert [ours.num_special_tokens_to_add(p) for p in (False, True)] == [hf.num_special_tokens_to_add(p) for p in (False, True)]
+    for text in sprinkled[:200]:
+        tokens = hf.convert_ids_to_tokens(hf.encode(text))
+        assert ours.convert_tokens_to_string(tokens) == hf.convert_tokens_to_string(tokens)
+
+
 def test_single_text_shapes_match(hf, ours):
     for kw in ({}, {"return_tensors": "np"}, {"return_tensors": "pt"}):
         a, b = hf("def f(): pass", **kw), ours("def f(): pass", **kw)

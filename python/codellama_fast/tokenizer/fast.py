@@ -18,6 +18,7 @@ from .batch_encoding import BatchEncoding
 from .batching import _PADDING_STRATEGIES, BatchingMixin
 from .chat import ChatMixin
 from .collate import PaddingMixin
+from .compat import CompatMixin
 from .files import TokenizerFiles, resolve, token_content
 from .saving import SavingMixin
 
@@ -77,7 +78,7 @@ class _Side:
         setattr(obj, self.slot, value)
 
 
-class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, SavingMixin):
+class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin, SavingMixin):
     """Code Llama tokenizer: sentencepiece-exact encoding, Meta's infilling, HF-compatible API.
 
     >>> from codellama_fast import CodeLlamaTokenizerFast
