@@ -3,6 +3,7 @@
 //! prompts and byte-reassembling decoding. Pure Rust; the Python glue lives in `py.rs` behind the
 //! `python` feature so `cargo test` needs no interpreter.
 
+pub mod added;
 pub mod chunking;
 mod decode;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod tokenizer;
 #[cfg(feature = "python")]
 mod py;
 
+pub use added::AddedPiece;
 pub use error::{Result, TokenizerError};
 pub use infill::{split_fill_marker, FILL_MARKER};
 pub use special::SpecialIds;

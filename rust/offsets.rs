@@ -42,7 +42,7 @@ impl CodeLlamaTokenizer {
         }
         let dummy = self.add_dummy_prefix();
         match mode {
-            SpecialTokenMode::Plain => self.span_offsets(text, 0, text.len(), dummy, false, &char_of_byte, &mut ids, &mut offs)?,
+            SpecialTokenMode::Plain => self.span_offsets(text, 0, text.len(), dummy, false, false, &char_of_byte, &mut ids, &mut offs)?,
             SpecialTokenMode::Match => {
                 for (s, e, special) in self.special_matcher().split_ranges(text) {
                     match special {
@@ -50,7 +50,7 @@ impl CodeLlamaTokenizer {
                             ids.push(id);
                             offs.push((char_of_byte[s], char_of_byte[e]));
                         }
-                        None => self.span_offsets(text, s, e, dummy, false, &char_of_byte, &mut ids, &mut offs)?,
+                        None => self.span_offsets(text, s, e, dummy, false, true, &char_of_byte, &mut ids, &mut offs)?,
                     }
                 }
             }
@@ -59,14 +59,15 @@ impl CodeLlamaTokenizer {
                 // span (a lone one before a special piece is dropped).
                 let start = ids.len();
                 let text_sp: String = text.chars().map(|c| if c == SPACE_MARK { ' ' } else { c }).collect();
-                let ranges = self.special_matcher().split_ranges(&text_sp);
+                let matcher = self.added_matchers.raw_all.as_ref().unwrap_or(self.special_matcher());
+                let ranges = matcher.split_ranges(&text_sp);
                 for (k, (s, e, special)) in ranges.into_iter().enumerate() {
                     match special {
                         Some(id) => {
                             ids.push(id);
                             offs.push((char_of_byte[s], char_of_byte[e]));
                         }
-                        None => self.span_offsets(&text_sp, s, e, false, k == 0 && dummy, &char_of_byte, &mut ids, &mut offs)?,
+                        None => self.span_offsets(&text_sp, s, e, false, k == 0 && dummy, false, &char_of_byte, &mut ids, &mut offs)?,
                     }
                 }
                 let lone = self.piece_to_id("▁");
@@ -86,9 +87,10 @@ impl CodeLlamaTokenizer {
     }
 
     /// Tokens of text[s..e] with offsets. `dummy`: sentencepiece's dummy prefix (only on a
-    /// non-empty span); `lead_mark`: a literal leading "▁" (HF slow's prepended one).
+    /// non-empty span); `lead_mark`: a literal leading "▁" (HF slow's prepended one);
+    /// `match_added`: find the normalized added tokens in the normalized span.
     #[allow(clippy::too_many_arguments)]
-    fn span_offsets(&self, text: &str, s: usize, e: usize, dummy: bool, lead_mark: bool, char_of_byte: &[usize],
+    fn span_offsets(&self, text: &str, s: usize, e: usize, dummy: bool, lead_mark: bool, match_added: bool, char_of_byte: &[usize],
                     ids: &mut Vec<u32>, offs: &mut Vec<(usize, usize)>) -> Result<()> {
         let span = &text[s..e];
         if span.is_empty() {
@@ -108,16 +110,30 @@ impl CodeLlamaTokenizer {
             normalized.push(out);
             src.extend(std::iter::repeat((c0, c0 + 1)).take(out.len_utf8()));
         }
-        let tokens = self
-            .bpe()
-            .tokenize(&normalized)
-            .map_err(|err| TokenizerError::InvalidInput(format!("BPE failed on the input: {err}")))?;
-        for t in tokens {
-            let (a, b) = t.offsets;
+        let span_of = |a: usize, b: usize| {
             let lo = src[a..b].iter().map(|x| x.0).min().unwrap_or(first_char);
             let hi = src[a..b].iter().map(|x| x.1).max().unwrap_or(first_char);
-            ids.push(t.id);
-            offs.push((lo, hi));
+            (lo, hi)
+        };
+        let pieces = match (&self.added_matchers.normalized, match_added) {
+            (Some(m), true) => m.split_ranges(&normalized),
+            _ => vec![(0, normalized.len(), None)],
+        };
+        for (a0, b0, added) in pieces {
+            if let Some(id) = added {
+                ids.push(id);
+                offs.push(span_of(a0, b0));
+                continue;
+            }
+            let tokens = self
+                .bpe()
+                .tokenize(&normalized[a0..b0])
+                .map_err(|err| TokenizerError::InvalidInput(format!("BPE failed on the input: {err}")))?;
+            for t in tokens {
+                let (a, b) = t.offsets;
+                ids.push(t.id);
+                offs.push(span_of(a0 + a, a0 + b));
+            }
         }
         Ok(())
     }

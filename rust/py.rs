@@ -121,6 +121,18 @@ impl NativeTokenizer {
         self.inner.special_tokens()
     }
 
+    /// The tokens past the sentencepiece vocabulary: (content, id, special, normalized).
+    fn added_tokens(&self) -> Vec<(String, u32, bool, bool)> {
+        self.inner.added_pieces().iter().map(|a| (a.content.clone(), a.id, a.special, a.normalized)).collect()
+    }
+
+    /// A new tokenizer with `tokens` ((content, special, normalized)) added, and how many were new.
+    fn with_added_tokens(&self, py: Python<'_>, tokens: Vec<(String, bool, bool)>) -> PyResult<(Self, usize)> {
+        let (inner, added) = py.detach(|| self.inner.with_added_tokens(&tokens)).map_err(to_py)?;
+        inner.update_post_processor(self.inner.post_processor().0, self.inner.post_processor().1).map_err(to_py)?;
+        Ok((Self::wrap(py, inner)?, added))
+    }
+
     fn is_special_id(&self, id: u32) -> bool {
         self.inner.is_special_id(id)
     }

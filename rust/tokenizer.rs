@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokenizers::models::bpe::BPE;
 use tokenizers::Model;
 
+use crate::added::{parse_added, AddedMatchers, AddedPiece};
 use crate::chunking::{cached_chunk, JoinableBigrams};
 use crate::small_bpe::MergeTable;
 use crate::error::{Result, TokenizerError};
@@ -66,6 +67,11 @@ pub struct CodeLlamaTokenizer {
     pub(crate) cache_owner: usize,
     /// Allocation-free BPE for short chunks (None if the merges do not fit the vocabulary).
     pub(crate) small: Option<Arc<MergeTable>>,
+    /// The special pieces of the base vocabulary matched in raw text (the matcher adds the added ones).
+    pub(crate) base_matched: Vec<(String, u32)>,
+    /// Tokens past the sentencepiece vocabulary, in id order.
+    pub(crate) added: Vec<AddedPiece>,
+    pub(crate) added_matchers: AddedMatchers,
 }
 
 static NEXT_OWNER: AtomicUsize = AtomicUsize::new(1);
@@ -87,6 +93,9 @@ impl Clone for CodeLlamaTokenizer {
             bigrams: self.bigrams.clone(),
             cache_owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
             small: self.small.clone(),
+            base_matched: self.base_matched.clone(),
+            added: self.added.clone(),
+            added_matchers: self.added_matchers.clone(),
         }
     }
 }
@@ -174,10 +183,13 @@ impl CodeLlamaTokenizer {
         let vocab = bpe.get_vocab();
         let unk_piece = model.get("unk_token").and_then(Value::as_str).unwrap_or("<unk>");
         let unk_id = *vocab.get(unk_piece).ok_or_else(|| bad(format!("the unknown token {unk_piece:?} is not in the vocabulary")))?;
-        // Added special tokens are the strings matched in raw text.
+        // Added special tokens are the strings matched in raw text; those past the vocabulary are
+        // a fine-tune's additions.
         let mut specials: Vec<(String, u32)> = Vec::new();
+        let entries = root.get("added_tokens").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+        let extra = parse_added(entries, vocab.len()).map_err(bad)?;
         if let Some(added) = root.get("added_tokens").and_then(Value::as_array) {
-            for tok in added {
+            for tok in added.iter().filter(|t| t.get("id").and_then(Value::as_u64).is_some_and(|i| (i as usize) < vocab.len())) {
                 let content = tok.get("content").and_then(Value::as_str);
                 let id = tok.get("id").and_then(Value::as_u64);
                 let special = tok.get("special").and_then(Value::as_bool).unwrap_or(false);
@@ -200,7 +212,9 @@ impl CodeLlamaTokenizer {
         if let Some(obj) = template.as_object_mut() {
             obj.remove("post_processor");
         }
-        Self::assemble(bpe, &merges, specials, unk_id, bos, eos, dummy, template, path, JSON_KIND)
+        let mut tok = Self::assemble(bpe, &merges, specials, unk_id, bos, eos, dummy, template, path, JSON_KIND)?;
+        tok.install_added(extra);
+        Ok(tok)
     }
 
     /// Loads from a `tokenizer.json` and/or a `tokenizer.model`; with both, they must agree.
@@ -270,6 +284,7 @@ impl CodeLlamaTokenizer {
             is_special[id as usize] = true;
         }
         let matcher = SpecialMatcher::new(&specials);
+        let base_matched = specials.clone();
         let piece_to_id: AHashMap<String, u32> = vocab.into_iter().collect();
         let bigrams = JoinableBigrams::from_merges(merges.iter().map(|(a, b)| (a.as_str(), b.as_str())));
         let mut byte_ids = [0u32; 256];
@@ -292,6 +307,9 @@ impl CodeLlamaTokenizer {
             bigrams: Arc::new(bigrams),
             cache_owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
             small,
+            base_matched,
+            added: Vec::new(),
+            added_matchers: AddedMatchers::default(),
         })
     }
 
@@ -393,9 +411,10 @@ impl CodeLlamaTokenizer {
             SpecialTokenMode::Plain => self.encode_text(text, self.add_dummy_prefix, out),
             SpecialTokenMode::Match => {
                 for seg in self.matcher.split(text) {
-                    match seg {
-                        Segment::Special(id) => out.push(id),
-                        Segment::Text(t) => self.encode_text(t, self.add_dummy_prefix, out)?,
+                    match (seg, &self.added_matchers.normalized) {
+                        (Segment::Special(id), _) => out.push(id),
+                        (Segment::Text(t), None) => self.encode_text(t, self.add_dummy_prefix, out)?,
+                        (Segment::Text(t), Some(m)) => self.encode_span_with_added(t, self.add_dummy_prefix, m, out)?,
                     }
                 }
                 Ok(())
@@ -413,7 +432,8 @@ impl CodeLlamaTokenizer {
                 }
                 prefixed.extend(text.chars().map(|c| if c == SPACE_MARK { ' ' } else { c }));
                 let start = out.len();
-                for seg in self.matcher.split(&prefixed) {
+                let matcher = self.added_matchers.raw_all.as_ref().unwrap_or(&self.matcher);
+                for seg in matcher.split(&prefixed) {
                     match seg {
                         Segment::Special(id) => out.push(id),
                         Segment::Text(t) => self.encode_text(t, false, out)?,
@@ -431,27 +451,29 @@ impl CodeLlamaTokenizer {
     /// sentencepiece's encoding of plain text (no special-token matching): spaces become `▁`,
     /// `dummy_prefix` adds a leading `▁` to non-empty text, then byte-fallback BPE.
     pub fn encode_text(&self, text: &str, dummy_prefix: bool, out: &mut Vec<u32>) -> Result<()> {
-        let collapsed;
-        let text = if self.remove_extra_whitespaces {
-            collapsed = collapse_whitespace(text);
-            collapsed.as_str()
+        let normalized = self.normalized_form(text, dummy_prefix);
+        self.encode_normalized_text(&normalized, out)
+    }
+
+    /// sentencepiece's normalization: whitespace collapsed where the model says so, spaces as `▁`,
+    /// and the dummy prefix on non-empty text.
+    pub(crate) fn normalized_form(&self, text: &str, dummy_prefix: bool) -> String {
+        if self.remove_extra_whitespaces {
+            crate::added::normalize(&collapse_whitespace(text), dummy_prefix)
         } else {
-            text
-        };
-        if text.is_empty() {
+            crate::added::normalize(text, dummy_prefix)
+        }
+    }
+
+    /// BPE of a normalized string, by several threads when it is long.
+    pub(crate) fn encode_normalized_text(&self, normalized: &str, out: &mut Vec<u32>) -> Result<()> {
+        if normalized.is_empty() {
             return Ok(());
         }
-        let mut normalized = String::with_capacity(text.len() + text.len() / 4 + 3);
-        if dummy_prefix {
-            normalized.push(SPACE_MARK);
-        }
-        for ch in text.chars() {
-            normalized.push(if ch == ' ' { SPACE_MARK } else { ch });
-        }
         if normalized.len() >= PARALLEL_MIN_BYTES {
-            return self.encode_normalized_parallel(&normalized, out);
+            return self.encode_normalized_parallel(normalized, out);
         }
-        self.encode_normalized(&normalized, out)
+        self.encode_normalized(normalized, out)
     }
 
     /// Chunked, cached BPE of an already normalized string.

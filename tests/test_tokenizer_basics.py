@@ -165,6 +165,40 @@ def test_convert_tokens_to_string_bad_input(tok):
         tok.convert_tokens_to_string([5])
 
 
+@pytest.mark.parametrize("call, error, match", [
+    (lambda t: t.add_special_tokens({"bos_token": "<start>"}), TokenizerError, "fixed by the vocabulary"),
+    (lambda t: t.add_special_tokens({"sep_token": "<sep>"}), TokenizerError, "no role"),
+    (lambda t: t.add_special_tokens({"pad": "<pad>"}), TokenizerError, "unknown special-token role"),
+    (lambda t: t.add_special_tokens(["<pad>"]), TypeError, "dict"),
+    (lambda t: t.add_special_tokens({"additional_special_tokens": "<a>"}), TypeError, "list"),
+    (lambda t: t.add_tokens([5]), TypeError, "str or an AddedToken"),
+    (lambda t: t.add_tokens([""]), TokenizerError, "empty"),
+    (lambda t: setattr(t, "pad_token", "<pad>"), TokenizerError, "add_special_tokens"),
+])
+def test_adding_tokens_bad_input(call, error, match):
+    tok, fresh = CodeLlamaTokenizerFast.from_pretrained(), CodeLlamaTokenizerFast.from_pretrained()
+    with pytest.raises(error, match=match):
+        call(tok)
+    assert len(tok) == len(fresh) and tok.encode("a <pad><start>") == fresh.encode("a <pad><start>")  # nothing was half-added
+
+
+def test_adding_tokens_keeps_the_bundled_default_untouched():
+    a, b = CodeLlamaTokenizerFast.from_pretrained(), CodeLlamaTokenizerFast.from_pretrained()
+    assert a.add_special_tokens({"bos_token": "<s>", "pad_token": "<pad>"}) == 1
+    assert a.add_tokens("<pad>") == 0 and a.add_tokens(["▁Hello"]) == 0  # already there
+    assert a.encode("<pad>") == [1, 32016] and 32016 not in b.encode("<pad>") and len(b) == 32016
+
+
+def test_added_token_ids_must_follow_the_vocabulary(tmp_path):
+    import json
+
+    data = json.loads((CODELLAMA_DIR / "tokenizer.json").read_text(encoding="utf-8"))
+    data["added_tokens"].append({"id": 32020, "content": "<gap>", "special": True, "normalized": False})
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(InvalidTokenizerFile, match="must take the ids 32016, 32017"):
+        CodeLlamaTokenizerFast.from_pretrained(tmp_path)
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path

@@ -307,6 +307,86 @@ def test_attributes_libraries_read_match_hf(sprinkled):
         assert ours.convert_tokens_to_string(tokens) == hf.convert_tokens_to_string(tokens)
 
 
+def _add_the_same_tokens(tok):
+    """A fine-tune's additions: a pad token, plain tokens (matched in normalized text), a special
+    one through add_tokens and additional special tokens. Returns how many were new."""
+    return (tok.add_special_tokens({"pad_token": "<pad>"}) + tok.add_tokens(["<foo>", "my token"])
+            + tok.add_tokens(["<SEP>"], special_tokens=True) + tok.add_special_tokens({"additional_special_tokens": ["<x1>", "<SEP>"]}))
+
+
+ADDED_TEXTS = ["x <foo> y<pad>z", "<foo>", " <foo>", "a<foo>b", "has my token here", "my  token", "<SEP>x<SEP> <SEP>",
+               "<x1><x1>", "</s><pad>", "  <foo>  <foo>", "▁<foo>", "<fo<foo>o>", "a<FILL_ME>b <foo>"]
+
+
+def _with_added_strings(texts):
+    r = __import__("random").Random()
+    out = []
+    for text in texts:
+        for _ in range(r.randrange(4)):
+            pos = r.randrange(len(text) + 1)
+            text = text[:pos] + r.choice(["<foo>", " <foo>", "my token", "<pad>", "<SEP>", "<x1>", " "]) + text[pos:]
+        out.append(text)
+    return out
+
+
+def _assert_same_with_added(a, b, texts):
+    for text in texts:
+        ids = a.encode(text)
+        assert b.encode(text) == ids, text
+        assert b.decode(ids) == a.decode(ids)
+        assert b.decode(ids, skip_special_tokens=True) == a.decode(ids, skip_special_tokens=True)
+    assert len(b) == len(a) and b.vocab_size == a.vocab_size
+    assert b.pad_token_id == a.pad_token_id
+
+
+def test_added_tokens_match_hf(sprinkled):
+    """Tokens added past the vocabulary encode, decode, pad and report as transformers' fast class."""
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    assert _add_the_same_tokens(ours) == 5 and len(ours) == 32021
+    _add_the_same_tokens(hf)
+    texts = ADDED_TEXTS + _with_added_strings([t for t in sprinkled[:300] if "<FILL_ME>" not in t])
+    _assert_same_with_added(hf, ours, [t for t in texts if "<FILL_ME>" not in t])
+    plain = [t for t in texts if "<FILL_ME>" not in t]
+    a = hf(plain[:40], padding=True, return_offsets_mapping=True, return_special_tokens_mask=True)
+    b = ours(plain[:40], padding=True, return_offsets_mapping=True, return_special_tokens_mask=True)
+    assert a["input_ids"] == b["input_ids"] and a["attention_mask"] == b["attention_mask"]
+    assert [[tuple(o) for o in row] for row in a["offset_mapping"]] == b["offset_mapping"]
+    for name in ("all_special_tokens", "all_special_ids", "additional_special_tokens", "special_tokens_map"):
+        assert getattr(ours, name) == getattr(hf, name), name
+    assert ours.convert_tokens_to_ids(["<foo>", "<x1>"]) == hf.convert_tokens_to_ids(["<foo>", "<x1>"])
+    # an infilling prompt keeps its prefix and suffix as text, added tokens included (Meta's rule)
+    assert ours("a<FILL_ME>b <foo>")["input_ids"] == ours._native.encode_infill("a", "b <foo>", False, True)
+
+
+def test_loads_a_folder_with_added_tokens_saved_by_transformers(tmp_path, sprinkled):
+    hf = _hf_fast()
+    _add_the_same_tokens(hf)
+    hf.save_pretrained(tmp_path)
+    ours = CodeLlamaTokenizerFast.from_pretrained(tmp_path)
+    _assert_same_with_added(hf, ours, ADDED_TEXTS[:-1] + _with_added_strings(sprinkled[:100]))
+    assert ours.additional_special_tokens == hf.additional_special_tokens
+
+
+def test_added_tokens_saved_here_load_in_transformers(tmp_path, sprinkled):
+    ours = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    _add_the_same_tokens(ours)
+    ours.save_pretrained(tmp_path / "ours")
+    texts = ADDED_TEXTS[:-1] + _with_added_strings(sprinkled[:100])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "ours"))
+        slow = transformers.CodeLlamaTokenizer.from_pretrained(str(tmp_path / "ours"))
+        reference = _hf_fast()
+        _add_the_same_tokens(reference)
+        reference.save_pretrained(tmp_path / "hf")
+        slow_of_hf = transformers.CodeLlamaTokenizer.from_pretrained(str(tmp_path / "hf"))
+    _assert_same_with_added(fast, ours, texts)
+    # the slow class reads our folder as it reads the one transformers saved
+    assert [slow.encode(t) for t in texts] == [slow_of_hf.encode(t) for t in texts]
+    restored = __import__("pickle").loads(__import__("pickle").dumps(ours))
+    _assert_same_with_added(ours, restored, texts)
+
+
 def test_single_text_shapes_match(hf, ours):
     for kw in ({}, {"return_tensors": "np"}, {"return_tensors": "pt"}):
         a, b = hf("def f(): pass", **kw), ours("def f(): pass", **kw)

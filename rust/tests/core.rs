@@ -169,3 +169,43 @@ fn bad_files_give_errors_not_panics() {
     ));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn added_tokens_split_raw_and_normalized_text() {
+    // A special token is found in the raw text; a plain one where the normalized text (spaces as
+    // "▁", the dummy prefix included) reads "▁<foo>". Between them, the base encoder's ids.
+    let base = from_json();
+    let (tok, added) = base
+        .with_added_tokens(&[("<pad>".into(), true, false), ("<foo>".into(), false, true), ("▁Hello".into(), false, true)])
+        .unwrap();
+    assert_eq!(added, 2, "▁Hello is already a piece");
+    assert_eq!(tok.vocab_size(), base.vocab_size() + 2);
+    let (pad, foo) = (base.vocab_size() as u32, base.vocab_size() as u32 + 1);
+    let text = |s: &str, dummy: bool| {
+        let mut out = Vec::new();
+        base.encode_text(s, dummy, &mut out).unwrap();
+        out
+    };
+    let enc = |s: &str| tok.encode(s, SpecialTokenMode::Match, false).unwrap();
+    // "x <foo> y<pad>z": raw split at <pad>; "▁x▁<foo>▁y" splits at "▁<foo>"; "z" gets its own prefix
+    let want: Vec<u32> = [text("x", true), vec![foo], text("y", true), vec![pad], text("z", true)].concat();
+    assert_eq!(enc("x <foo> y<pad>z"), want);
+    // no "▁" before it in the normalized text: not the added token
+    assert_eq!(enc("a<foo>b"), text("a<foo>b", true));
+    assert_eq!(enc("<foo>"), vec![foo]);
+    // plain text mode and infilling keep added tokens as text
+    assert_eq!(tok.encode("<pad> <foo>", SpecialTokenMode::Plain, false).unwrap(), text("<pad> <foo>", true));
+    // decoding gives the contents; skip_special_tokens drops only the special one
+    let ids: Vec<i64> = want.iter().map(|&i| i as i64).collect();
+    assert_eq!(tok.decode(&ids, false).unwrap(), "x<foo> y<pad> z");
+    assert_eq!(tok.decode(&ids, true).unwrap(), "x<foo> y z");
+    // offsets agree with the ids and point at the token's characters
+    let (oids, offs) = tok.encode_with_offsets("x <foo> y<pad>z", SpecialTokenMode::Match, false).unwrap();
+    assert_eq!(oids, want);
+    assert_eq!(offs[oids.iter().position(|&i| i == foo).unwrap()], (1, 7));
+    assert_eq!(offs[oids.iter().position(|&i| i == pad).unwrap()], (9, 14));
+    // the hub JSON carries them, and reloads to the same tokenizer
+    let again = CodeLlamaTokenizer::from_json_str(&tok.to_json(), Path::new("<memory>")).unwrap();
+    assert_eq!(again.encode("x <foo> y<pad>z", SpecialTokenMode::Match, false).unwrap(), want);
+    assert_eq!(again.added_pieces(), tok.added_pieces());
+}

@@ -130,9 +130,9 @@ class Engine:
     """
 
     def __init__(self, model: LlamaModel, tokenizer: CodeLlamaTokenizerFast, defaults: Mapping[str, Any] | None = None) -> None:
-        if tokenizer.vocab_size != model.config.vocab_size:
+        if len(tokenizer) != model.config.vocab_size:
             raise CheckpointError(
-                f"the tokenizer has {tokenizer.vocab_size} pieces but the model's vocabulary is {model.config.vocab_size}; "
+                f"the tokenizer has {len(tokenizer)} pieces but the model's vocabulary is {model.config.vocab_size}; "
                 "pass the tokenizer that belongs to this model"
             )
         self.model, self.tokenizer = model, tokenizer

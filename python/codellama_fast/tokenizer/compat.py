@@ -18,7 +18,10 @@ class CompatMixin:
 
     @property
     def additional_special_tokens(self) -> list[str]:
-        """The infilling sentinels, in the order the hub config lists them (none on a 32000-piece vocabulary)."""
+        """The infilling sentinels, in the order the hub config lists them (none on a 32000-piece
+        vocabulary), unless ``add_special_tokens`` set the list."""
+        if self._additional_special is not None:  # type: ignore[attr-defined]
+            return list(self._additional_special)  # type: ignore[attr-defined]
         ids = self._special_ids  # type: ignore[attr-defined]
         return [self._native.id_to_piece(ids[k]) for k in ("prefix", "middle", "suffix", "eot") if ids[k] is not None]  # type: ignore[attr-defined]
 
@@ -38,8 +41,11 @@ class CompatMixin:
         return out
 
     def get_added_vocab(self) -> dict[str, int]:
-        """The special pieces matched in text (``<unk>``, ``<s>``, ``</s>`` and the sentinels), by id."""
-        return dict(sorted(((piece, i) for piece, i in self._native.special_tokens()), key=lambda item: item[1]))  # type: ignore[attr-defined]
+        """The special pieces matched in text (``<unk>``, ``<s>``, ``</s>``, the sentinels) and the
+        tokens added past the vocabulary, by id."""
+        pairs = dict(self._native.special_tokens())  # type: ignore[attr-defined]
+        pairs.update((content, i) for content, i, _, _ in self._native.added_tokens())  # type: ignore[attr-defined]
+        return dict(sorted(pairs.items(), key=lambda item: item[1]))
 
     @property
     def added_tokens_encoder(self) -> dict[str, int]:

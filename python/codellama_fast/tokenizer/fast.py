@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _native
 from ..errors import InfillingUnsupported, TokenIdError, TokenizerError
 from .batch_encoding import BatchEncoding
+from .adding import AddingMixin
 from .batching import _PADDING_STRATEGIES, BatchingMixin
 from .chat import ChatMixin
 from .collate import PaddingMixin
@@ -78,7 +79,7 @@ class _Side:
         setattr(obj, self.slot, value)
 
 
-class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin, SavingMixin):
+class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin, AddingMixin, SavingMixin):
     """Code Llama tokenizer: sentencepiece-exact encoding, Meta's infilling, HF-compatible API.
 
     >>> from codellama_fast import CodeLlamaTokenizerFast
@@ -127,6 +128,7 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         self.name_or_path = name_or_path
         self._model_file_bytes = model_file_bytes
         self._config = dict(config or {})
+        self._additional_special: list[str] | None = None  # None: the infilling sentinels
         ids = native.special_ids()
         self._special_ids: dict[str, int | None] = ids
         self._add_bos_token = bool(add_bos_token)
@@ -155,7 +157,11 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
             assert files.tokenizer_model is not None
             native = _native.NativeTokenizer.from_spm_file(str(files.tokenizer_model))
         model_bytes = files.tokenizer_model.read_bytes() if files.tokenizer_model is not None else None
-        return cls(native, **cls._settings(files, kwargs), name_or_path=str(pretrained_model_name_or_path or "codellama/CodeLlama-7b-hf"), model_file_bytes=model_bytes)
+        tok = cls(native, **cls._settings(files, kwargs), name_or_path=str(pretrained_model_name_or_path or "codellama/CodeLlama-7b-hf"), model_file_bytes=model_bytes)
+        extra = [token_content(t) for t in files.config.get("additional_special_tokens") or files.special_tokens_map.get("additional_special_tokens") or []]
+        if extra and all(isinstance(t, str) and native.piece_to_id(t) is not None for t in extra):
+            tok._additional_special = extra
+        return tok
 
     @staticmethod
     def _settings(files: TokenizerFiles, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +231,10 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
     @pad_token.setter
     def pad_token(self, value: str | None) -> None:
         if value is not None and self._native.piece_to_id(value) is None:
-            raise TokenizerError(f"pad token {value!r} is not in the vocabulary; use an existing piece such as {self.eos_token!r} or {self.unk_token!r}")
+            raise TokenizerError(
+                f"pad token {value!r} is not in the vocabulary; use an existing piece such as {self.eos_token!r}, "
+                f"or add it first with add_special_tokens({{'pad_token': {value!r}}})"
+            )
         self._pad_token = value
 
     @property
@@ -275,12 +284,16 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
 
     @property
     def all_special_ids(self) -> list[int]:
-        keys = ("bos", "eos", "unk", "prefix", "middle", "suffix", "eot")
-        return [i for k in keys if (i := self._special_ids[k]) is not None]
+        return [self._native.piece_to_id(t) for t in self.all_special_tokens]
 
     @property
     def all_special_tokens(self) -> list[str]:
-        return [self._native.id_to_piece(i) for i in self.all_special_ids]
+        """bos, eos, unk, pad, then the additional special tokens (transformers' order), once each."""
+        out: list[str] = []
+        for token in [self.bos_token, self.eos_token, self.unk_token, self._pad_token, *self.additional_special_tokens]:
+            if token is not None and token not in out:
+                out.append(token)
+        return out
 
     # ------------------------------------------------------------------ post-processor
 
@@ -320,7 +333,8 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
 
     @property
     def vocab_size(self) -> int:
-        return self._native.vocab_size
+        """Pieces of the sentencepiece vocabulary; ``len()`` counts the added tokens too (as transformers)."""
+        return self._native.vocab_size - len(self._native.added_tokens())
 
     def __len__(self) -> int:
         return self._native.vocab_size

@@ -29,6 +29,16 @@ class SavingMixin:
             "split_special_tokens": self.split_special_tokens,
             "tokenizer_class": "CodeLlamaTokenizer",
         }
+        if self._additional_special is not None:
+            cfg["additional_special_tokens"] = list(self._additional_special)
+        added = self._native.added_tokens()
+        if added:
+            # what the slow class reads to know the tokens past tokenizer.model
+            cfg["added_tokens_decoder"] = {
+                str(i): {"content": content, "lstrip": False, "normalized": normalized, "rstrip": False,
+                         "single_word": False, "special": special}
+                for content, i, special, normalized in added
+            }
         if self.can_infill:
             cfg.update(
                 prefix_token=self.prefix_token, suffix_token=self.suffix_token, middle_token=self.middle_token,
@@ -47,7 +57,9 @@ class SavingMixin:
         folder.mkdir(parents=True, exist_ok=True)
         written = [self._write(folder / "tokenizer.json", self._native.to_json())]
         written.append(self._write(folder / "tokenizer_config.json", json.dumps(self._tokenizer_config(), indent=2, ensure_ascii=False)))
-        stm = {k: v for k, v in (("bos_token", self.bos_token), ("eos_token", self.eos_token), ("unk_token", self.unk_token), ("pad_token", self._pad_token)) if v is not None}
+        stm: dict[str, Any] = {k: v for k, v in (("bos_token", self.bos_token), ("eos_token", self.eos_token), ("unk_token", self.unk_token), ("pad_token", self._pad_token)) if v is not None}
+        if self._additional_special is not None:
+            stm["additional_special_tokens"] = list(self._additional_special)
         written.append(self._write(folder / "special_tokens_map.json", json.dumps(stm, indent=2, ensure_ascii=False)))
         if self._model_file_bytes is not None:
             written.extend(self.save_vocabulary(folder))

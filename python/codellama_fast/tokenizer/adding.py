@@ -1,0 +1,83 @@
+"""Adding tokens past the sentencepiece vocabulary (transformers' ``add_tokens`` and
+``add_special_tokens``): a fine-tune's pad token or custom markers. The native core is rebuilt
+with the new pieces; a model that uses them needs an embedding row for each."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import TokenizerError
+
+_FIXED = ("bos_token", "eos_token", "unk_token")
+_UNSUPPORTED = ("sep_token", "cls_token", "mask_token")
+
+
+def _token_spec(token: Any, special: bool) -> tuple[str, bool, bool]:
+    """(content, special, normalized) of a str or a ``tokenizers.AddedToken``-like object. A str
+    follows transformers' defaults: a special token is matched in the raw text, a plain one in the
+    normalized text."""
+    if isinstance(token, str):
+        return token, special, not special
+    content = getattr(token, "content", None)
+    if not isinstance(content, str):
+        raise TypeError(f"a token to add must be a str or an AddedToken, not {type(token).__name__}")
+    is_special = bool(getattr(token, "special", special)) or special
+    return content, is_special, bool(getattr(token, "normalized", not is_special))
+
+
+class AddingMixin:
+    """``add_tokens`` / ``add_special_tokens`` for `CodeLlamaTokenizerFast`."""
+
+    def add_tokens(self, new_tokens: Any, special_tokens: bool = False) -> int:
+        """Adds tokens (a str, an ``AddedToken`` or a list of them) after the last id; tokens already
+        in the vocabulary are left as they are. Returns how many are new.
+
+        >>> tok.add_tokens(["<file_sep>"])
+        1
+        """
+        items = [new_tokens] if isinstance(new_tokens, str) or hasattr(new_tokens, "content") else list(new_tokens)
+        specs = [_token_spec(t, bool(special_tokens)) for t in items]
+        for content, _, _ in specs:
+            if not content:
+                raise TokenizerError("an added token cannot be empty")
+        native, added = self._native.with_added_tokens(specs)  # type: ignore[attr-defined]
+        self._native = native
+        return int(added)
+
+    def add_special_tokens(self, special_tokens_dict: Mapping[str, Any], replace_additional_special_tokens: bool = True) -> int:
+        """Adds special tokens by role: ``pad_token`` (set as the pad token) and
+        ``additional_special_tokens`` (matched in raw text, dropped by ``skip_special_tokens``).
+        ``bos_token``/``eos_token``/``unk_token`` are fixed by the vocabulary and may only be given
+        their current value. Returns how many tokens are new.
+
+        >>> tok.add_special_tokens({"pad_token": "<pad>"})
+        1
+        """
+        if not isinstance(special_tokens_dict, Mapping):
+            raise TypeError(f"add_special_tokens takes a dict such as {{'pad_token': '<pad>'}}, not {type(special_tokens_dict).__name__}")
+        added = 0
+        for key, value in special_tokens_dict.items():
+            if key in _FIXED:
+                current = getattr(self, key)
+                content = _token_spec(value, True)[0]
+                if content != current:
+                    raise TokenizerError(f"{key} is fixed by the vocabulary ({current!r}); it cannot become {content!r}")
+            elif key == "pad_token":
+                if value is None:
+                    self.pad_token = None  # type: ignore[attr-defined]
+                    continue
+                added += self.add_tokens([value], special_tokens=True)
+                self.pad_token = _token_spec(value, True)[0]  # type: ignore[attr-defined]
+            elif key == "additional_special_tokens":
+                if isinstance(value, str) or not isinstance(value, Sequence):
+                    raise TypeError("additional_special_tokens must be a list of tokens")
+                added += self.add_tokens(list(value), special_tokens=True)
+                names = [_token_spec(v, True)[0] for v in value]
+                previous = [] if replace_additional_special_tokens else self.additional_special_tokens  # type: ignore[attr-defined]
+                self._additional_special = previous + [n for n in names if n not in previous]
+            elif key in _UNSUPPORTED:
+                raise TokenizerError(f"{key} has no role in a Code Llama tokenizer; add the token with additional_special_tokens")
+            else:
+                raise TokenizerError(f"unknown special-token role {key!r}; use pad_token or additional_special_tokens")
+        return added
