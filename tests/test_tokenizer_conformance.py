@@ -358,6 +358,17 @@ def test_added_tokens_match_hf(sprinkled):
     assert ours("a<FILL_ME>b <foo>")["input_ids"] == ours._native.encode_infill("a", "b <foo>", False, True)
 
 
+def test_added_tokens_with_legacy_false_match_hf_slow(sprinkled):
+    """legacy=False reads every added token in the raw text, as the slow class's trie does."""
+    slow, ours = _hf_slow(legacy=False), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR, legacy=False)
+    for tok in (slow, ours):
+        tok.add_special_tokens({"pad_token": "<pad>"})
+        tok.add_tokens(["<foo>", "my token"])
+        tok.add_tokens(["<SEP>"], special_tokens=True)
+    for text in [t for t in ADDED_TEXTS if "<x1>" not in t and "<FILL_ME>" not in t] + _with_added_strings(sprinkled[:100]):
+        assert ours.encode(text) == slow.encode(text), text
+
+
 def test_loads_a_folder_with_added_tokens_saved_by_transformers(tmp_path, sprinkled):
     hf = _hf_fast()
     _add_the_same_tokens(hf)
