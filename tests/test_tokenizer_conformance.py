@@ -349,7 +349,8 @@ def test_added_tokens_match_hf(sprinkled):
     plain = [t for t in texts if "<FILL_ME>" not in t]
     a = hf(plain[:40], padding=True, return_offsets_mapping=True, return_special_tokens_mask=True)
     b = ours(plain[:40], padding=True, return_offsets_mapping=True, return_special_tokens_mask=True)
-    assert a["input_ids"] == b["input_ids"] and a["attention_mask"] == b["attention_mask"]
+    for key in ("input_ids", "attention_mask", "special_tokens_mask"):
+        assert a[key] == b[key], key
     assert [[tuple(o) for o in row] for row in a["offset_mapping"]] == b["offset_mapping"]
     for name in ("all_special_tokens", "all_special_ids", "additional_special_tokens", "special_tokens_map"):
         assert getattr(ours, name) == getattr(hf, name), name

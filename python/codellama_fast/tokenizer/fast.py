@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _native
 from ..errors import InfillingUnsupported, TokenIdError, TokenizerError
-from .batch_encoding import BatchEncoding
 from .adding import AddingMixin
+from .batch_encoding import BatchEncoding
 from .batching import _PADDING_STRATEGIES, BatchingMixin
 from .chat import ChatMixin
 from .collate import PaddingMixin
@@ -346,8 +346,9 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         if isinstance(ids, int):
             return _native_ids(self._native.id_to_piece, ids)
         out = []
+        skip = set(self.all_special_ids) if skip_special_tokens else set()
         for i in _ids_list(ids):
-            if skip_special_tokens and i in self.all_special_ids:
+            if i in skip:
                 continue
             out.append(_native_ids(self._native.id_to_piece, i))
         return out
