@@ -264,6 +264,9 @@ def test_cli_tokenize_and_decode(tmp_path, sp_codellama):
     assert dec.stdout == "def f(): pass\n"
     bad = _cli("decode", "1", "99999")
     assert bad.returncode == 2 and "out of range" in bad.stderr
+    from importlib.metadata import version
+
+    assert _cli("--version").stdout.strip() == f"codellama-fast {version('codellama-fast')}"
 
 
 def test_cli_bad_input_is_one_error_line(tmp_path):

@@ -93,6 +93,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="codellama-fast", description="Fast Code Llama tokenizer and inference engine.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"codellama-fast {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("tokenize", help="text or file -> ids (JSON on stdout)")
