@@ -23,6 +23,18 @@ def test_stream_decoder_equals_full_decode_for_any_ids(ids, skip):
     assert "".join(d.step(i) for i in ids) + d.flush() == _TOK.decode(ids, skip_special_tokens=skip)
 
 
+_WITH_ADDED = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+_WITH_ADDED.add_special_tokens({"pad_token": "<pad>"})
+_WITH_ADDED.add_tokens(["<foo>", "a b"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 32018), max_size=40), st.booleans())
+def test_stream_decoder_with_added_tokens_equals_full_decode(ids, skip):
+    d = _WITH_ADDED.stream_decoder(skip_special_tokens=skip)
+    assert "".join(d.step(i) for i in ids) + d.flush() == _WITH_ADDED.decode(ids, skip_special_tokens=skip)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=60).filter(lambda s: not any(0xD800 <= ord(c) <= 0xDFFF for c in s)))
 def test_stream_decoder_on_real_text(text):
