@@ -12,8 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from codellama_fast import DeviceError, EngineError  # noqa: E402
+from codellama_fast import CodeLlamaTokenizerFast, DeviceError, EngineError  # noqa: E402
 from codellama_fast.engine import Engine, load_model  # noqa: E402
+from tests.conftest import CODELLAMA_DIR  # noqa: E402
 from tests.engine_helpers import make_hf_model, save, scripted  # noqa: E402
 
 
@@ -82,11 +83,32 @@ def test_a_tiny_temperature_is_the_argmax_not_an_overflow(temperature):
         (lambda e: e.generate(input_ids=torch.ones(1, 2, 3, dtype=torch.long)), ValueError, "input_ids must be 1-D or 2-D, got a 3-D"),
         (lambda e: e.generate(input_ids=[[1, 10**9]]), ValueError, "outside the model's vocabulary"),
         (lambda e: list(e.stream(["a", "b"])), TypeError, r"prompt\[0\] must be an int token id, got str"),
+        (lambda e: e.generate([]), ValueError, "no prompts given"),
+        (lambda e: e.generate("a", attention_mask=[1]), ValueError, "attention_mask goes with input_ids"),
+        (lambda e: e.generate(input_ids=[[1, 2]], attention_mask=[[1]]), ValueError, "shape of input_ids"),
+        (lambda e: e.generate(input_ids=[[1, 2]], attention_mask=[[1, 2]]), ValueError, "only 0 and 1"),
+        (lambda e: e.generate(input_ids=[[1, 2]], attention_mask=[[1.0, 1.0]]), ValueError, "only 0 and 1"),
+        (lambda e: e.generate(input_ids=[[1, 2, 3]], attention_mask=[[1, 0, 1]]), ValueError, "gaps"),
+        (lambda e: e.generate(input_ids=[[2, 2]], attention_mask=[[0, 0]]), ValueError, "at least one token"),
     ],
 )
 def test_bad_prompts_are_named(engine, call, error, words):
     with pytest.raises(error, match=words):
         call(engine)
+
+
+def test_a_padded_batch_with_its_attention_mask_generates_as_the_unpadded_prompts(engine):
+    """engine.generate(**tokenizer(texts, padding=True, return_tensors="pt")) reads the mask, so
+    the pad tokens are not prompt text: each row continues as its prompt alone does."""
+    texts = ["def fibonacci(n):", "x", "import os\nimport sys"]
+    want = [engine.generate(t, max_new_tokens=5, stop_at_eos=False).token_ids[0] for t in texts]
+    padder = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR, pad_token="</s>")
+    for side in ("left", "right"):
+        padded = padder(texts, padding=True, return_tensors="pt", padding_side=side)
+        assert padded["attention_mask"].min() == 0  # the rows really are padded
+        assert engine.generate(**padded, max_new_tokens=5, stop_at_eos=False).token_ids == want
+        assert engine.generate(input_ids=padded["input_ids"].tolist(), attention_mask=padded["attention_mask"].numpy(),
+                               max_new_tokens=5, stop_at_eos=False).token_ids == want
 
 
 def test_input_id_forms_give_the_same_tokens(engine):

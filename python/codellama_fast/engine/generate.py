@@ -206,7 +206,9 @@ class Engine:
 
     def _prepare(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Left-padded tokens [B, T] and kv_start [B] (number of padding slots per row)."""
-        if not prompts or any(len(p) == 0 for p in prompts):
+        if not prompts:
+            raise ValueError("no prompts given: pass a str, a non-empty list of str, or input_ids")
+        if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token (an empty text still has BOS)")
         vocab = self.model.config.vocab_size
         for p in prompts:
@@ -392,7 +394,8 @@ class Engine:
     def encode_prompts(self, prompts: str | Sequence[str]) -> list[list[int]]:
         return [self.tokenizer.encode(t) for t in arguments.prompt_texts(prompts)]
 
-    def generate(self, prompts: str | Sequence[str] | None = None, *, input_ids: Sequence[Sequence[int]] | None = None, **kwargs: Any) -> GenerationResult:
+    def generate(self, prompts: str | Sequence[str] | None = None, *, input_ids: Sequence[Sequence[int]] | None = None,
+                 attention_mask: Sequence[Sequence[int]] | None = None, **kwargs: Any) -> GenerationResult:
         """Generates a continuation of each prompt (a batch is left-padded and runs together).
 
         Keyword arguments: ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_k``, ``top_p``,
@@ -401,7 +404,9 @@ class Engine:
         cfg = self._config(kwargs)
         if (prompts is None) == (input_ids is None):
             raise ValueError("give either prompts (text) or input_ids, not both" if prompts is not None else "give prompts (text) or input_ids")
-        ids = self.encode_prompts(prompts) if input_ids is None else arguments.prompt_id_lists(input_ids)
+        if attention_mask is not None and input_ids is None:
+            raise ValueError("attention_mask goes with input_ids; text prompts need none")
+        ids = self.encode_prompts(prompts) if input_ids is None else arguments.prompt_id_lists(input_ids, attention_mask)
         return self._run(ids, cfg, self._stop_ids(cfg), self._continuation_decoder(ids))
 
     def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[str]:
