@@ -45,6 +45,8 @@ def engine(model_dir, tok):
         ({"stop_token_ids": [2.0]}, TypeError, r"stop_token_ids\[0\] must be an int"),
         ({"stop_at_eos": "no"}, TypeError, "stop_at_eos must be a bool"),
         ({"max_tokens": 3}, TypeError, "unknown generation arguments: max_tokens"),
+        ({"do_sample": "yes"}, TypeError, "do_sample must be a bool"),
+        ({"do_sample": True, "temperature": 0}, ValueError, "do_sample=True needs a temperature > 0"),
     ],
 )
 def test_bad_generation_arguments_are_named(engine, kwargs, error, words):
@@ -109,6 +111,21 @@ def test_a_padded_batch_with_its_attention_mask_generates_as_the_unpadded_prompt
         assert engine.generate(**padded, max_new_tokens=5, stop_at_eos=False).token_ids == want
         assert engine.generate(input_ids=padded["input_ids"].tolist(), attention_mask=padded["attention_mask"].numpy(),
                                max_new_tokens=5, stop_at_eos=False).token_ids == want
+
+
+def test_do_sample_reads_as_transformers_reads_it(engine):
+    """do_sample=True without settings samples with transformers' GenerationConfig defaults;
+    do_sample=False is greedy whatever the temperature (with a warning, as transformers gives)."""
+    hf = pytest.importorskip("transformers").GenerationConfig(do_sample=True)
+    cfg = engine._config({"do_sample": True})
+    assert (cfg.temperature, cfg.top_k, cfg.top_p or 1.0) == (hf.temperature, hf.top_k, hf.top_p)
+    assert engine._config({"do_sample": True, "temperature": 0.2, "top_k": 5}).sampling() == engine._config({"temperature": 0.2, "top_k": 5}).sampling()
+    greedy = engine.generate("def f(", max_new_tokens=6, stop_at_eos=False).token_ids
+    with pytest.warns(UserWarning, match="do_sample=False is greedy") as caught:
+        out = engine.generate("def f(", max_new_tokens=6, stop_at_eos=False, do_sample=False, temperature=0.9, seed=1).token_ids
+    assert out == greedy and caught[0].filename == __file__
+    sampled = {tuple(engine.generate("def f(", max_new_tokens=6, stop_at_eos=False, do_sample=True, seed=s).token_ids[0]) for s in range(4)}
+    assert len(sampled) > 1
 
 
 def test_input_id_forms_give_the_same_tokens(engine):

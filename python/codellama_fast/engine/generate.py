@@ -186,6 +186,7 @@ class Engine:
     # ------------------------------------------------------------------ the core loop
 
     def _config(self, overrides: dict[str, Any]) -> GenerationConfig:
+        overrides = self._apply_do_sample(dict(overrides))
         unknown = set(overrides) - set(GenerationConfig.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unknown generation arguments: {', '.join(sorted(unknown))}")
@@ -203,6 +204,28 @@ class Engine:
             raise TypeError(f"stop_at_eos must be a bool, got {type(cfg.stop_at_eos).__name__}")
         cfg.sampling()  # value checks (temperature >= 0, top_k >= 1, 0 < top_p <= 1)
         return cfg
+
+    def _apply_do_sample(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """transformers' ``do_sample``: False is greedy whatever the temperature; True samples with
+        transformers' defaults (temperature 1.0, top_k 50) for what neither the call nor the
+        model's generation_config sets."""
+        if "do_sample" not in overrides:
+            return overrides
+        do_sample = overrides.pop("do_sample")
+        if not isinstance(do_sample, bool):
+            raise TypeError(f"do_sample must be a bool, got {type(do_sample).__name__} {do_sample!r}")
+        if do_sample:
+            if "temperature" not in overrides and not self.defaults.get("temperature"):
+                overrides["temperature"] = 1.0
+            if "top_k" not in overrides and "top_k" not in self.defaults:
+                overrides["top_k"] = 50
+            if overrides.get("temperature", self.defaults.get("temperature")) == 0:
+                raise ValueError("do_sample=True needs a temperature > 0 (temperature=0 is greedy)")
+        else:
+            if overrides.get("temperature"):
+                warnings.warn(f"do_sample=False is greedy, so temperature={overrides['temperature']} is not used", UserWarning, stacklevel=4)
+            overrides["temperature"] = 0.0
+        return overrides
 
     def _prepare(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Left-padded tokens [B, T] and kv_start [B] (number of padding slots per row)."""
@@ -399,7 +422,8 @@ class Engine:
         """Generates a continuation of each prompt (a batch is left-padded and runs together).
 
         Keyword arguments: ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_k``, ``top_p``,
-        ``seed``, ``stop`` (strings), ``stop_token_ids``, ``stop_at_eos``.
+        ``seed``, ``stop`` (strings), ``stop_token_ids``, ``stop_at_eos``, and transformers'
+        ``do_sample``.
         """
         cfg = self._config(kwargs)
         if (prompts is None) == (input_ids is None):
