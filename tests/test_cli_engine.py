@@ -30,6 +30,27 @@ def test_generate_from_stdin_and_empty_prompt():
     assert empty.returncode == 0 and empty.stdout.startswith("Once upon a time")
 
 
+def test_unset_options_follow_the_models_generation_config(tmp_path):
+    """Without --max-new-tokens or sampling options the model's generation_config.json decides, as
+    in the Python API; options given on the command line win."""
+    import json
+    import shutil
+
+    from codellama_fast import Engine
+    from codellama_fast.data import DEMO_MODEL_DIR
+
+    folder = tmp_path / "m"
+    shutil.copytree(DEMO_MODEL_DIR, folder)
+    (folder / "generation_config.json").write_text(json.dumps({"do_sample": False, "max_new_tokens": 9}))
+    engine = Engine.from_pretrained(folder)
+    res = _cli("generate", "Lily", "--model", str(folder))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == engine.generate("Lily").text + "\n"
+    assert len(engine.generate("Lily").token_ids[0]) == 9
+    penalised = _cli("generate", "Lily", "--model", str(folder), "--repetition-penalty", "1.5", "--max-new-tokens", "30")
+    assert penalised.stdout == engine.generate("Lily", repetition_penalty=1.5, max_new_tokens=30).text + "\n"
+
+
 def test_engine_errors_are_one_line_with_exit_code_2(tmp_path):
     infill = _cli("infill", "a<FILL_ME>b", "--max-new-tokens", "4")
     assert infill.returncode == 2 and "no infilling pieces" in infill.stderr

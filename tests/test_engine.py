@@ -87,6 +87,23 @@ def test_greedy_64_steps_identical_to_transformers(checkpoints, tok, name):
     assert got.text == tok._native.decode_keep_space(want, True)
 
 
+@pytest.mark.parametrize("penalty", [1.3, 0.8])
+def test_greedy_with_repetition_penalty_identical_to_transformers(checkpoints, tok, penalty):
+    hf, path = checkpoints["gqa4"]
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    prompt = "def quicksort(items):\n    "
+    ids = torch.tensor([tok.encode(prompt)])
+    want = hf.generate(ids, max_new_tokens=40, do_sample=False, repetition_penalty=penalty, eos_token_id=None,
+                       pad_token_id=0)[0, ids.shape[1]:].tolist()
+    got = engine.generate(prompt, max_new_tokens=40, stop_at_eos=False, repetition_penalty=penalty).token_ids[0]
+    assert got == want
+    assert got != engine.generate(prompt, max_new_tokens=40, stop_at_eos=False).token_ids[0]  # the penalty acted
+    # in a left-padded batch the padding is not a seen token
+    prompts = [prompt, "x"]
+    batch = engine.generate(prompts, max_new_tokens=20, stop_at_eos=False, repetition_penalty=penalty).token_ids
+    assert batch == [engine.generate(p, max_new_tokens=20, stop_at_eos=False, repetition_penalty=penalty).token_ids[0] for p in prompts]
+
+
 def test_batched_with_padding_equals_one_by_one(checkpoints, tok):
     _, path = checkpoints["gqa4"]
     engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)

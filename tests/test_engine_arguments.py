@@ -46,6 +46,8 @@ def engine(model_dir, tok):
         ({"stop_at_eos": "no"}, TypeError, "stop_at_eos must be a bool"),
         ({"max_tokens": 3}, TypeError, "unknown generation arguments: max_tokens"),
         ({"do_sample": "yes"}, TypeError, "do_sample must be a bool"),
+        ({"repetition_penalty": 0}, ValueError, "repetition_penalty must be > 0"),
+        ({"repetition_penalty": "1.2"}, TypeError, "repetition_penalty must be a number"),
         ({"do_sample": True, "temperature": 0}, ValueError, "do_sample=True needs a temperature > 0"),
     ],
 )

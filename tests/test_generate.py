@@ -103,6 +103,22 @@ def test_sampling_seed_top_k_top_p(model_dir, tok):
         SamplingParams(top_p=0)
 
 
+def test_repetition_penalty_equals_transformers_processor():
+    """apply_repetition_penalty on a seen-token mask gives transformers' RepetitionPenaltyLogitsProcessor
+    result on the token ids (repeats in the ids count once, as a scatter does)."""
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    from codellama_fast.engine.sampling import apply_repetition_penalty
+
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    for penalty in (1.3, 0.7, 2.0):
+        logits = torch.randn(3, 500, generator=g) * 4
+        ids = torch.randint(0, 500, (3, 40), generator=g)
+        seen = torch.zeros(3, 500, dtype=torch.bool).scatter_(1, ids, True)
+        want = RepetitionPenaltyLogitsProcessor(penalty)(ids, logits.clone())
+        assert torch.equal(apply_repetition_penalty(logits, seen, penalty), want)
+
+
 def test_filters_keep_what_transformers_warpers_keep():
     """Temperature, then top-k, then top-p keep the same tokens as transformers' logits warpers in
     that order (random logits without ties: at a tie the choice is arbitrary in both)."""

@@ -11,14 +11,18 @@ from typing import Any
 
 from .data import DEMO_MODEL_DIR
 
+DEFAULT_MAX_NEW_TOKENS = 256
+
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF model folder (default: the bundled demo model; real use: a Code Llama folder)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model folder's, else the bundled Code Llama one)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    # Unset sampling options fall back to the model's generation_config.json, else greedy.
+    p.add_argument("--max-new-tokens", type=int, default=None, help=f"default: the model's generation_config, else {DEFAULT_MAX_NEW_TOKENS}")
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default, unless the model's generation_config samples)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 makes repeats less likely (transformers' rule)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
@@ -34,9 +38,14 @@ def _load(args: argparse.Namespace):
     return Engine.from_pretrained(model, dtype=args.dtype, device=args.device, backend=args.backend, tokenizer=args.tokenizer)
 
 
-def _gen_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                seed=args.seed, stop=tuple(args.stop))
+def _gen_kwargs(args: argparse.Namespace, engine: Any) -> dict[str, Any]:
+    given = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                 repetition_penalty=args.repetition_penalty, seed=args.seed)
+    out: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if "max_new_tokens" not in out and "max_new_tokens" not in engine.defaults:
+        out["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
+    out["stop"] = tuple(args.stop)
+    return out
 
 
 def _prompt(args: argparse.Namespace) -> str:
@@ -59,14 +68,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         t0 = time.perf_counter()
         n = 0
-        for delta in engine.stream(prompt, **_gen_kwargs(args)):
+        for delta in engine.stream(prompt, **_gen_kwargs(args, engine)):
             sys.stdout.write(delta)
             sys.stdout.flush()
             n += 1
         sys.stdout.write("\n")
         print(f"[streamed {n} deltas in {time.perf_counter() - t0:.2f} s]", file=sys.stderr)
         return 0
-    result = engine.generate(prompt, **_gen_kwargs(args))
+    result = engine.generate(prompt, **_gen_kwargs(args, engine))
     sys.stdout.write(result.text + "\n")
     _report(result)
     return 0
@@ -84,7 +93,7 @@ def cmd_infill(args: argparse.Namespace) -> int:
         if count != 1:
             raise ValueError(f"the text must contain exactly one {FILL_MARKER} (found {count}), or pass --suffix")
         prefix, _, suffix = text.partition(FILL_MARKER)
-    res = engine.infill(prefix, suffix, suffix_first=args.suffix_first, **_gen_kwargs(args))
+    res = engine.infill(prefix, suffix, suffix_first=args.suffix_first, **_gen_kwargs(args, engine))
     sys.stdout.write((res.text if args.full else res.middle) + ("\n" if not args.full else ""))
     _report(res.generation)
     return 0
@@ -100,11 +109,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
             messages = json.loads(Path(args.messages_json).read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{args.messages_json} is not valid JSON ({exc}); it holds the dialog as [{{\"role\": ..., \"content\": ...}}, ...]") from None
-        print(engine.chat(messages, **_gen_kwargs(args)))
+        print(engine.chat(messages, **_gen_kwargs(args, engine)))
         return 0
     if args.prompt is not None or not sys.stdin.isatty():
         messages.append({"role": "user", "content": _prompt(args)})
-        print(engine.chat(messages, **_gen_kwargs(args)))
+        print(engine.chat(messages, **_gen_kwargs(args, engine)))
         return 0
     print("chat: an empty line ends the conversation", file=sys.stderr)
     while True:
@@ -115,7 +124,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not user.strip():
             break
         messages.append({"role": "user", "content": user})
-        answer = engine.chat(messages, **_gen_kwargs(args))
+        answer = engine.chat(messages, **_gen_kwargs(args, engine))
         print(answer)
         messages.append({"role": "assistant", "content": answer})
     return 0

@@ -23,7 +23,7 @@ from . import arguments, fused_decode, memory
 from .cuda_graph import GraphDecoder, pick_faster
 from .loader import generation_defaults, load_model
 from .model import LlamaModel, StepContext
-from .sampling import SamplingParams, sample
+from .sampling import SamplingParams, apply_repetition_penalty, sample
 
 
 @dataclass
@@ -38,6 +38,7 @@ class GenerationConfig:
     stop: Sequence[str] = ()
     stop_token_ids: Sequence[int] = ()
     stop_at_eos: bool = True
+    repetition_penalty: float = 1.0
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_k, self.top_p)
@@ -203,6 +204,9 @@ class Engine:
         if not isinstance(cfg.stop_at_eos, bool):
             raise TypeError(f"stop_at_eos must be a bool, got {type(cfg.stop_at_eos).__name__}")
         cfg.sampling()  # value checks (temperature >= 0, top_k >= 1, 0 < top_p <= 1)
+        cfg.repetition_penalty = arguments.check_real("repetition_penalty", cfg.repetition_penalty)
+        if cfg.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1.0 is none), got {cfg.repetition_penalty}")
         return cfg
 
     def _apply_do_sample(self, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -312,17 +316,20 @@ class Engine:
         if cfg.seed is not None:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(cfg.seed)
-        with self._graph_lease((b, max_len, params.greedy), self._use_graph() and cfg.max_new_tokens > 1) as use_graph:
+        pick = self._picker(params, gen, cfg.repetition_penalty, tokens, kv_start_now)
+        # the captured step takes the argmax itself only when nothing happens between logits and choice
+        graph_greedy = params.greedy and cfg.repetition_penalty == 1.0
+        with self._graph_lease((b, max_len, graph_greedy), self._use_graph() and cfg.max_new_tokens > 1) as use_graph:
             graph = None
             if use_graph:
-                cache, kv_start, graph = self._graph_state(b, max_len, params.greedy)
+                cache, kv_start, graph = self._graph_state(b, max_len, graph_greedy)
                 kv_start.copy_(kv_start_now)
             else:
                 cache, kv_start = KVCache(self.model.config, b, max_len, self.dtype, self.device), kv_start_now
             sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
             start = time.perf_counter()
             with torch.inference_mode():
-                nxt = sample(self._prefill(tokens, kv_start, cache), params, gen)
+                nxt = pick(self._prefill(tokens, kv_start, cache))
                 host = nxt.tolist()
                 stats["prefill_s"] = time.perf_counter() - start
                 yield host
@@ -336,8 +343,8 @@ class Engine:
                         n = min(every, cfg.max_new_tokens - done)
                         for i in range(n):
                             logits = graph.replay()
-                            if not params.greedy:
-                                nxt = sample(logits, params, gen)
+                            if not graph_greedy:
+                                nxt = pick(logits)
                                 graph.tok.copy_(nxt[:, None])
                                 graph.out[:, done - 1 + i].copy_(nxt)
                         block = graph.out[:, done - 1 : done - 1 + n].tolist()  # the one sync per block
@@ -350,12 +357,30 @@ class Engine:
                 for step in range(1, cfg.max_new_tokens):
                     slot = t + step - 1
                     ctx = StepContext((lengths + step - 1)[:, None], torch.tensor([slot], device=self.device), slot, kv_start, slot + 1)
-                    nxt = sample(self.model(nxt[:, None], ctx, cache.layers), params, gen)
+                    nxt = pick(self.model(nxt[:, None], ctx, cache.layers))
                     host = nxt.tolist()
                     stats["decode_tokens"] += b
                     stats["decode_s"] = time.perf_counter() - decode_start
                     yield host
                 sync()
+
+    def _picker(self, params: SamplingParams, gen: torch.Generator | None, penalty: float,
+                tokens: torch.Tensor, kv_start: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """logits [B, V] -> next ids [B]: the repetition penalty over the tokens seen so far (the
+        prompt's real tokens, then each chosen one; kept on the device), then sampling."""
+        if penalty == 1.0:
+            return lambda logits: sample(logits, params, gen)
+        b, t = tokens.shape
+        real = torch.arange(t, device=self.device)[None, :] >= kv_start[:, None]  # [B, T], not padding
+        seen = torch.zeros(b, self.model.config.vocab_size, dtype=torch.bool, device=self.device)
+        seen.scatter_(1, torch.where(real, tokens, tokens[:, -1:]), True)  # padding slots repeat a real token
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            nxt = sample(apply_repetition_penalty(logits.float(), seen, penalty), params, gen)
+            seen.scatter_(1, nxt[:, None], True)
+            return nxt
+
+        return pick
 
     @contextmanager
     def _graph_lease(self, key: tuple[int, int, bool], wanted: bool) -> Iterator[bool]:
@@ -422,7 +447,8 @@ class Engine:
         """Generates a continuation of each prompt (a batch is left-padded and runs together).
 
         Keyword arguments: ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_k``, ``top_p``,
-        ``seed``, ``stop`` (strings), ``stop_token_ids``, ``stop_at_eos``, and transformers'
+        ``seed``, ``stop`` (strings), ``stop_token_ids``, ``stop_at_eos``, ``repetition_penalty``
+        (transformers' rule, over the prompt and the generated tokens), and transformers'
         ``do_sample``.
         """
         cfg = self._config(kwargs)

@@ -47,6 +47,14 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """transformers' repetition penalty (CTRL): the logit of every token already in the sequence is
+    divided by ``penalty`` when positive and multiplied by it when negative, so ``penalty > 1``
+    makes repeats less likely. logits [B, V], seen [B, V] bool (prompt and generated tokens)."""
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalized, logits)
+
+
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
     """logits [B, V] -> token ids [B] (int64), on the logits' device."""
     if params.greedy:
