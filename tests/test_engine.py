@@ -104,6 +104,23 @@ def test_greedy_with_repetition_penalty_identical_to_transformers(checkpoints, t
     assert batch == [engine.generate(p, max_new_tokens=20, stop_at_eos=False, repetition_penalty=penalty).token_ids[0] for p in prompts]
 
 
+def test_min_new_tokens_identical_to_transformers(checkpoints, tok):
+    """No stop token before min_new_tokens, then the first one stops, as transformers' MinNewTokens processor."""
+    hf, path = checkpoints["mha"]
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    prompt = "def quicksort(items):\n    "
+    free = engine.generate(prompt, max_new_tokens=30, stop_at_eos=False).token_ids[0]
+    stop = free[2]  # a token greedy decoding picks early: the stop id to hold back
+    ids = torch.tensor([tok.encode(prompt)])
+    for min_new in (0, 8):
+        want = hf.generate(ids, max_new_tokens=30, do_sample=False, eos_token_id=stop, pad_token_id=0,
+                           min_new_tokens=min_new)[0, ids.shape[1]:].tolist()
+        want = want[: want.index(stop)] if stop in want else want  # ours leaves the stop token out
+        got = engine.generate(prompt, max_new_tokens=30, stop_at_eos=False, stop_token_ids=[stop], min_new_tokens=min_new)
+        assert got.token_ids[0] == want, min_new
+    assert len(got.token_ids[0]) >= 8 and got.token_ids[0][:2] == free[:2]
+
+
 def test_batched_with_padding_equals_one_by_one(checkpoints, tok):
     _, path = checkpoints["gqa4"]
     engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)

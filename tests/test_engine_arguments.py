@@ -47,6 +47,8 @@ def engine(model_dir, tok):
         ({"max_tokens": 3}, TypeError, "unknown generation arguments: max_tokens"),
         ({"do_sample": "yes"}, TypeError, "do_sample must be a bool"),
         ({"repetition_penalty": 0}, ValueError, "repetition_penalty must be > 0"),
+        ({"min_new_tokens": -1}, ValueError, "min_new_tokens must be >= 0"),
+        ({"min_new_tokens": 1.5}, TypeError, "min_new_tokens must be an int"),
         ({"repetition_penalty": "1.2"}, TypeError, "repetition_penalty must be a number"),
         ({"do_sample": True, "temperature": 0}, ValueError, "do_sample=True needs a temperature > 0"),
     ],

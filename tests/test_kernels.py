@@ -218,7 +218,7 @@ def test_engine_with_triton_ops_matches_torch_path(tmp_path, name):
     _close(outs[1], outs[0], torch.float32)
 
 
-@pytest.mark.parametrize("greedy", [True, False, "penalty"])
+@pytest.mark.parametrize("greedy", [True, False, "penalty"])  # "penalty": repetition_penalty and min_new_tokens
 def test_static_buffer_decode_step_matches_plain_loop(tmp_path, greedy):
     """The graph-decode step (static buffers advanced in place; captured on CUDA, run eagerly
     here) gives the same tokens as the plain decode loop."""
@@ -230,7 +230,7 @@ def test_static_buffer_decode_step_matches_plain_loop(tmp_path, greedy):
     graphed = _triton_engine(folder, graph=True, check_every=5)
     kw = dict(max_new_tokens=13, stop_at_eos=False) if greedy else dict(max_new_tokens=13, stop_at_eos=False, temperature=0.8, top_k=50, seed=9)
     if greedy == "penalty":  # greedy, with the penalty applied between the captured step's logits and the choice
-        kw = dict(max_new_tokens=13, stop_at_eos=False, repetition_penalty=1.5)
+        kw = dict(max_new_tokens=13, stop_at_eos=False, repetition_penalty=1.5, min_new_tokens=4)
     prompts = ["x = [", "def g():\n    return 1"]
     assert graphed.generate(prompts, **kw).token_ids == plain.generate(prompts, **kw).token_ids
     # the captured state is reused for a second call of the same shape

@@ -39,6 +39,7 @@ class GenerationConfig:
     stop_token_ids: Sequence[int] = ()
     stop_at_eos: bool = True
     repetition_penalty: float = 1.0
+    min_new_tokens: int = 0
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_k, self.top_p)
@@ -204,6 +205,9 @@ class Engine:
         if not isinstance(cfg.stop_at_eos, bool):
             raise TypeError(f"stop_at_eos must be a bool, got {type(cfg.stop_at_eos).__name__}")
         cfg.sampling()  # value checks (temperature >= 0, top_k >= 1, 0 < top_p <= 1)
+        cfg.min_new_tokens = arguments.check_int("min_new_tokens", cfg.min_new_tokens)
+        if cfg.min_new_tokens < 0:
+            raise ValueError(f"min_new_tokens must be >= 0, got {cfg.min_new_tokens}")
         cfg.repetition_penalty = arguments.check_real("repetition_penalty", cfg.repetition_penalty)
         if cfg.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0 (1.0 is none), got {cfg.repetition_penalty}")
@@ -301,10 +305,11 @@ class Engine:
         return logits
 
     def _steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float],
-               check_every: int | None = None, warn_stacklevel: int = 5) -> Iterator[list[int]]:
+               check_every: int | None = None, warn_stacklevel: int = 5, stop_ids: Sequence[int] = ()) -> Iterator[list[int]]:
         """Yields the sampled token of every sequence, step by step (host lists of length B).
         On CUDA with the Triton ops, decode steps are CUDA-graph replays and the host reads the
-        ids every `check_every` steps. `warn_stacklevel` points warnings at the user's call."""
+        ids every `check_every` steps. `warn_stacklevel` points warnings at the user's call;
+        `stop_ids` cannot be chosen for the first `cfg.min_new_tokens` tokens."""
         tokens, kv_start_now, t = self._prepare(prompts)
         arguments.warn_past_context(t, cfg.max_new_tokens, self.model.config.max_position_embeddings, warn_stacklevel)
         b = tokens.shape[0]
@@ -316,9 +321,10 @@ class Engine:
         if cfg.seed is not None:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(cfg.seed)
-        pick = self._picker(params, gen, cfg.repetition_penalty, tokens, kv_start_now)
+        suppressed = sorted(i for i in stop_ids if 0 <= i < self.model.config.vocab_size) if cfg.min_new_tokens > 0 else []
+        pick = self._picker(params, gen, cfg.repetition_penalty, tokens, kv_start_now, suppressed, cfg.min_new_tokens)
         # the captured step takes the argmax itself only when nothing happens between logits and choice
-        graph_greedy = params.greedy and cfg.repetition_penalty == 1.0
+        graph_greedy = params.greedy and cfg.repetition_penalty == 1.0 and not suppressed
         with self._graph_lease((b, max_len, graph_greedy), self._use_graph() and cfg.max_new_tokens > 1) as use_graph:
             graph = None
             if use_graph:
@@ -364,20 +370,33 @@ class Engine:
                     yield host
                 sync()
 
-    def _picker(self, params: SamplingParams, gen: torch.Generator | None, penalty: float,
-                tokens: torch.Tensor, kv_start: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _picker(self, params: SamplingParams, gen: torch.Generator | None, penalty: float, tokens: torch.Tensor,
+                kv_start: torch.Tensor, suppressed: Sequence[int], min_new: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """logits [B, V] -> next ids [B]: the repetition penalty over the tokens seen so far (the
-        prompt's real tokens, then each chosen one; kept on the device), then sampling."""
-        if penalty == 1.0:
+        prompt's real tokens, then each chosen one; kept on the device), the stop ids masked for
+        the first `min_new` choices (transformers' min_new_tokens), then sampling."""
+        if penalty == 1.0 and not suppressed:
             return lambda logits: sample(logits, params, gen)
-        b, t = tokens.shape
-        real = torch.arange(t, device=self.device)[None, :] >= kv_start[:, None]  # [B, T], not padding
-        seen = torch.zeros(b, self.model.config.vocab_size, dtype=torch.bool, device=self.device)
-        seen.scatter_(1, torch.where(real, tokens, tokens[:, -1:]), True)  # padding slots repeat a real token
+        seen = None
+        if penalty != 1.0:
+            b, t = tokens.shape
+            real = torch.arange(t, device=self.device)[None, :] >= kv_start[:, None]  # [B, T], not padding
+            seen = torch.zeros(b, self.model.config.vocab_size, dtype=torch.bool, device=self.device)
+            seen.scatter_(1, torch.where(real, tokens, tokens[:, -1:]), True)  # padding slots repeat a real token
+        blocked = torch.tensor(list(suppressed), dtype=torch.long, device=self.device)
+        chosen = 0
 
         def pick(logits: torch.Tensor) -> torch.Tensor:
-            nxt = sample(apply_repetition_penalty(logits.float(), seen, penalty), params, gen)
-            seen.scatter_(1, nxt[:, None], True)
+            nonlocal chosen
+            logits = logits.float()
+            if seen is not None:
+                logits = apply_repetition_penalty(logits, seen, penalty)
+            if chosen < min_new and blocked.numel():
+                logits = logits.index_fill(1, blocked, float("-inf"))
+            nxt = sample(logits, params, gen)
+            if seen is not None:
+                seen.scatter_(1, nxt[:, None], True)
+            chosen += 1
             return nxt
 
         return pick
@@ -404,7 +423,7 @@ class Engine:
              decoders: Sequence[Callable[[list[int]], str]]) -> GenerationResult:
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
         tracker = _StopTracker(stop_ids, cfg.stop, decoders)
-        for host in self._steps(prompts, cfg, stats):
+        for host in self._steps(prompts, cfg, stats, stop_ids=sorted(stop_ids)):
             tracker.push(host)
             if tracker.all_done:
                 break
@@ -448,8 +467,8 @@ class Engine:
 
         Keyword arguments: ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_k``, ``top_p``,
         ``seed``, ``stop`` (strings), ``stop_token_ids``, ``stop_at_eos``, ``repetition_penalty``
-        (transformers' rule, over the prompt and the generated tokens), and transformers'
-        ``do_sample``.
+        (transformers' rule, over the prompt and the generated tokens), ``min_new_tokens`` (no stop
+        token before that many), and transformers' ``do_sample``.
         """
         cfg = self._config(kwargs)
         if (prompts is None) == (input_ids is None):
@@ -471,7 +490,7 @@ class Engine:
         stops = [s for s in cfg.stop if s]
         text, emitted = "", 0
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
-        for host in self._steps([ids], cfg, stats, check_every=1, warn_stacklevel=4):
+        for host in self._steps([ids], cfg, stats, check_every=1, warn_stacklevel=4, stop_ids=sorted(stop_ids)):
             if host[0] in stop_ids:
                 break
             text += decoder.step(host[0])
