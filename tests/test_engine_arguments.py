@@ -48,6 +48,8 @@ def engine(model_dir, tok):
         ({"do_sample": "yes"}, TypeError, "do_sample must be a bool"),
         ({"repetition_penalty": 0}, ValueError, "repetition_penalty must be > 0"),
         ({"min_new_tokens": -1}, ValueError, "min_new_tokens must be >= 0"),
+        ({"num_return_sequences": 2}, ValueError, "needs sampling|is for generate"),
+        ({"num_return_sequences": 0, "temperature": 1.0}, ValueError, "num_return_sequences must be >= 1|is for generate"),
         ({"min_new_tokens": 1.5}, TypeError, "min_new_tokens must be an int"),
         ({"repetition_penalty": "1.2"}, TypeError, "repetition_penalty must be a number"),
         ({"do_sample": True, "temperature": 0}, ValueError, "do_sample=True needs a temperature > 0"),
@@ -130,6 +132,18 @@ def test_do_sample_reads_as_transformers_reads_it(engine):
     assert out == greedy and caught[0].filename == __file__
     sampled = {tuple(engine.generate("def f(", max_new_tokens=6, stop_at_eos=False, do_sample=True, seed=s).token_ids[0]) for s in range(4)}
     assert len(sampled) > 1
+
+
+def test_num_return_sequences_samples_each_prompt_in_order(engine):
+    """Like transformers: n samples per prompt, each prompt's together, in prompt order."""
+    kw = dict(max_new_tokens=8, stop_at_eos=False, temperature=1.0, seed=4)
+    many = engine.generate(["def f(", "import"], num_return_sequences=3, **kw)
+    assert len(many.texts) == len(many.token_ids) == 6
+    assert many.prompt_tokens == [len(engine.tokenizer.encode(p)) for p in ["def f("] * 3 + ["import"] * 3]
+    assert len({tuple(t) for t in many.token_ids[:3]}) > 1  # different samples of one prompt
+    assert many.token_ids == engine.generate(["def f("] * 3 + ["import"] * 3, **kw).token_ids  # the same batch, row for row
+    with pytest.raises(ValueError, match="is for generate"):
+        list(engine.stream("x", num_return_sequences=2, temperature=1.0))
 
 
 def test_input_id_forms_give_the_same_tokens(engine):

@@ -40,6 +40,7 @@ class GenerationConfig:
     stop_at_eos: bool = True
     repetition_penalty: float = 1.0
     min_new_tokens: int = 0
+    num_return_sequences: int = 1
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_k, self.top_p)
@@ -187,8 +188,12 @@ class Engine:
 
     # ------------------------------------------------------------------ the core loop
 
-    def _config(self, overrides: dict[str, Any]) -> GenerationConfig:
+    def _config(self, overrides: dict[str, Any], many: bool = False) -> GenerationConfig:
+        """The call's settings over the model's defaults, checked. `many`: the call can return
+        several sequences per prompt (generate)."""
         overrides = self._apply_do_sample(dict(overrides))
+        if not many and overrides.get("num_return_sequences", 1) != 1:
+            raise ValueError("num_return_sequences is for generate(); stream, infill and chat return one continuation")
         unknown = set(overrides) - set(GenerationConfig.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unknown generation arguments: {', '.join(sorted(unknown))}")
@@ -205,6 +210,11 @@ class Engine:
         if not isinstance(cfg.stop_at_eos, bool):
             raise TypeError(f"stop_at_eos must be a bool, got {type(cfg.stop_at_eos).__name__}")
         cfg.sampling()  # value checks (temperature >= 0, top_k >= 1, 0 < top_p <= 1)
+        cfg.num_return_sequences = arguments.check_int("num_return_sequences", cfg.num_return_sequences)
+        if cfg.num_return_sequences < 1:
+            raise ValueError(f"num_return_sequences must be >= 1, got {cfg.num_return_sequences}")
+        if cfg.num_return_sequences > 1 and cfg.sampling().greedy:
+            raise ValueError("num_return_sequences > 1 needs sampling (a temperature > 0): greedy decoding returns one continuation")
         cfg.min_new_tokens = arguments.check_int("min_new_tokens", cfg.min_new_tokens)
         if cfg.min_new_tokens < 0:
             raise ValueError(f"min_new_tokens must be >= 0, got {cfg.min_new_tokens}")
@@ -468,14 +478,16 @@ class Engine:
         Keyword arguments: ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_k``, ``top_p``,
         ``seed``, ``stop`` (strings), ``stop_token_ids``, ``stop_at_eos``, ``repetition_penalty``
         (transformers' rule, over the prompt and the generated tokens), ``min_new_tokens`` (no stop
-        token before that many), and transformers' ``do_sample``.
+        token before that many), ``num_return_sequences`` (samples per prompt, in prompt order), and
+        transformers' ``do_sample``.
         """
-        cfg = self._config(kwargs)
+        cfg = self._config(kwargs, many=True)
         if (prompts is None) == (input_ids is None):
             raise ValueError("give either prompts (text) or input_ids, not both" if prompts is not None else "give prompts (text) or input_ids")
         if attention_mask is not None and input_ids is None:
             raise ValueError("attention_mask goes with input_ids; text prompts need none")
         ids = self.encode_prompts(prompts) if input_ids is None else arguments.prompt_id_lists(input_ids, attention_mask)
+        ids = [p for p in ids for _ in range(cfg.num_return_sequences)]  # each prompt's samples together, as transformers
         return self._run(ids, cfg, self._stop_ids(cfg), self._continuation_decoder(ids))
 
     def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[str]:
