@@ -136,6 +136,8 @@ def test_hypothesis_legacy_false_matches_hf_slow(text):
     dict(return_offsets_mapping=True, padding=True),
     dict(padding=True, pad_to_multiple_of=8),
     dict(return_length=True),
+    dict(return_token_type_ids=True),
+    dict(return_token_type_ids=True, padding=True, return_tensors="pt"),
 ])
 def test_call_options_match_hf_fast(kwargs, sprinkled):
     hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)

@@ -63,6 +63,21 @@ def _check_text(text: Any, what: str = "text") -> str:
     return text
 
 
+def _with_token_types(enc: BatchEncoding) -> BatchEncoding:
+    """``token_type_ids`` on request: all 0 (one sequence per text), shaped as ``input_ids``."""
+    ids = enc["input_ids"]
+    if hasattr(ids, "new_zeros"):  # torch
+        types: Any = ids.new_zeros(ids.shape)
+    elif hasattr(ids, "shape"):  # numpy
+        types = ids * 0
+    elif ids and isinstance(ids[0], list):
+        types = [[0] * len(row) for row in ids]
+    else:
+        types = [0] * len(ids)
+    enc["token_type_ids"] = types
+    return enc
+
+
 class _Side:
     """A 'left'/'right' setting checked when set: a typo would otherwise pad or cut the wrong end
     silently, at some later call."""
@@ -530,7 +545,7 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
                                       return_special_tokens_mask, return_length, pad_to_multiple_of, return_attention_mask,
                                       add_special_tokens, split_special_tokens, side)
         if fast is not None:
-            return fast
+            return _with_token_types(fast) if return_token_type_ids else fast
         suffixes = self._broadcast(self._suffix_arg(text_pair, suffix), n, batched, "suffix")
         for t in texts:
             _check_text(t)
@@ -572,8 +587,9 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
             if offsets is not None:
                 offsets = [self._truncate(o, limit, add_special_tokens, False) for o in offsets]  # type: ignore[arg-type]
             encoded = [self._truncate(ids, limit, add_special_tokens, inf) for ids, inf in zip(encoded, infill_flags)]
-        return self._finish(encoded, batched, padding, max_length, side, pad_to_multiple_of, return_tensors,
-                            return_attention_mask, return_special_tokens_mask, return_length, offsets, infill_flags, add_special_tokens)
+        out = self._finish(encoded, batched, padding, max_length, side, pad_to_multiple_of, return_tensors,
+                           return_attention_mask, return_special_tokens_mask, return_length, offsets, infill_flags, add_special_tokens)
+        return _with_token_types(out) if return_token_type_ids else out
 
     def encode_plus(self, text: str, text_pair: str | None = None, **kwargs: Any) -> BatchEncoding:
         """One text's encoding (transformers' older name for calling the tokenizer on one text)."""
