@@ -116,6 +116,8 @@ def test_bad_text_inputs(tok):
     (dict(truncation="sideways", max_length=4), "truncation='sideways'"),
     (dict(truncation=True, max_length=-1), "max_length must be a non-negative int"),
     (dict(truncation=True, max_length=2.5), "max_length must be a non-negative int"),
+    (dict(truncation=True, max_length=4, stride=-1, return_overflowing_tokens=True), "stride must be a non-negative int"),
+    (dict(truncation=True, max_length=1, return_overflowing_tokens=True), "no room for text"),
 ])
 def test_bad_truncation_arguments(tok, kwargs, match):
     for call in (lambda: tok("a b c d e", **kwargs), lambda: tok.encode("a b c d e", **kwargs)):

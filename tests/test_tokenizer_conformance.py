@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 if not transformers.__version__.startswith("4."):
     pytest.skip("the conformance oracle is transformers 4.x", allow_module_level=True)
 
-from codellama_fast import CodeLlamaTokenizerFast  # noqa: E402
+from codellama_fast import CodeLlamaTokenizerFast, TokenizerError  # noqa: E402
 from tests.conftest import CODELLAMA_DIR  # noqa: E402
 from tests.meta_reference import meta_chat_reference  # noqa: E402
 
@@ -399,6 +399,32 @@ def test_added_tokens_saved_here_load_in_transformers(tmp_path, sprinkled):
     assert [slow.encode(t) for t in texts] == [slow_of_hf.encode(t) for t in texts]
     restored = __import__("pickle").loads(__import__("pickle").dumps(ours))
     _assert_same_with_added(ours, restored, texts)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("max_length, stride", [(3, 0), (5, 1), (8, 3), (8, 6)])
+@pytest.mark.parametrize("kwargs", [{}, {"padding": True, "return_tensors": "pt"}, {"return_offsets_mapping": True, "return_special_tokens_mask": True}])
+def test_overflowing_windows_match_hf(sprinkled, side, max_length, stride, kwargs):
+    """return_overflowing_tokens with a stride: the same windows, masks, offsets and sample mapping."""
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    for tok in (hf, ours):
+        tok.pad_token = tok.eos_token
+        tok.truncation_side = side
+    texts = [t for t in sprinkled[:15] if t] + ["a"]
+    for x in (texts, texts[0]):
+        a = _plain(hf(x, truncation=True, max_length=max_length, stride=stride, return_overflowing_tokens=True, **kwargs))
+        b = _plain(ours(x, truncation=True, max_length=max_length, stride=stride, return_overflowing_tokens=True, **kwargs))
+        if "offset_mapping" in a:
+            a["offset_mapping"] = [[tuple(o) for o in row] for row in a["offset_mapping"]]
+        assert a == b
+
+
+def test_difference_a_stride_past_the_window_is_an_error(hf, ours):
+    """transformers' fast class panics in Rust when the stride is not smaller than the window; we raise."""
+    with pytest.raises(TokenizerError, match="stride=4 must be smaller"):
+        ours("a b c d e f g h", truncation=True, max_length=5, stride=4, return_overflowing_tokens=True)
+    with pytest.raises(BaseException, match="stride"):
+        hf("a b c d e f g h", truncation=True, max_length=5, stride=4, return_overflowing_tokens=True)
 
 
 def test_single_text_shapes_match(hf, ours):

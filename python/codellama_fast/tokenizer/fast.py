@@ -461,6 +461,29 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
             return None
         return max_length if max_length is not None else self.model_max_length
 
+    def _windows(self, ids: list[Any], limit: int | None, stride: int, add_special_tokens: bool, is_infill: bool) -> list[list[Any]]:
+        """The overflowing windows of one encoding (ids or offsets): the text's tokens cut into
+        pieces of ``limit`` minus the special tokens that overlap by ``stride``, from the
+        truncation side, each with the special tokens; one window when it fits or with no limit."""
+        if limit is None or len(ids) <= limit:
+            return [ids]
+        if is_infill:
+            self._truncate(ids, limit, add_special_tokens, is_infill)  # raises: sentinels cannot be cut
+        head = 1 if (add_special_tokens and self._add_bos_token) else 0
+        tail = 1 if (add_special_tokens and self._add_eos_token) else 0
+        size = limit - head - tail
+        if size <= 0:
+            raise TokenizerError(f"max_length={limit} leaves no room for text beside the {head + tail} special tokens")
+        if stride >= size:
+            raise TokenizerError(f"stride={stride} must be smaller than max_length minus the special tokens ({size})")
+        body, step = ids[head : len(ids) - tail], size - stride
+        spans = []
+        for k in range(0, len(body), step):
+            spans.append((k, min(k + size, len(body))) if self.truncation_side == "right" else (max(0, len(body) - k - size), len(body) - k))
+            if k + size >= len(body):
+                break
+        return [ids[:head] + body[a:b] + ids[len(ids) - tail :] for a, b in spans]
+
     def _truncate(self, ids: list[int], max_length: int, add_special_tokens: bool, is_infill: bool) -> list[int]:
         if len(ids) <= max_length:
             return ids
@@ -528,8 +551,13 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         split_special_tokens: bool | None = None,
         return_token_type_ids: bool | None = None,
         verbose: bool = True,
+        return_overflowing_tokens: bool = False,
+        stride: int = 0,
     ) -> BatchEncoding:
-        """Tokenizes one text or a batch; infilling when a text holds ``<FILL_ME>`` or ``suffix=`` is given."""
+        """Tokenizes one text or a batch; infilling when a text holds ``<FILL_ME>`` or ``suffix=`` is given.
+        With ``return_overflowing_tokens`` and truncation, a text longer than ``max_length`` gives
+        several windows that overlap by ``stride`` tokens, each with the special tokens, and
+        ``overflow_to_sample_mapping`` says which text each row came from."""
         if return_tensors not in (None, "np", "pt"):
             raise TokenizerError(f"return_tensors={return_tensors!r} is not supported; use 'np', 'pt' or None")
         if padding not in _PADDING_STRATEGIES:
@@ -538,10 +566,12 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         if side not in ("left", "right"):
             raise TokenizerError(f"padding_side must be 'left' or 'right', not {side!r}")
         limit = self._truncation_limit(truncation, max_length, padding, verbose)
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
+            raise TokenizerError(f"stride must be a non-negative int, got {stride!r}")
         batched = isinstance(text, (list, tuple))
         texts = list(text) if batched else [text]
         n = len(texts)
-        fast = self._padded_fast_path(texts, batched, text_pair, suffix, padding, limit is not None, return_tensors, return_offsets_mapping,
+        fast = None if return_overflowing_tokens else self._padded_fast_path(texts, batched, text_pair, suffix, padding, limit is not None, return_tensors, return_offsets_mapping,
                                       return_special_tokens_mask, return_length, pad_to_multiple_of, return_attention_mask,
                                       add_special_tokens, split_special_tokens, side)
         if fast is not None:
@@ -583,12 +613,23 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
             results = [self._encode_one(t, s, suffix_first, add_special_tokens, split_special_tokens) for t, s in zip(texts, suffixes)]
             encoded = [r[0] for r in results]
             infill_flags = [r[1] for r in results]
-        if limit is not None:
+        mapping = None
+        if return_overflowing_tokens:
+            rows = [self._windows(ids, limit, stride, add_special_tokens, inf) for ids, inf in zip(encoded, infill_flags)]
+            mapping = [k for k, windows in enumerate(rows) for _ in windows]
+            if offsets is not None:
+                offsets = [w for o in offsets for w in self._windows(o, limit, stride, add_special_tokens, False)]  # type: ignore[arg-type]
+            encoded = [w for windows in rows for w in windows]
+            infill_flags = [infill_flags[k] for k in mapping]
+            batched = True  # rows are windows, as transformers returns them even for one text
+        elif limit is not None:
             if offsets is not None:
                 offsets = [self._truncate(o, limit, add_special_tokens, False) for o in offsets]  # type: ignore[arg-type]
             encoded = [self._truncate(ids, limit, add_special_tokens, inf) for ids, inf in zip(encoded, infill_flags)]
         out = self._finish(encoded, batched, padding, max_length, side, pad_to_multiple_of, return_tensors,
                            return_attention_mask, return_special_tokens_mask, return_length, offsets, infill_flags, add_special_tokens)
+        if mapping is not None:
+            out["overflow_to_sample_mapping"] = self._to_tensor(mapping, return_tensors).reshape(-1) if return_tensors else mapping
         return _with_token_types(out) if return_token_type_ids else out
 
     def encode_plus(self, text: str, text_pair: str | None = None, **kwargs: Any) -> BatchEncoding:
