@@ -11,6 +11,17 @@ from .batch_encoding import BatchEncoding
 _PADDING_STRATEGIES = {False: None, None: None, "do_not_pad": None, True: "longest", "longest": "longest", "max_length": "max_length"}
 
 
+def as_tensor(array: Any, kind: str) -> Any:
+    """A numpy array as ``return_tensors`` asks: itself for "np", a torch tensor sharing it for "pt"."""
+    if kind == "np":
+        return array
+    try:
+        import torch
+    except ImportError:
+        raise TokenizerError("return_tensors='pt' needs PyTorch; install torch or use return_tensors='np'") from None
+    return torch.from_numpy(array)
+
+
 class BatchingMixin:
     """Output packing for `CodeLlamaTokenizerFast.__call__`."""
 
@@ -83,21 +94,9 @@ class BatchingMixin:
         strategy = _PADDING_STRATEGIES[padding]
         masks = [[1] * len(ids) for ids in encoded]
         specials = [self._added_mask(ids, inf, add_special) for ids, inf in zip(encoded, infill_flags)] if return_special_tokens_mask else None
-        if strategy is not None:
+        width = self._pad_width(encoded, strategy, max_length, pad_to_multiple_of)
+        if width is not None:
             pad_id = self.pad_token_id
-            if pad_id is None:
-                raise TokenizerError(
-                    "padding needs a pad token and this tokenizer has none (Code Llama defines none); "
-                    "set one first, e.g. tokenizer.pad_token = tokenizer.eos_token"
-                )
-            if strategy == "max_length":
-                if max_length is None:
-                    raise TokenizerError("padding='max_length' needs max_length")
-                width = max_length
-            else:
-                width = max((len(e) for e in encoded), default=0)
-            if pad_to_multiple_of:
-                width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
             for k, ids in enumerate(encoded):
                 gap = width - len(ids)
                 if gap <= 0:
@@ -135,6 +134,25 @@ class BatchingMixin:
             data = {k: v[0] for k, v in data.items()}
         return BatchEncoding(data)
 
+    def _pad_width(self, rows: list[list[int]], strategy: str | None, max_length: int | None, multiple: int | None) -> int | None:
+        """The padded length of `rows` (None: no padding); needs a pad token."""
+        if strategy is None:
+            return None
+        if self.pad_token_id is None:
+            raise TokenizerError(
+                "padding needs a pad token and this tokenizer has none (Code Llama defines none); "
+                "set one first, e.g. tokenizer.pad_token = tokenizer.eos_token"
+            )
+        if strategy == "max_length":
+            if max_length is None:
+                raise TokenizerError("padding='max_length' needs max_length")
+            width = max_length
+        else:
+            width = max((len(r) for r in rows), default=0)
+        if multiple:
+            width = -(-width // multiple) * multiple
+        return width
+
     def _added_mask(self, ids: list[int], is_infill: bool, add_special: bool) -> list[int]:
         """1 where the tokenizer added a token (BOS/EOS, infilling sentinels), 0 for the text's own
         tokens, special-token strings in the text included (as transformers does)."""
@@ -162,11 +180,5 @@ class BatchingMixin:
         array = rows if isinstance(rows, np.ndarray) else np.asarray(rows, dtype=np.int64)
         if array.ndim == (2 if pairs else 1):
             array = array.reshape(len(rows), -1, 2) if pairs else array.reshape(len(rows), -1)
-        if kind == "np":
-            return array
-        try:
-            import torch
-        except ImportError:
-            raise TokenizerError("return_tensors='pt' needs PyTorch; install torch or use return_tensors='np'") from None
-        return torch.from_numpy(array)
+        return as_tensor(array, kind)
 

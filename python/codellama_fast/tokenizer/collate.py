@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import TokenizerError
 from .batch_encoding import BatchEncoding
-from .batching import _PADDING_STRATEGIES
+from .batching import _PADDING_STRATEGIES, as_tensor
 
 # the per-token fields padding extends, and the value each gets in a padded slot
 # (input_ids takes the pad token id; attention_mask is created when absent)
@@ -45,13 +45,7 @@ def _to_tensor(key: str, value: Any, kind: str) -> Any:
         array = None
     if array is None or array.dtype == object:
         raise TokenizerError(f"the rows of {key} have different lengths, so they cannot form one tensor; pad them or return lists")
-    if kind == "np":
-        return array
-    try:
-        import torch
-    except ImportError:
-        raise TokenizerError("return_tensors='pt' needs PyTorch; install torch or use return_tensors='np'") from None
-    return torch.from_numpy(array)
+    return as_tensor(array, kind)
 
 
 class PaddingMixin:
@@ -126,24 +120,6 @@ class PaddingMixin:
         if return_tensors is not None:
             data = {key: _to_tensor(key, value, return_tensors) for key, value in data.items()}
         return BatchEncoding(data)
-
-    def _pad_width(self, rows: list[list[int]], strategy: str | None, max_length: int | None, multiple: int | None) -> int | None:
-        if strategy is None:
-            return None
-        if self.pad_token_id is None:
-            raise TokenizerError(
-                "padding needs a pad token and this tokenizer has none (Code Llama defines none); "
-                "set one first, e.g. tokenizer.pad_token = tokenizer.eos_token"
-            )
-        if strategy == "max_length":
-            if max_length is None:
-                raise TokenizerError("padding='max_length' needs max_length")
-            width = max_length
-        else:
-            width = max(len(r) for r in rows)
-        if multiple:
-            width = -(-width // multiple) * multiple
-        return width
 
     @staticmethod
     def _pad_row(row: Any, width: int, fill: int, side: str, key: str) -> list[int]:

@@ -16,7 +16,7 @@ from .. import _native
 from ..errors import InfillingUnsupported, TokenIdError, TokenizerError
 from .adding import AddingMixin
 from .batch_encoding import BatchEncoding
-from .batching import _PADDING_STRATEGIES, BatchingMixin
+from .batching import _PADDING_STRATEGIES, BatchingMixin, as_tensor
 from .chat import ChatMixin
 from .collate import PaddingMixin
 from .compat import CompatMixin
@@ -629,7 +629,9 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         out = self._finish(encoded, batched, padding, max_length, side, pad_to_multiple_of, return_tensors,
                            return_attention_mask, return_special_tokens_mask, return_length, offsets, infill_flags, add_special_tokens)
         if mapping is not None:
-            out["overflow_to_sample_mapping"] = self._to_tensor(mapping, return_tensors).reshape(-1) if return_tensors else mapping
+            import numpy as np
+
+            out["overflow_to_sample_mapping"] = as_tensor(np.asarray(mapping, dtype=np.int64), return_tensors) if return_tensors else mapping
         return _with_token_types(out) if return_token_type_ids else out
 
     def encode_plus(self, text: str, text_pair: str | None = None, **kwargs: Any) -> BatchEncoding:
