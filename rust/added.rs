@@ -52,6 +52,9 @@ pub(crate) fn parse_added(entries: &[Value], n: usize) -> std::result::Result<Ve
             return Err(format!("added token {id} has empty content"));
         }
         let flag = |k: &str, default: bool| tok.get(k).and_then(Value::as_bool).unwrap_or(default);
+        if let Some(k) = ["lstrip", "rstrip", "single_word"].into_iter().find(|k| flag(k, false)) {
+            return Err(format!("added token {content:?} asks for {k} matching, which is not supported"));
+        }
         out.push(AddedPiece { content: content.to_string(), id: id as u32, special: flag("special", false), normalized: flag("normalized", true) });
     }
     out.sort_by_key(|a| a.id);

@@ -191,13 +191,18 @@ def test_adding_tokens_keeps_the_bundled_default_untouched():
     assert a.encode("<pad>") == [1, 32016] and 32016 not in b.encode("<pad>") and len(b) == 32016
 
 
-def test_added_token_ids_must_follow_the_vocabulary(tmp_path):
+@pytest.mark.parametrize("entry, match", [
+    ({"id": 32020, "content": "<gap>", "special": True, "normalized": False}, "must take the ids 32016, 32017"),
+    ({"id": 32016, "content": "<l>", "special": True, "lstrip": True}, "asks for lstrip matching"),
+    ({"id": 32016, "content": "", "special": True}, "empty content"),
+])
+def test_bad_added_tokens_in_tokenizer_json(tmp_path, entry, match):
     import json
 
     data = json.loads((CODELLAMA_DIR / "tokenizer.json").read_text(encoding="utf-8"))
-    data["added_tokens"].append({"id": 32020, "content": "<gap>", "special": True, "normalized": False})
+    data["added_tokens"].append(entry)
     (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
-    with pytest.raises(InvalidTokenizerFile, match="must take the ids 32016, 32017"):
+    with pytest.raises(InvalidTokenizerFile, match=match):
         CodeLlamaTokenizerFast.from_pretrained(tmp_path)
 
 

@@ -372,6 +372,18 @@ def test_added_tokens_with_legacy_false_match_hf_slow(sprinkled):
         assert ours.encode(text) == slow.encode(text), text
 
 
+def test_added_token_objects_match_hf():
+    """tokenizers.AddedToken objects carry their own special/normalized flags."""
+    from tokenizers import AddedToken
+
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    for tok in (hf, ours):
+        tok.add_tokens([AddedToken("<raw>", normalized=False), AddedToken("<sp>", special=True, normalized=True), AddedToken("<n>")])
+    _assert_same_with_added(hf, ours, ["a<raw>b <raw>", "x <sp> y<sp>z", "a<n>b <n>", " <n><sp><raw>"])
+    with pytest.raises(TokenizerError, match="lstrip matching is not supported"):
+        ours.add_tokens(AddedToken("<l>", lstrip=True))
+
+
 def test_loads_a_folder_with_added_tokens_saved_by_transformers(tmp_path, sprinkled):
     hf = _hf_fast()
     _add_the_same_tokens(hf)

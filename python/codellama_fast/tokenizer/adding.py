@@ -22,6 +22,9 @@ def _token_spec(token: Any, special: bool) -> tuple[str, bool, bool]:
     content = getattr(token, "content", None)
     if not isinstance(content, str):
         raise TypeError(f"a token to add must be a str or an AddedToken, not {type(token).__name__}")
+    unsupported = [flag for flag in ("lstrip", "rstrip", "single_word") if getattr(token, flag, False)]
+    if unsupported:
+        raise TokenizerError(f"added token {content!r}: {', '.join(unsupported)} matching is not supported")
     is_special = bool(getattr(token, "special", special)) or special
     return content, is_special, bool(getattr(token, "normalized", not is_special))
 
