@@ -48,6 +48,9 @@ def engine(model_dir, tok):
         ({"do_sample": "yes"}, TypeError, "do_sample must be a bool"),
         ({"repetition_penalty": 0}, ValueError, "repetition_penalty must be > 0"),
         ({"min_new_tokens": -1}, ValueError, "min_new_tokens must be >= 0"),
+        ({"eos_token_id": 2, "stop_token_ids": [3]}, ValueError, "not both"),
+        ({"eos_token_id": [2.5]}, TypeError, r"eos_token_id\[0\] must be an int"),
+        ({"pad_token_id": "0"}, TypeError, "pad_token_id must be an int"),
         ({"num_return_sequences": 2}, ValueError, "needs sampling|is for generate"),
         ({"num_return_sequences": 0, "temperature": 1.0}, ValueError, "num_return_sequences must be >= 1|is for generate"),
         ({"min_new_tokens": 1.5}, TypeError, "min_new_tokens must be an int"),
@@ -132,6 +135,16 @@ def test_do_sample_reads_as_transformers_reads_it(engine):
     assert out == greedy and caught[0].filename == __file__
     sampled = {tuple(engine.generate("def f(", max_new_tokens=6, stop_at_eos=False, do_sample=True, seed=s).token_ids[0]) for s in range(4)}
     assert len(sampled) > 1
+
+
+def test_transformers_eos_and_pad_token_id(engine, tok):
+    """eos_token_id replaces EOS as the stop ids (None: no end token); pad_token_id changes nothing."""
+    kw = dict(max_new_tokens=12)
+    free = engine.generate("def f(", stop_at_eos=False, **kw).token_ids[0]
+    assert engine.generate("def f(", eos_token_id=None, pad_token_id=0, **kw).token_ids[0] == free
+    stop = free[3]
+    assert engine.generate("def f(", eos_token_id=stop, **kw).token_ids[0] == free[: free.index(stop)]
+    assert engine.generate("def f(", eos_token_id=[free[5], stop], **kw).token_ids[0] == free[: free.index(stop)]
 
 
 def test_num_return_sequences_samples_each_prompt_in_order(engine):

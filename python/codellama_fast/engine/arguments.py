@@ -62,9 +62,9 @@ def stop_strings(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def stop_ids(value: Any) -> list[int]:
-    """``stop_token_ids``: one id or a sequence of ids."""
-    return [int(value)] if _is_int(value) else token_id_list("stop_token_ids", value)
+def stop_ids(value: Any, name: str = "stop_token_ids") -> list[int]:
+    """``stop_token_ids`` (or transformers' ``eos_token_id``): one id or a sequence of ids."""
+    return [int(value)] if _is_int(value) else token_id_list(name, value)
 
 
 def token_id_list(name: str, value: Any) -> list[int]:

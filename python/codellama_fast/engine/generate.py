@@ -191,7 +191,7 @@ class Engine:
     def _config(self, overrides: dict[str, Any], many: bool = False) -> GenerationConfig:
         """The call's settings over the model's defaults, checked. `many`: the call can return
         several sequences per prompt (generate)."""
-        overrides = self._apply_do_sample(dict(overrides))
+        overrides = self._apply_do_sample(self._apply_hf_token_ids(dict(overrides)))
         if not many and overrides.get("num_return_sequences", 1) != 1:
             raise ValueError("num_return_sequences is for generate(); stream, infill and chat return one continuation")
         unknown = set(overrides) - set(GenerationConfig.__dataclass_fields__)
@@ -222,6 +222,23 @@ class Engine:
         if cfg.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0 (1.0 is none), got {cfg.repetition_penalty}")
         return cfg
+
+    @staticmethod
+    def _apply_hf_token_ids(overrides: dict[str, Any]) -> dict[str, Any]:
+        """transformers' ``eos_token_id`` (an id, a list, or None for no end token) replaces the
+        tokenizer's EOS as the stop ids; ``pad_token_id`` is accepted and unused (the engine pads
+        a batch itself and never shows the padding)."""
+        if "pad_token_id" in overrides:
+            pad = overrides.pop("pad_token_id")
+            if pad is not None:
+                arguments.check_int("pad_token_id", pad)
+        if "eos_token_id" in overrides:
+            eos = overrides.pop("eos_token_id")
+            if "stop_token_ids" in overrides or "stop_at_eos" in overrides:
+                raise ValueError("give eos_token_id (transformers' name) or stop_token_ids/stop_at_eos, not both")
+            overrides["stop_at_eos"] = False
+            overrides["stop_token_ids"] = () if eos is None else arguments.stop_ids(eos, "eos_token_id")
+        return overrides
 
     def _apply_do_sample(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """transformers' ``do_sample``: False is greedy whatever the temperature; True samples with
@@ -479,7 +496,7 @@ class Engine:
         ``seed``, ``stop`` (strings), ``stop_token_ids``, ``stop_at_eos``, ``repetition_penalty``
         (transformers' rule, over the prompt and the generated tokens), ``min_new_tokens`` (no stop
         token before that many), ``num_return_sequences`` (samples per prompt, in prompt order), and
-        transformers' ``do_sample``.
+        transformers' ``do_sample``, ``eos_token_id`` and ``pad_token_id``.
         """
         cfg = self._config(kwargs, many=True)
         if (prompts is None) == (input_ids is None):
