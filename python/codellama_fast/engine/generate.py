@@ -19,31 +19,12 @@ from ..errors import CheckpointError, InfillingUnsupported
 from ..tokenizer import FILL_MARKER, CodeLlamaTokenizerFast
 from ..tokenizer.chat import chat_prompt_ids
 from .cache import KVCache
-from . import arguments, fused_decode, memory
+from . import arguments, fused_decode, memory, options
 from .cuda_graph import GraphDecoder, pick_faster
 from .loader import generation_defaults, load_model
 from .model import LlamaModel, StepContext
-from .sampling import SamplingParams, apply_repetition_penalty, sample
-
-
-@dataclass
-class GenerationConfig:
-    """Generation settings (names follow transformers' ``generate``). ``temperature=0`` is greedy."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: Sequence[str] = ()
-    stop_token_ids: Sequence[int] = ()
-    stop_at_eos: bool = True
-    repetition_penalty: float = 1.0
-    min_new_tokens: int = 0
-    num_return_sequences: int = 1
-
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_k, self.top_p)
+from .options import GenerationConfig
+from .sampling import make_picker
 
 
 @dataclass
@@ -189,78 +170,9 @@ class Engine:
     # ------------------------------------------------------------------ the core loop
 
     def _config(self, overrides: dict[str, Any], many: bool = False) -> GenerationConfig:
-        """The call's settings over the model's defaults, checked. `many`: the call can return
-        several sequences per prompt (generate)."""
-        overrides = self._apply_do_sample(self._apply_hf_token_ids(dict(overrides)))
-        if not many and overrides.get("num_return_sequences", 1) != 1:
-            raise ValueError("num_return_sequences is for generate(); stream, infill and chat return one continuation")
-        unknown = set(overrides) - set(GenerationConfig.__dataclass_fields__)
-        if unknown:
-            raise TypeError(f"unknown generation arguments: {', '.join(sorted(unknown))}")
-        cfg = GenerationConfig(**{**self.defaults, **overrides})
-        cfg.max_new_tokens = arguments.check_int("max_new_tokens", cfg.max_new_tokens)
-        if cfg.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {cfg.max_new_tokens}")
-        cfg.temperature = arguments.check_real("temperature", cfg.temperature)
-        cfg.top_k = arguments.check_int("top_k", cfg.top_k, optional=True)
-        cfg.top_p = arguments.check_real("top_p", cfg.top_p, optional=True)
-        cfg.seed = arguments.check_int("seed", cfg.seed, optional=True)
-        cfg.stop = arguments.stop_strings(cfg.stop)
-        cfg.stop_token_ids = arguments.stop_ids(cfg.stop_token_ids)
-        if not isinstance(cfg.stop_at_eos, bool):
-            raise TypeError(f"stop_at_eos must be a bool, got {type(cfg.stop_at_eos).__name__}")
-        cfg.sampling()  # value checks (temperature >= 0, top_k >= 1, 0 < top_p <= 1)
-        cfg.num_return_sequences = arguments.check_int("num_return_sequences", cfg.num_return_sequences)
-        if cfg.num_return_sequences < 1:
-            raise ValueError(f"num_return_sequences must be >= 1, got {cfg.num_return_sequences}")
-        if cfg.num_return_sequences > 1 and cfg.sampling().greedy:
-            raise ValueError("num_return_sequences > 1 needs sampling (a temperature > 0): greedy decoding returns one continuation")
-        cfg.min_new_tokens = arguments.check_int("min_new_tokens", cfg.min_new_tokens)
-        if cfg.min_new_tokens < 0:
-            raise ValueError(f"min_new_tokens must be >= 0, got {cfg.min_new_tokens}")
-        cfg.repetition_penalty = arguments.check_real("repetition_penalty", cfg.repetition_penalty)
-        if cfg.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1.0 is none), got {cfg.repetition_penalty}")
-        return cfg
-
-    @staticmethod
-    def _apply_hf_token_ids(overrides: dict[str, Any]) -> dict[str, Any]:
-        """transformers' ``eos_token_id`` (an id, a list, or None for no end token) replaces the
-        tokenizer's EOS as the stop ids; ``pad_token_id`` is accepted and unused (the engine pads
-        a batch itself and never shows the padding)."""
-        if "pad_token_id" in overrides:
-            pad = overrides.pop("pad_token_id")
-            if pad is not None:
-                arguments.check_int("pad_token_id", pad)
-        if "eos_token_id" in overrides:
-            eos = overrides.pop("eos_token_id")
-            if "stop_token_ids" in overrides or "stop_at_eos" in overrides:
-                raise ValueError("give eos_token_id (transformers' name) or stop_token_ids/stop_at_eos, not both")
-            overrides["stop_at_eos"] = False
-            overrides["stop_token_ids"] = () if eos is None else arguments.stop_ids(eos, "eos_token_id")
-        return overrides
-
-    def _apply_do_sample(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        """transformers' ``do_sample``: False is greedy whatever the temperature; True samples with
-        transformers' defaults (temperature 1.0, top_k 50) for what neither the call nor the
-        model's generation_config sets."""
-        if "do_sample" not in overrides:
-            return overrides
-        do_sample = overrides.pop("do_sample")
-        if not isinstance(do_sample, bool):
-            raise TypeError(f"do_sample must be a bool, got {type(do_sample).__name__} {do_sample!r}")
-        if do_sample:
-            if "temperature" not in overrides and not self.defaults.get("temperature"):
-                overrides["temperature"] = 1.0
-            if "top_k" not in overrides and "top_k" not in self.defaults:
-                overrides["top_k"] = 50
-            if overrides.get("temperature", self.defaults.get("temperature")) == 0:
-                raise ValueError("do_sample=True needs a temperature > 0 (temperature=0 is greedy)")
-        else:
-            if overrides.get("temperature"):
-                warnings.warn(f"do_sample=False is greedy, so temperature={overrides['temperature']} is not used", UserWarning, stacklevel=4)
-            overrides["temperature"] = 0.0
-        return overrides
+        """The call's settings over the model's defaults, checked (engine.options). `many`: the
+        call can return several sequences per prompt (generate)."""
+        return options.resolve(self.defaults, overrides, many)
 
     def _prepare(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Left-padded tokens [B, T] and kv_start [B] (number of padding slots per row)."""
@@ -349,7 +261,8 @@ class Engine:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(cfg.seed)
         suppressed = sorted(i for i in stop_ids if 0 <= i < self.model.config.vocab_size) if cfg.min_new_tokens > 0 else []
-        pick = self._picker(params, gen, cfg.repetition_penalty, tokens, kv_start_now, suppressed, cfg.min_new_tokens)
+        pick = make_picker(params, gen, cfg.repetition_penalty, tokens, kv_start_now, self.model.config.vocab_size, suppressed,
+                           cfg.min_new_tokens)
         # the captured step takes the argmax itself only when nothing happens between logits and choice
         graph_greedy = params.greedy and cfg.repetition_penalty == 1.0 and not suppressed
         with self._graph_lease((b, max_len, graph_greedy), self._use_graph() and cfg.max_new_tokens > 1) as use_graph:
@@ -396,37 +309,6 @@ class Engine:
                     stats["decode_s"] = time.perf_counter() - decode_start
                     yield host
                 sync()
-
-    def _picker(self, params: SamplingParams, gen: torch.Generator | None, penalty: float, tokens: torch.Tensor,
-                kv_start: torch.Tensor, suppressed: Sequence[int], min_new: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """logits [B, V] -> next ids [B]: the repetition penalty over the tokens seen so far (the
-        prompt's real tokens, then each chosen one; kept on the device), the stop ids masked for
-        the first `min_new` choices (transformers' min_new_tokens), then sampling."""
-        if penalty == 1.0 and not suppressed:
-            return lambda logits: sample(logits, params, gen)
-        seen = None
-        if penalty != 1.0:
-            b, t = tokens.shape
-            real = torch.arange(t, device=self.device)[None, :] >= kv_start[:, None]  # [B, T], not padding
-            seen = torch.zeros(b, self.model.config.vocab_size, dtype=torch.bool, device=self.device)
-            seen.scatter_(1, torch.where(real, tokens, tokens[:, -1:]), True)  # padding slots repeat a real token
-        blocked = torch.tensor(list(suppressed), dtype=torch.long, device=self.device)
-        chosen = 0
-
-        def pick(logits: torch.Tensor) -> torch.Tensor:
-            nonlocal chosen
-            logits = logits.float()
-            if seen is not None:
-                logits = apply_repetition_penalty(logits, seen, penalty)
-            if chosen < min_new and blocked.numel():
-                logits = logits.index_fill(1, blocked, float("-inf"))
-            nxt = sample(logits, params, gen)
-            if seen is not None:
-                seen.scatter_(1, nxt[:, None], True)
-            chosen += 1
-            return nxt
-
-        return pick
 
     @contextmanager
     def _graph_lease(self, key: tuple[int, int, bool], wanted: bool) -> Iterator[bool]:

@@ -5,6 +5,7 @@ which draws from p exactly and needs no cumulative-sum search)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,3 +67,38 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     probs = torch.softmax(logits, dim=-1)
     noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
     return (probs / noise).argmax(dim=-1)
+
+
+def make_picker(params: SamplingParams, gen: torch.Generator | None, penalty: float, tokens: torch.Tensor, kv_start: torch.Tensor,
+                vocab: int, suppressed: Sequence[int], min_new: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The per-step choice: logits [B, V] -> next ids [B]. With ``penalty != 1``, transformers'
+    repetition penalty over the tokens seen so far (the prompt's real tokens: tokens [B, T]
+    left-padded, row b's first real slot kv_start[b]; then each chosen one; kept on the device);
+    the ``suppressed`` ids masked for the first ``min_new`` choices (transformers'
+    min_new_tokens); then ``sample``."""
+    if penalty == 1.0 and not suppressed:
+        return lambda logits: sample(logits, params, gen)
+    device = tokens.device
+    seen = None
+    if penalty != 1.0:
+        b, t = tokens.shape
+        real = torch.arange(t, device=device)[None, :] >= kv_start[:, None]  # [B, T], not padding
+        seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
+        seen.scatter_(1, torch.where(real, tokens, tokens[:, -1:]), True)  # padding slots repeat a real token
+    blocked = torch.tensor(list(suppressed), dtype=torch.long, device=device)
+    chosen = 0
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        nonlocal chosen
+        logits = logits.float()
+        if seen is not None:
+            logits = apply_repetition_penalty(logits, seen, penalty)
+        if chosen < min_new and blocked.numel():
+            logits = logits.index_fill(1, blocked, float("-inf"))
+        nxt = sample(logits, params, gen)
+        if seen is not None:
+            seen.scatter_(1, nxt[:, None], True)
+        chosen += 1
+        return nxt
+
+    return pick
