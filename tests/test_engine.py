@@ -121,6 +121,25 @@ def test_min_new_tokens_identical_to_transformers(checkpoints, tok):
     assert len(got.token_ids[0]) >= 8 and got.token_ids[0][:2] == free[:2]
 
 
+def test_embedding_rows_padded_past_the_tokenizer_are_never_chosen(tmp_path, tok):
+    """A fine-tune with rows padded to a multiple of 64 (32064 for 32016 pieces): the extra ids are
+    never generated, as transformers' generate with those ids suppressed; greedy and sampled."""
+    hf = make_hf_model("gqa4", seed=21, vocab_size=32064)
+    with torch.no_grad():
+        hf.lm_head.weight[32016:] *= 40  # make the padded rows win, so suppressing them matters
+    path = save(hf, tmp_path / "m")
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    ids = torch.tensor([tok.encode("def f(x):")])
+    assert hf(ids).logits[0, -1].argmax() >= 32016  # unsuppressed, a padded row would be chosen
+    want = hf.generate(ids, max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0,
+                       suppress_tokens=list(range(32016, 32064)))[0, ids.shape[1]:].tolist()
+    assert engine.generate("def f(x):", max_new_tokens=16, stop_at_eos=False).token_ids[0] == want
+    sampled = engine.generate(["def f(x):"] * 4, max_new_tokens=16, stop_at_eos=False, temperature=1.5, seed=2).token_ids
+    assert max(max(row) for row in sampled) < 32016
+    with pytest.raises(CheckpointError, match="32016 pieces but the model's vocabulary is 32000"):
+        Engine(load_model(save(make_hf_model("gqa4", seed=1, vocab_size=32000), tmp_path / "small"), device="cpu"), tok)
+
+
 def test_batched_with_padding_equals_one_by_one(checkpoints, tok):
     _, path = checkpoints["gqa4"]
     engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)

@@ -114,7 +114,10 @@ class Engine:
     """
 
     def __init__(self, model: LlamaModel, tokenizer: CodeLlamaTokenizerFast, defaults: Mapping[str, Any] | None = None) -> None:
-        if len(tokenizer) != model.config.vocab_size:
+        # A fine-tune may pad the embedding rows to a multiple of 64 past the tokenizer's pieces:
+        # those ids are never chosen. Any other difference is the wrong tokenizer.
+        rows, pieces = model.config.vocab_size, len(tokenizer)
+        if rows != pieces and not (rows % 64 == 0 and 0 < rows - pieces < 64):
             raise CheckpointError(
                 f"the tokenizer has {len(tokenizer)} pieces but the model's vocabulary is {model.config.vocab_size}; "
                 "pass the tokenizer that belongs to this model"
@@ -261,10 +264,10 @@ class Engine:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(cfg.seed)
         suppressed = sorted(i for i in stop_ids if 0 <= i < self.model.config.vocab_size) if cfg.min_new_tokens > 0 else []
-        pick = make_picker(params, gen, cfg.repetition_penalty, tokens, kv_start_now, self.model.config.vocab_size, suppressed,
-                           cfg.min_new_tokens)
+        vocab, known = self.model.config.vocab_size, len(self.tokenizer)
+        pick = make_picker(params, gen, cfg.repetition_penalty, tokens, kv_start_now, vocab, suppressed, cfg.min_new_tokens, known)
         # the captured step takes the argmax itself only when nothing happens between logits and choice
-        graph_greedy = params.greedy and cfg.repetition_penalty == 1.0 and not suppressed
+        graph_greedy = params.greedy and cfg.repetition_penalty == 1.0 and not suppressed and known == vocab
         with self._graph_lease((b, max_len, graph_greedy), self._use_graph() and cfg.max_new_tokens > 1) as use_graph:
             graph = None
             if use_graph:

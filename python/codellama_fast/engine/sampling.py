@@ -70,13 +70,15 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
 
 
 def make_picker(params: SamplingParams, gen: torch.Generator | None, penalty: float, tokens: torch.Tensor, kv_start: torch.Tensor,
-                vocab: int, suppressed: Sequence[int], min_new: int) -> Callable[[torch.Tensor], torch.Tensor]:
+                vocab: int, suppressed: Sequence[int], min_new: int, allowed: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The per-step choice: logits [B, V] -> next ids [B]. With ``penalty != 1``, transformers'
     repetition penalty over the tokens seen so far (the prompt's real tokens: tokens [B, T]
     left-padded, row b's first real slot kv_start[b]; then each chosen one; kept on the device);
     the ``suppressed`` ids masked for the first ``min_new`` choices (transformers'
-    min_new_tokens); then ``sample``."""
-    if penalty == 1.0 and not suppressed:
+    min_new_tokens); ids from ``allowed`` on (embedding rows past the tokenizer's vocabulary)
+    never chosen; then ``sample``."""
+    cut = allowed if allowed is not None and allowed < vocab else None
+    if penalty == 1.0 and not suppressed and cut is None:
         return lambda logits: sample(logits, params, gen)
     device = tokens.device
     seen = None
@@ -95,6 +97,8 @@ def make_picker(params: SamplingParams, gen: torch.Generator | None, penalty: fl
             logits = apply_repetition_penalty(logits, seen, penalty)
         if chosen < min_new and blocked.numel():
             logits = logits.index_fill(1, blocked, float("-inf"))
+        if cut is not None:
+            logits = torch.cat([logits[:, :cut], torch.full_like(logits[:, cut:], float("-inf"))], dim=1)
         nxt = sample(logits, params, gen)
         if seen is not None:
             seen.scatter_(1, nxt[:, None], True)
