@@ -121,6 +121,32 @@ def test_min_new_tokens_identical_to_transformers(checkpoints, tok):
     assert len(got.token_ids[0]) >= 8 and got.token_ids[0][:2] == free[:2]
 
 
+def test_a_fine_tune_folder_with_an_added_pad_token_generates_as_transformers(tmp_path):
+    """The common fine-tune layout: transformers' tokenizer with <pad> added (32017 pieces) saved
+    beside a model with 32017 rows; Engine.from_pretrained reads both and decodes as transformers."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import CODELLAMA_DIR
+
+    hf_tok = AutoTokenizer.from_pretrained(str(CODELLAMA_DIR))
+    hf_tok.add_special_tokens({"pad_token": "<pad>"})
+    hf = make_hf_model("mha", seed=8, vocab_size=len(hf_tok))
+    path = save(hf, tmp_path / "ft")
+    hf_tok.save_pretrained(path)
+    engine = Engine.from_pretrained(path, dtype="float32", device="cpu")
+    assert len(engine.tokenizer) == 32017 and engine.tokenizer.pad_token_id == 32016
+    prompt = "def add(a, b):<pad>"
+    ids = torch.tensor([hf_tok.encode(prompt)])
+    assert ids[0, -1] == 32016
+    want = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False, eos_token_id=None,
+                       pad_token_id=32016)[0, ids.shape[1]:].tolist()  # the mask: the prompt's <pad> is text here
+    got = engine.generate(prompt, max_new_tokens=20, stop_at_eos=False)
+    assert got.token_ids[0] == want
+    # the continuation's text: transformers' decode of prompt + continuation, less that of the prompt
+    full, head = (hf_tok.decode(x, skip_special_tokens=True) for x in (ids[0].tolist() + want, ids[0].tolist()))
+    assert full.startswith(head) and got.text == full[len(head):]
+
+
 def test_embedding_rows_padded_past_the_tokenizer_are_never_chosen(tmp_path, tok):
     """A fine-tune with rows padded to a multiple of 64 (32064 for 32016 pieces): the extra ids are
     never generated, as transformers' generate with those ids suppressed; greedy and sampled."""
