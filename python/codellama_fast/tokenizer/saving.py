@@ -91,6 +91,7 @@ class SavingMixin:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         text = state.pop("_native_json")
+        state.setdefault("_additional_special", None)  # pickled before add_special_tokens existed
         self.__dict__.update(state)
         self._native = _native.NativeTokenizer.from_json_str(text, "<pickled tokenizer>")
         self.update_post_processor()
