@@ -135,7 +135,7 @@ def test_pad_bad_inputs(inputs, match):
     tok = CodeLlamaTokenizerFast.from_pretrained(pad_token="</s>")
     with pytest.raises(TokenizerError, match=match):
         tok.pad(inputs)
-    with pytest.raises(TokenizerError, match="different lengths"):
+    with pytest.raises(TokenizerError, match="rows of different lengths"):
         tok.pad({"input_ids": [[1], [1, 2]]}, padding=False, return_tensors="np")
     with pytest.raises(TokenizerError, match="needs a pad token"):
         CodeLlamaTokenizerFast.from_pretrained().pad({"input_ids": [[1], [1, 2]]})

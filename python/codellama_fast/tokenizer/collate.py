@@ -44,7 +44,7 @@ def _to_tensor(key: str, value: Any, kind: str) -> Any:
     except ValueError:
         array = None
     if array is None or array.dtype == object:
-        raise TokenizerError(f"the rows of {key} have different lengths, so they cannot form one tensor; pad them or return lists")
+        raise TokenizerError(f"{key} cannot form one tensor (rows of different lengths, or values that are not numbers); pad them or return lists")
     return as_tensor(array, kind)
 
 
