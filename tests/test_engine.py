@@ -121,6 +121,23 @@ def test_min_new_tokens_identical_to_transformers(checkpoints, tok):
     assert len(got.token_ids[0]) >= 8 and got.token_ids[0][:2] == free[:2]
 
 
+def test_batch_with_penalty_min_new_tokens_and_an_end_token_matches_transformers(checkpoints, tok):
+    """Random prompts of one length in a batch (no padding, so transformers' penalty sees the same
+    tokens), greedy with repetition_penalty, min_new_tokens and an end token: each row as transformers."""
+    hf, path = checkpoints["gqa4"]
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    ids = torch.randint(3, 32000, (3, 7), generator=g)
+    ids[:, 0] = 1
+    free = engine.generate(input_ids=ids.tolist(), max_new_tokens=24, stop_at_eos=False).token_ids
+    end = free[0][4]  # an end token the first row reaches early
+    kw = dict(max_new_tokens=24, repetition_penalty=1.4, min_new_tokens=6)
+    out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, eos_token_id=end, pad_token_id=0, **kw)
+    want = [row[ids.shape[1]:].tolist() for row in out]
+    want = [row[: row.index(end)] if end in row else row for row in want]
+    assert engine.generate(input_ids=ids.tolist(), eos_token_id=end, **kw).token_ids == want
+
+
 def test_a_fine_tune_folder_with_an_added_pad_token_generates_as_transformers(tmp_path):
     """The common fine-tune layout: transformers' tokenizer with <pad> added (32017 pieces) saved
     beside a model with 32017 rows; Engine.from_pretrained reads both and decodes as transformers."""
