@@ -206,6 +206,16 @@ def test_bad_added_tokens_in_tokenizer_json(tmp_path, entry, match):
         CodeLlamaTokenizerFast.from_pretrained(tmp_path)
 
 
+def test_added_tokens_json_with_an_id_gap_is_a_clear_error(tmp_path):
+    import json
+    import shutil
+
+    shutil.copy(CODELLAMA_DIR / "tokenizer.model", tmp_path / "tokenizer.model")
+    (tmp_path / "added_tokens.json").write_text(json.dumps({"<pad>": 32017}))
+    with pytest.raises(InvalidTokenizerFile, match="must take the ids 32016"):
+        CodeLlamaTokenizerFast.from_pretrained(tmp_path)
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path

@@ -393,6 +393,28 @@ def test_loads_a_folder_with_added_tokens_saved_by_transformers(tmp_path, sprink
     assert ours.additional_special_tokens == hf.additional_special_tokens
 
 
+@pytest.mark.parametrize("layout", ["added_tokens_decoder", "added_tokens.json"])
+def test_added_tokens_of_a_folder_without_tokenizer_json_match_hf(tmp_path, sprinkled, layout):
+    """A folder with tokenizer.model and the added tokens in its configs (what the slow class and
+    older transformers save): built from the model file with the added tokens, as transformers does."""
+    import json
+
+    hf = _hf_fast()
+    _add_the_same_tokens(hf)
+    hf.save_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    if layout == "added_tokens.json":
+        cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
+        cfg.pop("added_tokens_decoder")
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+        assert (tmp_path / "added_tokens.json").is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    ours = CodeLlamaTokenizerFast.from_pretrained(tmp_path)
+    _assert_same_with_added(reference, ours, ADDED_TEXTS[:-1] + _with_added_strings(sprinkled[:100]))
+
+
 def test_added_tokens_saved_here_load_in_transformers(tmp_path, sprinkled):
     ours = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
     _add_the_same_tokens(ours)

@@ -5,9 +5,11 @@ with the new pieces; a model that uses them needs an embedding row for each."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from ..errors import TokenizerError
+from ..errors import InvalidTokenizerFile, TokenizerError
+from ..jsonfile import read_json_object
 
 _FIXED = ("bos_token", "eos_token", "unk_token")
 _UNSUPPORTED = ("sep_token", "cls_token", "mask_token")
@@ -27,6 +29,44 @@ def _token_spec(token: Any, special: bool) -> tuple[str, bool, bool]:
         raise TokenizerError(f"added token {content!r}: {', '.join(unsupported)} matching is not supported")
     is_special = bool(getattr(token, "special", special)) or special
     return content, is_special, bool(getattr(token, "normalized", not is_special))
+
+
+def added_tokens_of_folder(folder: Path | None, config: Mapping[str, Any], special_names: Sequence[str], vocab_size: int) -> list[tuple[str, bool, bool]]:
+    """The tokens past the sentencepiece vocabulary that a folder without ``tokenizer.json``
+    declares, in id order: ``added_tokens_decoder`` of ``tokenizer_config.json`` (with their flags),
+    else ``added_tokens.json`` (special when named in the special-token map). Their ids must follow
+    the vocabulary, as they will be given."""
+    by_id: dict[int, tuple[str, bool, bool]] = {}
+    decoder = config.get("added_tokens_decoder")
+    source = "tokenizer_config.json"
+    if isinstance(decoder, Mapping):
+        for key, entry in decoder.items():
+            if not (isinstance(key, str) and key.isdigit() and isinstance(entry, Mapping) and isinstance(entry.get("content"), str)):
+                raise InvalidTokenizerFile(f"{source}: added_tokens_decoder entry {key!r} is not an id with a content")
+            if int(key) >= vocab_size:
+                by_id[int(key)] = _token_spec(_Flags(entry), bool(entry.get("special", False)))
+    elif folder is not None and (folder / "added_tokens.json").is_file():
+        source = str(folder / "added_tokens.json")
+        for content, i in read_json_object(folder / "added_tokens.json", InvalidTokenizerFile).items():
+            if not isinstance(i, int) or isinstance(i, bool):
+                raise InvalidTokenizerFile(f"{source}: the id of {content!r} is not an int")
+            if i >= vocab_size:
+                by_id[i] = (content, content in special_names, content not in special_names)
+    ids = sorted(by_id)
+    if ids != list(range(vocab_size, vocab_size + len(ids))):
+        raise InvalidTokenizerFile(f"{source}: tokens past the {vocab_size}-piece vocabulary must take the ids {vocab_size}, "
+                                   f"{vocab_size + 1}, ... in turn; they have {ids}")
+    return [by_id[i] for i in ids]
+
+
+class _Flags:
+    """A config entry ({"content", "special", "normalized", ...}) read like an AddedToken."""
+
+    def __init__(self, entry: Mapping[str, Any]) -> None:
+        self.content = entry["content"]
+        for flag in ("special", "normalized", "lstrip", "rstrip", "single_word"):
+            if flag in entry:
+                setattr(self, flag, bool(entry[flag]))
 
 
 class AddingMixin:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _native
 from ..errors import InfillingUnsupported, TokenIdError, TokenizerError
-from .adding import AddingMixin
+from .adding import AddingMixin, added_tokens_of_folder
 from .batch_encoding import BatchEncoding
 from .batching import _PADDING_STRATEGIES, BatchingMixin, as_tensor
 from .chat import ChatMixin
@@ -171,6 +171,12 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         else:
             assert files.tokenizer_model is not None
             native = _native.NativeTokenizer.from_spm_file(str(files.tokenizer_model))
+            # a folder saved without tokenizer.json keeps its added tokens in the configs
+            names = [token_content(t) for k, t in files.special_tokens_map.items() if k.endswith("_token")]
+            names += [token_content(t) for t in files.special_tokens_map.get("additional_special_tokens") or []]
+            extra = added_tokens_of_folder(files.folder, files.config, [n for n in names if n], native.vocab_size)
+            if extra:
+                native = native.with_added_tokens(extra)[0]
         model_bytes = files.tokenizer_model.read_bytes() if files.tokenizer_model is not None else None
         tok = cls(native, **cls._settings(files, kwargs), name_or_path=str(pretrained_model_name_or_path or "codellama/CodeLlama-7b-hf"), model_file_bytes=model_bytes)
         extra = [token_content(t) for t in files.config.get("additional_special_tokens") or files.special_tokens_map.get("additional_special_tokens") or []]
