@@ -198,6 +198,12 @@ def test_running_past_the_trained_length_warns_once_at_the_callers_line(engine):
     assert caught[0].filename == __file__
 
 
+def test_torch_dtype_is_dtype(model_dir):
+    assert Engine.from_pretrained(model_dir, torch_dtype=torch.float16, device="cpu", tokenizer=CODELLAMA_DIR).dtype == torch.float16
+    with pytest.raises(TypeError, match="not both"):
+        Engine.from_pretrained(model_dir, dtype="float32", torch_dtype=torch.float16, device="cpu")
+
+
 def test_device_and_backend_fail_before_loading(model_dir):
     absent = f"cuda:{torch.cuda.device_count() + 3}" if torch.cuda.is_available() else "cuda"
     with pytest.raises(DeviceError, match="does not exist" if torch.cuda.is_available() else "no CUDA GPU"):

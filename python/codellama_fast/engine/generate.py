@@ -153,8 +153,14 @@ class Engine:
         backend: str = "auto",
         tokenizer: CodeLlamaTokenizerFast | str | Path | None = None,
         progress: bool | None = None,
+        torch_dtype: str | torch.dtype | None = None,
     ) -> "Engine":
-        """Loads an HF model folder; the tokenizer comes from the folder unless given."""
+        """Loads an HF model folder; the tokenizer comes from the folder unless given.
+        ``torch_dtype`` is transformers 4.x's name for ``dtype``."""
+        if torch_dtype is not None:
+            if dtype is not None:
+                raise TypeError("give dtype or torch_dtype (its older name), not both")
+            dtype = torch_dtype
         path = Path(path)
         model = load_model(path, dtype=dtype, device=device, backend=backend, progress=progress)
         if isinstance(tokenizer, CodeLlamaTokenizerFast):
