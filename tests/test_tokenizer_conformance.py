@@ -632,6 +632,18 @@ def test_difference_truncation_without_max_length_uses_the_code_llama_context(hf
     assert len(hf(text, truncation=True)["input_ids"]) > 16384
 
 
+def test_difference_split_special_tokens_keeps_added_tokens_as_text(sp_codellama):
+    """split_special_tokens=True is sentencepiece's encoding (Meta's encode): tokens added past the
+    vocabulary stay text too. transformers still matches the non-special ones there."""
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    for tok in (hf, ours):
+        tok.add_tokens(["<foo>"])
+        tok.add_special_tokens({"pad_token": "<pad>"})
+    text = "x <foo> <pad>"
+    assert ours(text, split_special_tokens=True)["input_ids"] == [1] + sp_codellama.encode(text)
+    assert hf(text, split_special_tokens=True)["input_ids"] != [1] + sp_codellama.encode(text)
+
+
 def test_difference_special_tokens_mask_without_specials(hf, ours):
     """HF fast refuses get_special_tokens_mask(..., already_has_special_tokens=False); we answer as the slow class."""
     assert ours.get_special_tokens_mask([5, 6]) == [1, 0, 0]
