@@ -644,6 +644,17 @@ def test_difference_split_special_tokens_keeps_added_tokens_as_text(sp_codellama
     assert hf(text, split_special_tokens=True)["input_ids"] != [1] + sp_codellama.encode(text)
 
 
+def test_difference_adding_an_existing_piece_changes_nothing(sp_codellama):
+    """add_tokens of a piece already in the vocabulary adds nothing and encoding stays
+    sentencepiece's. transformers re-registers it as an added token, counts it, and then drops a
+    space of "x  Hello" (the doubled mark is read as the added piece)."""
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    assert ours.add_tokens(["▁Hello"]) == 0 and hf.add_tokens(["▁Hello"]) == 1
+    text = "x  Hello"
+    assert ours.encode(text) == [1] + sp_codellama.encode(text) and ours.decode(ours.encode(text), skip_special_tokens=True) == text
+    assert hf.encode(text) != [1] + sp_codellama.encode(text) and hf.decode(hf.encode(text), skip_special_tokens=True) != text
+
+
 def test_difference_special_tokens_mask_without_specials(hf, ours):
     """HF fast refuses get_special_tokens_mask(..., already_has_special_tokens=False); we answer as the slow class."""
     assert ours.get_special_tokens_mask([5, 6]) == [1, 0, 0]
