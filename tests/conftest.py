@@ -25,6 +25,11 @@ SHARED = Path(os.environ.get("CODELLAMA_FAST_SHARED", ROOT.parent / "shared"))
 CODELLAMA_DIR = SHARED / "tokenizers" / "codellama"
 LLAMA2_MODEL = SHARED / "tokenizers" / "llama2" / "tokenizer.model"
 STORIES_DIR = SHARED / "models" / "stories260K"
+# A chat template other than Code Llama Instruct's (ChatML), as a fine-tune may carry
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -158,6 +158,28 @@ def test_chat_prompt_matches_meta(model_dir, tok, sp_codellama):
     assert engine.chat(dialog[1:2], max_new_tokens=20) == "print(1)"
 
 
+def test_chat_uses_a_fine_tunes_own_template(model_dir, tmp_path):
+    """With a chat template other than Code Llama Instruct's in the tokenizer config, engine.chat
+    prompts with it (and the generation prompt), as apply_chat_template gives it."""
+    import json
+    import shutil
+
+    from tests.conftest import CHATML, CODELLAMA_DIR
+
+    for name in ("tokenizer.json", "tokenizer.model"):
+        shutil.copy(CODELLAMA_DIR / name, tmp_path / name)
+    cfg = json.loads((CODELLAMA_DIR / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = CHATML
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    tok = CodeLlamaTokenizerFast.from_pretrained(tmp_path)
+    engine = Engine(load_model(model_dir, device="cpu"), tok)
+    calls = scripted(engine, tok.encode("print(1)", add_special_tokens=False) + [2])
+    dialog = [{"role": "user", "content": "Write print(1)"}]
+    assert engine.chat(dialog, max_new_tokens=20) == "print(1)"
+    assert calls[0] == tok.apply_chat_template(dialog, add_generation_prompt=True)
+    assert calls[0][-4:] == tok.encode("<|im_start|>assistant\n", add_special_tokens=False)[-4:]
+
+
 def test_infill_unsupported_vocab_is_clear(tmp_path):
     llama2 = CodeLlamaTokenizerFast.from_pretrained(LLAMA2_MODEL)
     folder = save(make_hf_model("mha", seed=1, vocab_size=32000), tmp_path / "m")

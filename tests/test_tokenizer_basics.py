@@ -144,7 +144,10 @@ def test_pad_bad_inputs(inputs, match):
 
 
 @pytest.mark.parametrize("call, error, match", [
-    (lambda t: t.apply_chat_template([{"role": "user", "content": "a"}], chat_template="{{ messages }}"), TokenizerError, "custom chat templates"),
+    (lambda t: t.apply_chat_template([{"role": "user", "content": "a"}], chat_template="{{ raise_exception('no users') }}"),
+     TokenizerError, "refused the conversation: no users"),
+    (lambda t: t.apply_chat_template([{"role": "user", "content": "a"}], chat_template="{% if %}"), TokenizerError, "does not parse"),
+    (lambda t: t.apply_chat_template([{"role": "user", "content": "a"}], tools=[{"name": "f"}]), TypeError, "takes no template arguments"),
     (lambda t: t.apply_chat_template([{"role": "user", "content": "a"}], continue_final_message=True), TokenizerError, "assistant message"),
     (lambda t: t.apply_chat_template([{"role": "user", "content": "a"}], continue_final_message=True, add_generation_prompt=True),
      TokenizerError, "cannot both"),
@@ -214,6 +217,23 @@ def test_added_tokens_json_with_an_id_gap_is_a_clear_error(tmp_path):
     (tmp_path / "added_tokens.json").write_text(json.dumps({"<pad>": 32017}))
     with pytest.raises(InvalidTokenizerFile, match="must take the ids 32016"):
         CodeLlamaTokenizerFast.from_pretrained(tmp_path)
+
+
+def test_a_chat_template_without_jinja2_is_a_clear_error(tok, monkeypatch):
+    import sys
+
+    from codellama_fast.tokenizer import chat, chat_jinja
+
+    monkeypatch.setitem(sys.modules, "jinja2", None)
+    chat_jinja._compiled.cache_clear()
+    chat._writes_llama2.cache_clear()
+    try:
+        with pytest.raises(TokenizerError, match="needs jinja2"):
+            tok.apply_chat_template([{"role": "user", "content": "a"}], chat_template="{{ messages[0].content }}")
+        assert tok.apply_chat_template([{"role": "user", "content": "a"}], tokenize=False) == "<s>[INST] a [/INST]"  # built in
+    finally:
+        chat_jinja._compiled.cache_clear()
+        chat._writes_llama2.cache_clear()
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -16,7 +16,7 @@ if not transformers.__version__.startswith("4."):
     pytest.skip("the conformance oracle is transformers 4.x", allow_module_level=True)
 
 from codellama_fast import CodeLlamaTokenizerFast, TokenizerError  # noqa: E402
-from tests.conftest import CODELLAMA_DIR  # noqa: E402
+from tests.conftest import CHATML, CODELLAMA_DIR  # noqa: E402
 from tests.meta_reference import meta_chat_reference  # noqa: E402
 
 SPECIAL_STRINGS = ["<s>", "</s>", "<unk>", "▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>", " <PRE>", "[INST]", "<<SYS>>"]
@@ -271,6 +271,37 @@ def test_apply_chat_template_batches_like_hf(instruct_dir):
         a = hf.apply_chat_template([CHAT, CHAT[1:2]], **kwargs)
         b = ours.apply_chat_template([CHAT, CHAT[1:2]], **kwargs)
         assert (a.tolist() if hasattr(a, "tolist") else a) == (b.tolist() if hasattr(b, "tolist") else b)
+
+
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, {"tokenize": False}, {"add_generation_prompt": True}, {"add_generation_prompt": True, "return_tensors": "pt"},
+    {"return_dict": True}, {"continue_final_message": True}, {"continue_final_message": True, "tokenize": False},
+])
+def test_other_chat_templates_render_as_in_hf(tmp_path, kwargs):
+    """A fine-tune's own chat template (ChatML here, in its tokenizer_config.json, or passed as
+    chat_template=) is rendered and tokenized as transformers does."""
+    import json
+    import shutil
+
+    for name in ("tokenizer.json", "tokenizer.model"):
+        shutil.copy(CODELLAMA_DIR / name, tmp_path / name)
+    cfg = json.loads((CODELLAMA_DIR / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = CHATML
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    ours = CodeLlamaTokenizerFast.from_pretrained(tmp_path)
+    dialog = CHAT[:3] if kwargs.get("continue_final_message") else CHAT
+    a, b = hf.apply_chat_template(dialog, **kwargs), ours.apply_chat_template(dialog, **kwargs)
+    as_plain = lambda x: x if isinstance(x, str) else (_plain(x) if hasattr(x, "keys") else (x.tolist() if hasattr(x, "tolist") else x))  # noqa: E731
+    assert as_plain(a) == as_plain(b)
+    base = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    assert as_plain(base.apply_chat_template(dialog, chat_template=CHATML, **kwargs)) == as_plain(b)
+    if "return_tensors" not in kwargs:  # a batch of different lengths makes no tensor
+        assert as_plain(hf.apply_chat_template([dialog, CHAT[1:3]], **kwargs)) == as_plain(ours.apply_chat_template([dialog, CHAT[1:3]], **kwargs))
 
 
 def test_difference_chat_messages_are_text(instruct_dir, sp_codellama):

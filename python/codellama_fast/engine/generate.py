@@ -17,7 +17,6 @@ import torch
 from ..data import BUNDLED_VOCAB_SIZE
 from ..errors import CheckpointError, InfillingUnsupported
 from ..tokenizer import FILL_MARKER, CodeLlamaTokenizerFast
-from ..tokenizer.chat import chat_prompt_ids
 from .cache import KVCache
 from . import arguments, fused_decode, memory, options
 from .cuda_graph import GraphDecoder, pick_faster
@@ -448,7 +447,7 @@ class Engine:
 
     def chat(self, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> str:
         """The assistant's next message for a Code Llama Instruct dialog."""
-        ids = chat_prompt_ids(self.tokenizer, messages)
+        ids = self.tokenizer.chat_prompt_ids(messages)
         cfg = self._config(kwargs)
         decode = lambda new: self.tokenizer._native.decode(new, True)  # noqa: E731
         return self._run([ids], cfg, self._stop_ids(cfg), [decode]).texts[0].strip()

@@ -10,7 +10,8 @@ Instruct models' ``tokenizer_config.json`` renders: ``<s>[INST] {user} [/INST] {
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from ..errors import TokenizerError
 
@@ -83,15 +84,60 @@ def chat_prompt_text(tokenizer: CodeLlamaTokenizerFast, messages: Sequence[Mappi
     return "".join(parts)
 
 
+_PROBES = (
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"}],
+    [{"role": "user", "content": "U"}],
+)
+
+
+@lru_cache(maxsize=16)
+def _writes_llama2(template: str, bos: str, eos: str, expected: tuple[str, ...]) -> bool:
+    """Whether `template` writes Code Llama Instruct's format (the probe dialogs render as Meta's
+    text). Without jinja2, a template with [INST] markers is taken for it."""
+    from . import chat_jinja
+
+    try:
+        return tuple(chat_jinja.render(template, probe, {"bos_token": bos, "eos_token": eos}, False, False) for probe in _PROBES) == expected
+    except chat_jinja.ChatTemplateError:
+        return False
+    except TokenizerError:  # no jinja2
+        return "[INST]" in template and "[/INST]" in template
+
+
 class ChatMixin:
-    """``apply_chat_template`` for `CodeLlamaTokenizerFast`, with Code Llama Instruct's format built in."""
+    """``apply_chat_template`` for `CodeLlamaTokenizerFast`: Code Llama Instruct's format built in
+    (Meta's ids), any other ``chat_template`` rendered with Jinja as transformers renders it."""
 
     @property
     def chat_template(self) -> str | None:
         """The ``chat_template`` of ``tokenizer_config.json`` (the Instruct models carry the Llama 2
-        template), for reading; ``apply_chat_template`` builds that format itself."""
+        template; a fine-tune may carry its own)."""
         value = self._config.get("chat_template")  # type: ignore[attr-defined]
         return value if isinstance(value, str) else None
+
+    def _custom_template(self, chat_template: str | None) -> str | None:
+        """The Jinja template to render, or None for Code Llama Instruct's format (no template, or
+        one that writes that format)."""
+        template = chat_template if chat_template is not None else self.chat_template
+        if template is None:
+            return None
+        bos, eos = self.bos_token or "", self.eos_token or ""  # type: ignore[attr-defined]
+        expected = tuple(chat_prompt_text(self, probe) for probe in _PROBES)  # type: ignore[arg-type]
+        return None if _writes_llama2(template, bos, eos, expected) else template
+
+    def _template_variables(self, extra: Mapping[str, Any]) -> dict[str, Any]:
+        return {**self.special_tokens_map, **extra}  # type: ignore[attr-defined]
+
+    def chat_prompt_ids(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """The ids that prompt the model to answer a dialog ending with the user's message: Meta's
+        ``chat_completion`` ids, or the tokenizer's own chat template with the generation prompt."""
+        template = self._custom_template(None)
+        if template is None:
+            return chat_prompt_ids(self, messages)  # type: ignore[arg-type]
+        from . import chat_jinja
+
+        text = chat_jinja.render(template, messages, self._template_variables({}), True, False)
+        return self.encode(text, add_special_tokens=False)  # type: ignore[attr-defined]
 
     def apply_chat_template(
         self,
@@ -105,12 +151,17 @@ class ChatMixin:
         max_length: int | None = None,
         return_tensors: str | None = None,
         return_dict: bool = False,
+        **template_kwargs: Any,
     ):
-        """A conversation (or a list of them) in Code Llama Instruct's chat format: the text the
-        Llama 2 chat template renders with ``tokenize=False``, else Meta's ids (``chat_completion``),
-        where special-token strings inside a message stay text. The last message may be the user's
-        (a prompt) or the assistant's (a finished exchange, ending in EOS; with
-        ``continue_final_message=True`` left open for the model to continue).
+        """A conversation (or a list of them) as a chat prompt, as transformers writes it.
+
+        With no ``chat_template`` (the base models) or one that writes Code Llama Instruct's format
+        (the Instruct models'): the text that template renders with ``tokenize=False``, else Meta's
+        ids (``chat_completion``), where special-token strings inside a message stay text. The last
+        message may be the user's (a prompt) or the assistant's (a finished exchange, ending in EOS;
+        with ``continue_final_message=True`` left open for the model to continue). Any other
+        template (the config's or ``chat_template=``) is rendered with Jinja, as transformers does,
+        with ``template_kwargs`` as extra variables, and its text tokenized.
 
         Returns ids (a list, or a tensor with ``return_tensors``), a `BatchEncoding` with
         ``return_dict=True``, or the text.
@@ -118,23 +169,30 @@ class ChatMixin:
         >>> tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
         '<s>[INST] Hi [/INST]'
         """
-        if chat_template is not None:
-            raise TokenizerError(
-                "custom chat templates are not rendered here; this tokenizer builds Code Llama Instruct's "
-                "(Llama 2) chat format, the one its chat_template describes"
-            )
         if continue_final_message and add_generation_prompt:
             raise TokenizerError("continue_final_message and add_generation_prompt cannot both be set")
-        # add_generation_prompt adds nothing: a user turn already ends with [/INST], the assistant's cue
         batched = isinstance(conversation, Sequence) and bool(conversation) and not isinstance(conversation[0], Mapping)
         conversations = list(conversation) if batched else [conversation]
         for chat in conversations:
             if continue_final_message and (not chat or not isinstance(chat[-1], Mapping) or chat[-1].get("role") != "assistant"):
                 raise TokenizerError("continue_final_message needs the conversation to end with an assistant message")
-        if not tokenize:
-            texts = [chat_prompt_text(self, chat, open_end=continue_final_message) for chat in conversations]  # type: ignore[arg-type]
-            return texts if batched else texts[0]
-        encoded = [chat_prompt_ids(self, chat, final="any", open_end=continue_final_message) for chat in conversations]  # type: ignore[arg-type]
+        template = self._custom_template(chat_template)
+        if template is None:
+            if template_kwargs:
+                raise TypeError(f"Code Llama Instruct's chat format takes no template arguments: {', '.join(sorted(template_kwargs))}")
+            # add_generation_prompt adds nothing: a user turn already ends with [/INST], the assistant's cue
+            if not tokenize:
+                texts = [chat_prompt_text(self, chat, open_end=continue_final_message) for chat in conversations]  # type: ignore[arg-type]
+                return texts if batched else texts[0]
+            encoded = [chat_prompt_ids(self, chat, final="any", open_end=continue_final_message) for chat in conversations]  # type: ignore[arg-type]
+        else:
+            from . import chat_jinja
+
+            variables = self._template_variables(template_kwargs)
+            texts = [chat_jinja.render(template, chat, variables, add_generation_prompt, continue_final_message) for chat in conversations]  # type: ignore[arg-type]
+            if not tokenize:
+                return texts if batched else texts[0]
+            encoded = [self.encode(text, add_special_tokens=False) for text in texts]  # type: ignore[attr-defined]
         limit = self._truncation_limit(truncation, max_length, padding, True)  # type: ignore[attr-defined]
         if limit is not None:
             encoded = [self._truncate(ids, limit, False, False) for ids in encoded]  # type: ignore[attr-defined]
