@@ -209,13 +209,17 @@ def test_bad_added_tokens_in_tokenizer_json(tmp_path, entry, match):
         CodeLlamaTokenizerFast.from_pretrained(tmp_path)
 
 
-def test_added_tokens_json_with_an_id_gap_is_a_clear_error(tmp_path):
+def test_added_tokens_in_configs_that_cannot_be_read_are_clear_errors(tmp_path):
     import json
     import shutil
 
     shutil.copy(CODELLAMA_DIR / "tokenizer.model", tmp_path / "tokenizer.model")
     (tmp_path / "added_tokens.json").write_text(json.dumps({"<pad>": 32017}))
-    with pytest.raises(InvalidTokenizerFile, match="must take the ids 32016"):
+    with pytest.raises(InvalidTokenizerFile, match="added_tokens.json: .*must take the ids 32016"):
+        CodeLlamaTokenizerFast.from_pretrained(tmp_path)
+    entry = {"content": "<l>", "special": True, "lstrip": True}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {"32016": entry}}))
+    with pytest.raises(InvalidTokenizerFile, match="tokenizer_config.json: added token '<l>': lstrip"):
         CodeLlamaTokenizerFast.from_pretrained(tmp_path)
 
 

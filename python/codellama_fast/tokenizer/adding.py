@@ -44,7 +44,10 @@ def added_tokens_of_folder(folder: Path | None, config: Mapping[str, Any], speci
             if not (isinstance(key, str) and key.isdigit() and isinstance(entry, Mapping) and isinstance(entry.get("content"), str)):
                 raise InvalidTokenizerFile(f"{source}: added_tokens_decoder entry {key!r} is not an id with a content")
             if int(key) >= vocab_size:
-                by_id[int(key)] = _token_spec(_Flags(entry), bool(entry.get("special", False)))
+                try:
+                    by_id[int(key)] = _token_spec(_Flags(entry), bool(entry.get("special", False)))
+                except TokenizerError as exc:
+                    raise InvalidTokenizerFile(f"{source}: {exc}") from None
     elif folder is not None and (folder / "added_tokens.json").is_file():
         source = str(folder / "added_tokens.json")
         for content, i in read_json_object(folder / "added_tokens.json", InvalidTokenizerFile).items():
