@@ -8,6 +8,7 @@
 use serde_json::Value;
 
 use crate::error::{Result, TokenizerError};
+use crate::hub_json::added_token_entry;
 use crate::special::SpecialMatcher;
 use crate::tokenizer::{CodeLlamaTokenizer, PieceText, SPACE_MARK};
 
@@ -114,10 +115,7 @@ impl CodeLlamaTokenizer {
         }
         let added = extra.len();
         if let Some(list) = copy.json_template.get_mut("added_tokens").and_then(Value::as_array_mut) {
-            for a in &extra {
-                list.push(serde_json::json!({"id": a.id, "content": a.content, "single_word": false, "lstrip": false,
-                                             "rstrip": false, "normalized": a.normalized, "special": a.special}));
-            }
+            list.extend(extra.iter().map(|a| added_token_entry(a.id, &a.content, a.normalized, a.special)));
         }
         copy.install_added(extra);
         Ok((copy, added))

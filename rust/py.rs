@@ -128,8 +128,8 @@ impl NativeTokenizer {
 
     /// A new tokenizer with `tokens` ((content, special, normalized)) added, and how many were new.
     fn with_added_tokens(&self, py: Python<'_>, tokens: Vec<(String, bool, bool)>) -> PyResult<(Self, usize)> {
+        // the copy keeps this tokenizer's BOS/EOS settings
         let (inner, added) = py.detach(|| self.inner.with_added_tokens(&tokens)).map_err(to_py)?;
-        inner.update_post_processor(self.inner.post_processor().0, self.inner.post_processor().1).map_err(to_py)?;
         Ok((Self::wrap(py, inner)?, added))
     }
 

@@ -10,7 +10,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -252,7 +252,7 @@ class Engine:
         return logits
 
     def _steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float],
-               check_every: int | None = None, warn_stacklevel: int = 5, stop_ids: Sequence[int] = ()) -> Iterator[list[int]]:
+               check_every: int | None = None, warn_stacklevel: int = 5, stop_ids: Iterable[int] = ()) -> Iterator[list[int]]:
         """Yields the sampled token of every sequence, step by step (host lists of length B).
         On CUDA with the Triton ops, decode steps are CUDA-graph replays and the host reads the
         ids every `check_every` steps. `warn_stacklevel` points warnings at the user's call;
@@ -268,8 +268,8 @@ class Engine:
         if cfg.seed is not None:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(cfg.seed)
-        suppressed = sorted(i for i in stop_ids if 0 <= i < self.model.config.vocab_size) if cfg.min_new_tokens > 0 else []
         vocab, known = self.model.config.vocab_size, len(self.tokenizer)
+        suppressed = sorted(i for i in stop_ids if 0 <= i < vocab) if cfg.min_new_tokens > 0 else []
         pick = make_picker(params, gen, cfg.repetition_penalty, tokens, kv_start_now, vocab, suppressed, cfg.min_new_tokens, known)
         # the captured step takes the argmax itself only when nothing happens between logits and choice
         graph_greedy = params.greedy and cfg.repetition_penalty == 1.0 and not suppressed and known == vocab
@@ -340,7 +340,7 @@ class Engine:
              decoders: Sequence[Callable[[list[int]], str]]) -> GenerationResult:
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
         tracker = _StopTracker(stop_ids, cfg.stop, decoders)
-        for host in self._steps(prompts, cfg, stats, stop_ids=sorted(stop_ids)):
+        for host in self._steps(prompts, cfg, stats, stop_ids=stop_ids):
             tracker.push(host)
             if tracker.all_done:
                 break
@@ -409,7 +409,7 @@ class Engine:
         stops = [s for s in cfg.stop if s]
         text, emitted = "", 0
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
-        for host in self._steps([ids], cfg, stats, check_every=1, warn_stacklevel=4, stop_ids=sorted(stop_ids)):
+        for host in self._steps([ids], cfg, stats, check_every=1, warn_stacklevel=4, stop_ids=stop_ids):
             if host[0] in stop_ids:
                 break
             text += decoder.step(host[0])

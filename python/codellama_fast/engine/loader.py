@@ -16,6 +16,7 @@ from ..errors import CheckpointError
 from ..jsonfile import read_json_object
 from .config import LlamaConfig
 from .model import LlamaModel
+from .options import HF_TEMPERATURE, HF_TOP_K, HF_TOP_P
 from .ops import resolve_device, select_ops
 from .progress import Progress
 
@@ -270,9 +271,9 @@ def generation_defaults(path: str | Path) -> dict[str, Any]:
     if isinstance(gen.get("max_new_tokens"), int):
         out["max_new_tokens"] = gen["max_new_tokens"]
     if gen.get("do_sample") is True:
-        out["temperature"] = float(gen.get("temperature", 1.0))
-        top_k = gen.get("top_k", 50)
+        out["temperature"] = float(gen.get("temperature", HF_TEMPERATURE))
+        top_k = gen.get("top_k", HF_TOP_K)
         out["top_k"] = int(top_k) if top_k else None
-        top_p = float(gen.get("top_p", 1.0))
+        top_p = float(gen.get("top_p", HF_TOP_P))
         out["top_p"] = top_p if top_p < 1.0 else None
     return out

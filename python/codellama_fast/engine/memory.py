@@ -39,7 +39,7 @@ def prefill_bytes_per_token(cfg: LlamaConfig, dtype: torch.dtype) -> int:
     An upper bound on what the forward allocates per token, measured in tests/test_engine.py (torch
     ops) and tests/test_gpu.py (Triton ops). The torch ops' padding mask (chunk × length bytes
     per row) comes on top."""
-    elem = torch.empty((), dtype=dtype).element_size()
+    elem = dtype.itemsize
     h, q = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim
     attn = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim + 6 * q + 2 * h
     mlp = 4 * cfg.intermediate_size + 2 * h

@@ -12,6 +12,10 @@ from . import arguments
 from .sampling import SamplingParams
 
 
+# transformers' GenerationConfig defaults for sampling settings nobody set
+HF_TEMPERATURE, HF_TOP_K, HF_TOP_P = 1.0, 50, 1.0
+
+
 @dataclass
 class GenerationConfig:
     """Generation settings (names follow transformers' ``generate``). ``temperature=0`` is greedy."""
@@ -96,9 +100,9 @@ def _read_do_sample(defaults: Mapping[str, Any], overrides: dict[str, Any]) -> d
         raise TypeError(f"do_sample must be a bool, got {type(do_sample).__name__} {do_sample!r}")
     if do_sample:
         if "temperature" not in overrides and not defaults.get("temperature"):
-            overrides["temperature"] = 1.0
+            overrides["temperature"] = HF_TEMPERATURE
         if "top_k" not in overrides and "top_k" not in defaults:
-            overrides["top_k"] = 50
+            overrides["top_k"] = HF_TOP_K
         if overrides.get("temperature", defaults.get("temperature")) == 0:
             raise ValueError("do_sample=True needs a temperature > 0 (temperature=0 is greedy)")
     else:

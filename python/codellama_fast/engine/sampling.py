@@ -87,7 +87,9 @@ def make_picker(params: SamplingParams, gen: torch.Generator | None, penalty: fl
         real = torch.arange(t, device=device)[None, :] >= kv_start[:, None]  # [B, T], not padding
         seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
         seen.scatter_(1, torch.where(real, tokens, tokens[:, -1:]), True)  # padding slots repeat a real token
-    blocked = torch.tensor(list(suppressed), dtype=torch.long, device=device)
+    padded = torch.arange(cut, vocab, device=device) if cut is not None else None  # never chosen
+    # for the first `min_new` choices: the suppressed ids as well
+    early = torch.tensor(sorted(set(suppressed) | set(range(cut or vocab, vocab))), dtype=torch.long, device=device)
     chosen = 0
 
     def pick(logits: torch.Tensor) -> torch.Tensor:
@@ -95,10 +97,9 @@ def make_picker(params: SamplingParams, gen: torch.Generator | None, penalty: fl
         logits = logits.float()
         if seen is not None:
             logits = apply_repetition_penalty(logits, seen, penalty)
-        if chosen < min_new and blocked.numel():
+        blocked = early if chosen < min_new else padded
+        if blocked is not None and blocked.numel():
             logits = logits.index_fill(1, blocked, float("-inf"))
-        if cut is not None:
-            logits = torch.cat([logits[:, :cut], torch.full_like(logits[:, cut:], float("-inf"))], dim=1)
         nxt = sample(logits, params, gen)
         if seen is not None:
             seen.scatter_(1, nxt[:, None], True)

@@ -134,6 +134,17 @@ class BatchingMixin:
             data = {k: v[0] for k, v in data.items()}
         return BatchEncoding(data)
 
+    def _check_output_options(self, return_tensors: str | None, padding: bool | str, padding_side: str | None) -> str:
+        """Checks the output options shared by ``__call__`` and ``pad``; returns the padding side."""
+        if return_tensors not in (None, "np", "pt"):
+            raise TokenizerError(f"return_tensors={return_tensors!r} is not supported; use 'np', 'pt' or None")
+        if padding not in _PADDING_STRATEGIES:
+            raise TokenizerError(f"padding={padding!r} is not one of True, False, 'longest', 'max_length', 'do_not_pad'")
+        side = padding_side or self.padding_side
+        if side not in ("left", "right"):
+            raise TokenizerError(f"padding_side must be 'left' or 'right', not {side!r}")
+        return side
+
     def _pad_width(self, rows: list[list[int]], strategy: str | None, max_length: int | None, multiple: int | None) -> int | None:
         """The padded length of `rows` (None: no padding); needs a pad token."""
         if strategy is None:

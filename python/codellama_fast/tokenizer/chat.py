@@ -71,8 +71,11 @@ def chat_prompt_ids(
 
 def chat_prompt_text(tokenizer: CodeLlamaTokenizerFast, messages: Sequence[Mapping[str, str]], open_end: bool = False) -> str:
     """The dialog as the Llama 2 chat template writes it (any last speaker)."""
+    return _llama2_text(messages, tokenizer.bos_token or "", tokenizer.eos_token or "", open_end)
+
+
+def _llama2_text(messages: Sequence[Mapping[str, str]], bos: str, eos: str, open_end: bool = False) -> str:
     dialog = _turns(messages, "any")
-    bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
     parts = []
     for k, m in enumerate(dialog):
         if m["role"] == "user":
@@ -91,13 +94,14 @@ _PROBES = (
 
 
 @lru_cache(maxsize=16)
-def _writes_llama2(template: str, bos: str, eos: str, expected: tuple[str, ...]) -> bool:
+def _writes_llama2(template: str, bos: str, eos: str) -> bool:
     """Whether `template` writes Code Llama Instruct's format (the probe dialogs render as Meta's
     text). Without jinja2, a template with [INST] markers is taken for it."""
     from . import chat_jinja
 
+    variables = {"bos_token": bos, "eos_token": eos}
     try:
-        return tuple(chat_jinja.render(template, probe, {"bos_token": bos, "eos_token": eos}, False, False) for probe in _PROBES) == expected
+        return all(chat_jinja.render(template, probe, variables, False, False) == _llama2_text(probe, bos, eos) for probe in _PROBES)
     except chat_jinja.ChatTemplateError:
         return False
     except TokenizerError:  # no jinja2
@@ -122,8 +126,7 @@ class ChatMixin:
         if template is None:
             return None
         bos, eos = self.bos_token or "", self.eos_token or ""  # type: ignore[attr-defined]
-        expected = tuple(chat_prompt_text(self, probe) for probe in _PROBES)  # type: ignore[arg-type]
-        return None if _writes_llama2(template, bos, eos, expected) else template
+        return None if _writes_llama2(template, bos, eos) else template
 
     def _template_variables(self, extra: Mapping[str, Any]) -> dict[str, Any]:
         return {**self.special_tokens_map, **extra}  # type: ignore[attr-defined]

@@ -89,13 +89,7 @@ class PaddingMixin:
             raise TypeError(f"pad() takes a mapping of encoded inputs or a list of mappings, not {type(encoded_inputs).__name__}")
         if "input_ids" not in encoded_inputs:
             raise TokenizerError(f"pad() needs input_ids among the inputs, got the fields {list(encoded_inputs)}")
-        if return_tensors not in (None, "np", "pt"):
-            raise TokenizerError(f"return_tensors={return_tensors!r} is not supported; use 'np', 'pt' or None")
-        if padding not in _PADDING_STRATEGIES:
-            raise TokenizerError(f"padding={padding!r} is not one of True, False, 'longest', 'max_length', 'do_not_pad'")
-        side = padding_side or self.padding_side
-        if side not in ("left", "right"):
-            raise TokenizerError(f"padding_side must be 'left' or 'right', not {side!r}")
+        side = self._check_output_options(return_tensors, padding, padding_side)
         ids = encoded_inputs["input_ids"]
         if return_tensors is None:
             return_tensors = _tensor_kind(ids)

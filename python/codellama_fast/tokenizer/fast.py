@@ -16,7 +16,7 @@ from .. import _native
 from ..errors import InfillingUnsupported, TokenIdError, TokenizerError
 from .adding import AddingMixin, added_tokens_of_folder
 from .batch_encoding import BatchEncoding
-from .batching import _PADDING_STRATEGIES, BatchingMixin, as_tensor
+from .batching import BatchingMixin, as_tensor
 from .chat import ChatMixin
 from .collate import PaddingMixin
 from .compat import CompatMixin
@@ -179,9 +179,9 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
                 native = native.with_added_tokens(extra)[0]
         model_bytes = files.tokenizer_model.read_bytes() if files.tokenizer_model is not None else None
         tok = cls(native, **cls._settings(files, kwargs), name_or_path=str(pretrained_model_name_or_path or "codellama/CodeLlama-7b-hf"), model_file_bytes=model_bytes)
-        extra = [token_content(t) for t in files.config.get("additional_special_tokens") or files.special_tokens_map.get("additional_special_tokens") or []]
-        if extra and all(isinstance(t, str) and native.piece_to_id(t) is not None for t in extra):
-            tok._additional_special = extra
+        additional = [token_content(t) for t in files.config.get("additional_special_tokens") or files.special_tokens_map.get("additional_special_tokens") or []]
+        if additional and all(isinstance(t, str) and native.piece_to_id(t) is not None for t in additional):
+            tok._additional_special = additional
         return tok
 
     @staticmethod
@@ -475,8 +475,7 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
             return [ids]
         if is_infill:
             self._truncate(ids, limit, add_special_tokens, is_infill)  # raises: sentinels cannot be cut
-        head = 1 if (add_special_tokens and self._add_bos_token) else 0
-        tail = 1 if (add_special_tokens and self._add_eos_token) else 0
+        head, tail = self._special_ends(add_special_tokens)
         size = limit - head - tail
         if size <= 0:
             raise TokenizerError(f"max_length={limit} leaves no room for text beside the {head + tail} special tokens")
@@ -498,15 +497,19 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
                 f"the infilling prompt has {len(ids)} tokens, more than max_length={max_length}; "
                 "truncating it would cut the sentinels, so shorten the prefix or suffix instead"
             )
-        n_special = self._num_special(False) if add_special_tokens else 0
-        if max_length < n_special:
-            raise TokenizerError(f"max_length={max_length} is smaller than the {n_special} special tokens added to every sequence")
-        head = 1 if (add_special_tokens and self._add_bos_token) else 0
-        tail = 1 if (add_special_tokens and self._add_eos_token) else 0
+        head, tail = self._special_ends(add_special_tokens)
+        if max_length < head + tail:
+            raise TokenizerError(f"max_length={max_length} is smaller than the {head + tail} special tokens added to every sequence")
         body = ids[head : len(ids) - tail]
         keep = max_length - head - tail
         body = body[:keep] if self.truncation_side == "right" else body[len(body) - keep :]
-        return ids[:head] + body + (ids[len(ids) - tail :] if tail else [])
+        return ids[:head] + body + ids[len(ids) - tail :]
+
+    def _special_ends(self, add_special_tokens: bool) -> tuple[int, int]:
+        """(head, tail): the BOS/EOS slots the post-processor puts around a text's tokens."""
+        if not add_special_tokens:
+            return 0, 0
+        return int(self._add_bos_token), int(self._add_eos_token)
 
     def encode(
         self,
@@ -564,13 +567,7 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         With ``return_overflowing_tokens`` and truncation, a text longer than ``max_length`` gives
         several windows that overlap by ``stride`` tokens, each with the special tokens, and
         ``overflow_to_sample_mapping`` says which text each row came from."""
-        if return_tensors not in (None, "np", "pt"):
-            raise TokenizerError(f"return_tensors={return_tensors!r} is not supported; use 'np', 'pt' or None")
-        if padding not in _PADDING_STRATEGIES:
-            raise TokenizerError(f"padding={padding!r} is not one of True, False, 'longest', 'max_length', 'do_not_pad'")
-        side = padding_side or self.padding_side
-        if side not in ("left", "right"):
-            raise TokenizerError(f"padding_side must be 'left' or 'right', not {side!r}")
+        side = self._check_output_options(return_tensors, padding, padding_side)
         limit = self._truncation_limit(truncation, max_length, padding, verbose)
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
             raise TokenizerError(f"stride must be a non-negative int, got {stride!r}")
