@@ -415,6 +415,58 @@ def test_added_token_objects_match_hf():
         ours.add_tokens(AddedToken("<l>", lstrip=True))
 
 
+def test_our_added_token_objects_and_added_tokens_decoder_match_hf():
+    """codellama_fast.AddedToken takes the same defaults as tokenizers.AddedToken, and
+    added_tokens_decoder lists every matched token with transformers' flags."""
+    from tokenizers import AddedToken as HFAddedToken
+
+    from codellama_fast import AddedToken
+
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    hf.add_tokens([HFAddedToken("<raw>", normalized=False), HFAddedToken("<sp>", special=True), HFAddedToken("<n>"), "<plain>"])
+    ours.add_tokens([AddedToken("<raw>", normalized=False), AddedToken("<sp>", special=True), AddedToken("<n>"), "<plain>"])
+    hf.add_special_tokens({"pad_token": "<pad>"})
+    ours.add_special_tokens({"pad_token": AddedToken("<pad>", special=True)})
+    _assert_same_with_added(hf, ours, ["a<raw>b <raw>", "x <sp> y<sp>z", "a<n>b <n>", " <n><sp><raw><pad> <plain>"])
+    flags = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
+    theirs = {i: tuple(getattr(t, f) for f in flags) for i, t in hf.added_tokens_decoder.items()}
+    assert {i: tuple(getattr(t, f) for f in flags) for i, t in ours.added_tokens_decoder.items()} == theirs
+    assert [str(t) for t in ours.added_tokens_decoder.values()] == [str(t) for t in hf.added_tokens_decoder.values()]
+
+
+def test_clean_up_tokenization_spaces_matches_hf(hf, ours, sprinkled):
+    """Off by default (the hub config says false: it would change code); asked for, transformers'
+    English clean-up applies to decode and batch_decode."""
+    texts = ["Hello , world . Is it ? Yes ! I 'm sure it 's ok , we 've seen they 're fine and don 't n't"] + sprinkled[:60]
+    ids = hf(texts)["input_ids"]
+    assert ours.clean_up_tokenization_spaces is hf.clean_up_tokenization_spaces is False
+    for clean in (None, True, False):
+        assert ours.batch_decode(ids, clean_up_tokenization_spaces=clean) == hf.batch_decode(ids, clean_up_tokenization_spaces=clean)
+        assert ours.decode(ids[0], skip_special_tokens=True, clean_up_tokenization_spaces=clean) == hf.decode(ids[0], skip_special_tokens=True, clean_up_tokenization_spaces=clean)
+    assert ours.decode(ids[0], clean_up_tokenization_spaces=True) != ours.decode(ids[0])  # the case exercises the clean-up
+    with pytest.raises(TypeError, match="skip_specials"):
+        ours.decode(ids[0], skip_specials=True)  # a misspelt option is an error, not ignored
+
+
+def test_clean_up_tokenization_spaces_from_config_and_saved(tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "tok"
+    shutil.copytree(CODELLAMA_DIR, folder, ignore=shutil.ignore_patterns("variants", "README.md"))
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    cfg["clean_up_tokenization_spaces"] = True
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    ours = CodeLlamaTokenizerFast.from_pretrained(folder)
+    hf = transformers.AutoTokenizer.from_pretrained(str(folder))
+    ids = hf.encode("a , b .")
+    assert ours.clean_up_tokenization_spaces is hf.clean_up_tokenization_spaces is True
+    assert ours.decode(ids) == hf.decode(ids) == "<s> a, b."
+    ours.save_pretrained(tmp_path / "saved")
+    assert transformers.AutoTokenizer.from_pretrained(str(tmp_path / "saved")).clean_up_tokenization_spaces is True
+    assert CodeLlamaTokenizerFast.from_pretrained(tmp_path / "saved").clean_up_tokenization_spaces is True
+
+
 def test_loads_a_folder_with_added_tokens_saved_by_transformers(tmp_path, sprinkled):
     hf = _hf_fast()
     _add_the_same_tokens(hf)

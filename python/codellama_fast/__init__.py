@@ -20,7 +20,7 @@ from .errors import (
     TokenizerError,
     UnsupportedConfigError,
 )
-from .tokenizer import FILL_MARKER, BatchEncoding, CodeLlamaTokenizerFast, StreamDecoder
+from .tokenizer import FILL_MARKER, AddedToken, BatchEncoding, CodeLlamaTokenizerFast, StreamDecoder
 
 __version__ = "0.1.0"
 
@@ -45,6 +45,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AddedToken",
     "BatchEncoding",
     "CheckpointError",
     "CodeLlamaTokenizerFast",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import TokenizerError
+from .added_token import AddedToken
 
 
 class CompatMixin:
@@ -50,6 +51,15 @@ class CompatMixin:
     @property
     def added_tokens_encoder(self) -> dict[str, int]:
         return self.get_added_vocab()
+
+    @property
+    def added_tokens_decoder(self) -> dict[int, AddedToken]:
+        """Id → `AddedToken` for the same tokens as `get_added_vocab`, with their flags: the
+        vocabulary's special pieces are special and matched in the raw text."""
+        out = {i: AddedToken(content, normalized=False, special=True) for content, i in self._native.special_tokens()}  # type: ignore[attr-defined]
+        for content, i, special, normalized in self._native.added_tokens():  # type: ignore[attr-defined]
+            out[i] = AddedToken(content, normalized=normalized, special=special)
+        return dict(sorted(out.items()))
 
     @property
     def vocab(self) -> dict[str, int]:

@@ -57,6 +57,25 @@ def _native_ids(call: Any, *args: Any) -> Any:
         raise TypeError(f"token ids must be ints: {exc}") from None
 
 
+# transformers' `clean_up_tokenization` replacements, in its order
+_CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+             (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+# decode keywords transformers accepts that change nothing for a sentencepiece tokenizer
+_DECODE_NO_OPS = ("use_source_tokenizer", "spaces_between_special_tokens")
+
+
+def clean_up_tokenization(text: str) -> str:
+    for old, new in _CLEAN_UP:
+        text = text.replace(old, new)
+    return text
+
+
+def _check_decode_kwargs(kwargs: dict[str, Any]) -> None:
+    unknown = sorted(set(kwargs) - set(_DECODE_NO_OPS))
+    if unknown:
+        raise TypeError(f"decode() got unexpected keyword arguments: {', '.join(unknown)}")
+
+
 def _check_text(text: Any, what: str = "text") -> str:
     if not isinstance(text, str):
         raise TypeError(f"{what} must be a str, not {type(text).__name__}")
@@ -127,6 +146,7 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         truncation_side: str = "right",
         model_max_length: int = 16384,
         fill_token: str | None = FILL_MARKER,
+        clean_up_tokenization_spaces: bool = False,
         name_or_path: str = "",
         model_file_bytes: bytes | None = None,
         config: dict[str, Any] | None = None,
@@ -140,6 +160,7 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         self.truncation_side = truncation_side
         self.model_max_length = int(model_max_length)
         self.fill_token = fill_token
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
         self.name_or_path = name_or_path
         self._model_file_bytes = model_file_bytes
         self._config = dict(config or {})
@@ -201,6 +222,7 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
             "truncation_side": "right",
             "model_max_length": 16384,
             "fill_token": FILL_MARKER,
+            "clean_up_tokenization_spaces": False,
         }
         out: dict[str, Any] = {}
         for key, default in known.items():
@@ -680,14 +702,29 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
     # ------------------------------------------------------------------ decoding
 
     def decode(self, token_ids: Any, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None, **kwargs: Any) -> str:
-        """Text of ``token_ids``: byte pieces reassembled, the first token's leading space removed."""
-        return _native_ids(self._native.decode, _ids_list(token_ids), bool(skip_special_tokens))
+        """Text of ``token_ids``: byte pieces reassembled, the first token's leading space removed.
+        ``clean_up_tokenization_spaces=True`` also applies transformers' English clean-up
+        (``" ,"`` → ``","``...); it is off by default, as it changes code."""
+        _check_decode_kwargs(kwargs)
+        text = _native_ids(self._native.decode, _ids_list(token_ids), bool(skip_special_tokens))
+        return self._cleaned(text, clean_up_tokenization_spaces)
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None, **kwargs: Any) -> list[str]:
+        _check_decode_kwargs(kwargs)
         if hasattr(sequences, "tolist"):
             sequences = sequences.tolist()
         rows = [_ids_list(s) for s in sequences]
-        return _native_ids(self._native.decode_batch, rows, bool(skip_special_tokens))
+        texts = _native_ids(self._native.decode_batch, rows, bool(skip_special_tokens))
+        return [self._cleaned(t, clean_up_tokenization_spaces) for t in texts]
+
+    def _cleaned(self, text: str, clean_up: bool | None) -> str:
+        return clean_up_tokenization(text) if (self.clean_up_tokenization_spaces if clean_up is None else clean_up) else text
+
+    @staticmethod
+    def clean_up_tokenization(text: str) -> str:
+        """transformers' clean-up of English tokenization artifacts: no space before ``. ? ! ,``
+        and the contractions."""
+        return clean_up_tokenization(text)
 
     def decode_infilling(self, token_ids: Any) -> str:
         """The middle of an infilling generation: stops at ``▁<EOT>``, skips special tokens and keeps

@@ -22,7 +22,7 @@ class SavingMixin:
             "eos_token": self.eos_token,
             "unk_token": self.unk_token,
             "pad_token": self._pad_token,
-            "clean_up_tokenization_spaces": False,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
             "legacy": self._legacy,
             "model_max_length": self.model_max_length,
             "padding_side": self.padding_side,
@@ -92,6 +92,7 @@ class SavingMixin:
     def __setstate__(self, state: dict[str, Any]) -> None:
         text = state.pop("_native_json")
         state.setdefault("_additional_special", None)  # pickled before add_special_tokens existed
+        state.setdefault("clean_up_tokenization_spaces", False)
         self.__dict__.update(state)
         self._native = _native.NativeTokenizer.from_json_str(text, "<pickled tokenizer>")
         self.update_post_processor()
