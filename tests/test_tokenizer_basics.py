@@ -345,3 +345,61 @@ def test_version_and_public_api():
     for name in codellama_fast.__all__:
         if name not in {"Engine", "GenerationConfig", "GenerationResult", "load_model"}:
             assert hasattr(codellama_fast, name), name
+
+
+def test_alignment_rows_follow_the_returned_ids(stdlib_corpus):
+    """tokens() names exactly the returned ids (padding included), row by row; only the BOS and
+    padding have no characters; the spans run forward through the text and cover every character."""
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    tok.pad_token = tok.eos_token
+    texts = [text[:300] for _, text in stdlib_corpus[:40]]
+    enc = tok(texts, padding=True, return_tensors="np")
+    for r, row in enumerate(enc["input_ids"].tolist()):
+        assert enc.tokens(r) == tok.convert_ids_to_tokens(row)
+        spans = [enc.token_to_chars(r, t) for t in range(len(row))]
+        assert [s is None for s in spans] == [m == 0 or t == row.index(1) for t, m in enumerate(enc["attention_mask"][r])]
+        starts = [s.start for s in spans if s is not None]
+        assert starts == sorted(starts) and all(0 <= s.start < s.end <= len(texts[r]) for s in spans if s is not None)
+        for c in range(len(texts[r])):
+            t = enc.char_to_token(r, c)
+            assert t is not None and spans[t].start <= c < spans[t].end, (r, c)
+
+
+def test_alignment_negative_indices_and_out_of_range():
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    enc = tok(["a b", "cd"])
+    n = len(enc.tokens(1))
+    for t in range(n):
+        assert enc.token_to_word(1, t - n) == enc.token_to_word(1, t)
+        assert enc.token_to_sequence(1, t - n) == enc.token_to_sequence(1, t)
+        assert enc.token_to_chars(1, t - n) == enc.token_to_chars(1, t)
+    assert enc.tokens(-1) == enc.tokens(1) and enc.token_to_word(1, n) is None and enc.char_to_token(1, 99) is None
+    assert enc.word_to_tokens(1, 5) is None and enc.word_to_chars(1, 5) is None
+    with pytest.raises(IndexError, match="batch index 2"):
+        enc.word_ids(2)
+
+
+def test_alignment_is_fixed_at_the_call():
+    """Changing the tokenizer after a call does not change that call's encoding."""
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    enc = tok("x = 1 <pad>")
+    tokens = tok.convert_ids_to_tokens(enc["input_ids"])
+    tok.add_eos_token = True
+    tok.truncation_side = "left"
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    assert enc.tokens() == tokens and enc.word_ids() == [None] + [0] * (len(tokens) - 1)
+    now = tok("x = 1 <pad>")
+    assert now.tokens()[-2:] == ["<pad>", "</s>"] and now.word_ids()[-2:] == [1, None]
+
+
+def test_alignment_needs_a_tokenizer_call():
+    import pickle
+
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    tok.pad_token = tok.eos_token
+    enc = tok(["a b", "c"])
+    assert enc.is_fast
+    for other in (tok.pad([{"input_ids": [1, 2]}, {"input_ids": [1]}]), pickle.loads(pickle.dumps(enc))):
+        assert not other.is_fast
+        with pytest.raises(TokenizerError, match="tokenizer call"):
+            other.word_ids()

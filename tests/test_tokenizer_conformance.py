@@ -756,3 +756,105 @@ def _cached(name: str):
             "ours_nolegacy": lambda: CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR, legacy=False),
         }[name]()
     return _CACHE[name]
+
+
+# ---------------------------------------------------------------- token ↔ text alignment
+
+
+def _rows(enc):
+    ids = enc["input_ids"]
+    return len(ids) if (hasattr(ids, "shape") and len(ids.shape) == 2) or (ids and isinstance(ids[0], list)) else 1
+
+
+def _assert_same_alignment(a, b, texts, chars=True, same_tokens=True):
+    """Every mapping method of transformers' BatchEncoding, on every token, character and word."""
+    assert _rows(a) == _rows(b) and a.n_sequences == b.n_sequences
+    for r in range(_rows(a)):
+        methods = ("tokens", "word_ids", "sequence_ids") if same_tokens else ("word_ids", "sequence_ids")
+        for m in methods:
+            assert getattr(b, m)(r) == getattr(a, m)(r), (m, texts, r)
+        n = len(a.tokens(r))
+        for t in range(n + 2):  # transformers fails on negative indices of one text (its _seq_len)
+            assert b.token_to_sequence(r, t) == a.token_to_sequence(r, t), (texts, r, t)
+            assert b.token_to_word(r, t) == a.token_to_word(r, t), (texts, r, t)
+            if chars and t < n:
+                assert b.token_to_chars(r, t) == a.token_to_chars(r, t), (texts, r, t)
+        if not chars:
+            continue
+        sample = a["overflow_to_sample_mapping"][r] if "overflow_to_sample_mapping" in a else r
+        text = texts[sample] if isinstance(texts, list) else texts
+        for c in range(len(text) + 1):
+            assert b.char_to_token(r, c) == a.char_to_token(r, c), (texts, r, c)
+            assert b.char_to_word(r, c) == a.char_to_word(r, c), (texts, r, c)
+        for w in range(max(x for x in a.word_ids(r) if x is not None) + 2 if any(x is not None for x in a.word_ids(r)) else 1):
+            assert b.word_to_tokens(r, w) == a.word_to_tokens(r, w), (texts, r, w)
+            if a.word_to_tokens(r, w) is not None:
+                assert b.word_to_chars(r, w) == a.word_to_chars(r, w), (texts, r, w)
+
+
+ALIGNMENT_CASES = [
+    ("Hello world  foo", {}),
+    ("<s>hi</s> there <unk>x", {}),
+    ("<s><s> hi<s>", {}),
+    (" <EOT> x▁<EOT>y ▁<PRE>", {}),  # the BPE builds ▁<EOT> from " <EOT>": text, not a matched token
+    ("héllo 🦙\n\n  x", {}),
+    (["ab cd", "x", "<s>q"], {"padding": True}),
+    (["ab cd", "x", "<s>q"], {"padding": True, "padding_side": "right"}),
+    (["ab cd", "x"], {"padding": "max_length", "max_length": 9, "return_tensors": "np"}),
+    ("ab cd ef gh", {"truncation": True, "max_length": 3}),
+    (["ab cd ef gh ij kl", "a b"], {"truncation": True, "max_length": 4, "return_overflowing_tokens": True, "stride": 1, "padding": True}),
+    ("x <s> y", {"split_special_tokens": True}),
+]
+
+
+@pytest.mark.parametrize("texts, kwargs", ALIGNMENT_CASES, ids=[str(k) for k in range(len(ALIGNMENT_CASES))])
+def test_alignment_methods_match_hf(texts, kwargs):
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    for tok in (hf, ours):
+        tok.pad_token = tok.eos_token
+    hf_kwargs = dict(kwargs)
+    if hf_kwargs.pop("split_special_tokens", False):
+        hf = _hf_fast(split_special_tokens=True)
+    _assert_same_alignment(hf(texts, **hf_kwargs), ours(texts, **kwargs), texts)
+
+
+def test_alignment_on_the_corpus_matches_hf(hf, ours, sprinkled):
+    texts = sprinkled[:60]
+    _assert_same_alignment(hf(texts), ours(texts), texts)
+    hf.add_eos_token = ours.add_eos_token = True
+    try:
+        _assert_same_alignment(hf(texts[:20]), ours(texts[:20]), texts[:20])
+    finally:
+        hf.add_eos_token = ours.add_eos_token = False
+
+
+@pytest.mark.parametrize("suffix_first", [False, True])
+def test_alignment_of_infilling_prompts_matches_hf(hf, ours, suffix_first):
+    """Two sequences (prefix 0, suffix 1), sentinels in none; characters are not available."""
+    text = "def f(a, b):\n    <FILL_ME>\n    return c  # done"
+    a, b = hf(text, suffix_first=suffix_first), ours(text, suffix_first=suffix_first)
+    _assert_same_alignment(a, b, text, chars=False)
+    with pytest.raises(TokenizerError, match="infilling"):
+        b.char_to_token(3)
+
+
+def test_alignment_with_added_tokens_matches_hf():
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    for tok in (hf, ours):
+        tok.add_tokens(["<foo>"])
+        tok.add_tokens(["<sp>"], special_tokens=True)
+    text = "a <foo> b<foo>c <foo><sp>x <sp> <foo>"
+    _assert_same_alignment(hf(text), ours(text), text, same_tokens=False)
+    assert ours.convert_tokens_to_ids(ours(text).tokens()) == ours.encode(text)
+
+
+def test_difference_tokens_of_plain_added_tokens_are_their_content():
+    """transformers names a plain added token by the normalized text it matched ("▁<foo>"), which
+    convert_tokens_to_ids reads as <unk>; we name it by its content, so tokens map back to ids."""
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    for tok in (hf, ours):
+        tok.add_tokens(["<foo>"])
+    assert ours.tokenize("a <foo>") == ["▁a", "<foo>"] and ours("a <foo>").tokens()[-1] == "<foo>"
+    assert hf.tokenize("a <foo>") == ["▁a", "▁<foo>"]
+    assert hf.convert_tokens_to_ids(hf.tokenize("a <foo>")) != hf.encode("a <foo>", add_special_tokens=False)
+    assert ours.convert_tokens_to_ids(ours.tokenize("a <foo>")) == ours.encode("a <foo>", add_special_tokens=False)

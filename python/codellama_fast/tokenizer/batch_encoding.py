@@ -6,9 +6,18 @@ from __future__ import annotations
 from collections import UserDict
 from typing import Any
 
+from .alignment import AlignmentMethods
 
-class BatchEncoding(UserDict):
-    """``{"input_ids": ..., "attention_mask": ...}`` plus optional extras (offsets, special-token masks)."""
+
+class BatchEncoding(AlignmentMethods, UserDict):
+    """``{"input_ids": ..., "attention_mask": ...}`` plus optional extras (offsets, special-token
+    masks). One returned by a tokenizer call also maps tokens to words, sequences and characters
+    (``tokens()``, ``word_ids()``, ``char_to_token()``...), as transformers' fast tokenizers do."""
+
+    @property
+    def is_fast(self) -> bool:
+        """Whether the token ↔ text mappings are available (transformers' meaning of the flag)."""
+        return self._alignment_source is not None or self._alignment_rows is not None
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _native
 from ..errors import InfillingUnsupported, TokenIdError, TokenizerError
 from .adding import AddingMixin, added_tokens_of_folder
+from .alignment import PendingAlignment
 from .batch_encoding import BatchEncoding
 from .batching import BatchingMixin, as_tensor
 from .chat import ChatMixin
@@ -600,6 +601,8 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
                                       return_special_tokens_mask, return_length, pad_to_multiple_of, return_attention_mask,
                                       add_special_tokens, split_special_tokens, side)
         if fast is not None:
+            self._attach_alignment(fast, texts, batched, text_pair, suffix, suffix_first, add_special_tokens, split_special_tokens,
+                                   limit, stride, False, side)
             return _with_token_types(fast) if return_token_type_ids else fast
         suffixes = self._broadcast(self._suffix_arg(text_pair, suffix), n, batched, "suffix")
         for t in texts:
@@ -657,7 +660,13 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
             import numpy as np
 
             out["overflow_to_sample_mapping"] = as_tensor(np.asarray(mapping, dtype=np.int64), return_tensors) if return_tensors else mapping
+        self._attach_alignment(out, texts, batched, text_pair, suffix, suffix_first, add_special_tokens, split_special_tokens,
+                               limit, stride, return_overflowing_tokens, side)
         return _with_token_types(out) if return_token_type_ids else out
+
+    def _attach_alignment(self, out: BatchEncoding, *args: Any) -> None:
+        """Lets ``out`` compute its token ↔ text mappings when first asked (see alignment.py)."""
+        out._alignment_source = PendingAlignment(self, (*args, out["input_ids"]))
 
     def encode_plus(self, text: str, text_pair: str | None = None, **kwargs: Any) -> BatchEncoding:
         """One text's encoding (transformers' older name for calling the tokenizer on one text)."""
