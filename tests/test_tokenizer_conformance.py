@@ -858,3 +858,69 @@ def test_difference_tokens_of_plain_added_tokens_are_their_content():
     assert hf.tokenize("a <foo>") == ["▁a", "▁<foo>"]
     assert hf.convert_tokens_to_ids(hf.tokenize("a <foo>")) != hf.encode("a <foo>", add_special_tokens=False)
     assert ours.convert_tokens_to_ids(ours.tokenize("a <foo>")) == ours.encode("a <foo>", add_special_tokens=False)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"padding": True, "return_tensors": "np"}, {"truncation": True, "max_length": 3, "padding": "max_length"}])
+def test_text_target_gives_labels_as_hf(kwargs):
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    for tok in (hf, ours):
+        tok.pad_token = tok.eos_token
+    for text, target in (("def f():", " return 1"), (["a = 1", "print(a) <s>"], ["x y z", "q"])):
+        a, b = hf(text, text_target=target, **kwargs), ours(text, text_target=target, **kwargs)
+        assert sorted(a) == sorted(b) == ["attention_mask", "input_ids", "labels"]
+        for key in a:
+            assert _lists(b[key]) == _lists(a[key]), key
+        a, b = hf(text_target=target, **kwargs), ours(text_target=target, **kwargs)
+        assert sorted(a) == sorted(b) and all(_lists(b[k]) == _lists(a[k]) for k in a)
+    with pytest.raises(TypeError, match="text_target"):
+        ours(text_pair_target="x")
+
+
+def _lists(value):
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def _nested_lists(value):
+    """Arrays, tuples and lists of them as plain nested lists."""
+    value = _lists(value)
+    return [_nested_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+WORD_CASES = [
+    (["def", "f(x)"], {}),
+    (["  x", "", "y z", "<s>hi", "a<FILL_ME>b"], {}),  # spaces kept, empty word, a matched token, no infilling
+    (["héllo", "🦙"], {}),
+    ([["a", "b"], ["c"]], {"padding": True, "return_tensors": "np"}),
+    (["a", "b c d e"], {"truncation": True, "max_length": 3, "return_overflowing_tokens": True}),
+]
+
+
+@pytest.mark.parametrize("words, kwargs", WORD_CASES, ids=[str(k) for k in range(len(WORD_CASES))])
+def test_is_split_into_words_matches_hf(words, kwargs):
+    """Each word is encoded as a text of its own and is one word of the result."""
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    for tok in (hf, ours):
+        tok.pad_token = tok.eos_token
+    a = hf(words, is_split_into_words=True, return_offsets_mapping=True, **kwargs)
+    b = ours(words, is_split_into_words=True, return_offsets_mapping=True, **kwargs)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert _nested_lists(b[key]) == _nested_lists(a[key]), key
+    if not kwargs.get("return_tensors"):
+        assert b["offset_mapping"] == a["offset_mapping"]  # tuples, as transformers gives them
+    for r in range(_rows(a)):
+        assert (b.tokens(r), b.word_ids(r), b.sequence_ids(r)) == (a.tokens(r), a.word_ids(r), a.sequence_ids(r))
+        for k in range(8):
+            assert b.char_to_token(r, k) == a.char_to_token(r, k) and b.word_to_tokens(r, k) == a.word_to_tokens(r, k)
+    if not isinstance(words[0], list):
+        assert ours.encode(words, is_split_into_words=True) == hf.encode(words, is_split_into_words=True)
+
+
+def test_is_split_into_words_errors():
+    ours = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    with pytest.raises(TypeError, match="list of words"):
+        ours("a b", is_split_into_words=True)
+    with pytest.raises(TypeError, match="word 1"):
+        ours(["a", 3], is_split_into_words=True)
+    with pytest.raises(TokenizerError, match="text_pair"):
+        ours(["a"], ["b"], is_split_into_words=True)

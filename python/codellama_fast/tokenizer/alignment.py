@@ -88,15 +88,15 @@ class PendingAlignment:
         snap = object.__new__(self.cls)
         snap.__dict__.update(self.settings)
         (texts, batched, text_pair, suffix, suffix_first, add_special_tokens, split_special_tokens,
-         limit, stride, overflow, side, input_ids) = self.args
+         limit, stride, overflow, side, split_into_words, input_ids) = self.args
         return compute_rows(snap, texts, snap._broadcast(snap._suffix_arg(text_pair, suffix), len(texts), batched, "suffix"),
                             snap.suffix_first if suffix_first is None else suffix_first, add_special_tokens, split_special_tokens,
-                            limit, stride, overflow, side, input_ids)
+                            limit, stride, overflow, side, split_into_words, input_ids)
 
 
 def compute_rows(snap: Any, texts: list[str], suffixes: list[Any], suffix_first: bool, add_special_tokens: bool,
           split_special_tokens: bool | None, limit: int | None, stride: int, overflow: bool, side: str,
-          input_ids: Any) -> list[RowAlignment]:
+          split_into_words: bool, input_ids: Any) -> list[RowAlignment]:
     mode = snap._mode(split_special_tokens)
     plain = mode == 2
     native = snap._native
@@ -104,14 +104,18 @@ def compute_rows(snap: Any, texts: list[str], suffixes: list[Any], suffix_first:
     added_ids = frozenset(i for _, i, _, _ in native.added_tokens())
     head, tail = snap._special_ends(add_special_tokens)
     per_text: list[tuple[list[_Entry], bool]] = []
+    bos, eos = [(snap.bos_token_id, None, None, None)] * head, [(snap.eos_token_id, None, None, None)] * tail
     for text, suffix in zip(texts, suffixes):
+        if split_into_words:  # each given word is one word, whatever it holds; offsets within it
+            body = [(i, span, k, 0) for k, word in enumerate(text)
+                    for i, span in zip(*snap._call_native(native.encode_with_offsets, word, mode, False))]
+            per_text.append((bos + body + eos, False))
+            continue
         parts = snap._infill_parts(text, suffix)
         if parts is not None:
             per_text.append((_infill_entries(snap, parts[0], parts[1], bool(suffix_first), add_special_tokens and snap._add_bos_token), True))
             continue
-        body = _text_entries(snap, text, mode, plain, added_ids, specials)
-        ends = ([(snap.bos_token_id, None, None, None)] * head, [(snap.eos_token_id, None, None, None)] * tail)
-        per_text.append((ends[0] + body + ends[1], False))
+        per_text.append((bos + _text_entries(snap, text, mode, plain, added_ids, specials) + eos, False))
     if overflow:
         windowed = [(w, inf) for entries, inf in per_text for w in snap._windows(entries, limit, stride, add_special_tokens, inf)]
     elif limit is not None:

@@ -564,8 +564,10 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
 
     def __call__(
         self,
-        text: str | Sequence[str],
+        text: str | Sequence[str] | None = None,
         text_pair: str | Sequence[str] | None = None,
+        text_target: str | Sequence[str] | None = None,
+        text_pair_target: str | Sequence[str] | None = None,
         *,
         suffix: str | Sequence[str] | None = None,
         suffix_first: bool | None = None,
@@ -585,34 +587,60 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         verbose: bool = True,
         return_overflowing_tokens: bool = False,
         stride: int = 0,
+        is_split_into_words: bool = False,
     ) -> BatchEncoding:
         """Tokenizes one text or a batch; infilling when a text holds ``<FILL_ME>`` or ``suffix=`` is given.
         With ``return_overflowing_tokens`` and truncation, a text longer than ``max_length`` gives
         several windows that overlap by ``stride`` tokens, each with the special tokens, and
-        ``overflow_to_sample_mapping`` says which text each row came from."""
+        ``overflow_to_sample_mapping`` says which text each row came from. ``text_target`` (with
+        ``text_pair_target`` as its suffix) is encoded with the same options; its ``input_ids``
+        become ``labels`` (or the whole result when there is no ``text``), as in transformers."""
+        if text_target is not None or text_pair_target is not None:
+            options = {k: v for k, v in locals().items() if k not in ("self", "text", "text_pair", "text_target", "text_pair_target")}
+            if text_target is None:
+                raise TypeError("text_pair_target is the suffix of text_target; give text_target too")
+            targets = self(text_target, text_pair_target, **{**options, "suffix": None})
+            if text is None:
+                return targets
+            inputs = self(text, text_pair, **options)
+            inputs["labels"] = targets["input_ids"]
+            return inputs
+        if text is None:
+            raise TypeError("give the text to tokenize (text=, or text_target= for labels)")
         side = self._check_output_options(return_tensors, padding, padding_side)
         limit = self._truncation_limit(truncation, max_length, padding, verbose)
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
             raise TokenizerError(f"stride must be a non-negative int, got {stride!r}")
-        batched = isinstance(text, (list, tuple))
+        if is_split_into_words:
+            # transformers' rule: a list of word lists is a batch, a list of words one example
+            batched = isinstance(text, (list, tuple)) and bool(text) and isinstance(text[0], (list, tuple))
+            if not isinstance(text, (list, tuple)) or (batched and not all(isinstance(t, (list, tuple)) for t in text)):
+                raise TypeError("is_split_into_words=True takes a list of words, or a list of such lists for a batch")
+            if self._suffix_arg(text_pair, suffix) is not None:
+                raise TokenizerError("is_split_into_words=True takes no text_pair or suffix (infilling needs plain text)")
+        else:
+            batched = isinstance(text, (list, tuple))
         texts = list(text) if batched else [text]
         n = len(texts)
-        fast = None if return_overflowing_tokens else self._padded_fast_path(texts, batched, text_pair, suffix, padding, limit is not None, return_tensors, return_offsets_mapping,
+        fast = None if return_overflowing_tokens or is_split_into_words else self._padded_fast_path(texts, batched, text_pair, suffix, padding, limit is not None, return_tensors, return_offsets_mapping,
                                       return_special_tokens_mask, return_length, pad_to_multiple_of, return_attention_mask,
                                       add_special_tokens, split_special_tokens, side)
         if fast is not None:
             self._attach_alignment(fast, texts, batched, text_pair, suffix, suffix_first, add_special_tokens, split_special_tokens,
-                                   limit, stride, False, side)
+                                   limit, stride, False, side, False)
             return _with_token_types(fast) if return_token_type_ids else fast
         suffixes = self._broadcast(self._suffix_arg(text_pair, suffix), n, batched, "suffix")
-        for t in texts:
-            _check_text(t)
         encoded: list[list[int]]
         infill_flags: list[bool]
         offsets: list[list[tuple[int, int]]] | None = None
-        if return_offsets_mapping:
+        if is_split_into_words:
+            encoded, offsets = self._encode_words(texts, split_special_tokens, add_special_tokens)
+            offsets = offsets if return_offsets_mapping else None
+            infill_flags = [False] * n
+        elif return_offsets_mapping:
             encoded, offsets = [], []
             for t, s in zip(texts, suffixes):
+                _check_text(t)
                 if s is not None or (self.fill_token and self.fill_token in t):
                     raise TokenizerError("return_offsets_mapping is not available for infilling prompts (their sentinels have no place in the text)")
                 ids, offs = self._call_native(self._native.encode_with_offsets, t, self._mode(split_special_tokens), add_special_tokens)
@@ -620,6 +648,8 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
                 offsets.append([tuple(o) for o in offs])
             infill_flags = [False] * n
         elif batched:
+            for t in texts:
+                _check_text(t)
             items: list[Any] = [t if s is None else (t, _check_text(s, "suffix")) for t, s in zip(texts, suffixes)]
             if self.fill_token and any(isinstance(i, tuple) and self.fill_token in i[0] for i in items):
                 raise TokenizerError(f"give either a text with {self.fill_token} or suffix=, not both")
@@ -661,12 +691,28 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
 
             out["overflow_to_sample_mapping"] = as_tensor(np.asarray(mapping, dtype=np.int64), return_tensors) if return_tensors else mapping
         self._attach_alignment(out, texts, batched, text_pair, suffix, suffix_first, add_special_tokens, split_special_tokens,
-                               limit, stride, return_overflowing_tokens, side)
+                               limit, stride, return_overflowing_tokens, side, is_split_into_words)
         return _with_token_types(out) if return_token_type_ids else out
 
     def _attach_alignment(self, out: BatchEncoding, *args: Any) -> None:
         """Lets ``out`` compute its token ↔ text mappings when first asked (see alignment.py)."""
         out._alignment_source = PendingAlignment(self, (*args, out["input_ids"]))
+
+    def _encode_words(self, examples: list[Any], split_special_tokens: bool | None, add_special_tokens: bool) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+        """Ids and offsets of pre-split examples: each word encoded as a text of its own (so each
+        gets sentencepiece's dummy prefix, as transformers encodes them), offsets within the word."""
+        mode = self._mode(split_special_tokens)
+        head, tail = self._special_ends(add_special_tokens)
+        encoded, offsets = [], []
+        for words in examples:
+            ids, offs = [self.bos_token_id] * head, [(0, 0)] * head
+            for k, word in enumerate(words):
+                i, o = self._call_native(self._native.encode_with_offsets, _check_text(word, f"word {k}"), mode, False)
+                ids += i
+                offs += o
+            encoded.append(ids + [self.eos_token_id] * tail)
+            offsets.append(offs + [(0, 0)] * tail)
+        return encoded, offsets
 
     def encode_plus(self, text: str, text_pair: str | None = None, **kwargs: Any) -> BatchEncoding:
         """One text's encoding (transformers' older name for calling the tokenizer on one text)."""
