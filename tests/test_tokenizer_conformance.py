@@ -924,3 +924,90 @@ def test_is_split_into_words_errors():
         ours(["a", 3], is_split_into_words=True)
     with pytest.raises(TokenizerError, match="text_pair"):
         ours(["a"], ["b"], is_split_into_words=True)
+
+
+# ---------------------------------------------------------------- assistant token masks
+
+GENERATION_CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}{% if m['role'] == 'assistant' %}{% generation %}"
+    "{{ m['content'] + '<|im_end|>' }}{% endgeneration %}{% else %}{{ m['content'] + '<|im_end|>' }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+MASK_CHAT = CHAT[:3] + [{"role": "user", "content": "more, é"}, {"role": "assistant", "content": " ok 🦙 "}]
+
+
+def _folder_with_template(folder, template):
+    import json
+    import shutil
+
+    for name in ("tokenizer.json", "tokenizer.model"):
+        shutil.copy(CODELLAMA_DIR / name, folder / name)
+    cfg = json.loads((CODELLAMA_DIR / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = template
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = transformers.AutoTokenizer.from_pretrained(str(folder))
+    ours = CodeLlamaTokenizerFast.from_pretrained(folder)
+    for tok in (hf, ours):
+        tok.pad_token = tok.eos_token
+    return hf, ours
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, {"add_generation_prompt": True}, {"truncation": True, "max_length": 64}, {"batch": True, "padding": True, "return_tensors": "pt"},
+    {"batch": True, "padding": True, "padding_side": "right"},
+])
+def test_assistant_tokens_mask_of_generation_blocks_matches_hf(tmp_path, kwargs):
+    """A template that marks the assistant's text with {% generation %} blocks: the same mask as transformers."""
+    hf, ours = _folder_with_template(tmp_path, GENERATION_CHATML)
+    kwargs = dict(kwargs)
+    convs = [MASK_CHAT, CHAT[1:3]] if kwargs.pop("batch", False) else MASK_CHAT
+    side = kwargs.pop("padding_side", None)
+    if side:
+        hf.padding_side = ours.padding_side = side
+    a = hf.apply_chat_template(convs, return_dict=True, return_assistant_tokens_mask=True, **kwargs)
+    b = ours.apply_chat_template(convs, return_dict=True, return_assistant_tokens_mask=True, **kwargs)
+    assert sorted(a) == sorted(b) == ["assistant_masks", "attention_mask", "input_ids"]
+    for key in a:
+        assert _nested_lists(b[key]) == _nested_lists(a[key]), key
+    masks = _nested_lists(b["assistant_masks"])
+    assert any(1 in row for row in (masks if isinstance(masks[0], list) else [masks]))  # the case marks something
+
+
+def test_assistant_tokens_mask_without_generation_blocks_is_zero_with_a_warning(tmp_path):
+    hf, ours = _folder_with_template(tmp_path, CHATML)
+    a = hf.apply_chat_template(MASK_CHAT, return_dict=True, return_assistant_tokens_mask=True)
+    with pytest.warns(UserWarning, match="generation"):
+        b = ours.apply_chat_template(MASK_CHAT, return_dict=True, return_assistant_tokens_mask=True)
+    assert b["assistant_masks"] == a["assistant_masks"] == [0] * len(a["input_ids"])
+
+
+def test_difference_assistant_tokens_mask_of_the_instruct_format(instruct_dir, sp_codellama):
+    """Code Llama Instruct's template has no generation blocks, so transformers returns zeros; we
+    mark each answer and the EOS closing it (Meta's ids, split with sentencepiece)."""
+    ours = CodeLlamaTokenizerFast.from_pretrained(instruct_dir)
+    for dialog in (MASK_CHAT, CHAT, CHAT[1:3], [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]):
+        out = ours.apply_chat_template(dialog, return_dict=True, return_assistant_tokens_mask=True)
+        assert out["input_ids"] == meta_chat_reference(sp_codellama, dialog)
+        turns = dialog if dialog[0]["role"] != "system" else [{"role": "user", "content": "<<SYS>>\n" + dialog[0]["content"] + "\n<</SYS>>\n\n" + dialog[1]["content"]}] + dialog[2:]
+        expected = []
+        for p, a in zip(turns[::2], turns[1::2]):
+            head = sp_codellama.encode(f"[INST] {p['content'].strip()} [/INST]")
+            whole = sp_codellama.encode(f"[INST] {p['content'].strip()} [/INST] {a['content'].strip()} ")
+            assert whole[: len(head)] == head
+            expected += [0] * (1 + len(head)) + [1] * (len(whole) - len(head) + 1)
+        if len(turns) % 2:
+            expected += [0] * (1 + len(sp_codellama.encode(f"[INST] {turns[-1]['content'].strip()} [/INST]")))
+        assert out["assistant_masks"] == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = transformers.AutoTokenizer.from_pretrained(str(instruct_dir))
+    assert set(hf.apply_chat_template(MASK_CHAT, return_dict=True, return_assistant_tokens_mask=True)["assistant_masks"]) == {0}
+
+
+def test_assistant_tokens_mask_errors(ours):
+    with pytest.raises(TokenizerError, match="return_dict"):
+        ours.apply_chat_template(CHAT[1:3], return_assistant_tokens_mask=True)
+    with pytest.raises(TokenizerError, match="continue_final_message"):
+        ours.apply_chat_template(CHAT[1:3], return_dict=True, return_assistant_tokens_mask=True, continue_final_message=True)

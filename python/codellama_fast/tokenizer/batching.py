@@ -89,8 +89,11 @@ class BatchingMixin:
         offsets: list[list[tuple[int, int]]] | None = None,
         infill_flags: list[bool] | None = None,
         add_special: bool = True,
+        extra: dict[str, list[list[int]]] | None = None,
     ) -> BatchEncoding:
+        """Pads and packs encoded rows. ``extra``: more per-token rows (padded with 0)."""
         infill_flags = infill_flags or [False] * len(encoded)
+        extra = {k: list(rows) for k, rows in (extra or {}).items()}
         strategy = _PADDING_STRATEGIES[padding]
         masks = [[1] * len(ids) for ids in encoded]
         specials = [self._added_mask(ids, inf, add_special) for ids, inf in zip(encoded, infill_flags)] if return_special_tokens_mask else None
@@ -103,6 +106,8 @@ class BatchingMixin:
                     continue
                 if offsets is not None:
                     offsets[k] = ([(0, 0)] * gap + offsets[k]) if side == "left" else (offsets[k] + [(0, 0)] * gap)
+                for rows in extra.values():
+                    rows[k] = ([0] * gap + rows[k]) if side == "left" else (rows[k] + [0] * gap)
                 if side == "left":
                     encoded[k] = [pad_id] * gap + ids
                     masks[k] = [0] * gap + masks[k]
@@ -122,6 +127,7 @@ class BatchingMixin:
             data["offset_mapping"] = offsets
         if return_length:
             data["length"] = [sum(m) for m in masks]
+        data.update(extra)
         if return_tensors is not None:
             lengths = {len(e) for e in encoded}
             if len(lengths) > 1:

@@ -9,6 +9,7 @@ Instruct models' ``tokenizer_config.json`` renders: ``<s>[INST] {user} [/INST] {
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -51,22 +52,41 @@ def chat_prompt_ids(
     ``final="any"`` may be the assistant's (a finished exchange, ending in EOS); ``open_end``
     leaves that last answer open (as written, without the closing space and EOS) for the model to
     continue."""
+    return [i for ids, _ in _chat_segments(tokenizer, messages, final, open_end) for i in ids]
+
+
+def chat_assistant_mask(tokenizer: CodeLlamaTokenizerFast, messages: Sequence[Mapping[str, str]]) -> tuple[list[int], list[int]]:
+    """(ids, mask) of a dialog in Meta's format: 1 for the tokens of each assistant answer and the
+    EOS that closes it, 0 for the rest."""
+    segments = _chat_segments(tokenizer, messages, "any", False)
+    return [i for ids, _ in segments for i in ids], [int(answer) for ids, answer in segments for _ in ids]
+
+
+def _chat_segments(
+    tokenizer: CodeLlamaTokenizerFast, messages: Sequence[Mapping[str, str]], final: str, open_end: bool
+) -> list[tuple[list[int], bool]]:
+    """Meta's ids in pieces, each marked True where an assistant answer wrote it. Each exchange is
+    encoded as one text, as Meta does; the answer's tokens are those that start at or after the
+    space before it."""
     dialog = _turns(messages, final)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     assert bos is not None and eos is not None
+    native, plain = tokenizer._native, tokenizer._mode(True)
 
-    def enc(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
-
-    ids: list[int] = []
+    out: list[tuple[list[int], bool]] = []
     for k, (prompt, answer) in enumerate(zip(dialog[::2], dialog[1::2])):
+        asked = f"{B_INST} {prompt['content'].strip()} {E_INST}"
         if open_end and 2 * k + 2 == len(dialog):
             # the answer to continue keeps its trailing whitespace, as transformers' continue_final_message does
-            return ids + [bos] + enc(f"{B_INST} {prompt['content'].strip()} {E_INST} {answer['content'].lstrip()}")
-        ids += [bos] + enc(f"{B_INST} {prompt['content'].strip()} {E_INST} {answer['content'].strip()} ") + [eos]
+            text, closing = f"{asked} {answer['content'].lstrip()}", []
+        else:
+            text, closing = f"{asked} {answer['content'].strip()} ", [eos]
+        ids, offsets = tokenizer._call_native(native.encode_with_offsets, text, plain, False)
+        n = next((j for j, (start, _) in enumerate(offsets) if start >= len(asked)), len(ids))
+        out += [([bos] + ids[:n], False), (ids[n:] + closing, True)]
     if len(dialog) % 2:
-        ids += [bos] + enc(f"{B_INST} {dialog[-1]['content'].strip()} {E_INST}")
-    return ids
+        out.append(([bos] + tokenizer.encode(f"{B_INST} {dialog[-1]['content'].strip()} {E_INST}", add_special_tokens=False, split_special_tokens=True), False))
+    return out
 
 
 def chat_prompt_text(tokenizer: CodeLlamaTokenizerFast, messages: Sequence[Mapping[str, str]], open_end: bool = False) -> str:
@@ -154,6 +174,7 @@ class ChatMixin:
         max_length: int | None = None,
         return_tensors: str | None = None,
         return_dict: bool = False,
+        return_assistant_tokens_mask: bool = False,
         **template_kwargs: Any,
     ):
         """A conversation (or a list of them) as a chat prompt, as transformers writes it.
@@ -167,7 +188,10 @@ class ChatMixin:
         with ``template_kwargs`` as extra variables, and its text tokenized.
 
         Returns ids (a list, or a tensor with ``return_tensors``), a `BatchEncoding` with
-        ``return_dict=True``, or the text.
+        ``return_dict=True``, or the text. ``return_assistant_tokens_mask=True`` (with
+        ``return_dict``) adds ``assistant_masks``: 1 for the tokens the assistant wrote. In Code
+        Llama Instruct's format those are each answer and the EOS closing it; a Jinja template
+        marks them with ``{% generation %}`` blocks, as in transformers.
 
         >>> tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
         '<s>[INST] Hi [/INST]'
@@ -179,6 +203,12 @@ class ChatMixin:
         for chat in conversations:
             if continue_final_message and (not chat or not isinstance(chat[-1], Mapping) or chat[-1].get("role") != "assistant"):
                 raise TokenizerError("continue_final_message needs the conversation to end with an assistant message")
+        mask_wanted = bool(return_assistant_tokens_mask) and tokenize
+        if mask_wanted and not return_dict:
+            raise TokenizerError("return_assistant_tokens_mask=True needs return_dict=True (the mask is returned beside the ids)")
+        if mask_wanted and continue_final_message:
+            raise TokenizerError("return_assistant_tokens_mask cannot be combined with continue_final_message (the last answer is unfinished)")
+        masks: list[list[int]] | None = None
         template = self._custom_template(chat_template)
         if template is None:
             if template_kwargs:
@@ -187,18 +217,52 @@ class ChatMixin:
             if not tokenize:
                 texts = [chat_prompt_text(self, chat, open_end=continue_final_message) for chat in conversations]  # type: ignore[arg-type]
                 return texts if batched else texts[0]
-            encoded = [chat_prompt_ids(self, chat, final="any", open_end=continue_final_message) for chat in conversations]  # type: ignore[arg-type]
+            if mask_wanted:
+                pairs = [chat_assistant_mask(self, chat) for chat in conversations]  # type: ignore[arg-type]
+                encoded, masks = [p[0] for p in pairs], [p[1] for p in pairs]
+            else:
+                encoded = [chat_prompt_ids(self, chat, final="any", open_end=continue_final_message) for chat in conversations]  # type: ignore[arg-type]
         else:
             from . import chat_jinja
 
             variables = self._template_variables(template_kwargs)
-            texts = [chat_jinja.render(template, chat, variables, add_generation_prompt, continue_final_message) for chat in conversations]  # type: ignore[arg-type]
-            if not tokenize:
-                return texts if batched else texts[0]
-            encoded = [self.encode(text, add_special_tokens=False) for text in texts]  # type: ignore[attr-defined]
+            if mask_wanted:
+                encoded, masks = self._rendered_with_mask(template, conversations, variables, add_generation_prompt)
+            else:
+                texts = [chat_jinja.render(template, chat, variables, add_generation_prompt, continue_final_message) for chat in conversations]  # type: ignore[arg-type]
+                if not tokenize:
+                    return texts if batched else texts[0]
+                encoded = [self.encode(text, add_special_tokens=False) for text in texts]  # type: ignore[attr-defined]
         limit = self._truncation_limit(truncation, max_length, padding, True)  # type: ignore[attr-defined]
         if limit is not None:
             encoded = [self._truncate(ids, limit, False, False) for ids in encoded]  # type: ignore[attr-defined]
+            masks = None if masks is None else [self._truncate(m, limit, False, False) for m in masks]  # type: ignore[attr-defined]
         side = self.padding_side  # type: ignore[attr-defined]
-        out = self._finish(encoded, batched, padding, max_length, side, None, return_tensors, None, False, False)  # type: ignore[attr-defined]
+        out = self._finish(encoded, batched, padding, max_length, side, None, return_tensors, None, False, False,  # type: ignore[attr-defined]
+                           extra=None if masks is None else {"assistant_masks": masks})
         return out if return_dict else out["input_ids"]
+
+    def _rendered_with_mask(self, template: str, conversations: list[Any], variables: dict[str, Any],
+                            add_generation_prompt: bool) -> tuple[list[list[int]], list[list[int]]]:
+        """Ids of each rendered conversation and the mask of the tokens its ``{% generation %}``
+        blocks wrote (transformers' rule: from the token holding a block's first character to the
+        one holding its last)."""
+        from . import chat_jinja
+
+        if not chat_jinja.has_generation_blocks(template):
+            warnings.warn("the chat template has no {% generation %} blocks, so assistant_masks is all 0", UserWarning, stacklevel=3)
+        rendered = [chat_jinja.render_with_generation_spans(template, chat, variables, add_generation_prompt) for chat in conversations]
+        enc = self([text for text, _ in rendered], add_special_tokens=False)  # type: ignore[operator]
+        encoded, masks = enc["input_ids"], []
+        for row, (_, spans) in enumerate(rendered):
+            mask = [0] * len(encoded[row])
+            for start, end in spans:
+                if end <= start:
+                    continue
+                first, last = enc.char_to_token(row, start), enc.char_to_token(row, end - 1)
+                if first is None:
+                    continue
+                for t in range(first, len(mask) if last is None else last + 1):
+                    mask[t] = 1
+            masks.append(mask)
+        return encoded, masks
