@@ -1011,3 +1011,12 @@ def test_assistant_tokens_mask_errors(ours):
         ours.apply_chat_template(CHAT[1:3], return_assistant_tokens_mask=True)
     with pytest.raises(TokenizerError, match="continue_final_message"):
         ours.apply_chat_template(CHAT[1:3], return_dict=True, return_assistant_tokens_mask=True, continue_final_message=True)
+
+
+def test_difference_text_pairs_in_a_batch_are_infilled(hf, ours):
+    """transformers' fast class infills a single (text, text_pair) call but encodes a batch of pairs
+    as plain pairs; ours infills both ways, so a batch equals its single calls."""
+    texts, pairs = ["def f(", "x = "], ["):\n    pass", "\nprint(x)"]
+    batch = ours(texts, pairs)["input_ids"]
+    assert batch == [ours(t, p)["input_ids"] for t, p in zip(texts, pairs)] == [hf(t, p)["input_ids"] for t, p in zip(texts, pairs)]
+    assert hf(texts, pairs)["input_ids"] != batch and hf(texts, pairs)["input_ids"][0].count(hf.bos_token_id) == 2
