@@ -109,3 +109,34 @@ def test_ctrl_c_stops_quietly():
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err
+
+
+def test_score_prints_the_log_probability_transformers_gives(tmp_path):
+    """`score` on the bundled demo model: JSON whose log-probability and perplexity equal those of
+    transformers' LlamaForCausalLM on the same folder; --file and --tokens."""
+    import json
+    import math
+
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from codellama_fast.data import DEMO_MODEL_DIR
+    from codellama_fast.tokenizer import CodeLlamaTokenizerFast
+
+    text = "Once upon a time, there was a little girl named Lily."
+    (tmp_path / "story.txt").write_text(text, encoding="utf-8")
+    by_arg, by_file = _cli("score", text, "--tokens"), _cli("score", "--file", str(tmp_path / "story.txt"))
+    assert by_arg.returncode == by_file.returncode == 0, by_arg.stderr + by_file.stderr
+    got, got_file = json.loads(by_arg.stdout), json.loads(by_file.stdout)
+    tok = CodeLlamaTokenizerFast.from_pretrained(DEMO_MODEL_DIR)
+    ids = tok.encode(text)
+    hf = transformers.LlamaForCausalLM.from_pretrained(str(DEMO_MODEL_DIR), torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].log_softmax(-1)
+    per_token = [ref[k, ids[k + 1]].item() for k in range(len(ids) - 1)]
+    assert got["tokens"] == len(ids) and [p["token"] for p in got["per_token"]] == tok.convert_ids_to_tokens(ids)[1:]
+    assert max(abs(p["logprob"] - r) for p, r in zip(got["per_token"], per_token)) < 1e-3
+    assert got["logprob"] == pytest.approx(sum(per_token), abs=1e-2) and got_file["logprob"] == pytest.approx(got["logprob"])
+    assert got["perplexity"] == pytest.approx(math.exp(-sum(per_token) / len(per_token)), rel=1e-3)
+    empty = _cli("score", "")
+    assert empty.returncode == 2 and "at least two" in empty.stderr and "Traceback" not in empty.stderr

@@ -402,3 +402,50 @@ def test_kv_cache_memory_check_refuses_impossible_sizes(checkpoints):
     cfg = LlamaConfig.from_file(checkpoints["mha"][1] / "config.json")
     with pytest.raises(OutOfMemoryError, match="needs .* GiB .* free"):
         KVCache(cfg, batch=4096, max_len=10**9, dtype=torch.float16, device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("chunk", [16384, 5])  # one prefill chunk, and many (a chunk ends mid-text)
+def test_score_equals_transformers_log_softmax(checkpoints, chunk):
+    """Each token's log-probability given the tokens before it, for a batch of different lengths,
+    equals the log-softmax of transformers' logits for each text alone."""
+    hf, path = checkpoints["gqa4"]
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    engine.prefill_chunk_tokens = chunk
+    texts = ["def f(x):\n    return x * 2  # double", "import os", "a b"]
+    result = engine.score(texts)
+    for text, ids, got in zip(texts, result.token_ids, result.token_logprobs):
+        assert ids == tok.encode(text)
+        with torch.no_grad():
+            ref = hf(torch.tensor([ids])).logits[0].log_softmax(-1)  # [T, V]
+        expected = [ref[k, ids[k + 1]].item() for k in range(len(ids) - 1)]
+        assert len(got) == len(expected) and max(abs(a - b) for a, b in zip(got, expected)) < 1e-4
+    assert result.logprob == pytest.approx([sum(r) for r in result.token_logprobs])
+    assert result.perplexity == pytest.approx([float(torch.tensor(r).neg().mean().exp()) for r in result.token_logprobs])
+
+
+def test_score_of_input_ids_with_a_padding_mask_equals_texts(checkpoints):
+    _, path = checkpoints["mha"]
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    tok.pad_token = tok.eos_token
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    texts = ["x = [1, 2, 3]", "print(x)"]
+    by_text = engine.score(texts)
+    for side in ("left", "right"):
+        enc = tok(texts, padding=True, padding_side=side, return_tensors="pt")
+        by_ids = engine.score(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        assert by_ids.token_ids == by_text.token_ids
+        assert all(max(abs(a - b) for a, b in zip(x, y)) < 1e-5 for x, y in zip(by_ids.token_logprobs, by_text.token_logprobs))
+
+
+def test_score_errors(checkpoints):
+    _, path = checkpoints["mha"]
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), CodeLlamaTokenizerFast.from_pretrained())
+    with pytest.raises(ValueError, match="at least two"):
+        engine.score(["ok", ""])  # "" is BOS alone
+    with pytest.raises(ValueError, match="either"):
+        engine.score("x", input_ids=[[1, 2]])
+    with pytest.raises(ValueError, match="texts or input_ids"):
+        engine.score()
+    with pytest.raises(TypeError):
+        engine.score([b"bytes"])

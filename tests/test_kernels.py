@@ -203,6 +203,10 @@ def test_engine_with_triton_ops_matches_torch_path(tmp_path, name):
     a = ref.generate(prompts, max_new_tokens=12, stop_at_eos=False)
     b = fast.generate(prompts, max_new_tokens=12, stop_at_eos=False)
     assert a.token_ids == b.token_ids
+    # scoring (a prefill keeping every position's logits) through the kernels, in two chunks
+    fast.prefill_chunk_tokens = ref.prefill_chunk_tokens = 7
+    sa, sb = ref.score(prompts), fast.score(prompts)
+    assert all(max(abs(x - y) for x, y in zip(ra, rb)) < 1e-3 for ra, rb in zip(sa.token_logprobs, sb.token_logprobs))
     # and the logits of a prefill agree to fp32 precision
     ids = torch.tensor([tok.encode(prompts[0])], device=DEVICE)
     from codellama_fast.engine.cache import KVCache

@@ -29,6 +29,7 @@ _LAZY = {
     "Engine": ("codellama_fast.engine", "Engine"),
     "GenerationConfig": ("codellama_fast.engine", "GenerationConfig"),
     "GenerationResult": ("codellama_fast.engine", "GenerationResult"),
+    "ScoreResult": ("codellama_fast.engine", "ScoreResult"),
     "load_model": ("codellama_fast.engine", "load_model"),
 }
 
@@ -59,6 +60,7 @@ __all__ = [
     "InvalidTokenizerFile",
     "OutOfMemoryError",
     "DeviceError",
+    "ScoreResult",
     "StreamDecoder",
     "TokenIdError",
     "TokenizerError",

@@ -1,4 +1,4 @@
-"""Engine commands of the ``codellama-fast`` CLI: generate, infill, chat (argument parsing only).
+"""Engine commands of the ``codellama-fast`` CLI: generate, infill, chat, score, convert (argument parsing only).
 Generated text goes to stdout; speed and progress go to stderr."""
 
 from __future__ import annotations
@@ -14,9 +14,16 @@ from .data import DEMO_MODEL_DIR
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
-def _engine_args(p: argparse.ArgumentParser) -> None:
+def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF model folder (default: the bundled demo model; real use: a Code Llama folder)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model folder's, else the bundled Code Llama one)")
+    p.add_argument("--dtype", default=None, help="float16 | bfloat16 | float32 | auto (default: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    _model_args(p)
     # Unset sampling options fall back to the model's generation_config.json, else greedy.
     p.add_argument("--max-new-tokens", type=int, default=None, help=f"default: the model's generation_config, else {DEFAULT_MAX_NEW_TOKENS}")
     p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default, unless the model's generation_config samples)")
@@ -26,9 +33,6 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
-    p.add_argument("--dtype", default=None, help="float16 | bfloat16 | float32 | auto (default: fp16 on CUDA, fp32 on CPU)")
-    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
 
 
 def _load(args: argparse.Namespace):
@@ -130,6 +134,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    """How likely the model finds a text: JSON with its token count, total log-probability and
+    perplexity (and each token's log-probability with --tokens)."""
+    from .cli import _read_text
+
+    text = _read_text(args)
+    engine = _load(args)
+    result = engine.score(text)
+    ids, logprobs = result.token_ids[0], result.token_logprobs[0]
+    out: dict[str, Any] = {"tokens": len(ids), "logprob": result.logprob[0], "perplexity": result.perplexity[0]}
+    if args.tokens:
+        pieces = engine.tokenizer.convert_ids_to_tokens(ids)
+        out["per_token"] = [{"token": piece, "logprob": lp} for piece, lp in zip(pieces[1:], logprobs)]
+    print(json.dumps(out, ensure_ascii=False))
+    return 0
+
+
 def _checkpoint_kind(path: Path) -> str:
     """--from when not given: a file is a llama2.c checkpoint, a folder Meta's layout."""
     if path.is_file():
@@ -177,6 +198,13 @@ def add_engine_commands(sub: Any) -> None:
     c.add_argument("--messages-json", default=None, help="a JSON file with the whole dialog [{role, content}, ...]")
     _engine_args(c)
     c.set_defaults(func=cmd_chat)
+
+    s = sub.add_parser("score", help="log-probability and perplexity of a text under a model (JSON on stdout)")
+    s.add_argument("text", nargs="?", default=None, help="the text (default: --file or stdin)")
+    s.add_argument("--file", default=None, help="score a file's text")
+    s.add_argument("--tokens", action="store_true", help="also list each token with its log-probability")
+    _model_args(s)
+    s.set_defaults(func=cmd_score)
 
     v = sub.add_parser("convert", help="convert Meta (consolidated.*.pth) or llama2.c checkpoints to an HF folder")
     v.add_argument("--input", required=True, help="Meta checkpoint folder, or a llama2.c .bin file")

@@ -5,8 +5,9 @@ from .generate import Engine, GenerationConfig, GenerationResult, InfillResult
 from .loader import load_model
 from .model import LlamaModel, StepContext
 from .ops import Ops, TorchOps, select_ops
+from .scoring import ScoreResult
 
 __all__ = [
     "Engine", "GenerationConfig", "GenerationResult", "InfillResult", "LlamaConfig", "LlamaModel",
-    "Ops", "StepContext", "TorchOps", "load_model", "select_ops",
+    "Ops", "ScoreResult", "StepContext", "TorchOps", "load_model", "select_ops",
 ]

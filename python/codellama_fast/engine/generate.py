@@ -24,6 +24,7 @@ from .loader import generation_defaults, load_model
 from .model import LlamaModel, StepContext
 from .options import GenerationConfig
 from .sampling import make_picker
+from .scoring import ScoreResult, score_rows
 
 
 @dataclass
@@ -444,6 +445,21 @@ class Engine:
             raise ValueError(f"the text contains {count} {FILL_MARKER} markers; infilling needs exactly one")
         prefix, _, suffix = text.partition(FILL_MARKER)
         return self.infill(prefix, suffix, **kwargs).middle
+
+    def score(self, texts: str | Sequence[str] | None = None, *, input_ids: Sequence[Sequence[int]] | None = None,
+              attention_mask: Sequence[Sequence[int]] | None = None) -> ScoreResult:
+        """The log-probability of each token of each text given the tokens before it (texts are
+        encoded with BOS, which is context only), with each text's total ``logprob`` and
+        ``perplexity``: for ranking candidate completions or measuring a model on code.
+
+        >>> engine.score(["def add(a, b):\n    return a + b"]).perplexity   # doctest: +SKIP
+        """
+        if (texts is None) == (input_ids is None):
+            raise ValueError("give either texts or input_ids, not both" if texts is not None else "give texts or input_ids")
+        if attention_mask is not None and input_ids is None:
+            raise ValueError("attention_mask goes with input_ids; texts need none")
+        rows = self.encode_prompts(texts) if input_ids is None else arguments.prompt_id_lists(input_ids, attention_mask)
+        return score_rows(self, rows)
 
     def chat(self, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> str:
         """The assistant's next message for a Code Llama Instruct dialog."""

@@ -1,0 +1,71 @@
+"""Scoring: the log-probability the model gives each token of a text given the tokens before it
+(ranking candidate completions, perplexity of a file). One prefill over the text, in chunks whose
+fp32 logits stay small, keeping only each next token's log-probability."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from . import memory
+from .cache import KVCache
+from .model import StepContext
+
+if TYPE_CHECKING:
+    from .generate import Engine
+
+# fp32 logits (and their log-softmax) one scoring chunk may hold: batch × tokens × vocab × 4 bytes × 2
+SCORE_LOGITS_BYTES = 256 << 20
+
+
+@dataclass
+class ScoreResult:
+    """Per text: its ``token_ids`` and ``token_logprobs[k]``, the natural-log probability of
+    ``token_ids[k + 1]`` given ``token_ids[: k + 1]`` (the first token is context only)."""
+
+    token_ids: list[list[int]]
+    token_logprobs: list[list[float]]
+
+    @property
+    def logprob(self) -> list[float]:
+        """Each text's total log-probability (its first token given)."""
+        return [math.fsum(row) for row in self.token_logprobs]
+
+    @property
+    def perplexity(self) -> list[float]:
+        """``exp(-mean log-probability)`` per text."""
+        return [math.exp(-math.fsum(row) / len(row)) for row in self.token_logprobs]
+
+
+def score_rows(engine: Engine, rows: Sequence[Sequence[int]]) -> ScoreResult:
+    """The log-probabilities of every token after the first of each row (rows of any lengths:
+    the batch is left-padded and scored together)."""
+    for i, row in enumerate(rows):
+        if len(row) < 2:
+            raise ValueError(f"text {i} has {len(row)} token(s); scoring needs at least two (the first is context only)")
+    tokens, kv_start, t = engine._prepare(rows)  # [B, T] left-padded, [B] padding per row
+    b = tokens.shape[0]
+    cfg = engine.model.config
+    cache = KVCache(cfg, b, t, engine.dtype, engine.device)
+    budget = memory.prefill_chunk_tokens(cfg, engine.dtype, engine.device, engine.prefill_chunk_tokens)
+    budget = min(budget, max(1, SCORE_LOGITS_BYTES // (2 * 4 * cfg.vocab_size)))
+    chunk = max(1, budget // b)
+    positions = (torch.arange(t, device=engine.device)[None, :] - kv_start[:, None]).clamp_min(0)
+    logprobs = torch.zeros(b, t, dtype=torch.float32, device=engine.device)  # [B, T]: of the token at each slot
+    with torch.inference_mode():
+        # inputs 0..T-2 predict tokens 1..T-1; the last token is only a target
+        for c0 in range(0, t - 1, chunk):
+            c1 = min(t - 1, c0 + chunk)
+            ctx = StepContext(positions[:, c0:c1], torch.arange(c0, c1, device=engine.device), c0, kv_start, c1)
+            logits = engine.model(tokens[:, c0:c1], ctx, cache.layers, last_only=False)  # [B, c, V] fp32
+            targets = tokens[:, c0 + 1 : c1 + 1, None]  # [B, c, 1]
+            logprobs[:, c0 + 1 : c1 + 1] = logits.log_softmax(-1).gather(-1, targets)[..., 0]
+    host = logprobs.tolist()
+    starts = kv_start.tolist()
+    return ScoreResult(
+        token_ids=[list(r) for r in rows],
+        token_logprobs=[host[i][starts[i] + 1 :] for i in range(b)],
+    )
