@@ -449,3 +449,40 @@ def test_score_errors(checkpoints):
         engine.score()
     with pytest.raises(TypeError):
         engine.score([b"bytes"])
+
+
+def test_return_logprobs_equal_transformers_raw_logits(checkpoints, tok):
+    """Greedy: each generated token's log-probability equals the log-softmax of transformers'
+    raw logits (output_logits) at that step."""
+    hf, path = checkpoints["gqa4"]
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    prompt = "def quicksort(items):\n    "
+    ids = torch.tensor([tok.encode(prompt)])
+    out = hf.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0,
+                      output_logits=True, return_dict_in_generate=True)
+    want_ids = out.sequences[0, ids.shape[1]:].tolist()
+    want = [step[0].log_softmax(-1)[t].item() for step, t in zip(out.logits, want_ids)]
+    got = engine.generate(prompt, max_new_tokens=20, stop_at_eos=False, return_logprobs=True)
+    assert got.token_ids[0] == want_ids
+    assert max(abs(a - b) for a, b in zip(got.token_logprobs[0], want)) < 1e-4
+    assert engine.generate(prompt, max_new_tokens=3).token_logprobs is None  # only on request
+
+
+def test_return_logprobs_of_samples_equal_scoring_the_text(checkpoints, tok):
+    """Sampled with filters, a penalty and stops (rows of different lengths): the log-probabilities
+    are the model's own (score() of prompt + continuation), aligned with token_ids."""
+    _, path = checkpoints["mha"]
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    prompts = ["import os\n", "x = ["]
+    free = engine.generate(prompts[0], max_new_tokens=12, stop_at_eos=False, temperature=0.9, top_k=40, seed=4).token_ids[0]
+    result = engine.generate(prompts, max_new_tokens=12, temperature=0.9, top_k=40, top_p=0.9, repetition_penalty=1.2,
+                             seed=4, stop_token_ids=[free[5]], return_logprobs=True)
+    for prompt, ids, lps in zip(prompts, result.token_ids, result.token_logprobs):
+        assert len(lps) == len(ids)
+        if not ids:
+            continue
+        p = tok.encode(prompt)
+        scored = engine.score(input_ids=[p + ids]).token_logprobs[0][len(p) - 1 :]
+        assert max(abs(a - b) for a, b in zip(lps, scored)) < 1e-4
+    with pytest.raises(TypeError, match="return_logprobs"):
+        engine.generate("x", max_new_tokens=2, return_logprobs="yes")

@@ -237,6 +237,10 @@ def test_static_buffer_decode_step_matches_plain_loop(tmp_path, greedy):
         kw = dict(max_new_tokens=13, stop_at_eos=False, repetition_penalty=1.5, min_new_tokens=4)
     prompts = ["x = [", "def g():\n    return 1"]
     assert graphed.generate(prompts, **kw).token_ids == plain.generate(prompts, **kw).token_ids
+    # the log-probabilities, taken off the static step's logits block by block
+    a, b = graphed.generate(prompts, return_logprobs=True, **kw), plain.generate(prompts, return_logprobs=True, **kw)
+    assert a.token_ids == b.token_ids
+    assert all(max(abs(x - y) for x, y in zip(ra, rb)) < 1e-4 for ra, rb in zip(a.token_logprobs, b.token_logprobs))
     # the captured state is reused for a second call of the same shape
     assert graphed.generate(prompts, **kw).token_ids == plain.generate(prompts, **kw).token_ids
 

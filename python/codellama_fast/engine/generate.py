@@ -37,6 +37,9 @@ class GenerationResult:
     decode_tokens_per_s: float
     prefill_tokens_per_s: float
     total_s: float
+    # with return_logprobs: each generated token's log-probability under the model (its raw
+    # logits' log-softmax, before temperature, filtering or penalties), aligned with token_ids
+    token_logprobs: list[list[float]] | None = None
 
     @property
     def text(self) -> str:
@@ -68,10 +71,11 @@ class _StopTracker:
         self.stop_ids, self.stop_strings, self.decoders = stop_ids, list(stop_strings), list(decoders)
         batch = len(self.decoders)
         self.ids: list[list[int]] = [[] for _ in range(batch)]
+        self.logprobs: list[list[float]] = [[] for _ in range(batch)]
         self.reasons: list[str | None] = [None] * batch
         self.cut_text: list[str | None] = [None] * batch
 
-    def push(self, tokens: Sequence[int]) -> None:
+    def push(self, tokens: Sequence[int], logprobs: Sequence[float] | None = None) -> None:
         for b, tok in enumerate(tokens):
             if self.reasons[b] is not None:
                 continue
@@ -79,6 +83,8 @@ class _StopTracker:
                 self.reasons[b] = "eos"
                 continue
             self.ids[b].append(tok)
+            if logprobs is not None:
+                self.logprobs[b].append(logprobs[b])
             if self.stop_strings:
                 text = self.decoders[b](self.ids[b])
                 hits = [text.find(s) for s in self.stop_strings if s and s in text]
@@ -253,11 +259,14 @@ class Engine:
         return logits
 
     def _steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float],
-               check_every: int | None = None, warn_stacklevel: int = 5, stop_ids: Iterable[int] = ()) -> Iterator[list[int]]:
+               check_every: int | None = None, warn_stacklevel: int = 5, stop_ids: Iterable[int] = (),
+               logprobs: list[list[float]] | None = None) -> Iterator[list[int]]:
         """Yields the sampled token of every sequence, step by step (host lists of length B).
         On CUDA with the Triton ops, decode steps are CUDA-graph replays and the host reads the
         ids every `check_every` steps. `warn_stacklevel` points warnings at the user's call;
-        `stop_ids` cannot be chosen for the first `cfg.min_new_tokens` tokens."""
+        `stop_ids` cannot be chosen for the first `cfg.min_new_tokens` tokens. With `logprobs`,
+        each step's chosen tokens' log-probabilities (host lists of length B) are appended to it
+        before the step is yielded."""
         tokens, kv_start_now, t = self._prepare(prompts)
         arguments.warn_past_context(t, cfg.max_new_tokens, self.model.config.max_position_embeddings, warn_stacklevel)
         b = tokens.shape[0]
@@ -273,7 +282,10 @@ class Engine:
         suppressed = sorted(i for i in stop_ids if 0 <= i < vocab) if cfg.min_new_tokens > 0 else []
         pick = make_picker(params, gen, cfg.repetition_penalty, tokens, kv_start_now, vocab, suppressed, cfg.min_new_tokens, known)
         # the captured step takes the argmax itself only when nothing happens between logits and choice
-        graph_greedy = params.greedy and cfg.repetition_penalty == 1.0 and not suppressed and known == vocab
+        graph_greedy = params.greedy and cfg.repetition_penalty == 1.0 and not suppressed and known == vocab and logprobs is None
+
+        def logprob_of(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+            return logits.float().log_softmax(-1).gather(1, chosen[:, None])[:, 0]  # [B]
         with self._graph_lease((b, max_len, graph_greedy), self._use_graph() and cfg.max_new_tokens > 1) as use_graph:
             graph = None
             if use_graph:
@@ -284,15 +296,19 @@ class Engine:
             sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
             start = time.perf_counter()
             with torch.inference_mode():
-                nxt = pick(self._prefill(tokens, kv_start, cache))
+                first = self._prefill(tokens, kv_start, cache)
+                nxt = pick(first)
                 host = nxt.tolist()
                 stats["prefill_s"] = time.perf_counter() - start
+                if logprobs is not None:
+                    logprobs.append(logprob_of(first, nxt).tolist())
                 yield host
                 lengths = t - kv_start  # real prompt lengths [B]
                 decode_start = time.perf_counter()
                 if graph is not None:
                     every = check_every or self.check_every
                     graph.start(nxt, lengths, t)
+                    lp_out = torch.zeros(b, cfg.max_new_tokens, dtype=torch.float32, device=self.device) if logprobs is not None else None
                     done = 1
                     while done < cfg.max_new_tokens:
                         n = min(every, cfg.max_new_tokens - done)
@@ -302,20 +318,28 @@ class Engine:
                                 nxt = pick(logits)
                                 graph.tok.copy_(nxt[:, None])
                                 graph.out[:, done - 1 + i].copy_(nxt)
+                                if lp_out is not None:
+                                    lp_out[:, done - 1 + i] = logprob_of(logits, nxt)
                         block = graph.out[:, done - 1 : done - 1 + n].tolist()  # the one sync per block
+                        lp_block = lp_out[:, done - 1 : done - 1 + n].tolist() if lp_out is not None else None
                         stats["decode_tokens"] += b * n
                         stats["decode_s"] = time.perf_counter() - decode_start
                         done += n
                         for i in range(n):
+                            if logprobs is not None and lp_block is not None:
+                                logprobs.append([row[i] for row in lp_block])
                             yield [row[i] for row in block]
                     return
                 for step in range(1, cfg.max_new_tokens):
                     slot = t + step - 1
                     ctx = StepContext((lengths + step - 1)[:, None], torch.tensor([slot], device=self.device), slot, kv_start, slot + 1)
-                    nxt = pick(self.model(nxt[:, None], ctx, cache.layers))
+                    logits = self.model(nxt[:, None], ctx, cache.layers)
+                    nxt = pick(logits)
                     host = nxt.tolist()
                     stats["decode_tokens"] += b
                     stats["decode_s"] = time.perf_counter() - decode_start
+                    if logprobs is not None:
+                        logprobs.append(logprob_of(logits, nxt).tolist())
                     yield host
                 sync()
 
@@ -338,11 +362,12 @@ class Engine:
                     self._leased.discard(key)
 
     def _run(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: set[int],
-             decoders: Sequence[Callable[[list[int]], str]]) -> GenerationResult:
+             decoders: Sequence[Callable[[list[int]], str]], return_logprobs: bool = False) -> GenerationResult:
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
         tracker = _StopTracker(stop_ids, cfg.stop, decoders)
-        for host in self._steps(prompts, cfg, stats, stop_ids=stop_ids):
-            tracker.push(host)
+        steps: list[list[float]] | None = [] if return_logprobs else None
+        for host in self._steps(prompts, cfg, stats, stop_ids=stop_ids, logprobs=steps):
+            tracker.push(host, steps[-1] if steps else None)
             if tracker.all_done:
                 break
         prompt_tokens = sum(len(p) for p in prompts)
@@ -355,6 +380,7 @@ class Engine:
             decode_tokens_per_s=stats["decode_tokens"] / stats["decode_s"] if stats["decode_s"] > 0 else 0.0,
             prefill_tokens_per_s=prompt_tokens / stats["prefill_s"] if stats["prefill_s"] > 0 else 0.0,
             total_s=stats["prefill_s"] + stats["decode_s"],
+            token_logprobs=[list(lp) for lp in tracker.logprobs] if return_logprobs else None,
         )
 
     def _stop_ids(self, cfg: GenerationConfig, extra: Sequence[int] = ()) -> set[int]:
@@ -380,15 +406,19 @@ class Engine:
         return [self.tokenizer.encode(t) for t in arguments.prompt_texts(prompts)]
 
     def generate(self, prompts: str | Sequence[str] | None = None, *, input_ids: Sequence[Sequence[int]] | None = None,
-                 attention_mask: Sequence[Sequence[int]] | None = None, **kwargs: Any) -> GenerationResult:
+                 attention_mask: Sequence[Sequence[int]] | None = None, return_logprobs: bool = False,
+                 **kwargs: Any) -> GenerationResult:
         """Generates a continuation of each prompt (a batch is left-padded and runs together).
 
         Keyword arguments: ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_k``, ``top_p``,
         ``seed``, ``stop`` (strings), ``stop_token_ids``, ``stop_at_eos``, ``repetition_penalty``
         (transformers' rule, over the prompt and the generated tokens), ``min_new_tokens`` (no stop
         token before that many), ``num_return_sequences`` (samples per prompt, in prompt order), and
-        transformers' ``do_sample``, ``eos_token_id`` and ``pad_token_id``.
+        transformers' ``do_sample``, ``eos_token_id`` and ``pad_token_id``. ``return_logprobs=True``
+        fills ``token_logprobs``: each generated token's log-probability under the model.
         """
+        if not isinstance(return_logprobs, bool):
+            raise TypeError(f"return_logprobs must be True or False, got {return_logprobs!r}")
         cfg = self._config(kwargs, many=True)
         if (prompts is None) == (input_ids is None):
             raise ValueError("give either prompts (text) or input_ids, not both" if prompts is not None else "give prompts (text) or input_ids")
@@ -396,7 +426,7 @@ class Engine:
             raise ValueError("attention_mask goes with input_ids; text prompts need none")
         ids = self.encode_prompts(prompts) if input_ids is None else arguments.prompt_id_lists(input_ids, attention_mask)
         ids = [p for p in ids for _ in range(cfg.num_return_sequences)]  # each prompt's samples together, as transformers
-        return self._run(ids, cfg, self._stop_ids(cfg), self._continuation_decoder(ids))
+        return self._run(ids, cfg, self._stop_ids(cfg), self._continuation_decoder(ids), return_logprobs)
 
     def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[str]:
         """Yields text deltas of one prompt's continuation as tokens are generated. The deltas
