@@ -21,6 +21,8 @@ def test_generate_stream_and_plain_agree():
     assert plain.returncode == stream.returncode == 0, plain.stderr + stream.stderr
     assert plain.stdout == stream.stdout and plain.stdout.strip()
     assert "tokens/s" in plain.stderr and "tokens/s" not in plain.stdout
+    lookup = _cli("generate", "Lily", "--max-new-tokens", "24", "--prompt-lookup", "4")
+    assert lookup.returncode == 0 and lookup.stdout == plain.stdout, lookup.stderr
 
 
 def test_generate_from_stdin_and_empty_prompt():

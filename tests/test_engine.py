@@ -486,3 +486,117 @@ def test_return_logprobs_of_samples_equal_scoring_the_text(checkpoints, tok):
         assert max(abs(a - b) for a, b in zip(lps, scored)) < 1e-4
     with pytest.raises(TypeError, match="return_logprobs"):
         engine.generate("x", max_new_tokens=2, return_logprobs="yes")
+
+
+# ---------------------------------------------------------------- prompt-lookup decoding
+
+
+def test_lookup_guesses_are_transformers_prompt_lookup_candidates():
+    """The n-gram guesses equal transformers' PromptLookupCandidateGenerator's on random sequences
+    over a small alphabet (many repeats), stop ids included."""
+    from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
+
+    from codellama_fast.engine.prompt_lookup import NgramIndex
+
+    rng = random.Random()
+    for _ in range(300):
+        seq = [rng.randrange(6) for _ in range(rng.randrange(1, 40))]
+        k, n, stops = rng.randrange(1, 8), rng.randrange(1, 4), {rng.randrange(6)}
+        ref = PromptLookupCandidateGenerator(eos_token_id=torch.tensor(sorted(stops)), num_output_tokens=k,
+                                             max_matching_ngram_size=n, max_length=10_000)
+        ids, _ = ref.get_candidates(torch.tensor([seq]))
+        index = NgramIndex(n)
+        index.extend(seq[: len(seq) // 2])
+        index.extend(seq[len(seq) // 2 :])  # grown in two steps, as during decoding
+        assert index.candidates(k, stops) == ids[0, len(seq):].tolist(), (seq, k, n, stops)
+
+
+@pytest.mark.parametrize("name", ["gqa4", "odd"])
+def test_prompt_lookup_greedy_equals_plain_greedy_and_transformers(checkpoints, tok, name):
+    hf, path = checkpoints[name]
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    prompt = "def add(a, b):\n    return a + b\n\ndef add3(a, b, c):\n    return a + b + c\n\ndef add"
+    ids = torch.tensor([tok.encode(prompt)])
+    end = 32015  # transformers' prompt lookup needs an end token (None fails there); the same one here
+    plain = engine.generate(prompt, max_new_tokens=40, eos_token_id=end)
+    looked = engine.generate(prompt, max_new_tokens=40, eos_token_id=end, prompt_lookup_num_tokens=5, return_logprobs=True)
+    want = hf.generate(ids, max_new_tokens=40, do_sample=False, eos_token_id=end, pad_token_id=0,
+                       prompt_lookup_num_tokens=5)[0, ids.shape[1]:].tolist()[:40]  # its lookup may run a step past the limit
+    want = want[: want.index(end)] if end in want else want
+    assert looked.token_ids[0] == plain.token_ids[0] == want
+    scored = engine.score(input_ids=[ids[0].tolist() + want]).token_logprobs[0][ids.shape[1] - 1 :]
+    assert max(abs(a - b) for a, b in zip(looked.token_logprobs[0], scored)) < 1e-4
+
+
+def test_prompt_lookup_keeps_the_guesses_the_model_confirms(tmp_path, tok):
+    """A model scripted to continue a pattern the prompt already holds: each step checks the
+    guesses in one forward pass and keeps all of them (k + 1 tokens per pass); where the script
+    leaves the pattern, the pass keeps the matching guesses and the model's own choice."""
+    engine = Engine(load_model(save(make_hf_model("mha", seed=1), tmp_path / "m"), dtype="float32", device="cpu"), tok)
+    pattern = [100 + i for i in range(12)]
+    prompt = [1] + pattern + pattern[:3]
+    script = pattern[3:] + pattern + [7, 8, 9] + pattern[:5]  # continues the pattern, then breaks it
+    vocab, calls = engine.model.config.vocab_size, []
+
+    def forward(tokens, ctx, caches, last_only=True):
+        calls.append(tokens.shape[1])
+        pos = ctx.positions[0]  # the logits at position p choose the token at p + 1
+        logits = torch.full((1, tokens.shape[1], vocab), -5.0)
+        for j, p in enumerate(pos.tolist()):
+            logits[0, j, script[p + 1 - len(prompt)] if p + 1 - len(prompt) < len(script) else 0] = 5.0
+        return logits[:, -1] if last_only else logits
+
+    engine.model.forward = forward  # type: ignore[method-assign]
+    out = engine.generate(input_ids=[prompt], max_new_tokens=len(script), stop_at_eos=False, prompt_lookup_num_tokens=4)
+    assert out.token_ids[0] == script
+    assert calls[0] == len(prompt) and all(c <= 5 for c in calls[1:])
+    assert len(calls) - 1 < len(script) - 1  # fewer decode passes than tokens after the first
+    assert sum(c == 5 for c in calls[1:]) >= 3  # passes where all four guesses were kept
+
+
+def test_prompt_lookup_with_sampling_and_stops(checkpoints, tok):
+    """Sampling, a penalty and a stop id go through the same per-position choice: seeded runs
+    repeat, log-probabilities are the model's, the stop id ends the text."""
+    _, path = checkpoints["mha"]
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    prompt = "x = [1, 2, 3]\ny = [1, 2, 3]\nz = [1, 2,"
+    kw = dict(max_new_tokens=30, temperature=0.7, top_p=0.9, repetition_penalty=1.1, seed=11, prompt_lookup_num_tokens=4)
+    a = engine.generate(prompt, return_logprobs=True, **kw)
+    assert a.token_ids == engine.generate(prompt, **kw).token_ids
+    p = tok.encode(prompt)
+    scored = engine.score(input_ids=[p + a.token_ids[0]]).token_logprobs[0][len(p) - 1 :]
+    assert max(abs(x - y) for x, y in zip(a.token_logprobs[0], scored)) < 1e-4
+    stop = a.token_ids[0][6]
+    cut = engine.generate(prompt, stop_token_ids=[stop], **kw)
+    assert cut.finish_reasons == ["eos"] and stop not in cut.token_ids[0] and cut.token_ids[0] == a.token_ids[0][: a.token_ids[0].index(stop)]
+
+
+def test_prompt_lookup_errors(checkpoints, tok):
+    _, path = checkpoints["mha"]
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    with pytest.raises(ValueError, match="batch 1"):
+        engine.generate(["a", "b"], max_new_tokens=3, prompt_lookup_num_tokens=3)
+    with pytest.raises(ValueError, match="prompt_lookup_num_tokens"):
+        engine.generate("a", max_new_tokens=3, prompt_lookup_num_tokens=0)
+    with pytest.raises(TypeError, match="max_matching_ngram_size"):
+        engine.generate("a", max_new_tokens=3, prompt_lookup_num_tokens=2, max_matching_ngram_size=1.5)
+
+
+def test_prompt_lookup_on_the_trained_demo_model_saves_passes():
+    """On a real (tiny, trained) model whose stories repeat their phrases: the same tokens as
+    plain greedy decoding, in fewer forward passes than tokens."""
+    from codellama_fast.data import DEMO_MODEL_DIR
+
+    engine = Engine.from_pretrained(DEMO_MODEL_DIR, device="cpu")
+    prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside. One day, Lily"
+    plain = engine.generate(prompt, max_new_tokens=120, stop_at_eos=False)
+    original, passes = engine.model.forward, []
+
+    def counted(*args, **kwargs):
+        passes.append(1)
+        return original(*args, **kwargs)
+
+    engine.model.forward = counted  # type: ignore[method-assign]
+    looked = engine.generate(prompt, max_new_tokens=120, stop_at_eos=False, prompt_lookup_num_tokens=8)
+    assert looked.token_ids == plain.token_ids
+    assert len(passes) - 1 < 0.9 * (120 - 1), len(passes)  # prefill + decode passes: guesses were kept

@@ -222,6 +222,19 @@ def test_engine_with_triton_ops_matches_torch_path(tmp_path, name):
     _close(outs[1], outs[0], torch.float32)
 
 
+def test_prompt_lookup_through_the_kernels_equals_plain_decoding(tmp_path):
+    """Prompt-lookup steps (several new tokens against the cache: the prefill kernel at an offset)
+    give the tokens of the plain graph-decode loop."""
+    pytest.importorskip("transformers")
+    from tests.engine_helpers import make_hf_model, save
+
+    folder = save(make_hf_model("gqa4", seed=8), tmp_path / "m")
+    eng = _triton_engine(folder, graph=True)
+    prompt = "a = [1, 2, 3]\nb = [1, 2, 3]\nc = [1,"
+    plain = eng.generate(prompt, max_new_tokens=16, stop_at_eos=False)
+    assert eng.generate(prompt, max_new_tokens=16, stop_at_eos=False, prompt_lookup_num_tokens=4).token_ids == plain.token_ids
+
+
 @pytest.mark.parametrize("greedy", [True, False, "penalty"])  # "penalty": repetition_penalty and min_new_tokens
 def test_static_buffer_decode_step_matches_plain_loop(tmp_path, greedy):
     """The graph-decode step (static buffers advanced in place; captured on CUDA, run eagerly

@@ -31,6 +31,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 makes repeats less likely (transformers' rule)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--prompt-lookup", type=int, default=None, metavar="K",
+                   help="guess K tokens per step from the prompt's n-grams (same output; faster when it repeats its context)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
 
@@ -44,7 +46,7 @@ def _load(args: argparse.Namespace):
 
 def _gen_kwargs(args: argparse.Namespace, engine: Any) -> dict[str, Any]:
     given = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                 repetition_penalty=args.repetition_penalty, seed=args.seed)
+                 repetition_penalty=args.repetition_penalty, seed=args.seed, prompt_lookup_num_tokens=args.prompt_lookup)
     out: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if "max_new_tokens" not in out and "max_new_tokens" not in engine.defaults:
         out["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS

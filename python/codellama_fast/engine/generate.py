@@ -18,7 +18,7 @@ from ..data import BUNDLED_VOCAB_SIZE
 from ..errors import CheckpointError, InfillingUnsupported
 from ..tokenizer import FILL_MARKER, CodeLlamaTokenizerFast
 from .cache import KVCache
-from . import arguments, fused_decode, memory, options
+from . import arguments, fused_decode, memory, options, prompt_lookup
 from .cuda_graph import GraphDecoder, pick_faster
 from .loader import generation_defaults, load_model
 from .model import LlamaModel, StepContext
@@ -286,7 +286,10 @@ class Engine:
 
         def logprob_of(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
             return logits.float().log_softmax(-1).gather(1, chosen[:, None])[:, 0]  # [B]
-        with self._graph_lease((b, max_len, graph_greedy), self._use_graph() and cfg.max_new_tokens > 1) as use_graph:
+        lookup = cfg.prompt_lookup_num_tokens
+        if lookup is not None and b != 1:
+            raise ValueError(f"prompt_lookup_num_tokens decodes one sequence at a time (batch 1, as in transformers); this call has {b}")
+        with self._graph_lease((b, max_len, graph_greedy), self._use_graph() and cfg.max_new_tokens > 1 and lookup is None) as use_graph:
             graph = None
             if use_graph:
                 cache, kv_start, graph = self._graph_state(b, max_len, graph_greedy)
@@ -303,6 +306,12 @@ class Engine:
                 if logprobs is not None:
                     logprobs.append(logprob_of(first, nxt).tolist())
                 yield host
+                if lookup is not None:
+                    yield from prompt_lookup.lookup_decode(
+                        self.model, cache.layers, list(prompts[0]) + host, nxt, t, cfg.max_new_tokens, lookup,
+                        cfg.max_matching_ngram_size, set(stop_ids), pick, logprob_of, logprobs, stats, time.perf_counter)
+                    sync()
+                    return
                 lengths = t - kv_start  # real prompt lengths [B]
                 decode_start = time.perf_counter()
                 if graph is not None:
@@ -413,7 +422,9 @@ class Engine:
         Keyword arguments: ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_k``, ``top_p``,
         ``seed``, ``stop`` (strings), ``stop_token_ids``, ``stop_at_eos``, ``repetition_penalty``
         (transformers' rule, over the prompt and the generated tokens), ``min_new_tokens`` (no stop
-        token before that many), ``num_return_sequences`` (samples per prompt, in prompt order), and
+        token before that many), ``num_return_sequences`` (samples per prompt, in prompt order),
+        ``prompt_lookup_num_tokens`` (one prompt: guess that many tokens per step from the text
+        so far, ``max_matching_ngram_size`` long matches; the output is unchanged), and
         transformers' ``do_sample``, ``eos_token_id`` and ``pad_token_id``. ``return_logprobs=True``
         fills ``token_logprobs``: each generated token's log-probability under the model.
         """

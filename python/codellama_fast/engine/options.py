@@ -31,6 +31,9 @@ class GenerationConfig:
     repetition_penalty: float = 1.0
     min_new_tokens: int = 0
     num_return_sequences: int = 1
+    # prompt-lookup decoding (engine.prompt_lookup): guesses per step, and the longest n-gram matched
+    prompt_lookup_num_tokens: int | None = None
+    max_matching_ngram_size: int = 2
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_k, self.top_p)
@@ -60,6 +63,10 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     if cfg.num_return_sequences > 1 and params.greedy:
         raise ValueError("num_return_sequences > 1 needs sampling (a temperature > 0): greedy decoding returns one continuation")
     cfg.min_new_tokens = _at_least("min_new_tokens", arguments.check_int("min_new_tokens", cfg.min_new_tokens), 0)
+    cfg.prompt_lookup_num_tokens = arguments.check_int("prompt_lookup_num_tokens", cfg.prompt_lookup_num_tokens, optional=True)
+    if cfg.prompt_lookup_num_tokens is not None:
+        _at_least("prompt_lookup_num_tokens", cfg.prompt_lookup_num_tokens, 1)
+    cfg.max_matching_ngram_size = _at_least("max_matching_ngram_size", arguments.check_int("max_matching_ngram_size", cfg.max_matching_ngram_size), 1)
     cfg.repetition_penalty = arguments.check_real("repetition_penalty", cfg.repetition_penalty)
     if cfg.repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be > 0 (1.0 is none), got {cfg.repetition_penalty}")

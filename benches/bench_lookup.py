@@ -1,0 +1,99 @@
+"""Prompt-lookup decoding: greedy generation of a trained model with and without
+``prompt_lookup_num_tokens``, beside transformers' ``generate`` with the same option, on the same
+prompts, in the same run. The outputs must be identical (checked); the speed-up comes from the
+guesses the model keeps, so it needs a trained model on text that repeats its context.
+
+    python benches/bench_lookup.py [--model FOLDER] [--device cpu] [--lookup 4 8] [--new 200]
+
+Default: the bundled demo model (stories260K) on stories that repeat names and phrases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from common import git_sha, machine, now, percentiles, versions, write_results  # noqa: E402
+
+PROMPTS = [
+    "Once upon a time, there was a little girl named Lily. She loved to play outside. One day, Lily",
+    "Tom had a red ball. Tom liked to throw the red ball to his dog. The dog liked the red ball too. One day, Tom",
+]
+
+
+def _timed(fn: Any, repeats: int) -> tuple[list[float], Any]:
+    fn()  # warm-up
+    out, times = None, []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="HF model folder (default: the bundled demo model)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--lookup", type=int, nargs="+", default=[4, 8], help="prompt_lookup_num_tokens values")
+    ap.add_argument("--new", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    from transformers import LlamaForCausalLM
+
+    from codellama_fast import Engine
+    from codellama_fast.data import DEMO_MODEL_DIR
+
+    folder = Path(args.model) if args.model else DEMO_MODEL_DIR
+    engine = Engine.from_pretrained(folder, device=args.device)
+    hf = LlamaForCausalLM.from_pretrained(str(folder), dtype=engine.dtype).to(args.device).eval()
+    meta = {"bench": "lookup", "machine": machine(), "versions": versions("torch", "transformers", "codellama-fast"),
+            "git_sha": git_sha(), "timestamp": now(), "model": str(folder.name), "device": args.device, "dtype": str(engine.dtype)}
+    rows: list[dict[str, Any]] = []
+    for k, prompt in enumerate(PROMPTS):
+        ids = engine.tokenizer.encode(prompt)
+        x = torch.tensor([ids], device=args.device)
+        end = engine.tokenizer.eos_token_id
+
+        def ours(lookup: int | None) -> list[int]:
+            return engine.generate(input_ids=[ids], max_new_tokens=args.new, eos_token_id=end, prompt_lookup_num_tokens=lookup).token_ids[0]
+
+        def theirs(lookup: int | None) -> list[int]:
+            with torch.inference_mode():
+                out = hf.generate(x, max_new_tokens=args.new, do_sample=False, eos_token_id=end, pad_token_id=end,
+                                  prompt_lookup_num_tokens=lookup)[0, len(ids):].tolist()
+            out = out[: args.new]  # its lookup can run a step past max_new_tokens
+            return out[: out.index(end)] if end in out else out
+
+        base_times, base = _timed(lambda: ours(None), args.repeats)
+        results = {("ours", None): (base_times, base)}
+        for lookup in args.lookup:
+            results[("ours", lookup)] = _timed(lambda: ours(lookup), args.repeats)
+            results[("transformers", lookup)] = _timed(lambda: theirs(lookup), args.repeats)
+        results[("transformers", None)] = _timed(lambda: theirs(None), args.repeats)
+        for (provider, lookup), (times, tokens) in results.items():
+            if tokens != base:
+                raise SystemExit(f"prompt {k}: {provider} with lookup={lookup} generated other tokens than plain greedy decoding")
+            stats = percentiles(times)
+            rows.append({"bench": "lookup", "provider": provider, "prompt_lookup_num_tokens": lookup, "prompt": k,
+                         "new_tokens": len(tokens), "metric": "tokens_per_s", "unit": "tokens/s", "p50": len(tokens) / stats["p50"],
+                         "seconds": stats, "device": args.device, "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]})
+        plain = len(base) / percentiles(base_times)["p50"]
+        line = "  ".join(f"{p}[{lk}] {r['p50'] / plain:.2f}x" for (p, lk), r in zip(results, rows[-len(results):]))
+        print(f"prompt {k} ({len(base)} tokens, ours plain {plain:.0f} tok/s): {line}", flush=True)
+    path = write_results(f"lookup-{args.device}", meta, rows, args.out)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
