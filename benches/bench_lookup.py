@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> Path:
             return out[: out.index(end)] if end in out else out
 
         base_times, base = _timed(lambda: ours(None), args.repeats)
-        results = {("ours", None): (base_times, base)}
+        results = {("codellama-fast", None): (base_times, base)}
         for lookup in args.lookup:
-            results[("ours", lookup)] = _timed(lambda: ours(lookup), args.repeats)
+            results[("codellama-fast", lookup)] = _timed(lambda: ours(lookup), args.repeats)
             results[("transformers", lookup)] = _timed(lambda: theirs(lookup), args.repeats)
         results[("transformers", None)] = _timed(lambda: theirs(None), args.repeats)
         for (provider, lookup), (times, tokens) in results.items():

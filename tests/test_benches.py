@@ -52,3 +52,10 @@ def test_bench_tokenizer_small(tmp_path):
     exact = [r for r in data["rows"] if r["bench"] == "exactness"]
     assert exact and all(r["p50"] == 0 for r in exact)
     assert {r["provider"] for r in data["rows"]} >= {"codellama-fast", "sentencepiece", "tokenizers", "transformers"}
+
+
+def test_bench_lookup_small(tmp_path):
+    pytest.importorskip("transformers")
+    data = _run("bench_lookup.py", "--new", "24", "--repeats", "1", "--lookup", "4", tmp=tmp_path)
+    runs = {(r["provider"], r["prompt_lookup_num_tokens"]) for r in data["rows"]}
+    assert runs == {("codellama-fast", None), ("codellama-fast", 4), ("transformers", None), ("transformers", 4)}
