@@ -27,11 +27,17 @@ class StreamDecoder:
         self._skip = skip_special_tokens
         self._at_start = not keep_leading_space
         self._window: list[int] = []
+        self._last_kept: int | None = None  # the newest id the decode keeps (skipped specials aside)
 
     def step(self, token_id: int) -> str:
-        self._window.append(int(token_id))
+        token_id = int(token_id)
+        self._window.append(token_id)
+        if not (self._skip and self._native.is_special_id(token_id)):
+            self._last_kept = token_id
         text = self._native.decode_keep_space(self._window, self._skip)
-        if text.endswith(_REPLACEMENT) and self._window[-1] in self._byte_ids:
+        # A skipped special token between the bytes of a character does not end it: the full
+        # decode drops the token and joins the bytes, so wait as it does.
+        if text.endswith(_REPLACEMENT) and self._last_kept in self._byte_ids:
             return ""  # maybe an unfinished character: wait for its next bytes
         self._window.clear()
         return self._emit(text)
