@@ -222,17 +222,25 @@ def test_engine_with_triton_ops_matches_torch_path(tmp_path, name):
     _close(outs[1], outs[0], torch.float32)
 
 
-def test_prompt_lookup_through_the_kernels_equals_plain_decoding(tmp_path):
-    """Prompt-lookup steps (several new tokens against the cache: the prefill kernel at an offset)
-    give the tokens of the plain graph-decode loop."""
+def test_prompt_lookup_through_the_kernels_equals_plain_decoding(tmp_path, monkeypatch):
+    """Prompt-lookup steps give the tokens of the plain graph-decode loop: steps with guesses run
+    several new tokens against the cache (the prefill kernel at an offset), steps without replay
+    the decode step on the same cache."""
     pytest.importorskip("transformers")
+    from codellama_fast.engine.cuda_graph import GraphDecoder
     from tests.engine_helpers import make_hf_model, save
 
     folder = save(make_hf_model("gqa4", seed=8), tmp_path / "m")
     eng = _triton_engine(folder, graph=True)
     prompt = "a = [1, 2, 3]\nb = [1, 2, 3]\nc = [1,"
     plain = eng.generate(prompt, max_new_tokens=16, stop_at_eos=False)
-    assert eng.generate(prompt, max_new_tokens=16, stop_at_eos=False, prompt_lookup_num_tokens=4).token_ids == plain.token_ids
+    replays, passes = [], []
+    replay, forward = GraphDecoder.replay, eng.model.forward
+    monkeypatch.setattr(GraphDecoder, "replay", lambda self: replays.append(1) or replay(self))
+    eng.model.forward = lambda tokens, *a, **k: passes.append(tokens.shape[1]) or forward(tokens, *a, **k)
+    looked = eng.generate(prompt, max_new_tokens=16, stop_at_eos=False, prompt_lookup_num_tokens=4)
+    assert looked.token_ids == plain.token_ids
+    assert replays and any(1 < n <= 5 for n in passes[1:]), (replays, passes)  # both kinds of step ran
 
 
 @pytest.mark.parametrize("greedy", [True, False, "penalty"])  # "penalty": repetition_penalty and min_new_tokens

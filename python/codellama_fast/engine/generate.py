@@ -282,14 +282,15 @@ class Engine:
         suppressed = sorted(i for i in stop_ids if 0 <= i < vocab) if cfg.min_new_tokens > 0 else []
         pick = make_picker(params, gen, cfg.repetition_penalty, tokens, kv_start_now, vocab, suppressed, cfg.min_new_tokens, known)
         # the captured step takes the argmax itself only when nothing happens between logits and choice
-        graph_greedy = params.greedy and cfg.repetition_penalty == 1.0 and not suppressed and known == vocab and logprobs is None
+        lookup = cfg.prompt_lookup_num_tokens
+        graph_greedy = (params.greedy and cfg.repetition_penalty == 1.0 and not suppressed and known == vocab
+                        and logprobs is None and lookup is None)
 
         def logprob_of(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
             return logits.float().log_softmax(-1).gather(1, chosen[:, None])[:, 0]  # [B]
-        lookup = cfg.prompt_lookup_num_tokens
         if lookup is not None and b != 1:
             raise ValueError(f"prompt_lookup_num_tokens decodes one sequence at a time (batch 1, as in transformers); this call has {b}")
-        with self._graph_lease((b, max_len, graph_greedy), self._use_graph() and cfg.max_new_tokens > 1 and lookup is None) as use_graph:
+        with self._graph_lease((b, max_len, graph_greedy), self._use_graph() and cfg.max_new_tokens > 1) as use_graph:
             graph = None
             if use_graph:
                 cache, kv_start, graph = self._graph_state(b, max_len, graph_greedy)
@@ -309,7 +310,7 @@ class Engine:
                 if lookup is not None:
                     yield from prompt_lookup.lookup_decode(
                         self.model, cache.layers, list(prompts[0]) + host, nxt, t, cfg.max_new_tokens, lookup,
-                        cfg.max_matching_ngram_size, set(stop_ids), pick, logprob_of, logprobs, stats, time.perf_counter)
+                        cfg.max_matching_ngram_size, set(stop_ids), pick, logprob_of, logprobs, stats, time.perf_counter, graph)
                     sync()
                     return
                 lengths = t - kv_start  # real prompt lengths [B]

@@ -3,7 +3,8 @@ finding the sequence's last n-gram earlier in it (code edits and refactors repea
 check all guesses with one forward pass, and keep the ones the model itself would have chosen.
 Each kept guess saves a decode step; the tokens are exactly those plain decoding gives.
 
-One sequence at a time (batch 1), eager (no CUDA graph): a step's length varies.
+One sequence at a time (batch 1). A step that checks guesses runs eagerly (its length varies); a
+step without guesses replays the captured one-token decode step when the engine has one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .cuda_graph import GraphDecoder
 from .model import LlamaModel, StepContext
 
 
@@ -49,7 +51,8 @@ class NgramIndex:
 def lookup_decode(model: LlamaModel, caches: list[tuple[torch.Tensor, torch.Tensor]], history: list[int], last: torch.Tensor,
                   prompt_len: int, max_new_tokens: int, num_tokens: int, ngram_size: int, stop_ids: set[int],
                   pick: Callable[[torch.Tensor], torch.Tensor], logprob_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                  logprobs: list[list[float]] | None, stats: dict[str, Any], clock: Callable[[], float]) -> Iterator[list[int]]:
+                  logprobs: list[list[float]] | None, stats: dict[str, Any], clock: Callable[[], float],
+                  graph: GraphDecoder | None = None) -> Iterator[list[int]]:
     """Yields the tokens after the first (``last``, [1], chosen from the prefill) one by one, as
     ``[token]`` lists like the plain loop. ``history``: the prompt's tokens and ``last``; the KV
     cache holds the prompt (slots 0..prompt_len-1) and has room for ``max_new_tokens`` more.
@@ -57,7 +60,8 @@ def lookup_decode(model: LlamaModel, caches: list[tuple[torch.Tensor, torch.Tens
     A step feeds ``last`` and the guesses c1..ck at once; position j's logits choose token j+1 with
     the same ``pick`` as plain decoding (so filters, penalties and min_new_tokens act in order); the
     guesses are kept while each equals the choice, and the first choice that differs (or the one
-    after the last guess) is emitted too, so every step emits at least one token."""
+    after the last guess) is emitted too, so every step emits at least one token. ``graph``: a
+    non-greedy decode step on the same cache, replayed for the steps without guesses."""
     device = last.device
     index = NgramIndex(ngram_size)
     index.extend(history)
@@ -68,13 +72,18 @@ def lookup_decode(model: LlamaModel, caches: list[tuple[torch.Tensor, torch.Tens
         room = max_new_tokens - done - 1  # guesses past this could never be emitted
         guesses = index.candidates(min(num_tokens, room), stop_ids) if room > 0 else []
         slot = prompt_len + done - 1  # where `last` goes
-        fed = torch.tensor([[index.seq[-1], *guesses]], dtype=torch.long, device=device)  # [1, 1+g]
-        span = torch.arange(slot, slot + fed.shape[1], device=device)
-        ctx = StepContext(span[None, :], span, slot, kv_start, slot + fed.shape[1])
-        logits = model(fed, ctx, caches, last_only=False)[0]  # [1+g, V] fp32
+        if graph is not None and not guesses:
+            here = torch.full((1,), slot, dtype=torch.long, device=device)
+            graph.start(torch.full((1,), index.seq[-1], dtype=torch.long, device=device), here, slot)
+            logits = graph.replay()  # [1, V] fp32: the one-token step, captured
+        else:
+            fed = torch.tensor([[index.seq[-1], *guesses]], dtype=torch.long, device=device)  # [1, 1+g]
+            span = torch.arange(slot, slot + fed.shape[1], device=device)
+            ctx = StepContext(span[None, :], span, slot, kv_start, slot + fed.shape[1])
+            logits = model(fed, ctx, caches, last_only=False)[0]  # [1+g, V] fp32
         emitted: list[int] = []
         scores: list[list[float]] = []
-        for j in range(fed.shape[1]):
+        for j in range(len(guesses) + 1):
             row = logits[j : j + 1]
             chosen = pick(row)  # [1]
             emitted.append(int(chosen.item()))
