@@ -142,3 +142,33 @@ def test_score_prints_the_log_probability_transformers_gives(tmp_path):
     assert got["perplexity"] == pytest.approx(math.exp(-sum(per_token) / len(per_token)), rel=1e-3)
     empty = _cli("score", "")
     assert empty.returncode == 2 and "at least two" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_chat_and_infill_stream_print_what_the_plain_commands_print(tmp_path):
+    """--stream prints the same text as the plain command: a chat answer (stripped as Engine.chat
+    strips it), an infilled middle (ended at ▁<EOT>) and, with --full, the whole filled text."""
+    pytest.importorskip("transformers")
+    from tests.engine_helpers import make_hf_model, save
+
+    chat = [_cli("chat", "Tell me a story", "--max-new-tokens", "24", *extra) for extra in ((), ("--stream",))]
+    assert chat[0].returncode == chat[1].returncode == 0, chat[0].stderr + chat[1].stderr
+    assert chat[0].stdout == chat[1].stdout and chat[0].stdout.strip()
+    folder = save(make_hf_model("mha", seed=2), tmp_path / "codellama-vocab")  # a 32016-piece model: infilling works
+    for extra in ((), ("--full",)):
+        runs = [_cli("infill", "def f(x):\n    <FILL_ME>\n    return y\n", "--model", str(folder), "--max-new-tokens", "12", *extra, *s)
+                for s in ((), ("--stream",))]
+        assert runs[0].returncode == runs[1].returncode == 0, runs[0].stderr + runs[1].stderr
+        assert runs[0].stdout == runs[1].stdout and runs[0].stdout.strip()
+
+
+def test_stripped_stream_concatenates_to_the_stripped_text():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from codellama_fast.cli_engine import _stripped
+
+    @given(st.lists(st.text(alphabet=" \n\tab", max_size=5), max_size=8))
+    def check(deltas):
+        assert "".join(_stripped(iter(deltas))) == "".join(deltas).strip()
+
+    check()

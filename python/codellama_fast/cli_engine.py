@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .data import DEMO_MODEL_DIR
 
@@ -87,6 +87,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_stream(deltas: Iterator[str]) -> str:
+    """Writes text deltas as they come; returns the whole text."""
+    parts = []
+    for delta in deltas:
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+        parts.append(delta)
+    return "".join(parts)
+
+
+def _stripped(deltas: Iterator[str]) -> Iterator[str]:
+    """The deltas of ``"".join(deltas).strip()``: leading whitespace dropped, trailing whitespace
+    held back until more text follows it (as Engine.chat strips its answer)."""
+    started, pending = False, ""
+    for delta in deltas:
+        if not started:
+            delta = delta.lstrip()
+            if not delta:
+                continue
+            started = True
+        text = pending + delta
+        body = text.rstrip()
+        pending = text[len(body) :]
+        if body:
+            yield body
+
+
 def cmd_infill(args: argparse.Namespace) -> int:
     engine = _load(args)
     text = _prompt(args)
@@ -99,10 +126,34 @@ def cmd_infill(args: argparse.Namespace) -> int:
         if count != 1:
             raise ValueError(f"the text must contain exactly one {FILL_MARKER} (found {count}), or pass --suffix")
         prefix, _, suffix = text.partition(FILL_MARKER)
+    if args.stream:
+        from .errors import InfillingUnsupported
+
+        tok = engine.tokenizer
+        if not tok.can_infill:
+            raise InfillingUnsupported("this model's vocabulary has no infilling pieces (34B and Python variants cannot infill)")
+        ids = tok._native.encode_infill(prefix, suffix, bool(args.suffix_first), True)
+        kwargs = {**_gen_kwargs(args, engine), "stop_token_ids": [tok.eot_id]}  # the middle ends at ▁<EOT>
+        if args.full:
+            sys.stdout.write(prefix)
+        _write_stream(engine.stream(ids, **kwargs))
+        sys.stdout.write(suffix if args.full else "\n")
+        return 0
     res = engine.infill(prefix, suffix, suffix_first=args.suffix_first, **_gen_kwargs(args, engine))
     sys.stdout.write((res.text if args.full else res.middle) + ("\n" if not args.full else ""))
     _report(res.generation)
     return 0
+
+
+def _answer(engine: Any, messages: list[dict[str, str]], args: argparse.Namespace) -> str:
+    """The assistant's reply, printed (as it is generated with --stream); returns it."""
+    if not args.stream:
+        answer = engine.chat(messages, **_gen_kwargs(args, engine))
+        print(answer)
+        return answer
+    answer = _write_stream(_stripped(engine.stream(engine.tokenizer.chat_prompt_ids(messages), **_gen_kwargs(args, engine))))
+    sys.stdout.write("\n")
+    return answer
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -115,11 +166,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
             messages = json.loads(Path(args.messages_json).read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{args.messages_json} is not valid JSON ({exc}); it holds the dialog as [{{\"role\": ..., \"content\": ...}}, ...]") from None
-        print(engine.chat(messages, **_gen_kwargs(args, engine)))
+        _answer(engine, messages, args)
         return 0
     if args.prompt is not None or not sys.stdin.isatty():
         messages.append({"role": "user", "content": _prompt(args)})
-        print(engine.chat(messages, **_gen_kwargs(args, engine)))
+        _answer(engine, messages, args)
         return 0
     print("chat: an empty line ends the conversation", file=sys.stderr)
     while True:
@@ -130,9 +181,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not user.strip():
             break
         messages.append({"role": "user", "content": user})
-        answer = engine.chat(messages, **_gen_kwargs(args, engine))
-        print(answer)
-        messages.append({"role": "assistant", "content": answer})
+        messages.append({"role": "assistant", "content": _answer(engine, messages, args)})
     return 0
 
 
