@@ -192,3 +192,25 @@ def test_tokenizer_and_model_vocab_must_agree(model_dir):
     llama2 = CodeLlamaTokenizerFast.from_pretrained(LLAMA2_MODEL)
     with pytest.raises(Exception, match="32000 pieces but the model's vocabulary is 32016"):
         Engine(load_model(model_dir, device="cpu"), llama2)
+
+
+def test_generate_on_an_infilling_prompt_stops_at_eot(model_dir, tok):
+    """A <FILL_ME> text given to generate/stream (or its ids) is an infilling prompt: the middle ends
+    at ▁<EOT>, where transformers' generate keeps going (its issue #28150); stop_at_eos=False or
+    transformers' eos_token_id asks for the raw continuation."""
+    engine = Engine(load_model(model_dir, device="cpu"), tok)
+    text = "def f():\n   <FILL_ME>\n    return y\n"
+    middle = tok.encode(" x = 1", add_special_tokens=False)
+    script = middle + [tok.eot_id, 500, 600, 700]
+    scripted(engine, script)
+    res = engine.generate(text, max_new_tokens=10)
+    assert res.token_ids == [middle] and res.finish_reasons == ["eos"]
+    assert res.text == tok.decode_infilling(middle + [tok.eot_id, 500])
+    scripted(engine, script)
+    assert engine.generate(input_ids=[tok.encode(text)], max_new_tokens=10).token_ids == [middle]
+    scripted(engine, script)
+    assert "".join(engine.stream(text, max_new_tokens=10)) == res.text
+    scripted(engine, script)
+    assert engine.generate(text, max_new_tokens=len(script), stop_at_eos=False).token_ids == [script]
+    scripted(engine, [500, tok.eot_id, 600])
+    assert engine.generate("plain text", max_new_tokens=3).token_ids == [[500, tok.eot_id, 600]]  # not an infilling prompt

@@ -133,10 +133,9 @@ def cmd_infill(args: argparse.Namespace) -> int:
         if not tok.can_infill:
             raise InfillingUnsupported("this model's vocabulary has no infilling pieces (34B and Python variants cannot infill)")
         ids = tok._native.encode_infill(prefix, suffix, bool(args.suffix_first), True)
-        kwargs = {**_gen_kwargs(args, engine), "stop_token_ids": [tok.eot_id]}  # the middle ends at ▁<EOT>
         if args.full:
             sys.stdout.write(prefix)
-        _write_stream(engine.stream(ids, **kwargs))
+        _write_stream(engine.stream(ids, **_gen_kwargs(args, engine)))  # an infilling prompt ends at ▁<EOT>
         sys.stdout.write(suffix if args.full else "\n")
         return 0
     res = engine.infill(prefix, suffix, suffix_first=args.suffix_first, **_gen_kwargs(args, engine))

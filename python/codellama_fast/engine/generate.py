@@ -393,10 +393,16 @@ class Engine:
             token_logprobs=[list(lp) for lp in tracker.logprobs] if return_logprobs else None,
         )
 
-    def _stop_ids(self, cfg: GenerationConfig, extra: Sequence[int] = ()) -> set[int]:
+    def _stop_ids(self, cfg: GenerationConfig, extra: Sequence[int] = (), prompts: Sequence[Sequence[int]] = ()) -> set[int]:
+        """The ids that end a sequence: ``stop_token_ids`` and ``extra``; with ``stop_at_eos``, EOS,
+        and ▁<EOT> when a prompt is an infilling prompt (it holds ▁<MID>): the middle ends there,
+        where transformers keeps generating (its issue #28150)."""
         ids = set(cfg.stop_token_ids) | set(extra)
-        if cfg.stop_at_eos and self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
+        tok = self.tokenizer
+        if cfg.stop_at_eos and tok.eos_token_id is not None:
+            ids.add(tok.eos_token_id)
+        if cfg.stop_at_eos and tok.eot_id is not None and any(tok.middle_id in p for p in prompts):
+            ids.add(tok.eot_id)
         return ids
 
     def _continuation_decoder(self, prompts: Sequence[Sequence[int]]) -> list[Callable[[list[int]], str]]:
@@ -438,7 +444,7 @@ class Engine:
             raise ValueError("attention_mask goes with input_ids; text prompts need none")
         ids = self.encode_prompts(prompts) if input_ids is None else arguments.prompt_id_lists(input_ids, attention_mask)
         ids = [p for p in ids for _ in range(cfg.num_return_sequences)]  # each prompt's samples together, as transformers
-        return self._run(ids, cfg, self._stop_ids(cfg), self._continuation_decoder(ids), return_logprobs)
+        return self._run(ids, cfg, self._stop_ids(cfg, prompts=ids), self._continuation_decoder(ids), return_logprobs)
 
     def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[str]:
         """Yields text deltas of one prompt's continuation as tokens are generated. The deltas
@@ -448,7 +454,7 @@ class Engine:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else arguments.token_id_list("prompt", prompt)
         fresh = all(t == self.tokenizer.bos_token_id for t in ids)
         decoder = self.tokenizer.stream_decoder(skip_special_tokens=True, keep_leading_space=not fresh)
-        stop_ids = self._stop_ids(cfg)
+        stop_ids = self._stop_ids(cfg, prompts=[ids])
         stops = [s for s in cfg.stop if s]
         text, emitted = "", 0
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
