@@ -393,12 +393,15 @@ def test_alignment_is_fixed_at_the_call():
 
 
 def test_alignment_needs_a_tokenizer_call():
+    import copy
     import pickle
 
     tok = CodeLlamaTokenizerFast.from_pretrained()
     tok.pad_token = tok.eos_token
     enc = tok(["a b", "c"])
     assert enc.is_fast
+    for same in (copy.copy(enc), copy.deepcopy(enc)):  # copies keep the mappings
+        assert same.word_ids(1) == enc.word_ids(1) and same.tokens(0) == enc.tokens(0)
     for other in (tok.pad([{"input_ids": [1, 2]}, {"input_ids": [1]}]), pickle.loads(pickle.dumps(enc))):
         assert not other.is_fast
         with pytest.raises(TokenizerError, match="tokenizer call"):

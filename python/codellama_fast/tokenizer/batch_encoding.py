@@ -3,6 +3,7 @@ moves to a device, so it can be splatted into a transformers model's ``generate(
 
 from __future__ import annotations
 
+import copy
 from collections import UserDict
 from typing import Any
 
@@ -24,6 +25,17 @@ class BatchEncoding(AlignmentMethods, UserDict):
             return self.data[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def __copy__(self) -> "BatchEncoding":
+        return self._with_alignment(BatchEncoding(dict(self.data)))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "BatchEncoding":
+        return self._with_alignment(BatchEncoding(copy.deepcopy(self.data, memo)))
+
+    def _with_alignment(self, other: "BatchEncoding") -> "BatchEncoding":
+        # the mappings describe the call that made this encoding and never change: shared
+        other._alignment_source, other._alignment_rows = self._alignment_source, self._alignment_rows
+        return other
 
     def __getstate__(self) -> dict[str, Any]:
         return {"data": self.data}
