@@ -191,6 +191,45 @@ def test_graph_decode_7b_layout_matches_eager():
     assert graphed == eager
 
 
+def test_logprobs_lookup_and_scoring_on_the_captured_paths():
+    """7B layer shapes, 2 layers, fp16: log-probabilities read off the captured step equal the
+    uncaptured loop's; prompt lookup (captured one-token steps between eager guess checks on the
+    same cache) gives the plain greedy tokens; scoring through the kernels equals the torch ops."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
+    from llm_bench import SHAPES, random_engine
+
+    from codellama_fast import CodeLlamaTokenizerFast
+    from codellama_fast.engine.ops import TorchOps
+
+    SHAPES["7B-2layers"] = dict(SHAPES["7B"], num_hidden_layers=2)
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    eng = random_engine("7B-2layers", "cuda", torch.float16, tok)
+    block = torch.randint(3, 32000, (150,)).tolist()
+    prompt = [[1] + block + block + block[:20]]  # its last n-grams occur earlier: the first steps have guesses
+    kw = dict(max_new_tokens=40, stop_at_eos=False)
+    eng.use_cuda_graph = True
+    graphed = eng.generate(input_ids=prompt, return_logprobs=True, **kw)
+    eng.use_cuda_graph = False
+    eager = eng.generate(input_ids=prompt, return_logprobs=True, **kw)
+    assert graphed.token_ids == eager.token_ids
+    assert max(abs(a - b) for a, b in zip(graphed.token_logprobs[0], eager.token_logprobs[0])) < 5e-2
+    eng.use_cuda_graph = True
+    plain = eng.generate(input_ids=prompt, **kw).token_ids
+    assert eng.generate(input_ids=prompt, prompt_lookup_num_tokens=8, **kw).token_ids == plain
+    texts = ["def f(x):\n    return x + 1\n" * 8, "import os\nprint(os.getcwd())"]
+    fast = eng.score(texts)
+    triton_ops, eng.model.ops = eng.model.ops, TorchOps()
+    try:
+        ref = eng.score(texts)
+    finally:
+        eng.model.ops = triton_ops
+    for a, b in zip(fast.token_logprobs, ref.token_logprobs):
+        assert max(abs(x - y) for x, y in zip(a, b)) < 5e-2
+
+
 @pytest.mark.parametrize("shape", ["7B", "34B"])
 def test_prefill_activation_estimate_bounds_the_measured_peak(shape):
     """The per-token activation bytes that size prefill chunks (engine.memory) are at least what a
