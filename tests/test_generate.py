@@ -214,3 +214,25 @@ def test_generate_on_an_infilling_prompt_stops_at_eot(model_dir, tok):
     assert engine.generate(text, max_new_tokens=len(script), stop_at_eos=False).token_ids == [script]
     scripted(engine, [500, tok.eot_id, 600])
     assert engine.generate("plain text", max_new_tokens=3).token_ids == [[500, tok.eot_id, 600]]  # not an infilling prompt
+
+
+def test_infill_and_fill_a_batch_like_one_at_a_time(model_dir, tok):
+    """Lists of prefixes and suffixes fill together (left-padded batch): each middle equals the one
+    filled alone (greedy), with its own result row."""
+    engine = Engine(load_model(model_dir, dtype="float32", device="cpu"), tok)
+    prefixes = ["def f(x):\n    ", "import os\n", "x = ["]
+    suffixes = ["\n    return y\n", "\nprint(path)", "]"]
+    batch = engine.infill(prefixes, suffixes, max_new_tokens=12)
+    for res, p, s in zip(batch, prefixes, suffixes):
+        alone = engine.infill(p, s, max_new_tokens=12)
+        assert (res.prefix, res.suffix, res.middle) == (alone.prefix, alone.suffix, alone.middle)
+        assert res.generation.token_ids == alone.generation.token_ids and res.text == p + res.middle + s
+    texts = [p + "<FILL_ME>" + s for p, s in zip(prefixes, suffixes)]
+    assert engine.fill(texts, max_new_tokens=12) == [r.middle for r in batch]
+    assert engine.fill(texts[0], max_new_tokens=12) == batch[0].middle
+    with pytest.raises(ValueError, match="as many suffixes"):
+        engine.infill(prefixes, suffixes[:2])
+    with pytest.raises(TypeError, match="prefix and suffix"):
+        engine.infill("a", ["b"])
+    with pytest.raises(ValueError, match="text 1 contains 0"):
+        engine.fill([texts[0], "no marker"])

@@ -109,6 +109,23 @@ def prompt_id_lists(input_ids: Any, attention_mask: Any = None) -> list[list[int
     return out
 
 
+def infill_pairs(prefix: Any, suffix: Any) -> tuple[list[str], list[str]]:
+    """One prefix and suffix (str), or lists of them of one length."""
+    if isinstance(prefix, str) or isinstance(suffix, str):
+        if not (isinstance(prefix, str) and isinstance(suffix, str)):
+            raise TypeError("give prefix and suffix as two str, or as two lists of str")
+        return [prefix], [suffix]
+    lists = []
+    for name, value in (("prefix", prefix), ("suffix", suffix)):
+        if isinstance(value, (bytes, bytearray)) or not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"{name} must be a str or a list of str, got {type(value).__name__}")
+        lists.append(list(value))
+    prefixes, suffixes = lists
+    if len(prefixes) != len(suffixes) or not prefixes:
+        raise ValueError(f"a batch needs as many suffixes as prefixes (at least one); got {len(prefixes)} and {len(suffixes)}")
+    return prefixes, suffixes
+
+
 def prompt_texts(prompts: Any) -> list[str]:
     """``prompts``: one str or a sequence of str."""
     if isinstance(prompts, str):

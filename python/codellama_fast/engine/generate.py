@@ -4,6 +4,7 @@ infilling and Instruct chat."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import warnings
@@ -44,6 +45,12 @@ class GenerationResult:
     @property
     def text(self) -> str:
         return self.texts[0]
+
+    def row(self, k: int) -> "GenerationResult":
+        """Sequence ``k`` alone (the batch's timings)."""
+        logprobs = None if self.token_logprobs is None else [self.token_logprobs[k]]
+        return dataclasses.replace(self, texts=[self.texts[k]], token_ids=[self.token_ids[k]], finish_reasons=[self.finish_reasons[k]],
+                                   prompt_tokens=[self.prompt_tokens[k]], token_logprobs=logprobs)
 
     def summary(self) -> str:
         n = sum(len(t) for t in self.token_ids)
@@ -476,23 +483,35 @@ class Engine:
         if end > emitted:
             yield text[emitted:end]
 
-    def infill(self, prefix: str, suffix: str, *, suffix_first: bool = False, **kwargs: Any) -> InfillResult:
-        """Fills the gap between ``prefix`` and ``suffix`` (Meta's format); generation stops at ``▁<EOT>``."""
+    def infill(self, prefix: str | Sequence[str], suffix: str | Sequence[str], *, suffix_first: bool = False,
+               **kwargs: Any) -> InfillResult | list[InfillResult]:
+        """Fills the gap between ``prefix`` and ``suffix`` (Meta's format); generation stops at
+        ``▁<EOT>``. Lists of prefixes and suffixes fill a batch together (one result each)."""
         tok = self.tokenizer
         if not tok.can_infill:
             raise InfillingUnsupported("this model's vocabulary has no infilling pieces (34B and Python variants cannot infill)")
+        batched = not isinstance(prefix, str)
+        prefixes, suffixes = arguments.infill_pairs(prefix, suffix)
         cfg = self._config(kwargs)
-        ids = tok._native.encode_infill(prefix, suffix, bool(suffix_first), True)
-        result = self._run([ids], cfg, self._stop_ids(cfg, [tok.eot_id]), [tok.decode_infilling])
-        return InfillResult(prefix, result.texts[0], suffix, result)
+        ids = [tok._native.encode_infill(p, s, bool(suffix_first), True) for p, s in zip(prefixes, suffixes)]
+        result = self._run(ids, cfg, self._stop_ids(cfg, [tok.eot_id]), [tok.decode_infilling] * len(ids))
+        out = [InfillResult(p, result.texts[k], s, result.row(k)) for k, (p, s) in enumerate(zip(prefixes, suffixes))]
+        return out if batched else out[0]
 
-    def fill(self, text: str, **kwargs: Any) -> str:
-        """``text`` with one ``<FILL_ME>`` -> the generated middle only (like a pipeline's ``return_type=1``)."""
-        count = text.count(FILL_MARKER)
-        if count != 1:
-            raise ValueError(f"the text contains {count} {FILL_MARKER} markers; infilling needs exactly one")
-        prefix, _, suffix = text.partition(FILL_MARKER)
-        return self.infill(prefix, suffix, **kwargs).middle
+    def fill(self, text: str | Sequence[str], **kwargs: Any) -> str | list[str]:
+        """``text`` with one ``<FILL_ME>`` -> the generated middle only (like a pipeline's
+        ``return_type=1``); a list of such texts fills a batch together."""
+        texts = [text] if isinstance(text, str) else arguments.prompt_texts(text)
+        parts = []
+        for k, t in enumerate(texts):
+            count = t.count(FILL_MARKER)
+            if count != 1:
+                raise ValueError(f"text {k} contains {count} {FILL_MARKER} markers; infilling needs exactly one")
+            prefix, _, suffix = t.partition(FILL_MARKER)
+            parts.append((prefix, suffix))
+        results = self.infill([p for p, _ in parts], [s for _, s in parts], **kwargs)
+        middles = [r.middle for r in results]  # type: ignore[union-attr]
+        return middles[0] if isinstance(text, str) else middles
 
     def score(self, texts: str | Sequence[str] | None = None, *, input_ids: Sequence[Sequence[int]] | None = None,
               attention_mask: Sequence[Sequence[int]] | None = None) -> ScoreResult:
