@@ -296,7 +296,8 @@ class Engine:
         def logprob_of(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
             return logits.float().log_softmax(-1).gather(1, chosen[:, None])[:, 0]  # [B]
         if lookup is not None and b != 1:
-            raise ValueError(f"prompt_lookup_num_tokens decodes one sequence at a time (batch 1, as in transformers); this call has {b}")
+            raise ValueError(f"prompt_lookup_num_tokens decodes one sequence at a time (batch 1, as in transformers); "
+                             f"this call decodes {b} (prompts × num_return_sequences)")
         with self._graph_lease((b, max_len, graph_greedy), self._use_graph() and cfg.max_new_tokens > 1) as use_graph:
             graph = None
             if use_graph:
