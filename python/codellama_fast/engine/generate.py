@@ -293,11 +293,14 @@ class Engine:
         graph_greedy = (params.greedy and cfg.repetition_penalty == 1.0 and not suppressed and known == vocab
                         and logprobs is None and lookup is None)
 
-        def logprob_of(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-            return logits.float().log_softmax(-1).gather(1, chosen[:, None])[:, 0]  # [B]
         if lookup is not None and b != 1:
             raise ValueError(f"prompt_lookup_num_tokens decodes one sequence at a time (batch 1, as in transformers); "
                              f"this call decodes {b} (prompts × num_return_sequences)")
+
+        def logprob_of(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+            """log p(chosen) under the raw logits [B, V] -> [B]."""
+            return logits.float().log_softmax(-1).gather(1, chosen[:, None])[:, 0]
+
         with self._graph_lease((b, max_len, graph_greedy), self._use_graph() and cfg.max_new_tokens > 1) as use_graph:
             graph = None
             if use_graph:
