@@ -406,3 +406,21 @@ def test_alignment_needs_a_tokenizer_call():
         assert not other.is_fast
         with pytest.raises(TokenizerError, match="tokenizer call"):
             other.word_ids()
+
+
+def test_piece_offsets_equal_the_native_offsets(stdlib_corpus):
+    """The offsets read off the pieces (used for infilling parts) equal the native core's for the
+    same plain text, on corpus snippets and awkward starts (spaces, tabs, a lone ▁, emoji)."""
+    import random
+
+    from codellama_fast.tokenizer.piece_offsets import piece_offsets
+
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    rng = random.Random()
+    texts = [" Hello", "  x\n y", "héllo 🦙", "", " ", "   ", "\t\tdef", "▁", " ▁a"]
+    for _, text in rng.sample(stdlib_corpus, 60):
+        start = rng.randrange(max(1, len(text)))
+        texts.append(text[start : start + rng.choice([5, 60, 400])])
+    for text in texts:
+        ids, offsets = tok._native.encode_with_offsets(text, 2, False)
+        assert piece_offsets(tok._native, ids, True) == [tuple(o) for o in offsets], text

@@ -830,12 +830,33 @@ def test_alignment_on_the_corpus_matches_hf(hf, ours, sprinkled):
 
 @pytest.mark.parametrize("suffix_first", [False, True])
 def test_alignment_of_infilling_prompts_matches_hf(hf, ours, suffix_first):
-    """Two sequences (prefix 0, suffix 1), sentinels in none; characters are not available."""
-    text = "def f(a, b):\n    <FILL_ME>\n    return c  # done"
-    a, b = hf(text, suffix_first=suffix_first), ours(text, suffix_first=suffix_first)
+    """Two sequences (prefix 0, suffix 1), sentinels in none; the suffix's characters, counted in
+    the suffix, as transformers counts them (the prefix's: test_difference_infilling_prefix_offsets)."""
+    prefix, suffix = "def f(a, b):\n    ", "\n    return c  # done 🦙"
+    text = prefix + "<FILL_ME>" + suffix
+    a = hf(text, suffix_first=suffix_first, return_offsets_mapping=True)
+    b = ours(text, suffix_first=suffix_first, return_offsets_mapping=True)
     _assert_same_alignment(a, b, text, chars=False)
-    with pytest.raises(TokenizerError, match="infilling"):
-        b.char_to_token(3)
+    assert b["input_ids"] == a["input_ids"]
+    seq = b.sequence_ids()
+    assert [o for o, q in zip(b["offset_mapping"], seq) if q != 0] == [o for o, q in zip(a["offset_mapping"], seq) if q != 0]
+    for c in range(len(suffix) + 1):
+        assert b.char_to_token(0, c, sequence_index=1) == a.char_to_token(0, c, sequence_index=1)
+
+
+def test_difference_infilling_prefix_offsets(hf, ours, sp_codellama):
+    """transformers encodes an infilling prefix as " " + prefix and reports offsets in that string
+    (one past the text); ours are the prefix's own, as for the same text alone."""
+    text = "def f(a, b):\n    <FILL_ME>\n    return c"
+    prefix = text.split("<FILL_ME>")[0]
+    b = ours(text, return_offsets_mapping=True)
+    mine = [o for o, q in zip(b["offset_mapping"], b.sequence_ids()) if q == 0]
+    alone = ours(prefix, return_offsets_mapping=True, add_special_tokens=False)
+    assert alone["input_ids"] == sp_codellama.encode(prefix) and mine == alone["offset_mapping"]
+    assert mine[-1][1] == len(prefix)  # the spans run to the prefix's end, not one past it
+    a = hf(text, return_offsets_mapping=True)
+    theirs = [o for o, q in zip(a["offset_mapping"], a.sequence_ids()) if q == 0]
+    assert theirs != mine and theirs[0] == (0, mine[0][1] + 1)
 
 
 def test_alignment_with_added_tokens_matches_hf():

@@ -8,7 +8,8 @@ The rules are those of transformers' fast Code Llama tokenizer:
   is a word of its own (Code Llama has no pre-tokenizer, so plain text is one word);
 - the BOS/EOS the post-processor adds, the infilling sentinels and padding have no word, no
   sequence and no characters;
-- an infilling prompt has two sequences: 0, the prefix, and 1, the suffix, in either order.
+- an infilling prompt has two sequences: 0, the prefix, and 1, the suffix, in either order; each
+  counts characters in its own part.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 from ..errors import TokenizerError
+from .piece_offsets import piece_offsets
 
 # one token while rows are assembled: (id, character span or None, word or None, sequence or None)
 _Entry = tuple[int, "tuple[int, int] | None", "int | None", "int | None"]
@@ -63,11 +65,14 @@ def _text_entries(tok: Any, text: str, mode: int, plain: bool, added_ids: frozen
     return entries
 
 
-def _infill_entries(tok: Any, prefix: str, suffix: str, suffix_first: bool, add_bos: bool) -> list[_Entry]:
-    """Meta's infilling prompt (rust/infill.rs) with the prefix as sequence 0 and the suffix as 1."""
+def infill_entries(tok: Any, prefix: str, suffix: str, suffix_first: bool, add_bos: bool) -> list[_Entry]:
+    """Meta's infilling prompt (rust/infill.rs) with the prefix as sequence 0 and the suffix as 1,
+    each token's characters counted in its own part (as transformers counts a pair's)."""
     native = tok._native
-    pre = [(i, None, 0, 0) for i in tok._call_native(native.encode_text, prefix, native.add_dummy_prefix)]
-    suf = [(i, None, 0, 1) for i in tok._call_native(native.encode_text, suffix, False)]
+    pre_ids = tok._call_native(native.encode_text, prefix, native.add_dummy_prefix)
+    suf_ids = tok._call_native(native.encode_text, suffix, False)
+    pre = [(i, span, 0, 0) for i, span in zip(pre_ids, piece_offsets(native, pre_ids, native.add_dummy_prefix))]
+    suf = [(i, span, 0, 1) for i, span in zip(suf_ids, piece_offsets(native, suf_ids, False))]
     bos = [(tok.bos_token_id, None, None, None)] if add_bos else []
     p, s, m = ((tok.prefix_id, None, None, None), (tok.suffix_id, None, None, None), (tok.middle_id, None, None, None))
     return bos + ([p, s] + suf + [m] + pre if suffix_first else [p] + pre + [s] + suf + [m])
@@ -113,7 +118,7 @@ def compute_rows(snap: Any, texts: list[str], suffixes: list[Any], suffix_first:
             continue
         parts = snap._infill_parts(text, suffix)
         if parts is not None:
-            per_text.append((_infill_entries(snap, parts[0], parts[1], bool(suffix_first), add_special_tokens and snap._add_bos_token), True))
+            per_text.append((infill_entries(snap, parts[0], parts[1], bool(suffix_first), add_special_tokens and snap._add_bos_token), True))
             continue
         per_text.append((bos + _text_entries(snap, text, mode, plain, added_ids, specials) + eos, False))
     if overflow:
@@ -173,11 +178,6 @@ class AlignmentMethods:
     def _split(first: int, second: int | None) -> tuple[int, int]:
         return (0, first) if second is None else (first, second)
 
-    def _offsets(self, method: str, row: RowAlignment) -> list[tuple[int, int] | None]:
-        if row.is_infill:
-            raise TokenizerError(f"{method}(): character positions are not available for infilling prompts "
-                                 "(their sentinels have no place in the text)")
-        return row.offsets
 
     @property
     def n_sequences(self) -> int:
@@ -213,7 +213,7 @@ class AlignmentMethods:
         """The characters a token came from; None for added special tokens and padding."""
         b, t = self._split(batch_or_token_index, token_index)
         row = self._row("token_to_chars", b)
-        offsets = self._offsets("token_to_chars", row)
+        offsets = row.offsets
         if not -len(offsets) <= t < len(offsets) or offsets[t] is None:
             return None
         return CharSpan(*offsets[t])  # type: ignore[misc]
@@ -222,7 +222,7 @@ class AlignmentMethods:
         """The first token whose characters include ``char_index`` (None if none does)."""
         b, c = self._split(batch_or_char_index, char_index)
         row = self._row("char_to_token", b)
-        offsets = self._offsets("char_to_token", row)
+        offsets = row.offsets
         for k, (span, seq) in enumerate(zip(offsets, row.sequence_ids)):
             if seq == sequence_index and span is not None and span[0] <= c < span[1]:
                 return k
@@ -246,7 +246,7 @@ class AlignmentMethods:
         span = self.word_to_tokens(b, w, sequence_index)
         if span is None:
             return None
-        offsets = self._offsets("word_to_chars", self._row("word_to_chars", b))
+        offsets = self._row("word_to_chars", b).offsets
         first, last = offsets[span.start], offsets[span.end - 1]
         assert first is not None and last is not None  # a word's tokens come from the text
         return CharSpan(first[0], last[1])

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _native
 from ..errors import InfillingUnsupported, TokenIdError, TokenizerError
 from .adding import AddingMixin, added_tokens_of_folder
-from .alignment import PendingAlignment
+from .alignment import PendingAlignment, infill_entries
 from .batch_encoding import BatchEncoding
 from .batching import BatchingMixin, as_tensor
 from .chat import ChatMixin
@@ -639,14 +639,19 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
             infill_flags = [False] * n
         elif return_offsets_mapping:
             encoded, offsets = [], []
+            infill_flags = []
             for t, s in zip(texts, suffixes):
                 _check_text(t)
-                if s is not None or (self.fill_token and self.fill_token in t):
-                    raise TokenizerError("return_offsets_mapping is not available for infilling prompts (their sentinels have no place in the text)")
-                ids, offs = self._call_native(self._native.encode_with_offsets, t, self._mode(split_special_tokens), add_special_tokens)
-                encoded.append(ids)
-                offsets.append([tuple(o) for o in offs])
-            infill_flags = [False] * n
+                parts = self._infill_parts(t, _check_text(s, "suffix") if s is not None else None)
+                if parts is not None:  # each part's characters counted in the part; sentinels (0, 0)
+                    entries = self._infill_checked(parts, suffix_first, add_special_tokens)
+                    encoded.append([e[0] for e in entries])
+                    offsets.append([e[1] or (0, 0) for e in entries])
+                else:
+                    ids, offs = self._call_native(self._native.encode_with_offsets, t, self._mode(split_special_tokens), add_special_tokens)
+                    encoded.append(ids)
+                    offsets.append([tuple(o) for o in offs])
+                infill_flags.append(parts is not None)
         elif batched:
             for t in texts:
                 _check_text(t)
@@ -697,6 +702,13 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
     def _attach_alignment(self, out: BatchEncoding, *args: Any) -> None:
         """Lets ``out`` compute its token ↔ text mappings when first asked (see alignment.py)."""
         out._alignment_source = PendingAlignment(self, (*args, out["input_ids"]))
+
+    def _infill_checked(self, parts: tuple[str, str], suffix_first: bool | None, add_special_tokens: bool) -> list[Any]:
+        """The infilling prompt of (prefix, suffix) token by token, with their characters."""
+        if not self.can_infill:
+            raise InfillingUnsupported("this tokenizer's vocabulary has no infilling pieces; infilling needs a 7B/13B Code Llama tokenizer")
+        sf = self.suffix_first if suffix_first is None else suffix_first
+        return infill_entries(self, parts[0], parts[1], bool(sf), add_special_tokens and self._add_bos_token)
 
     def _encode_words(self, examples: list[Any], split_special_tokens: bool | None, add_special_tokens: bool) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
         """Ids and offsets of pre-split examples: each word encoded as a text of its own (so each
