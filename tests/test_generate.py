@@ -158,9 +158,11 @@ def test_chat_prompt_matches_meta(model_dir, tok, sp_codellama):
     assert engine.chat(dialog[1:2], max_new_tokens=20) == "print(1)"
 
 
-def test_chat_uses_a_fine_tunes_own_template(model_dir, tmp_path):
-    """With a chat template other than Code Llama Instruct's in the tokenizer config, engine.chat
-    prompts with it (and the generation prompt), as apply_chat_template gives it."""
+@pytest.mark.parametrize("where", ["config", "jinja file"])
+def test_chat_uses_a_fine_tunes_own_template(model_dir, tmp_path, where):
+    """With a chat template other than Code Llama Instruct's in the tokenizer config (or in
+    chat_template.jinja, where transformers 4.5x saves it), engine.chat prompts with it (and the
+    generation prompt), as apply_chat_template gives it."""
     import json
     import shutil
 
@@ -169,9 +171,13 @@ def test_chat_uses_a_fine_tunes_own_template(model_dir, tmp_path):
     for name in ("tokenizer.json", "tokenizer.model"):
         shutil.copy(CODELLAMA_DIR / name, tmp_path / name)
     cfg = json.loads((CODELLAMA_DIR / "tokenizer_config.json").read_text())
-    cfg["chat_template"] = CHATML
+    if where == "config":
+        cfg["chat_template"] = CHATML
+    else:
+        (tmp_path / "chat_template.jinja").write_text(CHATML)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
     tok = CodeLlamaTokenizerFast.from_pretrained(tmp_path)
+    assert tok.chat_template == CHATML
     engine = Engine(load_model(model_dir, device="cpu"), tok)
     calls = scripted(engine, tok.encode("print(1)", add_special_tokens=False) + [2])
     dialog = [{"role": "user", "content": "Write print(1)"}]

@@ -1041,3 +1041,45 @@ def test_difference_text_pairs_in_a_batch_are_infilled(hf, ours):
     batch = ours(texts, pairs)["input_ids"]
     assert batch == [ours(t, p)["input_ids"] for t, p in zip(texts, pairs)] == [hf(t, p)["input_ids"] for t, p in zip(texts, pairs)]
     assert hf(texts, pairs)["input_ids"] != batch and hf(texts, pairs)["input_ids"][0].count(hf.bos_token_id) == 2
+
+
+# ---------------------------------------------------------------- chat templates kept as files
+
+
+def test_chat_templates_saved_by_transformers_as_files_are_used(tmp_path):
+    """transformers 4.5x saves a chat template as chat_template.jinja (named ones under
+    additional_chat_templates/) and no longer in tokenizer_config.json: we read them, render as it
+    does (by name too), save them so both read them back, with truncation_side kept."""
+    hf = _hf_fast()
+    hf.chat_template = {"default": CHATML, "tool_use": GENERATION_CHATML}
+    hf.save_pretrained(tmp_path / "hf")
+    assert (tmp_path / "hf" / "chat_template.jinja").is_file()
+    ours = CodeLlamaTokenizerFast.from_pretrained(tmp_path / "hf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert ours.chat_template == hf.chat_template == {"default": CHATML, "tool_use": GENERATION_CHATML}
+    for name in (None, "tool_use"):
+        for kwargs in ({"tokenize": False}, {}, {"add_generation_prompt": True}):
+            assert ours.apply_chat_template(CHAT, chat_template=name, **kwargs) == hf.apply_chat_template(CHAT, chat_template=name, **kwargs)
+    ours.truncation_side = "left"
+    ours.save_pretrained(tmp_path / "ours")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "ours"))
+    assert again.chat_template == hf.chat_template and again.truncation_side == "left"
+    back = CodeLlamaTokenizerFast.from_pretrained(tmp_path / "ours")
+    assert back.chat_template == ours.chat_template and back.truncation_side == "left"
+
+
+def test_setting_a_chat_template_renders_as_hf(hf, ours):
+    a, b = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    a.chat_template = b.chat_template = CHATML
+    assert b.apply_chat_template(CHAT, tokenize=False) == a.apply_chat_template(CHAT, tokenize=False)
+    assert b.apply_chat_template(CHAT) == a.apply_chat_template(CHAT)
+    with pytest.raises(TypeError, match="chat template"):
+        b.chat_template = 3
+    b.chat_template = {"x": CHATML}
+    with pytest.raises(TokenizerError, match="default"):
+        b.apply_chat_template(CHAT)
+    assert b.apply_chat_template(CHAT, chat_template="x", tokenize=False) == a.apply_chat_template(CHAT, tokenize=False)

@@ -128,21 +128,52 @@ def _writes_llama2(template: str, bos: str, eos: str) -> bool:
         return "[INST]" in template and "[/INST]" in template
 
 
+def _templates(value: Any) -> str | dict[str, str] | None:
+    """A config's chat template: a str, a dict by name, or transformers' older list of
+    ``{"name", "template"}`` entries (read as a dict); None otherwise."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and value and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        return dict(value)
+    if isinstance(value, list) and value and all(isinstance(e, Mapping) and isinstance(e.get("name"), str) and isinstance(e.get("template"), str) for e in value):
+        return {e["name"]: e["template"] for e in value}
+    return None
+
+
 class ChatMixin:
     """``apply_chat_template`` for `CodeLlamaTokenizerFast`: Code Llama Instruct's format built in
     (Meta's ids), any other ``chat_template`` rendered with Jinja as transformers renders it."""
 
     @property
-    def chat_template(self) -> str | None:
-        """The ``chat_template`` of ``tokenizer_config.json`` (the Instruct models carry the Llama 2
-        template; a fine-tune may carry its own)."""
-        value = self._config.get("chat_template")  # type: ignore[attr-defined]
-        return value if isinstance(value, str) else None
+    def chat_template(self) -> str | dict[str, str] | None:
+        """The folder's chat template (``chat_template.jinja``, else the ``chat_template`` of
+        ``tokenizer_config.json``): the Instruct models carry the Llama 2 template, a fine-tune may
+        carry its own, or several by name (a dict, as transformers gives them). Settable."""
+        return _templates(self._config.get("chat_template"))  # type: ignore[attr-defined]
+
+    @chat_template.setter
+    def chat_template(self, value: str | dict[str, str] | None) -> None:
+        if value is not None and not isinstance(value, str) and _templates(value) is None:
+            raise TypeError("a chat template is a str (Jinja), a dict of them by name, or None")
+        self._config["chat_template"] = value  # type: ignore[attr-defined]
+
+    def get_chat_template(self, chat_template: str | None = None) -> str | None:
+        """The template to render: ``chat_template`` itself, or the name of one of the folder's
+        templates; else the folder's ("default" of several). None: Code Llama Instruct's format."""
+        templates = self.chat_template
+        if isinstance(templates, dict):
+            if chat_template is not None:
+                return templates.get(chat_template, chat_template)
+            if "default" not in templates:
+                raise TokenizerError(f"this tokenizer has several chat templates and none named 'default'; "
+                                     f"pass chat_template= one of {sorted(templates)}")
+            return templates["default"]
+        return chat_template if chat_template is not None else templates
 
     def _custom_template(self, chat_template: str | None) -> str | None:
         """The Jinja template to render, or None for Code Llama Instruct's format (no template, or
         one that writes that format)."""
-        template = chat_template if chat_template is not None else self.chat_template
+        template = self.get_chat_template(chat_template)
         if template is None:
             return None
         bos, eos = self.bos_token or "", self.eos_token or ""  # type: ignore[attr-defined]

@@ -49,13 +49,37 @@ def resolve(name_or_path: str | os.PathLike[str] | None) -> TokenizerFiles:
         raise FileNotFoundError(f"{folder} holds neither tokenizer.json nor tokenizer.model")
     cfg_path = folder / "tokenizer_config.json"
     stm_path = folder / "special_tokens_map.json"
+    config = _read_json(cfg_path) if cfg_path.is_file() else {}
+    templates = chat_template_files(folder)
+    if templates:  # as in transformers: template files take priority over the config's entry
+        config["chat_template"] = templates["default"] if list(templates) == ["default"] else templates
     return TokenizerFiles(
         folder,
         tj if tj.is_file() else None,
         tm if tm.is_file() else None,
-        _read_json(cfg_path) if cfg_path.is_file() else {},
+        config,
         _read_json(stm_path) if stm_path.is_file() else {},
     )
+
+
+CHAT_TEMPLATE_FILE, CHAT_TEMPLATE_DIR = "chat_template.jinja", "additional_chat_templates"
+
+
+def chat_template_files(folder: Path) -> dict[str, str]:
+    """The chat templates a folder keeps as files (transformers 4.5x saves them so):
+    ``chat_template.jinja`` ("default") and ``additional_chat_templates/NAME.jinja``."""
+    found: dict[str, str] = {}
+    paths = [("default", folder / CHAT_TEMPLATE_FILE)]
+    extra = folder / CHAT_TEMPLATE_DIR
+    if extra.is_dir():
+        paths += [(p.stem, p) for p in sorted(extra.glob("*.jinja"))]
+    for name, path in paths:
+        if path.is_file():
+            try:
+                found[name] = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InvalidTokenizerFile(f"{path}: cannot read the chat template ({exc})") from None
+    return found
 
 
 def token_content(value: Any) -> str | None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import _native
 from ..errors import TokenizerError
+from .files import CHAT_TEMPLATE_DIR, CHAT_TEMPLATE_FILE
 
 
 class SavingMixin:
@@ -26,11 +27,16 @@ class SavingMixin:
             "legacy": self._legacy,
             "model_max_length": self.model_max_length,
             "padding_side": self.padding_side,
+            "truncation_side": self.truncation_side,
             "split_special_tokens": self.split_special_tokens,
             "tokenizer_class": "CodeLlamaTokenizer",
         }
         if self._additional_special is not None:
             cfg["additional_special_tokens"] = list(self._additional_special)
+        templates = self.chat_template
+        if templates is not None:
+            # in the config (every transformers version reads it there); several as transformers' list
+            cfg["chat_template"] = templates if isinstance(templates, str) else [{"name": k, "template": v} for k, v in templates.items()]
         added = self._native.added_tokens()
         if added:
             # what the slow class reads to know the tokens past tokenizer.model
@@ -61,9 +67,27 @@ class SavingMixin:
         if self._additional_special is not None:
             stm["additional_special_tokens"] = list(self._additional_special)
         written.append(self._write(folder / "special_tokens_map.json", json.dumps(stm, indent=2, ensure_ascii=False)))
+        written.extend(self._write_chat_templates(folder))
         if self._model_file_bytes is not None:
             written.extend(self.save_vocabulary(folder))
         return tuple(written)
+
+    def _write_chat_templates(self, folder: Path) -> list[str]:
+        """The chat templates also as files, as transformers 4.5x saves them (and reads them first,
+        so a stale file in the folder must not outlive a changed template)."""
+        templates = self.chat_template
+        if templates is None:
+            return []
+        named = {"default": templates} if isinstance(templates, str) else templates
+        written = []
+        for name, text in named.items():
+            if name == "default":
+                path = folder / CHAT_TEMPLATE_FILE
+            else:
+                (folder / CHAT_TEMPLATE_DIR).mkdir(exist_ok=True)
+                path = folder / CHAT_TEMPLATE_DIR / f"{name}.jinja"
+            written.append(self._write(path, text))
+        return written
 
     def save_vocabulary(self, save_directory: str | os.PathLike[str], filename_prefix: str | None = None) -> tuple[str, ...]:
         """Writes the sentencepiece ``tokenizer.model`` (what the slow tokenizer needs)."""
