@@ -242,3 +242,18 @@ def test_infill_and_fill_a_batch_like_one_at_a_time(model_dir, tok):
         engine.infill("a", ["b"])
     with pytest.raises(ValueError, match="text 1 contains 0"):
         engine.fill([texts[0], "no marker"])
+
+
+def test_infill_several_samples_per_gap(model_dir, tok):
+    """num_return_sequences=n samples n middles per gap, gap by gap (fill gives the same middles
+    as infill); greedy refuses n > 1."""
+    engine = Engine(load_model(model_dir, dtype="float32", device="cpu"), tok)
+    kw = dict(max_new_tokens=8, temperature=1.0, seed=3, num_return_sequences=3)
+    one = engine.infill("def f(x):\n    ", "\n    return y\n", **kw)
+    assert len(one) == 3 and all(r.prefix == "def f(x):\n    " for r in one)
+    many = engine.infill(["def f(x):\n    ", "x = ["], ["\n    return y\n", "]"], **kw)
+    assert [r.suffix for r in many] == ["\n    return y\n"] * 3 + ["]"] * 3
+    assert engine.fill(["def f(x):\n    <FILL_ME>\n    return y\n", "x = [<FILL_ME>]"], **kw) == [r.middle for r in many]
+    assert len(engine.fill("x = [<FILL_ME>]", **kw)) == 3
+    with pytest.raises(ValueError, match="needs sampling"):
+        engine.infill("a", "b", num_return_sequences=2)

@@ -490,21 +490,24 @@ class Engine:
     def infill(self, prefix: str | Sequence[str], suffix: str | Sequence[str], *, suffix_first: bool = False,
                **kwargs: Any) -> InfillResult | list[InfillResult]:
         """Fills the gap between ``prefix`` and ``suffix`` (Meta's format); generation stops at
-        ``▁<EOT>``. Lists of prefixes and suffixes fill a batch together (one result each)."""
+        ``▁<EOT>``. Lists of prefixes and suffixes fill a batch together (one result each);
+        ``num_return_sequences=n`` (sampling) gives n results per gap, gap by gap."""
         tok = self.tokenizer
         if not tok.can_infill:
             raise InfillingUnsupported("this model's vocabulary has no infilling pieces (34B and Python variants cannot infill)")
-        batched = not isinstance(prefix, str)
         prefixes, suffixes = arguments.infill_pairs(prefix, suffix)
-        cfg = self._config(kwargs)
-        ids = [tok._native.encode_infill(p, s, bool(suffix_first), True) for p, s in zip(prefixes, suffixes)]
+        cfg = self._config(kwargs, many=True)
+        n = cfg.num_return_sequences
+        pairs = [(p, s) for p, s in zip(prefixes, suffixes) for _ in range(n)]
+        ids = [tok._native.encode_infill(p, s, bool(suffix_first), True) for p, s in pairs]
         result = self._run(ids, cfg, self._stop_ids(cfg, [tok.eot_id]), [tok.decode_infilling] * len(ids))
-        out = [InfillResult(p, result.texts[k], s, result.row(k)) for k, (p, s) in enumerate(zip(prefixes, suffixes))]
-        return out if batched else out[0]
+        out = [InfillResult(p, result.texts[k], s, result.row(k)) for k, (p, s) in enumerate(pairs)]
+        return out if len(out) > 1 or not isinstance(prefix, str) else out[0]
 
     def fill(self, text: str | Sequence[str], **kwargs: Any) -> str | list[str]:
         """``text`` with one ``<FILL_ME>`` -> the generated middle only (like a pipeline's
-        ``return_type=1``); a list of such texts fills a batch together."""
+        ``return_type=1``); a list of such texts fills a batch together (with
+        ``num_return_sequences=n``, n middles per text, text by text)."""
         texts = [text] if isinstance(text, str) else arguments.prompt_texts(text)
         parts = []
         for k, t in enumerate(texts):
@@ -514,8 +517,8 @@ class Engine:
             prefix, _, suffix = t.partition(FILL_MARKER)
             parts.append((prefix, suffix))
         results = self.infill([p for p, _ in parts], [s for _, s in parts], **kwargs)
-        middles = [r.middle for r in results]  # type: ignore[union-attr]
-        return middles[0] if isinstance(text, str) else middles
+        middles = [r.middle for r in (results if isinstance(results, list) else [results])]
+        return middles[0] if isinstance(text, str) and len(middles) == 1 else middles
 
     def score(self, texts: str | Sequence[str] | None = None, *, input_ids: Sequence[Sequence[int]] | None = None,
               attention_mask: Sequence[Sequence[int]] | None = None) -> ScoreResult:
