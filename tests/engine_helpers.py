@@ -62,3 +62,9 @@ def scripted(engine, script: list[int]) -> list[list[int]]:
 
     engine.model.forward = forward  # type: ignore[method-assign]
     return calls
+
+
+def logprobs_close(got, want, rel: float) -> bool:
+    """Log-probability lists equal within ``rel`` of each value's size (at least 1): a random
+    model's log-probabilities reach -30 and more, where fp32 rounding grows with the value."""
+    return len(got) == len(want) and all(abs(a - b) <= rel * max(1.0, abs(b)) for a, b in zip(got, want))

@@ -14,7 +14,7 @@ from codellama_fast import CheckpointError, CodeLlamaTokenizerFast, OutOfMemoryE
 from codellama_fast.engine import Engine, LlamaConfig, load_model  # noqa: E402
 from codellama_fast.engine.cache import KVCache  # noqa: E402
 from codellama_fast.engine.model import StepContext  # noqa: E402
-from tests.engine_helpers import CONFIGS, make_hf_model, save  # noqa: E402
+from tests.engine_helpers import CONFIGS, logprobs_close, make_hf_model, save  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -419,7 +419,7 @@ def test_score_equals_transformers_log_softmax(checkpoints, chunk):
         with torch.no_grad():
             ref = hf(torch.tensor([ids])).logits[0].log_softmax(-1)  # [T, V]
         expected = [ref[k, ids[k + 1]].item() for k in range(len(ids) - 1)]
-        assert len(got) == len(expected) and max(abs(a - b) for a, b in zip(got, expected)) < 1e-4
+        assert logprobs_close(got, expected, 1e-4)
     assert result.logprob == pytest.approx([sum(r) for r in result.token_logprobs])
     expected_ppl = [float(torch.tensor(r, dtype=torch.float64).neg().mean().exp()) for r in result.token_logprobs]
     assert result.perplexity == pytest.approx(expected_ppl, rel=1e-9)  # float64: a random model's perplexity can be 1e4+
@@ -436,7 +436,7 @@ def test_score_of_input_ids_with_a_padding_mask_equals_texts(checkpoints):
         enc = tok(texts, padding=True, padding_side=side, return_tensors="pt")
         by_ids = engine.score(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
         assert by_ids.token_ids == by_text.token_ids
-        assert all(max(abs(a - b) for a, b in zip(x, y)) < 1e-5 for x, y in zip(by_ids.token_logprobs, by_text.token_logprobs))
+        assert all(logprobs_close(x, y, 1e-5) for x, y in zip(by_ids.token_logprobs, by_text.token_logprobs))
 
 
 def test_score_errors(checkpoints):
@@ -465,7 +465,7 @@ def test_return_logprobs_equal_transformers_raw_logits(checkpoints, tok):
     want = [step[0].log_softmax(-1)[t].item() for step, t in zip(out.logits, want_ids)]
     got = engine.generate(prompt, max_new_tokens=20, stop_at_eos=False, return_logprobs=True)
     assert got.token_ids[0] == want_ids
-    assert max(abs(a - b) for a, b in zip(got.token_logprobs[0], want)) < 1e-4
+    assert logprobs_close(got.token_logprobs[0], want, 1e-4)
     assert engine.generate(prompt, max_new_tokens=3).token_logprobs is None  # only on request
 
 
@@ -484,7 +484,7 @@ def test_return_logprobs_of_samples_equal_scoring_the_text(checkpoints, tok):
             continue
         p = tok.encode(prompt)
         scored = engine.score(input_ids=[p + ids]).token_logprobs[0][len(p) - 1 :]
-        assert max(abs(a - b) for a, b in zip(lps, scored)) < 1e-4
+        assert logprobs_close(lps, scored, 1e-4)
     with pytest.raises(TypeError, match="return_logprobs"):
         engine.generate("x", max_new_tokens=2, return_logprobs="yes")
 
@@ -526,7 +526,7 @@ def test_prompt_lookup_greedy_equals_plain_greedy_and_transformers(checkpoints, 
     want = want[: want.index(end)] if end in want else want
     assert looked.token_ids[0] == plain.token_ids[0] == want
     scored = engine.score(input_ids=[ids[0].tolist() + want]).token_logprobs[0][ids.shape[1] - 1 :]
-    assert max(abs(a - b) for a, b in zip(looked.token_logprobs[0], scored)) < 1e-4
+    assert logprobs_close(looked.token_logprobs[0], scored, 1e-4)
 
 
 def test_prompt_lookup_keeps_the_guesses_the_model_confirms(tmp_path, tok):
@@ -566,7 +566,7 @@ def test_prompt_lookup_with_sampling_and_stops(checkpoints, tok):
     assert a.token_ids == engine.generate(prompt, **kw).token_ids
     p = tok.encode(prompt)
     scored = engine.score(input_ids=[p + a.token_ids[0]]).token_logprobs[0][len(p) - 1 :]
-    assert max(abs(x - y) for x, y in zip(a.token_logprobs[0], scored)) < 1e-4
+    assert logprobs_close(a.token_logprobs[0], scored, 1e-4)
     stop = a.token_ids[0][6]
     cut = engine.generate(prompt, stop_token_ids=[stop], **kw)
     assert cut.finish_reasons == ["eos"] and stop not in cut.token_ids[0] and cut.token_ids[0] == a.token_ids[0][: a.token_ids[0].index(stop)]

@@ -192,7 +192,7 @@ def test_engine_with_triton_ops_matches_torch_path(tmp_path, name):
     from codellama_fast import CodeLlamaTokenizerFast
     from codellama_fast.engine import Engine, load_model
     from codellama_fast.kernels.triton_ops import TritonOps
-    from tests.engine_helpers import make_hf_model, save
+    from tests.engine_helpers import logprobs_close, make_hf_model, save
 
     folder = save(make_hf_model(name, seed=torch.randint(0, 2**31, ()).item()), tmp_path / "m")
     tok = CodeLlamaTokenizerFast.from_pretrained()
@@ -206,7 +206,7 @@ def test_engine_with_triton_ops_matches_torch_path(tmp_path, name):
     # scoring (a prefill keeping every position's logits) through the kernels, in two chunks
     fast.prefill_chunk_tokens = ref.prefill_chunk_tokens = 7
     sa, sb = ref.score(prompts), fast.score(prompts)
-    assert all(max(abs(x - y) for x, y in zip(ra, rb)) < 1e-3 for ra, rb in zip(sa.token_logprobs, sb.token_logprobs))
+    assert all(logprobs_close(rb, ra, 1e-3) for ra, rb in zip(sa.token_logprobs, sb.token_logprobs))
     # and the logits of a prefill agree to fp32 precision
     ids = torch.tensor([tok.encode(prompts[0])], device=DEVICE)
     from codellama_fast.engine.cache import KVCache
@@ -248,7 +248,7 @@ def test_static_buffer_decode_step_matches_plain_loop(tmp_path, greedy):
     """The graph-decode step (static buffers advanced in place; captured on CUDA, run eagerly
     here) gives the same tokens as the plain decode loop."""
     pytest.importorskip("transformers")
-    from tests.engine_helpers import make_hf_model, save
+    from tests.engine_helpers import logprobs_close, make_hf_model, save
 
     folder = save(make_hf_model("mha", seed=5), tmp_path / "m")
     plain = _triton_engine(folder, graph=False)
@@ -261,7 +261,7 @@ def test_static_buffer_decode_step_matches_plain_loop(tmp_path, greedy):
     # the log-probabilities, taken off the static step's logits block by block
     a, b = graphed.generate(prompts, return_logprobs=True, **kw), plain.generate(prompts, return_logprobs=True, **kw)
     assert a.token_ids == b.token_ids
-    assert all(max(abs(x - y) for x, y in zip(ra, rb)) < 1e-4 for ra, rb in zip(a.token_logprobs, b.token_logprobs))
+    assert all(logprobs_close(ra, rb, 1e-4) for ra, rb in zip(a.token_logprobs, b.token_logprobs))
     # the captured state is reused for a second call of the same shape
     assert graphed.generate(prompts, **kw).token_ids == plain.generate(prompts, **kw).token_ids
 
