@@ -257,3 +257,12 @@ def test_infill_several_samples_per_gap(model_dir, tok):
     assert len(engine.fill("x = [<FILL_ME>]", **kw)) == 3
     with pytest.raises(ValueError, match="needs sampling"):
         engine.infill("a", "b", num_return_sequences=2)
+
+
+def test_only_infilling_rows_of_a_batch_stop_at_eot(model_dir, tok):
+    """In a batch with an infilling prompt and a plain one, ▁<EOT> ends the infilling row only."""
+    engine = Engine(load_model(model_dir, device="cpu"), tok)
+    scripted(engine, [500, tok.eot_id, 600, 700])  # every row gets the same tokens
+    res = engine.generate(["x = [1, <FILL_ME>]", "plain text"], max_new_tokens=4)
+    assert res.token_ids == [[500], [500, tok.eot_id, 600, 700]]
+    assert res.finish_reasons == ["eos", "length"]

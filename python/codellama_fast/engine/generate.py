@@ -74,8 +74,9 @@ class _StopTracker:
     """Per-sequence stop state: stop ids end a sequence at once; stop strings are checked on the
     decoded continuation and cut it."""
 
-    def __init__(self, stop_ids: set[int], stop_strings: Sequence[str], decoders: Sequence[Callable[[list[int]], str]]) -> None:
-        self.stop_ids, self.stop_strings, self.decoders = stop_ids, list(stop_strings), list(decoders)
+    def __init__(self, stop_ids: Sequence[set[int]], stop_strings: Sequence[str], decoders: Sequence[Callable[[list[int]], str]]) -> None:
+        # stop_ids: each sequence's own (an infilling prompt's include ▁<EOT>)
+        self.stop_ids, self.stop_strings, self.decoders = list(stop_ids), list(stop_strings), list(decoders)
         batch = len(self.decoders)
         self.ids: list[list[int]] = [[] for _ in range(batch)]
         self.logprobs: list[list[float]] = [[] for _ in range(batch)]
@@ -86,7 +87,7 @@ class _StopTracker:
         for b, tok in enumerate(tokens):
             if self.reasons[b] is not None:
                 continue
-            if tok in self.stop_ids:
+            if tok in self.stop_ids[b]:
                 self.reasons[b] = "eos"
                 continue
             self.ids[b].append(tok)
@@ -382,12 +383,14 @@ class Engine:
                 with self._lease_lock:
                     self._leased.discard(key)
 
-    def _run(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: set[int],
+    def _run(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: set[int] | Sequence[set[int]],
              decoders: Sequence[Callable[[list[int]], str]], return_logprobs: bool = False) -> GenerationResult:
+        """Generates for `prompts` until each stops; `stop_ids`: one set for all, or one per prompt."""
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
-        tracker = _StopTracker(stop_ids, cfg.stop, decoders)
+        rows = [stop_ids] * len(prompts) if isinstance(stop_ids, (set, frozenset)) else list(stop_ids)
+        tracker = _StopTracker(rows, cfg.stop, decoders)
         steps: list[list[float]] | None = [] if return_logprobs else None
-        for host in self._steps(prompts, cfg, stats, stop_ids=stop_ids, logprobs=steps):
+        for host in self._steps(prompts, cfg, stats, stop_ids=set().union(*rows), logprobs=steps):
             tracker.push(host, steps[-1] if steps else None)
             if tracker.all_done:
                 break
@@ -404,15 +407,15 @@ class Engine:
             token_logprobs=[list(lp) for lp in tracker.logprobs] if return_logprobs else None,
         )
 
-    def _stop_ids(self, cfg: GenerationConfig, extra: Sequence[int] = (), prompts: Sequence[Sequence[int]] = ()) -> set[int]:
+    def _stop_ids(self, cfg: GenerationConfig, extra: Sequence[int] = (), prompt: Sequence[int] = ()) -> set[int]:
         """The ids that end a sequence: ``stop_token_ids`` and ``extra``; with ``stop_at_eos``, EOS,
-        and ▁<EOT> when a prompt is an infilling prompt (it holds ▁<MID>): the middle ends there,
+        and ▁<EOT> when `prompt` is an infilling prompt (it holds ▁<MID>): the middle ends there,
         where transformers keeps generating (its issue #28150)."""
         ids = set(cfg.stop_token_ids) | set(extra)
         tok = self.tokenizer
         if cfg.stop_at_eos and tok.eos_token_id is not None:
             ids.add(tok.eos_token_id)
-        if cfg.stop_at_eos and tok.eot_id is not None and any(tok.middle_id in p for p in prompts):
+        if cfg.stop_at_eos and tok.eot_id is not None and tok.middle_id in prompt:
             ids.add(tok.eot_id)
         return ids
 
@@ -455,7 +458,8 @@ class Engine:
             raise ValueError("attention_mask goes with input_ids; text prompts need none")
         ids = self.encode_prompts(prompts) if input_ids is None else arguments.prompt_id_lists(input_ids, attention_mask)
         ids = [p for p in ids for _ in range(cfg.num_return_sequences)]  # each prompt's samples together, as transformers
-        return self._run(ids, cfg, self._stop_ids(cfg, prompts=ids), self._continuation_decoder(ids), return_logprobs)
+        stops = [self._stop_ids(cfg, prompt=p) for p in ids]
+        return self._run(ids, cfg, stops, self._continuation_decoder(ids), return_logprobs)
 
     def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[str]:
         """Yields text deltas of one prompt's continuation as tokens are generated. The deltas
@@ -465,7 +469,7 @@ class Engine:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else arguments.token_id_list("prompt", prompt)
         fresh = all(t == self.tokenizer.bos_token_id for t in ids)
         decoder = self.tokenizer.stream_decoder(skip_special_tokens=True, keep_leading_space=not fresh)
-        stop_ids = self._stop_ids(cfg, prompts=[ids])
+        stop_ids = self._stop_ids(cfg, prompt=ids)
         stops = [s for s in cfg.stop if s]
         text, emitted = "", 0
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
