@@ -99,9 +99,11 @@ class PendingAlignment:
                             limit, stride, overflow, side, split_into_words, input_ids)
 
 
-def compute_rows(snap: Any, texts: list[str], suffixes: list[Any], suffix_first: bool, add_special_tokens: bool,
-          split_special_tokens: bool | None, limit: int | None, stride: int, overflow: bool, side: str,
-          split_into_words: bool, input_ids: Any) -> list[RowAlignment]:
+def compute_rows(snap: Any, texts: list[Any], suffixes: list[Any], suffix_first: bool, add_special_tokens: bool,
+                 split_special_tokens: bool | None, limit: int | None, stride: int, overflow: bool, side: str,
+                 split_into_words: bool, input_ids: Any) -> list[RowAlignment]:
+    """The rows of a call's encoding, built as the call built its ids (the same encoders, then the
+    same truncation or overflow windows and padding), token by token with their spans."""
     mode = snap._mode(split_special_tokens)
     plain = mode == 2
     native = snap._native
