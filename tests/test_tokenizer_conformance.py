@@ -273,6 +273,24 @@ def test_apply_chat_template_batches_like_hf(instruct_dir):
         assert (a.tolist() if hasattr(a, "tolist") else a) == (b.tolist() if hasattr(b, "tolist") else b)
 
 
+def _folder_with_template(folder, template):
+    """A copy of the Code Llama tokenizer folder whose config carries `template`, loaded by
+    transformers and here (both with EOS as the pad token)."""
+    import json
+    import shutil
+
+    for name in ("tokenizer.json", "tokenizer.model"):
+        shutil.copy(CODELLAMA_DIR / name, folder / name)
+    cfg = json.loads((CODELLAMA_DIR / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = template
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = transformers.AutoTokenizer.from_pretrained(str(folder))
+    ours = CodeLlamaTokenizerFast.from_pretrained(folder)
+    for tok in (hf, ours):
+        tok.pad_token = tok.eos_token
+    return hf, ours
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -282,18 +300,7 @@ def test_apply_chat_template_batches_like_hf(instruct_dir):
 def test_other_chat_templates_render_as_in_hf(tmp_path, kwargs):
     """A fine-tune's own chat template (ChatML here, in its tokenizer_config.json, or passed as
     chat_template=) is rendered and tokenized as transformers does."""
-    import json
-    import shutil
-
-    for name in ("tokenizer.json", "tokenizer.model"):
-        shutil.copy(CODELLAMA_DIR / name, tmp_path / name)
-    cfg = json.loads((CODELLAMA_DIR / "tokenizer_config.json").read_text())
-    cfg["chat_template"] = CHATML
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
-    ours = CodeLlamaTokenizerFast.from_pretrained(tmp_path)
+    hf, ours = _folder_with_template(tmp_path, CHATML)
     dialog = CHAT[:3] if kwargs.get("continue_final_message") else CHAT
     a, b = hf.apply_chat_template(dialog, **kwargs), ours.apply_chat_template(dialog, **kwargs)
     as_plain = lambda x: x if isinstance(x, str) else (_plain(x) if hasattr(x, "keys") else (x.tolist() if hasattr(x, "tolist") else x))  # noqa: E731
@@ -955,24 +962,6 @@ GENERATION_CHATML = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 MASK_CHAT = CHAT[:3] + [{"role": "user", "content": "more, é"}, {"role": "assistant", "content": " ok 🦙 "}]
-
-
-def _folder_with_template(folder, template):
-    import json
-    import shutil
-
-    for name in ("tokenizer.json", "tokenizer.model"):
-        shutil.copy(CODELLAMA_DIR / name, folder / name)
-    cfg = json.loads((CODELLAMA_DIR / "tokenizer_config.json").read_text())
-    cfg["chat_template"] = template
-    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        hf = transformers.AutoTokenizer.from_pretrained(str(folder))
-    ours = CodeLlamaTokenizerFast.from_pretrained(folder)
-    for tok in (hf, ours):
-        tok.pad_token = tok.eos_token
-    return hf, ours
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -127,12 +127,7 @@ def cmd_infill(args: argparse.Namespace) -> int:
             raise ValueError(f"the text must contain exactly one {FILL_MARKER} (found {count}), or pass --suffix")
         prefix, _, suffix = text.partition(FILL_MARKER)
     if args.stream:
-        from .errors import InfillingUnsupported
-
-        tok = engine.tokenizer
-        if not tok.can_infill:
-            raise InfillingUnsupported("this model's vocabulary has no infilling pieces (34B and Python variants cannot infill)")
-        ids = tok._native.encode_infill(prefix, suffix, bool(args.suffix_first), True)
+        ids = engine.infill_prompt_ids(prefix, suffix, args.suffix_first)
         if args.full:
             sys.stdout.write(prefix)
         _write_stream(engine.stream(ids, **_gen_kwargs(args, engine)))  # an infilling prompt ends at ▁<EOT>

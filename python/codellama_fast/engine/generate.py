@@ -321,7 +321,7 @@ class Engine:
                 yield host
                 if lookup is not None:
                     yield from prompt_lookup.lookup_decode(
-                        self.model, cache.layers, list(prompts[0]) + host, nxt, t, cfg.max_new_tokens, lookup,
+                        self.model, cache.layers, list(prompts[0]) + host, t, cfg.max_new_tokens, lookup,
                         cfg.max_matching_ngram_size, set(stop_ids), pick, logprob_of, logprobs, stats, time.perf_counter, graph)
                     sync()
                     return
@@ -491,19 +491,24 @@ class Engine:
         if end > emitted:
             yield text[emitted:end]
 
+    def infill_prompt_ids(self, prefix: str, suffix: str, suffix_first: bool = False) -> list[int]:
+        """Meta's infilling prompt (with BOS); generating from it stops at ``▁<EOT>``."""
+        if not self.tokenizer.can_infill:
+            raise InfillingUnsupported("this model's vocabulary has no infilling pieces (34B and Python variants cannot infill)")
+        return self.tokenizer._native.encode_infill(prefix, suffix, bool(suffix_first), True)
+
     def infill(self, prefix: str | Sequence[str], suffix: str | Sequence[str], *, suffix_first: bool = False,
                **kwargs: Any) -> InfillResult | list[InfillResult]:
         """Fills the gap between ``prefix`` and ``suffix`` (Meta's format); generation stops at
         ``▁<EOT>``. Lists of prefixes and suffixes fill a batch together (one result each);
         ``num_return_sequences=n`` (sampling) gives n results per gap, gap by gap."""
         tok = self.tokenizer
-        if not tok.can_infill:
-            raise InfillingUnsupported("this model's vocabulary has no infilling pieces (34B and Python variants cannot infill)")
         prefixes, suffixes = arguments.infill_pairs(prefix, suffix)
         cfg = self._config(kwargs, many=True)
         n = cfg.num_return_sequences
+        prompts = [self.infill_prompt_ids(p, s, suffix_first) for p, s in zip(prefixes, suffixes)]
         pairs = [(p, s) for p, s in zip(prefixes, suffixes) for _ in range(n)]
-        ids = [tok._native.encode_infill(p, s, bool(suffix_first), True) for p, s in pairs]
+        ids = [i for i in prompts for _ in range(n)]  # each gap's samples together
         result = self._run(ids, cfg, self._stop_ids(cfg, [tok.eot_id]), [tok.decode_infilling] * len(ids))
         out = [InfillResult(p, result.texts[k], s, result.row(k)) for k, (p, s) in enumerate(pairs)]
         return out if len(out) > 1 or not isinstance(prefix, str) else out[0]

@@ -48,30 +48,30 @@ class NgramIndex:
         return []
 
 
-def lookup_decode(model: LlamaModel, caches: list[tuple[torch.Tensor, torch.Tensor]], history: list[int], last: torch.Tensor,
-                  prompt_len: int, max_new_tokens: int, num_tokens: int, ngram_size: int, stop_ids: set[int],
+def lookup_decode(model: LlamaModel, caches: list[tuple[torch.Tensor, torch.Tensor]], history: list[int], prompt_len: int, max_new_tokens: int, num_tokens: int, ngram_size: int, stop_ids: set[int],
                   pick: Callable[[torch.Tensor], torch.Tensor], logprob_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                   logprobs: list[list[float]] | None, stats: dict[str, Any], clock: Callable[[], float],
                   graph: GraphDecoder | None = None) -> Iterator[list[int]]:
-    """Yields the tokens after the first (``last``, [1], chosen from the prefill) one by one, as
-    ``[token]`` lists like the plain loop. ``history``: the prompt's tokens and ``last``; the KV
-    cache holds the prompt (slots 0..prompt_len-1) and has room for ``max_new_tokens`` more.
+    """Yields the tokens after the first one by one, as ``[token]`` lists like the plain loop.
+    ``history``: the prompt's tokens and the first generated one (chosen from the prefill, not yet
+    in the cache); the KV cache holds the prompt (slots 0..prompt_len-1) and has room for
+    ``max_new_tokens`` more.
 
-    A step feeds ``last`` and the guesses c1..ck at once; position j's logits choose token j+1 with
+    A step feeds the newest token and the guesses c1..ck at once; position j's logits choose token j+1 with
     the same ``pick`` as plain decoding (so filters, penalties and min_new_tokens act in order); the
     guesses are kept while each equals the choice, and the first choice that differs (or the one
     after the last guess) is emitted too, so every step emits at least one token. ``graph``: a
     non-greedy decode step on the same cache, replayed for the steps without guesses."""
-    device = last.device
+    device = model.embed.weight.device
     index = NgramIndex(ngram_size)
     index.extend(history)
     kv_start = torch.zeros(1, dtype=torch.long, device=device)
-    done = 1  # tokens emitted so far; `last` is the newest and is not in the cache yet
+    done = 1  # tokens emitted so far; the newest is not in the cache yet
     decode_start = clock()
     while done < max_new_tokens:
         room = max_new_tokens - done - 1  # guesses past this could never be emitted
         guesses = index.candidates(min(num_tokens, room), stop_ids) if room > 0 else []
-        slot = prompt_len + done - 1  # where `last` goes
+        slot = prompt_len + done - 1  # where the newest token goes
         if graph is not None and not guesses:
             here = torch.full((1,), slot, dtype=torch.long, device=device)
             graph.start(torch.full((1,), index.seq[-1], dtype=torch.long, device=device), here, slot)

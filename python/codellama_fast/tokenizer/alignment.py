@@ -114,8 +114,7 @@ def compute_rows(snap: Any, texts: list[Any], suffixes: list[Any], suffix_first:
     bos, eos = [(snap.bos_token_id, None, None, None)] * head, [(snap.eos_token_id, None, None, None)] * tail
     for text, suffix in zip(texts, suffixes):
         if split_into_words:  # each given word is one word, whatever it holds; offsets within it
-            body = [(i, span, k, 0) for k, word in enumerate(text)
-                    for i, span in zip(*snap._call_native(native.encode_with_offsets, word, mode, False))]
+            body = [(i, span, k, 0) for i, span, k in snap._word_tokens(text, mode)]
             per_text.append((bos + body + eos, False))
             continue
         parts = snap._infill_parts(text, suffix)

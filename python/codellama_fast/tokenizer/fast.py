@@ -433,6 +433,13 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
             return prefix, rest
         return None
 
+    def _require_infill(self) -> None:
+        if not self.can_infill:
+            raise InfillingUnsupported(
+                "this tokenizer's vocabulary has no infilling pieces (▁<PRE>, ▁<SUF>, ▁<MID>, ▁<EOT>); "
+                "infilling needs a 7B/13B Code Llama tokenizer with 32016 pieces"
+            )
+
     def _encode_one(
         self,
         text: str,
@@ -445,11 +452,7 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         _check_text(text)
         parts = self._infill_parts(text, suffix)
         if parts is not None:
-            if not self.can_infill:
-                raise InfillingUnsupported(
-                    "this tokenizer's vocabulary has no infilling pieces (▁<PRE>, ▁<SUF>, ▁<MID>, ▁<EOT>); "
-                    "infilling needs a 7B/13B Code Llama tokenizer with 32016 pieces"
-                )
+            self._require_infill()
             sf = self.suffix_first if suffix_first is None else suffix_first
             add_bos = add_special_tokens and self._add_bos_token
             return self._call_native(self._native.encode_infill, parts[0], parts[1], bool(sf), add_bos), True
@@ -661,8 +664,7 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
             if self.fill_token not in (None, FILL_MARKER):
                 items = [self._infill_parts(t, s) or t for t, s in zip(texts, suffixes)]
             if any(isinstance(i, tuple) for i in items) or any(FILL_MARKER in t for t in texts):
-                if not self.can_infill:
-                    raise InfillingUnsupported("this tokenizer's vocabulary has no infilling pieces; infilling needs a 7B/13B Code Llama tokenizer")
+                self._require_infill()
             sf = self.suffix_first if suffix_first is None else suffix_first
             try:
                 encoded = self._call_native(
@@ -705,25 +707,29 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
 
     def _infill_checked(self, parts: tuple[str, str], suffix_first: bool | None, add_special_tokens: bool) -> list[Any]:
         """The infilling prompt of (prefix, suffix) token by token, with their characters."""
-        if not self.can_infill:
-            raise InfillingUnsupported("this tokenizer's vocabulary has no infilling pieces; infilling needs a 7B/13B Code Llama tokenizer")
+        self._require_infill()
         sf = self.suffix_first if suffix_first is None else suffix_first
         return infill_entries(self, parts[0], parts[1], bool(sf), add_special_tokens and self._add_bos_token)
 
+    def _word_tokens(self, words: Sequence[Any], mode: int) -> list[tuple[int, tuple[int, int], int]]:
+        """(id, span within its word, word index) of each token of one pre-split example: each word
+        encoded as a text of its own (so each gets sentencepiece's dummy prefix, as transformers
+        encodes them)."""
+        out = []
+        for k, word in enumerate(words):
+            ids, offsets = self._call_native(self._native.encode_with_offsets, _check_text(word, f"word {k}"), mode, False)
+            out += [(i, tuple(span), k) for i, span in zip(ids, offsets)]
+        return out
+
     def _encode_words(self, examples: list[Any], split_special_tokens: bool | None, add_special_tokens: bool) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
-        """Ids and offsets of pre-split examples: each word encoded as a text of its own (so each
-        gets sentencepiece's dummy prefix, as transformers encodes them), offsets within the word."""
+        """Ids and offsets (within each word) of pre-split examples, with the special tokens."""
         mode = self._mode(split_special_tokens)
         head, tail = self._special_ends(add_special_tokens)
         encoded, offsets = [], []
         for words in examples:
-            ids, offs = [self.bos_token_id] * head, [(0, 0)] * head
-            for k, word in enumerate(words):
-                i, o = self._call_native(self._native.encode_with_offsets, _check_text(word, f"word {k}"), mode, False)
-                ids += i
-                offs += o
-            encoded.append(ids + [self.eos_token_id] * tail)
-            offsets.append(offs + [(0, 0)] * tail)
+            tokens = self._word_tokens(words, mode)
+            encoded.append([self.bos_token_id] * head + [t[0] for t in tokens] + [self.eos_token_id] * tail)
+            offsets.append([(0, 0)] * head + [t[1] for t in tokens] + [(0, 0)] * tail)
         return encoded, offsets
 
     def encode_plus(self, text: str, text_pair: str | None = None, **kwargs: Any) -> BatchEncoding:
