@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::error::{Result, TokenizerError};
 use crate::hub_json::added_token_entry;
-use crate::special::SpecialMatcher;
+use crate::special::{MatchFlags, SpecialMatcher};
 use crate::tokenizer::{CodeLlamaTokenizer, PieceText, SPACE_MARK};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,6 +18,23 @@ pub struct AddedPiece {
     pub id: u32,
     pub special: bool,
     pub normalized: bool,
+    pub flags: MatchFlags,
+}
+
+/// A token to add: its content and transformers' flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewToken {
+    pub content: String,
+    pub special: bool,
+    pub normalized: bool,
+    pub flags: MatchFlags,
+}
+
+impl NewToken {
+    /// A token without lstrip/rstrip/single_word.
+    pub fn new(content: &str, special: bool, normalized: bool) -> Self {
+        NewToken { content: content.to_string(), special, normalized, flags: MatchFlags::default() }
+    }
 }
 
 /// The matchers the added pieces need, beside the special-piece matcher.
@@ -52,11 +69,13 @@ pub(crate) fn parse_added(entries: &[Value], n: usize) -> std::result::Result<Ve
         if content.is_empty() {
             return Err(format!("added token {id} has empty content"));
         }
-        let flag = |k: &str, default: bool| tok.get(k).and_then(Value::as_bool).unwrap_or(default);
-        if let Some(k) = ["lstrip", "rstrip", "single_word"].into_iter().find(|k| flag(k, false)) {
-            return Err(format!("added token {content:?} asks for {k} matching, which is not supported"));
-        }
-        out.push(AddedPiece { content: content.to_string(), id: id as u32, special: flag("special", false), normalized: flag("normalized", true) });
+        let flag = |k: &str, default: bool| match tok.get(k) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| format!("added token {content:?}: \"{k}\" must be true or false, not {v}")),
+        };
+        let flags = MatchFlags { lstrip: flag("lstrip", false)?, rstrip: flag("rstrip", false)?, single_word: flag("single_word", false)? };
+        let (special, normalized) = (flag("special", false)?, flag("normalized", true)?);
+        out.push(AddedPiece { content: content.to_string(), id: id as u32, special, normalized, flags });
     }
     out.sort_by_key(|a| a.id);
     for (k, a) in out.iter().enumerate() {
@@ -81,29 +100,33 @@ impl CodeLlamaTokenizer {
             self.piece_to_id.insert(a.content.clone(), a.id);
             self.added.push(a);
         }
-        let raw: Vec<(String, u32)> = self
-            .base_matched
-            .iter()
-            .cloned()
-            .chain(self.added.iter().filter(|a| !a.normalized).map(|a| (a.content.clone(), a.id)))
-            .collect();
-        self.matcher = SpecialMatcher::new(&raw);
-        let normalized: Vec<(String, u32)> =
-            self.added.iter().filter(|a| a.normalized).map(|a| (normalize(&a.content, self.add_dummy_prefix), a.id)).collect();
+        // (pattern, id) with its flags; the base vocabulary's special pieces have none
+        let base = self.base_matched.iter().map(|(s, id)| (s.clone(), *id, MatchFlags::default()));
+        let raw: Vec<(String, u32, MatchFlags)> =
+            base.chain(self.added.iter().filter(|a| !a.normalized).map(|a| (a.content.clone(), a.id, a.flags))).collect();
+        let matcher = |entries: &[(String, u32, MatchFlags)]| {
+            let tokens: Vec<(String, u32)> = entries.iter().map(|(s, id, _)| (s.clone(), *id)).collect();
+            let flags: Vec<MatchFlags> = entries.iter().map(|e| e.2).collect();
+            SpecialMatcher::with_flags(&tokens, &flags)
+        };
+        self.matcher = matcher(&raw);
+        let normalized: Vec<(String, u32, MatchFlags)> =
+            self.added.iter().filter(|a| a.normalized).map(|a| (normalize(&a.content, self.add_dummy_prefix), a.id, a.flags)).collect();
         self.added_matchers = if normalized.is_empty() {
             AddedMatchers::default()
         } else {
-            let all: Vec<(String, u32)> = raw.iter().cloned().chain(self.added.iter().filter(|a| a.normalized).map(|a| (a.content.clone(), a.id))).collect();
-            AddedMatchers { normalized: Some(SpecialMatcher::new(&normalized)), raw_all: Some(SpecialMatcher::new(&all)) }
+            let all: Vec<(String, u32, MatchFlags)> =
+                raw.iter().cloned().chain(self.added.iter().filter(|a| a.normalized).map(|a| (a.content.clone(), a.id, a.flags))).collect();
+            AddedMatchers { normalized: Some(matcher(&normalized)), raw_all: Some(matcher(&all)) }
         };
     }
 
-    /// A copy with `tokens` (content, special, normalized) added; contents already in the vocabulary
-    /// are kept as they are. Returns the copy and how many tokens were new.
-    pub fn with_added_tokens(&self, tokens: &[(String, bool, bool)]) -> Result<(Self, usize)> {
+    /// A copy with `tokens` added; contents already in the vocabulary are kept as they are.
+    /// Returns the copy and how many tokens were new.
+    pub fn with_added_tokens(&self, tokens: &[NewToken]) -> Result<(Self, usize)> {
         let mut copy = self.clone();
         let mut extra = Vec::new();
-        for (content, special, normalized) in tokens {
+        for NewToken { content, special, normalized, flags } in tokens {
             if content.is_empty() {
                 return Err(TokenizerError::InvalidInput("an added token cannot be empty".into()));
             }
@@ -111,11 +134,11 @@ impl CodeLlamaTokenizer {
                 continue;
             }
             let id = (copy.pieces.len() + extra.len()) as u32;
-            extra.push(AddedPiece { content: content.clone(), id, special: *special, normalized: *normalized });
+            extra.push(AddedPiece { content: content.clone(), id, special: *special, normalized: *normalized, flags: *flags });
         }
         let added = extra.len();
         if let Some(list) = copy.json_template.get_mut("added_tokens").and_then(Value::as_array_mut) {
-            list.extend(extra.iter().map(|a| added_token_entry(a.id, &a.content, a.normalized, a.special)));
+            list.extend(extra.iter().map(|a| added_token_entry(a.id, &a.content, a.normalized, a.special, a.flags)));
         }
         copy.install_added(extra);
         Ok((copy, added))
@@ -138,4 +161,53 @@ impl CodeLlamaTokenizer {
         }
         Ok(())
     }
+}
+
+/// Python's `str.isspace`: Unicode whitespace plus the four ASCII separators U+001C..U+001F.
+fn python_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// transformers' slow-class rules for flagged added tokens (`legacy=False`), applied after its
+/// trie split `ranges` of `text`: an `rstrip` token strips the whitespace from the start of the
+/// piece after it, an `lstrip` one from the end of the piece before it; a `single_word` token with
+/// no space (`" "`) before it is appended to the piece before it, else one with no space after it
+/// is prepended to the piece after it. Pieces are then tokens when their text is a token's
+/// content, else text. Returns (piece, Some(id) for a token).
+pub(crate) fn slow_class_pieces(text: &str, ranges: &[(usize, usize, Option<u32>)], matcher: &SpecialMatcher) -> Vec<(String, Option<u32>)> {
+    let mut pieces: Vec<String> = ranges.iter().map(|&(s, e, _)| text[s..e].to_string()).collect();
+    let contents: ahash::AHashMap<&str, u32> = matcher.tokens().collect();
+    for i in 0..pieces.len() {
+        let Some(&id) = contents.get(pieces[i].as_str()) else { continue };
+        let flags = matcher.flags_of(id);
+        if !flags.any() {
+            continue;
+        }
+        let token = pieces[i].clone();
+        let left = if i > 0 { Some(pieces[i - 1].clone()).filter(|p| !p.is_empty()) } else { None };
+        let right = pieces.get(i + 1).cloned().filter(|p| !p.is_empty());
+        if let (true, Some(r)) = (flags.rstrip, &right) {
+            pieces[i + 1] = r.trim_start_matches(python_space).to_string();
+        }
+        if let (true, Some(l)) = (flags.lstrip, &left) {
+            pieces[i - 1] = l.trim_end_matches(python_space).to_string();
+        }
+        if flags.single_word && left.as_ref().is_some_and(|l| !l.ends_with(' ')) {
+            pieces[i - 1].push_str(&token);
+            pieces[i].clear();
+        } else if let (true, Some(r)) = (flags.single_word, &right) {
+            if !r.starts_with(' ') {
+                pieces[i + 1].insert_str(0, &token);
+                pieces[i].clear();
+            }
+        }
+    }
+    pieces
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let id = contents.get(p.as_str()).copied();
+            (p, id)
+        })
+        .collect()
 }

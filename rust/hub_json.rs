@@ -6,6 +6,7 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::processors::template::TemplateProcessing;
 
 use crate::error::{Result, TokenizerError};
+use crate::special::MatchFlags;
 use crate::tokenizer::CodeLlamaTokenizer;
 
 impl CodeLlamaTokenizer {
@@ -79,15 +80,15 @@ pub(crate) fn json_adds_dummy_prefix(root: &Value) -> bool {
     root.get("pre_tokenizer").and_then(metaspace_prepends).unwrap_or(false)
 }
 
-/// One `added_tokens` entry of a hub `tokenizer.json` (no lstrip/rstrip/single_word matching).
-pub(crate) fn added_token_entry(id: u32, content: &str, normalized: bool, special: bool) -> Value {
-    serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-                       "rstrip": false, "normalized": normalized, "special": special})
+/// One `added_tokens` entry of a hub `tokenizer.json`.
+pub(crate) fn added_token_entry(id: u32, content: &str, normalized: bool, special: bool, flags: MatchFlags) -> Value {
+    serde_json::json!({"id": id, "content": content, "single_word": flags.single_word, "lstrip": flags.lstrip,
+                       "rstrip": flags.rstrip, "normalized": normalized, "special": special})
 }
 
 /// The hub `tokenizer.json` layout (without post-processor) for a BPE built from a `tokenizer.model`.
 pub(crate) fn hub_json_template(bpe: &BPE, specials: &[(String, u32)], dummy_prefix: bool) -> Result<Value> {
-    let added: Vec<Value> = specials.iter().map(|(s, id)| added_token_entry(*id, s, false, true)).collect();
+    let added: Vec<Value> = specials.iter().map(|(s, id)| added_token_entry(*id, s, false, true, MatchFlags::default())).collect();
     let mut normalizers = Vec::new();
     if dummy_prefix {
         normalizers.push(serde_json::json!({"type": "Prepend", "prepend": "▁"}));

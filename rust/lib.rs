@@ -19,9 +19,9 @@ pub mod tokenizer;
 #[cfg(feature = "python")]
 mod py;
 
-pub use added::AddedPiece;
+pub use added::{AddedPiece, NewToken};
 pub use error::{Result, TokenizerError};
 pub use infill::{split_fill_marker, FILL_MARKER};
-pub use special::SpecialIds;
+pub use special::{MatchFlags, SpecialIds};
 pub use spm_model::SpmModel;
 pub use tokenizer::{CodeLlamaTokenizer, SpecialTokenMode};

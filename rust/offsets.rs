@@ -60,6 +60,12 @@ impl CodeLlamaTokenizer {
                 let start = ids.len();
                 let text_sp: String = text.chars().map(|c| if c == SPACE_MARK { ' ' } else { c }).collect();
                 let matcher = self.added_matchers.raw_all.as_ref().unwrap_or(self.special_matcher());
+                if matcher.has_flags() {
+                    // the slow class's rules join and strip pieces across tokens; it has no offsets
+                    return Err(TokenizerError::InvalidInput(
+                        "offsets are not available with legacy=False when added tokens have lstrip, rstrip or single_word".into(),
+                    ));
+                }
                 let ranges = matcher.split_ranges(&text_sp);
                 for (k, (s, e, special)) in ranges.into_iter().enumerate() {
                     match special {

@@ -10,9 +10,11 @@ use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
+use crate::added::{AddedPiece, NewToken};
 use crate::error::TokenizerError as CoreError;
 use crate::infill::split_fill_marker;
 use crate::parallel::map_ordered;
+use crate::special::MatchFlags;
 use crate::tokenizer::{CodeLlamaTokenizer, SpecialTokenMode};
 
 create_exception!(_native, TokenizerError, PyValueError, "Base class of every tokenizer error (a ValueError).");
@@ -121,13 +123,25 @@ impl NativeTokenizer {
         self.inner.special_tokens()
     }
 
-    /// The tokens past the sentencepiece vocabulary: (content, id, special, normalized).
-    fn added_tokens(&self) -> Vec<(String, u32, bool, bool)> {
-        self.inner.added_pieces().iter().map(|a| (a.content.clone(), a.id, a.special, a.normalized)).collect()
+    /// The tokens past the sentencepiece vocabulary:
+    /// (content, id, special, normalized, lstrip, rstrip, single_word).
+    fn added_tokens(&self) -> Vec<(String, u32, bool, bool, bool, bool, bool)> {
+        let row = |a: &AddedPiece| (a.content.clone(), a.id, a.special, a.normalized, a.flags.lstrip, a.flags.rstrip, a.flags.single_word);
+        self.inner.added_pieces().iter().map(row).collect()
     }
 
-    /// A new tokenizer with `tokens` ((content, special, normalized)) added, and how many were new.
-    fn with_added_tokens(&self, py: Python<'_>, tokens: Vec<(String, bool, bool)>) -> PyResult<(Self, usize)> {
+    /// A new tokenizer with `tokens` ((content, special, normalized, lstrip, rstrip, single_word))
+    /// added, and how many were new.
+    fn with_added_tokens(&self, py: Python<'_>, tokens: Vec<(String, bool, bool, bool, bool, bool)>) -> PyResult<(Self, usize)> {
+        let tokens: Vec<NewToken> = tokens
+            .into_iter()
+            .map(|(content, special, normalized, lstrip, rstrip, single_word)| NewToken {
+                content,
+                special,
+                normalized,
+                flags: MatchFlags { lstrip, rstrip, single_word },
+            })
+            .collect();
         // the copy keeps this tokenizer's BOS/EOS settings
         let (inner, added) = py.detach(|| self.inner.with_added_tokens(&tokens)).map_err(to_py)?;
         Ok((Self::wrap(py, inner)?, added))

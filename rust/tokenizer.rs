@@ -433,10 +433,20 @@ impl CodeLlamaTokenizer {
                 prefixed.extend(text.chars().map(|c| if c == SPACE_MARK { ' ' } else { c }));
                 let start = out.len();
                 let matcher = self.added_matchers.raw_all.as_ref().unwrap_or(&self.matcher);
-                for seg in matcher.split(&prefixed) {
-                    match seg {
-                        Segment::Special(id) => out.push(id),
-                        Segment::Text(t) => self.encode_text(t, false, out)?,
+                let ranges = matcher.split_ranges_unflagged(&prefixed);
+                if matcher.has_flags() {
+                    for (piece, id) in crate::added::slow_class_pieces(&prefixed, &ranges, matcher) {
+                        match id {
+                            Some(id) => out.push(id),
+                            None => self.encode_text(&piece, false, out)?,
+                        }
+                    }
+                } else {
+                    for (s, e, id) in ranges {
+                        match id {
+                            Some(id) => out.push(id),
+                            None => self.encode_text(&prefixed[s..e], false, out)?,
+                        }
                     }
                 }
                 let lone_mark = self.piece_to_id.get("▁").copied();

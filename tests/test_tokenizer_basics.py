@@ -196,7 +196,7 @@ def test_adding_tokens_keeps_the_bundled_default_untouched():
 
 @pytest.mark.parametrize("entry, match", [
     ({"id": 32020, "content": "<gap>", "special": True, "normalized": False}, "must take the ids 32016, 32017"),
-    ({"id": 32016, "content": "<l>", "special": True, "lstrip": True}, "asks for lstrip matching"),
+    ({"id": 32016, "content": "<l>", "special": True, "lstrip": "yes"}, "\"lstrip\" must be true or false"),
     ({"id": 32016, "content": "", "special": True}, "empty content"),
 ])
 def test_bad_added_tokens_in_tokenizer_json(tmp_path, entry, match):
@@ -217,9 +217,8 @@ def test_added_tokens_in_configs_that_cannot_be_read_are_clear_errors(tmp_path):
     (tmp_path / "added_tokens.json").write_text(json.dumps({"<pad>": 32017}))
     with pytest.raises(InvalidTokenizerFile, match="added_tokens.json: .*must take the ids 32016"):
         CodeLlamaTokenizerFast.from_pretrained(tmp_path)
-    entry = {"content": "<l>", "special": True, "lstrip": True}
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {"32016": entry}}))
-    with pytest.raises(InvalidTokenizerFile, match="tokenizer_config.json: added token '<l>': lstrip"):
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {"32016": {"special": True}}}))
+    with pytest.raises(InvalidTokenizerFile, match="tokenizer_config.json: added_tokens_decoder entry '32016' is not an id with a content"):
         CodeLlamaTokenizerFast.from_pretrained(tmp_path)
 
 

@@ -34,6 +34,12 @@ def _hf_slow(**kw):
         return transformers.CodeLlamaTokenizer.from_pretrained(str(CODELLAMA_DIR), **kw)
 
 
+def _quiet_auto(folder):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return transformers.AutoTokenizer.from_pretrained(str(folder))
+
+
 @pytest.fixture(scope="module")
 def hf():
     return _hf_fast()
@@ -418,8 +424,91 @@ def test_added_token_objects_match_hf():
     for tok in (hf, ours):
         tok.add_tokens([AddedToken("<raw>", normalized=False), AddedToken("<sp>", special=True, normalized=True), AddedToken("<n>")])
     _assert_same_with_added(hf, ours, ["a<raw>b <raw>", "x <sp> y<sp>z", "a<n>b <n>", " <n><sp><raw>"])
-    with pytest.raises(TokenizerError, match="lstrip matching is not supported"):
-        ours.add_tokens(AddedToken("<l>", lstrip=True))
+
+
+def _flagged_tokens():
+    """Added tokens with every matching flag, raw and normalized, special and plain."""
+    from tokenizers import AddedToken
+
+    return [AddedToken("<L>", lstrip=True, normalized=False), AddedToken("<R>", rstrip=True, normalized=False),
+            AddedToken("<W>", single_word=True, normalized=False), AddedToken("<nL>", lstrip=True, normalized=True),
+            AddedToken("<nR>", rstrip=True, normalized=True), AddedToken("<nW>", single_word=True, normalized=True),
+            AddedToken("<LR>", lstrip=True, rstrip=True, special=True),
+            AddedToken("<all>", lstrip=True, rstrip=True, single_word=True, normalized=False)]
+
+
+# hand-picked edges: runs of whitespace of several kinds (Python's and Rust's differ at U+001C),
+# word characters of several kinds next to single_word tokens (letters, marks, "_", "²"), tokens
+# next to each other and to the vocabulary's special pieces
+FLAG_TEXTS = ["a  <L> b", "a<L>b", "a <R>  b", "x<R>\n\ny", "a <W> b", "a<W> b", "a <W>b", "<W>", "a <nL> b", "a <nR> b",
+              "a<nR>  b", "a <nW> b", "a<nW>b", "é<W> b", "_<W> b", "a\t<L>", " <L>", "<L><W> x", "<R> ", " <LR> x <LR>\n",
+              "\x1c<L>", "<R>\x1c", "q <all> r", "<W>²", "²<W>", "a\u0301<W>", " <nR>\n\nx", "</s> <L>", "<s><W> <R>\u3000</s>"]
+FLAG_POOL = ["<L>", "<R>", "<W>", "<nL>", "<nR>", "<nW>", "<LR>", "<all>", " ", "  ", "\n", "\t", "a", "é", "_", "</s>", "x y",
+             " <W> ", "\x1c", "\u3000", "<s>", "▁<PRE>"]
+
+
+def _flag_texts(n):
+    r = __import__("random").Random()
+    return FLAG_TEXTS + ["".join(r.choice(FLAG_POOL) for _ in range(r.randrange(1, 8))) for _ in range(n)]
+
+
+def test_added_token_flags_match_hf():
+    """lstrip/rstrip/single_word tokens encode as transformers' fast class (the `tokenizers`
+    rules): ids, offsets (a token's span includes the whitespace it took), word ids, decoding."""
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    hf.add_tokens(_flagged_tokens())
+    ours.add_tokens(_flagged_tokens())
+    texts = _flag_texts(1500)
+    _assert_same_with_added(hf, ours, texts)
+    for text in texts:
+        a, b = hf(text, return_offsets_mapping=True), ours(text, return_offsets_mapping=True)
+        assert [tuple(o) for o in a["offset_mapping"]] == b["offset_mapping"], text
+        assert a.word_ids() == b.word_ids(), text
+    hf.pad_token = ours.pad_token = "<LR>"
+    a = hf(texts[:64], padding=True, return_special_tokens_mask=True)
+    b = ours(texts[:64], padding=True, return_special_tokens_mask=True)
+    assert a["input_ids"] == b["input_ids"] and a["special_tokens_mask"] == b["special_tokens_mask"]
+    # the flags change the ids: without them the same text encodes otherwise
+    assert ours.encode("a  <L> b") != CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR).encode("a  <L> b")
+
+
+def test_added_token_flags_with_legacy_false_match_hf_slow():
+    """legacy=False follows the slow class's rules for the flags (it strips and joins the text
+    pieces around the token); offsets, which the slow class does not have, are refused there."""
+    slow, ours = _hf_slow(legacy=False), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR, legacy=False)
+    slow.add_tokens(_flagged_tokens())
+    ours.add_tokens(_flagged_tokens())
+    for text in _flag_texts(1500):
+        assert ours.encode(text) == slow.encode(text), text
+    with pytest.raises(TokenizerError, match="offsets are not available with legacy=False"):
+        ours("a <L>", return_offsets_mapping=True)
+
+
+def test_added_token_flags_load_and_save_as_hf(tmp_path):
+    """A folder whose added tokens carry flags (tokenizer.json, or only tokenizer_config.json)
+    loads with them; save_pretrained keeps them for transformers and for us."""
+    import json
+    import shutil
+
+    hf = _hf_fast()
+    hf.add_tokens(_flagged_tokens())
+    hf.save_pretrained(tmp_path / "hf")
+    ours = CodeLlamaTokenizerFast.from_pretrained(tmp_path / "hf")
+    texts = _flag_texts(300)
+    _assert_same_with_added(hf, ours, texts)
+    flags = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
+    assert ({i: tuple(getattr(t, f) for f in flags) for i, t in ours.added_tokens_decoder.items()}
+            == {i: tuple(getattr(t, f) for f in flags) for i, t in hf.added_tokens_decoder.items()})
+    ours.save_pretrained(tmp_path / "ours")
+    for loaded in (CodeLlamaTokenizerFast.from_pretrained(tmp_path / "ours"), _quiet_auto(tmp_path / "ours")):
+        _assert_same_with_added(hf, loaded, texts)
+    # no tokenizer.json: the flags come from tokenizer_config.json's added_tokens_decoder
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(CODELLAMA_DIR / "tokenizer.model", bare / "tokenizer.model")
+    config = json.loads((tmp_path / "ours" / "tokenizer_config.json").read_text())
+    (bare / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": config["added_tokens_decoder"]}))
+    _assert_same_with_added(hf, CodeLlamaTokenizerFast.from_pretrained(bare), texts)
 
 
 def test_our_added_token_objects_and_added_tokens_decoder_match_hf():

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use codellama_fast::{split_fill_marker, CodeLlamaTokenizer, SpecialTokenMode, SpmModel, TokenizerError};
+use codellama_fast::{split_fill_marker, CodeLlamaTokenizer, NewToken, SpecialTokenMode, SpmModel, TokenizerError};
 
 /// CODELLAMA_FAST_SHARED (set by `make test`), else the `shared` folder beside the checkout.
 fn shared(rel: &str) -> PathBuf {
@@ -176,7 +176,7 @@ fn added_tokens_split_raw_and_normalized_text() {
     // "▁", the dummy prefix included) reads "▁<foo>". Between them, the base encoder's ids.
     let base = from_json();
     let (tok, added) = base
-        .with_added_tokens(&[("<pad>".into(), true, false), ("<foo>".into(), false, true), ("▁Hello".into(), false, true)])
+        .with_added_tokens(&[NewToken::new("<pad>", true, false), NewToken::new("<foo>", false, true), NewToken::new("▁Hello", false, true)])
         .unwrap();
     assert_eq!(added, 2, "▁Hello is already a piece");
     assert_eq!(tok.vocab_size(), base.vocab_size() + 2);
@@ -208,4 +208,41 @@ fn added_tokens_split_raw_and_normalized_text() {
     let again = CodeLlamaTokenizer::from_json_str(&tok.to_json(), Path::new("<memory>")).unwrap();
     assert_eq!(again.encode("x <foo> y<pad>z", SpecialTokenMode::Match, false).unwrap(), want);
     assert_eq!(again.added_pieces(), tok.added_pieces());
+}
+
+#[test]
+fn added_token_flags_take_whitespace_and_words_as_tokenizers_does() {
+    // lstrip/rstrip: the whitespace on that side becomes part of the token (gone from the text
+    // around it); single_word: no match next to a word character, the text stays text.
+    use codellama_fast::MatchFlags;
+    let base = from_json();
+    let flag = |content: &str, lstrip, rstrip, single_word| NewToken {
+        flags: MatchFlags { lstrip, rstrip, single_word },
+        ..NewToken::new(content, false, false)
+    };
+    let (tok, _) = base
+        .with_added_tokens(&[flag("<L>", true, false, false), flag("<R>", false, true, false), flag("<W>", false, false, true)])
+        .unwrap();
+    let n = base.vocab_size() as u32;
+    let (l, r, w) = (n, n + 1, n + 2);
+    let text = |s: &str| {
+        let mut out = Vec::new();
+        base.encode_text(s, true, &mut out).unwrap();
+        out
+    };
+    let enc = |s: &str| tok.encode(s, SpecialTokenMode::Match, false).unwrap();
+    assert_eq!(enc("a \t <L> b"), [text("a"), vec![l], text(" b")].concat());
+    assert_eq!(enc("a <R> \n b"), [text("a "), vec![r], text("b")].concat());
+    assert_eq!(enc("a <W> b"), [text("a "), vec![w], text(" b")].concat());
+    assert_eq!(enc("a<W> b"), text("a<W> b"));
+    assert_eq!(enc("a <W>_"), text("a <W>_"));
+    assert_eq!(enc("<W>"), vec![w]);
+    // the offsets of a token cover the whitespace it took
+    let (ids, offs) = tok.encode_with_offsets("a  <L>", SpecialTokenMode::Match, false).unwrap();
+    assert_eq!(ids.last(), Some(&l));
+    assert_eq!(offs.last(), Some(&(1, 6)));
+    // the flags travel through the hub JSON
+    let again = CodeLlamaTokenizer::from_json_str(&tok.to_json(), Path::new("<memory>")).unwrap();
+    assert_eq!(again.added_pieces(), tok.added_pieces());
+    assert_eq!(again.encode("a \t <L> b", SpecialTokenMode::Match, false).unwrap(), enc("a \t <L> b"));
 }

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class AddedToken:
     """``content`` plus transformers' flags. ``normalized=None`` takes the default for its kind:
-    a special token is matched in the raw text, a plain one in the normalized text.
-    ``lstrip``/``rstrip``/``single_word`` exist for compatibility; ``add_tokens`` refuses them."""
+    a special token is matched in the raw text, a plain one in the normalized text. ``lstrip`` /
+    ``rstrip`` take the whitespace on that side into the token; ``single_word`` matches only
+    between non-word characters (transformers' fast-class rules; the slow class's with
+    ``legacy=False``)."""
 
     content: str
     single_word: bool = False

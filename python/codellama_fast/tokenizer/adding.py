@@ -15,28 +15,30 @@ _FIXED = ("bos_token", "eos_token", "unk_token")
 _UNSUPPORTED = ("sep_token", "cls_token", "mask_token")
 
 
-def _token_spec(token: Any, special: bool) -> tuple[str, bool, bool]:
-    """(content, special, normalized) of a str or a ``tokenizers.AddedToken``-like object. A str
-    follows transformers' defaults: a special token is matched in the raw text, a plain one in the
-    normalized text."""
+TokenSpec = tuple[str, bool, bool, bool, bool, bool]
+"""(content, special, normalized, lstrip, rstrip, single_word): what the native core adds."""
+
+
+def _token_spec(token: Any, special: bool) -> TokenSpec:
+    """The spec of a str or a ``tokenizers.AddedToken``-like object. A str follows transformers'
+    defaults: a special token is matched in the raw text, a plain one in the normalized text, no
+    stripping, not only as a single word."""
     if isinstance(token, str):
-        return token, special, not special
+        return token, special, not special, False, False, False
     content = getattr(token, "content", None)
     if not isinstance(content, str):
         raise TypeError(f"a token to add must be a str or an AddedToken, not {type(token).__name__}")
-    unsupported = [flag for flag in ("lstrip", "rstrip", "single_word") if getattr(token, flag, False)]
-    if unsupported:
-        raise TokenizerError(f"added token {content!r}: {', '.join(unsupported)} matching is not supported")
     is_special = bool(getattr(token, "special", special)) or special
-    return content, is_special, bool(getattr(token, "normalized", not is_special))
+    lstrip, rstrip, single_word = (bool(getattr(token, flag, False)) for flag in ("lstrip", "rstrip", "single_word"))
+    return content, is_special, bool(getattr(token, "normalized", not is_special)), lstrip, rstrip, single_word
 
 
-def added_tokens_of_folder(folder: Path | None, config: Mapping[str, Any], special_names: Sequence[str], vocab_size: int) -> list[tuple[str, bool, bool]]:
+def added_tokens_of_folder(folder: Path | None, config: Mapping[str, Any], special_names: Sequence[str], vocab_size: int) -> list[TokenSpec]:
     """The tokens past the sentencepiece vocabulary that a folder without ``tokenizer.json``
     declares, in id order: ``added_tokens_decoder`` of ``tokenizer_config.json`` (with their flags),
     else ``added_tokens.json`` (special when named in the special-token map). Their ids must follow
     the vocabulary, as they will be given."""
-    by_id: dict[int, tuple[str, bool, bool]] = {}
+    by_id: dict[int, TokenSpec] = {}
     decoder = config.get("added_tokens_decoder")
     source = "tokenizer_config.json"
     if isinstance(decoder, Mapping):
@@ -44,17 +46,14 @@ def added_tokens_of_folder(folder: Path | None, config: Mapping[str, Any], speci
             if not (isinstance(key, str) and key.isdigit() and isinstance(entry, Mapping) and isinstance(entry.get("content"), str)):
                 raise InvalidTokenizerFile(f"{source}: added_tokens_decoder entry {key!r} is not an id with a content")
             if int(key) >= vocab_size:
-                try:
-                    by_id[int(key)] = _token_spec(_Flags(entry), bool(entry.get("special", False)))
-                except TokenizerError as exc:
-                    raise InvalidTokenizerFile(f"{source}: {exc}") from None
+                by_id[int(key)] = _token_spec(_Flags(entry), bool(entry.get("special", False)))
     elif folder is not None and (folder / "added_tokens.json").is_file():
         source = str(folder / "added_tokens.json")
         for content, i in read_json_object(folder / "added_tokens.json", InvalidTokenizerFile).items():
             if not isinstance(i, int) or isinstance(i, bool):
                 raise InvalidTokenizerFile(f"{source}: the id of {content!r} is not an int")
             if i >= vocab_size:
-                by_id[i] = (content, content in special_names, content not in special_names)
+                by_id[i] = _token_spec(content, content in special_names)
     ids = sorted(by_id)
     if ids != list(range(vocab_size, vocab_size + len(ids))):
         raise InvalidTokenizerFile(f"{source}: tokens past the {vocab_size}-piece vocabulary must take the ids {vocab_size}, "
@@ -84,7 +83,7 @@ class AddingMixin:
         """
         items = [new_tokens] if isinstance(new_tokens, str) or hasattr(new_tokens, "content") else list(new_tokens)
         specs = [_token_spec(t, bool(special_tokens)) for t in items]
-        for content, _, _ in specs:
+        for content, *_ in specs:
             if not content:
                 raise TokenizerError("an added token cannot be empty")
         native, added = self._native.with_added_tokens(specs)  # type: ignore[attr-defined]

@@ -108,7 +108,7 @@ def compute_rows(snap: Any, texts: list[Any], suffixes: list[Any], suffix_first:
     plain = mode == 2
     native = snap._native
     specials = {i: content for content, i in native.special_tokens()}
-    added_ids = frozenset(i for _, i, _, _ in native.added_tokens())
+    added_ids = frozenset(entry[1] for entry in native.added_tokens())
     head, tail = snap._special_ends(add_special_tokens)
     per_text: list[tuple[list[_Entry], bool]] = []
     bos, eos = [(snap.bos_token_id, None, None, None)] * head, [(snap.eos_token_id, None, None, None)] * tail

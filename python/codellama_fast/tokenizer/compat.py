@@ -45,7 +45,7 @@ class CompatMixin:
         """The special pieces matched in text (``<unk>``, ``<s>``, ``</s>``, the sentinels) and the
         tokens added past the vocabulary, by id."""
         pairs = dict(self._native.special_tokens())  # type: ignore[attr-defined]
-        pairs.update((content, i) for content, i, _, _ in self._native.added_tokens())  # type: ignore[attr-defined]
+        pairs.update((entry[0], entry[1]) for entry in self._native.added_tokens())  # type: ignore[attr-defined]
         return dict(sorted(pairs.items(), key=lambda item: item[1]))
 
     @property
@@ -57,8 +57,8 @@ class CompatMixin:
         """Id → `AddedToken` for the same tokens as `get_added_vocab`, with their flags: the
         vocabulary's special pieces are special and matched in the raw text."""
         out = {i: AddedToken(content, normalized=False, special=True) for content, i in self._native.special_tokens()}  # type: ignore[attr-defined]
-        for content, i, special, normalized in self._native.added_tokens():  # type: ignore[attr-defined]
-            out[i] = AddedToken(content, normalized=normalized, special=special)
+        for content, i, special, normalized, lstrip, rstrip, single_word in self._native.added_tokens():  # type: ignore[attr-defined]
+            out[i] = AddedToken(content, single_word=single_word, lstrip=lstrip, rstrip=rstrip, normalized=normalized, special=special)
         return dict(sorted(out.items()))
 
     @property

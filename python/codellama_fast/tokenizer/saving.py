@@ -41,9 +41,9 @@ class SavingMixin:
         if added:
             # what the slow class reads to know the tokens past tokenizer.model
             cfg["added_tokens_decoder"] = {
-                str(i): {"content": content, "lstrip": False, "normalized": normalized, "rstrip": False,
-                         "single_word": False, "special": special}
-                for content, i, special, normalized in added
+                str(i): {"content": content, "lstrip": lstrip, "normalized": normalized, "rstrip": rstrip,
+                         "single_word": single_word, "special": special}
+                for content, i, special, normalized, lstrip, rstrip, single_word in added
             }
         if self.can_infill:
             cfg.update(
