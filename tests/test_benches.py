@@ -56,6 +56,7 @@ def test_bench_tokenizer_small(tmp_path):
 
 def test_bench_lookup_small(tmp_path):
     pytest.importorskip("transformers")
-    data = _run("bench_lookup.py", "--new", "24", "--repeats", "1", "--lookup", "4", tmp=tmp_path)
-    runs = {(r["provider"], r["prompt_lookup_num_tokens"]) for r in data["rows"]}
-    assert runs == {("codellama-fast", None), ("codellama-fast", 4), ("transformers", None), ("transformers", 4)}
+    data = _run("bench_lookup.py", "--new", "24", "--repeats", "1", "--lookup", "4", "--assistant", "self", tmp=tmp_path)
+    runs = {(r["provider"], r["method"], r["prompt_lookup_num_tokens"]) for r in data["rows"]}
+    assert runs == {(p, m, k) for p in ("codellama-fast", "transformers") for m, k in (("plain", None), ("prompt_lookup", 4), ("assistant", None))}
+    assert data["meta"]["assistant"] == "stories260K"

@@ -23,6 +23,11 @@ def test_generate_stream_and_plain_agree():
     assert "tokens/s" in plain.stderr and "tokens/s" not in plain.stdout
     lookup = _cli("generate", "Lily", "--max-new-tokens", "24", "--prompt-lookup", "4")
     assert lookup.returncode == 0 and lookup.stdout == plain.stdout, lookup.stderr
+    from codellama_fast.data import DEMO_MODEL_DIR
+
+    demo = str(DEMO_MODEL_DIR)
+    assisted = _cli("generate", "Lily", "--max-new-tokens", "24", "--assistant", demo, "--assistant-tokens", "3", "--stream")
+    assert assisted.returncode == 0 and assisted.stdout == plain.stdout, assisted.stderr
 
 
 def test_generate_from_stdin_and_empty_prompt():
@@ -60,6 +65,8 @@ def test_engine_errors_are_one_line_with_exit_code_2(tmp_path):
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     bad = _cli("generate", "x", "--top-p", "0")
     assert bad.returncode == 2 and "top_p" in bad.stderr
+    lonely = _cli("generate", "x", "--assistant-tokens", "4")
+    assert lonely.returncode == 2 and "--assistant-tokens needs --assistant" in lonely.stderr
     no_marker = _cli("infill", "abc")
     assert no_marker.returncode == 2 and "exactly one <FILL_ME>" in no_marker.stderr
     dialog = tmp_path / "dialog.json"

@@ -601,3 +601,117 @@ def test_prompt_lookup_on_the_trained_demo_model_saves_passes():
     looked = engine.generate(prompt, max_new_tokens=120, stop_at_eos=False, prompt_lookup_num_tokens=8)
     assert looked.token_ids == plain.token_ids
     assert len(passes) - 1 < 0.9 * (120 - 1), len(passes)  # prefill + decode passes: guesses were kept
+
+
+# ---------------------------------------------------------------- assisted decoding
+
+
+def _counting(engine):
+    """Counts the model's forward passes (prefill and checks; captured steps are not forwards here)."""
+    original, calls = engine.model.forward, []
+    engine.model.forward = lambda tokens, *a, **k: calls.append(tokens.shape[1]) or original(tokens, *a, **k)  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.mark.parametrize("target, draft", [("gqa4", "mha"), ("odd", "gqa4")])
+def test_assisted_greedy_equals_plain_greedy_and_transformers(checkpoints, tok, target, draft):
+    """A draft model of another shape (so most guesses are wrong): the tokens are the model's own
+    greedy ones, as transformers' plain and assisted generation give them."""
+    hf, path = checkpoints[target]
+    hf_draft, draft_path = checkpoints[draft]
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    assistant = Engine(load_model(draft_path, dtype="float32", device="cpu"), tok)
+    prompt = "def add(a, b):\n    return a + b\n\ndef add3(a, b, c):\n    return a + b + c\n\ndef add"
+    ids = torch.tensor([tok.encode(prompt)])
+    end = 32015
+    want = hf.generate(ids, max_new_tokens=40, do_sample=False, eos_token_id=end, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    theirs = hf.generate(ids, max_new_tokens=40, do_sample=False, eos_token_id=end, pad_token_id=0,
+                         assistant_model=hf_draft)[0, ids.shape[1]:].tolist()
+    want = want[: want.index(end)] if end in want else want
+    theirs = theirs[: theirs.index(end)] if end in theirs else theirs
+    got = engine.generate(prompt, max_new_tokens=40, eos_token_id=end, assistant_model=assistant, return_logprobs=True)
+    assert got.token_ids[0] == want == theirs[: len(want)]
+    scored = engine.score(input_ids=[ids[0].tolist() + want]).token_logprobs[0][ids.shape[1] - 1 :]
+    assert logprobs_close(got.token_logprobs[0], scored, 1e-4)
+
+
+def test_assisted_keeps_the_guesses_of_a_draft_that_agrees(checkpoints, tok):
+    """A draft with the model's own weights guesses what the model chooses: each check keeps all
+    k guesses and adds one (k + 1 tokens per pass of the model); the draft is fed only the tokens
+    it has not seen (its cache follows the kept tokens)."""
+    _, path = checkpoints["gqa4"]
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    assistant = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    prompt = "def quicksort(items):\n    "
+    plain = engine.generate(prompt, max_new_tokens=41, stop_at_eos=False)
+    checks, drafts = _counting(engine), _counting(assistant)
+    got = engine.generate(prompt, max_new_tokens=41, stop_at_eos=False, assistant_model=assistant,
+                          num_assistant_tokens=4, assistant_confidence_threshold=0.0)
+    assert got.token_ids == plain.token_ids
+    n_prompt = len(tok.encode(prompt))
+    assert checks == [n_prompt] + [5] * 8  # prefill, then 40 tokens in 8 passes of 1 + 4 guesses
+    # the draft: the prompt and the first token at once, then per check two unseen tokens
+    # (its last guess and the model's added one) and three guesses of its own
+    assert drafts[0] == n_prompt + 1 and sorted(set(drafts[1:])) == [1, 2]
+    assert len(drafts) == 1 + 3 + 7 * 4
+
+
+def test_assisted_sampling_equals_plain_sampling(checkpoints, tok):
+    """Sampling, a penalty and a stop id: every position is chosen as plain decoding chooses it,
+    so a seeded run gives plain decoding's tokens whatever the draft guesses, with the model's
+    log-probabilities."""
+    _, path = checkpoints["mha"]
+    _, draft_path = checkpoints["odd"]
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    assistant = Engine(load_model(draft_path, dtype="float32", device="cpu"), tok)
+    prompt = "x = [1, 2, 3]\ny = [1, 2,"
+    kw = dict(max_new_tokens=30, temperature=0.7, top_p=0.9, repetition_penalty=1.1, seed=5)
+    plain = engine.generate(prompt, **kw)
+    for draft in (assistant, engine):  # a draft that disagrees, and one that agrees
+        got = engine.generate(prompt, assistant_model=draft, return_logprobs=True, **kw)
+        assert got.token_ids == plain.token_ids
+    p = tok.encode(prompt)
+    scored = engine.score(input_ids=[p + got.token_ids[0]]).token_logprobs[0][len(p) - 1 :]
+    assert logprobs_close(got.token_logprobs[0], scored, 1e-4)
+    stop = plain.token_ids[0][9]
+    cut = engine.generate(prompt, stop_token_ids=[stop], assistant_model=assistant, **kw)
+    assert cut.finish_reasons == ["eos"] and cut.token_ids[0] == plain.token_ids[0][: plain.token_ids[0].index(stop)]
+    assert "".join(engine.stream(prompt, assistant_model=assistant, **kw)) == plain.text
+
+
+def test_a_draft_with_more_pieces_guesses_only_the_models_ids(tmp_path, tok, tok_llama2, monkeypatch):
+    """Code Llama 7B's 32016 pieces may assist a 32000-piece model (34B): its first 32000 pieces are
+    the same; the 16 infilling pieces are never guessed."""
+    from codellama_fast.engine.assisted import DraftGuesser
+
+    target = Engine(load_model(save(make_hf_model("mha", seed=3, vocab_size=32000), tmp_path / "t"), dtype="float32", device="cpu"), tok_llama2)
+    draft_model = make_hf_model("mha", seed=4)
+    with torch.no_grad():
+        draft_model.lm_head.weight[32000:] *= 50  # the draft prefers its extra pieces
+    assistant = Engine(load_model(save(draft_model, tmp_path / "d"), dtype="float32", device="cpu"), tok)
+    guessed = []
+    original = DraftGuesser.candidates
+    monkeypatch.setattr(DraftGuesser, "candidates", lambda self, k, stops: guessed.extend(g := original(self, k, stops)) or g)
+    plain = target.generate("def f(x):", max_new_tokens=20, stop_at_eos=False)
+    got = target.generate("def f(x):", max_new_tokens=20, stop_at_eos=False, assistant_model=assistant)
+    assert got.token_ids == plain.token_ids
+    assert guessed and max(guessed) < 32000
+
+
+def test_assisted_errors(checkpoints, tok):
+    from codellama_fast.data import DEMO_MODEL_DIR
+
+    _, path = checkpoints["mha"]
+    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    with pytest.raises(ValueError, match="batch 1"):
+        engine.generate(["a", "b"], max_new_tokens=3, assistant_model=engine)
+    with pytest.raises(TypeError, match="assistant_model must be an Engine"):
+        engine.generate("a", max_new_tokens=3, assistant_model=engine.model)
+    with pytest.raises(ValueError, match="not both"):
+        engine.generate("a", max_new_tokens=3, assistant_model=engine, prompt_lookup_num_tokens=3)
+    with pytest.raises(ValueError, match="num_assistant_tokens must be >= 1"):
+        engine.generate("a", max_new_tokens=3, assistant_model=engine, num_assistant_tokens=0)
+    with pytest.raises(ValueError, match="assistant_confidence_threshold"):
+        engine.generate("a", max_new_tokens=3, assistant_model=engine, assistant_confidence_threshold=1.5)
+    with pytest.raises(ValueError, match="tokenizer differs"):
+        engine.generate("a", max_new_tokens=3, assistant_model=Engine.from_pretrained(DEMO_MODEL_DIR, device="cpu"))

@@ -191,10 +191,11 @@ def test_graph_decode_7b_layout_matches_eager():
     assert graphed == eager
 
 
-def test_logprobs_lookup_and_scoring_on_the_captured_paths():
+def test_logprobs_guesses_and_scoring_on_the_captured_paths():
     """7B layer shapes, 2 layers, fp16: log-probabilities read off the captured step equal the
     uncaptured loop's; prompt lookup (captured one-token steps between eager guess checks on the
-    same cache) gives the plain greedy tokens; scoring through the kernels equals the torch ops."""
+    same cache) and an assistant model (guessing on its own captured step) give the plain greedy
+    tokens; scoring through the kernels equals the torch ops."""
     import sys
     from pathlib import Path
 
@@ -220,6 +221,9 @@ def test_logprobs_lookup_and_scoring_on_the_captured_paths():
     eng.use_cuda_graph = True
     plain = eng.generate(input_ids=prompt, **kw).token_ids
     assert eng.generate(input_ids=prompt, prompt_lookup_num_tokens=8, **kw).token_ids == plain
+    twin = random_engine("7B-2layers", "cuda", torch.float16, tok)  # the same weights: its guesses are kept
+    for draft in (twin, eng):  # on its own captured step; the model itself (its step is in use: a cache of its own)
+        assert eng.generate(input_ids=prompt, assistant_model=draft, num_assistant_tokens=6, **kw).token_ids == plain
     texts = ["def f(x):\n    return x + 1\n" * 8, "import os\nprint(os.getcwd())"]
     fast = eng.score(texts)
     triton_ops, eng.model.ops = eng.model.ops, TorchOps()

@@ -243,6 +243,35 @@ def test_prompt_lookup_through_the_kernels_equals_plain_decoding(tmp_path, monke
     assert replays and any(1 < n <= 5 for n in passes[1:]), (replays, passes)  # both kinds of step ran
 
 
+def test_assisted_decoding_through_the_kernels_equals_plain_decoding(tmp_path, monkeypatch):
+    """An assistant on the graph-decode step of its own: its one-token steps replay that step, its
+    catch-up feeds run against the same cache; the model checks the guesses with the prefill
+    kernel at an offset. The tokens are plain decoding's."""
+    pytest.importorskip("transformers")
+    from codellama_fast.engine.cuda_graph import GraphDecoder
+    from tests.engine_helpers import make_hf_model, save
+
+    eng = _triton_engine(save(make_hf_model("gqa4", seed=8), tmp_path / "m"), graph=True)
+    draft = _triton_engine(save(make_hf_model("gqa4", seed=8), tmp_path / "d"), graph=True)  # agrees: guesses are kept
+    prompt = "a = [1, 2, 3]\nb = [1,"
+    plain = eng.generate(prompt, max_new_tokens=12, stop_at_eos=False)
+    events: list[tuple[str, object]] = []  # ("pass", model, tokens) and ("replay", model) in order
+    replay = GraphDecoder.replay
+    monkeypatch.setattr(GraphDecoder, "replay", lambda self: events.append(("replay", self.model)) or replay(self))
+    for e in (eng, draft):
+        forward = e.model.forward
+        e.model.forward = (lambda f, m: lambda tokens, *a, **k: events.append(("pass", m, tokens.shape[1])) or f(tokens, *a, **k))(forward, e.model)
+    got = eng.generate(prompt, max_new_tokens=12, stop_at_eos=False, assistant_model=draft, num_assistant_tokens=3,
+                       assistant_confidence_threshold=0.0)
+    assert got.token_ids == plain.token_ids
+    passes = [e[2] for e in events if e[0] == "pass" and e[1] is eng.model]
+    checks = passes[passes.index(max(passes)) + 1 :]  # after the prompt's pass (before it: trial steps of a new graph)
+    assert checks == [4, 4, 3], passes  # each check kept its 3 guesses
+    draft_prefill = max(k for k, e in enumerate(events) if e[0] == "pass" and e[1] is draft.model and e[2] > 2)
+    after = [e[0] for e in events[draft_prefill:] if e[1] is draft.model]
+    assert after.count("replay") == 2 + 2 + 1  # its one-token steps (k - 1 per check), replayed on the draft's own step
+
+
 @pytest.mark.parametrize("greedy", [True, False, "penalty"])  # "penalty": repetition_penalty and min_new_tokens
 def test_static_buffer_decode_step_matches_plain_loop(tmp_path, greedy):
     """The graph-decode step (static buffers advanced in place; captured on CUDA, run eagerly

@@ -33,6 +33,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--prompt-lookup", type=int, default=None, metavar="K",
                    help="guess K tokens per step from the prompt's n-grams (same output; faster when it repeats its context)")
+    p.add_argument("--assistant", default=None, metavar="MODEL",
+                   help="a smaller model of the same vocabulary (e.g. Code Llama 7B for 34B) that guesses tokens for this one to check (same output)")
+    p.add_argument("--assistant-tokens", type=int, default=None, metavar="K", help="most tokens the assistant guesses per step (default 20)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
 
@@ -44,9 +47,23 @@ def _load(args: argparse.Namespace):
     return Engine.from_pretrained(model, dtype=args.dtype, device=args.device, backend=args.backend, tokenizer=args.tokenizer)
 
 
+def _assistant(args: argparse.Namespace) -> Any:
+    """The --assistant engine (loaded once per command, on the main model's device and dtype)."""
+    if args.assistant is None:
+        return None
+    if getattr(args, "assistant_engine", None) is None:
+        from .engine import Engine
+
+        args.assistant_engine = Engine.from_pretrained(args.assistant, dtype=args.dtype, device=args.device, backend=args.backend)
+    return args.assistant_engine
+
+
 def _gen_kwargs(args: argparse.Namespace, engine: Any) -> dict[str, Any]:
+    if args.assistant_tokens is not None and args.assistant is None:
+        raise ValueError("--assistant-tokens needs --assistant MODEL")
     given = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                 repetition_penalty=args.repetition_penalty, seed=args.seed, prompt_lookup_num_tokens=args.prompt_lookup)
+                 repetition_penalty=args.repetition_penalty, seed=args.seed, prompt_lookup_num_tokens=args.prompt_lookup,
+                 assistant_model=_assistant(args), num_assistant_tokens=args.assistant_tokens)
     out: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if "max_new_tokens" not in out and "max_new_tokens" not in engine.defaults:
         out["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS

@@ -8,7 +8,7 @@ import dataclasses
 import threading
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -19,11 +19,13 @@ from ..data import BUNDLED_VOCAB_SIZE
 from ..errors import CheckpointError, InfillingUnsupported
 from ..tokenizer import FILL_MARKER, CodeLlamaTokenizerFast
 from .cache import KVCache
-from . import arguments, fused_decode, memory, options, prompt_lookup
+from . import arguments, fused_decode, memory, options, speculative
+from .assisted import DraftGuesser, check_vocabularies
 from .cuda_graph import GraphDecoder, pick_faster
 from .loader import generation_defaults, load_model
 from .model import LlamaModel, StepContext
 from .options import GenerationConfig
+from .prompt_lookup import NgramIndex
 from .sampling import make_picker
 from .scoring import ScoreResult, score_rows
 
@@ -195,7 +197,13 @@ class Engine:
     def _config(self, overrides: dict[str, Any], many: bool = False) -> GenerationConfig:
         """The call's settings over the model's defaults, checked (engine.options). `many`: the
         call can return several sequences per prompt (generate)."""
-        return options.resolve(self.defaults, overrides, many)
+        cfg = options.resolve(self.defaults, overrides, many)
+        if cfg.assistant_model is not None:
+            if not isinstance(cfg.assistant_model, Engine):
+                raise TypeError(f"assistant_model must be an Engine (Engine.from_pretrained of a smaller model), "
+                                f"not {type(cfg.assistant_model).__name__}")
+            check_vocabularies(self.tokenizer._native.pieces(), cfg.assistant_model.tokenizer._native.pieces())
+        return cfg
 
     def _prepare(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Left-padded tokens [B, T] and kv_start [B] (number of padding slots per row)."""
@@ -290,19 +298,21 @@ class Engine:
         suppressed = sorted(i for i in stop_ids if 0 <= i < vocab) if cfg.min_new_tokens > 0 else []
         pick = make_picker(params, gen, cfg.repetition_penalty, tokens, kv_start_now, vocab, suppressed, cfg.min_new_tokens, known)
         # the captured step takes the argmax itself only when nothing happens between logits and choice
-        lookup = cfg.prompt_lookup_num_tokens
+        guessing = cfg.prompt_lookup_num_tokens is not None or cfg.assistant_model is not None
         graph_greedy = (params.greedy and cfg.repetition_penalty == 1.0 and not suppressed and known == vocab
-                        and logprobs is None and lookup is None)
+                        and logprobs is None and not guessing)
 
-        if lookup is not None and b != 1:
-            raise ValueError(f"prompt_lookup_num_tokens decodes one sequence at a time (batch 1, as in transformers); "
+        if guessing and b != 1:
+            name = "prompt_lookup_num_tokens" if cfg.prompt_lookup_num_tokens is not None else "assistant_model"
+            raise ValueError(f"{name} decodes one sequence at a time (batch 1, as in transformers); "
                              f"this call decodes {b} (prompts × num_return_sequences)")
 
         def logprob_of(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
             """log p(chosen) under the raw logits [B, V] -> [B]."""
             return logits.float().log_softmax(-1).gather(1, chosen[:, None])[:, 0]
 
-        with self._graph_lease((b, max_len, graph_greedy), self._use_graph() and cfg.max_new_tokens > 1) as use_graph:
+        with ExitStack() as stack:
+            use_graph = stack.enter_context(self._graph_lease((b, max_len, graph_greedy), self._use_graph() and cfg.max_new_tokens > 1))
             graph = None
             if use_graph:
                 cache, kv_start, graph = self._graph_state(b, max_len, graph_greedy)
@@ -319,10 +329,17 @@ class Engine:
                 if logprobs is not None:
                     logprobs.append(logprob_of(first, nxt).tolist())
                 yield host
-                if lookup is not None:
-                    yield from prompt_lookup.lookup_decode(
-                        self.model, cache.layers, list(prompts[0]) + host, t, cfg.max_new_tokens, lookup,
-                        cfg.max_matching_ngram_size, set(stop_ids), pick, logprob_of, logprobs, stats, time.perf_counter, graph)
+                if guessing:
+                    if cfg.prompt_lookup_num_tokens is not None:
+                        guesser: speculative.Guesser = NgramIndex(cfg.max_matching_ngram_size)
+                        per_step = cfg.prompt_lookup_num_tokens
+                    else:
+                        guesser = stack.enter_context(self._draft_guesser(cfg, max_len))
+                        per_step = cfg.num_assistant_tokens
+                    guesser.extend(list(prompts[0]) + host)
+                    yield from speculative.guess_and_check(
+                        self.model, cache.layers, guesser, t, cfg.max_new_tokens, per_step,
+                        set(stop_ids), pick, logprob_of, logprobs, stats, time.perf_counter, graph)
                     sync()
                     return
                 lengths = t - kv_start  # real prompt lengths [B]
@@ -364,6 +381,24 @@ class Engine:
                         logprobs.append(logprob_of(logits, nxt).tolist())
                     yield host
                 sync()
+
+    @contextmanager
+    def _draft_guesser(self, cfg: GenerationConfig, max_len: int) -> Iterator[DraftGuesser]:
+        """The assistant's guesser for one generation of up to `max_len` tokens: on its own
+        captured decode step and cache when it has one free, else on a cache of its own."""
+        draft = cfg.assistant_model
+        assert isinstance(draft, Engine)
+        with draft._graph_lease((1, max_len, False), draft._use_graph() and cfg.max_new_tokens > 1) as use_graph:
+            graph = None
+            if use_graph:
+                cache, kv_start, graph = draft._graph_state(1, max_len, False)
+                kv_start.zero_()
+            else:
+                cache = KVCache(draft.model.config, 1, max_len, draft.dtype, draft.device)
+                kv_start = torch.zeros(1, dtype=torch.long, device=draft.device)
+            vocab = min(self.model.config.vocab_size, len(self.tokenizer), draft.model.config.vocab_size)
+            yield DraftGuesser(draft.model, cache.layers, graph, lambda tokens: draft._prefill(tokens, kv_start, cache),
+                               vocab, cfg.assistant_confidence_threshold)
 
     @contextmanager
     def _graph_lease(self, key: tuple[int, int, bool], wanted: bool) -> Iterator[bool]:
@@ -445,7 +480,10 @@ class Engine:
         (transformers' rule, over the prompt and the generated tokens), ``min_new_tokens`` (no stop
         token before that many), ``num_return_sequences`` (samples per prompt, in prompt order),
         ``prompt_lookup_num_tokens`` (one prompt: guess that many tokens per step from the text
-        so far, ``max_matching_ngram_size`` long matches; the output is unchanged), and
+        so far, ``max_matching_ngram_size`` long matches; the output is unchanged),
+        ``assistant_model`` (one prompt: a smaller `Engine` of the same vocabulary guesses up to
+        ``num_assistant_tokens`` per step, stopping after one below ``assistant_confidence_threshold``;
+        the output is unchanged), and
         transformers' ``do_sample``, ``eos_token_id`` and ``pad_token_id``. ``return_logprobs=True``
         fills ``token_logprobs``: each generated token's log-probability under the model.
         """

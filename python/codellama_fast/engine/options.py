@@ -34,6 +34,12 @@ class GenerationConfig:
     # prompt-lookup decoding (engine.prompt_lookup): guesses per step, and the longest n-gram matched
     prompt_lookup_num_tokens: int | None = None
     max_matching_ngram_size: int = 2
+    # assisted decoding (engine.assisted): a smaller Engine of the same vocabulary guesses up to
+    # num_assistant_tokens per step, stopping after a token it gives less than the threshold
+    # (transformers' defaults)
+    assistant_model: Any = None
+    num_assistant_tokens: int = 20
+    assistant_confidence_threshold: float = 0.4
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_k, self.top_p)
@@ -67,6 +73,12 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     if cfg.prompt_lookup_num_tokens is not None:
         _at_least("prompt_lookup_num_tokens", cfg.prompt_lookup_num_tokens, 1)
     cfg.max_matching_ngram_size = _at_least("max_matching_ngram_size", arguments.check_int("max_matching_ngram_size", cfg.max_matching_ngram_size), 1)
+    cfg.num_assistant_tokens = _at_least("num_assistant_tokens", arguments.check_int("num_assistant_tokens", cfg.num_assistant_tokens), 1)
+    cfg.assistant_confidence_threshold = arguments.check_real("assistant_confidence_threshold", cfg.assistant_confidence_threshold)
+    if not 0.0 <= cfg.assistant_confidence_threshold <= 1.0:
+        raise ValueError(f"assistant_confidence_threshold must be in [0, 1] (0 never stops early), got {cfg.assistant_confidence_threshold}")
+    if cfg.assistant_model is not None and cfg.prompt_lookup_num_tokens is not None:
+        raise ValueError("give prompt_lookup_num_tokens or assistant_model, not both: each guesses the next tokens")
     cfg.repetition_penalty = arguments.check_real("repetition_penalty", cfg.repetition_penalty)
     if cfg.repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be > 0 (1.0 is none), got {cfg.repetition_penalty}")
