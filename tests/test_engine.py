@@ -631,6 +631,9 @@ def test_assisted_greedy_equals_plain_greedy_and_transformers(checkpoints, tok, 
     theirs = theirs[: theirs.index(end)] if end in theirs else theirs
     got = engine.generate(prompt, max_new_tokens=40, eos_token_id=end, assistant_model=assistant, return_logprobs=True)
     assert got.token_ids[0] == want == theirs[: len(want)]
+    assert 0 <= got.guesses_kept <= got.guesses_made > 0
+    plain = engine.generate(prompt, max_new_tokens=3)
+    assert plain.guesses_made == 0 and "guesses" not in plain.summary()
     scored = engine.score(input_ids=[ids[0].tolist() + want]).token_logprobs[0][ids.shape[1] - 1 :]
     assert logprobs_close(got.token_logprobs[0], scored, 1e-4)
 
@@ -650,6 +653,7 @@ def test_assisted_keeps_the_guesses_of_a_draft_that_agrees(checkpoints, tok):
     assert got.token_ids == plain.token_ids
     n_prompt = len(tok.encode(prompt))
     assert checks == [n_prompt] + [5] * 8  # prefill, then 40 tokens in 8 passes of 1 + 4 guesses
+    assert got.guesses_made == got.guesses_kept == 32 and "guesses kept 32 of 32 (100%)" in got.summary()
     # the draft: the prompt and the first token at once, then per check two unseen tokens
     # (its last guess and the model's added one) and three guesses of its own
     assert drafts[0] == n_prompt + 1 and sorted(set(drafts[1:])) == [1, 2]

@@ -43,6 +43,10 @@ class GenerationResult:
     # with return_logprobs: each generated token's log-probability under the model (its raw
     # logits' log-softmax, before temperature, filtering or penalties), aligned with token_ids
     token_logprobs: list[list[float]] | None = None
+    # prompt lookup / assisted decoding: the guesses checked and the ones the model kept (each
+    # kept guess is a decode pass saved); 0 for plain decoding
+    guesses_made: int = 0
+    guesses_kept: int = 0
 
     @property
     def text(self) -> str:
@@ -56,8 +60,11 @@ class GenerationResult:
 
     def summary(self) -> str:
         n = sum(len(t) for t in self.token_ids)
-        return (f"{n} tokens in {self.total_s:.2f} s; time to first token {self.time_to_first_token_s * 1e3:.1f} ms; "
-                f"decode {self.decode_tokens_per_s:.1f} tokens/s; prefill {self.prefill_tokens_per_s:.1f} tokens/s")
+        out = (f"{n} tokens in {self.total_s:.2f} s; time to first token {self.time_to_first_token_s * 1e3:.1f} ms; "
+               f"decode {self.decode_tokens_per_s:.1f} tokens/s; prefill {self.prefill_tokens_per_s:.1f} tokens/s")
+        if self.guesses_made:
+            out += f"; guesses kept {self.guesses_kept} of {self.guesses_made} ({100 * self.guesses_kept / self.guesses_made:.0f}%)"
+        return out
 
 
 @dataclass
@@ -440,6 +447,8 @@ class Engine:
             prefill_tokens_per_s=prompt_tokens / stats["prefill_s"] if stats["prefill_s"] > 0 else 0.0,
             total_s=stats["prefill_s"] + stats["decode_s"],
             token_logprobs=[list(lp) for lp in tracker.logprobs] if return_logprobs else None,
+            guesses_made=int(stats.get("guesses_made", 0)),
+            guesses_kept=int(stats.get("guesses_kept", 0)),
         )
 
     def _stop_ids(self, cfg: GenerationConfig, extra: Sequence[int] = (), prompt: Sequence[int] = ()) -> set[int]:

@@ -76,7 +76,7 @@ def guess_and_check(model: LlamaModel, caches: list[tuple[torch.Tensor, torch.Te
         done += len(emitted)
         stats["decode_tokens"] += len(emitted)
         stats["decode_s"] = clock() - decode_start
-        stats["guess_steps"] = stats.get("guess_steps", 0) + 1
+        stats["guesses_made"] = stats.get("guesses_made", 0) + len(guesses)
         stats["guesses_kept"] = stats.get("guesses_kept", 0) + len(emitted) - 1
         for j, tok in enumerate(emitted):
             if logprobs is not None:
