@@ -975,6 +975,14 @@ def test_difference_tokens_of_plain_added_tokens_are_their_content():
     assert hf.tokenize("a <foo>") == ["▁a", "▁<foo>"]
     assert hf.convert_tokens_to_ids(hf.tokenize("a <foo>")) != hf.encode("a <foo>", add_special_tokens=False)
     assert ours.convert_tokens_to_ids(ours.tokenize("a <foo>")) == ours.encode("a <foo>", add_special_tokens=False)
+    # a token that takes the whitespace before it: transformers names it by that text too
+    from tokenizers import AddedToken
+
+    for tok in (hf, ours):
+        tok.add_tokens([AddedToken("<L>", lstrip=True, normalized=False)])
+    assert hf.tokenize("a  <L>") == ["▁a", "  <L>"] and ours.tokenize("a  <L>") == ["▁a", "<L>"]
+    assert hf.convert_tokens_to_ids(hf.tokenize("a  <L>")) != hf.encode("a  <L>", add_special_tokens=False)
+    assert ours.convert_tokens_to_ids(ours.tokenize("a  <L>")) == ours.encode("a  <L>", add_special_tokens=False)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"padding": True, "return_tensors": "np"}, {"truncation": True, "max_length": 3, "padding": "max_length"}])
