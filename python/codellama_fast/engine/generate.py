@@ -336,7 +336,7 @@ class Engine:
                 if logprobs is not None:
                     logprobs.append(logprob_of(first, nxt).tolist())
                 yield host
-                if guessing:
+                if guessing and cfg.max_new_tokens > 1:
                     if cfg.prompt_lookup_num_tokens is not None:
                         guesser: speculative.Guesser = NgramIndex(cfg.max_matching_ngram_size)
                         per_step = cfg.prompt_lookup_num_tokens
