@@ -258,9 +258,17 @@ def test_assisted_decoding_through_the_kernels_equals_plain_decoding(tmp_path, m
     events: list[tuple[str, object]] = []  # ("pass", model, tokens) and ("replay", model) in order
     replay = GraphDecoder.replay
     monkeypatch.setattr(GraphDecoder, "replay", lambda self: events.append(("replay", self.model)) or replay(self))
+
+    def logged(model):
+        forward = model.forward
+
+        def run(tokens, *args, **kwargs):
+            events.append(("pass", model, tokens.shape[1]))
+            return forward(tokens, *args, **kwargs)
+        return run
+
     for e in (eng, draft):
-        forward = e.model.forward
-        e.model.forward = (lambda f, m: lambda tokens, *a, **k: events.append(("pass", m, tokens.shape[1])) or f(tokens, *a, **k))(forward, e.model)
+        e.model.forward = logged(e.model)
     got = eng.generate(prompt, max_new_tokens=12, stop_at_eos=False, assistant_model=draft, num_assistant_tokens=3,
                        assistant_confidence_threshold=0.0)
     assert got.token_ids == plain.token_ids
