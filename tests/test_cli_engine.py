@@ -166,16 +166,3 @@ def test_chat_and_infill_stream_print_what_the_plain_commands_print(tmp_path):
                 for s in ((), ("--stream",))]
         assert runs[0].returncode == runs[1].returncode == 0, runs[0].stderr + runs[1].stderr
         assert runs[0].stdout == runs[1].stdout and runs[0].stdout.strip()
-
-
-def test_stripped_stream_concatenates_to_the_stripped_text():
-    from hypothesis import given
-    from hypothesis import strategies as st
-
-    from codellama_fast.cli_engine import _stripped
-
-    @given(st.lists(st.text(alphabet=" \n\tab", max_size=5), max_size=8))
-    def check(deltas):
-        assert "".join(_stripped(iter(deltas))) == "".join(deltas).strip()
-
-    check()

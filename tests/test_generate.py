@@ -158,6 +158,32 @@ def test_chat_prompt_matches_meta(model_dir, tok, sp_codellama):
     assert engine.chat(dialog[1:2], max_new_tokens=20) == "print(1)"
 
 
+def test_stream_chat_concatenates_to_chat(model_dir, tok):
+    """stream_chat's deltas join to chat()'s answer: the same leading and trailing whitespace
+    dropped, the text in several pieces."""
+    engine = Engine(load_model(model_dir, device="cpu"), tok)
+    dialog = [{"role": "user", "content": "Write print(1)"}]
+    answer = tok.encode(" \n print(1)\nprint(2)  \n", add_special_tokens=False) + [2]
+    scripted(engine, answer)
+    whole = engine.chat(dialog, max_new_tokens=30)
+    scripted(engine, answer)
+    deltas = list(engine.stream_chat(dialog, max_new_tokens=30))
+    assert whole == "print(1)\nprint(2)" == "".join(deltas) and len(deltas) > 2
+
+
+def test_stripped_deltas_concatenate_to_the_stripped_text():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from codellama_fast.engine.generate import stripped_deltas
+
+    @given(st.lists(st.text(alphabet=" \n\tab", max_size=5), max_size=8))
+    def check(deltas):
+        assert "".join(stripped_deltas(iter(deltas))) == "".join(deltas).strip()
+
+    check()
+
+
 @pytest.mark.parametrize("where", ["config", "jinja file"])
 def test_chat_uses_a_fine_tunes_own_template(model_dir, tmp_path, where):
     """With a chat template other than Code Llama Instruct's in the tokenizer config (or in

@@ -114,23 +114,6 @@ def _write_stream(deltas: Iterator[str]) -> str:
     return "".join(parts)
 
 
-def _stripped(deltas: Iterator[str]) -> Iterator[str]:
-    """The deltas of ``"".join(deltas).strip()``: leading whitespace dropped, trailing whitespace
-    held back until more text follows it (as Engine.chat strips its answer)."""
-    started, pending = False, ""
-    for delta in deltas:
-        if not started:
-            delta = delta.lstrip()
-            if not delta:
-                continue
-            started = True
-        text = pending + delta
-        body = text.rstrip()
-        pending = text[len(body) :]
-        if body:
-            yield body
-
-
 def cmd_infill(args: argparse.Namespace) -> int:
     engine = _load(args)
     text = _prompt(args)
@@ -162,7 +145,7 @@ def _answer(engine: Any, messages: list[dict[str, str]], args: argparse.Namespac
         answer = engine.chat(messages, **_gen_kwargs(args, engine))
         print(answer)
         return answer
-    answer = _write_stream(_stripped(engine.stream(engine.tokenizer.chat_prompt_ids(messages), **_gen_kwargs(args, engine))))
+    answer = _write_stream(engine.stream_chat(messages, **_gen_kwargs(args, engine)))
     sys.stdout.write("\n")
     return answer
 

@@ -128,6 +128,23 @@ def _partial_stop_len(text: str, stops: Sequence[str]) -> int:
     return best
 
 
+def stripped_deltas(deltas: Iterable[str]) -> Iterator[str]:
+    """The deltas of ``"".join(deltas).strip()``: leading whitespace dropped, trailing whitespace
+    held back until more text follows it (as Engine.chat strips its answer)."""
+    started, pending = False, ""
+    for delta in deltas:
+        if not started:
+            delta = delta.lstrip()
+            if not delta:
+                continue
+            started = True
+        text = pending + delta
+        body = text.rstrip()
+        pending = text[len(body) :]
+        if body:
+            yield body
+
+
 class Engine:
     """A loaded model plus its tokenizer.
 
@@ -597,3 +614,12 @@ class Engine:
         cfg = self._config(kwargs)
         decode = lambda new: self.tokenizer._native.decode(new, True)  # noqa: E731
         return self._run([ids], cfg, self._stop_ids(cfg), [decode]).texts[0].strip()
+
+    def stream_chat(self, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> Iterator[str]:
+        """Yields text deltas of the assistant's next message as it is generated; they concatenate
+        to ``chat(messages)`` (its leading and trailing whitespace dropped as ``chat`` drops it).
+
+        >>> for delta in engine.stream_chat([{"role": "user", "content": "Reverse a list"}]):  # doctest: +SKIP
+        ...     print(delta, end="", flush=True)
+        """
+        return stripped_deltas(self.stream(self.tokenizer.chat_prompt_ids(messages), **kwargs))
