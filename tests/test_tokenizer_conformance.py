@@ -632,6 +632,27 @@ def test_overflowing_windows_match_hf(sprinkled, side, max_length, stride, kwarg
         assert a == b
 
 
+def test_padding_to_a_multiple_past_the_truncation_length_is_an_error_as_in_hf():
+    """truncation to max_length with padding to a multiple that max_length is not: transformers
+    refuses it (rows would outgrow max_length), and so do we; padding alone to a multiple is fine."""
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    hf.pad_token = ours.pad_token = hf.eos_token
+    for padding in (True, "max_length"):
+        kw = dict(padding=padding, truncation=True, max_length=5, pad_to_multiple_of=4)
+        with pytest.raises(ValueError, match="not a multiple of pad_to_multiple_of"):
+            hf(["a", "b c"], **kw)
+        with pytest.raises(TokenizerError, match="not a multiple of pad_to_multiple_of"):
+            ours(["a", "b c"], **kw)
+    assert ours(["a", "b c"], truncation=True, max_length=8, padding=True, pad_to_multiple_of=4)["input_ids"] == \
+        hf(["a", "b c"], truncation=True, max_length=8, padding=True, pad_to_multiple_of=4)["input_ids"]
+    # padding=True with a max_length and no truncation: max_length does nothing, and both say so
+    kw = dict(padding=True, max_length=5, pad_to_multiple_of=4)
+    with pytest.warns(UserWarning, match="max_length is not used"):
+        got = ours(["a", "b c"], **kw)["input_ids"]
+    with pytest.warns(UserWarning, match="`max_length` is ignored"):
+        assert got == hf(["a", "b c"], **kw)["input_ids"]
+
+
 def test_difference_a_stride_past_the_window_is_an_error(hf, ours):
     """transformers' fast class panics in Rust when the stride is not smaller than the window; we raise."""
     with pytest.raises(TokenizerError, match="stride=4 must be smaller"):
@@ -809,6 +830,28 @@ def test_difference_truncation_without_max_length_uses_the_code_llama_context(hf
     ids = ours(text, truncation=True)["input_ids"]
     assert ids == ours.encode(text)[:16384]
     assert len(hf(text, truncation=True)["input_ids"]) > 16384
+
+
+def test_difference_return_length_counts_each_texts_tokens():
+    """return_length gives each sequence's own token count (what its attention mask sums to), as
+    the slow class does for a batch; transformers' fast class gives the padded width. One text's
+    length is a number, like its other keys (the fast class gives a one-item list). As tensors,
+    one length per row ([B]), the fast class's shape."""
+    hf, ours = _hf_fast(), CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
+    hf.pad_token = ours.pad_token = hf.eos_token
+    texts = ["a", "def f(x):\n    return x", "x = 1"]
+    for kw in ({"padding": True}, {"padding": "max_length", "max_length": 16}, {"padding": True, "pad_to_multiple_of": 8}):
+        a, b = hf(texts, return_length=True, **kw), ours(texts, return_length=True, **kw)
+        assert b["length"] == [sum(m) for m in b["attention_mask"]] == [len(hf(t)["input_ids"]) for t in texts]
+        assert a["length"] != b["length"] and a["input_ids"] == b["input_ids"]
+        for kind in ("np", "pt"):
+            a, b = hf(texts, return_length=True, return_tensors=kind, **kw), ours(texts, return_length=True, return_tensors=kind, **kw)
+            assert tuple(b["length"].shape) == tuple(a["length"].shape) == (3,)
+            assert b["length"].tolist() == b["attention_mask"].sum(1).tolist()
+    n = len(hf("x = 1")["input_ids"])
+    assert ours("x = 1", return_length=True)["length"] == n and hf("x = 1", return_length=True)["length"] == [n]
+    unpadded = hf(texts, return_length=True)["length"]  # without padding both give the counts
+    assert ours(texts, return_length=True)["length"] == unpadded == [len(ids) for ids in hf(texts)["input_ids"]]
 
 
 def test_difference_split_special_tokens_keeps_added_tokens_as_text(sp_codellama):

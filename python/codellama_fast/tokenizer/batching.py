@@ -135,7 +135,8 @@ class BatchingMixin:
                     "the texts have different lengths, so they cannot form one tensor; pass padding=True "
                     "(after setting a pad token) or return lists"
                 )
-            data = {k: self._to_tensor(v, return_tensors, k == "offset_mapping") for k, v in data.items()}
+            # one number per row for "length": [B]; every other key holds a row per text: [B, T] ([B, T, 2] for offsets)
+            data = {k: self._to_tensor(v, return_tensors, k == "offset_mapping", per_row=k == "length") for k, v in data.items()}
         elif not batched:
             data = {k: v[0] for k, v in data.items()}
         return BatchEncoding(data)
@@ -191,11 +192,12 @@ class BatchingMixin:
         return mask
 
     @staticmethod
-    def _to_tensor(rows: Any, kind: str, pairs: bool = False) -> Any:
+    def _to_tensor(rows: Any, kind: str, pairs: bool = False, per_row: bool = False) -> Any:
+        """`rows` as a [B, T] tensor ([B, T, 2] with `pairs`; [B] with `per_row`: one number per row)."""
         import numpy as np
 
         array = rows if isinstance(rows, np.ndarray) else np.asarray(rows, dtype=np.int64)
-        if array.ndim == (2 if pairs else 1):
+        if not per_row and array.ndim == (2 if pairs else 1):
             array = array.reshape(len(rows), -1, 2) if pairs else array.reshape(len(rows), -1)
         return as_tensor(array, kind)
 

@@ -17,7 +17,7 @@ from ..errors import InfillingUnsupported, TokenIdError, TokenizerError
 from .adding import AddingMixin, added_tokens_of_folder
 from .alignment import PendingAlignment, infill_entries
 from .batch_encoding import BatchEncoding
-from .batching import BatchingMixin, as_tensor
+from .batching import _PADDING_STRATEGIES, BatchingMixin, as_tensor
 from .chat import ChatMixin
 from .collate import PaddingMixin
 from .compat import CompatMixin
@@ -490,6 +490,10 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
                 )
             truncation = True
         if not truncation or truncation == "do_not_truncate":
+            if verbose and max_length is not None and padding is True:
+                warnings.warn("max_length is not used: padding=True pads to the longest text and nothing truncates "
+                              "(as in transformers); pass padding='max_length' to pad to it, or truncation=True to cut to it",
+                              UserWarning, stacklevel=3)
             return None
         return max_length if max_length is not None else self.model_max_length
 
@@ -612,6 +616,10 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
             raise TypeError("give the text to tokenize (text=, or text_target= for labels)")
         side = self._check_output_options(return_tensors, padding, padding_side)
         limit = self._truncation_limit(truncation, max_length, padding, verbose)
+        if limit is not None and max_length is not None and _PADDING_STRATEGIES[padding] and pad_to_multiple_of and max_length % pad_to_multiple_of:
+            # padding past the truncation length would make rows longer than max_length
+            raise TokenizerError(f"truncation and padding are both on, but the truncation length ({max_length}) is not a multiple of "
+                                 f"pad_to_multiple_of ({pad_to_multiple_of}); make max_length a multiple of it")
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
             raise TokenizerError(f"stride must be a non-negative int, got {stride!r}")
         if is_split_into_words:
