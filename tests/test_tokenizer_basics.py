@@ -148,7 +148,7 @@ def test_pad_bad_inputs(inputs, match):
      TokenizerError, "refused the conversation: no users"),
     (lambda t: t.apply_chat_template([{"role": "user", "content": "a"}], chat_template="{% if %}"), TokenizerError, "does not parse"),
     (lambda t: t.apply_chat_template([{"role": "user", "content": "a"}], tools=[{"name": "f"}]), TypeError, "takes no template arguments"),
-    (lambda t: t.apply_chat_template([{"role": "user", "content": "a"}], continue_final_message=True), TokenizerError, "assistant message"),
+    (lambda t: t.apply_chat_template([{"role": "user", "content": "a"}], tokenize=False, return_dict=True), TokenizerError, "needs tokenize=True"),
     (lambda t: t.apply_chat_template([{"role": "user", "content": "a"}], continue_final_message=True, add_generation_prompt=True),
      TokenizerError, "cannot both"),
     (lambda t: t.apply_chat_template([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]), ValueError, "alternate"),

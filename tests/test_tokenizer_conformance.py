@@ -248,8 +248,7 @@ _CHAT_KWARGS = [
 
 @pytest.mark.parametrize("dialog, kwargs", [
     pytest.param(dialog, kwargs, id=f"{name}-{'-'.join(kwargs) or 'ids'}")
-    for name, dialog in _CHAT_DIALOGS.items() for kwargs in _CHAT_KWARGS
-    if dialog[-1]["role"] == "assistant" or not kwargs.get("continue_final_message")  # continuing needs an answer
+    for name, dialog in _CHAT_DIALOGS.items() for kwargs in _CHAT_KWARGS  # continuing: an answer, or a user message
 ])
 def test_apply_chat_template_matches_hf_llama2_template(instruct_dir, dialog, kwargs):
     """Ids, text, tensors and dicts equal what transformers renders with the Instruct models' chat template."""
@@ -266,6 +265,17 @@ def test_apply_chat_template_matches_hf_llama2_template(instruct_dir, dialog, kw
         assert type(a).__name__ == type(b).__name__
         assert (a.tolist() if hasattr(a, "tolist") else a) == (b.tolist() if hasattr(b, "tolist") else b)
     assert ours.chat_template == hf.chat_template
+
+
+def test_chat_return_dict_without_tokenizing_is_an_error_as_in_hf(instruct_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = transformers.AutoTokenizer.from_pretrained(str(instruct_dir))
+    ours = CodeLlamaTokenizerFast.from_pretrained(instruct_dir)
+    with pytest.raises(ValueError, match="incompatible with `tokenize=False`"):
+        hf.apply_chat_template(CHAT, tokenize=False, return_dict=True)
+    with pytest.raises(TokenizerError, match="return_dict=True needs tokenize=True"):
+        ours.apply_chat_template(CHAT, tokenize=False, return_dict=True)
 
 
 def test_apply_chat_template_batches_like_hf(instruct_dir):
@@ -307,14 +317,14 @@ def test_other_chat_templates_render_as_in_hf(tmp_path, kwargs):
     """A fine-tune's own chat template (ChatML here, in its tokenizer_config.json, or passed as
     chat_template=) is rendered and tokenized as transformers does."""
     hf, ours = _folder_with_template(tmp_path, CHATML)
-    dialog = CHAT[:3] if kwargs.get("continue_final_message") else CHAT
-    a, b = hf.apply_chat_template(dialog, **kwargs), ours.apply_chat_template(dialog, **kwargs)
     as_plain = lambda x: x if isinstance(x, str) else (_plain(x) if hasattr(x, "keys") else (x.tolist() if hasattr(x, "tolist") else x))  # noqa: E731
-    assert as_plain(a) == as_plain(b)
     base = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR)
-    assert as_plain(base.apply_chat_template(dialog, chat_template=CHATML, **kwargs)) == as_plain(b)
-    if "return_tensors" not in kwargs:  # a batch of different lengths makes no tensor
-        assert as_plain(hf.apply_chat_template([dialog, CHAT[1:3]], **kwargs)) == as_plain(ours.apply_chat_template([dialog, CHAT[1:3]], **kwargs))
+    for dialog in (CHAT, CHAT[:3]):  # ending with a user message, and with an answer
+        a, b = hf.apply_chat_template(dialog, **kwargs), ours.apply_chat_template(dialog, **kwargs)
+        assert as_plain(a) == as_plain(b)
+        assert as_plain(base.apply_chat_template(dialog, chat_template=CHATML, **kwargs)) == as_plain(b)
+        if "return_tensors" not in kwargs:  # a batch of different lengths makes no tensor
+            assert as_plain(hf.apply_chat_template([dialog, CHAT[1:3]], **kwargs)) == as_plain(ours.apply_chat_template([dialog, CHAT[1:3]], **kwargs))
 
 
 def test_difference_chat_messages_are_text(instruct_dir, sp_codellama):

@@ -50,8 +50,8 @@ def chat_prompt_ids(
 ) -> list[int]:
     """Meta's ids for a dialog. The last message is the user's (a prompt to answer), or with
     ``final="any"`` may be the assistant's (a finished exchange, ending in EOS); ``open_end``
-    leaves that last answer open (as written, without the closing space and EOS) for the model to
-    continue."""
+    leaves the last message open (as written, without what closes it: the space and EOS after an
+    answer, ``[/INST]`` after a user message) for the model to continue."""
     return [i for ids, _ in _chat_segments(tokenizer, messages, final, open_end) for i in ids]
 
 
@@ -85,7 +85,10 @@ def _chat_segments(
         n = next((j for j, (start, _) in enumerate(offsets) if start >= len(asked)), len(ids))
         out += [([bos] + ids[:n], False), (ids[n:] + closing, True)]
     if len(dialog) % 2:
-        out.append(([bos] + tokenizer.encode(f"{B_INST} {dialog[-1]['content'].strip()} {E_INST}", add_special_tokens=False, split_special_tokens=True), False))
+        asking = dialog[-1]["content"]
+        # an open user message ends where its text does (trailing whitespace kept), before [/INST]
+        text = f"{B_INST} {asking.lstrip()}" if open_end else f"{B_INST} {asking.strip()} {E_INST}"
+        out.append(([bos] + tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True), False))
     return out
 
 
@@ -99,7 +102,8 @@ def _llama2_text(messages: Sequence[Mapping[str, str]], bos: str, eos: str, open
     parts = []
     for k, m in enumerate(dialog):
         if m["role"] == "user":
-            parts.append(f"{bos}{B_INST} {m['content'].strip()} {E_INST}")
+            last = open_end and k == len(dialog) - 1
+            parts.append(f"{bos}{B_INST} {m['content'].lstrip()}" if last else f"{bos}{B_INST} {m['content'].strip()} {E_INST}")
         elif open_end and k == len(dialog) - 1:
             parts.append(f" {m['content'].lstrip()}")
         else:
@@ -213,8 +217,8 @@ class ChatMixin:
         With no ``chat_template`` (the base models) or one that writes Code Llama Instruct's format
         (the Instruct models'): the text that template renders with ``tokenize=False``, else Meta's
         ids (``chat_completion``), where special-token strings inside a message stay text. The last
-        message may be the user's (a prompt) or the assistant's (a finished exchange, ending in EOS;
-        with ``continue_final_message=True`` left open for the model to continue). Any other
+        message may be the user's (a prompt) or the assistant's (a finished exchange, ending in EOS);
+        ``continue_final_message=True`` leaves either open for the model to continue. Any other
         template (the config's or ``chat_template=``) is rendered with Jinja, as transformers does,
         with ``template_kwargs`` as extra variables, and its text tokenized.
 
@@ -229,11 +233,10 @@ class ChatMixin:
         """
         if continue_final_message and add_generation_prompt:
             raise TokenizerError("continue_final_message and add_generation_prompt cannot both be set")
+        if return_dict and not tokenize:
+            raise TokenizerError("return_dict=True needs tokenize=True: the text has no ids or mask to return in a dict")
         batched = isinstance(conversation, Sequence) and bool(conversation) and not isinstance(conversation[0], Mapping)
         conversations = list(conversation) if batched else [conversation]
-        for chat in conversations:
-            if continue_final_message and (not chat or not isinstance(chat[-1], Mapping) or chat[-1].get("role") != "assistant"):
-                raise TokenizerError("continue_final_message needs the conversation to end with an assistant message")
         mask_wanted = bool(return_assistant_tokens_mask) and tokenize
         if mask_wanted and not return_dict:
             raise TokenizerError("return_assistant_tokens_mask=True needs return_dict=True (the mask is returned beside the ids)")
