@@ -663,6 +663,26 @@ def test_padding_to_a_multiple_past_the_truncation_length_is_an_error_as_in_hf()
         assert got == hf(["a", "b c"], **kw)["input_ids"]
 
 
+def test_difference_pad_of_ragged_rows_into_arrays_is_an_error(hf, ours):
+    """pad(..., return_tensors="np") of rows that stay of different lengths (padding=False, or a
+    field padding does not touch, such as labels): transformers builds a numpy object array of
+    arrays, which fails later in any model; we say so at once. Empty rows give int64 arrays."""
+    hf.pad_token = ours.pad_token = hf.eos_token
+    try:
+        for kw, feats in ((dict(padding=False), [{"input_ids": [5, 6]}, {"input_ids": [5]}]),
+                          ({}, [{"input_ids": [5, 6], "labels": [1]}, {"input_ids": [5], "labels": [1, 2, 3]}])):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                theirs = hf.pad([dict(f) for f in feats], return_tensors="np", **kw)
+            assert any(v.dtype == object for v in theirs.values())
+            with pytest.raises(TokenizerError, match="cannot form one tensor"):
+                ours.pad([dict(f) for f in feats], return_tensors="np", **kw)
+        empty = ours.pad([{"input_ids": []}, {"input_ids": []}], return_tensors="pt")
+        assert empty["input_ids"].dtype == __import__("torch").int64 and tuple(empty["input_ids"].shape) == (2, 0)
+    finally:
+        hf.pad_token = ours.pad_token = None
+
+
 def test_difference_a_stride_past_the_window_is_an_error(hf, ours):
     """transformers' fast class panics in Rust when the stride is not smaller than the window; we raise."""
     with pytest.raises(TokenizerError, match="stride=4 must be smaller"):

@@ -45,6 +45,8 @@ def _to_tensor(key: str, value: Any, kind: str) -> Any:
         array = None
     if array is None or array.dtype == object:
         raise TokenizerError(f"{key} cannot form one tensor (rows of different lengths, or values that are not numbers); pad them or return lists")
+    if array.size == 0 and array.dtype.kind == "f":
+        array = array.astype(np.int64)  # empty sequences: numpy's default float would not index an embedding
     return as_tensor(array, kind)
 
 
