@@ -203,7 +203,9 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         tok = cls(native, **cls._settings(files, kwargs), name_or_path=str(pretrained_model_name_or_path or "codellama/CodeLlama-7b-hf"), model_file_bytes=model_bytes)
         additional = [token_content(t) for t in files.config.get("additional_special_tokens") or files.special_tokens_map.get("additional_special_tokens") or []]
         if additional and all(isinstance(t, str) and native.piece_to_id(t) is not None for t in additional):
-            tok._additional_special = additional
+            # the infilling sentinels are always among them, as transformers' class adds them on loading
+            sentinels = [tok.prefix_token, tok.middle_token, tok.suffix_token, tok.eot_token]
+            tok._additional_special = additional + [t for t in sentinels if t is not None and t not in additional]
         return tok
 
     @staticmethod
