@@ -791,6 +791,19 @@ def test_result_works_as_generate_kwargs(ours):
 # ---------------------------------------------------------------- deliberate differences
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"add_special_tokens": False}, {"suffix_first": True}, {"return_offsets_mapping": True}])
+def test_special_tokens_mask_of_infilling_prompts_whose_text_holds_sentinel_pieces(hf, ours, kwargs):
+    """" <PRE>", " <SUF>", " <MID>" in code are ordinary pieces with the sentinels' ids; the mask
+    marks the prompt's own sentinels by position, as transformers' post-processor does."""
+    for text in ["a <PRE>b <SUF> c<FILL_ME> x <MID> y <SUF>", "x <MID><FILL_ME> <PRE> <SUF>", "y<FILL_ME> <SUF>"]:
+        a, b = hf(text, return_special_tokens_mask=True, **kwargs), ours(text, return_special_tokens_mask=True, **kwargs)
+        assert b["input_ids"] == a["input_ids"] and b["special_tokens_mask"] == a["special_tokens_mask"], text
+        assert sum(b["special_tokens_mask"]) == 3 + (kwargs.get("add_special_tokens", True))  # BOS and three sentinels
+    texts = ["a <PRE>b <SUF> c<FILL_ME> x <MID>", "plain <MID> text"]
+    got = ours(texts, return_special_tokens_mask=True, **kwargs)["special_tokens_mask"]
+    assert got == [hf(t, return_special_tokens_mask=True, **kwargs)["special_tokens_mask"] for t in texts]
+
+
 def test_difference_infilling_in_batch_calls(hf, ours):
     """HF fast silently skips infilling in batch calls; we infill every item."""
     texts = ["def f(<FILL_ME>):", "x = <FILL_ME>"]

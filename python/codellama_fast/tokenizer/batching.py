@@ -90,13 +90,18 @@ class BatchingMixin:
         infill_flags: list[bool] | None = None,
         add_special: bool = True,
         extra: dict[str, list[list[int]]] | None = None,
+        infill_masks: list[list[int] | None] | None = None,
     ) -> BatchEncoding:
-        """Pads and packs encoded rows. ``extra``: more per-token rows (padded with 0)."""
+        """Pads and packs encoded rows. ``extra``: more per-token rows (padded with 0).
+        ``infill_masks``: the special-tokens mask of each infilling row (None for the others)."""
         infill_flags = infill_flags or [False] * len(encoded)
         extra = {k: list(rows) for k, rows in (extra or {}).items()}
         strategy = _PADDING_STRATEGIES[padding]
         masks = [[1] * len(ids) for ids in encoded]
-        specials = [self._added_mask(ids, inf, add_special) for ids, inf in zip(encoded, infill_flags)] if return_special_tokens_mask else None
+        specials = None
+        if return_special_tokens_mask:
+            given = infill_masks or [None] * len(encoded)
+            specials = [list(m) if m is not None else self._added_mask(ids, inf, add_special) for ids, inf, m in zip(encoded, infill_flags, given)]
         width = self._pad_width(encoded, strategy, max_length, pad_to_multiple_of)
         if width is not None:
             pad_id = self.pad_token_id

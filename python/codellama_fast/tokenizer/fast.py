@@ -688,10 +688,14 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
             results = [self._encode_one(t, s, suffix_first, add_special_tokens, split_special_tokens) for t, s in zip(texts, suffixes)]
             encoded = [r[0] for r in results]
             infill_flags = [r[1] for r in results]
+        # an infilling row's special tokens by position: its text may hold the sentinels' pieces too
+        infill_masks = ([self._infill_mask(t, s, suffix_first, add_special_tokens) if inf else None for t, s, inf in zip(texts, suffixes, infill_flags)]
+                        if return_special_tokens_mask and any(infill_flags) and not is_split_into_words else None)
         mapping = None
         if return_overflowing_tokens:
             rows = [self._windows(ids, limit, stride, add_special_tokens, inf) for ids, inf in zip(encoded, infill_flags)]
             mapping = [k for k, windows in enumerate(rows) for _ in windows]
+            infill_masks = None if infill_masks is None else [infill_masks[k] for k in mapping]  # an infilling row is one window
             if offsets is not None:
                 offsets = [w for o in offsets for w in self._windows(o, limit, stride, add_special_tokens, False)]  # type: ignore[arg-type]
             encoded = [w for windows in rows for w in windows]
@@ -702,7 +706,8 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
                 offsets = [self._truncate(o, limit, add_special_tokens, False) for o in offsets]  # type: ignore[arg-type]
             encoded = [self._truncate(ids, limit, add_special_tokens, inf) for ids, inf in zip(encoded, infill_flags)]
         out = self._finish(encoded, batched, padding, max_length, side, pad_to_multiple_of, return_tensors,
-                           return_attention_mask, return_special_tokens_mask, return_length, offsets, infill_flags, add_special_tokens)
+                           return_attention_mask, return_special_tokens_mask, return_length, offsets, infill_flags, add_special_tokens,
+                           infill_masks=infill_masks)
         if mapping is not None:
             import numpy as np
 
@@ -714,6 +719,12 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
     def _attach_alignment(self, out: BatchEncoding, *args: Any) -> None:
         """Lets ``out`` compute its token ↔ text mappings when first asked (see alignment.py)."""
         out._alignment_source = PendingAlignment(self, (*args, out["input_ids"]))
+
+    def _infill_mask(self, text: str, suffix: str | None, suffix_first: bool | None, add_special_tokens: bool) -> list[int]:
+        """1 for BOS and the sentinels of one infilling prompt, 0 for its text's tokens."""
+        parts = self._infill_parts(text, suffix)
+        assert parts is not None
+        return [int(entry[1] is None) for entry in self._infill_checked(parts, suffix_first, add_special_tokens)]
 
     def _infill_checked(self, parts: tuple[str, str], suffix_first: bool | None, add_special_tokens: bool) -> list[Any]:
         """The infilling prompt of (prefix, suffix) token by token, with their characters."""
