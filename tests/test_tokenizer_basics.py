@@ -96,6 +96,20 @@ def test_decode_bad_ids_are_typed_errors(tok):
         tok.decode(["a"])
     with pytest.raises(TokenIdError):
         tok.batch_decode([[1], [99999]])
+    with pytest.raises(TypeError, match="use batch_decode"):
+        tok.decode([[1, 822], [1, 285]])
+    with pytest.raises(TypeError, match="an id or a sequence of ids"):
+        tok.convert_ids_to_tokens([[1, 822]])
+
+
+def test_ids_as_tensors_and_numpy_scalars(tok):
+    """transformers takes ids as tensors, arrays and numpy ints alike; a 0-d tensor is one id."""
+    torch = pytest.importorskip("torch")
+    np = pytest.importorskip("numpy")
+    piece = tok.convert_ids_to_tokens(822)
+    assert tok.convert_ids_to_tokens(torch.tensor(822)) == tok.convert_ids_to_tokens(np.int64(822)) == piece
+    assert tok.convert_ids_to_tokens([np.int32(822), np.int64(1)], skip_special_tokens=True) == [piece]
+    assert tok.decode(torch.tensor([1, 822], dtype=torch.int32)) == tok.decode([np.int64(1), np.int32(822)]) == tok.decode([1, 822])
 
 
 def test_bad_text_inputs(tok):

@@ -7,6 +7,8 @@ Meta's reference (``llama/generation.py``); the rest of the surface follows tran
 
 from __future__ import annotations
 
+import operator
+
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -389,11 +391,18 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         return {p: i for i, p in enumerate(self._native.pieces())}
 
     def convert_ids_to_tokens(self, ids: int | Sequence[int], skip_special_tokens: bool = False) -> str | list[str]:
+        """One id's piece (an int, or a 0-d tensor/array), or a list of pieces for a sequence of ids."""
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()  # a 0-d tensor becomes an int, as an int it is one piece
         if isinstance(ids, int):
             return _native_ids(self._native.id_to_piece, ids)
         out = []
         skip = set(self.all_special_ids) if skip_special_tokens else set()
-        for i in _ids_list(ids):
+        for item in _ids_list(ids):
+            try:
+                i = operator.index(item)  # numpy ints too; a nested list is not an id
+            except TypeError:
+                raise TypeError(f"convert_ids_to_tokens takes an id or a sequence of ids, got an item of type {type(item).__name__}") from None
             if i in skip:
                 continue
             out.append(_native_ids(self._native.id_to_piece, i))
@@ -800,7 +809,10 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         ``clean_up_tokenization_spaces=True`` also applies transformers' English clean-up
         (``" ,"`` → ``","``...); it is off by default, as it changes code."""
         _check_decode_kwargs(kwargs)
-        text = _native_ids(self._native.decode, _ids_list(token_ids), bool(skip_special_tokens))
+        ids = _ids_list(token_ids)
+        if ids and isinstance(ids[0], (list, tuple)):
+            raise TypeError("decode takes one sequence of ids; use batch_decode for a batch of them")
+        text = _native_ids(self._native.decode, ids, bool(skip_special_tokens))
         return self._cleaned(text, clean_up_tokenization_spaces)
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None, **kwargs: Any) -> list[str]:
