@@ -8,7 +8,6 @@ Meta's reference (``llama/generation.py``); the rest of the surface follows tran
 from __future__ import annotations
 
 import operator
-
 import os
 import warnings
 from collections.abc import Iterable, Sequence
