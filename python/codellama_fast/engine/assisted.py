@@ -64,8 +64,8 @@ class DraftGuesser:
         self.filled = len(self.seq)
         guesses: list[int] = []
         while len(guesses) < k:
-            probs = logits[: self.vocab].float().softmax(-1)  # [V]
-            p, tok = (x.item() for x in probs.max(-1))
+            best = logits[: self.vocab].float().softmax(-1).max(-1)  # over [V]
+            p, tok = torch.stack((best.values.double(), best.indices.double())).tolist()  # one host read
             if int(tok) in stop_ids:
                 break
             guesses.append(int(tok))
