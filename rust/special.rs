@@ -164,21 +164,6 @@ impl SpecialMatcher {
 
     /// Splits `text` into text spans and matched tokens, dropping empty text spans.
     pub fn split<'a>(&self, text: &'a str) -> Vec<Segment<'a>> {
-        if self.flags.is_empty() {
-            let mut out = Vec::new();
-            let mut last = 0;
-            for m in self.automaton.find_iter(text) {
-                if m.start() > last {
-                    out.push(Segment::Text(&text[last..m.start()]));
-                }
-                out.push(Segment::Special(self.ids[m.pattern().as_usize()]));
-                last = m.end();
-            }
-            if last < text.len() {
-                out.push(Segment::Text(&text[last..]));
-            }
-            return out;
-        }
         self.split_ranges(text)
             .into_iter()
             .map(|(s, e, id)| match id {

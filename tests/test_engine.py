@@ -69,6 +69,16 @@ def test_incremental_decode_logits_match_full_forward(checkpoints, name):
     assert _rel(torch.stack(got), ref[t0 - 1 : t0 + steps - 1]) < 1e-4
 
 
+def _fp32_engine(path, tokenizer):
+    """Our engine on the CPU in float32 for the checkpoint at `path`."""
+    return Engine(load_model(path, dtype="float32", device="cpu"), tokenizer)
+
+
+def _before(tokens, end):
+    """`tokens` up to (without) the first `end`: a transformers output cut where generation stops."""
+    return tokens[: tokens.index(end)] if end in tokens else tokens
+
+
 @pytest.fixture(scope="module")
 def tok():
     return CodeLlamaTokenizerFast.from_pretrained()
@@ -77,7 +87,7 @@ def tok():
 @pytest.mark.parametrize("name", ["mha", "gqa4"])
 def test_greedy_64_steps_identical_to_transformers(checkpoints, tok, name):
     hf, path = checkpoints[name]
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
     prompt = "def quicksort(items):\n    "
     ids = torch.tensor([tok.encode(prompt)])
     want = hf.generate(ids, max_new_tokens=64, do_sample=False, eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
@@ -93,7 +103,7 @@ def test_greedy_with_repetition_penalty_identical_to_transformers(checkpoints, t
     ids = torch.tensor([tok.encode(prompt)])
     fixed = make_hf_model("gqa4", seed=3)  # a model whose greedy path the penalty is known to change
     for hf, path in (checkpoints["gqa4"], (fixed, save(fixed, tmp_path / "fixed"))):
-        engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+        engine = _fp32_engine(path, tok)
         want = hf.generate(ids, max_new_tokens=40, do_sample=False, repetition_penalty=penalty, eos_token_id=None,
                            pad_token_id=0)[0, ids.shape[1]:].tolist()
         got = engine.generate(prompt, max_new_tokens=40, stop_at_eos=False, repetition_penalty=penalty).token_ids[0]
@@ -108,7 +118,7 @@ def test_greedy_with_repetition_penalty_identical_to_transformers(checkpoints, t
 def test_min_new_tokens_identical_to_transformers(checkpoints, tok):
     """No stop token before min_new_tokens, then the first one stops, as transformers' MinNewTokens processor."""
     hf, path = checkpoints["mha"]
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
     prompt = "def quicksort(items):\n    "
     free = engine.generate(prompt, max_new_tokens=30, stop_at_eos=False).token_ids[0]
     stop = free[2]  # a token greedy decoding picks early: the stop id to hold back
@@ -127,7 +137,7 @@ def test_batch_with_penalty_min_new_tokens_and_an_end_token_matches_transformers
     """Random prompts of one length in a batch (no padding, so transformers' penalty sees the same
     tokens), greedy with repetition_penalty, min_new_tokens and an end token: each row as transformers."""
     hf, path = checkpoints["gqa4"]
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
     g = torch.Generator().manual_seed(torch.seed() % 2**31)
     ids = torch.randint(3, 32000, (3, 7), generator=g)
     ids[:, 0] = 1
@@ -136,7 +146,7 @@ def test_batch_with_penalty_min_new_tokens_and_an_end_token_matches_transformers
     kw = dict(max_new_tokens=24, repetition_penalty=1.4, min_new_tokens=6)
     out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, eos_token_id=end, pad_token_id=0, **kw)
     want = [row[ids.shape[1]:].tolist() for row in out]
-    want = [row[: row.index(end)] if end in row else row for row in want]
+    want = [_before(row, end) for row in want]
     assert engine.generate(input_ids=ids.tolist(), eos_token_id=end, **kw).token_ids == want
 
 
@@ -173,7 +183,7 @@ def test_embedding_rows_padded_past_the_tokenizer_are_never_chosen(tmp_path, tok
     with torch.no_grad():
         hf.lm_head.weight[32016:] *= 40  # make the padded rows win, so suppressing them matters
     path = save(hf, tmp_path / "m")
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
     ids = torch.tensor([tok.encode("def f(x):")])
     assert hf(ids).logits[0, -1].argmax() >= 32016  # unsuppressed, a padded row would be chosen
     want = hf.generate(ids, max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0,
@@ -187,7 +197,7 @@ def test_embedding_rows_padded_past_the_tokenizer_are_never_chosen(tmp_path, tok
 
 def test_batched_with_padding_equals_one_by_one(checkpoints, tok):
     _, path = checkpoints["gqa4"]
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
     prompts = ["x", "import numpy as np\nimport torch\n\n\nclass Model:", "def f(a, b):\n    return"]
     batch = engine.generate(prompts, max_new_tokens=24, stop_at_eos=False)
     for k, p in enumerate(prompts):
@@ -204,7 +214,7 @@ def test_chunked_prefill_matches_transformers(checkpoints, tok, monkeypatch, ops
     from codellama_fast.engine import memory
 
     hf, path = checkpoints["gqa4"]
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
     if ops == "triton":
         from codellama_fast.kernels.triton_ops import TritonOps
 
@@ -410,7 +420,7 @@ def test_score_equals_transformers_log_softmax(checkpoints, chunk):
     equals the log-softmax of transformers' logits for each text alone."""
     hf, path = checkpoints["gqa4"]
     tok = CodeLlamaTokenizerFast.from_pretrained()
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
     engine.prefill_chunk_tokens = chunk
     texts = ["def f(x):\n    return x * 2  # double", "import os", "a b"]
     result = engine.score(texts)
@@ -429,7 +439,7 @@ def test_score_of_input_ids_with_a_padding_mask_equals_texts(checkpoints):
     _, path = checkpoints["mha"]
     tok = CodeLlamaTokenizerFast.from_pretrained()
     tok.pad_token = tok.eos_token
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
     texts = ["x = [1, 2, 3]", "print(x)"]
     by_text = engine.score(texts)
     for side in ("left", "right"):
@@ -441,7 +451,7 @@ def test_score_of_input_ids_with_a_padding_mask_equals_texts(checkpoints):
 
 def test_score_errors(checkpoints):
     _, path = checkpoints["mha"]
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), CodeLlamaTokenizerFast.from_pretrained())
+    engine = _fp32_engine(path, CodeLlamaTokenizerFast.from_pretrained())
     with pytest.raises(ValueError, match="at least two"):
         engine.score(["ok", ""])  # "" is BOS alone
     with pytest.raises(ValueError, match="either"):
@@ -456,7 +466,7 @@ def test_return_logprobs_equal_transformers_raw_logits(checkpoints, tok):
     """Greedy: each generated token's log-probability equals the log-softmax of transformers'
     raw logits (output_logits) at that step."""
     hf, path = checkpoints["gqa4"]
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
     prompt = "def quicksort(items):\n    "
     ids = torch.tensor([tok.encode(prompt)])
     out = hf.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0,
@@ -473,7 +483,7 @@ def test_return_logprobs_of_samples_equal_scoring_the_text(checkpoints, tok):
     """Sampled with filters, a penalty and stops (rows of different lengths): the log-probabilities
     are the model's own (score() of prompt + continuation), aligned with token_ids."""
     _, path = checkpoints["mha"]
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
     prompts = ["import os\n", "x = ["]
     free = engine.generate(prompts[0], max_new_tokens=12, stop_at_eos=False, temperature=0.9, top_k=40, seed=4).token_ids[0]
     result = engine.generate(prompts, max_new_tokens=12, temperature=0.9, top_k=40, top_p=0.9, repetition_penalty=1.2,
@@ -515,7 +525,7 @@ def test_lookup_guesses_are_transformers_prompt_lookup_candidates():
 @pytest.mark.parametrize("name", ["gqa4", "odd"])
 def test_prompt_lookup_greedy_equals_plain_greedy_and_transformers(checkpoints, tok, name):
     hf, path = checkpoints[name]
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
     prompt = "def add(a, b):\n    return a + b\n\ndef add3(a, b, c):\n    return a + b + c\n\ndef add"
     ids = torch.tensor([tok.encode(prompt)])
     end = 32015  # transformers' prompt lookup needs an end token (None fails there); the same one here
@@ -523,7 +533,7 @@ def test_prompt_lookup_greedy_equals_plain_greedy_and_transformers(checkpoints, 
     looked = engine.generate(prompt, max_new_tokens=40, eos_token_id=end, prompt_lookup_num_tokens=5, return_logprobs=True)
     want = hf.generate(ids, max_new_tokens=40, do_sample=False, eos_token_id=end, pad_token_id=0,
                        prompt_lookup_num_tokens=5)[0, ids.shape[1]:].tolist()[:40]  # its lookup may run a step past the limit
-    want = want[: want.index(end)] if end in want else want
+    want = _before(want, end)
     assert looked.token_ids[0] == plain.token_ids[0] == want
     scored = engine.score(input_ids=[ids[0].tolist() + want]).token_logprobs[0][ids.shape[1] - 1 :]
     assert logprobs_close(looked.token_logprobs[0], scored, 1e-4)
@@ -533,7 +543,7 @@ def test_prompt_lookup_keeps_the_guesses_the_model_confirms(tmp_path, tok):
     """A model scripted to continue a pattern the prompt already holds: each step checks the
     guesses in one forward pass and keeps all of them (k + 1 tokens per pass); where the script
     leaves the pattern, the pass keeps the matching guesses and the model's own choice."""
-    engine = Engine(load_model(save(make_hf_model("mha", seed=1), tmp_path / "m"), dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(save(make_hf_model("mha", seed=1), tmp_path / "m"), tok)
     pattern = [100 + i for i in range(12)]
     prompt = [1] + pattern + pattern[:3]
     script = pattern[3:] + pattern + [7, 8, 9] + pattern[:5]  # continues the pattern, then breaks it
@@ -559,7 +569,7 @@ def test_prompt_lookup_with_sampling_and_stops(checkpoints, tok):
     """Sampling, a penalty and a stop id go through the same per-position choice: seeded runs
     repeat, log-probabilities are the model's, the stop id ends the text."""
     _, path = checkpoints["mha"]
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
     prompt = "x = [1, 2, 3]\ny = [1, 2, 3]\nz = [1, 2,"
     kw = dict(max_new_tokens=30, temperature=0.7, top_p=0.9, repetition_penalty=1.1, seed=11, prompt_lookup_num_tokens=4)
     a = engine.generate(prompt, return_logprobs=True, **kw)
@@ -574,7 +584,7 @@ def test_prompt_lookup_with_sampling_and_stops(checkpoints, tok):
 
 def test_prompt_lookup_errors(checkpoints, tok):
     _, path = checkpoints["mha"]
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
     with pytest.raises(ValueError, match="batch 1"):
         engine.generate(["a", "b"], max_new_tokens=3, prompt_lookup_num_tokens=3)
     with pytest.raises(ValueError, match="prompt_lookup_num_tokens"):
@@ -619,16 +629,16 @@ def test_assisted_greedy_equals_plain_greedy_and_transformers(checkpoints, tok, 
     greedy ones, as transformers' plain and assisted generation give them."""
     hf, path = checkpoints[target]
     hf_draft, draft_path = checkpoints[draft]
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
-    assistant = Engine(load_model(draft_path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
+    assistant = _fp32_engine(draft_path, tok)
     prompt = "def add(a, b):\n    return a + b\n\ndef add3(a, b, c):\n    return a + b + c\n\ndef add"
     ids = torch.tensor([tok.encode(prompt)])
     end = 32015
     want = hf.generate(ids, max_new_tokens=40, do_sample=False, eos_token_id=end, pad_token_id=0)[0, ids.shape[1]:].tolist()
     theirs = hf.generate(ids, max_new_tokens=40, do_sample=False, eos_token_id=end, pad_token_id=0,
                          assistant_model=hf_draft)[0, ids.shape[1]:].tolist()
-    want = want[: want.index(end)] if end in want else want
-    theirs = theirs[: theirs.index(end)] if end in theirs else theirs
+    want = _before(want, end)
+    theirs = _before(theirs, end)
     got = engine.generate(prompt, max_new_tokens=40, eos_token_id=end, assistant_model=assistant, return_logprobs=True)
     assert got.token_ids[0] == want == theirs[: len(want)]
     assert 0 <= got.guesses_kept <= got.guesses_made > 0
@@ -643,8 +653,8 @@ def test_assisted_keeps_the_guesses_of_a_draft_that_agrees(checkpoints, tok):
     k guesses and adds one (k + 1 tokens per pass of the model); the draft is fed only the tokens
     it has not seen (its cache follows the kept tokens)."""
     _, path = checkpoints["gqa4"]
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
-    assistant = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
+    assistant = _fp32_engine(path, tok)
     prompt = "def quicksort(items):\n    "
     plain = engine.generate(prompt, max_new_tokens=41, stop_at_eos=False)
     checks, drafts = _counting(engine), _counting(assistant)
@@ -666,8 +676,8 @@ def test_assisted_sampling_equals_plain_sampling(checkpoints, tok):
     log-probabilities."""
     _, path = checkpoints["mha"]
     _, draft_path = checkpoints["odd"]
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
-    assistant = Engine(load_model(draft_path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
+    assistant = _fp32_engine(draft_path, tok)
     prompt = "x = [1, 2, 3]\ny = [1, 2,"
     kw = dict(max_new_tokens=30, temperature=0.7, top_p=0.9, repetition_penalty=1.1, seed=5)
     plain = engine.generate(prompt, **kw)
@@ -688,11 +698,11 @@ def test_a_draft_with_more_pieces_guesses_only_the_models_ids(tmp_path, tok, tok
     the same; the 16 infilling pieces are never guessed."""
     from codellama_fast.engine.assisted import DraftGuesser
 
-    target = Engine(load_model(save(make_hf_model("mha", seed=3, vocab_size=32000), tmp_path / "t"), dtype="float32", device="cpu"), tok_llama2)
+    target = _fp32_engine(save(make_hf_model("mha", seed=3, vocab_size=32000), tmp_path / "t"), tok_llama2)
     draft_model = make_hf_model("mha", seed=4)
     with torch.no_grad():
         draft_model.lm_head.weight[32000:] *= 50  # the draft prefers its extra pieces
-    assistant = Engine(load_model(save(draft_model, tmp_path / "d"), dtype="float32", device="cpu"), tok)
+    assistant = _fp32_engine(save(draft_model, tmp_path / "d"), tok)
     guessed = []
     original = DraftGuesser.candidates
     monkeypatch.setattr(DraftGuesser, "candidates", lambda self, k, stops: guessed.extend(g := original(self, k, stops)) or g)
@@ -706,7 +716,7 @@ def test_assisted_errors(checkpoints, tok):
     from codellama_fast.data import DEMO_MODEL_DIR
 
     _, path = checkpoints["mha"]
-    engine = Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    engine = _fp32_engine(path, tok)
     with pytest.raises(ValueError, match="batch 1"):
         engine.generate(["a", "b"], max_new_tokens=3, assistant_model=engine)
     with pytest.raises(TypeError, match="assistant_model must be an Engine"):

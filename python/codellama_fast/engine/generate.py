@@ -182,6 +182,7 @@ class Engine:
         self._graphs: dict[tuple[int, int, bool], Any] = {}
         self._leased: set[tuple[int, int, bool]] = set()  # graph keys a generation is using now
         self._lease_lock = threading.Lock()
+        self._vocab_checked: tuple[Any, Any] | None = None  # (ours, an assistant's) native tokenizers found compatible
 
     @classmethod
     def from_pretrained(
@@ -226,7 +227,11 @@ class Engine:
             if not isinstance(cfg.assistant_model, Engine):
                 raise TypeError(f"assistant_model must be an Engine (Engine.from_pretrained of a smaller model), "
                                 f"not {type(cfg.assistant_model).__name__}")
-            check_vocabularies(self.tokenizer._native.pieces(), cfg.assistant_model.tokenizer._native.pieces())
+            pair = (self.tokenizer._native, cfg.assistant_model.tokenizer._native)
+            if self._vocab_checked is None or any(a is not b for a, b in zip(pair, self._vocab_checked)):
+                # once per pair of tokenizers (a few ms): add_tokens makes a new native tokenizer
+                check_vocabularies(pair[0].pieces(), pair[1].pieces())
+                self._vocab_checked = pair
         return cfg
 
     def _prepare(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -654,6 +654,8 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         encoded: list[list[int]]
         infill_flags: list[bool]
         offsets: list[list[tuple[int, int]]] | None = None
+        # an infilling row's special tokens by position: its text may hold the sentinels' pieces too
+        infill_masks: list[list[int] | None] = []
         if is_split_into_words:
             encoded, offsets = self._encode_words(texts, split_special_tokens, add_special_tokens)
             offsets = offsets if return_offsets_mapping else None
@@ -668,10 +670,12 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
                     entries = self._infill_checked(parts, suffix_first, add_special_tokens)
                     encoded.append([e[0] for e in entries])
                     offsets.append([e[1] or (0, 0) for e in entries])
+                    infill_masks.append([int(e[1] is None) for e in entries])
                 else:
                     ids, offs = self._call_native(self._native.encode_with_offsets, t, self._mode(split_special_tokens), add_special_tokens)
                     encoded.append(ids)
                     offsets.append([tuple(o) for o in offs])
+                    infill_masks.append(None)
                 infill_flags.append(parts is not None)
         elif batched:
             for t in texts:
@@ -696,14 +700,13 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
             results = [self._encode_one(t, s, suffix_first, add_special_tokens, split_special_tokens) for t, s in zip(texts, suffixes)]
             encoded = [r[0] for r in results]
             infill_flags = [r[1] for r in results]
-        # an infilling row's special tokens by position: its text may hold the sentinels' pieces too
-        infill_masks = ([self._infill_mask(t, s, suffix_first, add_special_tokens) if inf else None for t, s, inf in zip(texts, suffixes, infill_flags)]
-                        if return_special_tokens_mask and any(infill_flags) and not is_split_into_words else None)
+        if return_special_tokens_mask and any(infill_flags) and not infill_masks:
+            infill_masks = [self._infill_mask(t, s, suffix_first, add_special_tokens) if inf else None for t, s, inf in zip(texts, suffixes, infill_flags)]
         mapping = None
         if return_overflowing_tokens:
             rows = [self._windows(ids, limit, stride, add_special_tokens, inf) for ids, inf in zip(encoded, infill_flags)]
             mapping = [k for k, windows in enumerate(rows) for _ in windows]
-            infill_masks = None if infill_masks is None else [infill_masks[k] for k in mapping]  # an infilling row is one window
+            infill_masks = [infill_masks[k] for k in mapping] if infill_masks else []  # an infilling row is one window
             if offsets is not None:
                 offsets = [w for o in offsets for w in self._windows(o, limit, stride, add_special_tokens, False)]  # type: ignore[arg-type]
             encoded = [w for windows in rows for w in windows]
@@ -715,7 +718,7 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
             encoded = [self._truncate(ids, limit, add_special_tokens, inf) for ids, inf in zip(encoded, infill_flags)]
         out = self._finish(encoded, batched, padding, max_length, side, pad_to_multiple_of, return_tensors,
                            return_attention_mask, return_special_tokens_mask, return_length, offsets, infill_flags, add_special_tokens,
-                           infill_masks=infill_masks)
+                           infill_masks=infill_masks or None)
         if mapping is not None:
             import numpy as np
 
