@@ -56,6 +56,11 @@ def test_unset_options_follow_the_models_generation_config(tmp_path):
     assert len(engine.generate("Lily").token_ids[0]) == 9
     penalised = _cli("generate", "Lily", "--model", str(folder), "--repetition-penalty", "1.5", "--max-new-tokens", "30")
     assert penalised.stdout == engine.generate("Lily", repetition_penalty=1.5, max_new_tokens=30).text + "\n"
+    banned = _cli("generate", "Lily", "--model", str(folder), "--no-repeat-ngram-size", "1", "--max-new-tokens", "30")
+    assert banned.stdout == engine.generate("Lily", no_repeat_ngram_size=1, max_new_tokens=30).text + "\n"
+    assert banned.stdout != engine.generate("Lily", max_new_tokens=30).text + "\n"  # a 30-token story repeats a token
+    min_p = _cli("generate", "Lily", "--model", str(folder), "--temperature", "1", "--min-p", "0.2", "--seed", "4", "--max-new-tokens", "30")
+    assert min_p.stdout == engine.generate("Lily", temperature=1.0, min_p=0.2, seed=4, max_new_tokens=30).text + "\n"
 
 
 def test_engine_errors_are_one_line_with_exit_code_2(tmp_path):

@@ -285,6 +285,9 @@ def test_prefill_budget_shrinks_with_free_memory(checkpoints, monkeypatch):
         {"do_sample": True, "temperature": 0.6, "top_p": 0.9},  # Llama 2 chat's (top_k defaults to 50)
         {"do_sample": True, "top_k": 0, "max_new_tokens": 40},
         {"do_sample": False, "max_new_tokens": 7, "temperature": 0.7},
+        # transformers' logits processors apply in greedy decoding too; its warpers only when sampling
+        {"repetition_penalty": 1.1, "no_repeat_ngram_size": 3, "suppress_tokens": [5], "bad_words_ids": [[7, 8]], "min_p": 0.05},
+        {"do_sample": True, "min_p": 0.05, "typical_p": 0.9, "eta_cutoff": 0.0, "sequence_bias": [[[9], -2.0]], "min_new_tokens": 3},
     ],
 )
 def test_generation_config_defaults_read_as_transformers_reads_them(checkpoints, tok, tmp_path, gen):
@@ -299,8 +302,14 @@ def test_generation_config_defaults_read_as_transformers_reads_them(checkpoints,
         want["max_new_tokens"] = ref.max_new_tokens
     if ref.do_sample:
         want.update(temperature=ref.temperature, top_k=ref.top_k or None, top_p=ref.top_p if ref.top_p < 1.0 else None)
+        want.update({k: getattr(ref, k) for k in ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
+                     if getattr(ref, k) is not None and getattr(ref, k) != getattr(GenerationConfig(), k)})
+    want.update({k: getattr(ref, k) for k in ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "sequence_bias",
+                                              "suppress_tokens", "begin_suppress_tokens", "min_new_tokens")
+                 if getattr(ref, k) is not None and getattr(ref, k) != getattr(GenerationConfig(), k)})
     engine = Engine.from_pretrained(folder, device="cpu", tokenizer=tok)
     assert engine.defaults == want
+    assert len(engine.generate("x", max_new_tokens=4, stop_at_eos=False, seed=0).token_ids[0]) == 4  # the file's values are usable
     (folder / "generation_config.json").write_text("[1]")
     with pytest.raises(CheckpointError, match="generation_config.json must hold a JSON object"):
         Engine.from_pretrained(folder, device="cpu", tokenizer=tok)

@@ -280,7 +280,8 @@ def test_assisted_decoding_through_the_kernels_equals_plain_decoding(tmp_path, m
     assert after.count("replay") == 2 + 2 + 1  # its one-token steps (k - 1 per check), replayed on the draft's own step
 
 
-@pytest.mark.parametrize("greedy", [True, False, "penalty"])  # "penalty": repetition_penalty and min_new_tokens
+# "penalty": repetition_penalty and min_new_tokens; "rules": n-gram and word bans that change the greedy tokens
+@pytest.mark.parametrize("greedy", [True, False, "penalty", "rules"])
 def test_static_buffer_decode_step_matches_plain_loop(tmp_path, greedy):
     """The graph-decode step (static buffers advanced in place; captured on CUDA, run eagerly
     here) gives the same tokens as the plain decode loop."""
@@ -294,6 +295,10 @@ def test_static_buffer_decode_step_matches_plain_loop(tmp_path, greedy):
     if greedy == "penalty":  # greedy, with the penalty applied between the captured step's logits and the choice
         kw = dict(max_new_tokens=13, stop_at_eos=False, repetition_penalty=1.5, min_new_tokens=4)
     prompts = ["x = [", "def g():\n    return 1"]
+    if greedy == "rules":  # bans built from the greedy tokens, so they must change them
+        free = plain.generate(prompts, **kw).token_ids
+        kw.update(no_repeat_ngram_size=2, bad_words_ids=[[free[0][2]], [free[1][3], free[1][4]]], suppress_tokens=[free[1][0]])
+        assert plain.generate(prompts, **kw).token_ids != free
     assert graphed.generate(prompts, **kw).token_ids == plain.generate(prompts, **kw).token_ids
     # the log-probabilities, taken off the static step's logits block by block
     a, b = graphed.generate(prompts, return_logprobs=True, **kw), plain.generate(prompts, return_logprobs=True, **kw)

@@ -29,7 +29,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default, unless the model's generation_config samples)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None, help="drop tokens less likely than this fraction of the likeliest (sampling)")
     p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 makes repeats less likely (transformers' rule)")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N", help="never repeat an N-token sequence")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--prompt-lookup", type=int, default=None, metavar="K",
                    help="guess K tokens per step from the prompt's n-grams (same output; faster when it repeats its context)")
@@ -61,8 +63,8 @@ def _assistant(args: argparse.Namespace) -> Any:
 def _gen_kwargs(args: argparse.Namespace, engine: Any) -> dict[str, Any]:
     if args.assistant_tokens is not None and args.assistant is None:
         raise ValueError("--assistant-tokens needs --assistant MODEL")
-    given = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                 repetition_penalty=args.repetition_penalty, seed=args.seed, prompt_lookup_num_tokens=args.prompt_lookup,
+    given = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                 repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, seed=args.seed, prompt_lookup_num_tokens=args.prompt_lookup,
                  assistant_model=_assistant(args), num_assistant_tokens=args.assistant_tokens)
     out: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if "max_new_tokens" not in out and "max_new_tokens" not in engine.defaults:

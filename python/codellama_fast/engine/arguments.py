@@ -148,3 +148,42 @@ def warn_past_context(prompt_len: int, max_new_tokens: int, max_positions: int, 
             RuntimeWarning,
             stacklevel=stacklevel,
         )
+
+
+def token_sequences(name: str, value: Any) -> tuple[tuple[int, ...], ...]:
+    """``bad_words_ids``: a sequence of non-empty token-id sequences (transformers' list of lists)."""
+    value = _array_as_list(name, value, (2,))
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise TypeError(f"{name} must be a non-empty list of token-id lists (e.g. [[123], [45, 67]]), got {value!r}")
+    out = []
+    for i, seq in enumerate(value):
+        ids = token_id_list(f"{name}[{i}]", seq)
+        if not ids:
+            raise ValueError(f"{name}[{i}] is empty: each entry is a sequence of at least one token id")
+        out.append(tuple(ids))
+    return tuple(out)
+
+
+def sequence_biases(value: Any) -> tuple[tuple[tuple[int, ...], float], ...]:
+    """``sequence_bias``: transformers' list of ``[token_ids, bias]`` pairs, or its older dict
+    ``{tuple_of_ids: bias}``; biases must be finite (``bad_words_ids`` bans outright)."""
+    pairs = list(value.items()) if isinstance(value, dict) else value
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence) or not pairs:
+        raise TypeError(f"sequence_bias must be a non-empty list of [token_ids, bias] pairs or a dict {{(ids...): bias}}, got {value!r}")
+    out = []
+    for i, pair in enumerate(pairs):
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise TypeError(f"sequence_bias[{i}] must be a [token_ids, bias] pair, got {pair!r}")
+        ids = token_id_list(f"sequence_bias[{i}] token ids", pair[0])
+        if not ids:
+            raise ValueError(f"sequence_bias[{i}] has no token ids")
+        bias = check_real(f"sequence_bias[{i}] bias", pair[1])
+        assert bias is not None
+        out.append((tuple(ids), bias))
+    return tuple(out)
+
+
+def check_ids_in_vocab(name: str, ids: Sequence[int], vocab: int) -> None:
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"{name} holds token id {bad[0]}, outside the model's vocabulary of {vocab}")

@@ -24,9 +24,9 @@ from .assisted import DraftGuesser, check_vocabularies
 from .cuda_graph import GraphDecoder, pick_faster
 from .loader import generation_defaults, load_model
 from .model import LlamaModel, StepContext
-from .options import GenerationConfig
+from .options import GenerationConfig, logits_rules_for
 from .prompt_lookup import NgramIndex
-from .sampling import make_picker
+from .logits_rules import make_picker
 from .scoring import ScoreResult, score_rows
 
 
@@ -313,6 +313,7 @@ class Engine:
         each step's chosen tokens' log-probabilities (host lists of length B) are appended to it
         before the step is yielded."""
         tokens, kv_start_now, t = self._prepare(prompts)
+        cfg = cfg.for_prompt_length(t)
         arguments.warn_past_context(t, cfg.max_new_tokens, self.model.config.max_position_embeddings, warn_stacklevel)
         b = tokens.shape[0]
         if cfg.max_new_tokens == 0:
@@ -324,12 +325,11 @@ class Engine:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(cfg.seed)
         vocab, known = self.model.config.vocab_size, len(self.tokenizer)
-        suppressed = sorted(i for i in stop_ids if 0 <= i < vocab) if cfg.min_new_tokens > 0 else []
-        pick = make_picker(params, gen, cfg.repetition_penalty, tokens, kv_start_now, vocab, suppressed, cfg.min_new_tokens, known)
+        rules = logits_rules_for(cfg, set(stop_ids), vocab, warn_stacklevel + 1)
+        pick = make_picker(params, rules, gen, tokens, kv_start_now, vocab, cfg.max_new_tokens, known)
         # the captured step takes the argmax itself only when nothing happens between logits and choice
         guessing = cfg.prompt_lookup_num_tokens is not None or cfg.assistant_model is not None
-        graph_greedy = (params.greedy and cfg.repetition_penalty == 1.0 and not suppressed and known == vocab
-                        and logprobs is None and not guessing)
+        graph_greedy = params.greedy and not rules.active and known == vocab and logprobs is None and not guessing
 
         if guessing and b != 1:
             name = "prompt_lookup_num_tokens" if cfg.prompt_lookup_num_tokens is not None else "assistant_model"
@@ -514,9 +514,13 @@ class Engine:
         so far, ``max_matching_ngram_size`` long matches; the output is unchanged),
         ``assistant_model`` (one prompt: a smaller `Engine` of the same vocabulary guesses up to
         ``num_assistant_tokens`` per step, stopping after one below ``assistant_confidence_threshold``;
-        the output is unchanged), and
-        transformers' ``do_sample``, ``eos_token_id`` and ``pad_token_id``. ``return_logprobs=True``
-        fills ``token_logprobs``: each generated token's log-probability under the model.
+        the output is unchanged), transformers' further sampling filters ``min_p``, ``typical_p``,
+        ``epsilon_cutoff``, ``eta_cutoff`` and rules ``no_repeat_ngram_size``, ``bad_words_ids``,
+        ``sequence_bias``, ``suppress_tokens``, ``begin_suppress_tokens`` (engine.logits_rules),
+        and transformers' ``do_sample``, ``eos_token_id``, ``pad_token_id``, ``stop_strings``,
+        ``max_length``/``min_length`` (the prompt included), ``num_beams=1`` and ``use_cache``.
+        ``return_logprobs=True`` fills ``token_logprobs``: each generated token's log-probability
+        under the model.
         """
         if not isinstance(return_logprobs, bool):
             raise TypeError(f"return_logprobs must be True or False, got {return_logprobs!r}")

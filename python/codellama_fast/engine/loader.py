@@ -260,9 +260,11 @@ def _size(dtype: torch.dtype) -> int:
 
 def generation_defaults(path: str | Path) -> dict[str, Any]:
     """Generation defaults from the folder's ``generation_config.json``, read as transformers reads
-    it: ``max_new_tokens`` always; the sampling settings only when ``do_sample`` is true (otherwise
-    generation is greedy), with transformers' defaults for what the file leaves out (temperature
-    1.0, top_k 50, top_p 1.0; a top_k of 0 or a top_p of 1.0 filters nothing)."""
+    it: ``max_new_tokens`` and the logits rules (repetition penalty, n-gram and word bans, biases,
+    suppressed tokens, ``min_new_tokens``) always; the sampling settings only when ``do_sample`` is
+    true (otherwise generation is greedy), with transformers' defaults for what the file leaves out
+    (temperature 1.0, top_k 50, top_p 1.0; a top_k of 0 or a top_p of 1.0 filters nothing). The
+    values are checked when a call uses them, as a call's own are."""
     f = Path(path) / "generation_config.json"
     if not f.is_file():
         return {}
@@ -270,10 +272,22 @@ def generation_defaults(path: str | Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if isinstance(gen.get("max_new_tokens"), int):
         out["max_new_tokens"] = gen["max_new_tokens"]
+    for key in ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "sequence_bias", "suppress_tokens",
+                "begin_suppress_tokens", "min_new_tokens"):
+        if gen.get(key) is not None and gen[key] != _NO_EFFECT.get(key):
+            out[key] = gen[key]
     if gen.get("do_sample") is True:
         out["temperature"] = float(gen.get("temperature", HF_TEMPERATURE))
         top_k = gen.get("top_k", HF_TOP_K)
         out["top_k"] = int(top_k) if top_k else None
         top_p = float(gen.get("top_p", HF_TOP_P))
         out["top_p"] = top_p if top_p < 1.0 else None
+        for key in ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"):
+            if gen.get(key) is not None and gen[key] != _NO_EFFECT.get(key):
+                out[key] = gen[key]
     return out
+
+
+# the values transformers writes for "not set" (GenerationConfig's defaults)
+_NO_EFFECT: dict[str, Any] = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0, "typical_p": 1.0,
+                              "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}

@@ -1,16 +1,18 @@
 """Generation options: the settings of one call (names as in transformers' ``generate``) over the
 model's defaults, with transformers' aliases read (``do_sample``, ``eos_token_id``,
-``pad_token_id``) and every value checked before any work starts."""
+``pad_token_id``, ``stop_strings``, ``max_length``/``min_length``, ``num_beams=1``,
+``use_cache``) and every value checked before any work starts."""
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 from . import arguments
+from .logits_rules import TokenRules
 from .sampling import SamplingParams
-
 
 # transformers' GenerationConfig defaults for sampling settings nobody set
 HF_TEMPERATURE, HF_TOP_K, HF_TOP_P = 1.0, 50, 1.0
@@ -31,6 +33,21 @@ class GenerationConfig:
     repetition_penalty: float = 1.0
     min_new_tokens: int = 0
     num_return_sequences: int = 1
+    # more of transformers' sampling filters (after top_k and top_p, in this order)
+    min_p: float | None = None
+    typical_p: float | None = None
+    epsilon_cutoff: float | None = None
+    eta_cutoff: float | None = None
+    # transformers' logits processors (engine.logits_rules)
+    no_repeat_ngram_size: int = 0
+    bad_words_ids: Sequence[Sequence[int]] | None = None
+    sequence_bias: Any = None
+    suppress_tokens: Sequence[int] | None = None
+    begin_suppress_tokens: Sequence[int] | None = None
+    # transformers' total lengths (prompt included, the longest prompt of a batch):
+    # max_length sets max_new_tokens when the call does not, min_length sets min_new_tokens
+    max_length: int | None = None
+    min_length: int | None = None
     # prompt-lookup decoding (engine.prompt_lookup): guesses per step, and the longest n-gram matched
     prompt_lookup_num_tokens: int | None = None
     max_matching_ngram_size: int = 2
@@ -42,23 +59,48 @@ class GenerationConfig:
     assistant_confidence_threshold: float = 0.4
 
     def sampling(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_k, self.top_p)
+        return SamplingParams(self.temperature, self.top_k, self.top_p, self.min_p, self.typical_p, self.epsilon_cutoff, self.eta_cutoff)
+
+    def rules(self, held_back: Sequence[int] = ()) -> TokenRules:
+        """The per-step rules; ``held_back``: the stop ids min_new_tokens holds back."""
+        return TokenRules(self.repetition_penalty, self.no_repeat_ngram_size, tuple(self.sequence_bias or ()),
+                          tuple(tuple(s) for s in self.bad_words_ids or ()), tuple(self.suppress_tokens or ()),
+                          tuple(self.begin_suppress_tokens or ()), self.min_new_tokens,
+                          tuple(held_back) if self.min_new_tokens else ())
+
+    def for_prompt_length(self, t: int) -> GenerationConfig:
+        """The settings for prompts padded to ``t`` tokens: transformers' ``max_length`` and
+        ``min_length`` (prompt included) turned into new-token counts."""
+        if self.max_length is None and self.min_length is None:
+            return self
+        cfg = replace(self, max_length=None, min_length=None)
+        if self.max_length is not None:
+            if t >= self.max_length:
+                raise ValueError(f"the prompt has {t} tokens but max_length is {self.max_length}: max_length counts the prompt "
+                                 f"too (as in transformers); raise it, or give max_new_tokens")
+            cfg.max_new_tokens = self.max_length - t
+        if self.min_length is not None:
+            cfg.min_new_tokens = max(cfg.min_new_tokens, self.min_length - t)
+        return cfg
 
 
 def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: bool = False) -> GenerationConfig:
     """The checked settings of a call. `defaults`: the model's (generation_config.json); `many`:
     the call may return several sequences per prompt (generate)."""
-    overrides = _read_do_sample(defaults, _read_hf_token_ids(dict(overrides)))
+    overrides = _read_do_sample(defaults, _read_hf_aliases(_read_hf_token_ids(dict(overrides))))
     if not many and overrides.get("num_return_sequences", 1) != 1:
         raise ValueError("num_return_sequences is for generate(); stream, infill and chat return one continuation")
     unknown = set(overrides) - set(GenerationConfig.__dataclass_fields__)
     if unknown:
-        raise TypeError(f"unknown generation arguments: {', '.join(sorted(unknown))}")
+        hints = [f"{name}: {HF_HINTS[name]}" for name in sorted(unknown) if name in HF_HINTS]
+        raise TypeError(f"unknown generation arguments: {', '.join(sorted(unknown))}" + "".join(f"\n  {h}" for h in hints))
     cfg = GenerationConfig(**{**defaults, **overrides})
     cfg.max_new_tokens = _at_least("max_new_tokens", arguments.check_int("max_new_tokens", cfg.max_new_tokens), 0)
     cfg.temperature = arguments.check_real("temperature", cfg.temperature)
-    cfg.top_k = arguments.check_int("top_k", cfg.top_k, optional=True)
+    cfg.top_k = arguments.check_int("top_k", cfg.top_k, optional=True) or None  # 0 filters nothing, as in transformers
     cfg.top_p = arguments.check_real("top_p", cfg.top_p, optional=True)
+    for name in ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"):
+        setattr(cfg, name, arguments.check_real(name, getattr(cfg, name), optional=True))
     cfg.seed = arguments.check_int("seed", cfg.seed, optional=True)
     cfg.stop = arguments.stop_strings(cfg.stop)
     cfg.stop_token_ids = arguments.stop_ids(cfg.stop_token_ids)
@@ -82,13 +124,88 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     cfg.repetition_penalty = arguments.check_real("repetition_penalty", cfg.repetition_penalty)
     if cfg.repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be > 0 (1.0 is none), got {cfg.repetition_penalty}")
+    cfg.no_repeat_ngram_size = _at_least("no_repeat_ngram_size", arguments.check_int("no_repeat_ngram_size", cfg.no_repeat_ngram_size or 0), 0)
+    if cfg.bad_words_ids is not None:
+        cfg.bad_words_ids = arguments.token_sequences("bad_words_ids", cfg.bad_words_ids)
+    if cfg.sequence_bias is not None:
+        cfg.sequence_bias = arguments.sequence_biases(cfg.sequence_bias)
+    for name in ("suppress_tokens", "begin_suppress_tokens"):
+        if getattr(cfg, name) is not None:
+            setattr(cfg, name, tuple(arguments.stop_ids(getattr(cfg, name), name)))
+    for name in ("max_length", "min_length"):
+        value = arguments.check_int(name, getattr(cfg, name), optional=True)
+        setattr(cfg, name, value if value is None else _at_least(name, value, 1 if name == "max_length" else 0))
     return cfg
+
+
+def logits_rules_for(cfg: GenerationConfig, stop_ids: set[int], vocab: int, stacklevel: int = 2) -> TokenRules:
+    """The call's per-step rules for a model of ``vocab`` ids that stops at ``stop_ids``. As in
+    transformers, a one-token bad word that is a stop id is dropped (it would forbid ending),
+    with a warning: min_new_tokens holds stop ids back for a while."""
+    for name in ("suppress_tokens", "begin_suppress_tokens"):
+        arguments.check_ids_in_vocab(name, getattr(cfg, name) or (), vocab)
+    for name, seqs in (("bad_words_ids", cfg.bad_words_ids or ()), ("sequence_bias", [s for s, _ in cfg.sequence_bias or ()])):
+        for seq in seqs:
+            arguments.check_ids_in_vocab(name, seq, vocab)
+    if cfg.bad_words_ids:
+        kept = tuple(s for s in cfg.bad_words_ids if not (len(s) == 1 and s[0] in stop_ids))
+        if len(kept) < len(cfg.bad_words_ids):
+            warnings.warn("bad_words_ids holds a stop id alone; it is ignored (as in transformers), so generation can still "
+                          "end: use min_new_tokens to hold stop ids back, or stop_at_eos=False", UserWarning, stacklevel=stacklevel)
+            cfg = replace(cfg, bad_words_ids=kept)
+    return cfg.rules(sorted(i for i in stop_ids if 0 <= i < vocab))
 
 
 def _at_least(name: str, value: Any, low: int) -> int:
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
     return value
+
+
+# transformers arguments this engine does not take, and what to use instead
+HF_HINTS = {
+    "num_beams": "beam search is not provided; greedy decoding is temperature=0, several samples are num_return_sequences",
+    "output_scores": "generate(..., return_logprobs=True) gives each token's log-probability",
+    "output_logits": "generate(..., return_logprobs=True) gives each token's log-probability; engine.score(texts) scores texts",
+    "return_dict_in_generate": "generate always returns a GenerationResult (token_ids, texts, finish_reasons, timings)",
+    "streamer": "engine.stream(prompt, ...) yields the text as it is generated",
+    "stopping_criteria": "stop= (strings) and stop_token_ids= (ids) end a sequence",
+    "logits_processor": "the rules transformers builds from its arguments are taken by name "
+                        "(repetition_penalty, no_repeat_ngram_size, bad_words_ids, sequence_bias, suppress_tokens, ...)",
+    "max_time": "stream() and stop after the time you want",
+}
+
+
+def _read_hf_aliases(overrides: dict[str, Any]) -> dict[str, Any]:
+    """transformers names with one meaning here: ``stop_strings`` is ``stop`` (its ``tokenizer``
+    argument is not needed: the engine decodes with its own); ``max_length`` gives way to
+    ``max_new_tokens`` when both are given, with a warning, as there; ``num_beams=1`` and
+    ``use_cache`` change nothing here (every step uses the KV cache)."""
+    if "stop_strings" in overrides:
+        if "stop" in overrides:
+            raise ValueError("give stop (or transformers' stop_strings), not both")
+        value = overrides.pop("stop_strings")
+        overrides["stop"] = () if value is None else value
+    overrides.pop("tokenizer", None)
+    if "use_cache" in overrides and not isinstance(overrides.pop("use_cache"), bool):
+        raise TypeError("use_cache must be a bool (every step here uses the KV cache either way)")
+    if "num_beams" in overrides:
+        beams = arguments.check_int("num_beams", overrides["num_beams"], optional=True)
+        if beams not in (None, 1):
+            raise ValueError(f"num_beams={beams}: {HF_HINTS['num_beams']}")
+        del overrides["num_beams"]
+    for name, low in (("max_length", 1), ("min_length", 0)):
+        if overrides.get(name) is not None:
+            _at_least(name, arguments.check_int(name, overrides[name]), low)
+    if overrides.get("max_length") is not None and overrides.get("max_new_tokens") is not None:
+        warnings.warn(f"both max_new_tokens ({overrides['max_new_tokens']}) and max_length ({overrides['max_length']}) are set: "
+                      "max_new_tokens takes precedence", UserWarning, stacklevel=5)
+        del overrides["max_length"]
+    if overrides.get("min_length") is not None and overrides.get("min_new_tokens") is not None:
+        warnings.warn(f"both min_new_tokens ({overrides['min_new_tokens']}) and min_length ({overrides['min_length']}) are set: "
+                      "min_new_tokens takes precedence", UserWarning, stacklevel=5)
+        del overrides["min_length"]
+    return overrides
 
 
 def _read_hf_token_ids(overrides: dict[str, Any]) -> dict[str, Any]:

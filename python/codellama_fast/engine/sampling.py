@@ -1,11 +1,12 @@
 """Next-token choice on the device, with no host synchronisation: greedy, or temperature with
-top-k / top-p filtering and the exponential-race form of sampling (argmax of p / Exp(1) noise,
-which draws from p exactly and needs no cumulative-sum search)."""
+transformers' filters (top-k, top-p, min-p, typical-p, epsilon and eta cutoffs, in that order) and
+the exponential-race form of sampling (argmax of p / Exp(1) noise, which draws from p exactly and
+needs no cumulative-sum search). The rules that act before the choice (penalties, bans) are in
+engine.logits_rules."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,10 @@ class SamplingParams:
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
+    epsilon_cutoff: float | None = None
+    eta_cutoff: float | None = None
 
     def __post_init__(self) -> None:
         # `not (x >= 0)` so that NaN fails too.
@@ -25,6 +30,14 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1] (a fraction of the likeliest token's probability), got {self.min_p}")
+        if self.typical_p is not None and not 0.0 < self.typical_p <= 1.0:
+            raise ValueError(f"typical_p must be in (0, 1], got {self.typical_p}")
+        for name in ("epsilon_cutoff", "eta_cutoff"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1) (0 is none), got {value}")
 
     @property
     def greedy(self) -> bool:
@@ -33,9 +46,12 @@ class SamplingParams:
         return self.temperature <= 2.0**-150
 
 
-def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """logits [B, V] fp32 with everything outside top-k / the top-p nucleus set to -inf."""
-    if top_k is not None and top_k < logits.shape[-1]:
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None, min_p: float | None = None,
+                  typical_p: float | None = None, epsilon_cutoff: float | None = None, eta_cutoff: float | None = None) -> torch.Tensor:
+    """logits [B, V] fp32 (already divided by the temperature) with every token a filter drops set
+    to -inf. The filters act in transformers' order, each on what the previous one kept, and each
+    keeps at least the likeliest token. ``top_k`` 0 and ``top_p`` 1 filter nothing, as there."""
+    if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
@@ -45,7 +61,40 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
         drop_sorted = (probs.cumsum(-1) - probs) >= top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
+    if min_p:
+        # below min_p × the likeliest token's probability; the likeliest itself always passes
+        probs = torch.softmax(logits, dim=-1)
+        logits = logits.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), float("-inf"))
+    if typical_p is not None and typical_p < 1.0:
+        logits = _typical(logits, typical_p)
+    if epsilon_cutoff:
+        logits = _cut_below(logits, torch.full_like(logits[:, :1], epsilon_cutoff))
+    if eta_cutoff:
+        # eta-sampling: the cutoff shrinks with the distribution's entropy H: min(eta, sqrt(eta) e^-H)
+        logp = torch.log_softmax(logits, dim=-1)
+        entropy = -(logp.exp() * logp).nansum(dim=-1, keepdim=True)  # [B, 1]; 0 × -inf terms are NaN
+        logits = _cut_below(logits, torch.minimum(torch.tensor(eta_cutoff), math.sqrt(eta_cutoff) * torch.exp(-entropy)))
     return logits
+
+
+def _cut_below(logits: torch.Tensor, cutoff: torch.Tensor) -> torch.Tensor:
+    """Drops tokens whose probability is below cutoff [B, 1], except each row's likeliest."""
+    probs = torch.softmax(logits, dim=-1)
+    drop = (probs < cutoff) & (logits < logits.amax(dim=-1, keepdim=True))
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def _typical(logits: torch.Tensor, mass: float) -> torch.Tensor:
+    """Locally typical sampling: rank tokens by how far their surprise -log p is from the entropy
+    H, and keep the closest ones until their probability reaches ``mass`` (the token that crosses
+    it included, and every token as close as it). logits [B, V]."""
+    logp = torch.log_softmax(logits, dim=-1)
+    entropy = -(logp.exp() * logp).nansum(dim=-1, keepdim=True)  # [B, 1]
+    distance = (-logp - entropy).abs()  # [B, V]; dropped tokens (-inf) are infinitely far
+    sorted_distance, order = torch.sort(distance, dim=-1)
+    mass_through = logp.gather(-1, order).exp().cumsum(-1)  # probability of the closest tokens so far
+    crossing = (mass_through < mass).sum(dim=-1, keepdim=True).clamp_max(logits.shape[-1] - 1)  # [B, 1]
+    return logits.masked_fill(distance > sorted_distance.gather(-1, crossing), float("-inf"))
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -63,47 +112,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     # Shift the best logit to 0 before dividing: a tiny temperature then sends the others to -inf
     # (a one-hot softmax) instead of overflowing every logit to inf and the softmax to NaN.
     logits = (logits - logits.amax(dim=-1, keepdim=True)) / params.temperature
-    logits = filter_logits(logits, params.top_k, params.top_p)
+    logits = filter_logits(logits, params.top_k, params.top_p, params.min_p, params.typical_p, params.epsilon_cutoff, params.eta_cutoff)
     probs = torch.softmax(logits, dim=-1)
     noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
     return (probs / noise).argmax(dim=-1)
-
-
-def make_picker(params: SamplingParams, gen: torch.Generator | None, penalty: float, tokens: torch.Tensor, kv_start: torch.Tensor,
-                vocab: int, suppressed: Sequence[int], min_new: int, allowed: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The per-step choice: logits [B, V] -> next ids [B]. With ``penalty != 1``, transformers'
-    repetition penalty over the tokens seen so far (the prompt's real tokens: tokens [B, T]
-    left-padded, row b's first real slot kv_start[b]; then each chosen one; kept on the device);
-    the ``suppressed`` ids masked for the first ``min_new`` choices (transformers'
-    min_new_tokens); ids from ``allowed`` on (embedding rows past the tokenizer's vocabulary)
-    never chosen; then ``sample``."""
-    cut = allowed if allowed is not None and allowed < vocab else None
-    if penalty == 1.0 and not suppressed and cut is None:
-        return lambda logits: sample(logits, params, gen)
-    device = tokens.device
-    seen = None
-    if penalty != 1.0:
-        b, t = tokens.shape
-        real = torch.arange(t, device=device)[None, :] >= kv_start[:, None]  # [B, T], not padding
-        seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
-        seen.scatter_(1, torch.where(real, tokens, tokens[:, -1:]), True)  # padding slots repeat a real token
-    padded = torch.arange(cut, vocab, device=device) if cut is not None else None  # never chosen
-    # for the first `min_new` choices: the suppressed ids as well
-    early = torch.tensor(sorted(set(suppressed) | set(range(cut or vocab, vocab))), dtype=torch.long, device=device)
-    chosen = 0
-
-    def pick(logits: torch.Tensor) -> torch.Tensor:
-        nonlocal chosen
-        logits = logits.float()
-        if seen is not None:
-            logits = apply_repetition_penalty(logits, seen, penalty)
-        blocked = early if chosen < min_new else padded
-        if blocked is not None and blocked.numel():
-            logits = logits.index_fill(1, blocked, float("-inf"))
-        nxt = sample(logits, params, gen)
-        if seen is not None:
-            seen.scatter_(1, nxt[:, None], True)
-        chosen += 1
-        return nxt
-
-    return pick

@@ -1,0 +1,169 @@
+"""The rules that act on the logits before each choice, in transformers' order (its logits
+processors): ``sequence_bias``, ``repetition_penalty``, ``no_repeat_ngram_size``,
+``bad_words_ids``, ``min_new_tokens`` (stop ids held back), ``suppress_tokens``,
+``begin_suppress_tokens``; then ids past the tokenizer's pieces (padded embedding rows) are never
+chosen, and engine.sampling chooses. Everything stays on the device: the picker keeps the sequence
+so far there (prompt and chosen tokens) and never reads it back, so a step costs no host sync."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .sampling import SamplingParams, apply_repetition_penalty, sample
+
+
+@dataclass(frozen=True)
+class TokenRules:
+    """The per-step rules of one generation (names and meanings as in transformers' ``generate``).
+    ``sequence_bias``: (token sequence, bias) pairs, the bias added to the sequence's last token
+    when the tokens before it end the sequence so far; ``bad_words_ids``: sequences never completed;
+    ``held_back``: ids (the stop ids) not chosen for the first ``min_new_tokens`` choices."""
+
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    sequence_bias: tuple[tuple[tuple[int, ...], float], ...] = ()
+    bad_words_ids: tuple[tuple[int, ...], ...] = ()
+    suppress_tokens: tuple[int, ...] = ()
+    begin_suppress_tokens: tuple[int, ...] = ()
+    min_new_tokens: int = 0
+    held_back: tuple[int, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.repetition_penalty != 1.0 or self.no_repeat_ngram_size or self.sequence_bias or self.bad_words_ids
+                    or self.suppress_tokens or self.begin_suppress_tokens or (self.min_new_tokens and self.held_back))
+
+
+class History:
+    """The sequence so far on the device: tokens [B, T + room] (left-padded prompt, then each
+    chosen token), real [B, T + room] (False on padding slots, which never match), length n (host)."""
+
+    def __init__(self, tokens: torch.Tensor, kv_start: torch.Tensor, room: int) -> None:
+        b, t = tokens.shape
+        self.tokens = torch.zeros(b, t + room, dtype=torch.long, device=tokens.device)
+        self.tokens[:, :t] = tokens
+        self.real = torch.ones(b, t + room, dtype=torch.bool, device=tokens.device)
+        self.real[:, :t] = torch.arange(t, device=tokens.device)[None, :] >= kv_start[:, None]
+        self.n = t
+
+    def append(self, nxt: torch.Tensor) -> None:
+        if self.n < self.tokens.shape[1]:  # a caller never picks more than `room` tokens
+            self.tokens[:, self.n] = nxt
+        self.n += 1
+
+    def ends_with(self, prefixes: torch.Tensor) -> torch.Tensor:
+        """prefixes [E, k] -> [B, E]: whether the sequence's last k tokens are each prefix."""
+        k = prefixes.shape[1]
+        window, real = self.tokens[:, self.n - k : self.n], self.real[:, self.n - k : self.n]  # [B, k]
+        return ((window[:, None, :] == prefixes[None]) & real[:, None, :]).all(-1)
+
+
+def ngram_bans(history: History, size: int, vocab: int) -> torch.Tensor | None:
+    """transformers' no_repeat_ngram_size: [B, V] True for each token that would complete an n-gram
+    (n = size) already in the sequence, given its last n-1 tokens; None while it is shorter than n."""
+    if history.n < size:
+        return None
+    seq, real = history.tokens[:, : history.n], history.real[:, : history.n]
+    grams = seq.unfold(1, size, 1)  # [B, W, n]: every n-gram so far
+    valid = real.unfold(1, size, 1).all(-1)  # [B, W]: no padding in it
+    last = seq[:, history.n - size + 1 :]  # [B, n-1]
+    hit = (grams[:, :, :-1] == last[:, None, :]).all(-1) & valid  # [B, W]
+    # each hit bans its n-gram's last token; misses go to a spare column V, dropped
+    target = torch.where(hit, grams[:, :, -1], vocab)
+    bans = torch.zeros(seq.shape[0], vocab + 1, dtype=torch.bool, device=seq.device)
+    return bans.scatter_(1, target, True)[:, :vocab]
+
+
+class SequenceBias:
+    """Biases for token sequences, as transformers' SequenceBiasLogitsProcessor (and, with -inf,
+    NoBadWordsLogitsProcessor) adds them: one-token sequences always; longer ones to their last
+    token when the sequence so far ends with the tokens before it. A repeated sequence keeps the
+    last bias given."""
+
+    def __init__(self, entries: Sequence[tuple[Sequence[int], float]], vocab: int, device: torch.device) -> None:
+        unique = {tuple(seq): float(bias) for seq, bias in entries}
+        self.always = torch.zeros(vocab, device=device)
+        groups: dict[int, list[tuple[tuple[int, ...], float]]] = {}
+        for seq, bias in unique.items():
+            if len(seq) == 1:
+                self.always[seq[0]] = bias
+            else:
+                groups.setdefault(len(seq) - 1, []).append((seq, bias))
+        self.any_always = bool(self.always.ne(0).any())
+        # by prefix length k: prefixes [E, k], last tokens [E], biases [E]
+        self.groups = [(torch.tensor([s[:-1] for s, _ in group], device=device), torch.tensor([s[-1] for s, _ in group], device=device),
+                        torch.tensor([b for _, b in group], device=device)) for _, group in sorted(groups.items())]
+
+    def __call__(self, logits: torch.Tensor, history: History | None) -> torch.Tensor:
+        if self.any_always:
+            logits = logits + self.always
+        for prefixes, last, bias in self.groups:
+            if history is None or history.n < prefixes.shape[1] + 1:  # longer than the sequence so far
+                continue
+            added = torch.where(history.ends_with(prefixes), bias[None, :], 0.0)  # [B, E]
+            logits = logits.index_add(1, last, added)
+        return logits
+
+
+def make_picker(params: SamplingParams, rules: TokenRules, gen: torch.Generator | None, tokens: torch.Tensor, kv_start: torch.Tensor,
+                vocab: int, room: int, allowed: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The per-step choice: logits [B, V] -> next ids [B], with ``rules`` applied first. tokens
+    [B, T]: the left-padded prompts, row b's first real slot kv_start[b]; ``room``: the most
+    choices this picker will make; ids from ``allowed`` on (embedding rows past the tokenizer's
+    pieces) are never chosen."""
+    cut = allowed if allowed is not None and allowed < vocab else None
+    if not rules.active and cut is None:
+        return lambda logits: sample(logits, params, gen)
+    device = tokens.device
+    multi = any(len(s) > 1 for s in rules.bad_words_ids) or any(len(s) > 1 for s, _ in rules.sequence_bias)
+    history = History(tokens, kv_start, room) if rules.no_repeat_ngram_size or multi else None
+    seen = None
+    if rules.repetition_penalty != 1.0:
+        b, t = tokens.shape
+        real = torch.arange(t, device=device)[None, :] >= kv_start[:, None]  # [B, T], not padding
+        seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
+        seen.scatter_(1, torch.where(real, tokens, tokens[:, -1:]), True)  # padding slots repeat a real token
+    bias = SequenceBias(rules.sequence_bias, vocab, device) if rules.sequence_bias else None
+    bad = SequenceBias([(s, float("-inf")) for s in rules.bad_words_ids], vocab, device) if rules.bad_words_ids else None
+
+    def ban_mask(ids: Sequence[int] | range) -> torch.Tensor:
+        mask = torch.zeros(vocab, dtype=torch.bool, device=device)
+        mask[torch.tensor(list(ids), dtype=torch.long, device=device)] = True
+        return mask
+
+    always = ban_mask([*rules.suppress_tokens, *(range(cut, vocab) if cut is not None else ())])
+    early = ban_mask(rules.held_back) if rules.min_new_tokens else None
+    begin = ban_mask(rules.begin_suppress_tokens) if rules.begin_suppress_tokens else None
+    chosen = 0
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        nonlocal chosen
+        logits = logits.float()
+        if bias is not None:
+            logits = bias(logits, history)
+        if seen is not None:
+            logits = apply_repetition_penalty(logits, seen, rules.repetition_penalty)
+        if rules.no_repeat_ngram_size and history is not None:
+            bans = ngram_bans(history, rules.no_repeat_ngram_size, vocab)
+            if bans is not None:
+                logits = logits.masked_fill(bans, float("-inf"))
+        if bad is not None:
+            logits = bad(logits, history)
+        blocked = always
+        if early is not None and chosen < rules.min_new_tokens:
+            blocked = blocked | early
+        if begin is not None and chosen == 0:
+            blocked = blocked | begin
+        logits = logits.masked_fill(blocked, float("-inf"))
+        nxt = sample(logits, params, gen)
+        if seen is not None:
+            seen.scatter_(1, nxt[:, None], True)
+        if history is not None:
+            history.append(nxt)
+        chosen += 1
+        return nxt
+
+    return pick

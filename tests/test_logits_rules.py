@@ -1,0 +1,279 @@
+"""transformers' generation rules beyond temperature/top-k/top-p: the sampling filters (min_p,
+typical_p, epsilon and eta cutoffs) against transformers' logits warpers on random logits; the
+per-step rules (no_repeat_ngram_size, bad_words_ids, sequence_bias, suppress_tokens,
+begin_suppress_tokens) and the total lengths (max_length, min_length) against transformers'
+``generate`` on tiny random checkpoints; and the aliases a transformers caller passes."""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from codellama_fast import CodeLlamaTokenizerFast
+from codellama_fast.engine import Engine, load_model
+from codellama_fast.engine.logits_rules import History, ngram_bans
+from codellama_fast.engine.sampling import filter_logits
+
+from tests.engine_helpers import make_hf_model, save, scripted
+
+PROMPT = "def quicksort(items):\n    "
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return CodeLlamaTokenizerFast.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    seed = random.SystemRandom().randrange(2**31)
+    print(f"model seed {seed}")
+    hf = make_hf_model("gqa4", seed)
+    return hf, save(hf, tmp_path_factory.mktemp("rules"))
+
+
+def _engine(path, tok):
+    return Engine(load_model(path, dtype="float32", device="cpu"), tok)
+
+
+def _hf_greedy(hf, ids: list[int], n: int, **kw) -> list[int]:
+    x = torch.tensor([ids])
+    out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0, **kw)
+    return out[0, len(ids):].tolist()
+
+
+def _repeats_an_ngram(seq: list[int], n: int, start: int = 0) -> bool:
+    """Whether an n-gram ending at index `start` or later already occurred earlier in `seq`."""
+    grams = [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
+    return any(grams[j] in grams[:j] for j in range(max(0, start - n + 1), len(grams)))
+
+
+def test_sampling_filters_keep_what_transformers_warpers_keep():
+    """Every subset of the filters, in transformers' order (temperature, top-k, top-p, min-p,
+    typical-p, epsilon, eta), keeps the tokens transformers' warpers keep, on random logits of
+    random sizes and sharpness (some rows already holding -inf, as after a ban)."""
+    from transformers.generation import logits_process as lp
+
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    rnd = random.Random(int(torch.randint(0, 2**31, (), generator=g)))
+    acted = dict.fromkeys(["min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"], 0)
+    for _ in range(300):
+        v = rnd.randrange(2, 400)
+        logits = torch.randn(3, v, generator=g) * rnd.uniform(0.1, 8)
+        if rnd.random() < 0.3:
+            logits[:, rnd.randrange(v)] = float("-inf")
+        t = rnd.uniform(0.3, 1.5)
+        kw = {"top_k": rnd.choice([None, 0, rnd.randrange(1, v + 2)]), "top_p": rnd.choice([None, rnd.uniform(0.05, 1.0)]),
+              "min_p": rnd.choice([None, rnd.uniform(0, 1)]), "typical_p": rnd.choice([None, rnd.uniform(0.05, 1.0)]),
+              "epsilon_cutoff": rnd.choice([None, rnd.uniform(0, 0.3)]), "eta_cutoff": rnd.choice([None, rnd.uniform(0, 0.3)])}
+        want = lp.TemperatureLogitsWarper(t)(None, logits.clone())
+        warpers = [(kw["top_k"], lp.TopKLogitsWarper), (kw["top_p"], lp.TopPLogitsWarper), (kw["min_p"], lp.MinPLogitsWarper),
+                   (kw["typical_p"], lp.TypicalLogitsWarper), (kw["epsilon_cutoff"], lp.EpsilonLogitsWarper),
+                   (kw["eta_cutoff"], lp.EtaLogitsWarper)]
+        for value, warper in warpers:
+            # transformers' generate adds a warper only for a value that filters (see _get_logits_processor)
+            if value is not None and not (warper is lp.TopKLogitsWarper and value == 0) and not (
+                    warper in (lp.EpsilonLogitsWarper, lp.EtaLogitsWarper) and value == 0):
+                want = warper(value)(None, want)
+        got = filter_logits(logits / t, **kw)
+        assert torch.equal(torch.isinf(got), torch.isinf(want)), kw
+        before = torch.isinf(filter_logits(logits / t, kw["top_k"], kw["top_p"])).sum()
+        for name in acted:
+            if kw[name]:
+                acted[name] += int(torch.isinf(got).sum() > before)
+    assert all(n > 0 for n in acted.values()), acted  # each filter dropped tokens somewhere
+
+
+def test_min_p_and_epsilon_near_one_sample_the_argmax(model, tok):
+    _, path = model
+    engine = _engine(path, tok)
+    greedy = engine.generate(PROMPT, max_new_tokens=16, stop_at_eos=False).token_ids
+    for kw in ({"min_p": 1.0}, {"epsilon_cutoff": 0.999}):
+        assert engine.generate(PROMPT, max_new_tokens=16, stop_at_eos=False, do_sample=True, seed=5, **kw).token_ids == greedy, kw
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_no_repeat_ngram_size_equals_transformers(model, tok, size):
+    hf, path = model
+    engine = _engine(path, tok)
+    ids = tok.encode(PROMPT + "items items = items")
+    free = _hf_greedy(hf, ids, 40)
+    want = _hf_greedy(hf, ids, 40, no_repeat_ngram_size=size)
+    got = engine.generate(input_ids=[ids], max_new_tokens=40, stop_at_eos=False, no_repeat_ngram_size=size).token_ids[0]
+    assert got == want
+    assert not _repeats_an_ngram(ids + got, size, start=len(ids))
+    if _repeats_an_ngram(ids + free, size, start=len(ids)):
+        assert got != free
+
+
+def test_no_repeat_bans_match_a_direct_count():
+    """ngram_bans on random short sequences (left-padded rows) equals counting the n-grams in Python."""
+    rnd = random.Random(random.SystemRandom().randrange(2**31))
+    for _ in range(200):
+        vocab, size = rnd.randrange(2, 6), rnd.randrange(1, 4)
+        rows = [[rnd.randrange(vocab) for _ in range(rnd.randrange(1, 12))] for _ in range(3)]
+        t = max(map(len, rows))
+        tokens = torch.tensor([[0] * (t - len(r)) + r for r in rows])
+        history = History(tokens, torch.tensor([t - len(r) for r in rows]), room=0)
+        bans = ngram_bans(history, size, vocab)
+        for b, row in enumerate(rows):
+            want = set()
+            if len(row) >= size:
+                last = tuple(row[len(row) - size + 1 :]) if size > 1 else ()
+                want = {row[i + size - 1] for i in range(len(row) - size + 1) if tuple(row[i : i + size - 1]) == last}
+            got = set() if bans is None else set(torch.nonzero(bans[b]).flatten().tolist())
+            if t < size:
+                assert bans is None
+            assert got == want, (row, size)
+
+
+def test_bad_words_sequence_bias_and_suppression_equal_transformers(model, tok):
+    """Each rule built from the plain greedy output (so it must change it) gives transformers' tokens."""
+    hf, path = model
+    engine = _engine(path, tok)
+    ids = tok.encode(PROMPT)
+    free = _hf_greedy(hf, ids, 30)
+    assert engine.generate(PROMPT, max_new_tokens=30, stop_at_eos=False).token_ids[0] == free
+    cases = [
+        {"bad_words_ids": [[free[3]]]},
+        {"bad_words_ids": [[free[5], free[6]], [free[0], free[1], free[2]]]},
+        {"sequence_bias": [[[free[2]], -50.0], [[free[0], free[1]], -80.0]]},
+        {"sequence_bias": {(free[4],): -30.0}},  # transformers' older dict form
+        {"suppress_tokens": [free[0], free[7]]},
+        {"begin_suppress_tokens": [free[0]]},
+        {"bad_words_ids": [[free[1]]], "no_repeat_ngram_size": 2, "repetition_penalty": 1.3, "suppress_tokens": [free[4]]},
+    ]
+    for kw in cases:
+        want = _hf_greedy(hf, ids, 30, **kw)
+        got = engine.generate(PROMPT, max_new_tokens=30, stop_at_eos=False, **kw).token_ids[0]
+        assert got == want, kw
+        assert got != free, kw  # the rule acted
+
+
+def test_a_positive_sequence_bias_pulls_a_token_in(model, tok):
+    hf, path = model
+    engine = _engine(path, tok)
+    ids = tok.encode(PROMPT)
+    target = 4000
+    want = _hf_greedy(hf, ids, 12, sequence_bias=[[[target], 100.0]])
+    got = engine.generate(PROMPT, max_new_tokens=12, stop_at_eos=False, sequence_bias=[[[target], 100.0]]).token_ids[0]
+    assert got == want and got[0] == target
+
+
+def test_rules_in_a_padded_batch_equal_each_prompt_alone(model, tok):
+    """Padding slots never match an n-gram or a bad word's prefix."""
+    _, path = model
+    engine = _engine(path, tok)
+    prompts = [PROMPT, "x", "import os\nimport sys\n"]
+    free = engine.generate(prompts[1], max_new_tokens=20, stop_at_eos=False).token_ids[0]
+    kw = {"max_new_tokens": 20, "stop_at_eos": False, "no_repeat_ngram_size": 2, "bad_words_ids": [[free[2], free[3]]]}
+    batch = engine.generate(prompts, **kw).token_ids
+    assert batch == [engine.generate(p, **kw).token_ids[0] for p in prompts]
+
+
+def test_rules_act_the_same_with_guesses(model, tok):
+    """Prompt lookup and an assistant choose every position as plain decoding does, rules included."""
+    _, path = model
+    engine = _engine(path, tok)
+    free = engine.generate(PROMPT, max_new_tokens=24, stop_at_eos=False).token_ids[0]
+    kw = {"max_new_tokens": 24, "stop_at_eos": False, "no_repeat_ngram_size": 3, "bad_words_ids": [[free[4], free[5]]],
+          "begin_suppress_tokens": [free[0]]}
+    plain = engine.generate(PROMPT, **kw).token_ids
+    assert engine.generate(PROMPT, prompt_lookup_num_tokens=4, **kw).token_ids == plain
+    assert engine.generate(PROMPT, assistant_model=_engine(path, tok), **kw).token_ids == plain
+
+
+def test_no_repeat_ngram_size_acts_on_a_looping_model(model, tok):
+    """A model scripted to loop "a b a b ..." is forced off the loop at the first repeat."""
+    _, path = model
+    engine = _engine(path, tok)
+    a, b = 500, 600
+    scripted(engine, [a, b] * 10)
+    assert engine.generate("x", max_new_tokens=6, stop_at_eos=False).token_ids[0] == [a, b, a, b, a, b]
+    scripted(engine, [a, b] * 10)
+    got = engine.generate("x", max_new_tokens=6, stop_at_eos=False, no_repeat_ngram_size=2).token_ids[0]
+    assert got[:3] == [a, b, a] and got[3] != b  # "a b" again is banned; the scripted logits then tie at 0
+    assert not _repeats_an_ngram(tok.encode("x") + got, 2, start=2)
+
+
+def test_max_length_and_min_length_count_the_prompt_as_transformers(model, tok):
+    hf, path = model
+    engine = _engine(path, tok)
+    ids = tok.encode(PROMPT)
+    got = engine.generate(PROMPT, max_length=len(ids) + 9, stop_at_eos=False).token_ids[0]
+    assert got == _hf_greedy(hf, ids, 9) and len(got) == 9
+    free = engine.generate(PROMPT, max_new_tokens=30, stop_at_eos=False).token_ids[0]
+    end = free[1]
+    x = torch.tensor([ids])
+    out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=30, min_length=len(ids) + 6, do_sample=False,
+                      eos_token_id=end, pad_token_id=0)[0, len(ids):].tolist()
+    want = out[: out.index(end)] if end in out else out
+    got = engine.generate(PROMPT, max_new_tokens=30, min_length=len(ids) + 6, eos_token_id=end).token_ids[0]
+    assert got == want and len(got) >= 6
+    with pytest.raises(ValueError, match="max_length counts the prompt"):
+        engine.generate(PROMPT, max_length=len(ids))
+    with pytest.warns(UserWarning, match="max_new_tokens takes precedence"):
+        assert len(engine.generate(PROMPT, max_new_tokens=3, max_length=len(ids) + 9, stop_at_eos=False).token_ids[0]) == 3
+
+
+def test_transformers_aliases_and_hints(model, tok):
+    _, path = model
+    engine = _engine(path, tok)
+    base = engine.generate(PROMPT, max_new_tokens=8, stop_at_eos=False)
+    same = {"max_new_tokens": 8, "stop_at_eos": False}
+    assert engine.generate(PROMPT, num_beams=1, use_cache=True, **same).token_ids == base.token_ids
+    stop = tok.decode(base.token_ids[0][2:4])
+    assert engine.generate(PROMPT, stop_strings=[stop], tokenizer=tok, **same).text == engine.generate(PROMPT, stop=[stop], **same).text
+    sampled = {"do_sample": True, "seed": 3, **same}
+    assert engine.generate(PROMPT, top_k=0, **sampled).token_ids == engine.generate(PROMPT, top_k=None, **sampled).token_ids
+    with pytest.raises(ValueError, match="beam search is not provided"):
+        engine.generate(PROMPT, num_beams=4)
+    with pytest.raises(TypeError, match="return_logprobs=True"):
+        engine.generate(PROMPT, output_scores=True)
+    with pytest.raises(ValueError, match="not both"):
+        engine.generate(PROMPT, stop="a", stop_strings="b")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"min_p": 1.5}, ValueError, "min_p must be in [0, 1]"),
+        ({"typical_p": 0.0}, ValueError, "typical_p must be in (0, 1]"),
+        ({"eta_cutoff": 1.0}, ValueError, "eta_cutoff must be in [0, 1)"),
+        ({"epsilon_cutoff": "0.1"}, TypeError, "epsilon_cutoff must be a number"),
+        ({"no_repeat_ngram_size": -1}, ValueError, "no_repeat_ngram_size must be >= 0"),
+        ({"no_repeat_ngram_size": 2.0}, TypeError, "no_repeat_ngram_size must be an int"),
+        ({"bad_words_ids": [1, 2]}, TypeError, "bad_words_ids[0] must be a sequence of int token ids"),
+        ({"bad_words_ids": [[]]}, ValueError, "bad_words_ids[0] is empty"),
+        ({"bad_words_ids": [[5, 99999]]}, ValueError, "bad_words_ids holds token id 99999"),
+        ({"sequence_bias": [[[5], float("inf")]]}, ValueError, "sequence_bias[0] bias must be finite"),
+        ({"sequence_bias": [[5, 1.0]]}, TypeError, "sequence_bias[0] token ids must be a sequence"),
+        ({"suppress_tokens": [1.5]}, TypeError, "suppress_tokens[0] must be an int token id"),
+        ({"begin_suppress_tokens": [-1]}, ValueError, "begin_suppress_tokens holds token id -1"),
+        ({"max_length": 0}, ValueError, "max_length must be >= 1"),
+        ({"use_cache": "yes"}, TypeError, "use_cache must be a bool"),
+    ],
+)
+def test_bad_rule_arguments_are_named(model, tok, kwargs, error, words):
+    engine = _engine(model[1], tok)
+    with pytest.raises(error) as info:
+        engine.generate("x", max_new_tokens=2, **kwargs)
+    assert words in str(info.value)
+
+
+def test_a_lone_stop_id_as_a_bad_word_is_ignored_with_a_warning(model, tok):
+    _, path = model
+    engine = _engine(path, tok)
+    scripted(engine, [100, tok.eos_token_id, 300])
+    with pytest.warns(UserWarning, match="bad_words_ids holds a stop id alone"):
+        r = engine.generate("x", max_new_tokens=5, bad_words_ids=[[tok.eos_token_id], [300]])
+    assert r.token_ids == [[100]] and r.finish_reasons == ["eos"]  # it still ends at EOS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scripted(engine, [100, 300, tok.eos_token_id])
+        assert engine.generate("x", max_new_tokens=5, stop_at_eos=False, bad_words_ids=[[300]]).token_ids[0][1] != 300
