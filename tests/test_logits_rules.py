@@ -270,8 +270,9 @@ def test_a_lone_stop_id_as_a_bad_word_is_ignored_with_a_warning(model, tok):
     _, path = model
     engine = _engine(path, tok)
     scripted(engine, [100, tok.eos_token_id, 300])
-    with pytest.warns(UserWarning, match="bad_words_ids holds a stop id alone"):
+    with pytest.warns(UserWarning, match="bad_words_ids holds a stop id alone") as record:
         r = engine.generate("x", max_new_tokens=5, bad_words_ids=[[tok.eos_token_id], [300]])
+    assert record[0].filename == __file__  # said at the caller's line
     assert r.token_ids == [[100]] and r.finish_reasons == ["eos"]  # it still ends at EOS
     with warnings.catch_warnings():
         warnings.simplefilter("error")

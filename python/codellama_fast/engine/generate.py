@@ -325,7 +325,7 @@ class Engine:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(cfg.seed)
         vocab, known = self.model.config.vocab_size, len(self.tokenizer)
-        rules = logits_rules_for(cfg, set(stop_ids), vocab, warn_stacklevel + 1)
+        rules = logits_rules_for(cfg, set(stop_ids), vocab, warn_stacklevel)
         pick = make_picker(params, rules, gen, tokens, kv_start_now, vocab, cfg.max_new_tokens, known)
         # the captured step takes the argmax itself only when nothing happens between logits and choice
         guessing = cfg.prompt_lookup_num_tokens is not None or cfg.assistant_model is not None
