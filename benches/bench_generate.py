@@ -2,11 +2,13 @@
 prompts, in the same run. CPU default: a ~110M-parameter random model in fp32.
 
     python benches/bench_generate.py [--model 110M] [--device cpu] [--batch 1 4] [--prompt 128 512] [--new 64]
+        [--rules '{"no_repeat_ngram_size": 3, "repetition_penalty": 1.2}']
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--repeats", type=int, default=5, help="best of N for each provider (shared machines are noisy)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--rules", type=json.loads, default={},
+                    help="generation arguments (transformers' names, JSON) given to both sides, e.g. logits rules")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -40,23 +44,23 @@ def main(argv: list[str] | None = None) -> Path:
     tok = CodeLlamaTokenizerFast.from_pretrained()
     meta = {"bench": "generate", "machine": machine(), "versions": versions("torch", "transformers", "codellama-fast"),
             "git_sha": git_sha(), "timestamp": now(), "model": args.model, "device": args.device, "dtype": str(dtype),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "rules": args.rules}
     rows: list[dict[str, Any]] = []
     ours = random_engine(args.model, args.device, dtype, tok)
     hf = hf_model(args.model, args.device, dtype)
     for b in args.batch:
         for p in args.prompt:
             shape = f"{args.model} B{b} P{p} N{args.new}"
-            res = [measure_ours(ours, b, p, args.new, args.device, repeats=args.repeats),
-                   measure_hf(hf, b, p, args.new, args.device, repeats=args.repeats)]
+            res = [measure_ours(ours, b, p, args.new, args.device, repeats=args.repeats, rules=args.rules),
+                   measure_hf(hf, b, p, args.new, args.device, repeats=args.repeats, rules=args.rules)]
             for m in res:
                 rows.append({"bench": "generate", "provider": m.provider, "shape": shape, "batch": b, "prompt": p,
-                             "new_tokens": args.new, "metric": "decode_tokens_per_s", "unit": "tokens/s",
+                             "new_tokens": args.new, "rules": args.rules, "metric": "decode_tokens_per_s", "unit": "tokens/s",
                              "p50": m.decode_tokens_per_s, "ttft_s": m.ttft_s, "prefill_tokens_per_s": b * p / m.ttft_s,
                              "device": args.device, "dtype": str(dtype), "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]})
             ratio = res[0].decode_tokens_per_s / res[1].decode_tokens_per_s
             pre = res[1].ttft_s / res[0].ttft_s
-            rows.append({"bench": "generate", "provider": "ratio", "shape": shape, "metric": "ours_over_transformers",
+            rows.append({"bench": "generate", "provider": "ratio", "shape": shape, "rules": args.rules, "metric": "ours_over_transformers",
                          "decode": ratio, "prefill": pre, "unit": "x"})
             print(f"{shape:26s} decode ours {res[0].decode_tokens_per_s:8.1f} tok/s  transformers {res[1].decode_tokens_per_s:8.1f}  "
                   f"({ratio:.2f}x); prefill {b * p / res[0].ttft_s:8.0f} vs {b * p / res[1].ttft_s:8.0f} tok/s ({pre:.2f}x)", flush=True)

@@ -107,25 +107,29 @@ def prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int
     return [[1] + row for row in ids.tolist()]
 
 
-def measure_ours(engine, batch: int, prompt_len: int, new_tokens: int, device: str, repeats: int | None = None) -> Measurement:
+def measure_ours(engine, batch: int, prompt_len: int, new_tokens: int, device: str, repeats: int | None = None,
+                 rules: dict[str, Any] | None = None) -> Measurement:
+    """Greedy generation; `rules`: more generation arguments (transformers' names), given to both sides."""
     ids = prompts(batch, prompt_len, engine.model.config.vocab_size)
     repeats = repeats or (1 if batch * prompt_len >= 16384 else 2)
-    engine.generate(input_ids=ids, max_new_tokens=new_tokens, stop_at_eos=False)  # compile / capture
+    rules = rules or {}
+    engine.generate(input_ids=ids, max_new_tokens=new_tokens, stop_at_eos=False, **rules)  # compile / capture
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     # best of the repeats for each quantity, as for transformers below (min time, max rate)
-    runs = [engine.generate(input_ids=ids, max_new_tokens=new_tokens, stop_at_eos=False) for _ in range(repeats)]
+    runs = [engine.generate(input_ids=ids, max_new_tokens=new_tokens, stop_at_eos=False, **rules) for _ in range(repeats)]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
     return Measurement("codellama-fast", min(r.time_to_first_token_s for r in runs), max(r.decode_tokens_per_s for r in runs), new_tokens, peak,
                        getattr(engine, "decode_step_used", None))
 
 
-def measure_hf(model, batch: int, prompt_len: int, new_tokens: int, device: str, static: bool = False, repeats: int = 2) -> Measurement:
-    """transformers `generate` (greedy). TTFT = a 1-token generate; the decode rate is taken from
-    the difference between an N-token and a 1-token generate."""
+def measure_hf(model, batch: int, prompt_len: int, new_tokens: int, device: str, static: bool = False, repeats: int = 2,
+               rules: dict[str, Any] | None = None) -> Measurement:
+    """transformers `generate` (greedy, with `rules` as in measure_ours). TTFT = a 1-token
+    generate; the decode rate is taken from the difference between an N-token and a 1-token generate."""
     ids = torch.tensor(prompts(batch, prompt_len, model.config.vocab_size), device=device)
     mask = torch.ones_like(ids)
-    kw: dict[str, Any] = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+    kw: dict[str, Any] = dict(do_sample=False, pad_token_id=0, eos_token_id=None, **(rules or {}))
     if static:
         kw["cache_implementation"] = "static"
 

@@ -43,8 +43,10 @@ def test_bench_kernels_smoke(tmp_path):
 
 def test_bench_generate_tiny(tmp_path):
     pytest.importorskip("transformers")
-    data = _run("bench_generate.py", "--model", "tiny", "--batch", "1", "--prompt", "8", "--new", "4", tmp=tmp_path)
+    data = _run("bench_generate.py", "--model", "tiny", "--batch", "1", "--prompt", "8", "--new", "4",
+                "--rules", '{"no_repeat_ngram_size": 2}', tmp=tmp_path)
     assert any(r["provider"] == "ratio" for r in data["rows"])
+    assert data["meta"]["rules"] == {"no_repeat_ngram_size": 2}
 
 
 def test_bench_tokenizer_small(tmp_path):
