@@ -59,6 +59,8 @@ def test_unset_options_follow_the_models_generation_config(tmp_path):
     banned = _cli("generate", "Lily", "--model", str(folder), "--no-repeat-ngram-size", "1", "--max-new-tokens", "30")
     assert banned.stdout == engine.generate("Lily", no_repeat_ngram_size=1, max_new_tokens=30).text + "\n"
     assert banned.stdout != engine.generate("Lily", max_new_tokens=30).text + "\n"  # a 30-token story repeats a token
+    beams = _cli("generate", "Lily", "--model", str(folder), "--num-beams", "3", "--max-new-tokens", "30")
+    assert beams.stdout == engine.generate("Lily", num_beams=3, max_new_tokens=30).text + "\n"
     min_p = _cli("generate", "Lily", "--model", str(folder), "--temperature", "1", "--min-p", "0.2", "--seed", "4", "--max-new-tokens", "30")
     assert min_p.stdout == engine.generate("Lily", temperature=1.0, min_p=0.2, seed=4, max_new_tokens=30).text + "\n"
 

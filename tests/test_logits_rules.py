@@ -231,8 +231,8 @@ def test_transformers_aliases_and_hints(model, tok):
     assert engine.generate(PROMPT, stop_strings=[stop], tokenizer=tok, **same).text == engine.generate(PROMPT, stop=[stop], **same).text
     sampled = {"do_sample": True, "seed": 3, **same}
     assert engine.generate(PROMPT, top_k=0, **sampled).token_ids == engine.generate(PROMPT, top_k=None, **sampled).token_ids
-    with pytest.raises(ValueError, match="beam search is not provided"):
-        engine.generate(PROMPT, num_beams=4)
+    with pytest.raises(TypeError, match="diverse beam search is not provided"):
+        engine.generate(PROMPT, num_beams=4, num_beam_groups=2)
     with pytest.raises(TypeError, match="return_logprobs=True"):
         engine.generate(PROMPT, output_scores=True)
     with pytest.raises(ValueError, match="not both"):

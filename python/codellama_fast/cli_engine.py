@@ -33,6 +33,7 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 makes repeats less likely (transformers' rule)")
     p.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N", help="never repeat an N-token sequence")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--num-beams", type=int, default=None, metavar="K", help="beam search with K beams (greedy; not with --stream)")
     p.add_argument("--prompt-lookup", type=int, default=None, metavar="K",
                    help="guess K tokens per step from the prompt's n-grams (same output; faster when it repeats its context)")
     p.add_argument("--assistant", default=None, metavar="MODEL",
@@ -64,7 +65,7 @@ def _gen_kwargs(args: argparse.Namespace, engine: Any) -> dict[str, Any]:
     if args.assistant_tokens is not None and args.assistant is None:
         raise ValueError("--assistant-tokens needs --assistant MODEL")
     given = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                 repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, seed=args.seed, prompt_lookup_num_tokens=args.prompt_lookup,
+                 repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, num_beams=args.num_beams, seed=args.seed, prompt_lookup_num_tokens=args.prompt_lookup,
                  assistant_model=_assistant(args), num_assistant_tokens=args.assistant_tokens)
     out: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if "max_new_tokens" not in out and "max_new_tokens" not in engine.defaults:

@@ -19,7 +19,7 @@ from ..data import BUNDLED_VOCAB_SIZE
 from ..errors import CheckpointError, InfillingUnsupported
 from ..tokenizer import FILL_MARKER, CodeLlamaTokenizerFast
 from .cache import KVCache
-from . import arguments, fused_decode, memory, options, speculative
+from . import arguments, beam_search, fused_decode, memory, options, speculative
 from .assisted import DraftGuesser, check_vocabularies
 from .cuda_graph import GraphDecoder, pick_faster
 from .loader import generation_defaults, load_model
@@ -47,6 +47,9 @@ class GenerationResult:
     # kept guess is a decode pass saved); 0 for plain decoding
     guesses_made: int = 0
     guesses_kept: int = 0
+    # beam search: each returned beam's score (summed log-probability / length ** length_penalty,
+    # transformers' sequences_scores), best first within each prompt
+    sequence_scores: list[float] | None = None
 
     @property
     def text(self) -> str:
@@ -55,8 +58,9 @@ class GenerationResult:
     def row(self, k: int) -> "GenerationResult":
         """Sequence ``k`` alone (the batch's timings)."""
         logprobs = None if self.token_logprobs is None else [self.token_logprobs[k]]
+        scores = None if self.sequence_scores is None else [self.sequence_scores[k]]
         return dataclasses.replace(self, texts=[self.texts[k]], token_ids=[self.token_ids[k]], finish_reasons=[self.finish_reasons[k]],
-                                   prompt_tokens=[self.prompt_tokens[k]], token_logprobs=logprobs)
+                                   prompt_tokens=[self.prompt_tokens[k]], token_logprobs=logprobs, sequence_scores=scores)
 
     def summary(self) -> str:
         n = sum(len(t) for t in self.token_ids)
@@ -219,10 +223,10 @@ class Engine:
 
     # ------------------------------------------------------------------ the core loop
 
-    def _config(self, overrides: dict[str, Any], many: bool = False) -> GenerationConfig:
+    def _config(self, overrides: dict[str, Any], many: bool = False, streams: bool = False) -> GenerationConfig:
         """The call's settings over the model's defaults, checked (engine.options). `many`: the
         call can return several sequences per prompt (generate)."""
-        cfg = options.resolve(self.defaults, overrides, many)
+        cfg = options.resolve(self.defaults, overrides, many, streams)
         if cfg.assistant_model is not None:
             if not isinstance(cfg.assistant_model, Engine):
                 raise TypeError(f"assistant_model must be an Engine (Engine.from_pretrained of a smaller model), "
@@ -473,6 +477,40 @@ class Engine:
             guesses_kept=int(stats.get("guesses_kept", 0)),
         )
 
+    def _run_beams(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: Sequence[set[int]],
+                   decoders: Sequence[Callable[[list[int]], str]], return_logprobs: bool) -> GenerationResult:
+        """Beam search (engine.beam_search) for each prompt; ``num_return_sequences`` rows per
+        prompt, best first. A final stop id is left out of the tokens, as in plain decoding."""
+        if return_logprobs:
+            raise ValueError("return_logprobs is not given for beam search; each beam's score is in sequence_scores")
+        tokens, kv_start, t = self._prepare(prompts)
+        cfg = cfg.for_prompt_length(t)
+        arguments.warn_past_context(t, cfg.max_new_tokens, self.model.config.max_position_embeddings, 4)
+        n = cfg.num_return_sequences
+        vocab = self.model.config.vocab_size
+        if cfg.max_new_tokens == 0:
+            out = beam_search.BeamOutput([[] for _ in range(len(prompts) * n)], [0.0] * (len(prompts) * n), 0, 0.0, 0.0)
+        else:
+            rules = logits_rules_for(cfg, set().union(*stop_ids), vocab, 4)
+            settings = beam_search.BeamSettings(cfg.num_beams, cfg.length_penalty, cfg.early_stopping, n)
+            with torch.inference_mode():
+                out = beam_search.beam_search(self.model, self._prefill, tokens, kv_start, cfg.max_new_tokens, settings, rules,
+                                              stop_ids, len(self.tokenizer), self.dtype)
+        rows = [k for k in range(len(prompts)) for _ in range(n)]
+        ids, reasons = [], []
+        for k, seq in zip(rows, out.tokens):
+            ended = bool(seq) and seq[-1] in stop_ids[k]
+            ids.append(seq[:-1] if ended else seq)
+            reasons.append("eos" if ended else "length")
+        # tokens/s: beam tokens run through the model (every beam of every prompt, each step)
+        beam_tokens = len(prompts) * cfg.num_beams * max(0, out.steps - 1)
+        return GenerationResult(
+            texts=[decoders[k](i) for k, i in zip(rows, ids)], token_ids=ids, finish_reasons=reasons,
+            prompt_tokens=[len(prompts[k]) for k in rows], time_to_first_token_s=out.prefill_s,
+            decode_tokens_per_s=beam_tokens / out.decode_s if out.decode_s > 0 else 0.0,
+            prefill_tokens_per_s=sum(len(p) for p in prompts) / out.prefill_s if out.prefill_s > 0 else 0.0,
+            total_s=out.prefill_s + out.decode_s, sequence_scores=out.scores)
+
     def _stop_ids(self, cfg: GenerationConfig, extra: Sequence[int] = (), prompt: Sequence[int] = ()) -> set[int]:
         """The ids that end a sequence: ``stop_token_ids`` and ``extra``; with ``stop_at_eos``, EOS,
         and ▁<EOT> when `prompt` is an infilling prompt (it holds ▁<MID>): the middle ends there,
@@ -517,10 +555,11 @@ class Engine:
         the output is unchanged), transformers' further sampling filters ``min_p``, ``typical_p``,
         ``epsilon_cutoff``, ``eta_cutoff`` and rules ``no_repeat_ngram_size``, ``bad_words_ids``,
         ``sequence_bias``, ``suppress_tokens``, ``begin_suppress_tokens`` (engine.logits_rules),
+        beam search (``num_beams``, ``length_penalty``, ``early_stopping``; engine.beam_search),
         and transformers' ``do_sample``, ``eos_token_id``, ``pad_token_id``, ``stop_strings``,
-        ``max_length``/``min_length`` (the prompt included), ``num_beams=1`` and ``use_cache``.
+        ``max_length``/``min_length`` (the prompt included) and ``use_cache``.
         ``return_logprobs=True`` fills ``token_logprobs``: each generated token's log-probability
-        under the model.
+        under the model (beam search gives ``sequence_scores`` instead).
         """
         if not isinstance(return_logprobs, bool):
             raise TypeError(f"return_logprobs must be True or False, got {return_logprobs!r}")
@@ -530,6 +569,8 @@ class Engine:
         if attention_mask is not None and input_ids is None:
             raise ValueError("attention_mask goes with input_ids; text prompts need none")
         ids = self.encode_prompts(prompts) if input_ids is None else arguments.prompt_id_lists(input_ids, attention_mask)
+        if cfg.num_beams > 1:
+            return self._run_beams(ids, cfg, [self._stop_ids(cfg, prompt=p) for p in ids], self._continuation_decoder(ids), return_logprobs)
         ids = [p for p in ids for _ in range(cfg.num_return_sequences)]  # each prompt's samples together, as transformers
         stops = [self._stop_ids(cfg, prompt=p) for p in ids]
         return self._run(ids, cfg, stops, self._continuation_decoder(ids), return_logprobs)
@@ -538,7 +579,7 @@ class Engine:
         """Yields text deltas of one prompt's continuation as tokens are generated. The deltas
         concatenate to ``generate(prompt).text``: text that could be the start of a stop string is
         held back until it is known not to be one."""
-        cfg = self._config(kwargs)
+        cfg = self._config(kwargs, streams=True)
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else arguments.token_id_list("prompt", prompt)
         fresh = all(t == self.tokenizer.bos_token_id for t in ids)
         decoder = self.tokenizer.stream_decoder(skip_special_tokens=True, keep_leading_space=not fresh)
@@ -581,8 +622,12 @@ class Engine:
         n = cfg.num_return_sequences
         prompts = [self.infill_prompt_ids(p, s, suffix_first) for p, s in zip(prefixes, suffixes)]
         pairs = [(p, s) for p, s in zip(prefixes, suffixes) for _ in range(n)]
-        ids = [i for i in prompts for _ in range(n)]  # each gap's samples together
-        result = self._run(ids, cfg, self._stop_ids(cfg, [tok.eot_id]), [tok.decode_infilling] * len(ids))
+        stops = self._stop_ids(cfg, [tok.eot_id])
+        if cfg.num_beams > 1:
+            result = self._run_beams(prompts, cfg, [stops] * len(prompts), [tok.decode_infilling] * len(prompts), False)
+        else:
+            ids = [i for i in prompts for _ in range(n)]  # each gap's samples together
+            result = self._run(ids, cfg, stops, [tok.decode_infilling] * len(ids))
         out = [InfillResult(p, result.texts[k], s, result.row(k)) for k, (p, s) in enumerate(pairs)]
         return out if len(out) > 1 or not isinstance(prefix, str) else out[0]
 
@@ -622,6 +667,8 @@ class Engine:
         ids = self.tokenizer.chat_prompt_ids(messages)
         cfg = self._config(kwargs)
         decode = lambda new: self.tokenizer._native.decode(new, True)  # noqa: E731
+        if cfg.num_beams > 1:
+            return self._run_beams([ids], cfg, [self._stop_ids(cfg)], [decode], False).texts[0].strip()
         return self._run([ids], cfg, self._stop_ids(cfg), [decode]).texts[0].strip()
 
     def stream_chat(self, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> Iterator[str]:

@@ -260,8 +260,8 @@ def _size(dtype: torch.dtype) -> int:
 
 def generation_defaults(path: str | Path) -> dict[str, Any]:
     """Generation defaults from the folder's ``generation_config.json``, read as transformers reads
-    it: ``max_new_tokens`` and the logits rules (repetition penalty, n-gram and word bans, biases,
-    suppressed tokens, ``min_new_tokens``) always; the sampling settings only when ``do_sample`` is
+    it: ``max_new_tokens``, the logits rules (repetition penalty, n-gram and word bans, biases,
+    suppressed tokens, ``min_new_tokens``) and the beam settings always; the sampling settings only when ``do_sample`` is
     true (otherwise generation is greedy), with transformers' defaults for what the file leaves out
     (temperature 1.0, top_k 50, top_p 1.0; a top_k of 0 or a top_p of 1.0 filters nothing). The
     values are checked when a call uses them, as a call's own are."""
@@ -273,7 +273,7 @@ def generation_defaults(path: str | Path) -> dict[str, Any]:
     if isinstance(gen.get("max_new_tokens"), int):
         out["max_new_tokens"] = gen["max_new_tokens"]
     for key in ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "sequence_bias", "suppress_tokens",
-                "begin_suppress_tokens", "min_new_tokens"):
+                "begin_suppress_tokens", "min_new_tokens", "num_beams", "length_penalty", "early_stopping"):
         if gen.get(key) is not None and gen[key] != _NO_EFFECT.get(key):
             out[key] = gen[key]
     if gen.get("do_sample") is True:
@@ -290,4 +290,4 @@ def generation_defaults(path: str | Path) -> dict[str, Any]:
 
 # the values transformers writes for "not set" (GenerationConfig's defaults)
 _NO_EFFECT: dict[str, Any] = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0, "typical_p": 1.0,
-                              "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+                              "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "num_beams": 1, "length_penalty": 1.0, "early_stopping": False}

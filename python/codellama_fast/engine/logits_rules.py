@@ -108,62 +108,86 @@ class SequenceBias:
         return logits
 
 
-def make_picker(params: SamplingParams, rules: TokenRules, gen: torch.Generator | None, tokens: torch.Tensor, kv_start: torch.Tensor,
-                vocab: int, room: int, allowed: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The per-step choice: logits [B, V] -> next ids [B], with ``rules`` applied first. tokens
-    [B, T]: the left-padded prompts, row b's first real slot kv_start[b]; ``room``: the most
-    choices this picker will make; ids from ``allowed`` on (embedding rows past the tokenizer's
-    pieces) are never chosen."""
-    cut = allowed if allowed is not None and allowed < vocab else None
-    if not rules.active and cut is None:
-        return lambda logits: sample(logits, params, gen)
-    device = tokens.device
-    multi = any(len(s) > 1 for s in rules.bad_words_ids) or any(len(s) > 1 for s, _ in rules.sequence_bias)
-    history = History(tokens, kv_start, room) if rules.no_repeat_ngram_size or multi else None
-    seen = None
-    if rules.repetition_penalty != 1.0:
-        b, t = tokens.shape
-        real = torch.arange(t, device=device)[None, :] >= kv_start[:, None]  # [B, T], not padding
-        seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
-        seen.scatter_(1, torch.where(real, tokens, tokens[:, -1:]), True)  # padding slots repeat a real token
-    bias = SequenceBias(rules.sequence_bias, vocab, device) if rules.sequence_bias else None
-    bad = SequenceBias([(s, float("-inf")) for s in rules.bad_words_ids], vocab, device) if rules.bad_words_ids else None
+class RuleState:
+    """``rules`` applied step by step to a batch of sequences: ``apply`` the logits [B, V] of the
+    next position, then ``advance`` with the chosen ids [B]; ``reorder`` the rows when they are
+    regrouped (beam search). tokens [B, T]: the left-padded prompts, row b's first real slot
+    kv_start[b]; ``room``: the most choices to come; ids from ``allowed`` on (embedding rows past
+    the tokenizer's pieces) are never chosen."""
 
-    def ban_mask(ids: Sequence[int] | range) -> torch.Tensor:
-        mask = torch.zeros(vocab, dtype=torch.bool, device=device)
-        mask[torch.tensor(list(ids), dtype=torch.long, device=device)] = True
-        return mask
+    def __init__(self, rules: TokenRules, tokens: torch.Tensor, kv_start: torch.Tensor, vocab: int, room: int,
+                 allowed: int | None = None) -> None:
+        self.rules, self.vocab = rules, vocab
+        device = tokens.device
+        cut = allowed if allowed is not None and allowed < vocab else None
+        multi = any(len(s) > 1 for s in rules.bad_words_ids) or any(len(s) > 1 for s, _ in rules.sequence_bias)
+        self.history = History(tokens, kv_start, room) if rules.no_repeat_ngram_size or multi else None
+        self.seen = None
+        if rules.repetition_penalty != 1.0:
+            b, t = tokens.shape
+            real = torch.arange(t, device=device)[None, :] >= kv_start[:, None]  # [B, T], not padding
+            self.seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
+            self.seen.scatter_(1, torch.where(real, tokens, tokens[:, -1:]), True)  # padding slots repeat a real token
+        self.bias = SequenceBias(rules.sequence_bias, vocab, device) if rules.sequence_bias else None
+        self.bad = SequenceBias([(s, float("-inf")) for s in rules.bad_words_ids], vocab, device) if rules.bad_words_ids else None
 
-    always = ban_mask([*rules.suppress_tokens, *(range(cut, vocab) if cut is not None else ())])
-    early = ban_mask(rules.held_back) if rules.min_new_tokens else None
-    begin = ban_mask(rules.begin_suppress_tokens) if rules.begin_suppress_tokens else None
-    chosen = 0
+        def ban_mask(ids: Sequence[int] | range) -> torch.Tensor:
+            mask = torch.zeros(vocab, dtype=torch.bool, device=device)
+            mask[torch.tensor(list(ids), dtype=torch.long, device=device)] = True
+            return mask
 
-    def pick(logits: torch.Tensor) -> torch.Tensor:
-        nonlocal chosen
+        self.always = ban_mask([*rules.suppress_tokens, *(range(cut, vocab) if cut is not None else ())])
+        self.early = ban_mask(rules.held_back) if rules.min_new_tokens else None
+        self.begin = ban_mask(rules.begin_suppress_tokens) if rules.begin_suppress_tokens else None
+        self.chosen = 0
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [B, V] -> fp32 logits with the rules applied, in transformers' order."""
+        rules = self.rules
         logits = logits.float()
-        if bias is not None:
-            logits = bias(logits, history)
-        if seen is not None:
-            logits = apply_repetition_penalty(logits, seen, rules.repetition_penalty)
-        if rules.no_repeat_ngram_size and history is not None:
-            bans = ngram_bans(history, rules.no_repeat_ngram_size, vocab)
+        if self.bias is not None:
+            logits = self.bias(logits, self.history)
+        if self.seen is not None:
+            logits = apply_repetition_penalty(logits, self.seen, rules.repetition_penalty)
+        if rules.no_repeat_ngram_size and self.history is not None:
+            bans = ngram_bans(self.history, rules.no_repeat_ngram_size, self.vocab)
             if bans is not None:
                 logits = logits.masked_fill(bans, float("-inf"))
-        if bad is not None:
-            logits = bad(logits, history)
-        blocked = always
-        if early is not None and chosen < rules.min_new_tokens:
-            blocked = blocked | early
-        if begin is not None and chosen == 0:
-            blocked = blocked | begin
-        logits = logits.masked_fill(blocked, float("-inf"))
-        nxt = sample(logits, params, gen)
-        if seen is not None:
-            seen.scatter_(1, nxt[:, None], True)
-        if history is not None:
-            history.append(nxt)
-        chosen += 1
+        if self.bad is not None:
+            logits = self.bad(logits, self.history)
+        blocked = self.always
+        if self.early is not None and self.chosen < rules.min_new_tokens:
+            blocked = blocked | self.early
+        if self.begin is not None and self.chosen == 0:
+            blocked = blocked | self.begin
+        return logits.masked_fill(blocked, float("-inf"))
+
+    def advance(self, nxt: torch.Tensor) -> None:
+        if self.seen is not None:
+            self.seen.scatter_(1, nxt[:, None], True)
+        if self.history is not None:
+            self.history.append(nxt)
+        self.chosen += 1
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row i continues the sequence of row rows[i] (int64 [B])."""
+        if self.seen is not None:
+            self.seen = self.seen[rows]
+        if self.history is not None:
+            self.history.tokens, self.history.real = self.history.tokens[rows], self.history.real[rows]
+
+
+def make_picker(params: SamplingParams, rules: TokenRules, gen: torch.Generator | None, tokens: torch.Tensor, kv_start: torch.Tensor,
+                vocab: int, room: int, allowed: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The per-step choice: logits [B, V] -> next ids [B], with ``rules`` applied first (arguments
+    as RuleState's)."""
+    if not rules.active and (allowed is None or allowed >= vocab):
+        return lambda logits: sample(logits, params, gen)
+    state = RuleState(rules, tokens, kv_start, vocab, room, allowed)
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        nxt = sample(state.apply(logits), params, gen)
+        state.advance(nxt)
         return nxt
 
     return pick

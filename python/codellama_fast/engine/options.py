@@ -1,7 +1,6 @@
 """Generation options: the settings of one call (names as in transformers' ``generate``) over the
 model's defaults, with transformers' aliases read (``do_sample``, ``eos_token_id``,
-``pad_token_id``, ``stop_strings``, ``max_length``/``min_length``, ``num_beams=1``,
-``use_cache``) and every value checked before any work starts."""
+``pad_token_id``, ``stop_strings``, ``max_length``/``min_length``, ``use_cache``) and every value checked before any work starts."""
 
 from __future__ import annotations
 
@@ -48,6 +47,10 @@ class GenerationConfig:
     # max_length sets max_new_tokens when the call does not, min_length sets min_new_tokens
     max_length: int | None = None
     min_length: int | None = None
+    # beam search (engine.beam_search), transformers' names and defaults
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
     # prompt-lookup decoding (engine.prompt_lookup): guesses per step, and the longest n-gram matched
     prompt_lookup_num_tokens: int | None = None
     max_matching_ngram_size: int = 2
@@ -84,9 +87,10 @@ class GenerationConfig:
         return cfg
 
 
-def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: bool = False) -> GenerationConfig:
+def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: bool = False, streams: bool = False) -> GenerationConfig:
     """The checked settings of a call. `defaults`: the model's (generation_config.json); `many`:
-    the call may return several sequences per prompt (generate)."""
+    the call may return several sequences per prompt (generate); `streams`: it yields text as it
+    goes (stream)."""
     overrides = _read_do_sample(defaults, _read_hf_aliases(_read_hf_token_ids(dict(overrides))))
     if not many and overrides.get("num_return_sequences", 1) != 1:
         raise ValueError("num_return_sequences is for generate(); stream, infill and chat return one continuation")
@@ -108,8 +112,13 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
         raise TypeError(f"stop_at_eos must be a bool, got {type(cfg.stop_at_eos).__name__}")
     params = cfg.sampling()  # value checks (temperature >= 0, top_k >= 1, 0 < top_p <= 1)
     cfg.num_return_sequences = _at_least("num_return_sequences", arguments.check_int("num_return_sequences", cfg.num_return_sequences), 1)
-    if cfg.num_return_sequences > 1 and params.greedy:
-        raise ValueError("num_return_sequences > 1 needs sampling (a temperature > 0): greedy decoding returns one continuation")
+    cfg.num_beams = _at_least("num_beams", arguments.check_int("num_beams", cfg.num_beams), 1)
+    cfg.length_penalty = arguments.check_real("length_penalty", cfg.length_penalty)
+    if cfg.early_stopping not in (True, False, "never") or not isinstance(cfg.early_stopping, (bool, str)):
+        raise ValueError(f"early_stopping must be True, False or 'never' (as in transformers), got {cfg.early_stopping!r}")
+    if cfg.num_return_sequences > 1 and params.greedy and cfg.num_beams == 1:
+        raise ValueError("num_return_sequences > 1 needs sampling (a temperature > 0) or beam search (num_beams > 1): "
+                         "greedy decoding returns one continuation")
     cfg.min_new_tokens = _at_least("min_new_tokens", arguments.check_int("min_new_tokens", cfg.min_new_tokens), 0)
     cfg.prompt_lookup_num_tokens = arguments.check_int("prompt_lookup_num_tokens", cfg.prompt_lookup_num_tokens, optional=True)
     if cfg.prompt_lookup_num_tokens is not None:
@@ -121,6 +130,8 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
         raise ValueError(f"assistant_confidence_threshold must be in [0, 1] (0 never stops early), got {cfg.assistant_confidence_threshold}")
     if cfg.assistant_model is not None and cfg.prompt_lookup_num_tokens is not None:
         raise ValueError("give prompt_lookup_num_tokens or assistant_model, not both: each guesses the next tokens")
+    if cfg.num_beams > 1:
+        _check_beams(cfg, params, streams)
     cfg.repetition_penalty = arguments.check_real("repetition_penalty", cfg.repetition_penalty)
     if cfg.repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be > 0 (1.0 is none), got {cfg.repetition_penalty}")
@@ -136,6 +147,24 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
         value = arguments.check_int(name, getattr(cfg, name), optional=True)
         setattr(cfg, name, value if value is None else _at_least(name, value, 1 if name == "max_length" else 0))
     return cfg
+
+
+def _check_beams(cfg: GenerationConfig, params: SamplingParams, streams: bool) -> None:
+    """What beam search does not combine with, said before any work."""
+    if streams:
+        raise ValueError(f"num_beams={cfg.num_beams}: beam search knows the best sequence only at the end, so it does not "
+                         "stream; use generate(), infill() or chat()")
+    if not params.greedy:
+        raise ValueError("beam search with sampling (transformers' beam sample) is not provided: give temperature=0 "
+                         "(do_sample=False) with num_beams")
+    if cfg.prompt_lookup_num_tokens is not None or cfg.assistant_model is not None:
+        raise ValueError("num_beams does not combine with prompt_lookup_num_tokens or assistant_model")
+    if cfg.stop:
+        raise ValueError("stop strings are not checked during beam search (a beam's text is known only at the end); "
+                         "use stop_token_ids, or cut the returned texts")
+    if cfg.num_return_sequences > cfg.num_beams:
+        raise ValueError(f"num_return_sequences ({cfg.num_return_sequences}) must be <= num_beams ({cfg.num_beams}): "
+                         "beam search returns its best finished beams")
 
 
 def logits_rules_for(cfg: GenerationConfig, stop_ids: set[int], vocab: int, stacklevel: int = 2) -> TokenRules:
@@ -164,7 +193,7 @@ def _at_least(name: str, value: Any, low: int) -> int:
 
 # transformers arguments this engine does not take, and what to use instead
 HF_HINTS = {
-    "num_beams": "beam search is not provided; greedy decoding is temperature=0, several samples are num_return_sequences",
+    "num_beam_groups": "diverse beam search is not provided; num_beams gives plain beam search",
     "output_scores": "generate(..., return_logprobs=True) gives each token's log-probability",
     "output_logits": "generate(..., return_logprobs=True) gives each token's log-probability; engine.score(texts) scores texts",
     "return_dict_in_generate": "generate always returns a GenerationResult (token_ids, texts, finish_reasons, timings)",
@@ -179,8 +208,8 @@ HF_HINTS = {
 def _read_hf_aliases(overrides: dict[str, Any]) -> dict[str, Any]:
     """transformers names with one meaning here: ``stop_strings`` is ``stop`` (its ``tokenizer``
     argument is not needed: the engine decodes with its own); ``max_length`` gives way to
-    ``max_new_tokens`` when both are given, with a warning, as there; ``num_beams=1`` and
-    ``use_cache`` change nothing here (every step uses the KV cache)."""
+    ``max_new_tokens`` when both are given, with a warning, as there; ``use_cache`` changes
+    nothing here (every step uses the KV cache)."""
     if "stop_strings" in overrides:
         if "stop" in overrides:
             raise ValueError("give stop (or transformers' stop_strings), not both")
@@ -189,10 +218,7 @@ def _read_hf_aliases(overrides: dict[str, Any]) -> dict[str, Any]:
     overrides.pop("tokenizer", None)
     if "use_cache" in overrides and not isinstance(overrides.pop("use_cache"), bool):
         raise TypeError("use_cache must be a bool (every step here uses the KV cache either way)")
-    if "num_beams" in overrides:
-        beams = arguments.check_int("num_beams", overrides["num_beams"], optional=True)
-        if beams not in (None, 1):
-            raise ValueError(f"num_beams={beams}: {HF_HINTS['num_beams']}")
+    if "num_beams" in overrides and overrides["num_beams"] is None:
         del overrides["num_beams"]
     for name, low in (("max_length", 1), ("min_length", 0)):
         if overrides.get(name) is not None:

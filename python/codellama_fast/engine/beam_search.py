@@ -1,0 +1,153 @@
+"""Beam search with transformers' rules (``generate(num_beams=k)``): every step keeps the k best
+unfinished continuations of each prompt by summed log-probability; a continuation that ends (a stop
+id, or the last allowed token) is scored by its sum over its length ** ``length_penalty`` and
+competes for the k finished places; the search ends when no running beam can still beat the worst
+finished one (``early_stopping``: False, transformers' heuristic; True, as soon as k have finished;
+"never", the canonical bound), or at the length limit.
+
+Scores and choices stay on the device; one host read per step decides whether to go on. The
+logits rules (engine.logits_rules) act on each beam's log-probabilities, as transformers applies
+its processors there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .cache import KVCache
+from .logits_rules import RuleState, TokenRules
+from .model import LlamaModel, StepContext
+
+# transformers' stand-in for "impossible": added to scores, so that arithmetic stays finite
+_NEVER = 1.0e9
+
+
+@dataclass(frozen=True)
+class BeamSettings:
+    num_beams: int
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    num_return_sequences: int = 1
+
+
+@dataclass
+class BeamOutput:
+    """Per prompt, its ``num_return_sequences`` best finished beams, best first (prompt-major)."""
+
+    tokens: list[list[int]]  # the generated tokens, a final stop id included
+    scores: list[float]  # summed log-probability / length ** length_penalty
+    steps: int  # decode steps run
+    prefill_s: float
+    decode_s: float
+
+
+def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor, KVCache], torch.Tensor], tokens: torch.Tensor,
+                kv_start: torch.Tensor, max_new: int, settings: BeamSettings, rules: TokenRules, stop_ids: Sequence[set[int]],
+                allowed: int | None, dtype: torch.dtype) -> BeamOutput:
+    """tokens [B, T] left-padded prompts (row b's first real slot kv_start[b]); ``prefill(tokens,
+    kv_start, cache)`` runs them into a cache and returns the last logits [B, V]; ``stop_ids``:
+    each prompt's; ``allowed``: ids from it on are never chosen."""
+    b, t = tokens.shape
+    k, n_out = settings.num_beams, settings.num_return_sequences
+    device, cfg = tokens.device, model.config
+    vocab = cfg.vocab_size
+    rows = b * k
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    start = time.perf_counter()
+    # The prompt once per prompt, then its cache copied to each of its k beams.
+    prompt_cache = KVCache(cfg, b, t, dtype, device)
+    first = prefill(tokens, kv_start, prompt_cache)  # [B, V]
+    sync()
+    prefill_s = time.perf_counter() - start
+    cache = KVCache(cfg, rows, t + max_new, dtype, device)
+    for (kc, vc), (pk, pv) in zip(cache.layers, prompt_cache.layers):
+        kc[:, :, :t].copy_(pk.repeat_interleave(k, dim=0))
+        vc[:, :, :t].copy_(pv.repeat_interleave(k, dim=0))
+    del prompt_cache
+    beam_kv_start = kv_start.repeat_interleave(k)  # [B k]
+    lengths = t - beam_kv_start  # real prompt lengths
+    state = RuleState(rules, tokens.repeat_interleave(k, dim=0), beam_kv_start, vocab, max_new, allowed)
+
+    stop_mask = torch.zeros(b, vocab, dtype=torch.bool, device=device)  # [B, V]
+    for i, ids in enumerate(stop_ids):
+        stop_mask[i, [s for s in ids if 0 <= s < vocab]] = True
+    # candidates kept per step: enough that k survive even if the best ones all end
+    width = min(max(2, 1 + max((len(s) for s in stop_ids), default=0)) * k, k * vocab)
+    among_first_k = torch.arange(width, device=device) < k  # only these may finish
+
+    run_scores = torch.full((b, k), -_NEVER, device=device)
+    run_scores[:, 0] = 0.0  # all beams start equal: expand only the first at the first step
+    run_seq = torch.zeros(b, k, max_new, dtype=torch.long, device=device)
+    fin_seq = torch.zeros(b, k, max_new, dtype=torch.long, device=device)
+    fin_len = torch.zeros(b, k, dtype=torch.long, device=device)
+    fin_scores = torch.full((b, k), -_NEVER, device=device)
+    fin_done = torch.zeros(b, k, dtype=torch.bool, device=device)
+    improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
+    batch_base = torch.arange(b, device=device)[:, None] * k
+
+    logits = first.repeat_interleave(k, dim=0)  # [B k, V]
+    steps = 0
+    for step in range(max_new):
+        steps = step + 1
+        logp = state.apply(torch.log_softmax(logits.float(), dim=-1))  # [B k, V]
+        totals = (logp.view(b, k, vocab) + run_scores[:, :, None]).view(b, k * vocab)
+        top_scores, top_index = totals.topk(width, dim=-1)  # [B, W]
+        parent, token = top_index // vocab, top_index % vocab
+        cand_seq = run_seq.gather(1, parent[:, :, None].expand(-1, -1, max_new)).clone()  # [B, W, N]
+        cand_seq[:, :, step] = token
+        ends = stop_mask.gather(1, token) | (step + 1 == max_new)  # [B, W]
+
+        # the k best that go on
+        going_on = top_scores - _NEVER * ends.float()
+        keep = going_on.topk(k, dim=-1).indices  # [B, k]
+        run_seq = cand_seq.gather(1, keep[:, :, None].expand(-1, -1, max_new))
+        run_scores = going_on.gather(1, keep)
+        beam_parent = parent.gather(1, keep)
+
+        # the ones that end compete for the k finished places
+        just_done = ends & among_first_k[None, :]
+        scored = top_scores / float(step + 1) ** settings.length_penalty
+        full = fin_done.all(dim=1, keepdim=True) & (settings.early_stopping is True)
+        scored = scored - _NEVER * full.float() - _NEVER * (~improvable).float() - _NEVER * (~just_done).float()
+        merged = torch.cat([fin_scores, scored], dim=1)
+        best = merged.topk(k, dim=-1).indices  # [B, k], best first
+        fin_scores = merged.gather(1, best)
+        fin_seq = torch.cat([fin_seq, cand_seq], dim=1).gather(1, best[:, :, None].expand(-1, -1, max_new))
+        fin_len = torch.cat([fin_len, torch.full_like(cand_seq[:, :, 0], step + 1)], dim=1).gather(1, best)
+        fin_done = torch.cat([fin_done, just_done], dim=1).gather(1, best)
+
+        # can a running beam still beat the worst finished one?
+        if settings.early_stopping == "never" and settings.length_penalty > 0.0:
+            best_len = max_new
+        else:
+            best_len = step + 1
+        best_possible = run_scores[:, :1] / float(best_len) ** settings.length_penalty
+        worst = torch.where(fin_done, fin_scores.min(dim=1, keepdim=True).values, -_NEVER)
+        improvable = improvable & (best_possible > worst).any(dim=1, keepdim=True)
+        go_on = improvable.any() & ~(fin_done.all() & (settings.early_stopping is True)) & ~ends.all()
+        if step + 1 == max_new or not bool(go_on):  # the one host read per step
+            break
+
+        # regroup the beams' caches and rule state by parent, then run the chosen tokens
+        order = (batch_base + beam_parent).view(-1)  # [B k]
+        for kc, vc in cache.layers:
+            kc.copy_(kc.index_select(0, order))
+            vc.copy_(vc.index_select(0, order))
+        state.reorder(order)
+        fed = run_seq[:, :, step].reshape(rows)
+        state.advance(fed)
+        slot = t + step
+        ctx = StepContext((lengths + step)[:, None], torch.tensor([slot], device=device), slot, beam_kv_start, slot + 1)
+        logits = model(fed[:, None], ctx, cache.layers)
+
+    seqs, lens, scores = fin_seq[:, :n_out].tolist(), fin_len[:, :n_out].tolist(), fin_scores[:, :n_out].tolist()
+    decode_s = time.perf_counter() - start - prefill_s
+    done = fin_done[:, :n_out].tolist()
+    out_tokens = [seq[:n] if ok else [] for row_s, row_n, row_d in zip(seqs, lens, done) for seq, n, ok in zip(row_s, row_n, row_d)]
+    out_scores = [s for row in scores for s in row]
+    return BeamOutput(out_tokens, out_scores, steps, prefill_s, decode_s)

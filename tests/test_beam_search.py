@@ -1,0 +1,157 @@
+"""Beam search (``num_beams``) against transformers' ``generate`` on tiny random checkpoints:
+tokens and sequence scores, with length penalties, the three early-stopping modes, several
+returned beams, left-padded batches, end tokens held back by min_new_tokens, and logits rules."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from codellama_fast import CodeLlamaTokenizerFast
+from codellama_fast.engine import Engine, load_model
+
+from tests.engine_helpers import logprobs_close, make_hf_model, save
+
+PROMPT = "def quicksort(items):\n    "
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return CodeLlamaTokenizerFast.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    seed = random.SystemRandom().randrange(2**31)
+    print(f"model seed {seed}")
+    hf = make_hf_model("gqa4", seed)
+    return hf, save(hf, tmp_path_factory.mktemp("beams"))
+
+
+def _engine(path, tok):
+    return Engine(load_model(path, dtype="float32", device="cpu"), tok)
+
+
+def _hf_beams(hf, rows: list[list[int]], n: int, ends: list[int] | None, **kw) -> tuple[list[list[int]], list[float]]:
+    """transformers' returned beams (generated part, cut before the first end token) and scores."""
+    t = max(map(len, rows))
+    x = torch.tensor([[0] * (t - len(r)) + r for r in rows])
+    mask = (torch.arange(t)[None, :] >= torch.tensor([t - len(r) for r in rows])[:, None]).long()
+    out = hf.generate(x, attention_mask=mask, max_new_tokens=n, do_sample=False, eos_token_id=ends, pad_token_id=0,
+                      output_scores=True, return_dict_in_generate=True, **kw)
+    seqs = []
+    for row in out.sequences[:, t:].tolist():
+        cuts = [row.index(e) for e in ends or () if e in row]
+        seqs.append(row[: min(cuts)] if cuts else row)
+    return seqs, out.sequences_scores.tolist()
+
+
+def _same(engine, hf, rows, n, ends, **kw):
+    want, want_scores = _hf_beams(hf, rows, n, ends, **kw)
+    stop = {"eos_token_id": ends} if ends else {"stop_at_eos": False}
+    got = engine.generate(input_ids=rows, max_new_tokens=n, **stop, **kw)
+    assert got.token_ids == want, kw
+    assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (got.sequence_scores, want_scores)
+    return got
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"num_beams": 2},
+        {"num_beams": 4, "num_return_sequences": 4},
+        {"num_beams": 3, "length_penalty": 0.0},
+        {"num_beams": 3, "length_penalty": 2.0, "early_stopping": "never"},
+        {"num_beams": 5, "num_return_sequences": 2, "early_stopping": True},
+        {"num_beams": 3, "length_penalty": -1.0, "early_stopping": "never"},
+    ],
+)
+def test_beams_equal_transformers(model, tok, kw):
+    """An end token the greedy path reaches early, so beams finish at different lengths."""
+    hf, path = model
+    engine = _engine(path, tok)
+    ids = tok.encode(PROMPT)
+    free = engine.generate(PROMPT, max_new_tokens=24, stop_at_eos=False).token_ids[0]
+    got = _same(engine, hf, [ids], 24, [free[3]], **kw)
+    assert len(got.token_ids) == kw.get("num_return_sequences", 1)
+    scores = got.sequence_scores
+    assert scores == sorted(scores, reverse=True)  # best first
+
+
+def test_beams_of_a_padded_batch_with_min_new_tokens_and_two_end_tokens(model, tok):
+    hf, path = model
+    engine = _engine(path, tok)
+    rows = [tok.encode(PROMPT), tok.encode("x"), tok.encode("import os\nimport sys\n")]
+    free = engine.generate(input_ids=rows, max_new_tokens=16, stop_at_eos=False).token_ids
+    ends = [free[0][2], free[1][1]]
+    kw = {"num_beams": 3, "num_return_sequences": 2, "min_new_tokens": 4}
+    got = _same(engine, hf, rows, 16, ends, **kw)
+    assert all(len(seq) >= 4 for seq in got.token_ids)
+    alone = [engine.generate(input_ids=[r], max_new_tokens=16, eos_token_id=ends, **kw).token_ids for r in rows]
+    assert got.token_ids == [seq for one in alone for seq in one]
+
+
+def test_beams_with_logits_rules_equal_transformers(model, tok):
+    """The rules act on each beam's log-probabilities and follow the beams as they regroup."""
+    hf, path = model
+    engine = _engine(path, tok)
+    ids = tok.encode(PROMPT)
+    free = engine.generate(PROMPT, max_new_tokens=20, num_beams=3, stop_at_eos=False).token_ids[0]
+    kw = {"num_beams": 3, "num_return_sequences": 2, "no_repeat_ngram_size": 2, "bad_words_ids": [[free[1], free[2]]],
+          "repetition_penalty": 1.3, "suppress_tokens": [free[5]]}
+    got = _same(engine, hf, [ids], 20, None, **kw)
+    assert got.token_ids[0] != free  # the rules acted
+
+
+def test_infill_and_chat_take_beams(model, tok):
+    """infill with beams is transformers' beam search over the infilling prompt, ending at ▁<EOT> or EOS."""
+    hf, path = model
+    engine = _engine(path, tok)
+    prompt = engine.infill_prompt_ids("def f(x):\n    ", "\n    return y\n")
+    want, _ = _hf_beams(hf, [prompt], 12, [tok.eos_token_id, tok.eot_id], num_beams=3)
+    got = engine.infill("def f(x):\n    ", "\n    return y\n", max_new_tokens=12, num_beams=3)
+    assert got.generation.token_ids == want
+    # an end this random model reaches (it would not reach ▁<EOT>), on generate's infilling path
+    end = engine.generate(input_ids=[prompt], max_new_tokens=12, stop_at_eos=False).token_ids[0][2]
+    assert engine.generate(input_ids=[prompt], max_new_tokens=12, num_beams=3, stop_token_ids=[end]).token_ids[0] == \
+        _hf_beams(hf, [prompt], 12, [tok.eos_token_id, end, tok.eot_id], num_beams=3)[0][0]
+    answer = engine.chat([{"role": "user", "content": "hi"}], max_new_tokens=8, num_beams=2)
+    chat_ids = tok.chat_prompt_ids([{"role": "user", "content": "hi"}])
+    want_chat, _ = _hf_beams(hf, [chat_ids], 8, [tok.eos_token_id], num_beams=2)
+    assert answer == tok.decode(want_chat[0], skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda e: list(e.stream("x", num_beams=2)), ValueError, "does not stream"),
+        (lambda e: e.generate("x", num_beams=2, temperature=0.7), ValueError, "beam sample"),
+        (lambda e: e.generate("x", num_beams=2, stop=["\n"]), ValueError, "stop strings are not checked"),
+        (lambda e: e.generate("x", num_beams=2, num_return_sequences=3), ValueError, "must be <= num_beams"),
+        (lambda e: e.generate("x", num_beams=2, return_logprobs=True), ValueError, "sequence_scores"),
+        (lambda e: e.generate("x", num_beams=2, early_stopping="sometimes"), ValueError, "early_stopping must be"),
+        (lambda e: e.generate("x", num_beams=0), ValueError, "num_beams must be >= 1"),
+        (lambda e: e.generate("x", num_beams=2, prompt_lookup_num_tokens=3), ValueError, "does not combine"),
+    ],
+)
+def test_beam_errors_are_named(model, tok, call, error, words):
+    with pytest.raises(error) as info:
+        call(_engine(model[1], tok))
+    assert words in str(info.value)
+
+
+def test_beams_through_the_triton_kernels_equal_the_torch_path(model, tok):
+    """Beams regroup the KV cache rows between steps; the decode kernels (interpreter) see the same."""
+    from codellama_fast.kernels.triton_ops import TritonOps
+
+    _, path = model
+    ref, fast = _engine(path, tok), _engine(path, tok)
+    fast.model.ops = TritonOps()
+    kw = {"max_new_tokens": 6, "stop_at_eos": False, "num_beams": 3, "num_return_sequences": 3}
+    a, b = ref.generate(["x = [", "def g():"], **kw), fast.generate(["x = [", "def g():"], **kw)
+    assert a.token_ids == b.token_ids
+    assert logprobs_close(a.sequence_scores, b.sequence_scores, 1e-4)
