@@ -22,7 +22,7 @@ from llm_bench import free, hf_model, prompts, random_engine, sync  # noqa: E402
 
 
 def time_ours(engine, ids: list[list[int]], k: int, new: int, device: str, repeats: int) -> tuple[float, list[list[int]]]:
-    kw = dict(max_new_tokens=new, num_beams=k, num_return_sequences=k, stop_at_eos=False)
+    kw = {"max_new_tokens": new, "num_beams": k, "num_return_sequences": k, "stop_at_eos": False}
     engine.generate(input_ids=ids, **kw)  # warm-up
     best, out = float("inf"), None
     for _ in range(repeats):
@@ -36,8 +36,8 @@ def time_ours(engine, ids: list[list[int]], k: int, new: int, device: str, repea
 
 def time_hf(model, ids: list[list[int]], k: int, new: int, device: str, repeats: int) -> tuple[float, list[list[int]]]:
     x = torch.tensor(ids, device=device)
-    kw = dict(attention_mask=torch.ones_like(x), max_new_tokens=new, min_new_tokens=new, num_beams=k, num_return_sequences=k,
-              do_sample=False, eos_token_id=None, pad_token_id=0)
+    kw = {"attention_mask": torch.ones_like(x), "max_new_tokens": new, "min_new_tokens": new, "num_beams": k,
+          "num_return_sequences": k, "do_sample": False, "eos_token_id": None, "pad_token_id": 0}
     with torch.inference_mode():
         model.generate(x, **kw)  # warm-up
         best, out = float("inf"), None

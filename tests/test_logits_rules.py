@@ -278,3 +278,43 @@ def test_a_lone_stop_id_as_a_bad_word_is_ignored_with_a_warning(model, tok):
         warnings.simplefilter("error")
         scripted(engine, [100, 300, tok.eos_token_id])
         assert engine.generate("x", max_new_tokens=5, stop_at_eos=False, bad_words_ids=[[300]]).token_ids[0][1] != 300
+
+
+def test_prefix_allowed_tokens_fn_and_logits_processor_equal_transformers(model, tok):
+    """The caller's own rules, called as transformers calls them (batch_id and the whole sequence;
+    input_ids [B, T] and fp32 scores), in plain, batched, sampled-off and beam decoding."""
+    from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor
+
+    hf, path = model
+    engine = _engine(path, tok)
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    rows = torch.randint(3, 32000, (2, 6), generator=g)
+    rows[:, 0] = 1
+    pool = torch.randint(3, 32000, (2, 40), generator=g).tolist()
+
+    def allowed(batch_id, ids):  # a different small vocabulary per prompt, shifting with the length
+        n = int(ids.shape[0])
+        return pool[batch_id][n % 7 : n % 7 + 12]
+
+    class LengthBias:  # favours one token more with each step
+        def __call__(self, input_ids, scores):
+            out = scores.clone()
+            out[:, 4000] += 5.0 * (input_ids.shape[1] - 6)
+            return out
+
+    x = torch.tensor(rows.tolist())
+    for kw in ({"prefix_allowed_tokens_fn": allowed}, {"logits_processor": LogitsProcessorList([LengthBias()])},
+               {"logits_processor": LogitsProcessorList([NoRepeatNGramLogitsProcessor(1)]), "prefix_allowed_tokens_fn": allowed},
+               {"prefix_allowed_tokens_fn": allowed, "num_beams": 3}):
+        out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0, **kw)
+        want = out[:, 6:].tolist()
+        got = engine.generate(input_ids=rows.tolist(), max_new_tokens=16, stop_at_eos=False, **kw).token_ids
+        assert got == want, kw
+    assert all(t in pool[b] for b, row in enumerate(got) for t in row)
+    assert 4000 in engine.generate(input_ids=rows.tolist(), max_new_tokens=40, stop_at_eos=False, logits_processor=LengthBias()).token_ids[0]
+    with pytest.raises(ValueError, match="returned no tokens for batch_id 0"):
+        engine.generate("x", max_new_tokens=3, prefix_allowed_tokens_fn=lambda b, ids: [])
+    with pytest.raises(TypeError, match="must return the scores tensor"):
+        engine.generate("x", max_new_tokens=3, logits_processor=[lambda ids, scores: None])
+    with pytest.raises(TypeError, match="logits_processor must be a callable"):
+        engine.generate("x", max_new_tokens=3, logits_processor=[1])

@@ -71,7 +71,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     del prompt_cache
     beam_kv_start = kv_start.repeat_interleave(k)  # [B k]
     lengths = t - beam_kv_start  # real prompt lengths
-    state = RuleState(rules, tokens.repeat_interleave(k, dim=0), beam_kv_start, vocab, max_new, allowed)
+    state = RuleState(rules, tokens.repeat_interleave(k, dim=0), beam_kv_start, vocab, max_new, allowed, rows_per_prompt=k)
 
     stop_mask = torch.zeros(b, vocab, dtype=torch.bool, device=device)  # [B, V]
     for i, ids in enumerate(stop_ids):

@@ -554,7 +554,8 @@ class Engine:
         ``num_assistant_tokens`` per step, stopping after one below ``assistant_confidence_threshold``;
         the output is unchanged), transformers' further sampling filters ``min_p``, ``typical_p``,
         ``epsilon_cutoff``, ``eta_cutoff`` and rules ``no_repeat_ngram_size``, ``bad_words_ids``,
-        ``sequence_bias``, ``suppress_tokens``, ``begin_suppress_tokens`` (engine.logits_rules),
+        ``sequence_bias``, ``suppress_tokens``, ``begin_suppress_tokens``, the caller's
+        ``prefix_allowed_tokens_fn`` and ``logits_processor`` (engine.logits_rules),
         beam search (``num_beams``, ``length_penalty``, ``early_stopping``; engine.beam_search),
         and transformers' ``do_sample``, ``eos_token_id``, ``pad_token_id``, ``stop_strings``,
         ``max_length``/``min_length`` (the prompt included) and ``use_cache``.

@@ -7,6 +7,7 @@ so far there (prompt and chosen tokens) and never reads it back, so a step costs
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,11 +31,17 @@ class TokenRules:
     begin_suppress_tokens: tuple[int, ...] = ()
     min_new_tokens: int = 0
     held_back: tuple[int, ...] = ()
+    # the caller's own, as transformers takes them: prefix_allowed_tokens_fn(batch_id, ids [T]) ->
+    # the ids allowed next; logits_processor: callables (ids [B, T], scores [B, V]) -> scores, run
+    # after every rule above. Both read the sequence so far on the host's request (a sync per step).
+    prefix_allowed_tokens_fn: Callable[[int, torch.Tensor], Sequence[int]] | None = None
+    logits_processor: tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...] = ()
 
     @property
     def active(self) -> bool:
         return bool(self.repetition_penalty != 1.0 or self.no_repeat_ngram_size or self.sequence_bias or self.bad_words_ids
-                    or self.suppress_tokens or self.begin_suppress_tokens or (self.min_new_tokens and self.held_back))
+                    or self.suppress_tokens or self.begin_suppress_tokens or (self.min_new_tokens and self.held_back)
+                    or self.prefix_allowed_tokens_fn is not None or self.logits_processor)
 
 
 class History:
@@ -116,12 +123,13 @@ class RuleState:
     the tokenizer's pieces) are never chosen."""
 
     def __init__(self, rules: TokenRules, tokens: torch.Tensor, kv_start: torch.Tensor, vocab: int, room: int,
-                 allowed: int | None = None) -> None:
-        self.rules, self.vocab = rules, vocab
+                 allowed: int | None = None, rows_per_prompt: int = 1) -> None:
+        self.rules, self.vocab, self.rows_per_prompt = rules, vocab, rows_per_prompt
         device = tokens.device
         cut = allowed if allowed is not None and allowed < vocab else None
         multi = any(len(s) > 1 for s in rules.bad_words_ids) or any(len(s) > 1 for s, _ in rules.sequence_bias)
-        self.history = History(tokens, kv_start, room) if rules.no_repeat_ngram_size or multi else None
+        callers = rules.prefix_allowed_tokens_fn is not None or bool(rules.logits_processor)
+        self.history = History(tokens, kv_start, room) if rules.no_repeat_ngram_size or multi or callers else None
         self.seen = None
         if rules.repetition_penalty != 1.0:
             b, t = tokens.shape
@@ -160,7 +168,35 @@ class RuleState:
             blocked = blocked | self.early
         if self.begin is not None and self.chosen == 0:
             blocked = blocked | self.begin
-        return logits.masked_fill(blocked, float("-inf"))
+        logits = logits.masked_fill(blocked, float("-inf"))
+        if self.history is not None and (rules.prefix_allowed_tokens_fn is not None or rules.logits_processor):
+            logits = self._callers(logits, self.history.tokens[:, : self.history.n])
+        return logits
+
+    def _callers(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The caller's prefix function and processors; ids [B, T]: the sequences so far (padding
+        slots hold 0), as transformers passes its input_ids."""
+        fn = self.rules.prefix_allowed_tokens_fn
+        if fn is not None:
+            allowed = torch.zeros_like(logits, dtype=torch.bool)
+            for row in range(logits.shape[0]):
+                ok = fn(row // self.rows_per_prompt, ids[row])
+                ok = ok.tolist() if hasattr(ok, "tolist") else list(ok)
+                if not ok:
+                    raise ValueError(f"prefix_allowed_tokens_fn returned no tokens for batch_id {row // self.rows_per_prompt}: "
+                                     "its constraint cannot be met")
+                bad = [t for t in ok if not (isinstance(t, numbers.Integral) and not isinstance(t, bool) and 0 <= t < self.vocab)]
+                if bad:
+                    raise ValueError(f"prefix_allowed_tokens_fn returned {bad[0]!r}, not a token id of this model's {self.vocab}")
+                allowed[row, [int(t) for t in ok]] = True
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        for proc in self.rules.logits_processor:
+            out = proc(ids, logits)
+            if not isinstance(out, torch.Tensor) or out.shape != logits.shape:
+                raise TypeError(f"a logits_processor must return the scores tensor of shape {tuple(logits.shape)}, "
+                                f"got {type(out).__name__}{' of shape ' + str(tuple(out.shape)) if isinstance(out, torch.Tensor) else ''}")
+            logits = out.float()
+        return logits
 
     def advance(self, nxt: torch.Tensor) -> None:
         if self.seen is not None:

@@ -47,6 +47,9 @@ class GenerationConfig:
     # max_length sets max_new_tokens when the call does not, min_length sets min_new_tokens
     max_length: int | None = None
     min_length: int | None = None
+    # the caller's own rules (engine.logits_rules.TokenRules)
+    prefix_allowed_tokens_fn: Any = None
+    logits_processor: Any = None
     # beam search (engine.beam_search), transformers' names and defaults
     num_beams: int = 1
     length_penalty: float = 1.0
@@ -69,7 +72,8 @@ class GenerationConfig:
         return TokenRules(self.repetition_penalty, self.no_repeat_ngram_size, tuple(self.sequence_bias or ()),
                           tuple(tuple(s) for s in self.bad_words_ids or ()), tuple(self.suppress_tokens or ()),
                           tuple(self.begin_suppress_tokens or ()), self.min_new_tokens,
-                          tuple(held_back) if self.min_new_tokens else ())
+                          tuple(held_back) if self.min_new_tokens else (), self.prefix_allowed_tokens_fn,
+                          tuple(self.logits_processor or ()))
 
     def for_prompt_length(self, t: int) -> GenerationConfig:
         """The settings for prompts padded to ``t`` tokens: transformers' ``max_length`` and
@@ -143,6 +147,16 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     for name in ("suppress_tokens", "begin_suppress_tokens"):
         if getattr(cfg, name) is not None:
             setattr(cfg, name, tuple(arguments.stop_ids(getattr(cfg, name), name)))
+    if cfg.prefix_allowed_tokens_fn is not None and not callable(cfg.prefix_allowed_tokens_fn):
+        raise TypeError(f"prefix_allowed_tokens_fn must be a function (batch_id, input_ids) -> allowed ids, "
+                        f"got {type(cfg.prefix_allowed_tokens_fn).__name__}")
+    if cfg.logits_processor is not None:
+        procs = [cfg.logits_processor] if callable(cfg.logits_processor) and not isinstance(cfg.logits_processor, (list, tuple)) \
+            else cfg.logits_processor
+        if not isinstance(procs, (list, tuple)) or not all(callable(p) for p in procs):
+            raise TypeError("logits_processor must be a callable (input_ids, scores) -> scores or a list of them "
+                            "(transformers' LogitsProcessorList)")
+        cfg.logits_processor = tuple(procs)
     for name in ("max_length", "min_length"):
         value = arguments.check_int(name, getattr(cfg, name), optional=True)
         setattr(cfg, name, value if value is None else _at_least(name, value, 1 if name == "max_length" else 0))
@@ -199,8 +213,6 @@ HF_HINTS = {
     "return_dict_in_generate": "generate always returns a GenerationResult (token_ids, texts, finish_reasons, timings)",
     "streamer": "engine.stream(prompt, ...) yields the text as it is generated",
     "stopping_criteria": "stop= (strings) and stop_token_ids= (ids) end a sequence",
-    "logits_processor": "the rules transformers builds from its arguments are taken by name "
-                        "(repetition_penalty, no_repeat_ngram_size, bad_words_ids, sequence_bias, suppress_tokens, ...)",
     "max_time": "stream() and stop after the time you want",
 }
 
