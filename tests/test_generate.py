@@ -292,3 +292,57 @@ def test_only_infilling_rows_of_a_batch_stop_at_eot(model_dir, tok):
     res = engine.generate(["x = [1, <FILL_ME>]", "plain text"], max_new_tokens=4)
     assert res.token_ids == [[500], [500, tok.eot_id, 600, 700]]
     assert res.finish_reasons == ["eos", "length"]
+
+
+def test_transformers_streamers_get_what_transformers_gives_them(model_dir, tok):
+    """A TextIteratorStreamer (transformers' tokenizer) fed by our generate yields the same chunks
+    as when transformers' generate feeds it, for the same model; a TextStreamer's end() comes
+    even when generation fails, and a batch or beams are refused."""
+    import threading
+
+    from transformers import AutoTokenizer, TextIteratorStreamer
+
+    from tests.conftest import CODELLAMA_DIR
+
+    hf_tok = AutoTokenizer.from_pretrained(CODELLAMA_DIR)
+    hf = make_hf_model("gqa4", seed=7)
+    engine = Engine(load_model(model_dir, dtype="float32", device="cpu"), tok)
+    prompt = "def fib(n):\n    "
+
+    def chunks(run) -> list[str]:
+        streamer = TextIteratorStreamer(hf_tok, skip_prompt=True, skip_special_tokens=True)
+        thread = threading.Thread(target=run, args=(streamer,))
+        thread.start()
+        out = list(streamer)
+        thread.join()
+        return out
+
+    ids = torch.tensor([tok.encode(prompt)])
+    want = chunks(lambda s: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=30, do_sample=False,
+                                        eos_token_id=None, pad_token_id=0, streamer=s))
+    got = chunks(lambda s: engine.generate(prompt, max_new_tokens=30, stop_at_eos=False, streamer=s))
+    assert got == want and len(want) > 3
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def put(self, value):
+            self.calls.append(value.tolist())
+
+        def end(self):
+            self.calls.append("end")
+
+    rec = Recorder()
+    result = engine.generate(prompt, max_new_tokens=5, stop_at_eos=False, streamer=rec)
+    assert rec.calls == [[tok.encode(prompt)], *[[t] for t in result.token_ids[0]], "end"]
+    rec = Recorder()
+    with pytest.raises(ValueError, match="prefix_allowed_tokens_fn returned no tokens"):
+        engine.generate(prompt, max_new_tokens=5, streamer=rec, prefix_allowed_tokens_fn=lambda b, s: [])
+    assert rec.calls[-1] == "end"
+    with pytest.raises(ValueError, match="streamer takes one sequence"):
+        engine.generate(["a", "b"], max_new_tokens=2, streamer=Recorder())
+    with pytest.raises(ValueError, match="streamer cannot be used with beam search"):
+        engine.generate("a", max_new_tokens=2, num_beams=2, streamer=Recorder())
+    with pytest.raises(TypeError, match="streamer must have put"):
+        engine.generate("a", max_new_tokens=2, streamer=print)

@@ -458,10 +458,22 @@ class Engine:
         rows = [stop_ids] * len(prompts) if isinstance(stop_ids, (set, frozenset)) else list(stop_ids)
         tracker = _StopTracker(rows, cfg.stop, decoders)
         steps: list[list[float]] | None = [] if return_logprobs else None
-        for host in self._steps(prompts, cfg, stats, stop_ids=set().union(*rows), logprobs=steps):
-            tracker.push(host, steps[-1] if steps else None)
-            if tracker.all_done:
-                break
+        streamer = cfg.streamer
+        if streamer is not None:
+            if len(prompts) != 1:
+                raise ValueError(f"streamer takes one sequence (as transformers' streamers do); this call generates {len(prompts)} "
+                                 "(prompts × num_return_sequences)")
+            streamer.put(torch.tensor([list(prompts[0])]))  # the prompt first, as transformers does (skip_prompt=True skips it)
+        try:
+            for host in self._steps(prompts, cfg, stats, stop_ids=set().union(*rows), logprobs=steps):
+                tracker.push(host, steps[-1] if steps else None)
+                if streamer is not None:
+                    streamer.put(torch.tensor(host))  # [1]: each new token, a final stop id included, as transformers
+                if tracker.all_done:
+                    break
+        finally:
+            if streamer is not None:
+                streamer.end()  # also on an error, so that a TextIteratorStreamer's reader is not left waiting
         prompt_tokens = sum(len(p) for p in prompts)
         return GenerationResult(
             texts=tracker.texts(),
@@ -558,7 +570,8 @@ class Engine:
         ``prefix_allowed_tokens_fn`` and ``logits_processor`` (engine.logits_rules),
         beam search (``num_beams``, ``length_penalty``, ``early_stopping``; engine.beam_search),
         and transformers' ``do_sample``, ``eos_token_id``, ``pad_token_id``, ``stop_strings``,
-        ``max_length``/``min_length`` (the prompt included) and ``use_cache``.
+        ``max_length``/``min_length`` (the prompt included), ``use_cache`` and ``streamer`` (one
+        sequence: transformers' TextStreamer / TextIteratorStreamer get each token as it comes).
         ``return_logprobs=True`` fills ``token_logprobs``: each generated token's log-probability
         under the model (beam search gives ``sequence_scores`` instead).
         """

@@ -47,6 +47,8 @@ class GenerationConfig:
     # max_length sets max_new_tokens when the call does not, min_length sets min_new_tokens
     max_length: int | None = None
     min_length: int | None = None
+    # transformers' streamer protocol (TextStreamer, TextIteratorStreamer): put(ids) then end()
+    streamer: Any = None
     # the caller's own rules (engine.logits_rules.TokenRules)
     prefix_allowed_tokens_fn: Any = None
     logits_processor: Any = None
@@ -147,6 +149,9 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     for name in ("suppress_tokens", "begin_suppress_tokens"):
         if getattr(cfg, name) is not None:
             setattr(cfg, name, tuple(arguments.stop_ids(getattr(cfg, name), name)))
+    if cfg.streamer is not None and not (callable(getattr(cfg.streamer, "put", None)) and callable(getattr(cfg.streamer, "end", None))):
+        raise TypeError(f"streamer must have put(token_ids) and end() (transformers' TextStreamer, TextIteratorStreamer), "
+                        f"got {type(cfg.streamer).__name__}")
     if cfg.prefix_allowed_tokens_fn is not None and not callable(cfg.prefix_allowed_tokens_fn):
         raise TypeError(f"prefix_allowed_tokens_fn must be a function (batch_id, input_ids) -> allowed ids, "
                         f"got {type(cfg.prefix_allowed_tokens_fn).__name__}")
@@ -173,6 +178,8 @@ def _check_beams(cfg: GenerationConfig, params: SamplingParams, streams: bool) -
                          "(do_sample=False) with num_beams")
     if cfg.prompt_lookup_num_tokens is not None or cfg.assistant_model is not None:
         raise ValueError("num_beams does not combine with prompt_lookup_num_tokens or assistant_model")
+    if cfg.streamer is not None:
+        raise ValueError("streamer cannot be used with beam search (as in transformers): the best beam is known only at the end")
     if cfg.stop:
         raise ValueError("stop strings are not checked during beam search (a beam's text is known only at the end); "
                          "use stop_token_ids, or cut the returned texts")
@@ -211,7 +218,6 @@ HF_HINTS = {
     "output_scores": "generate(..., return_logprobs=True) gives each token's log-probability",
     "output_logits": "generate(..., return_logprobs=True) gives each token's log-probability; engine.score(texts) scores texts",
     "return_dict_in_generate": "generate always returns a GenerationResult (token_ids, texts, finish_reasons, timings)",
-    "streamer": "engine.stream(prompt, ...) yields the text as it is generated",
     "stopping_criteria": "stop= (strings) and stop_token_ids= (ids) end a sequence",
     "max_time": "stream() and stop after the time you want",
 }
