@@ -346,3 +346,42 @@ def test_transformers_streamers_get_what_transformers_gives_them(model_dir, tok)
         engine.generate("a", max_new_tokens=2, num_beams=2, streamer=Recorder())
     with pytest.raises(TypeError, match="streamer must have put"):
         engine.generate("a", max_new_tokens=2, streamer=print)
+
+
+def test_stopping_criteria_end_rows_as_in_transformers(model_dir, tok):
+    """A per-row criterion (a bool tensor [B]) and an all-rows one (a bool), as transformers'
+    StoppingCriteriaList calls them: a row ends after the token the criterion saw."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    hf = make_hf_model("gqa4", seed=7)
+    engine = Engine(load_model(model_dir, dtype="float32", device="cpu"), tok)
+    rows = [tok.encode("def fib(n):\n    "), tok.encode("import sys\nimport os\n")]
+    rows = [r[:6] for r in rows]  # one length: no padding, so both sides see the same input_ids
+    free = engine.generate(input_ids=rows, max_new_tokens=20, stop_at_eos=False).token_ids
+    marks = [free[0][4], free[1][7]]
+
+    class SawMark(StoppingCriteria):  # row b stops once its generated part holds marks[b]
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.tensor([marks[b] in input_ids[b, 6:].tolist() for b in range(input_ids.shape[0])])
+
+    class LongerThan(StoppingCriteria):  # the whole batch stops at 6 + 15 tokens
+        def __call__(self, input_ids, scores, **kwargs):
+            return input_ids.shape[1] >= 21
+
+    x = torch.tensor(rows)
+    for criteria in ([SawMark()], [LongerThan()], [SawMark(), LongerThan()]):
+        out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=20, do_sample=False, eos_token_id=None,
+                          pad_token_id=0, stopping_criteria=StoppingCriteriaList(criteria))
+        want = []
+        for b, row in enumerate(out[:, 6:].tolist()):  # transformers pads a finished row: cut it after its stop
+            cut = [len(row)] + ([row.index(marks[b]) + 1] if any(isinstance(c, SawMark) for c in criteria) and marks[b] in row else [])
+            want.append(row[: min(cut)])
+        got = engine.generate(input_ids=rows, max_new_tokens=20, stop_at_eos=False, stopping_criteria=StoppingCriteriaList(criteria))
+        assert got.token_ids == want, criteria
+        assert got.finish_reasons == ["stop" if len(w) < 20 else "length" for w in want]
+    saw = {"stopping_criteria": [lambda ids, scores: marks[0] in ids[0, 6:].tolist()], "max_new_tokens": 20, "stop_at_eos": False}
+    streamed = "".join(engine.stream(rows[0], **saw))
+    assert streamed == engine.generate(input_ids=[rows[0]], **saw).text
+    assert len(streamed) < len(engine.generate(input_ids=[rows[0]], max_new_tokens=20, stop_at_eos=False).text)
+    with pytest.raises(TypeError, match="stopping_criteria must be"):
+        engine.generate("x", max_new_tokens=2, stopping_criteria=[3])

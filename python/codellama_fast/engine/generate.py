@@ -83,13 +83,39 @@ class InfillResult:
         return self.prefix + self.middle + self.suffix
 
 
+class _Criteria:
+    """transformers' stopping criteria, asked after each token with input_ids [B, T] (each prompt
+    and every token generated for it, left-padded with 0) and scores None."""
+
+    def __init__(self, criteria: Sequence[Callable[..., Any]], prompts: Sequence[Sequence[int]]) -> None:
+        self.criteria, self.seqs = list(criteria), [list(p) for p in prompts]
+
+    def push(self, tokens: Sequence[int]) -> list[bool]:
+        """Appends each sequence's new token; whether each sequence should stop after it."""
+        for seq, tok in zip(self.seqs, tokens):
+            seq.append(tok)
+        width = max(len(s) for s in self.seqs)
+        ids = torch.tensor([[0] * (width - len(s)) + s for s in self.seqs])
+        stop = [False] * len(self.seqs)
+        for criterion in self.criteria:
+            said = criterion(ids, None)
+            said = said.tolist() if hasattr(said, "tolist") else said
+            said = [bool(said)] * len(stop) if isinstance(said, (bool, int)) else [bool(x) for x in said]
+            if len(said) != len(stop):
+                raise ValueError(f"a stopping criterion returned {len(said)} values for a batch of {len(stop)}")
+            stop = [a or b for a, b in zip(stop, said)]
+        return stop
+
+
 class _StopTracker:
     """Per-sequence stop state: stop ids end a sequence at once; stop strings are checked on the
-    decoded continuation and cut it."""
+    decoded continuation and cut it; stopping criteria end it after the token they saw."""
 
-    def __init__(self, stop_ids: Sequence[set[int]], stop_strings: Sequence[str], decoders: Sequence[Callable[[list[int]], str]]) -> None:
+    def __init__(self, stop_ids: Sequence[set[int]], stop_strings: Sequence[str], decoders: Sequence[Callable[[list[int]], str]],
+                 criteria: _Criteria | None = None) -> None:
         # stop_ids: each sequence's own (an infilling prompt's include ▁<EOT>)
         self.stop_ids, self.stop_strings, self.decoders = list(stop_ids), list(stop_strings), list(decoders)
+        self.criteria = criteria
         batch = len(self.decoders)
         self.ids: list[list[int]] = [[] for _ in range(batch)]
         self.logprobs: list[list[float]] = [[] for _ in range(batch)]
@@ -112,6 +138,10 @@ class _StopTracker:
                 if hits:
                     self.reasons[b] = "stop"
                     self.cut_text[b] = text[: min(hits)]
+        if self.criteria is not None:
+            for b, stop in enumerate(self.criteria.push(tokens)):
+                if stop and self.reasons[b] is None:
+                    self.reasons[b] = "stop"
 
     @property
     def all_done(self) -> bool:
@@ -456,7 +486,7 @@ class Engine:
         """Generates for `prompts` until each stops; `stop_ids`: one set for all, or one per prompt."""
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
         rows = [stop_ids] * len(prompts) if isinstance(stop_ids, (set, frozenset)) else list(stop_ids)
-        tracker = _StopTracker(rows, cfg.stop, decoders)
+        tracker = _StopTracker(rows, cfg.stop, decoders, _Criteria(cfg.stopping_criteria, prompts) if cfg.stopping_criteria else None)
         steps: list[list[float]] | None = [] if return_logprobs else None
         streamer = cfg.streamer
         if streamer is not None:
@@ -570,8 +600,9 @@ class Engine:
         ``prefix_allowed_tokens_fn`` and ``logits_processor`` (engine.logits_rules),
         beam search (``num_beams``, ``length_penalty``, ``early_stopping``; engine.beam_search),
         and transformers' ``do_sample``, ``eos_token_id``, ``pad_token_id``, ``stop_strings``,
-        ``max_length``/``min_length`` (the prompt included), ``use_cache`` and ``streamer`` (one
-        sequence: transformers' TextStreamer / TextIteratorStreamer get each token as it comes).
+        ``max_length``/``min_length`` (the prompt included), ``use_cache``, ``stopping_criteria``
+        (asked after each token; scores are None) and ``streamer`` (one sequence: transformers'
+        TextStreamer / TextIteratorStreamer get each token as it comes).
         ``return_logprobs=True`` fills ``token_logprobs``: each generated token's log-probability
         under the model (beam search gives ``sequence_scores`` instead).
         """
@@ -601,6 +632,7 @@ class Engine:
         stops = [s for s in cfg.stop if s]
         text, emitted = "", 0
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
+        criteria = _Criteria(cfg.stopping_criteria, [ids]) if cfg.stopping_criteria else None
         for host in self._steps([ids], cfg, stats, check_every=1, warn_stacklevel=4, stop_ids=stop_ids):
             if host[0] in stop_ids:
                 break
@@ -609,6 +641,8 @@ class Engine:
             if hits:
                 yield text[emitted : min(hits)]
                 return
+            if criteria is not None and criteria.push(host)[0]:
+                break  # the token it saw is kept
             safe = len(text) - _partial_stop_len(text, stops)
             if safe > emitted:
                 yield text[emitted:safe]

@@ -49,6 +49,9 @@ class GenerationConfig:
     min_length: int | None = None
     # transformers' streamer protocol (TextStreamer, TextIteratorStreamer): put(ids) then end()
     streamer: Any = None
+    # transformers' stopping criteria: callables (input_ids [B, T], scores) -> bool or bool [B],
+    # asked after each token; scores is None here (the engine keeps no per-step scores)
+    stopping_criteria: Any = None
     # the caller's own rules (engine.logits_rules.TokenRules)
     prefix_allowed_tokens_fn: Any = None
     logits_processor: Any = None
@@ -152,20 +155,29 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     if cfg.streamer is not None and not (callable(getattr(cfg.streamer, "put", None)) and callable(getattr(cfg.streamer, "end", None))):
         raise TypeError(f"streamer must have put(token_ids) and end() (transformers' TextStreamer, TextIteratorStreamer), "
                         f"got {type(cfg.streamer).__name__}")
+    if cfg.streamer is not None and streams:
+        raise ValueError("stream() yields the text itself; streamer is for generate(), infill() and chat()")
+    if cfg.stopping_criteria is not None:
+        cfg.stopping_criteria = _callables("stopping_criteria", cfg.stopping_criteria,
+                                           "a callable (input_ids, scores) -> bool or a list of them (transformers' StoppingCriteriaList)")
     if cfg.prefix_allowed_tokens_fn is not None and not callable(cfg.prefix_allowed_tokens_fn):
         raise TypeError(f"prefix_allowed_tokens_fn must be a function (batch_id, input_ids) -> allowed ids, "
                         f"got {type(cfg.prefix_allowed_tokens_fn).__name__}")
     if cfg.logits_processor is not None:
-        procs = [cfg.logits_processor] if callable(cfg.logits_processor) and not isinstance(cfg.logits_processor, (list, tuple)) \
-            else cfg.logits_processor
-        if not isinstance(procs, (list, tuple)) or not all(callable(p) for p in procs):
-            raise TypeError("logits_processor must be a callable (input_ids, scores) -> scores or a list of them "
-                            "(transformers' LogitsProcessorList)")
-        cfg.logits_processor = tuple(procs)
+        cfg.logits_processor = _callables("logits_processor", cfg.logits_processor,
+                                          "a callable (input_ids, scores) -> scores or a list of them (transformers' LogitsProcessorList)")
     for name in ("max_length", "min_length"):
         value = arguments.check_int(name, getattr(cfg, name), optional=True)
         setattr(cfg, name, value if value is None else _at_least(name, value, 1 if name == "max_length" else 0))
     return cfg
+
+
+def _callables(name: str, value: Any, what: str) -> tuple[Any, ...]:
+    """One callable or a list of them (transformers' *List classes are lists) -> a tuple."""
+    items = [value] if callable(value) and not isinstance(value, (list, tuple)) else value
+    if not isinstance(items, (list, tuple)) or not all(callable(p) for p in items):
+        raise TypeError(f"{name} must be {what}")
+    return tuple(items)
 
 
 def _check_beams(cfg: GenerationConfig, params: SamplingParams, streams: bool) -> None:
@@ -178,6 +190,8 @@ def _check_beams(cfg: GenerationConfig, params: SamplingParams, streams: bool) -
                          "(do_sample=False) with num_beams")
     if cfg.prompt_lookup_num_tokens is not None or cfg.assistant_model is not None:
         raise ValueError("num_beams does not combine with prompt_lookup_num_tokens or assistant_model")
+    if cfg.stopping_criteria:
+        raise ValueError("stopping_criteria are not asked during beam search; use stop_token_ids")
     if cfg.streamer is not None:
         raise ValueError("streamer cannot be used with beam search (as in transformers): the best beam is known only at the end")
     if cfg.stop:
@@ -218,7 +232,6 @@ HF_HINTS = {
     "output_scores": "generate(..., return_logprobs=True) gives each token's log-probability",
     "output_logits": "generate(..., return_logprobs=True) gives each token's log-probability; engine.score(texts) scores texts",
     "return_dict_in_generate": "generate always returns a GenerationResult (token_ids, texts, finish_reasons, timings)",
-    "stopping_criteria": "stop= (strings) and stop_token_ids= (ids) end a sequence",
     "max_time": "stream() and stop after the time you want",
 }
 
