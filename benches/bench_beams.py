@@ -15,10 +15,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
-from common import git_sha, machine, now, versions, write_results  # noqa: E402
-from llm_bench import free, hf_model, prompts, random_engine, sync  # noqa: E402
+import torch
+from common import git_sha, machine, now, versions, write_results
+from llm_bench import free, hf_model, prompts, random_engine, sync
 
 
 def time_ours(engine, ids: list[list[int]], k: int, new: int, device: str, repeats: int) -> tuple[float, list[list[int]]]:
