@@ -135,9 +135,10 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
 
         # regroup the beams' caches and rule state by parent, then run the chosen tokens
         order = (batch_base + beam_parent).view(-1)  # [B k]
+        filled = t + step  # slots written so far; the rest is empty in every row
         for kc, vc in cache.layers:
-            kc.copy_(kc.index_select(0, order))
-            vc.copy_(vc.index_select(0, order))
+            kc[:, :, :filled] = kc[:, :, :filled].index_select(0, order)
+            vc[:, :, :filled] = vc[:, :, :filled].index_select(0, order)
         state.reorder(order)
         fed = run_seq[:, :, step].reshape(rows)
         state.advance(fed)
