@@ -681,6 +681,35 @@ def test_assisted_keeps_the_guesses_of_a_draft_that_agrees(checkpoints, tok):
     assert len(drafts) == 1 + 3 + 7 * 4
 
 
+def test_assistant_token_schedules_follow_transformers_rule(checkpoints, tok):
+    """"heuristic": 2 more guesses after a check that kept them all (capped by the tokens still to
+    come), carried to the assistant's next call; "heuristic_transient" starts afresh each call;
+    "constant" never changes. A draft with the model's weights keeps every guess."""
+    _, path = checkpoints["gqa4"]
+    engine, assistant = _fp32_engine(path, tok), _fp32_engine(path, tok)
+    prompt = "def quicksort(items):\n    "
+    kw = {"max_new_tokens": 30, "stop_at_eos": False, "assistant_model": assistant, "num_assistant_tokens": 2,
+          "assistant_confidence_threshold": 0.0}
+    plain = engine.generate(prompt, max_new_tokens=30, stop_at_eos=False).token_ids
+
+    def passes(**more):
+        checks = _counting(engine)
+        result = engine.generate(prompt, **kw, **more)
+        assert result.token_ids == plain and result.guesses_kept == result.guesses_made
+        return checks[1:]  # the tokens fed to each check: the newest one and the guesses
+
+    # 29 tokens after the first: guesses 2, 4, 6, 8 (+4 passes each emitting guesses + 1), then the 4 left
+    assert passes(num_assistant_tokens_schedule="heuristic_transient") == [3, 5, 7, 9, 5]
+    assert passes(num_assistant_tokens_schedule="heuristic_transient") == [3, 5, 7, 9, 5]
+    assert passes() == [3] * 9 + [2]  # constant: 2 guesses a pass (1 left for the last)
+    assert passes(num_assistant_tokens_schedule="heuristic") == [3, 5, 7, 9, 5]
+    # carried: the last check kept all 4 of its guesses, so the next call starts at 10 + 2; then
+    # 14 (the 14 tokens left but one), and a last pass with no room for a guess
+    assert passes(num_assistant_tokens_schedule="heuristic") == [13, 15, 1]
+    with pytest.raises(ValueError, match="num_assistant_tokens_schedule must be"):
+        engine.generate(prompt, max_new_tokens=3, assistant_model=assistant, num_assistant_tokens_schedule="fast")
+
+
 def test_assisted_sampling_equals_plain_sampling(checkpoints, tok):
     """Sampling, a penalty and a stop id: every position is chosen as plain decoding chooses it,
     so a seeded run gives plain decoding's tokens whatever the draft guesses, with the model's

@@ -217,6 +217,8 @@ class Engine:
         self._leased: set[tuple[int, int, bool]] = set()  # graph keys a generation is using now
         self._lease_lock = threading.Lock()
         self._vocab_checked: tuple[Any, Any] | None = None  # (ours, an assistant's) native tokenizers found compatible
+        # as an assistant with num_assistant_tokens_schedule="heuristic": the guess count its last call ended with
+        self._carried_assistant_tokens: int | None = None
 
     @classmethod
     def from_pretrained(
@@ -393,16 +395,25 @@ class Engine:
                     logprobs.append(logprob_of(first, nxt).tolist())
                 yield host
                 if guessing and cfg.max_new_tokens > 1:
+                    adapt = False
                     if cfg.prompt_lookup_num_tokens is not None:
                         guesser: speculative.Guesser = NgramIndex(cfg.max_matching_ngram_size)
                         per_step = cfg.prompt_lookup_num_tokens
                     else:
                         guesser = stack.enter_context(self._draft_guesser(cfg, max_len))
-                        per_step = cfg.num_assistant_tokens
+                        draft = cfg.assistant_model
+                        adapt = cfg.num_assistant_tokens_schedule != "constant"
+                        # "heuristic" goes on from the count the assistant's last such call ended with
+                        carried = draft._carried_assistant_tokens if cfg.num_assistant_tokens_schedule == "heuristic" else None
+                        per_step = carried or cfg.num_assistant_tokens
                     guesser.extend(list(prompts[0]) + host)
-                    yield from speculative.guess_and_check(
-                        self.model, cache.layers, guesser, t, cfg.max_new_tokens, per_step,
-                        set(stop_ids), pick, logprob_of, logprobs, stats, time.perf_counter, graph)
+                    try:
+                        yield from speculative.guess_and_check(
+                            self.model, cache.layers, guesser, t, cfg.max_new_tokens, per_step,
+                            set(stop_ids), pick, logprob_of, logprobs, stats, time.perf_counter, graph, adapt)
+                    finally:
+                        if cfg.num_assistant_tokens_schedule == "heuristic" and cfg.assistant_model is not None and "num_tokens" in stats:
+                            cfg.assistant_model._carried_assistant_tokens = stats["num_tokens"]
                     sync()
                     return
                 lengths = t - kv_start  # real prompt lengths [B]

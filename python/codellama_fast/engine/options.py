@@ -68,6 +68,9 @@ class GenerationConfig:
     assistant_model: Any = None
     num_assistant_tokens: int = 20
     assistant_confidence_threshold: float = 0.4
+    # "constant", or transformers' "heuristic" (+2 guesses after a step that kept them all, -1
+    # otherwise, carried to the assistant's next call) and "heuristic_transient" (not carried)
+    num_assistant_tokens_schedule: str = "constant"
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_k, self.top_p, self.min_p, self.typical_p, self.epsilon_cutoff, self.eta_cutoff)
@@ -134,6 +137,9 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
         _at_least("prompt_lookup_num_tokens", cfg.prompt_lookup_num_tokens, 1)
     cfg.max_matching_ngram_size = _at_least("max_matching_ngram_size", arguments.check_int("max_matching_ngram_size", cfg.max_matching_ngram_size), 1)
     cfg.num_assistant_tokens = _at_least("num_assistant_tokens", arguments.check_int("num_assistant_tokens", cfg.num_assistant_tokens), 1)
+    if cfg.num_assistant_tokens_schedule not in ("constant", "heuristic", "heuristic_transient"):
+        raise ValueError(f"num_assistant_tokens_schedule must be 'constant', 'heuristic' or 'heuristic_transient', "
+                         f"got {cfg.num_assistant_tokens_schedule!r}")
     cfg.assistant_confidence_threshold = arguments.check_real("assistant_confidence_threshold", cfg.assistant_confidence_threshold)
     if not 0.0 <= cfg.assistant_confidence_threshold <= 1.0:
         raise ValueError(f"assistant_confidence_threshold must be in [0, 1] (0 never stops early), got {cfg.assistant_confidence_threshold}")

@@ -34,7 +34,7 @@ class Guesser(Protocol):
 def guess_and_check(model: LlamaModel, caches: list[tuple[torch.Tensor, torch.Tensor]], guesser: Guesser, prompt_len: int, max_new_tokens: int, num_tokens: int,
                     stop_ids: set[int], pick: Callable[[torch.Tensor], torch.Tensor], logprob_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     logprobs: list[list[float]] | None, stats: dict[str, Any], clock: Callable[[], float],
-                    graph: GraphDecoder | None = None) -> Iterator[list[int]]:
+                    graph: GraphDecoder | None = None, adapt: bool = False) -> Iterator[list[int]]:
     """Yields the tokens after the first one by one, as ``[token]`` lists like the plain loop.
     ``guesser.seq``: the prompt's tokens and the first generated one (chosen from the prefill, not
     yet in the cache); the KV cache holds the prompt (slots 0..prompt_len-1) and has room for
@@ -44,7 +44,9 @@ def guess_and_check(model: LlamaModel, caches: list[tuple[torch.Tensor, torch.Te
     the same ``pick`` as plain decoding (so filters, penalties and min_new_tokens act in order); the
     guesses are kept while each equals the choice, and the first choice that differs (or the one
     after the last guess) is emitted too, so every step emits at least one token. ``graph``: a
-    non-greedy decode step on the same cache, replayed for the steps without guesses."""
+    non-greedy decode step on the same cache, replayed for the steps without guesses. ``adapt``:
+    transformers' "heuristic" schedule, 2 more guesses after a step that kept all of its guesses,
+    1 fewer (at least 1) after one that did not; ``stats["num_tokens"]`` ends as the last count."""
     device = model.embed.weight.device
     kv_start = torch.zeros(1, dtype=torch.long, device=device)
     done = 1  # tokens emitted so far; the newest is not in the cache yet
@@ -73,6 +75,9 @@ def guess_and_check(model: LlamaModel, caches: list[tuple[torch.Tensor, torch.Te
             if j == len(guesses) or emitted[-1] != guesses[j]:
                 break
         guesser.extend(emitted)
+        if adapt and guesses:
+            num_tokens = num_tokens + 2 if len(emitted) - 1 == len(guesses) else max(1, num_tokens - 1)
+        stats["num_tokens"] = num_tokens
         done += len(emitted)
         stats["decode_tokens"] += len(emitted)
         stats["decode_s"] = clock() - decode_start
