@@ -166,6 +166,13 @@ def test_input_id_forms_give_the_same_tokens(engine):
     want = engine.generate(input_ids=[ids], max_new_tokens=4, stop_at_eos=False).token_ids
     for form in (ids, torch.tensor(ids), torch.tensor([ids]), np.array([ids]), [np.int64(i) for i in ids]):
         assert engine.generate(input_ids=form, max_new_tokens=4, stop_at_eos=False).token_ids == want
+        # in the first place, as transformers' generate(input_ids), or as its inputs=
+        assert engine.generate(form, max_new_tokens=4, stop_at_eos=False).token_ids == want
+        assert engine.generate(inputs=form, max_new_tokens=4, stop_at_eos=False).token_ids == want
+    with pytest.raises(ValueError, match="not both"):
+        engine.generate("x", inputs=ids)
+    with pytest.raises(TypeError, match="prompts must contain only str"):
+        engine.generate(["x", 3])
 
 
 def test_a_lone_stop_id_is_a_stop(engine, tok):

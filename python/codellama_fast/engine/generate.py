@@ -151,6 +151,16 @@ class _StopTracker:
         return [cut if cut is not None else dec(ids) for cut, dec, ids in zip(self.cut_text, self.decoders, self.ids)]
 
 
+def _is_text(prompts: Any) -> bool:
+    """A str or a list of str (or something that is not token ids at all, left for the text
+    checks to name), as opposed to token ids: a tensor, an array, ints or lists of ints."""
+    if isinstance(prompts, str) or not (isinstance(prompts, (list, tuple)) or hasattr(prompts, "tolist")):
+        return True
+    if hasattr(prompts, "tolist"):
+        return False
+    return not prompts or any(isinstance(p, str) for p in prompts)
+
+
 def _partial_stop_len(text: str, stops: Sequence[str]) -> int:
     """Length of the longest end of `text` that is a proper start of some stop string."""
     best = 0
@@ -596,6 +606,8 @@ class Engine:
                  attention_mask: Sequence[Sequence[int]] | None = None, return_logprobs: bool = False,
                  **kwargs: Any) -> GenerationResult:
         """Generates a continuation of each prompt (a batch is left-padded and runs together).
+        ``prompts``: text (a str or a list of str), or token ids as ``input_ids`` takes them (as
+        transformers' ``generate(input_ids)``; ``inputs=`` is its keyword).
 
         Keyword arguments: ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_k``, ``top_p``,
         ``seed``, ``stop`` (strings), ``stop_token_ids``, ``stop_at_eos``, ``repetition_penalty``
@@ -619,6 +631,12 @@ class Engine:
         """
         if not isinstance(return_logprobs, bool):
             raise TypeError(f"return_logprobs must be True or False, got {return_logprobs!r}")
+        if "inputs" in kwargs:  # transformers' name for the first argument
+            if prompts is not None:
+                raise ValueError("give prompts or inputs (transformers' name), not both")
+            prompts = kwargs.pop("inputs")
+        if prompts is not None and not _is_text(prompts) and input_ids is None:
+            prompts, input_ids = None, prompts  # token ids in the first place, as transformers' generate(input_ids)
         cfg = self._config(kwargs, many=True)
         if (prompts is None) == (input_ids is None):
             raise ValueError("give either prompts (text) or input_ids, not both" if prompts is not None else "give prompts (text) or input_ids")
