@@ -3,6 +3,7 @@ speed goes to stderr, errors are one clear line with exit code 2."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -173,3 +174,20 @@ def test_chat_and_infill_stream_print_what_the_plain_commands_print(tmp_path):
                 for s in ((), ("--stream",))]
         assert runs[0].returncode == runs[1].returncode == 0, runs[0].stderr + runs[1].stderr
         assert runs[0].stdout == runs[1].stdout and runs[0].stdout.strip()
+
+
+def test_generate_json_gives_the_python_result():
+    from codellama_fast import Engine
+    from codellama_fast.data import DEMO_MODEL_DIR
+
+    engine = Engine.from_pretrained(DEMO_MODEL_DIR)
+    res = _cli("generate", "Lily", "--json", "-n", "2", "--num-beams", "3", "--max-new-tokens", "12")
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    want = engine.generate("Lily", num_beams=3, num_return_sequences=2, max_new_tokens=12)
+    assert (got["texts"], got["token_ids"], got["finish_reasons"]) == (want.texts, want.token_ids, want.finish_reasons)
+    assert got["sequence_scores"] == pytest.approx(want.sequence_scores, rel=1e-5)
+    sampled = json.loads(_cli("generate", "Lily", "--json", "-n", "3", "--temperature", "1", "--seed", "2", "--max-new-tokens", "9").stdout)
+    assert sampled["texts"] == engine.generate("Lily", num_return_sequences=3, temperature=1.0, seed=2, max_new_tokens=9).texts
+    lonely = _cli("generate", "Lily", "-n", "2")
+    assert lonely.returncode == 2 and "add --json" in lonely.stderr

@@ -87,8 +87,25 @@ def _report(result) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.num_return_sequences not in (None, 1) and not args.json:
+        raise ValueError("--num-return-sequences above 1 prints several texts: add --json")
+    if args.json and args.stream:
+        raise ValueError("--json prints the whole result at the end; leave out --stream")
     engine = _load(args)
     prompt = _prompt(args)
+    if args.json:
+        kwargs = _gen_kwargs(args, engine)
+        if args.num_return_sequences is not None:
+            kwargs["num_return_sequences"] = args.num_return_sequences
+        result = engine.generate(prompt, **kwargs)
+        out = {"texts": result.texts, "token_ids": result.token_ids, "finish_reasons": result.finish_reasons,
+               "prompt_tokens": result.prompt_tokens[0], "time_to_first_token_s": result.time_to_first_token_s,
+               "decode_tokens_per_s": result.decode_tokens_per_s}
+        if result.sequence_scores is not None:
+            out["sequence_scores"] = result.sequence_scores
+        print(json.dumps(out, ensure_ascii=False))
+        _report(result)
+        return 0
     if args.stream:
         import time
 
@@ -230,6 +247,10 @@ def add_engine_commands(sub: Any) -> None:
     g = sub.add_parser("generate", help="continue a prompt with a model")
     g.add_argument("prompt", nargs="?", default=None, help="prompt text (default: stdin; empty = from BOS)")
     _engine_args(g)
+    g.add_argument("-n", "--num-return-sequences", type=int, default=None, metavar="N",
+                   help="N continuations (samples, or the N best beams); needs --json")
+    g.add_argument("--json", action="store_true",
+                   help="print one JSON object: texts, token_ids, finish_reasons (and sequence_scores with beams), timings")
     g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("infill", help="fill the <FILL_ME> in a text (7B/13B Code Llama)")
