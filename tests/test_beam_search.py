@@ -149,7 +149,8 @@ def test_beams_through_the_triton_kernels_equal_the_torch_path(model, tok):
     from codellama_fast.kernels.triton_ops import TritonOps
 
     _, path = model
-    ref, fast = _engine(path, tok), _engine(path, tok)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled kernels on a GPU, else the interpreter
+    ref, fast = (Engine(load_model(path, dtype="float32", device=device, backend="torch"), tok) for _ in range(2))
     fast.model.ops = TritonOps()
     kw = {"max_new_tokens": 6, "stop_at_eos": False, "num_beams": 3, "num_return_sequences": 3}
     a, b = ref.generate(["x = [", "def g():"], **kw), fast.generate(["x = [", "def g():"], **kw)
