@@ -22,7 +22,8 @@ cat "$OUT/env.txt"
 if [ "${SMOKE:-0}" = 1 ]; then
   KB="--smoke"; E2E="--smoke"; TESTS="tests/test_gpu.py"
 else
-  KB="--quick"; E2E="--budget-s ${E2E_BUDGET:-240}"; TESTS="tests/test_gpu.py tests/test_kernels.py"
+  KB="--quick"; E2E="--budget-s ${E2E_BUDGET:-240}"
+  TESTS="tests/test_gpu.py tests/test_kernels.py tests/test_beam_search.py::test_beams_through_the_triton_kernels_equal_the_torch_path"
 fi
 PART=${PART:-tests,kernels,e2e}
 want() { [[ ",$PART," == *",$1,"* ]]; }
