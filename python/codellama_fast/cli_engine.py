@@ -20,6 +20,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float16 | bfloat16 | float32 | auto (default: fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter folder, merged into the model's weights as they load")
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -47,7 +48,8 @@ def _load(args: argparse.Namespace):
     from .engine import Engine
 
     model = args.model or str(DEMO_MODEL_DIR)
-    return Engine.from_pretrained(model, dtype=args.dtype, device=args.device, backend=args.backend, tokenizer=args.tokenizer)
+    return Engine.from_pretrained(model, dtype=args.dtype, device=args.device, backend=args.backend, tokenizer=args.tokenizer,
+                                  adapter=args.adapter)
 
 
 def _assistant(args: argparse.Namespace) -> Any:

@@ -241,15 +241,24 @@ class Engine:
         tokenizer: CodeLlamaTokenizerFast | str | Path | None = None,
         progress: bool | None = None,
         torch_dtype: str | torch.dtype | None = None,
+        adapter: str | Path | None = None,
     ) -> "Engine":
         """Loads an HF model folder; the tokenizer comes from the folder unless given.
-        ``torch_dtype`` is transformers 4.x's name for ``dtype``."""
+        ``torch_dtype`` is transformers 4.x's name for ``dtype``. ``adapter``: a PEFT LoRA folder
+        merged into the weights as they load (engine.lora); its tokenizer files, if any, win."""
         if torch_dtype is not None:
             if dtype is not None:
                 raise TypeError("give dtype or torch_dtype (its older name), not both")
             dtype = torch_dtype
         path = Path(path)
-        model = load_model(path, dtype=dtype, device=device, backend=backend, progress=progress)
+        lora = None
+        if adapter is not None:
+            from .lora import LoraAdapter
+
+            lora = LoraAdapter(adapter)  # a bad adapter fails before the base weights are read
+        model = load_model(path, dtype=dtype, device=device, backend=backend, progress=progress, adapter=lora)
+        if tokenizer is None and lora is not None and ((lora.folder / "tokenizer.json").is_file() or (lora.folder / "tokenizer.model").is_file()):
+            tokenizer = lora.folder
         if isinstance(tokenizer, CodeLlamaTokenizerFast):
             tok = tokenizer
         elif tokenizer is not None:

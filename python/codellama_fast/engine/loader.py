@@ -197,8 +197,10 @@ def load_model(
     device: str | torch.device | None = None,
     backend: str = "auto",
     progress: bool | None = None,
+    adapter: Any = None,
 ) -> LlamaModel:
-    """Loads an HF Llama folder into a ready-to-run ``LlamaModel`` (eval mode, no grads)."""
+    """Loads an HF Llama folder into a ready-to-run ``LlamaModel`` (eval mode, no grads).
+    ``adapter``: an engine.lora.LoraAdapter merged into the weights as they load."""
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"model folder {folder} does not exist")
@@ -219,6 +221,8 @@ def load_model(
         for n in names:
             t = src.get(n)
             bar.update(t.numel() * t.element_size())
+            if adapter is not None:  # merged in fp32 on the target device, then cast once
+                t = adapter.apply(n, t.to(device))
             parts.append(t)
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         return out.to(device=device, dtype=target)
@@ -241,6 +245,8 @@ def load_model(
     else:
         put(model.lm_head, "weight", fetch("lm_head.weight"))
     bar.close()
+    if adapter is not None:
+        adapter.check_all_used()
     model.inv_freq = LlamaModel.rope_inv_freq(cfg, device)
     model.ops = ops
     model.eval()
