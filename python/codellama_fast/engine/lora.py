@@ -117,7 +117,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
         try:
             return load_file(str(st))
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
+        except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types for corrupt files)
             raise CheckpointError(f"{st} is not a readable safetensors file (truncated or corrupt?): {exc}") from None
     if pt.is_file():
         return load_state_dict(pt)
