@@ -189,5 +189,11 @@ def test_generate_json_gives_the_python_result():
     assert got["sequence_scores"] == pytest.approx(want.sequence_scores, rel=1e-5)
     sampled = json.loads(_cli("generate", "Lily", "--json", "-n", "3", "--temperature", "1", "--seed", "2", "--max-new-tokens", "9").stdout)
     assert sampled["texts"] == engine.generate("Lily", num_return_sequences=3, temperature=1.0, seed=2, max_new_tokens=9).texts
+    tops = json.loads(_cli("generate", "Lily", "--json", "--top-logprobs", "3", "--max-new-tokens", "6").stdout)
+    ref = engine.generate("Lily", top_logprobs=3, max_new_tokens=6)
+    assert [[[e["id"] for e in pairs] for pairs in row] for row in tops["top_logprobs"]] == \
+        [[[i for i, _ in pairs] for pairs in row] for row in ref.top_logprobs]
+    assert tops["top_logprobs"][0][0][0]["token"] == engine.tokenizer.convert_ids_to_tokens(ref.top_logprobs[0][0][0][0])
+    assert tops["token_logprobs"][0] == pytest.approx(ref.token_logprobs[0], rel=1e-5)
     lonely = _cli("generate", "Lily", "-n", "2")
     assert lonely.returncode == 2 and "add --json" in lonely.stderr

@@ -490,6 +490,18 @@ def test_return_logprobs_equal_transformers_raw_logits(checkpoints, tok):
     assert got.token_ids[0] == want_ids
     assert logprobs_close(got.token_logprobs[0], want, 1e-4)
     assert engine.generate(prompt, max_new_tokens=3).token_logprobs is None  # only on request
+    # top_logprobs: the 5 likeliest tokens of each step's log-softmax, likeliest first; the same on
+    # the prompt-lookup path (several positions checked in one pass)
+    want_top = [step[0].log_softmax(-1).topk(5) for step in out.logits]
+    for extra in ({}, {"prompt_lookup_num_tokens": 3}):
+        top = engine.generate(prompt, max_new_tokens=20, stop_at_eos=False, top_logprobs=5, **extra)
+        assert top.token_ids[0] == want_ids and logprobs_close(top.token_logprobs[0], want, 1e-4)
+        for pairs, ref in zip(top.top_logprobs[0], want_top):
+            assert [i for i, _ in pairs] == ref.indices.tolist()
+            assert logprobs_close([v for _, v in pairs], ref.values.tolist(), 1e-4)
+        assert all(pairs[0][0] == t for pairs, t in zip(top.top_logprobs[0], want_ids))  # greedy: the likeliest is chosen
+    with pytest.raises(ValueError, match="top_logprobs must be between"):
+        engine.generate(prompt, max_new_tokens=2, top_logprobs=-1)
 
 
 def test_return_logprobs_of_samples_equal_scoring_the_text(checkpoints, tok):

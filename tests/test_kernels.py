@@ -304,6 +304,10 @@ def test_static_buffer_decode_step_matches_plain_loop(tmp_path, greedy):
     a, b = graphed.generate(prompts, return_logprobs=True, **kw), plain.generate(prompts, return_logprobs=True, **kw)
     assert a.token_ids == b.token_ids
     assert all(logprobs_close(ra, rb, 1e-4) for ra, rb in zip(a.token_logprobs, b.token_logprobs))
+    # and the likeliest alternatives, read back block by block with them
+    a, b = graphed.generate(prompts, top_logprobs=3, **kw), plain.generate(prompts, top_logprobs=3, **kw)
+    assert a.token_ids == b.token_ids
+    assert [[[i for i, _ in pairs] for pairs in row] for row in a.top_logprobs] == [[[i for i, _ in pairs] for pairs in row] for row in b.top_logprobs]
     # the captured state is reused for a second call of the same shape
     assert graphed.generate(prompts, **kw).token_ids == plain.generate(prompts, **kw).token_ids
 

@@ -93,18 +93,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError("--num-return-sequences above 1 prints several texts: add --json")
     if args.json and args.stream:
         raise ValueError("--json prints the whole result at the end; leave out --stream")
+    if args.top_logprobs and not args.json:
+        raise ValueError("--top-logprobs goes with --json")
     engine = _load(args)
     prompt = _prompt(args)
     if args.json:
         kwargs = _gen_kwargs(args, engine)
         if args.num_return_sequences is not None:
             kwargs["num_return_sequences"] = args.num_return_sequences
-        result = engine.generate(prompt, **kwargs)
+        result = engine.generate(prompt, top_logprobs=args.top_logprobs, **kwargs)
         out = {"texts": result.texts, "token_ids": result.token_ids, "finish_reasons": result.finish_reasons,
                "prompt_tokens": result.prompt_tokens[0], "time_to_first_token_s": result.time_to_first_token_s,
                "decode_tokens_per_s": result.decode_tokens_per_s}
         if result.sequence_scores is not None:
             out["sequence_scores"] = result.sequence_scores
+        if result.top_logprobs is not None:
+            piece = engine.tokenizer.convert_ids_to_tokens
+            out["token_logprobs"] = result.token_logprobs
+            out["top_logprobs"] = [[[{"id": i, "token": piece(i), "logprob": v} for i, v in pairs] for pairs in row]
+                                   for row in result.top_logprobs]
         print(json.dumps(out, ensure_ascii=False))
         _report(result)
         return 0
@@ -253,6 +260,8 @@ def add_engine_commands(sub: Any) -> None:
                    help="N continuations (samples, or the N best beams); needs --json")
     g.add_argument("--json", action="store_true",
                    help="print one JSON object: texts, token_ids, finish_reasons (and sequence_scores with beams), timings")
+    g.add_argument("--top-logprobs", type=int, default=0, metavar="K",
+                   help="with --json: each token's log-probability and the K likeliest tokens at its position")
     g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("infill", help="fill the <FILL_ME> in a text (7B/13B Code Llama)")

@@ -43,6 +43,9 @@ class GenerationResult:
     # with return_logprobs: each generated token's log-probability under the model (its raw
     # logits' log-softmax, before temperature, filtering or penalties), aligned with token_ids
     token_logprobs: list[list[float]] | None = None
+    # with top_logprobs=k: for each generated token, the k likeliest tokens at its position as
+    # (id, log-probability) pairs, likeliest first (under the same raw logits)
+    top_logprobs: list[list[list[tuple[int, float]]]] | None = None
     # prompt lookup / assisted decoding: the guesses checked and the ones the model kept (each
     # kept guess is a decode pass saved); 0 for plain decoding
     guesses_made: int = 0
@@ -59,8 +62,10 @@ class GenerationResult:
         """Sequence ``k`` alone (the batch's timings)."""
         logprobs = None if self.token_logprobs is None else [self.token_logprobs[k]]
         scores = None if self.sequence_scores is None else [self.sequence_scores[k]]
+        tops = None if self.top_logprobs is None else [self.top_logprobs[k]]
         return dataclasses.replace(self, texts=[self.texts[k]], token_ids=[self.token_ids[k]], finish_reasons=[self.finish_reasons[k]],
-                                   prompt_tokens=[self.prompt_tokens[k]], token_logprobs=logprobs, sequence_scores=scores)
+                                   prompt_tokens=[self.prompt_tokens[k]], token_logprobs=logprobs, sequence_scores=scores,
+                                   top_logprobs=tops)
 
     def summary(self) -> str:
         n = sum(len(t) for t in self.token_ids)
@@ -360,13 +365,14 @@ class Engine:
 
     def _steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float],
                check_every: int | None = None, warn_stacklevel: int = 5, stop_ids: Iterable[int] = (),
-               logprobs: list[list[float]] | None = None) -> Iterator[list[int]]:
+               logprobs: list[list[Any]] | None = None, top_logprobs: int = 0) -> Iterator[list[int]]:
         """Yields the sampled token of every sequence, step by step (host lists of length B).
         On CUDA with the Triton ops, decode steps are CUDA-graph replays and the host reads the
         ids every `check_every` steps. `warn_stacklevel` points warnings at the user's call;
         `stop_ids` cannot be chosen for the first `cfg.min_new_tokens` tokens. With `logprobs`,
         each step's chosen tokens' log-probabilities (host lists of length B) are appended to it
-        before the step is yielded."""
+        before the step is yielded; with ``top_logprobs`` = k each entry is a list instead: that
+        log-probability, the k likeliest tokens' log-probabilities, then their ids."""
         tokens, kv_start_now, t = self._prepare(prompts)
         cfg = cfg.for_prompt_length(t)
         arguments.warn_past_context(t, cfg.max_new_tokens, self.model.config.max_position_embeddings, warn_stacklevel)
@@ -392,8 +398,14 @@ class Engine:
                              f"this call decodes {b} (prompts × num_return_sequences)")
 
         def logprob_of(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-            """log p(chosen) under the raw logits [B, V] -> [B]."""
-            return logits.float().log_softmax(-1).gather(1, chosen[:, None])[:, 0]
+            """log p(chosen) under the raw logits [B, V] -> [B]; with top_logprobs = k, [B, 1 + 2k]:
+            that, the k likeliest tokens' log-probabilities, their ids (floats: exact below 2^24)."""
+            logp = logits.float().log_softmax(-1)
+            own = logp.gather(1, chosen[:, None])  # [B, 1]
+            if not top_logprobs:
+                return own[:, 0]
+            values, ids = logp.topk(top_logprobs, dim=-1)  # [B, k] each, likeliest first
+            return torch.cat([own, values, ids.float()], dim=1)
 
         with ExitStack() as stack:
             use_graph = stack.enter_context(self._graph_lease((b, max_len, graph_greedy), self._use_graph() and cfg.max_new_tokens > 1))
@@ -440,7 +452,8 @@ class Engine:
                 if graph is not None:
                     every = check_every or self.check_every
                     graph.start(nxt, lengths, t)
-                    lp_out = torch.zeros(b, cfg.max_new_tokens, dtype=torch.float32, device=self.device) if logprobs is not None else None
+                    lp_shape = (b, cfg.max_new_tokens) + ((1 + 2 * top_logprobs,) if top_logprobs else ())
+                    lp_out = torch.zeros(lp_shape, dtype=torch.float32, device=self.device) if logprobs is not None else None
                     done = 1
                     while done < cfg.max_new_tokens:
                         n = min(every, cfg.max_new_tokens - done)
@@ -512,12 +525,12 @@ class Engine:
                     self._leased.discard(key)
 
     def _run(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: set[int] | Sequence[set[int]],
-             decoders: Sequence[Callable[[list[int]], str]], return_logprobs: bool = False) -> GenerationResult:
+             decoders: Sequence[Callable[[list[int]], str]], return_logprobs: bool = False, top_logprobs: int = 0) -> GenerationResult:
         """Generates for `prompts` until each stops; `stop_ids`: one set for all, or one per prompt."""
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
         rows = [stop_ids] * len(prompts) if isinstance(stop_ids, (set, frozenset)) else list(stop_ids)
         tracker = _StopTracker(rows, cfg.stop, decoders, _Criteria(cfg.stopping_criteria, prompts) if cfg.stopping_criteria else None)
-        steps: list[list[float]] | None = [] if return_logprobs else None
+        steps: list[list[Any]] | None = [] if return_logprobs or top_logprobs else None
         streamer = cfg.streamer
         if streamer is not None:
             if len(prompts) != 1:
@@ -525,7 +538,7 @@ class Engine:
                                  "(prompts × num_return_sequences)")
             streamer.put(torch.tensor([list(prompts[0])]))  # the prompt first, as transformers does (skip_prompt=True skips it)
         try:
-            for host in self._steps(prompts, cfg, stats, stop_ids=set().union(*rows), logprobs=steps):
+            for host in self._steps(prompts, cfg, stats, stop_ids=set().union(*rows), logprobs=steps, top_logprobs=top_logprobs):
                 tracker.push(host, steps[-1] if steps else None)
                 if streamer is not None:
                     streamer.put(torch.tensor(host))  # [1]: each new token, a final stop id included, as transformers
@@ -535,6 +548,11 @@ class Engine:
             if streamer is not None:
                 streamer.end()  # also on an error, so that a TextIteratorStreamer's reader is not left waiting
         prompt_tokens = sum(len(p) for p in prompts)
+        token_logprobs, tops = [list(lp) for lp in tracker.logprobs], None
+        if top_logprobs:  # each entry: own log-probability, k values, k ids
+            k = top_logprobs
+            tops = [[[(int(e[1 + k + j]), e[1 + j]) for j in range(k)] for e in row] for row in token_logprobs]
+            token_logprobs = [[e[0] for e in row] for row in token_logprobs]
         return GenerationResult(
             texts=tracker.texts(),
             token_ids=[list(i) for i in tracker.ids],
@@ -544,7 +562,8 @@ class Engine:
             decode_tokens_per_s=stats["decode_tokens"] / stats["decode_s"] if stats["decode_s"] > 0 else 0.0,
             prefill_tokens_per_s=prompt_tokens / stats["prefill_s"] if stats["prefill_s"] > 0 else 0.0,
             total_s=stats["prefill_s"] + stats["decode_s"],
-            token_logprobs=[list(lp) for lp in tracker.logprobs] if return_logprobs else None,
+            token_logprobs=token_logprobs if return_logprobs or top_logprobs else None,
+            top_logprobs=tops,
             guesses_made=int(stats.get("guesses_made", 0)),
             guesses_kept=int(stats.get("guesses_kept", 0)),
         )
@@ -612,7 +631,7 @@ class Engine:
         return [self.tokenizer.encode(t) for t in arguments.prompt_texts(prompts)]
 
     def generate(self, prompts: str | Sequence[str] | None = None, *, input_ids: Sequence[Sequence[int]] | None = None,
-                 attention_mask: Sequence[Sequence[int]] | None = None, return_logprobs: bool = False,
+                 attention_mask: Sequence[Sequence[int]] | None = None, return_logprobs: bool = False, top_logprobs: int = 0,
                  **kwargs: Any) -> GenerationResult:
         """Generates a continuation of each prompt (a batch is left-padded and runs together).
         ``prompts``: text (a str or a list of str), or token ids as ``input_ids`` takes them (as
@@ -636,10 +655,15 @@ class Engine:
         (asked after each token; scores are None) and ``streamer`` (one sequence: transformers'
         TextStreamer / TextIteratorStreamer get each token as it comes).
         ``return_logprobs=True`` fills ``token_logprobs``: each generated token's log-probability
-        under the model (beam search gives ``sequence_scores`` instead).
+        under the model (beam search gives ``sequence_scores`` instead); ``top_logprobs=k`` also
+        fills ``top_logprobs``: the k likeliest tokens at each position, with theirs.
         """
         if not isinstance(return_logprobs, bool):
             raise TypeError(f"return_logprobs must be True or False, got {return_logprobs!r}")
+        top_logprobs = arguments.check_int("top_logprobs", top_logprobs)
+        if not 0 <= top_logprobs <= self.model.config.vocab_size:
+            raise ValueError(f"top_logprobs must be between 0 and the vocabulary size ({self.model.config.vocab_size}), got {top_logprobs}")
+        return_logprobs = return_logprobs or top_logprobs > 0
         if "inputs" in kwargs:  # transformers' name for the first argument
             if prompts is not None:
                 raise ValueError("give prompts or inputs (transformers' name), not both")
@@ -656,7 +680,7 @@ class Engine:
             return self._run_beams(ids, cfg, [self._stop_ids(cfg, prompt=p) for p in ids], self._continuation_decoder(ids), return_logprobs)
         ids = [p for p in ids for _ in range(cfg.num_return_sequences)]  # each prompt's samples together, as transformers
         stops = [self._stop_ids(cfg, prompt=p) for p in ids]
-        return self._run(ids, cfg, stops, self._continuation_decoder(ids), return_logprobs)
+        return self._run(ids, cfg, stops, self._continuation_decoder(ids), return_logprobs, top_logprobs)
 
     def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[str]:
         """Yields text deltas of one prompt's continuation as tokens are generated. The deltas
