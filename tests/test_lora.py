@@ -150,3 +150,37 @@ def test_cli_adapter_generates_what_the_python_api_does(base, tok, tmp_path):
                           str(tmp_path / "adapter"), "--max-new-tokens", "12", "--device", "cpu"], capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr
     assert res.stdout == engine.generate("def f(x):", max_new_tokens=12).text + "\n"
+
+
+def test_merge_lora_writes_a_folder_transformers_loads_as_peft_merges(base, tok, tmp_path):
+    """The merged folder: transformers' logits on it equal PEFT's merge_and_unload; this engine on
+    it equals this engine with the adapter applied at load; a bad adapter leaves no output."""
+    import subprocess
+    import sys
+
+    from transformers import LlamaForCausalLM
+
+    seed, folder = base
+    peft_model = _adapter(seed, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "o_proj", "up_proj", "lm_head"])
+    res = subprocess.run([sys.executable, "-m", "codellama_fast.cli", "merge-lora", "--model", str(folder), "--adapter",
+                          str(tmp_path / "adapter"), "--output", str(tmp_path / "merged")], capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    ids = torch.tensor([tok.encode("def quicksort(items):\n    return sorted(items)")])
+    with torch.no_grad():
+        want = peft_model.merge_and_unload()(ids).logits[0]
+        got = LlamaForCausalLM.from_pretrained(tmp_path / "merged").eval()(ids).logits[0]
+    assert (got - want).abs().max() / want.abs().max() < 1e-5
+    merged = Engine.from_pretrained(tmp_path / "merged", dtype="float32", device="cpu", tokenizer=tok)
+    applied = Engine.from_pretrained(folder, dtype="float32", device="cpu", tokenizer=tok, adapter=tmp_path / "adapter")
+    assert merged.generate("def f(x):", max_new_tokens=16, stop_at_eos=False).token_ids == \
+        applied.generate("def f(x):", max_new_tokens=16, stop_at_eos=False).token_ids
+    # an adapter for another model fails before anything is left at the output
+    from peft import LoraConfig, get_peft_model
+
+    get_peft_model(make_hf_model("mha", seed), LoraConfig(r=2, lora_alpha=4, target_modules=["k_proj"], init_lora_weights=False)
+                   ).save_pretrained(tmp_path / "other")
+    from codellama_fast.convert import merge_lora
+
+    with pytest.raises(CheckpointError, match="belongs to another base model"):
+        merge_lora(folder, tmp_path / "other", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.partial-*"))

@@ -252,6 +252,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge_lora(args: argparse.Namespace) -> int:
+    from .convert import merge_lora
+
+    out = merge_lora(args.model, args.adapter, args.output, dtype=args.dtype, force=args.force, progress=True)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def add_engine_commands(sub: Any) -> None:
     g = sub.add_parser("generate", help="continue a prompt with a model")
     g.add_argument("prompt", nargs="?", default=None, help="prompt text (default: stdin; empty = from BOS)")
@@ -285,6 +293,14 @@ def add_engine_commands(sub: Any) -> None:
     s.add_argument("--tokens", action="store_true", help="also list each token with its log-probability")
     _model_args(s)
     s.set_defaults(func=cmd_score)
+
+    m = sub.add_parser("merge-lora", help="write a model folder with a PEFT LoRA adapter merged into its weights")
+    m.add_argument("--model", required=True, help="the base HF model folder")
+    m.add_argument("--adapter", required=True, help="the PEFT LoRA adapter folder")
+    m.add_argument("--output", required=True, help="the merged folder to write")
+    m.add_argument("--dtype", default="auto", help="float16 | bfloat16 | float32 | auto (the base's, default)")
+    m.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    m.set_defaults(func=cmd_merge_lora)
 
     v = sub.add_parser("convert", help="convert Meta (consolidated.*.pth) or llama2.c checkpoints to an HF folder")
     v.add_argument("--input", required=True, help="Meta checkpoint folder, or a llama2.c .bin file")
