@@ -155,6 +155,9 @@ def test_score_prints_the_log_probability_transformers_gives(tmp_path):
     assert max(abs(p["logprob"] - r) for p, r in zip(got["per_token"], per_token)) < 1e-3
     assert got["logprob"] == pytest.approx(sum(per_token), abs=1e-2) and got_file["logprob"] == pytest.approx(got["logprob"])
     assert got["perplexity"] == pytest.approx(math.exp(-sum(per_token) / len(per_token)), rel=1e-3)
+    tops = json.loads(_cli("score", text, "--tokens", "--top-logprobs", "3").stdout)
+    want = ref[:-1].topk(3).indices.tolist()  # transformers' 3 likeliest at each position
+    assert [[e["token"] for e in p["top"]] for p in tops["per_token"]] == [tok.convert_ids_to_tokens(row) for row in want]
     empty = _cli("score", "")
     assert empty.returncode == 2 and "at least two" in empty.stderr and "Traceback" not in empty.stderr
 

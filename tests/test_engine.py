@@ -443,6 +443,14 @@ def test_score_equals_transformers_log_softmax(checkpoints, chunk):
             ref = hf(torch.tensor([ids])).logits[0].log_softmax(-1)  # [T, V]
         expected = [ref[k, ids[k + 1]].item() for k in range(len(ids) - 1)]
         assert logprobs_close(got, expected, 1e-4)
+    # the likeliest tokens at each position (chunked and padded like the rest), as transformers ranks them
+    tops = engine.score(texts, top_logprobs=4)
+    assert tops.token_logprobs == result.token_logprobs and result.top_logprobs is None
+    for ids, row in zip(tops.token_ids, tops.top_logprobs):
+        with torch.no_grad():
+            ref = hf(torch.tensor([ids])).logits[0].log_softmax(-1)[:-1].topk(4)  # [T-1, 4]
+        assert [[i for i, _ in pairs] for pairs in row] == ref.indices.tolist()
+        assert all(logprobs_close([v for _, v in pairs], want, 1e-4) for pairs, want in zip(row, ref.values.tolist()))
     assert result.logprob == pytest.approx([sum(r) for r in result.token_logprobs])
     expected_ppl = [float(torch.tensor(r, dtype=torch.float64).neg().mean().exp()) for r in result.token_logprobs]
     assert result.perplexity == pytest.approx(expected_ppl, rel=1e-9)  # float64: a random model's perplexity can be 1e4+

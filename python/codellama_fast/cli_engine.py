@@ -215,12 +215,18 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     text = _read_text(args)
     engine = _load(args)
-    result = engine.score(text)
+    if args.top_logprobs and not args.tokens:
+        raise ValueError("--top-logprobs lists alternatives per token: add --tokens")
+    result = engine.score(text, top_logprobs=args.top_logprobs)
     ids, logprobs = result.token_ids[0], result.token_logprobs[0]
     out: dict[str, Any] = {"tokens": len(ids), "logprob": result.logprob[0], "perplexity": result.perplexity[0]}
     if args.tokens:
-        pieces = engine.tokenizer.convert_ids_to_tokens(ids)
-        out["per_token"] = [{"token": piece, "logprob": lp} for piece, lp in zip(pieces[1:], logprobs)]
+        piece = engine.tokenizer.convert_ids_to_tokens
+        pieces = piece(ids)
+        out["per_token"] = [{"token": p, "logprob": lp} for p, lp in zip(pieces[1:], logprobs)]
+        if result.top_logprobs is not None:
+            for entry, pairs in zip(out["per_token"], result.top_logprobs[0]):
+                entry["top"] = [{"token": piece(i), "logprob": v} for i, v in pairs]
     print(json.dumps(out, ensure_ascii=False))
     return 0
 
@@ -291,6 +297,7 @@ def add_engine_commands(sub: Any) -> None:
     s.add_argument("text", nargs="?", default=None, help="the text (default: --file or stdin)")
     s.add_argument("--file", default=None, help="score a file's text")
     s.add_argument("--tokens", action="store_true", help="also list each token with its log-probability")
+    s.add_argument("--top-logprobs", type=int, default=0, metavar="K", help="with --tokens: the K tokens the model expected at each position")
     _model_args(s)
     s.set_defaults(func=cmd_score)
 

@@ -758,10 +758,11 @@ class Engine:
         return middles[0] if isinstance(text, str) and len(middles) == 1 else middles
 
     def score(self, texts: str | Sequence[str] | None = None, *, input_ids: Sequence[Sequence[int]] | None = None,
-              attention_mask: Sequence[Sequence[int]] | None = None) -> ScoreResult:
+              attention_mask: Sequence[Sequence[int]] | None = None, top_logprobs: int = 0) -> ScoreResult:
         """The log-probability of each token of each text given the tokens before it (texts are
         encoded with BOS, which is context only), with each text's total ``logprob`` and
         ``perplexity``: for ranking candidate completions or measuring a model on code.
+        ``top_logprobs=k`` adds the k tokens the model found likeliest at each position.
 
         >>> engine.score(["def add(a, b):\n    return a + b"]).perplexity   # doctest: +SKIP
         """
@@ -769,8 +770,11 @@ class Engine:
             raise ValueError("give either texts or input_ids, not both" if texts is not None else "give texts or input_ids")
         if attention_mask is not None and input_ids is None:
             raise ValueError("attention_mask goes with input_ids; texts need none")
+        top_logprobs = arguments.check_int("top_logprobs", top_logprobs)
+        if not 0 <= top_logprobs <= self.model.config.vocab_size:
+            raise ValueError(f"top_logprobs must be between 0 and the vocabulary size ({self.model.config.vocab_size}), got {top_logprobs}")
         rows = self.encode_prompts(texts) if input_ids is None else arguments.prompt_id_lists(input_ids, attention_mask)
-        return score_rows(self, rows)
+        return score_rows(self, rows, top_logprobs)
 
     def chat(self, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> str:
         """The assistant's next message for a Code Llama Instruct dialog."""

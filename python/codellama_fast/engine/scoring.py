@@ -28,6 +28,9 @@ class ScoreResult:
 
     token_ids: list[list[int]]
     token_logprobs: list[list[float]]
+    # with top_logprobs=k: at each scored position, the k tokens the model found likeliest there,
+    # as (id, log-probability) pairs, likeliest first (what it expected instead)
+    top_logprobs: list[list[list[tuple[int, float]]]] | None = None
 
     @property
     def logprob(self) -> list[float]:
@@ -40,9 +43,10 @@ class ScoreResult:
         return [math.exp(-math.fsum(row) / len(row)) for row in self.token_logprobs]
 
 
-def score_rows(engine: Engine, rows: Sequence[Sequence[int]]) -> ScoreResult:
+def score_rows(engine: Engine, rows: Sequence[Sequence[int]], top_logprobs: int = 0) -> ScoreResult:
     """The log-probabilities of every token after the first of each row (rows of any lengths:
-    the batch is left-padded and scored together)."""
+    the batch is left-padded and scored together); with ``top_logprobs`` = k, also the k likeliest
+    tokens at each of those positions."""
     for i, row in enumerate(rows):
         if len(row) < 2:
             raise ValueError(f"text {i} has {len(row)} token(s); scoring needs at least two (the first is context only)")
@@ -55,6 +59,9 @@ def score_rows(engine: Engine, rows: Sequence[Sequence[int]]) -> ScoreResult:
     chunk = max(1, budget // b)
     positions = (torch.arange(t, device=engine.device)[None, :] - kv_start[:, None]).clamp_min(0)
     logprobs = torch.zeros(b, t, dtype=torch.float32, device=engine.device)  # [B, T]: of the token at each slot
+    k = top_logprobs
+    top_values = torch.zeros(b, t, k, dtype=torch.float32, device=engine.device) if k else None  # [B, T, k]
+    top_ids = torch.zeros(b, t, k, dtype=torch.long, device=engine.device) if k else None
     with torch.inference_mode():
         # inputs 0..T-2 predict tokens 1..T-1; the last token is only a target
         for c0 in range(0, t - 1, chunk):
@@ -62,10 +69,18 @@ def score_rows(engine: Engine, rows: Sequence[Sequence[int]]) -> ScoreResult:
             ctx = StepContext(positions[:, c0:c1], torch.arange(c0, c1, device=engine.device), c0, kv_start, c1)
             logits = engine.model(tokens[:, c0:c1], ctx, cache.layers, last_only=False)  # [B, c, V] fp32
             targets = tokens[:, c0 + 1 : c1 + 1, None]  # [B, c, 1]
-            logprobs[:, c0 + 1 : c1 + 1] = logits.log_softmax(-1).gather(-1, targets)[..., 0]
+            logp = logits.log_softmax(-1)
+            logprobs[:, c0 + 1 : c1 + 1] = logp.gather(-1, targets)[..., 0]
+            if top_values is not None and top_ids is not None:
+                top_values[:, c0 + 1 : c1 + 1], top_ids[:, c0 + 1 : c1 + 1] = logp.topk(k, dim=-1)
     host = logprobs.tolist()
     starts = kv_start.tolist()
+    tops = None
+    if top_values is not None and top_ids is not None:
+        values, ids = top_values.tolist(), top_ids.tolist()
+        tops = [[list(zip(ids[i][s], values[i][s])) for s in range(starts[i] + 1, t)] for i in range(b)]
     return ScoreResult(
         token_ids=[list(r) for r in rows],
         token_logprobs=[host[i][starts[i] + 1 :] for i in range(b)],
+        top_logprobs=tops,
     )
