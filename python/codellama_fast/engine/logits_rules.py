@@ -2,8 +2,10 @@
 processors): ``sequence_bias``, ``repetition_penalty``, ``no_repeat_ngram_size``,
 ``bad_words_ids``, ``min_new_tokens`` (stop ids held back), ``suppress_tokens``,
 ``begin_suppress_tokens``; then ids past the tokenizer's pieces (padded embedding rows) are never
-chosen, and engine.sampling chooses. Everything stays on the device: the picker keeps the sequence
-so far there (prompt and chosen tokens) and never reads it back, so a step costs no host sync."""
+chosen; then the caller's ``prefix_allowed_tokens_fn`` and ``logits_processor``; and
+engine.sampling chooses. The built-in rules stay on the device: the picker keeps the sequence so
+far there (prompt and chosen tokens) and never reads it back, so a step costs no host sync (the
+caller's functions are Python, and run on the host's request)."""
 
 from __future__ import annotations
 
