@@ -121,7 +121,8 @@ def test_repetition_penalty_equals_transformers_processor():
 
 def test_filters_keep_what_transformers_warpers_keep():
     """Temperature, then top-k, then top-p keep the same tokens as transformers' logits warpers in
-    that order (random logits without ties: at a tie the choice is arbitrary in both)."""
+    that order (random logits without ties: at a tie the choice is arbitrary in both; in float64, so
+    that the two ways of summing probabilities cannot round a token across the top-p boundary)."""
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     def warped(logits, t, k, p):
@@ -132,7 +133,7 @@ def test_filters_keep_what_transformers_warpers_keep():
     g = torch.Generator().manual_seed(torch.seed() % 2**31)
     for _ in range(200):
         v = int(torch.randint(2, 300, (), generator=g))
-        logits = torch.randn(3, v, generator=g) * float(torch.rand((), generator=g) * 6)
+        logits = torch.randn(3, v, generator=g, dtype=torch.float64) * float(torch.rand((), generator=g) * 6)
         k = int(torch.randint(1, v + 3, (), generator=g))
         p, t = float(torch.rand((), generator=g)), 0.2 + float(torch.rand((), generator=g))
         for kk, pp in ((k, p), (None, p), (k, None)):

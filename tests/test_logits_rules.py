@@ -56,7 +56,9 @@ def _repeats_an_ngram(seq: list[int], n: int, start: int = 0) -> bool:
 def test_sampling_filters_keep_what_transformers_warpers_keep():
     """Every subset of the filters, in transformers' order (temperature, top-k, top-p, min-p,
     typical-p, epsilon, eta), keeps the tokens transformers' warpers keep, on random logits of
-    random sizes and sharpness (some rows already holding -inf, as after a ban)."""
+    random sizes and sharpness (some rows already holding -inf, as after a ban). In float64: the two
+    sides sum probabilities in different orders, and in float32 that rounding can tip a token that
+    sits on a threshold."""
     from transformers.generation import logits_process as lp
 
     g = torch.Generator().manual_seed(torch.seed() % 2**31)
@@ -64,7 +66,7 @@ def test_sampling_filters_keep_what_transformers_warpers_keep():
     acted = dict.fromkeys(["min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"], 0)
     for _ in range(300):
         v = rnd.randrange(2, 400)
-        logits = torch.randn(3, v, generator=g) * rnd.uniform(0.1, 8)
+        logits = torch.randn(3, v, generator=g, dtype=torch.float64) * rnd.uniform(0.1, 8)
         if rnd.random() < 0.3:
             logits[:, rnd.randrange(v)] = float("-inf")
         t = rnd.uniform(0.3, 1.5)
@@ -235,6 +237,17 @@ def test_transformers_aliases_and_hints(model, tok):
         engine.generate(PROMPT, num_beams=4, num_beam_groups=2)
     with pytest.raises(TypeError, match="return_logprobs=True"):
         engine.generate(PROMPT, output_scores=True)
+    # a whole transformers config: its inert fields and None ("unset") pass, silently, with its meaning
+    # of max_length (20 with the prompt) when max_new_tokens is unset
+    from transformers import GenerationConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert engine.generate(PROMPT, **GenerationConfig(max_new_tokens=8).to_dict()).token_ids == base.token_ids  # its eos None: no end
+        n_prompt = len(tok.encode("x = 1"))
+        assert len(engine.generate("x = 1", **{**GenerationConfig().to_dict(), "eos_token_id": None}).token_ids[0]) == 20 - n_prompt
+    with pytest.raises(TypeError, match="cache_implementation"):
+        engine.generate(PROMPT, cache_implementation="quantized")
     with pytest.raises(ValueError, match="not both"):
         engine.generate(PROMPT, stop="a", stop_strings="b")
 
@@ -318,3 +331,16 @@ def test_prefix_allowed_tokens_fn_and_logits_processor_equal_transformers(model,
         engine.generate("x", max_new_tokens=3, logits_processor=[lambda ids, scores: None])
     with pytest.raises(TypeError, match="logits_processor must be a callable"):
         engine.generate("x", max_new_tokens=3, logits_processor=[1])
+
+
+def test_inert_transformers_fields_are_its_defaults():
+    """The transformers fields accepted as changing nothing are accepted only at transformers'
+    own defaults (so the table cannot drift from what transformers means by "not set")."""
+    from transformers import GenerationConfig
+
+    from codellama_fast.engine.options import HF_INERT
+
+    defaults = GenerationConfig().to_dict()
+    for key, values in HF_INERT.items():
+        assert key in defaults, key
+        assert defaults[key] in values, (key, defaults[key], values)

@@ -103,7 +103,7 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     """The checked settings of a call. `defaults`: the model's (generation_config.json); `many`:
     the call may return several sequences per prompt (generate); `streams`: it yields text as it
     goes (stream)."""
-    overrides = _read_do_sample(defaults, _read_hf_aliases(_read_hf_token_ids(dict(overrides))))
+    overrides = _read_do_sample(defaults, _read_hf_aliases(_read_hf_token_ids(_drop_inert(dict(overrides)))))
     if not many and overrides.get("num_return_sequences", 1) != 1:
         raise ValueError("num_return_sequences is for generate(); stream, infill and chat return one continuation")
     unknown = set(overrides) - set(GenerationConfig.__dataclass_fields__)
@@ -239,7 +239,43 @@ HF_HINTS = {
     "output_logits": "generate(..., return_logprobs=True) gives each token's log-probability; engine.score(texts) scores texts",
     "return_dict_in_generate": "generate always returns a GenerationResult (token_ids, texts, finish_reasons, timings)",
     "max_time": "stream() and stop after the time you want",
+    "cache_implementation": "the KV cache is preallocated in the model's dtype; 'static' and 'dynamic' are accepted and change nothing",
+    "forced_eos_token_id": "not provided; stop_token_ids / eos_token_id end a sequence, max_new_tokens bounds it",
 }
+
+
+# transformers GenerationConfig fields this engine does not take, at the values (its defaults) where
+# they change nothing: accepted, so that a whole transformers config (**config.to_dict()) can be
+# passed; any other value is refused (HF_HINTS says what to use instead)
+HF_INERT: dict[str, tuple[Any, ...]] = {
+    "assistant_early_exit": (None,), "assistant_lookbehind": (10,), "constraints": (None,), "diversity_penalty": (0.0,),
+    "dola_layers": (None,), "encoder_no_repeat_ngram_size": (0,), "encoder_repetition_penalty": (1.0,),
+    "exponential_decay_length_penalty": (None,), "force_words_ids": (None,), "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,), "guidance_scale": (None,), "low_memory": (None, False), "max_time": (None,),
+    "num_beam_groups": (1,), "output_attentions": (False,), "output_hidden_states": (False,), "output_logits": (None, False),
+    "output_scores": (False,), "penalty_alpha": (None,), "prefill_chunk_size": (None,), "remove_invalid_values": (False,),
+    "renormalize_logits": (False,), "return_dict_in_generate": (False,), "target_lookbehind": (10,), "token_healing": (False,),
+    "watermarking_config": (None,), "cache_implementation": (None, "static", "dynamic"),
+}
+# transformers' bookkeeping and compile/cache-format switches: nothing to do here whatever their value
+HF_BOOKKEEPING = ("_from_model_config", "transformers_version", "bos_token_id", "decoder_start_token_id", "is_assistant",
+                  "cache_config", "disable_compile", "compile_config", "return_legacy_cache")
+HF_DEFAULT_MAX_LENGTH, HF_DEFAULT_MIN_LENGTH = 20, 0
+
+
+def _drop_inert(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Drops transformers' fields that change nothing here (see HF_INERT, HF_BOOKKEEPING) and
+    None for our fields that have a value by default (transformers' "unset")."""
+    out = {}
+    fields = GenerationConfig.__dataclass_fields__
+    for key, value in overrides.items():
+        if key in HF_BOOKKEEPING or (key in HF_INERT and any(value is v or (v is not None and value == v and type(value) is type(v))
+                                                             for v in HF_INERT[key])):
+            continue
+        if value is None and key in fields and fields[key].default is not None:
+            continue
+        out[key] = value
+    return out
 
 
 def _read_hf_aliases(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -260,13 +296,17 @@ def _read_hf_aliases(overrides: dict[str, Any]) -> dict[str, Any]:
     for name, low in (("max_length", 1), ("min_length", 0)):
         if overrides.get(name) is not None:
             _at_least(name, arguments.check_int(name, overrides[name]), low)
+    # max_new_tokens wins over max_length (and min_new_tokens over min_length); as in transformers,
+    # said only when the length was not left at transformers' default
     if overrides.get("max_length") is not None and overrides.get("max_new_tokens") is not None:
-        warnings.warn(f"both max_new_tokens ({overrides['max_new_tokens']}) and max_length ({overrides['max_length']}) are set: "
-                      "max_new_tokens takes precedence", UserWarning, stacklevel=5)
+        if overrides["max_length"] != HF_DEFAULT_MAX_LENGTH:
+            warnings.warn(f"both max_new_tokens ({overrides['max_new_tokens']}) and max_length ({overrides['max_length']}) are set: "
+                          "max_new_tokens takes precedence", UserWarning, stacklevel=5)
         del overrides["max_length"]
     if overrides.get("min_length") is not None and overrides.get("min_new_tokens") is not None:
-        warnings.warn(f"both min_new_tokens ({overrides['min_new_tokens']}) and min_length ({overrides['min_length']}) are set: "
-                      "min_new_tokens takes precedence", UserWarning, stacklevel=5)
+        if overrides["min_length"] != HF_DEFAULT_MIN_LENGTH:
+            warnings.warn(f"both min_new_tokens ({overrides['min_new_tokens']}) and min_length ({overrides['min_length']}) are set: "
+                          "min_new_tokens takes precedence", UserWarning, stacklevel=5)
         del overrides["min_length"]
     return overrides
 
@@ -305,7 +345,7 @@ def _read_do_sample(defaults: Mapping[str, Any], overrides: dict[str, Any]) -> d
         if overrides.get("temperature", defaults.get("temperature")) == 0:
             raise ValueError("do_sample=True needs a temperature > 0 (temperature=0 is greedy)")
     else:
-        if overrides.get("temperature"):
+        if overrides.get("temperature") not in (None, 0, 0.0, HF_TEMPERATURE):  # transformers' default is not "set"
             # stack: the caller's generate/stream -> Engine._config -> resolve -> here
             warnings.warn(f"do_sample=False is greedy, so temperature={overrides['temperature']} is not used", UserWarning, stacklevel=5)
         overrides["temperature"] = 0.0
