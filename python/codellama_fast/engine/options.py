@@ -1,6 +1,7 @@
 """Generation options: the settings of one call (names as in transformers' ``generate``) over the
 model's defaults, with transformers' aliases read (``do_sample``, ``eos_token_id``,
-``pad_token_id``, ``stop_strings``, ``max_length``/``min_length``, ``use_cache``) and every value checked before any work starts."""
+``pad_token_id``, ``stop_strings``, ``max_length``/``min_length``, ``use_cache``) and every value
+checked before any work starts."""
 
 from __future__ import annotations
 
