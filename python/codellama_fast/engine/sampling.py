@@ -73,7 +73,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None, 
         # eta-sampling: the cutoff shrinks with the distribution's entropy H: min(eta, sqrt(eta) e^-H)
         logp = torch.log_softmax(logits, dim=-1)
         entropy = -(logp.exp() * logp).nansum(dim=-1, keepdim=True)  # [B, 1]; 0 × -inf terms are NaN
-        logits = _cut_below(logits, torch.minimum(torch.tensor(eta_cutoff), math.sqrt(eta_cutoff) * torch.exp(-entropy)))
+        logits = _cut_below(logits, (math.sqrt(eta_cutoff) * torch.exp(-entropy)).clamp(max=eta_cutoff))
     return logits
 
 
