@@ -117,8 +117,11 @@ def test_ctrl_c_stops_quietly():
     import signal
     import time
 
+    # SIGINT at its default in the child: a shell's background job (CI) would pass it on ignored,
+    # and Python then installs no Ctrl-C handler at all
     proc = subprocess.Popen([sys.executable, "-m", "codellama_fast.cli", "generate", "Lily", "--max-new-tokens", "100000", "--stream"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 120)  # the first streamed text: generating now
     assert ready, "no output"
