@@ -68,3 +68,26 @@ def logprobs_close(got, want, rel: float) -> bool:
     """Log-probability lists equal within ``rel`` of each value's size (at least 1): a random
     model's log-probabilities reach -30 and more, where fp32 rounding grows with the value."""
     return len(got) == len(want) and all(abs(a - b) <= rel * max(1.0, abs(b)) for a, b in zip(got, want))
+
+
+def fresh_seed() -> int:
+    """A new random seed each run, printed so that a failure can be replayed."""
+    import random
+
+    seed = random.SystemRandom().randrange(2**31)
+    print(f"model seed {seed}")
+    return seed
+
+
+def random_checkpoint(tmp_path_factory, name: str, label: str):
+    """(seed, transformers model, saved folder) for a fresh random checkpoint of config `name`."""
+    seed = fresh_seed()
+    hf = make_hf_model(name, seed)
+    return seed, hf, save(hf, tmp_path_factory.mktemp(label))
+
+
+def fp32_engine(path, tokenizer):
+    """Our engine on the CPU in float32 for the checkpoint at `path`."""
+    from codellama_fast.engine import Engine, load_model
+
+    return Engine(load_model(path, dtype="float32", device="cpu"), tokenizer)

@@ -4,36 +4,23 @@ returned beams, left-padded batches, end tokens held back by min_new_tokens, and
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from codellama_fast import CodeLlamaTokenizerFast
 from codellama_fast.engine import Engine, load_model
 
-from tests.engine_helpers import logprobs_close, make_hf_model, save
+from tests.engine_helpers import fp32_engine as _engine
+from tests.engine_helpers import logprobs_close, random_checkpoint
 
 PROMPT = "def quicksort(items):\n    "
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return CodeLlamaTokenizerFast.from_pretrained()
-
-
-@pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    seed = random.SystemRandom().randrange(2**31)
-    print(f"model seed {seed}")
-    hf = make_hf_model("gqa4", seed)
-    return hf, save(hf, tmp_path_factory.mktemp("beams"))
-
-
-def _engine(path, tok):
-    return Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    _, hf, path = random_checkpoint(tmp_path_factory, "gqa4", "beams")
+    return hf, path
 
 
 def _hf_beams(hf, rows: list[list[int]], n: int, ends: list[int] | None, **kw) -> tuple[list[list[int]], list[float]]:

@@ -14,13 +14,13 @@ from codellama_fast import CheckpointError, CodeLlamaTokenizerFast, OutOfMemoryE
 from codellama_fast.engine import Engine, LlamaConfig, load_model  # noqa: E402
 from codellama_fast.engine.cache import KVCache  # noqa: E402
 from codellama_fast.engine.model import StepContext  # noqa: E402
-from tests.engine_helpers import CONFIGS, logprobs_close, make_hf_model, save  # noqa: E402
+from tests.engine_helpers import CONFIGS, fresh_seed, logprobs_close, make_hf_model, save  # noqa: E402
+from tests.engine_helpers import fp32_engine as _fp32_engine  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    seed = random.SystemRandom().randrange(2**31)
-    print(f"model seed {seed}")
+    seed = fresh_seed()
     out = {}
     for name in CONFIGS:
         hf = make_hf_model(name, seed)
@@ -69,9 +69,6 @@ def test_incremental_decode_logits_match_full_forward(checkpoints, name):
     assert _rel(torch.stack(got), ref[t0 - 1 : t0 + steps - 1]) < 1e-4
 
 
-def _fp32_engine(path, tokenizer):
-    """Our engine on the CPU in float32 for the checkpoint at `path`."""
-    return Engine(load_model(path, dtype="float32", device="cpu"), tokenizer)
 
 
 def _before(tokens, end):

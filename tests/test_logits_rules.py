@@ -14,31 +14,19 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from codellama_fast import CodeLlamaTokenizerFast
-from codellama_fast.engine import Engine, load_model
 from codellama_fast.engine.logits_rules import History, ngram_bans
 from codellama_fast.engine.sampling import filter_logits
 
-from tests.engine_helpers import make_hf_model, save, scripted
+from tests.engine_helpers import fp32_engine as _engine
+from tests.engine_helpers import random_checkpoint, scripted
 
 PROMPT = "def quicksort(items):\n    "
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return CodeLlamaTokenizerFast.from_pretrained()
-
-
-@pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    seed = random.SystemRandom().randrange(2**31)
-    print(f"model seed {seed}")
-    hf = make_hf_model("gqa4", seed)
-    return hf, save(hf, tmp_path_factory.mktemp("rules"))
-
-
-def _engine(path, tok):
-    return Engine(load_model(path, dtype="float32", device="cpu"), tok)
+    _, hf, path = random_checkpoint(tmp_path_factory, "gqa4", "rules")
+    return hf, path
 
 
 def _hf_greedy(hf, ids: list[int], n: int, **kw) -> list[int]:
@@ -336,9 +324,8 @@ def test_prefix_allowed_tokens_fn_and_logits_processor_equal_transformers(model,
 def test_inert_transformers_fields_are_its_defaults():
     """The transformers fields accepted as changing nothing are accepted only at transformers'
     own defaults (so the table cannot drift from what transformers means by "not set")."""
-    from transformers import GenerationConfig
-
     from codellama_fast.engine.options import HF_INERT
+    from transformers import GenerationConfig
 
     defaults = GenerationConfig().to_dict()
     for key, values in HF_INERT.items():

@@ -5,7 +5,6 @@ PEFT's model in fp32, and greedy tokens equal its generate."""
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
@@ -15,26 +14,19 @@ peft = pytest.importorskip("peft")
 
 from codellama_fast import (
     CheckpointError,
-    CodeLlamaTokenizerFast,
     UnsupportedConfigError,
 )
 from codellama_fast.engine import Engine
 from codellama_fast.engine.cache import KVCache
 from codellama_fast.engine.model import StepContext
 
-from tests.engine_helpers import make_hf_model, save
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return CodeLlamaTokenizerFast.from_pretrained()
+from tests.engine_helpers import make_hf_model, random_checkpoint
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    seed = random.SystemRandom().randrange(2**31)
-    print(f"model seed {seed}")
-    return seed, save(make_hf_model("gqa4", seed), tmp_path_factory.mktemp("base"))
+    seed, _, path = random_checkpoint(tmp_path_factory, "gqa4", "base")
+    return seed, path
 
 
 def _adapter(seed: int, folder, **config):
