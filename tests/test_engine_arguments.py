@@ -56,6 +56,9 @@ def engine(model_dir, tok):
         ({"min_new_tokens": 1.5}, TypeError, "min_new_tokens must be an int"),
         ({"repetition_penalty": "1.2"}, TypeError, "repetition_penalty must be a number"),
         ({"do_sample": True, "temperature": 0}, ValueError, "do_sample=True needs a temperature > 0"),
+        ({"no_repeat_ngram_size": ""}, TypeError, "no_repeat_ngram_size must be an int"),
+        ({"num_return_sequences": torch.tensor([1, 2])}, TypeError, "num_return_sequences must be an int"),
+        ({"early_stopping": torch.tensor([1, 2])}, ValueError, "early_stopping must be True, False or 'never'"),
     ],
 )
 def test_bad_generation_arguments_are_named(engine, kwargs, error, words):

@@ -138,6 +138,7 @@ def test_hypothesis_legacy_false_matches_hf_slow(text):
     dict(padding=True, return_tensors="pt"),
     dict(return_special_tokens_mask=True, padding=True),
     dict(return_attention_mask=False, padding=True),
+    dict(return_attention_mask=0),  # any value but None is read by its truth
     dict(add_special_tokens=False, padding=True),
     dict(return_offsets_mapping=True, padding=True),
     dict(padding=True, pad_to_multiple_of=8),
@@ -176,6 +177,7 @@ def _plain(encoding):
     {"pad_to_multiple_of": 8},
     {"padding": False},
     {"return_attention_mask": False},
+    {"return_attention_mask": 0},
     {"return_tensors": "np"},
     {"return_tensors": "pt"},
 ])
@@ -754,6 +756,8 @@ def test_special_token_helpers(hf, hf_slow, ours):
     assert ours.create_token_type_ids_from_sequences(a) == hf_slow.create_token_type_ids_from_sequences(a)
     ids = [1, 5, 32007, 6, 2]
     assert ours.get_special_tokens_mask(ids, already_has_special_tokens=True) == hf.get_special_tokens_mask(ids, already_has_special_tokens=True)
+    outside = [-1, 32016, 10**9, 2**40, -(10**30), 1]  # ids no vocabulary has are not special tokens
+    assert ours.get_special_tokens_mask(outside, already_has_special_tokens=True) == hf.get_special_tokens_mask(outside, already_has_special_tokens=True)
 
 
 def test_save_pretrained_round_trip_and_loads_in_transformers(tmp_path, sprinkled):

@@ -105,7 +105,7 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     the call may return several sequences per prompt (generate); `streams`: it yields text as it
     goes (stream)."""
     overrides = _read_do_sample(defaults, _read_hf_aliases(_read_hf_token_ids(_drop_inert(dict(overrides)))))
-    if not many and overrides.get("num_return_sequences", 1) != 1:
+    if not many and arguments.check_int("num_return_sequences", overrides.get("num_return_sequences", 1)) != 1:
         raise ValueError("num_return_sequences is for generate(); stream, infill and chat return one continuation")
     unknown = set(overrides) - set(GenerationConfig.__dataclass_fields__)
     if unknown:
@@ -127,7 +127,7 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     cfg.num_return_sequences = _at_least("num_return_sequences", arguments.check_int("num_return_sequences", cfg.num_return_sequences), 1)
     cfg.num_beams = _at_least("num_beams", arguments.check_int("num_beams", cfg.num_beams), 1)
     cfg.length_penalty = arguments.check_real("length_penalty", cfg.length_penalty)
-    if cfg.early_stopping not in (True, False, "never") or not isinstance(cfg.early_stopping, (bool, str)):
+    if not isinstance(cfg.early_stopping, (bool, str)) or cfg.early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping must be True, False or 'never' (as in transformers), got {cfg.early_stopping!r}")
     if cfg.num_return_sequences > 1 and params.greedy and cfg.num_beams == 1:
         raise ValueError("num_return_sequences > 1 needs sampling (a temperature > 0) or beam search (num_beams > 1): "
@@ -151,7 +151,7 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     cfg.repetition_penalty = arguments.check_real("repetition_penalty", cfg.repetition_penalty)
     if cfg.repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be > 0 (1.0 is none), got {cfg.repetition_penalty}")
-    cfg.no_repeat_ngram_size = _at_least("no_repeat_ngram_size", arguments.check_int("no_repeat_ngram_size", cfg.no_repeat_ngram_size or 0), 0)
+    cfg.no_repeat_ngram_size = _at_least("no_repeat_ngram_size", arguments.check_int("no_repeat_ngram_size", 0 if cfg.no_repeat_ngram_size is None else cfg.no_repeat_ngram_size), 0)
     if cfg.bad_words_ids is not None:
         cfg.bad_words_ids = arguments.token_sequences("bad_words_ids", cfg.bad_words_ids)
     if cfg.sequence_bias is not None:

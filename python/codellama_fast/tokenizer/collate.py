@@ -93,6 +93,8 @@ class PaddingMixin:
             raise TokenizerError(f"pad() needs input_ids among the inputs, got the fields {list(encoded_inputs)}")
         side = self._check_output_options(return_tensors, padding, padding_side)
         ids = encoded_inputs["input_ids"]
+        if return_attention_mask is not None:  # transformers reads any value but None by its truth
+            return_attention_mask = bool(return_attention_mask)
         if return_tensors is None:
             return_tensors = _tensor_kind(ids)
         data = {key: _as_lists(value) for key, value in encoded_inputs.items()}

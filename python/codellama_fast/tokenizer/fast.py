@@ -625,6 +625,8 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         if text is None:
             raise TypeError("give the text to tokenize (text=, or text_target= for labels)")
         side = self._check_output_options(return_tensors, padding, padding_side)
+        if return_attention_mask is not None:  # transformers reads any value but None by its truth
+            return_attention_mask = bool(return_attention_mask)
         limit = self._truncation_limit(truncation, max_length, padding, verbose)
         if limit is not None and max_length is not None and _PADDING_STRATEGIES[padding] and pad_to_multiple_of and max_length % pad_to_multiple_of:
             # padding past the truncation length would make rows longer than max_length
@@ -789,7 +791,9 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         if already_has_special_tokens:
             if token_ids_1 is not None:
                 raise TokenizerError("already_has_special_tokens=True takes one sequence that already holds them")
-            return [int(self._native.is_special_id(i)) for i in _ids_list(token_ids_0)]
+            # an id outside the vocabulary (negative, or past 2^32) is not a special token, as in transformers
+            return [int(0 <= i < 2**32 and self._native.is_special_id(i)) if isinstance(i, int) else int(self._native.is_special_id(i))
+                    for i in _ids_list(token_ids_0)]
         bos = [1] if self._add_bos_token else []
         eos = [1] if self._add_eos_token else []
         mask = bos + [0] * len(token_ids_0) + eos
