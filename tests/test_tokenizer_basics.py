@@ -119,6 +119,9 @@ def test_bad_text_inputs(tok):
         tok.encode(123)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         tok(["ok", None])  # type: ignore[list-item]
+    for kwargs in ({}, {"padding": False}, {"return_tensors": "pt"}):  # encode takes one text, whatever else is given
+        with pytest.raises(TypeError, match="encode takes one text"):
+            tok.encode(["a", "b"], **kwargs)  # type: ignore[arg-type]
     with pytest.raises(TokenizerError, match="surrogate"):
         tok.encode("a\ud800b")
     with pytest.raises(TokenizerError, match="surrogate"):

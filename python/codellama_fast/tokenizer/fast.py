@@ -566,6 +566,8 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         **kwargs: Any,
     ) -> Any:
         """Ids of one text (a list), or a ``[1, n]`` tensor with ``return_tensors``."""
+        if not isinstance(text, str) and not kwargs.get("is_split_into_words"):  # one text whatever the other arguments
+            raise TypeError(f"encode takes one text (a str), not {type(text).__name__}; call the tokenizer on a list of texts to encode a batch")
         if return_tensors is not None or kwargs:
             enc = self(
                 text, text_pair, suffix=suffix, suffix_first=suffix_first, add_special_tokens=add_special_tokens,
