@@ -81,6 +81,28 @@ def tok():
     return CodeLlamaTokenizerFast.from_pretrained()
 
 
+@pytest.mark.parametrize("factor", [2.0, 4.5])
+def test_linear_rope_scaling_matches_transformers(tok, tmp_path, factor):
+    """A fine-tune with transformers' linear RoPE scaling (position interpolation, e.g. a 16k
+    Llama 2): logits and greedy tokens equal transformers' model with the same config, and the
+    config survives a save."""
+    hf = make_hf_model("gqa4", fresh_seed(), rope_scaling={"rope_type": "linear", "factor": factor})
+    path = save(hf, tmp_path / "linear")
+    ours = load_model(path, dtype="float32", device="cpu")
+    assert ours.config.rope_scaling_factor == factor
+    ids = torch.randint(0, hf.config.vocab_size, (2, 37))
+    with torch.no_grad():
+        ref = hf(ids).logits
+    assert _rel(_forward_all(ours, ids), ref) < 1e-4
+    unscaled = load_model(save(make_hf_model("gqa4", 0), tmp_path / "plain"), dtype="float32", device="cpu")
+    assert not torch.allclose(unscaled.inv_freq, ours.inv_freq)  # the factor reached the rotary angles
+    engine = _fp32_engine(path, tok)
+    prompt = torch.tensor([tok.encode("def quicksort(items):\n    ")])
+    want = hf.generate(prompt, max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=0)[0, prompt.shape[1]:].tolist()
+    assert engine.generate(prompt[0].tolist(), max_new_tokens=40, stop_at_eos=False).token_ids[0] == want
+    assert LlamaConfig.from_dict(ours.config.to_hf_dict()).rope_scaling_factor == factor
+
+
 @pytest.mark.parametrize("name", ["mha", "gqa4"])
 def test_greedy_64_steps_identical_to_transformers(checkpoints, tok, name):
     hf, path = checkpoints[name]
@@ -348,13 +370,28 @@ def test_dtype_paths(checkpoints, tmp_path):
     assert load_model(bf16, dtype="auto", device="cpu").embed.weight.dtype == torch.bfloat16
 
 
-def test_config_reads_rope_parameters_and_rejects_scaling(checkpoints, tmp_path):
+def test_config_reads_rope_parameters_and_linear_scaling_and_rejects_other_scaling(checkpoints, tmp_path):
     raw = json.loads((checkpoints["mha"][1] / "config.json").read_text())
     raw.pop("rope_theta", None)
     raw["rope_parameters"] = {"rope_theta": 1e6, "rope_type": "default"}
     assert LlamaConfig.from_dict(raw).rope_theta == 1e6
-    raw["rope_scaling"] = {"type": "linear", "factor": 2.0}
-    with pytest.raises(UnsupportedConfigError, match="rope_scaling"):
+    assert LlamaConfig.from_dict(raw).rope_scaling_factor == 1.0
+    raw["rope_parameters"] = {"rope_theta": 1e6, "rope_type": "linear", "factor": 4.0}  # transformers 5.x
+    assert LlamaConfig.from_dict(raw).rope_scaling_factor == 4.0
+    raw["rope_parameters"] = {"rope_theta": 1e6, "rope_type": "default"}
+    for scaling in ({"type": "linear", "factor": 2.0}, {"rope_type": "linear", "factor": 2}):  # transformers 4.x
+        raw["rope_scaling"] = scaling
+        assert LlamaConfig.from_dict(raw).rope_scaling_factor == 2.0
+    for kind in ("dynamic", "yarn", "llama3", "longrope"):
+        raw["rope_scaling"] = {"rope_type": kind, "factor": 2.0}
+        with pytest.raises(UnsupportedConfigError, match=f"rope_scaling of type '{kind}' is not implemented"):
+            LlamaConfig.from_dict(raw)
+    for factor in (None, 0, -2.0, "2", True, float("nan")):
+        raw["rope_scaling"] = {"type": "linear", "factor": factor}
+        with pytest.raises(CheckpointError, match="positive 'factor'"):
+            LlamaConfig.from_dict(raw)
+    raw["rope_scaling"] = "linear"
+    with pytest.raises(CheckpointError, match="rope_scaling must be an object"):
         LlamaConfig.from_dict(raw)
     with pytest.raises(CheckpointError, match="hidden_size"):
         LlamaConfig.from_dict({"num_hidden_layers": 2})

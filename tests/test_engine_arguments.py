@@ -208,6 +208,19 @@ def test_running_past_the_trained_length_warns_once_at_the_callers_line(engine):
     assert caught[0].filename == __file__
 
 
+def test_linear_rope_scaling_stretches_the_trained_length(engine):
+    from dataclasses import replace
+
+    from codellama_fast.engine.arguments import warn_past_context
+
+    config = replace(engine.model.config, max_position_embeddings=4096, rope_scaling_factor=4.0)  # a 16k Llama 2 fine-tune
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_past_context(16000, 384, config)
+    with pytest.warns(RuntimeWarning, match=r"max_position_embeddings \(4096\) x its linear RoPE scaling factor \(4\) = 16384"):
+        warn_past_context(16000, 385, config)
+
+
 def test_torch_dtype_is_dtype(model_dir):
     assert Engine.from_pretrained(model_dir, torch_dtype=torch.float16, device="cpu", tokenizer=CODELLAMA_DIR).dtype == torch.float16
     with pytest.raises(TypeError, match="not both"):

@@ -138,13 +138,20 @@ def prompt_texts(prompts: Any) -> list[str]:
     return list(prompts)
 
 
-def warn_past_context(prompt_len: int, max_new_tokens: int, max_positions: int, stacklevel: int = 2) -> None:
+def warn_past_context(prompt_len: int, max_new_tokens: int, config: Any, stacklevel: int = 2) -> None:
     """Generation may run past the length the model was trained for (RoPE positions it never saw):
-    allowed, as in transformers, but said."""
-    if prompt_len + max_new_tokens > max_positions:
+    allowed, as in transformers, but said. With linear RoPE scaling the model reaches
+    max_position_embeddings x factor positions (how long-context fine-tunes such as 16k Llama 2
+    models state their length)."""
+    limit, factor = config.max_position_embeddings, config.rope_scaling_factor
+    context = f"max_position_embeddings ({limit})"
+    if factor != 1.0:
+        limit = int(limit * factor)
+        context += f" x its linear RoPE scaling factor ({factor:g}) = {limit} positions"
+    if prompt_len + max_new_tokens > limit:
         warnings.warn(
             f"the prompt ({prompt_len} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the model's "
-            f"max_position_embeddings ({max_positions}); text past that length may degrade",
+            f"{context}; text past that length may degrade",
             RuntimeWarning,
             stacklevel=stacklevel,
         )

@@ -375,7 +375,7 @@ class Engine:
         log-probability, the k likeliest tokens' log-probabilities, then their ids."""
         tokens, kv_start_now, t = self._prepare(prompts)
         cfg = cfg.for_prompt_length(t)
-        arguments.warn_past_context(t, cfg.max_new_tokens, self.model.config.max_position_embeddings, warn_stacklevel)
+        arguments.warn_past_context(t, cfg.max_new_tokens, self.model.config, warn_stacklevel)
         b = tokens.shape[0]
         if cfg.max_new_tokens == 0:
             return
@@ -576,7 +576,7 @@ class Engine:
             raise ValueError("return_logprobs is not given for beam search; each beam's score is in sequence_scores")
         tokens, kv_start, t = self._prepare(prompts)
         cfg = cfg.for_prompt_length(t)
-        arguments.warn_past_context(t, cfg.max_new_tokens, self.model.config.max_position_embeddings, 4)
+        arguments.warn_past_context(t, cfg.max_new_tokens, self.model.config, 4)
         n = cfg.num_return_sequences
         vocab = self.model.config.vocab_size
         if cfg.max_new_tokens == 0:

@@ -85,9 +85,11 @@ class LlamaModel(nn.Module):
 
     @staticmethod
     def rope_inv_freq(cfg: LlamaConfig, device: torch.device | str | None = None) -> torch.Tensor:
-        # As transformers computes it: 1 / theta^(2i/D), in fp32.
+        # As transformers computes it: 1 / theta^(2i/D), in fp32; linear scaling (position
+        # interpolation) divides it by the factor, which turns each angle into (pos / factor) * freq.
         exponents = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64, device=device).to(torch.float32) / cfg.head_dim
-        return 1.0 / (cfg.rope_theta**exponents)
+        inv_freq = 1.0 / (cfg.rope_theta**exponents)
+        return inv_freq / cfg.rope_scaling_factor if cfg.rope_scaling_factor != 1.0 else inv_freq
 
     def forward(
         self,
