@@ -386,3 +386,47 @@ def test_stopping_criteria_end_rows_as_in_transformers(model_dir, tok):
     assert len(streamed) < len(engine.generate(input_ids=[rows[0]], max_new_tokens=20, stop_at_eos=False).text)
     with pytest.raises(TypeError, match="stopping_criteria must be"):
         engine.generate("x", max_new_tokens=2, stopping_criteria=[3])
+
+
+def test_an_open_or_dropped_stream_leaves_the_callers_torch_modes_alone(model_dir, tok):
+    """Between the chunks of a stream the caller runs its own torch code: it must find autograd
+    on and inference mode off, as before the stream, and tensors it makes must be normal ones;
+    also after a half-read stream is dropped, or ended by an error."""
+    import gc
+
+    engine = Engine(load_model(model_dir, device="cpu"), tok)
+    weight = torch.ones(3, requires_grad=True)
+
+    def caller_state_is_intact():
+        assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+        assert not torch.zeros(2).is_inference()
+        assert (weight * 2).sum().requires_grad
+
+    for chat in (False, True):
+        stream = (engine.stream_chat([{"role": "user", "content": "hi"}], max_new_tokens=6) if chat
+                  else engine.stream("def f(", max_new_tokens=6, stop_at_eos=False))
+        next(stream)
+        caller_state_is_intact()
+        next(stream, None)
+        caller_state_is_intact()
+        del stream
+        gc.collect()
+        caller_state_is_intact()
+    calls = []
+
+    def failing_rule(input_ids, scores):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyError("the caller's rule failed")
+        return scores
+
+    stream = engine.stream("def f(", max_new_tokens=6, logits_processor=[failing_rule])
+    next(stream)
+    with pytest.raises(KeyError):
+        next(stream)
+    caller_state_is_intact()
+    with torch.no_grad():  # the caller's own mode is kept too
+        stream = engine.stream("def f(", max_new_tokens=4, stop_at_eos=False)
+        next(stream)
+        assert not torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    caller_state_is_intact()

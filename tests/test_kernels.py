@@ -334,6 +334,47 @@ def test_interleaved_streams_of_one_shape_do_not_share_a_cache(tmp_path):
     assert [eng.generate(input_ids=[p], **kw).token_ids for p in prompts] == [a.token_ids for a in alone]  # state reusable after
 
 
+def test_nan_logits_in_graph_decode_steps_raise_at_the_next_read(tmp_path):
+    """The graph step notes NaN/inf logits on the device without a sync; the host raises when it
+    next reads the ids: after each token for a stream, after each block of steps for generate.
+    The weights go bad after the first token (read by the captured step as it replays)."""
+    pytest.importorskip("transformers")
+    from codellama_fast import NonFiniteLogitsError
+
+    from tests.engine_helpers import make_hf_model, save
+
+    folder = save(make_hf_model("mha", seed=6), tmp_path / "m")
+    eng = _triton_engine(folder, graph=True, decode_step="plain")
+    eng.check_every = 4
+    kw = {"max_new_tokens": 9, "stop_at_eos": False}
+    good = eng.model.norm.detach().clone()
+    stream = eng.stream([1, 921, 353, 518], **kw)
+    next(stream)
+    with torch.no_grad():
+        eng.model.norm.fill_(float("nan"))
+    with pytest.raises(NonFiniteLogitsError, match="among generated tokens 2 to 2"):
+        next(stream)
+
+    class PoisonAfterFirstToken:  # a transformers-style streamer: the prompt, then each token
+        def __init__(self):
+            self.puts = 0
+
+        def put(self, ids):
+            self.puts += 1
+            if self.puts == 2:
+                with torch.no_grad():
+                    eng.model.norm.fill_(float("nan"))
+
+        def end(self):
+            pass
+
+    with torch.no_grad():
+        eng.model.norm.copy_(good)
+    assert len(eng.generate(input_ids=[[1, 921, 353, 518]], **kw).token_ids[0]) == 9  # the same graph, healthy again
+    with pytest.raises(NonFiniteLogitsError, match="among generated tokens 2 to 5"):
+        eng.generate(input_ids=[[1, 921, 353, 518]], streamer=PoisonAfterFirstToken(), **kw)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("m,k,n", [(1, 64, 48), (1, 100, 37), (1, 300, 130), (2, 100, 37), (7, 300, 130), (16, 64, 48)])
 def test_fused_gemv(dtype, m, k, n):

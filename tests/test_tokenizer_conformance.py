@@ -138,7 +138,7 @@ def test_hypothesis_legacy_false_matches_hf_slow(text):
     dict(padding=True, return_tensors="pt"),
     dict(return_special_tokens_mask=True, padding=True),
     dict(return_attention_mask=False, padding=True),
-    dict(return_attention_mask=0),  # any value but None is read by its truth
+    {"return_attention_mask": 0},  # any value but None is read by its truth
     dict(add_special_tokens=False, padding=True),
     dict(return_offsets_mapping=True, padding=True),
     dict(padding=True, pad_to_multiple_of=8),

@@ -7,7 +7,7 @@ Tokenizer errors come from the native core and are all ``ValueError`` subclasses
 - ``TokenIdError``: an id outside the vocabulary (negative or >= vocab size).
 - ``InfillingUnsupported``: infilling asked of a vocabulary without ``▁<PRE>``/``▁<SUF>``/``▁<MID>``/``▁<EOT>``.
 
-Engine errors (checkpoints, memory, generation) derive from ``EngineError``.
+Engine errors (checkpoints, memory, generation, non-finite logits) derive from ``EngineError``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ class DeviceError(EngineError, ValueError):
     """The requested device or backend is unknown, unsupported or not present (e.g. ``cuda`` with no GPU)."""
 
 
+class NonFiniteLogitsError(EngineError, FloatingPointError):
+    """The model's logits held NaN or inf where the engine chose a token (float16 activations that
+    overflowed, or NaN/inf in the weights): the tokens would be meaningless, so none are returned."""
+
+
 class ConversionError(EngineError, ValueError):
     """A checkpoint conversion failed (missing shards, inconsistent shapes, unknown params)."""
 
@@ -49,5 +54,6 @@ __all__ = [
     "UnsupportedConfigError",
     "OutOfMemoryError",
     "DeviceError",
+    "NonFiniteLogitsError",
     "ConversionError",
 ]

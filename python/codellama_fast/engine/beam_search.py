@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .cache import KVCache
+from .finite import FiniteWatch
 from .logits_rules import RuleState, TokenRules
 from .model import LlamaModel, StepContext
 
@@ -91,9 +92,11 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     batch_base = torch.arange(b, device=device)[:, None] * k
 
     logits = first.repeat_interleave(k, dim=0)  # [B k, V]
+    watch = FiniteWatch(device)  # NaN/inf logits end the search and raise (engine.finite)
     steps = 0
     for step in range(max_new):
         steps = step + 1
+        watch.see(logits)
         logp = state.apply(torch.log_softmax(logits.float(), dim=-1))  # [B k, V]
         totals = (logp.view(b, k, vocab) + run_scores[:, :, None]).view(b, k * vocab)
         top_scores, top_index = totals.topk(width, dim=-1)  # [B, W]
@@ -129,7 +132,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         best_possible = run_scores[:, :1] / float(best_len) ** settings.length_penalty
         worst = torch.where(fin_done, fin_scores.min(dim=1, keepdim=True).values, -_NEVER)
         improvable = improvable & (best_possible > worst).any(dim=1, keepdim=True)
-        go_on = improvable.any() & ~(fin_done.all() & (settings.early_stopping is True)) & ~ends.all()
+        go_on = improvable.any() & ~(fin_done.all() & (settings.early_stopping is True)) & ~ends.all() & ~watch.flag
         if step + 1 == max_new or not bool(go_on):  # the one host read per step
             break
 
@@ -146,6 +149,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         ctx = StepContext((lengths + step)[:, None], torch.tensor([slot], device=device), slot, beam_kv_start, slot + 1)
         logits = model(fed[:, None], ctx, cache.layers)
 
+    watch.check(dtype, f"at beam search step {steps}")
     seqs, lens, scores = fin_seq[:, :n_out].tolist(), fin_len[:, :n_out].tolist(), fin_scores[:, :n_out].tolist()
     decode_s = time.perf_counter() - start - prefill_s
     done = fin_done[:, :n_out].tolist()

@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from .finite import FiniteWatch
 from .model import LlamaModel, StepContext
 
 Forward = Callable[[torch.Tensor, StepContext, list], torch.Tensor]
@@ -44,6 +45,7 @@ class GraphDecoder:
         # steps that fit from slot 0: the cache's slots and the output buffer's columns
         self.capacity = min(max_steps, caches[0][0].shape[2]) if caches else max_steps
         self.logits: torch.Tensor | None = None
+        self.watch = FiniteWatch(dev)  # set by any step whose logits hold NaN/inf (engine.finite)
         self.graph = torch.cuda.CUDAGraph() if self.captured else None
         if self.captured:
             self._capture()
@@ -51,6 +53,7 @@ class GraphDecoder:
     def _body(self) -> None:
         ctx = StepContext(self.pos, self.slot, self.slot, self.kv_start, self.kv_len)
         self.logits = self.forward(self.tok, ctx, self.caches)  # [B, V] fp32
+        self.watch.see(self.logits)
         if self.greedy:
             nxt = self.logits.argmax(dim=-1, keepdim=True)
             self.tok.copy_(nxt)
@@ -81,6 +84,7 @@ class GraphDecoder:
         self.slot.fill_(slot)
         self.kv_len.fill_(slot + 1)
         self.step.zero_()
+        self.watch.reset()
 
     def restart(self) -> None:
         """The state of a first step at slot 0 (token 0): for trial replays before real use."""

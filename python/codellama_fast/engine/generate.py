@@ -22,6 +22,7 @@ from .cache import KVCache
 from . import arguments, beam_search, fused_decode, memory, options, speculative
 from .assisted import DraftGuesser, check_vocabularies
 from .cuda_graph import GraphDecoder, pick_faster
+from .finite import FiniteWatch
 from .loader import generation_defaults, load_model
 from .model import LlamaModel, StepContext
 from .options import GenerationConfig, logits_rules_for
@@ -366,6 +367,26 @@ class Engine:
     def _steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float],
                check_every: int | None = None, warn_stacklevel: int = 5, stop_ids: Iterable[int] = (),
                logprobs: list[list[Any]] | None = None, top_logprobs: int = 0) -> Iterator[list[int]]:
+        """``_decode_steps`` with each step run under ``torch.inference_mode`` and the caller's
+        mode untouched between steps: a stream the caller holds open (or drops) must not leave its
+        thread in inference mode with gradients off."""
+        # warnings from the steps point one frame further up: past this wrapper
+        steps = self._decode_steps(prompts, cfg, stats, check_every, warn_stacklevel + 1, stop_ids, logprobs, top_logprobs)
+        try:
+            while True:
+                with torch.inference_mode():
+                    try:
+                        host = next(steps)
+                    except StopIteration:
+                        return
+                yield host
+        finally:
+            with torch.inference_mode():
+                steps.close()  # its clean-up (leases, caches) now, not whenever it is collected
+
+    def _decode_steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float],
+                      check_every: int | None = None, warn_stacklevel: int = 5, stop_ids: Iterable[int] = (),
+                      logprobs: list[list[Any]] | None = None, top_logprobs: int = 0) -> Iterator[list[int]]:
         """Yields the sampled token of every sequence, step by step (host lists of length B).
         On CUDA with the Triton ops, decode steps are CUDA-graph replays and the host reads the
         ids every `check_every` steps. `warn_stacklevel` points warnings at the user's call;
@@ -407,6 +428,12 @@ class Engine:
             values, ids = logp.topk(top_logprobs, dim=-1)  # [B, k] each, likeliest first
             return torch.cat([own, values, ids.float()], dim=1)
 
+        watch = FiniteWatch(self.device)  # NaN/inf logits raise where the host reads the tokens (engine.finite)
+
+        def watched_pick(logits: torch.Tensor) -> torch.Tensor:
+            watch.see(logits)
+            return pick(logits)
+
         with ExitStack() as stack:
             use_graph = stack.enter_context(self._graph_lease((b, max_len, graph_greedy), self._use_graph() and cfg.max_new_tokens > 1))
             graph = None
@@ -417,76 +444,80 @@ class Engine:
                 cache, kv_start = KVCache(self.model.config, b, max_len, self.dtype, self.device), kv_start_now
             sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
             start = time.perf_counter()
-            with torch.inference_mode():
-                first = self._prefill(tokens, kv_start, cache)
-                nxt = pick(first)
-                host = nxt.tolist()
-                stats["prefill_s"] = time.perf_counter() - start
-                if logprobs is not None:
-                    logprobs.append(logprob_of(first, nxt).tolist())
-                yield host
-                if guessing and cfg.max_new_tokens > 1:
-                    adapt = False
-                    if cfg.prompt_lookup_num_tokens is not None:
-                        guesser: speculative.Guesser = NgramIndex(cfg.max_matching_ngram_size)
-                        per_step = cfg.prompt_lookup_num_tokens
-                    else:
-                        guesser = stack.enter_context(self._draft_guesser(cfg, max_len))
-                        draft = cfg.assistant_model
-                        adapt = cfg.num_assistant_tokens_schedule != "constant"
-                        # "heuristic" goes on from the count the assistant's last such call ended with
-                        carried = draft._carried_assistant_tokens if cfg.num_assistant_tokens_schedule == "heuristic" else None
-                        per_step = carried or cfg.num_assistant_tokens
-                    guesser.extend(list(prompts[0]) + host)
-                    try:
-                        yield from speculative.guess_and_check(
+            first = self._prefill(tokens, kv_start, cache)
+            nxt = watched_pick(first)
+            host = nxt.tolist()
+            watch.check(self.dtype, "at the first generated token")
+            stats["prefill_s"] = time.perf_counter() - start
+            if logprobs is not None:
+                logprobs.append(logprob_of(first, nxt).tolist())
+            yield host
+            if guessing and cfg.max_new_tokens > 1:
+                adapt = False
+                if cfg.prompt_lookup_num_tokens is not None:
+                    guesser: speculative.Guesser = NgramIndex(cfg.max_matching_ngram_size)
+                    per_step = cfg.prompt_lookup_num_tokens
+                else:
+                    guesser = stack.enter_context(self._draft_guesser(cfg, max_len))
+                    draft = cfg.assistant_model
+                    adapt = cfg.num_assistant_tokens_schedule != "constant"
+                    # "heuristic" goes on from the count the assistant's last such call ended with
+                    carried = draft._carried_assistant_tokens if cfg.num_assistant_tokens_schedule == "heuristic" else None
+                    per_step = carried or cfg.num_assistant_tokens
+                guesser.extend(list(prompts[0]) + host)
+                try:
+                    for n, host in enumerate(speculative.guess_and_check(
                             self.model, cache.layers, guesser, t, cfg.max_new_tokens, per_step,
-                            set(stop_ids), pick, logprob_of, logprobs, stats, time.perf_counter, graph, adapt)
-                    finally:
-                        if cfg.num_assistant_tokens_schedule == "heuristic" and cfg.assistant_model is not None and "num_tokens" in stats:
-                            cfg.assistant_model._carried_assistant_tokens = stats["num_tokens"]
-                    sync()
-                    return
-                lengths = t - kv_start  # real prompt lengths [B]
-                decode_start = time.perf_counter()
-                if graph is not None:
-                    every = check_every or self.check_every
-                    graph.start(nxt, lengths, t)
-                    lp_shape = (b, cfg.max_new_tokens) + ((1 + 2 * top_logprobs,) if top_logprobs else ())
-                    lp_out = torch.zeros(lp_shape, dtype=torch.float32, device=self.device) if logprobs is not None else None
-                    done = 1
-                    while done < cfg.max_new_tokens:
-                        n = min(every, cfg.max_new_tokens - done)
-                        for i in range(n):
-                            logits = graph.replay()
-                            if not graph_greedy:
-                                nxt = pick(logits)
-                                graph.tok.copy_(nxt[:, None])
-                                graph.out[:, done - 1 + i].copy_(nxt)
-                                if lp_out is not None:
-                                    lp_out[:, done - 1 + i] = logprob_of(logits, nxt)
-                        block = graph.out[:, done - 1 : done - 1 + n].tolist()  # the one sync per block
-                        lp_block = lp_out[:, done - 1 : done - 1 + n].tolist() if lp_out is not None else None
-                        stats["decode_tokens"] += b * n
-                        stats["decode_s"] = time.perf_counter() - decode_start
-                        done += n
-                        for i in range(n):
-                            if logprobs is not None and lp_block is not None:
-                                logprobs.append([row[i] for row in lp_block])
-                            yield [row[i] for row in block]
-                    return
-                for step in range(1, cfg.max_new_tokens):
-                    slot = t + step - 1
-                    ctx = StepContext((lengths + step - 1)[:, None], torch.tensor([slot], device=self.device), slot, kv_start, slot + 1)
-                    logits = self.model(nxt[:, None], ctx, cache.layers)
-                    nxt = pick(logits)
-                    host = nxt.tolist()
-                    stats["decode_tokens"] += b
-                    stats["decode_s"] = time.perf_counter() - decode_start
-                    if logprobs is not None:
-                        logprobs.append(logprob_of(logits, nxt).tolist())
-                    yield host
+                            set(stop_ids), watched_pick, logprob_of, logprobs, stats, time.perf_counter, graph, adapt), start=2):
+                        watch.check(self.dtype, f"at generated token {n}")  # the guesses' checking already synced
+                        yield host
+                finally:
+                    if cfg.num_assistant_tokens_schedule == "heuristic" and cfg.assistant_model is not None and "num_tokens" in stats:
+                        cfg.assistant_model._carried_assistant_tokens = stats["num_tokens"]
                 sync()
+                return
+            lengths = t - kv_start  # real prompt lengths [B]
+            decode_start = time.perf_counter()
+            if graph is not None:
+                every = check_every or self.check_every
+                graph.start(nxt, lengths, t)
+                lp_shape = (b, cfg.max_new_tokens) + ((1 + 2 * top_logprobs,) if top_logprobs else ())
+                lp_out = torch.zeros(lp_shape, dtype=torch.float32, device=self.device) if logprobs is not None else None
+                done = 1
+                while done < cfg.max_new_tokens:
+                    n = min(every, cfg.max_new_tokens - done)
+                    for i in range(n):
+                        logits = graph.replay()
+                        if not graph_greedy:
+                            nxt = pick(logits)
+                            graph.tok.copy_(nxt[:, None])
+                            graph.out[:, done - 1 + i].copy_(nxt)
+                            if lp_out is not None:
+                                lp_out[:, done - 1 + i] = logprob_of(logits, nxt)
+                    block = graph.out[:, done - 1 : done - 1 + n].tolist()  # the one sync per block
+                    graph.watch.check(self.dtype, f"among generated tokens {done + 1} to {done + n}")
+                    lp_block = lp_out[:, done - 1 : done - 1 + n].tolist() if lp_out is not None else None
+                    stats["decode_tokens"] += b * n
+                    stats["decode_s"] = time.perf_counter() - decode_start
+                    done += n
+                    for i in range(n):
+                        if logprobs is not None and lp_block is not None:
+                            logprobs.append([row[i] for row in lp_block])
+                        yield [row[i] for row in block]
+                return
+            for step in range(1, cfg.max_new_tokens):
+                slot = t + step - 1
+                ctx = StepContext((lengths + step - 1)[:, None], torch.tensor([slot], device=self.device), slot, kv_start, slot + 1)
+                logits = self.model(nxt[:, None], ctx, cache.layers)
+                nxt = watched_pick(logits)
+                host = nxt.tolist()
+                watch.check(self.dtype, f"at generated token {step + 1}")
+                stats["decode_tokens"] += b
+                stats["decode_s"] = time.perf_counter() - decode_start
+                if logprobs is not None:
+                    logprobs.append(logprob_of(logits, nxt).tolist())
+                yield host
+            sync()
 
     @contextmanager
     def _draft_guesser(self, cfg: GenerationConfig, max_len: int) -> Iterator[DraftGuesser]:

@@ -12,6 +12,7 @@ import torch
 
 from . import memory
 from .cache import KVCache
+from .finite import nonfinite_error
 from .model import StepContext
 
 if TYPE_CHECKING:
@@ -75,6 +76,9 @@ def score_rows(engine: Engine, rows: Sequence[Sequence[int]], top_logprobs: int 
                 top_values[:, c0 + 1 : c1 + 1], top_ids[:, c0 + 1 : c1 + 1] = logp.topk(k, dim=-1)
     host = logprobs.tolist()
     starts = kv_start.tolist()
+    for i in range(b):
+        if not all(math.isfinite(v) for v in host[i][starts[i] + 1 :]):  # finite logits give finite log-probabilities
+            raise nonfinite_error(engine.dtype, f"in text {i}")
     tops = None
     if top_values is not None and top_ids is not None:
         values, ids = top_values.tolist(), top_ids.tolist()

@@ -1,0 +1,115 @@
+"""NaN or inf logits (float16 activations that overflow, weights that hold NaN) raise
+NonFiniteLogitsError on every decoding path instead of returning meaningless tokens (greedy
+decoding would otherwise pick id 0 again and again); the tokens streamed before stay valid."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from codellama_fast import NonFiniteLogitsError
+from codellama_fast.engine import Engine, load_model
+
+from tests.engine_helpers import fp32_engine, make_hf_model, random_checkpoint, save
+
+PROMPT = "def quicksort(items):\n    "
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return random_checkpoint(tmp_path_factory, "mha", "nonfinite")[2]
+
+
+def _poisoned_after(engine: Engine, good_calls: int, script: list[int]) -> None:
+    """The model's forward gives finite logits for its first `good_calls` calls, then NaN ones.
+    The finite ones choose by the input token at each position: `script[0]` after any token
+    outside `script`, then each script token is followed by the next one (cycling), so every
+    decoding path (one token, several positions, beams) emits `script` in order."""
+    vocab = engine.model.config.vocab_size
+    follows = {a: b for a, b in zip(script, script[1:] + script[:1])}
+    calls = [0]
+
+    def forward(tokens, ctx, caches, last_only=True):
+        calls[0] += 1
+        b, t = tokens.shape
+        logits = torch.zeros(b, t, vocab)
+        if calls[0] > good_calls:
+            logits[:] = float("nan")
+        else:
+            for i in range(b):
+                for j in range(t):
+                    logits[i, j, follows.get(int(tokens[i, j]), script[0])] = 10.0
+        return logits[:, -1] if last_only else logits
+
+    engine.model.forward = forward  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"temperature": 0.8, "top_p": 0.9, "seed": 3},
+    {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
+    {"num_beams": 2},
+    {"prompt_lookup_num_tokens": 3},
+])
+def test_nan_logits_mid_generation_raise(folder, tok, options):
+    engine = fp32_engine(folder, tok)
+    _poisoned_after(engine, 3, tok.encode("lag girl here now", add_special_tokens=False))
+    with pytest.raises(NonFiniteLogitsError, match="NaN or inf") as caught:
+        engine.generate(PROMPT, max_new_tokens=12, stop_at_eos=False, **options)
+    assert "float32" in str(caught.value)  # an fp32 model: the weights are to blame, not overflow
+
+
+def test_a_stream_yields_the_good_tokens_then_raises(folder, tok):
+    engine = fp32_engine(folder, tok)
+    script = tok.encode("lag girl here now", add_special_tokens=False)
+    _poisoned_after(engine, 3, script)
+    stream = engine.stream(PROMPT, max_new_tokens=12, stop_at_eos=False)
+    got = [next(stream) for _ in range(3)]
+    assert "".join(got) == tok._native.decode_keep_space(script[:3], True)
+    with pytest.raises(NonFiniteLogitsError, match="at generated token 4"):
+        next(stream)
+
+
+def test_batched_generation_raises_when_one_row_goes_bad(folder, tok):
+    engine = fp32_engine(folder, tok)
+    real = engine.model.forward
+
+    def forward(tokens, ctx, caches, last_only=True):
+        logits = real(tokens, ctx, caches, last_only)
+        logits[1] = float("inf")  # the second prompt's logits only
+        return logits
+
+    engine.model.forward = forward  # type: ignore[method-assign]
+    with pytest.raises(NonFiniteLogitsError):
+        engine.generate([PROMPT, "import os"], max_new_tokens=4)
+
+
+def test_float16_overflow_raises_and_names_bfloat16(tmp_path, tok):
+    """A checkpoint whose MLP output exceeds float16's range (65504): transformers' own float16
+    model gives non-finite logits on it and its float32 model finite ones; ours raises in
+    float16, naming the dtypes that fit, and generates in float32."""
+    hf = make_hf_model("mha", 5)
+    with torch.no_grad():  # weights that float16 holds (at most 60000), whose products it does not
+        w = hf.model.layers[0].mlp.down_proj.weight
+        w.mul_(60000.0 / w.abs().max())
+    folder = save(hf, tmp_path / "overflow")
+    ids = torch.tensor([tok.encode(PROMPT)])
+    with torch.no_grad():
+        assert torch.isfinite(hf(ids).logits).all()
+        assert not torch.isfinite(hf.half()(ids).logits).all()
+    half = Engine(load_model(folder, dtype="float16", device="cpu"), tok)
+    with pytest.raises(NonFiniteLogitsError, match="float16 activations overflowed.*bfloat16"):
+        half.generate(PROMPT, max_new_tokens=4)
+    with pytest.raises(NonFiniteLogitsError, match="in text 0"):
+        half.score(PROMPT + "return items")
+    assert len(fp32_engine(folder, tok).generate(PROMPT, max_new_tokens=4, stop_at_eos=False).token_ids[0]) == 4
+
+
+def test_finite_logits_never_raise_with_rules_that_ban_tokens(folder, tok):
+    """-inf from the rules (banned tokens) is not the model's: only the raw logits are watched."""
+    engine = fp32_engine(folder, tok)
+    out = engine.generate(PROMPT, max_new_tokens=8, stop_at_eos=False, suppress_tokens=list(range(3, 20000)),
+                          no_repeat_ngram_size=1, temperature=0.7, seed=1)
+    assert len(out.token_ids[0]) == 8
