@@ -132,7 +132,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         best_possible = run_scores[:, :1] / float(best_len) ** settings.length_penalty
         worst = torch.where(fin_done, fin_scores.min(dim=1, keepdim=True).values, -_NEVER)
         improvable = improvable & (best_possible > worst).any(dim=1, keepdim=True)
-        go_on = improvable.any() & ~(fin_done.all() & (settings.early_stopping is True)) & ~ends.all() & ~watch.flag
+        go_on = improvable.any() & ~(fin_done.all() & (settings.early_stopping is True)) & ~ends.all() & watch.all_finite()
         if step + 1 == max_new or not bool(go_on):  # the one host read per step
             break
 

@@ -6,24 +6,33 @@ and reads the note where it reads the chosen tokens anyway; then it raises
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import NonFiniteLogitsError
 
 
 class FiniteWatch:
-    """A device flag [] bool set once any logits it saw held NaN or inf. ``see`` works in place, so
-    it can sit inside a captured CUDA graph."""
+    """A device value [] fp32: 0 while every logits it saw were finite, NaN once any held NaN or
+    inf. ``see`` works in place, so it can sit inside a captured CUDA graph."""
 
     def __init__(self, device: torch.device) -> None:
-        self.flag = torch.zeros((), dtype=torch.bool, device=device)
+        self.flag = torch.zeros((), dtype=torch.float32, device=device)
 
     def see(self, logits: torch.Tensor) -> None:
         """logits [..., V]: the ones a choice is made from (padding positions excluded)."""
-        # Under inference mode whatever the caller's state: a generator resumed after another one
-        # left inference mode may hold a flag made inside it, which only inference mode may update.
+        # sum * 0 is 0 for finite logits and NaN as soon as one is NaN or inf (NaN and inf carry
+        # through the sum; inf * 0 is NaN): one reduction, about 20x cheaper on a CPU than
+        # isfinite().all(). A finite sum cannot overflow fp32 short of logits near 1e34.
+        # Under inference mode whatever the caller's state: a flag made inside inference mode
+        # may only be updated there.
         with torch.inference_mode():
-            self.flag.logical_or_(~torch.isfinite(logits).all())
+            self.flag.add_(logits.sum().mul_(0.0))
+
+    def all_finite(self) -> torch.Tensor:
+        """[] bool on the device, for decisions that stay there (no host read)."""
+        return torch.isfinite(self.flag)
 
     def reset(self) -> None:
         with torch.inference_mode():
@@ -31,7 +40,7 @@ class FiniteWatch:
 
     def check(self, dtype: torch.dtype, where: str) -> None:
         """Raises if any logits seen so far were not finite (one host read of the flag)."""
-        if bool(self.flag):
+        if not math.isfinite(self.flag.item()):
             raise nonfinite_error(dtype, where)
 
 
