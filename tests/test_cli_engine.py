@@ -31,6 +31,17 @@ def test_generate_stream_and_plain_agree():
     assert assisted.returncode == 0 and assisted.stdout == plain.stdout, assisted.stderr
 
 
+def test_generate_token_healing_prints_what_follows_the_prompt():
+    from codellama_fast import Engine
+    from codellama_fast.data import DEMO_MODEL_DIR
+
+    want = Engine.from_pretrained(DEMO_MODEL_DIR).generate("Once upon a ti", max_new_tokens=12, token_healing=True).text
+    for extra in ((), ("--stream",), ("--json",)):
+        res = _cli("generate", "Once upon a ti", "--max-new-tokens", "12", "--token-healing", *extra)
+        assert res.returncode == 0, res.stderr
+        assert (json.loads(res.stdout)["texts"][0] if extra == ("--json",) else res.stdout) == (want if extra == ("--json",) else want + "\n")
+
+
 def test_generate_from_stdin_and_empty_prompt():
     piped = _cli("generate", "--max-new-tokens", "8", stdin="Tom")
     assert piped.returncode == 0 and piped.stdout.strip()

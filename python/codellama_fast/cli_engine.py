@@ -97,8 +97,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError("--top-logprobs goes with --json")
     engine = _load(args)
     prompt = _prompt(args)
+    healing = {"token_healing": True} if args.token_healing else {}
     if args.json:
-        kwargs = _gen_kwargs(args, engine)
+        kwargs = {**_gen_kwargs(args, engine), **healing}
         if args.num_return_sequences is not None:
             kwargs["num_return_sequences"] = args.num_return_sequences
         result = engine.generate(prompt, top_logprobs=args.top_logprobs, **kwargs)
@@ -120,14 +121,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         t0 = time.perf_counter()
         n = 0
-        for delta in engine.stream(prompt, **_gen_kwargs(args, engine)):
+        for delta in engine.stream(prompt, **_gen_kwargs(args, engine), **healing):
             sys.stdout.write(delta)
             sys.stdout.flush()
             n += 1
         sys.stdout.write("\n")
         print(f"[streamed {n} deltas in {time.perf_counter() - t0:.2f} s]", file=sys.stderr)
         return 0
-    result = engine.generate(prompt, **_gen_kwargs(args, engine))
+    result = engine.generate(prompt, **_gen_kwargs(args, engine), **healing)
     sys.stdout.write(result.text + "\n")
     _report(result)
     return 0
@@ -276,6 +277,9 @@ def add_engine_commands(sub: Any) -> None:
                    help="print one JSON object: texts, token_ids, finish_reasons (and sequence_scores with beams), timings")
     g.add_argument("--top-logprobs", type=int, default=0, metavar="K",
                    help="with --json: each token's log-probability and the K likeliest tokens at its position")
+    g.add_argument("--token-healing", action="store_true",
+                   help="let the model redo the prompt's last token (a prompt cut mid-word, or ending in a space); "
+                        "prints what follows the prompt")
     g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("infill", help="fill the <FILL_ME> in a text (7B/13B Code Llama)")

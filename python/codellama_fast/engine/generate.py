@@ -29,6 +29,7 @@ from .options import GenerationConfig, logits_rules_for
 from .prompt_lookup import NgramIndex
 from .logits_rules import make_picker
 from .scoring import ScoreResult, score_rows
+from .token_healing import Healed, PieceIndex
 
 
 @dataclass
@@ -157,6 +158,11 @@ class _StopTracker:
         return [cut if cut is not None else dec(ids) for cut, dec, ids in zip(self.cut_text, self.decoders, self.ids)]
 
 
+def _cut_front(decode: Callable[[list[int]], str], n: int) -> Callable[[list[int]], str]:
+    """`decode` without the first `n` characters of its text."""
+    return lambda ids: decode(ids)[n:]
+
+
 def _is_text(prompts: Any) -> bool:
     """A str or a list of str (or something that is not token ids at all, left for the text
     checks to name), as opposed to token ids: a tensor, an array, ints or lists of ints."""
@@ -235,6 +241,7 @@ class Engine:
         self._vocab_checked: tuple[Any, Any] | None = None  # (ours, an assistant's) native tokenizers found compatible
         # as an assistant with num_assistant_tokens_schedule="heuristic": the guess count its last call ended with
         self._carried_assistant_tokens: int | None = None
+        self._piece_index: PieceIndex | None = None  # token healing's prefix search, for the current tokenizer
 
     @classmethod
     def from_pretrained(
@@ -280,10 +287,14 @@ class Engine:
 
     # ------------------------------------------------------------------ the core loop
 
-    def _config(self, overrides: dict[str, Any], many: bool = False, streams: bool = False) -> GenerationConfig:
+    def _config(self, overrides: dict[str, Any], many: bool = False, streams: bool = False, heals: bool = False) -> GenerationConfig:
         """The call's settings over the model's defaults, checked (engine.options). `many`: the
-        call can return several sequences per prompt (generate)."""
+        call can return several sequences per prompt (generate); `heals`: it takes token_healing
+        (generate and stream: a prompt the caller wrote, not one the engine built)."""
         cfg = options.resolve(self.defaults, overrides, many, streams)
+        if cfg.token_healing and not heals:
+            raise ValueError("token_healing is for generate() and stream() prompts; infilling and chat prompts end on "
+                             "sentinel or [/INST] tokens that must stay as they are")
         if cfg.assistant_model is not None:
             if not isinstance(cfg.assistant_model, Engine):
                 raise TypeError(f"assistant_model must be an Engine (Engine.from_pretrained of a smaller model), "
@@ -366,12 +377,14 @@ class Engine:
 
     def _steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float],
                check_every: int | None = None, warn_stacklevel: int = 5, stop_ids: Iterable[int] = (),
-               logprobs: list[list[Any]] | None = None, top_logprobs: int = 0) -> Iterator[list[int]]:
+               logprobs: list[list[Any]] | None = None, top_logprobs: int = 0,
+               first_allowed: Sequence[tuple[int, ...] | None] | None = None) -> Iterator[list[int]]:
         """``_decode_steps`` with each step run under ``torch.inference_mode`` and the caller's
         mode untouched between steps: a stream the caller holds open (or drops) must not leave its
         thread in inference mode with gradients off."""
         # warnings from the steps point one frame further up: past this wrapper
-        steps = self._decode_steps(prompts, cfg, stats, check_every, warn_stacklevel + 1, stop_ids, logprobs, top_logprobs)
+        steps = self._decode_steps(prompts, cfg, stats, check_every, warn_stacklevel + 1, stop_ids, logprobs, top_logprobs,
+                                   first_allowed)
         try:
             while True:
                 with torch.inference_mode():
@@ -386,14 +399,16 @@ class Engine:
 
     def _decode_steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float],
                       check_every: int | None = None, warn_stacklevel: int = 5, stop_ids: Iterable[int] = (),
-                      logprobs: list[list[Any]] | None = None, top_logprobs: int = 0) -> Iterator[list[int]]:
+                      logprobs: list[list[Any]] | None = None, top_logprobs: int = 0,
+                      first_allowed: Sequence[tuple[int, ...] | None] | None = None) -> Iterator[list[int]]:
         """Yields the sampled token of every sequence, step by step (host lists of length B).
         On CUDA with the Triton ops, decode steps are CUDA-graph replays and the host reads the
         ids every `check_every` steps. `warn_stacklevel` points warnings at the user's call;
         `stop_ids` cannot be chosen for the first `cfg.min_new_tokens` tokens. With `logprobs`,
         each step's chosen tokens' log-probabilities (host lists of length B) are appended to it
         before the step is yielded; with ``top_logprobs`` = k each entry is a list instead: that
-        log-probability, the k likeliest tokens' log-probabilities, then their ids."""
+        log-probability, the k likeliest tokens' log-probabilities, then their ids. ``first_allowed``:
+        per sequence, the ids its first token may be (token healing; None: any)."""
         tokens, kv_start_now, t = self._prepare(prompts)
         cfg = cfg.for_prompt_length(t)
         arguments.warn_past_context(t, cfg.max_new_tokens, self.model.config, warn_stacklevel)
@@ -408,6 +423,8 @@ class Engine:
             gen.manual_seed(cfg.seed)
         vocab, known = self.model.config.vocab_size, len(self.tokenizer)
         rules = logits_rules_for(cfg, set(stop_ids), vocab, warn_stacklevel)
+        if first_allowed is not None:
+            rules = dataclasses.replace(rules, first_allowed=tuple(first_allowed))
         pick = make_picker(params, rules, gen, tokens, kv_start_now, vocab, cfg.max_new_tokens, known)
         # the captured step takes the argmax itself only when nothing happens between logits and choice
         guessing = cfg.prompt_lookup_num_tokens is not None or cfg.assistant_model is not None
@@ -556,8 +573,10 @@ class Engine:
                     self._leased.discard(key)
 
     def _run(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: set[int] | Sequence[set[int]],
-             decoders: Sequence[Callable[[list[int]], str]], return_logprobs: bool = False, top_logprobs: int = 0) -> GenerationResult:
-        """Generates for `prompts` until each stops; `stop_ids`: one set for all, or one per prompt."""
+             decoders: Sequence[Callable[[list[int]], str]], return_logprobs: bool = False, top_logprobs: int = 0,
+             first_allowed: Sequence[tuple[int, ...] | None] | None = None) -> GenerationResult:
+        """Generates for `prompts` until each stops; `stop_ids`: one set for all, or one per prompt;
+        `first_allowed`: per prompt, the ids its first token may be (token healing)."""
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
         rows = [stop_ids] * len(prompts) if isinstance(stop_ids, (set, frozenset)) else list(stop_ids)
         tracker = _StopTracker(rows, cfg.stop, decoders, _Criteria(cfg.stopping_criteria, prompts) if cfg.stopping_criteria else None)
@@ -569,7 +588,8 @@ class Engine:
                                  "(prompts × num_return_sequences)")
             streamer.put(torch.tensor([list(prompts[0])]))  # the prompt first, as transformers does (skip_prompt=True skips it)
         try:
-            for host in self._steps(prompts, cfg, stats, stop_ids=set().union(*rows), logprobs=steps, top_logprobs=top_logprobs):
+            for host in self._steps(prompts, cfg, stats, stop_ids=set().union(*rows), logprobs=steps, top_logprobs=top_logprobs,
+                                    first_allowed=first_allowed):
                 tracker.push(host, steps[-1] if steps else None)
                 if streamer is not None:
                     streamer.put(torch.tensor(host))  # [1]: each new token, a final stop id included, as transformers
@@ -600,7 +620,8 @@ class Engine:
         )
 
     def _run_beams(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: Sequence[set[int]],
-                   decoders: Sequence[Callable[[list[int]], str]], return_logprobs: bool) -> GenerationResult:
+                   decoders: Sequence[Callable[[list[int]], str]], return_logprobs: bool,
+                   first_allowed: Sequence[tuple[int, ...] | None] | None = None) -> GenerationResult:
         """Beam search (engine.beam_search) for each prompt; ``num_return_sequences`` rows per
         prompt, best first. A final stop id is left out of the tokens, as in plain decoding."""
         if return_logprobs:
@@ -614,6 +635,8 @@ class Engine:
             out = beam_search.BeamOutput([[] for _ in range(len(prompts) * n)], [0.0] * (len(prompts) * n), 0, 0.0, 0.0)
         else:
             rules = logits_rules_for(cfg, set().union(*stop_ids), vocab, 4)
+            if first_allowed is not None:
+                rules = dataclasses.replace(rules, first_allowed=tuple(first_allowed))
             settings = beam_search.BeamSettings(cfg.num_beams, cfg.length_penalty, cfg.early_stopping, n)
             with torch.inference_mode():
                 out = beam_search.beam_search(self.model, self._prefill, tokens, kv_start, cfg.max_new_tokens, settings, rules,
@@ -645,16 +668,25 @@ class Engine:
             ids.add(tok.eot_id)
         return ids
 
-    def _continuation_decoder(self, prompts: Sequence[Sequence[int]]) -> list[Callable[[list[int]], str]]:
+    def _continuation_decoder(self, prompts: Sequence[Sequence[int]], healed: Sequence[Healed] | None = None) -> list[Callable[[list[int]], str]]:
         # A continuation keeps its leading space after a real prompt (prompt + text == full text);
-        # after BOS alone the text starts like a fresh decode.
+        # after BOS alone the text starts like a fresh decode. A healed prompt's continuation
+        # starts with the text of the token taken back, which is the original prompt's: cut off.
         native = self.tokenizer._native
         bos = self.tokenizer.bos_token_id
-        out = []
-        for p in prompts:
+        out: list[Callable[[list[int]], str]] = []
+        for k, p in enumerate(prompts):
             fresh = all(t == bos for t in p)
-            out.append((lambda ids: native.decode(ids, True)) if fresh else (lambda ids: native.decode_keep_space(ids, True)))
+            decode: Callable[[list[int]], str] = (lambda ids: native.decode(ids, True)) if fresh else (lambda ids: native.decode_keep_space(ids, True))
+            tail = healed[k].tail if healed is not None else None
+            out.append(decode if tail is None else _cut_front(decode, len(decode([tail]))))
         return out
+
+    def _heal(self, prompts: Sequence[Sequence[int]]) -> list[Healed]:
+        """Token healing of each prompt (engine.token_healing)."""
+        if self._piece_index is None or self._piece_index.native is not self.tokenizer._native:
+            self._piece_index = PieceIndex(self.tokenizer._native)  # add_tokens makes a new native tokenizer
+        return [self._piece_index.heal(p) for p in prompts]
 
     # ------------------------------------------------------------------ public API
 
@@ -701,35 +733,50 @@ class Engine:
             prompts = kwargs.pop("inputs")
         if prompts is not None and not _is_text(prompts) and input_ids is None:
             prompts, input_ids = None, prompts  # token ids in the first place, as transformers' generate(input_ids)
-        cfg = self._config(kwargs, many=True)
+        cfg = self._config(kwargs, many=True, heals=True)
         if (prompts is None) == (input_ids is None):
             raise ValueError("give either prompts (text) or input_ids, not both" if prompts is not None else "give prompts (text) or input_ids")
         if attention_mask is not None and input_ids is None:
             raise ValueError("attention_mask goes with input_ids; text prompts need none")
         ids = self.encode_prompts(prompts) if input_ids is None else arguments.prompt_id_lists(input_ids, attention_mask)
-        if cfg.num_beams > 1:
-            return self._run_beams(ids, cfg, [self._stop_ids(cfg, prompt=p) for p in ids], self._continuation_decoder(ids), return_logprobs)
-        ids = [p for p in ids for _ in range(cfg.num_return_sequences)]  # each prompt's samples together, as transformers
         stops = [self._stop_ids(cfg, prompt=p) for p in ids]
-        return self._run(ids, cfg, stops, self._continuation_decoder(ids), return_logprobs, top_logprobs)
+        healed = self._heal(ids) if cfg.token_healing else None
+        allowed = None
+        if healed is not None:
+            ids, allowed = [h.prompt for h in healed], [h.allowed for h in healed]
+        decoders = self._continuation_decoder(ids, healed)
+        if cfg.num_beams > 1:
+            return self._run_beams(ids, cfg, stops, decoders, return_logprobs, allowed)
+        n = cfg.num_return_sequences  # each prompt's samples together, as transformers
+        ids, stops, decoders = [x for x in ids for _ in range(n)], [x for x in stops for _ in range(n)], [x for x in decoders for _ in range(n)]
+        allowed = None if allowed is None else [x for x in allowed for _ in range(n)]
+        return self._run(ids, cfg, stops, decoders, return_logprobs, top_logprobs, allowed)
 
     def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[str]:
         """Yields text deltas of one prompt's continuation as tokens are generated. The deltas
         concatenate to ``generate(prompt).text``: text that could be the start of a stop string is
         held back until it is known not to be one."""
-        cfg = self._config(kwargs, streams=True)
+        cfg = self._config(kwargs, streams=True, heals=True)
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else arguments.token_id_list("prompt", prompt)
+        stop_ids = self._stop_ids(cfg, prompt=ids)
+        healed = self._heal([ids])[0] if cfg.token_healing else None
+        if healed is not None:
+            ids = healed.prompt
         fresh = all(t == self.tokenizer.bos_token_id for t in ids)
         decoder = self.tokenizer.stream_decoder(skip_special_tokens=True, keep_leading_space=not fresh)
-        stop_ids = self._stop_ids(cfg, prompt=ids)
+        # a healed prompt's first token starts with the text of the token taken back: not new text
+        skip = len(self._continuation_decoder([ids])[0]([healed.tail])) if healed is not None and healed.tail is not None else 0
         stops = [s for s in cfg.stop if s]
         text, emitted = "", 0
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
         criteria = _Criteria(cfg.stopping_criteria, [ids]) if cfg.stopping_criteria else None
-        for host in self._steps([ids], cfg, stats, check_every=1, warn_stacklevel=4, stop_ids=stop_ids):
+        first_allowed = None if healed is None else [healed.allowed]
+        for host in self._steps([ids], cfg, stats, check_every=1, warn_stacklevel=4, stop_ids=stop_ids, first_allowed=first_allowed):
             if host[0] in stop_ids:
                 break
-            text += decoder.step(host[0])
+            delta = decoder.step(host[0])
+            cut = min(skip, len(delta))
+            text, skip = text + delta[cut:], skip - cut
             hits = [text.find(s) for s in stops if s in text]
             if hits:
                 yield text[emitted : min(hits)]
@@ -740,7 +787,8 @@ class Engine:
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe
-        text += decoder.flush()
+        delta = decoder.flush()
+        text += delta[min(skip, len(delta)):]
         hits = [text.find(s) for s in stops if s in text]
         end = min(hits) if hits else len(text)
         if end > emitted:
@@ -823,4 +871,6 @@ class Engine:
         >>> for delta in engine.stream_chat([{"role": "user", "content": "Reverse a list"}]):  # doctest: +SKIP
         ...     print(delta, end="", flush=True)
         """
+        if kwargs.get("token_healing"):
+            self._config(kwargs)  # says why
         return stripped_deltas(self.stream(self.tokenizer.chat_prompt_ids(messages), **kwargs))

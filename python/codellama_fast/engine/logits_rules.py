@@ -1,7 +1,7 @@
 """The rules that act on the logits before each choice, in transformers' order (its logits
 processors): ``sequence_bias``, ``repetition_penalty``, ``no_repeat_ngram_size``,
 ``bad_words_ids``, ``min_new_tokens`` (stop ids held back), ``suppress_tokens``,
-``begin_suppress_tokens``; then ids past the tokenizer's pieces (padded embedding rows) are never
+``begin_suppress_tokens``, token healing's limit on the first choice; then ids past the tokenizer's pieces (padded embedding rows) are never
 chosen; then the caller's ``prefix_allowed_tokens_fn`` and ``logits_processor``; and
 engine.sampling chooses. The built-in rules stay on the device: the picker keeps the sequence so
 far there (prompt and chosen tokens) and never reads it back, so a step costs no host sync (the
@@ -38,12 +38,15 @@ class TokenRules:
     # after every rule above. Both read the sequence so far on the host's request (a sync per step).
     prefix_allowed_tokens_fn: Callable[[int, torch.Tensor], Sequence[int]] | None = None
     logits_processor: tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...] = ()
+    # token healing (engine.token_healing): per prompt, the ids its first choice may be (None: any)
+    first_allowed: tuple[tuple[int, ...] | None, ...] = ()
 
     @property
     def active(self) -> bool:
         return bool(self.repetition_penalty != 1.0 or self.no_repeat_ngram_size or self.sequence_bias or self.bad_words_ids
                     or self.suppress_tokens or self.begin_suppress_tokens or (self.min_new_tokens and self.held_back)
-                    or self.prefix_allowed_tokens_fn is not None or self.logits_processor)
+                    or self.prefix_allowed_tokens_fn is not None or self.logits_processor
+                    or any(a is not None for a in self.first_allowed))
 
 
 class History:
@@ -149,6 +152,14 @@ class RuleState:
         self.always = ban_mask([*rules.suppress_tokens, *(range(cut, vocab) if cut is not None else ())])
         self.early = ban_mask(rules.held_back) if rules.min_new_tokens else None
         self.begin = ban_mask(rules.begin_suppress_tokens) if rules.begin_suppress_tokens else None
+        self.first = None  # [B, V] True where a row's first choice may not go (token healing)
+        if any(a is not None for a in rules.first_allowed):
+            first = torch.zeros(len(rules.first_allowed), vocab, dtype=torch.bool, device=device)
+            for row, ids in enumerate(rules.first_allowed):
+                if ids is not None:
+                    first[row] = True
+                    first[row, torch.tensor(ids, dtype=torch.long, device=device)] = False
+            self.first = first.repeat_interleave(rows_per_prompt, dim=0)
         self.chosen = 0
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
@@ -170,6 +181,8 @@ class RuleState:
             blocked = blocked | self.early
         if self.begin is not None and self.chosen == 0:
             blocked = blocked | self.begin
+        if self.first is not None and self.chosen == 0:
+            blocked = blocked | self.first
         logits = logits.masked_fill(blocked, float("-inf"))
         if self.history is not None and (rules.prefix_allowed_tokens_fn is not None or rules.logits_processor):
             logits = self._callers(logits, self.history.tokens[:, : self.history.n])
@@ -211,6 +224,8 @@ class RuleState:
         """Row i continues the sequence of row rows[i] (int64 [B])."""
         if self.seen is not None:
             self.seen = self.seen[rows]
+        if self.first is not None:
+            self.first = self.first[rows]
         if self.history is not None:
             self.history.tokens, self.history.real = self.history.tokens[rows], self.history.real[rows]
 

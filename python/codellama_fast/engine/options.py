@@ -72,6 +72,9 @@ class GenerationConfig:
     # "constant", or transformers' "heuristic" (+2 guesses after a step that kept them all, -1
     # otherwise, carried to the assistant's next call) and "heuristic_transient" (not carried)
     num_assistant_tokens_schedule: str = "constant"
+    # token healing (engine.token_healing): the prompt's last token taken back and the first
+    # generated token limited to the pieces that extend it (generate and stream only)
+    token_healing: bool = False
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_k, self.top_p, self.min_p, self.typical_p, self.epsilon_cutoff, self.eta_cutoff)
@@ -123,6 +126,8 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     cfg.stop_token_ids = arguments.stop_ids(cfg.stop_token_ids)
     if not isinstance(cfg.stop_at_eos, bool):
         raise TypeError(f"stop_at_eos must be a bool, got {type(cfg.stop_at_eos).__name__}")
+    if not isinstance(cfg.token_healing, bool):
+        raise TypeError(f"token_healing must be a bool, got {type(cfg.token_healing).__name__}")
     params = cfg.sampling()  # value checks (temperature >= 0, top_k >= 1, 0 < top_p <= 1)
     cfg.num_return_sequences = _at_least("num_return_sequences", arguments.check_int("num_return_sequences", cfg.num_return_sequences), 1)
     cfg.num_beams = _at_least("num_beams", arguments.check_int("num_beams", cfg.num_beams), 1)
@@ -255,7 +260,7 @@ HF_INERT: dict[str, tuple[Any, ...]] = {
     "forced_eos_token_id": (None,), "guidance_scale": (None,), "low_memory": (None, False), "max_time": (None,),
     "num_beam_groups": (1,), "output_attentions": (False,), "output_hidden_states": (False,), "output_logits": (None, False),
     "output_scores": (False,), "penalty_alpha": (None,), "prefill_chunk_size": (None,), "remove_invalid_values": (False,),
-    "renormalize_logits": (False,), "return_dict_in_generate": (False,), "target_lookbehind": (10,), "token_healing": (False,),
+    "renormalize_logits": (False,), "return_dict_in_generate": (False,), "target_lookbehind": (10,),
     "watermarking_config": (None,), "cache_implementation": (None, "static", "dynamic"),
 }
 # transformers' bookkeeping and compile/cache-format switches: nothing to do here whatever their value
