@@ -132,7 +132,7 @@ class LlamaConfig:
 def _rope_scaling_factor(scaling: Any, source: str, key: str) -> float:
     """The position-interpolation factor of a RoPE scaling entry: 1.0 for none or "default",
     ``factor`` for "linear"; other kinds (dynamic NTK, YaRN, llama3, ...) are refused by name."""
-    if scaling is None or scaling == {} or not isinstance(scaling, dict) and key == "rope_parameters":
+    if scaling is None or scaling == {} or (key == "rope_parameters" and not isinstance(scaling, dict)):
         return 1.0
     if not isinstance(scaling, dict):
         raise CheckpointError(f"{source}: {key} must be an object, got {scaling!r}")
