@@ -103,6 +103,36 @@ def test_linear_rope_scaling_matches_transformers(tok, tmp_path, factor):
     assert LlamaConfig.from_dict(ours.config.to_hf_dict()).rope_scaling_factor == factor
 
 
+@pytest.mark.parametrize("prompt_len", [20, 45])
+def test_dynamic_ntk_rope_scaling_matches_transformers(tok, tmp_path, prompt_len):
+    """transformers' dynamic NTK scaling: past max_position_embeddings (32 here) the rotary base
+    grows with the sequence. A prompt within it that generation carries past it, and one past it
+    from the start: greedy tokens (and scores of the whole text) equal a fresh transformers model's
+    (transformers keeps the largest length it has seen between calls, so each reference is new)."""
+    from transformers import LlamaForCausalLM
+
+    scaling = {"rope_type": "dynamic", "factor": 2.0}
+    path = save(make_hf_model("gqa4", fresh_seed(), rope_scaling=scaling, max_position_embeddings=32), tmp_path / "dynamic")
+    engine = _fp32_engine(path, tok)
+    assert engine.model.config.rope_scaling_type == "dynamic"
+    ids = [1] + torch.randint(3, 32000, (prompt_len - 1,)).tolist()
+
+    def fresh():
+        return LlamaForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+
+    want = fresh().generate(torch.tensor([ids]), max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=0)[0, prompt_len:].tolist()
+    assert engine.generate(input_ids=[ids], max_new_tokens=30, stop_at_eos=False).token_ids[0] == want
+    engine.prefill_chunk_tokens = 7  # a prompt prefilled in chunks sees its whole length, as in one pass
+    assert engine.generate(input_ids=[ids], max_new_tokens=30, stop_at_eos=False).token_ids[0] == want
+    text = torch.tensor([ids + want])
+    with torch.no_grad():
+        ref = fresh()(text).logits.log_softmax(-1)[0, :-1].gather(-1, text[0, 1:, None])[:, 0].tolist()
+    assert logprobs_close(engine.score(input_ids=text.tolist()).token_logprobs[0], ref, 1e-4)
+    plain = _fp32_engine(save(make_hf_model("gqa4", 0, max_position_embeddings=32), tmp_path / "plain"), tok)
+    assert not torch.equal(plain.model.rope_freqs(StepContext(torch.tensor([[60]]), None, 0, None, 61)),
+                           engine.model.rope_freqs(StepContext(torch.tensor([[60]]), None, 0, None, 61)))
+
+
 @pytest.mark.parametrize("name", ["mha", "gqa4"])
 def test_greedy_64_steps_identical_to_transformers(checkpoints, tok, name):
     hf, path = checkpoints[name]
@@ -382,7 +412,10 @@ def test_config_reads_rope_parameters_and_linear_scaling_and_rejects_other_scali
     for scaling in ({"type": "linear", "factor": 2.0}, {"rope_type": "linear", "factor": 2}):  # transformers 4.x
         raw["rope_scaling"] = scaling
         assert LlamaConfig.from_dict(raw).rope_scaling_factor == 2.0
-    for kind in ("dynamic", "yarn", "llama3", "longrope"):
+    raw["rope_scaling"] = {"type": "dynamic", "factor": 3.0}
+    got = LlamaConfig.from_dict(raw)
+    assert (got.rope_scaling_type, got.rope_scaling_factor) == ("dynamic", 3.0)
+    for kind in ("yarn", "llama3", "longrope"):
         raw["rope_scaling"] = {"rope_type": kind, "factor": 2.0}
         with pytest.raises(UnsupportedConfigError, match=f"rope_scaling of type '{kind}' is not implemented"):
             LlamaConfig.from_dict(raw)

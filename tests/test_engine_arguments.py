@@ -213,10 +213,11 @@ def test_linear_rope_scaling_stretches_the_trained_length(engine):
 
     from codellama_fast.engine.arguments import warn_past_context
 
-    config = replace(engine.model.config, max_position_embeddings=4096, rope_scaling_factor=4.0)  # a 16k Llama 2 fine-tune
+    config = replace(engine.model.config, max_position_embeddings=4096, rope_scaling_type="linear", rope_scaling_factor=4.0)  # a 16k Llama 2 fine-tune
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_past_context(16000, 384, config)
+        warn_past_context(50000, 1000, replace(config, rope_scaling_type="dynamic"))  # made to run past it
     with pytest.warns(RuntimeWarning, match=r"max_position_embeddings \(4096\) x its linear RoPE scaling factor \(4\) = 16384"):
         warn_past_context(16000, 385, config)
 

@@ -334,6 +334,26 @@ def test_interleaved_streams_of_one_shape_do_not_share_a_cache(tmp_path):
     assert [eng.generate(input_ids=[p], **kw).token_ids for p in prompts] == [a.token_ids for a in alone]  # state reusable after
 
 
+def test_dynamic_rope_scaling_through_the_kernels_and_the_graph_step(tmp_path):
+    """Dynamic NTK scaling recomputes inv_freq from the positions inside the decode step: the
+    graph step (captured on CUDA) and the fused step give the torch path's tokens past
+    max_position_embeddings."""
+    pytest.importorskip("transformers")
+    from codellama_fast import CodeLlamaTokenizerFast
+    from codellama_fast.engine import Engine, load_model
+
+    from tests.engine_helpers import make_hf_model, save
+
+    folder = save(make_hf_model("mha", seed=8, rope_scaling={"rope_type": "dynamic", "factor": 2.0}, max_position_embeddings=16),
+                  tmp_path / "m")
+    prompt = [[1, 921, 353, 518, 1596, 29898, 29874, 29901, 13, 1678, 736]]
+    want = Engine(load_model(folder, dtype="float32", device=DEVICE, backend="torch"), CodeLlamaTokenizerFast.from_pretrained()).generate(
+        input_ids=prompt, max_new_tokens=14, stop_at_eos=False).token_ids
+    for step in ("plain", "fused"):
+        eng = _triton_engine(folder, graph=True, decode_step=step)
+        assert eng.generate(input_ids=prompt, max_new_tokens=14, stop_at_eos=False).token_ids == want, step
+
+
 def test_nan_logits_in_graph_decode_steps_raise_at_the_next_read(tmp_path):
     """The graph step notes NaN/inf logits on the device without a sync; the host raises when it
     next reads the ids: after each token for a stream, after each block of steps for generate.

@@ -145,7 +145,9 @@ def warn_past_context(prompt_len: int, max_new_tokens: int, config: Any, stackle
     models state their length)."""
     limit, factor = config.max_position_embeddings, config.rope_scaling_factor
     context = f"max_position_embeddings ({limit})"
-    if factor != 1.0:
+    if config.rope_scaling_type == "dynamic":
+        return  # dynamic NTK scaling is there to run past the trained length
+    if config.rope_scaling_type == "linear":
         limit = int(limit * factor)
         context += f" x its linear RoPE scaling factor ({factor:g}) = {limit} positions"
     if prompt_len + max_new_tokens > limit:

@@ -29,7 +29,10 @@ class LlamaConfig:
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
     torch_dtype: str | None = None
-    # transformers' "linear" RoPE scaling (position interpolation): rotary angles use position / factor
+    # transformers' RoPE scaling: "default" (none), "linear" (position interpolation: rotary angles
+    # use position / factor) or "dynamic" (NTK: past max_position_embeddings, the base grows with
+    # the sequence length)
+    rope_scaling_type: str = "default"
     rope_scaling_factor: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -45,6 +48,8 @@ class LlamaConfig:
             problems.append(f"num_attention_heads ({self.num_attention_heads}) is not a multiple of num_key_value_heads ({self.num_key_value_heads})")
         if not self.rope_scaling_factor > 0:
             problems.append(f"the RoPE scaling factor must be > 0, got {self.rope_scaling_factor}")
+        if self.rope_scaling_type not in ("default", "linear", "dynamic"):
+            problems.append(f"unknown RoPE scaling type {self.rope_scaling_type!r}")
         if self.head_dim % 2:
             problems.append(f"head_dim {self.head_dim} must be even for rotary embeddings")
         if problems:
@@ -67,8 +72,8 @@ class LlamaConfig:
         return 2 * self.num_hidden_layers * self.kv_size * dtype_bytes
 
     def to_hf_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("extra", "rope_scaling_factor")}
-        scaling = None if self.rope_scaling_factor == 1.0 else {"rope_type": "linear", "factor": self.rope_scaling_factor}
+        d = {k: v for k, v in asdict(self).items() if k not in ("extra", "rope_scaling_type", "rope_scaling_factor")}
+        scaling = None if self.rope_scaling_type == "default" else {"rope_type": self.rope_scaling_type, "factor": self.rope_scaling_factor}
         d.update(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", rope_scaling=scaling,
                  attention_bias=False, mlp_bias=False, initializer_range=0.02, use_cache=True, pretraining_tp=1)
         d.update(self.extra)
@@ -91,9 +96,9 @@ class LlamaConfig:
         if isinstance(rope_params, dict):
             # transformers 5.x layout: {"rope_theta": ..., "rope_type": ..., "factor": ...}
             theta = rope_params.get("rope_theta", theta)
-        factor = _rope_scaling_factor(rope_params, source, "rope_parameters")
-        if factor == 1.0:  # transformers 4.x layout: "rope_scaling": {"type" or "rope_type": ..., "factor": ...}
-            factor = _rope_scaling_factor(raw.get("rope_scaling"), source, "rope_scaling")
+        kind, factor = _rope_scaling(rope_params, source, "rope_parameters")
+        if kind == "default":  # transformers 4.x layout: "rope_scaling": {"type" or "rope_type": ..., "factor": ...}
+            kind, factor = _rope_scaling(raw.get("rope_scaling"), source, "rope_scaling")
         eos = raw.get("eos_token_id", 2)
         if isinstance(eos, list):
             eos = eos[0] if eos else None
@@ -113,6 +118,7 @@ class LlamaConfig:
                 bos_token_id=raw.get("bos_token_id", 1),
                 eos_token_id=eos,
                 torch_dtype=raw.get("torch_dtype", raw.get("dtype")),
+                rope_scaling_type=kind,
                 rope_scaling_factor=factor,
             )
         except (TypeError, ValueError) as exc:
@@ -129,20 +135,20 @@ class LlamaConfig:
         Path(path).write_text(json.dumps(self.to_hf_dict(), indent=2))
 
 
-def _rope_scaling_factor(scaling: Any, source: str, key: str) -> float:
-    """The position-interpolation factor of a RoPE scaling entry: 1.0 for none or "default",
-    ``factor`` for "linear"; other kinds (dynamic NTK, YaRN, llama3, ...) are refused by name."""
+def _rope_scaling(scaling: Any, source: str, key: str) -> tuple[str, float]:
+    """(type, factor) of a RoPE scaling entry: ("default", 1.0) for none; "linear" and "dynamic"
+    with their factor; other kinds (YaRN, llama3, longrope, ...) are refused by name."""
     if scaling is None or scaling == {} or (key == "rope_parameters" and not isinstance(scaling, dict)):
-        return 1.0
+        return "default", 1.0
     if not isinstance(scaling, dict):
         raise CheckpointError(f"{source}: {key} must be an object, got {scaling!r}")
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "default":
-        return 1.0
-    if kind != "linear":
-        raise UnsupportedConfigError(f"{source}: {key} of type {kind!r} is not implemented (only 'linear' position "
-                                     f"interpolation; Code Llama uses none)")
+        return "default", 1.0
+    if kind not in ("linear", "dynamic"):
+        raise UnsupportedConfigError(f"{source}: {key} of type {kind!r} is not implemented (only 'linear' and 'dynamic'; "
+                                     f"Code Llama uses none)")
     factor = scaling.get("factor")
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0 or factor == float("inf"):
-        raise CheckpointError(f"{source}: linear {key} needs a positive 'factor', got {factor!r}")
-    return float(factor)
+        raise CheckpointError(f"{source}: {kind} {key} needs a positive 'factor', got {factor!r}")
+    return kind, float(factor)

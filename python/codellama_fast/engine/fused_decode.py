@@ -25,13 +25,14 @@ def fused_decode_forward(model: LlamaModel, tokens: torch.Tensor, ctx: StepConte
     hq, hkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     q_size, kv_size = hq * d, hkv * d
     s = model.embed(tokens).view(b, -1)  # the residual stream [B, C]
+    inv_freq = model.rope_freqs(ctx)
     for i, layer in enumerate(model.layers):
         qkv = ops.norm_linear(s, layer.attn_norm, layer.attn.wqkv.weight, eps)  # [B, (Hq + 2 Hkv) D]
         q = qkv[:, :q_size].view(b, 1, hq, d)
         k = qkv[:, q_size : q_size + kv_size].view(b, 1, hkv, d)
         v = qkv[:, q_size + kv_size :].view(b, 1, hkv, d)
         k_cache, v_cache = caches[i]
-        a = ops.rope_attention(q, k, v, ctx.positions, model.inv_freq, k_cache, v_cache, ctx.slots,
+        a = ops.rope_attention(q, k, v, ctx.positions, inv_freq, k_cache, v_cache, ctx.slots,
                                ctx.q_start, ctx.kv_start, ctx.kv_len)  # [B, 1, Hq, D]
         s = ops.linear_residual(a.reshape(b, q_size), layer.attn.wo.weight, s)
         act = ops.norm_linear_swiglu(s, layer.mlp_norm, layer.mlp.w13.weight, eps)  # [B, F]

@@ -370,7 +370,7 @@ class Engine:
         logits = None
         for c0 in range(0, t, chunk):
             c1 = min(t, c0 + chunk)
-            ctx = StepContext(positions[:, c0:c1], torch.arange(c0, c1, device=self.device), c0, kv_start, c1)
+            ctx = StepContext(positions[:, c0:c1], torch.arange(c0, c1, device=self.device), c0, kv_start, c1, rope_len=t)
             logits = self.model(tokens[:, c0:c1], ctx, cache.layers)
         assert logits is not None
         return logits

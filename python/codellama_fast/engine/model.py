@@ -24,6 +24,8 @@ class StepContext:
     q_start: slot of the first new token (int, or a 0-d tensor for graph-captured decode).
     kv_start [B] int64: first non-padding slot of each sequence (left padding before it).
     kv_len: number of cache slots holding data after this step (int or 0-d tensor).
+    rope_len: the sequence length dynamic RoPE scaling sees (the whole prompt while it is
+    prefilled in chunks, as transformers prefills it at once); None: the last position + 1.
     """
 
     positions: torch.Tensor
@@ -31,6 +33,7 @@ class StepContext:
     q_start: int | torch.Tensor
     kv_start: torch.Tensor
     kv_len: int | torch.Tensor
+    rope_len: int | None = None
 
 
 class Attention(nn.Module):
@@ -89,7 +92,16 @@ class LlamaModel(nn.Module):
         # interpolation) divides it by the factor, which turns each angle into (pos / factor) * freq.
         exponents = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64, device=device).to(torch.float32) / cfg.head_dim
         inv_freq = 1.0 / (cfg.rope_theta**exponents)
-        return inv_freq / cfg.rope_scaling_factor if cfg.rope_scaling_factor != 1.0 else inv_freq
+        return inv_freq / cfg.rope_scaling_factor if cfg.rope_scaling_type == "linear" else inv_freq
+
+    def rope_freqs(self, ctx: StepContext) -> torch.Tensor:
+        """inv_freq [D/2] fp32 for one forward call: the fixed one, or with dynamic NTK scaling the
+        one for the sequence length so far (on the device: a captured step recomputes it)."""
+        cfg = self.config
+        if cfg.rope_scaling_type != "dynamic":
+            return self.inv_freq
+        seq = ctx.positions.max() + 1 if ctx.rope_len is None else torch.full((), ctx.rope_len, device=self.inv_freq.device)
+        return dynamic_ntk_inv_freq(cfg, self.inv_freq, seq)
 
     def forward(
         self,
@@ -103,8 +115,9 @@ class LlamaModel(nn.Module):
         residual = self.embed(tokens)  # [B, T, C]
         h = ops.rms_norm(residual, self.layers[0].attn_norm, eps)
         n = len(self.layers)
+        inv_freq = self.rope_freqs(ctx)
         for i, layer in enumerate(self.layers):
-            a = layer.attn(h, ctx, self.inv_freq, caches[i], ops)
+            a = layer.attn(h, ctx, inv_freq, caches[i], ops)
             h, residual = ops.add_rms_norm(a, residual, layer.mlp_norm, eps)
             m = layer.mlp(h, ops)
             next_norm = self.layers[i + 1].attn_norm if i + 1 < n else self.norm
@@ -112,3 +125,15 @@ class LlamaModel(nn.Module):
         if last_only:
             h = h[:, -1]
         return self.lm_head(h).float()
+
+
+def dynamic_ntk_inv_freq(cfg: LlamaConfig, default: torch.Tensor, seq_len: torch.Tensor) -> torch.Tensor:
+    """transformers' dynamic NTK RoPE scaling, in its fp32 arithmetic: up to max_position_embeddings
+    positions the plain inv_freq (`default` [D/2]); past it, the base grows to theta * (factor *
+    seq_len / max_pos - (factor - 1)) ** (D / (D - 2)). seq_len: [] int64 on the device. As in
+    transformers, keys already in the cache keep the rotation they were written with."""
+    max_pos, d, factor = cfg.max_position_embeddings, cfg.head_dim, cfg.rope_scaling_factor
+    seq = seq_len.clamp_min(max_pos)
+    base = cfg.rope_theta * ((factor * seq / max_pos) - (factor - 1)) ** (d / (d - 2))
+    exponents = torch.arange(0, d, 2, dtype=torch.int64, device=default.device).to(torch.float32) / d
+    return torch.where(seq_len > max_pos, 1.0 / (base**exponents), default)

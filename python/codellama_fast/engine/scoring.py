@@ -67,7 +67,7 @@ def score_rows(engine: Engine, rows: Sequence[Sequence[int]], top_logprobs: int 
         # inputs 0..T-2 predict tokens 1..T-1; the last token is only a target
         for c0 in range(0, t - 1, chunk):
             c1 = min(t - 1, c0 + chunk)
-            ctx = StepContext(positions[:, c0:c1], torch.arange(c0, c1, device=engine.device), c0, kv_start, c1)
+            ctx = StepContext(positions[:, c0:c1], torch.arange(c0, c1, device=engine.device), c0, kv_start, c1, rope_len=t)
             logits = engine.model(tokens[:, c0:c1], ctx, cache.layers, last_only=False)  # [B, c, V] fp32
             targets = tokens[:, c0 + 1 : c1 + 1, None]  # [B, c, 1]
             logp = logits.log_softmax(-1)
