@@ -1,6 +1,7 @@
 """Graph-captured decode: one CUDA graph replay runs a whole decode step (embedding, every layer,
-LM head, greedy choice, and the advance of positions/slots), with no per-token Python or launch
-overhead and no host synchronisation. The host reads the generated ids only every few steps.
+LM head, greedy choice, the note of non-finite logits (engine.finite), and the advance of
+positions/slots), with no per-token Python or launch overhead and no host synchronisation. The
+host reads the generated ids (and the note) only every few steps.
 
 All inputs live in static device buffers that the graph updates in place:
   tok [B, 1] next input ids, pos [B, 1] rotary positions, slot [1] cache slot, kv_len [1].

@@ -25,18 +25,14 @@ class FiniteWatch:
         # sum * 0 is 0 for finite logits and NaN as soon as one is NaN or inf (NaN and inf carry
         # through the sum; inf * 0 is NaN): one reduction, about 20x cheaper on a CPU than
         # isfinite().all(). A finite sum cannot overflow fp32 short of logits near 1e34.
-        # Under inference mode whatever the caller's state: a flag made inside inference mode
-        # may only be updated there.
-        with torch.inference_mode():
-            self.flag.add_(logits.sum().mul_(0.0))
+        self.flag.add_(logits.sum().mul_(0.0))
 
     def all_finite(self) -> torch.Tensor:
         """[] bool on the device, for decisions that stay there (no host read)."""
         return torch.isfinite(self.flag)
 
     def reset(self) -> None:
-        with torch.inference_mode():
-            self.flag.zero_()
+        self.flag.zero_()
 
     def check(self, dtype: torch.dtype, where: str) -> None:
         """Raises if any logits seen so far were not finite (one host read of the flag)."""

@@ -713,6 +713,7 @@ class Engine:
         ``sequence_bias``, ``suppress_tokens``, ``begin_suppress_tokens``, the caller's
         ``prefix_allowed_tokens_fn`` and ``logits_processor`` (engine.logits_rules),
         beam search (``num_beams``, ``length_penalty``, ``early_stopping``; engine.beam_search),
+        ``token_healing`` (the prompt's last token redone; engine.token_healing),
         and transformers' ``do_sample``, ``eos_token_id``, ``pad_token_id``, ``stop_strings``,
         ``max_length``/``min_length`` (the prompt included), ``use_cache``, ``stopping_criteria``
         (asked after each token; scores are None) and ``streamer`` (one sequence: transformers'
