@@ -1,6 +1,7 @@
 """Beam search (``num_beams``) against transformers' ``generate`` on tiny random checkpoints:
 tokens and sequence scores, with length penalties, the three early-stopping modes, several
-returned beams, left-padded batches, end tokens held back by min_new_tokens, and logits rules."""
+returned beams, left-padded batches, end tokens held back by min_new_tokens, and logits rules;
+beam sample (``do_sample`` with ``num_beams``) with the same seed as transformers' global one."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ pytest.importorskip("transformers")
 from codellama_fast.engine import Engine, load_model
 
 from tests.engine_helpers import fp32_engine as _engine
-from tests.engine_helpers import logprobs_close, random_checkpoint
+from tests.engine_helpers import fresh_seed, logprobs_close, random_checkpoint
 
 PROMPT = "def quicksort(items):\n    "
 
@@ -28,7 +29,8 @@ def _hf_beams(hf, rows: list[list[int]], n: int, ends: list[int] | None, **kw) -
     t = max(map(len, rows))
     x = torch.tensor([[0] * (t - len(r)) + r for r in rows])
     mask = (torch.arange(t)[None, :] >= torch.tensor([t - len(r) for r in rows])[:, None]).long()
-    out = hf.generate(x, attention_mask=mask, max_new_tokens=n, do_sample=False, eos_token_id=ends, pad_token_id=0,
+    kw.setdefault("do_sample", False)
+    out = hf.generate(x, attention_mask=mask, max_new_tokens=n, eos_token_id=ends, pad_token_id=0,
                       output_scores=True, return_dict_in_generate=True, **kw)
     seqs = []
     for row in out.sequences[:, t:].tolist():
@@ -67,6 +69,44 @@ def test_beams_equal_transformers(model, tok, kw):
     assert len(got.token_ids) == kw.get("num_return_sequences", 1)
     scores = got.sequence_scores
     assert scores == sorted(scores, reverse=True)  # best first
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"num_beams": 3, "temperature": 0.8},
+        {"num_beams": 4, "num_return_sequences": 3, "top_k": 6, "temperature": 1.2},
+        {"num_beams": 2, "top_p": 0.8, "length_penalty": 0.5, "early_stopping": True},
+        {"num_beams": 3, "typical_p": 0.6, "top_k": 0, "early_stopping": "never"},
+        {"num_beams": 3, "min_p": 0.05, "epsilon_cutoff": 0.001, "top_k": 0},
+        {"num_beams": 2, "top_k": 2, "eta_cutoff": 0.01, "repetition_penalty": 1.3},
+    ],
+)
+def test_beam_sample_equals_transformers_with_the_same_seed(model, tok, kw):
+    """transformers' beam sample draws its candidates with torch.multinomial from its global
+    generator; ours draws them with a generator seeded alike, so a seeded call picks the same
+    beams: tokens and scores, on a left-padded batch with two end tokens. The filters keep one
+    token more than there are end tokens (``top_k=2`` keeps 3), as there."""
+    hf, path = model
+    engine = _engine(path, tok)
+    rows = [tok.encode(PROMPT), tok.encode("x = [")]
+    ends = list(dict.fromkeys(engine.generate(input_ids=rows, max_new_tokens=10, stop_at_eos=False).token_ids[0][3:]))[:2]
+    seed = fresh_seed()
+    for s in (seed, seed + 1):
+        torch.manual_seed(s)
+        want, want_scores = _hf_beams(hf, rows, 10, ends, do_sample=True, **kw)
+        got = engine.generate(input_ids=rows, max_new_tokens=10, eos_token_id=ends, do_sample=True, seed=s, **kw)
+        assert got.token_ids == want, (s, kw)
+        assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (got.sequence_scores, want_scores)
+
+
+def test_beam_sample_draws_differ_across_seeds_and_repeat_with_one(model, tok):
+    """Beam sample is random: a seed repeats its beams, other seeds give others."""
+    engine = _engine(model[1], tok)
+    kw = dict(max_new_tokens=10, num_beams=3, do_sample=True, temperature=1.5, top_k=0, stop_at_eos=False)
+    first = engine.generate(PROMPT, seed=11, **kw).token_ids
+    assert engine.generate(PROMPT, seed=11, **kw).token_ids == first
+    assert any(engine.generate(PROMPT, seed=s, **kw).token_ids != first for s in range(12, 16))
 
 
 def test_beams_of_a_padded_batch_with_min_new_tokens_and_two_end_tokens(model, tok):
@@ -116,7 +156,6 @@ def test_infill_and_chat_take_beams(model, tok):
     "call, error, words",
     [
         (lambda e: list(e.stream("x", num_beams=2)), ValueError, "does not stream"),
-        (lambda e: e.generate("x", num_beams=2, temperature=0.7), ValueError, "beam sample"),
         (lambda e: e.generate("x", num_beams=2, stop=["\n"]), ValueError, "stop strings are not checked"),
         (lambda e: e.generate("x", num_beams=2, num_return_sequences=3), ValueError, "must be <= num_beams"),
         (lambda e: e.generate("x", num_beams=2, return_logprobs=True), ValueError, "sequence_scores"),

@@ -204,6 +204,10 @@ def test_generate_json_gives_the_python_result():
     want = engine.generate("Lily", num_beams=3, num_return_sequences=2, max_new_tokens=12)
     assert (got["texts"], got["token_ids"], got["finish_reasons"]) == (want.texts, want.token_ids, want.finish_reasons)
     assert got["sequence_scores"] == pytest.approx(want.sequence_scores, rel=1e-5)
+    beam_sample = json.loads(_cli("generate", "Lily", "--json", "-n", "2", "--num-beams", "3", "--temperature", "1.3", "--seed", "5",
+                                  "--max-new-tokens", "12").stdout)
+    assert beam_sample["token_ids"] == engine.generate("Lily", num_beams=3, num_return_sequences=2, temperature=1.3, seed=5,
+                                                       max_new_tokens=12).token_ids
     sampled = json.loads(_cli("generate", "Lily", "--json", "-n", "3", "--temperature", "1", "--seed", "2", "--max-new-tokens", "9").stdout)
     assert sampled["texts"] == engine.generate("Lily", num_return_sequences=3, temperature=1.0, seed=2, max_new_tokens=9).texts
     tops = json.loads(_cli("generate", "Lily", "--json", "--top-logprobs", "3", "--max-new-tokens", "6").stdout)

@@ -46,7 +46,8 @@ def test_sampling_filters_keep_what_transformers_warpers_keep():
     typical-p, epsilon, eta), keeps the tokens transformers' warpers keep, on random logits of
     random sizes and sharpness (some rows already holding -inf, as after a ban). In float64: the two
     sides sum probabilities in different orders, and in float32 that rounding can tip a token that
-    sits on a threshold."""
+    sits on a threshold. ``keep`` is transformers' min_tokens_to_keep (beam sample keeps one more
+    token than it has stop ids)."""
     from transformers.generation import logits_process as lp
 
     g = torch.Generator().manual_seed(torch.seed() % 2**31)
@@ -57,7 +58,7 @@ def test_sampling_filters_keep_what_transformers_warpers_keep():
         logits = torch.randn(3, v, generator=g, dtype=torch.float64) * rnd.uniform(0.1, 8)
         if rnd.random() < 0.3:
             logits[:, rnd.randrange(v)] = float("-inf")
-        t = rnd.uniform(0.3, 1.5)
+        t, keep = rnd.uniform(0.3, 1.5), rnd.choice([1, 1, 2, 3, 5])
         kw = {"top_k": rnd.choice([None, 0, rnd.randrange(1, v + 2)]), "top_p": rnd.choice([None, rnd.uniform(0.05, 1.0)]),
               "min_p": rnd.choice([None, rnd.uniform(0, 1)]), "typical_p": rnd.choice([None, rnd.uniform(0.05, 1.0)]),
               "epsilon_cutoff": rnd.choice([None, rnd.uniform(0, 0.3)]), "eta_cutoff": rnd.choice([None, rnd.uniform(0, 0.3)])}
@@ -69,10 +70,10 @@ def test_sampling_filters_keep_what_transformers_warpers_keep():
             # transformers' generate adds a warper only for a value that filters (see _get_logits_processor)
             if value is not None and not (warper is lp.TopKLogitsWarper and value == 0) and not (
                     warper in (lp.EpsilonLogitsWarper, lp.EtaLogitsWarper) and value == 0):
-                want = warper(value)(None, want)
-        got = filter_logits(logits / t, **kw)
-        assert torch.equal(torch.isinf(got), torch.isinf(want)), kw
-        before = torch.isinf(filter_logits(logits / t, kw["top_k"], kw["top_p"])).sum()
+                want = warper(value, min_tokens_to_keep=keep)(None, want)
+        got = filter_logits(logits / t, **kw, keep=keep)
+        assert torch.equal(torch.isinf(got), torch.isinf(want)), (kw, keep)
+        before = torch.isinf(filter_logits(logits / t, kw["top_k"], kw["top_p"], keep=keep)).sum()
         for name in acted:
             if kw[name]:
                 acted[name] += int(torch.isinf(got).sum() > before)

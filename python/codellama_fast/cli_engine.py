@@ -34,7 +34,7 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 makes repeats less likely (transformers' rule)")
     p.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N", help="never repeat an N-token sequence")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--num-beams", type=int, default=None, metavar="K", help="beam search with K beams (greedy; not with --stream)")
+    p.add_argument("--num-beams", type=int, default=None, metavar="K", help="beam search with K beams (beam sample with --temperature > 0; not with --stream)")
     p.add_argument("--prompt-lookup", type=int, default=None, metavar="K",
                    help="guess K tokens per step from the prompt's n-grams (same output; faster when it repeats its context)")
     p.add_argument("--assistant", default=None, metavar="MODEL",

@@ -5,6 +5,10 @@ competes for the k finished places; the search ends when no running beam can sti
 finished one (``early_stopping``: False, transformers' heuristic; True, as soon as k have finished;
 "never", the canonical bound), or at the length limit.
 
+With sampling (transformers' beam sample: ``do_sample=True`` with ``num_beams``) the temperature
+and filters act on the log-probabilities, and the candidates are drawn without replacement from
+the softmax of the summed scores instead of taken best first; the rest is the same.
+
 Scores and choices stay on the device; one host read per step decides whether to go on. The
 logits rules (engine.logits_rules) act on each beam's log-probabilities, as transformers applies
 its processors there.
@@ -22,6 +26,7 @@ from .cache import KVCache
 from .finite import FiniteWatch
 from .logits_rules import RuleState, TokenRules
 from .model import LlamaModel, StepContext
+from .sampling import SamplingParams, filter_logits
 
 # transformers' stand-in for "impossible": added to scores, so that arithmetic stays finite
 _NEVER = 1.0e9
@@ -33,6 +38,8 @@ class BeamSettings:
     length_penalty: float = 1.0
     early_stopping: bool | str = False
     num_return_sequences: int = 1
+    # None (or greedy params): beam search; otherwise beam sample with these temperature and filters
+    sampling: SamplingParams | None = None
 
 
 @dataclass
@@ -48,10 +55,11 @@ class BeamOutput:
 
 def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor, KVCache], torch.Tensor], tokens: torch.Tensor,
                 kv_start: torch.Tensor, max_new: int, settings: BeamSettings, rules: TokenRules, stop_ids: Sequence[set[int]],
-                allowed: int | None, dtype: torch.dtype) -> BeamOutput:
+                allowed: int | None, dtype: torch.dtype, generator: torch.Generator | None = None) -> BeamOutput:
     """tokens [B, T] left-padded prompts (row b's first real slot kv_start[b]); ``prefill(tokens,
     kv_start, cache)`` runs them into a cache and returns the last logits [B, V]; ``stop_ids``:
-    each prompt's; ``allowed``: ids from it on are never chosen."""
+    each prompt's; ``allowed``: ids from it on are never chosen; ``generator``: beam sample's
+    random draws (None: torch's global generator)."""
     b, t = tokens.shape
     k, n_out = settings.num_beams, settings.num_return_sequences
     device, cfg = tokens.device, model.config
@@ -80,6 +88,9 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     # candidates kept per step: enough that k survive even if the best ones all end
     width = min(max(2, 1 + max((len(s) for s in stop_ids), default=0)) * k, k * vocab)
     among_first_k = torch.arange(width, device=device) < k  # only these may finish
+    sampling = settings.sampling if settings.sampling is not None and not settings.sampling.greedy else None
+    # as transformers' min_tokens_to_keep: every beam keeps a token that is not a stop id
+    min_keep = 1 + max(1, max((len(s) for s in stop_ids), default=0))
 
     run_scores = torch.full((b, k), -_NEVER, device=device)
     run_scores[:, 0] = 0.0  # all beams start equal: expand only the first at the first step
@@ -98,8 +109,15 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         steps = step + 1
         watch.see(logits)
         logp = state.apply(torch.log_softmax(logits.float(), dim=-1))  # [B k, V]
+        if sampling is not None:
+            logp = filter_logits(logp / sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p,
+                                 sampling.typical_p, sampling.epsilon_cutoff, sampling.eta_cutoff, keep=min_keep)
         totals = (logp.view(b, k, vocab) + run_scores[:, :, None]).view(b, k * vocab)
-        top_scores, top_index = totals.topk(width, dim=-1)  # [B, W]
+        if sampling is None:
+            top_scores, top_index = totals.topk(width, dim=-1)  # [B, W]
+        else:
+            top_index = _draw_without_replacement(totals, width, generator)
+            top_scores = totals.gather(1, top_index)
         parent, token = top_index // vocab, top_index % vocab
         cand_seq = run_seq.gather(1, parent[:, :, None].expand(-1, -1, max_new)).clone()  # [B, W, N]
         cand_seq[:, :, step] = token
@@ -156,3 +174,13 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     out_tokens = [seq[:n] if ok else [] for row_s, row_n, row_d in zip(seqs, lens, done) for seq, n, ok in zip(row_s, row_n, row_d)]
     out_scores = [s for row in scores for s in row]
     return BeamOutput(out_tokens, out_scores, steps, prefill_s, decode_s)
+
+
+def _draw_without_replacement(scores: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """n indices per row [B, n] drawn without replacement from softmax(scores [B, M]), in the order
+    drawn: the n largest of p / Exp(1) noise (the exponential race, as torch.multinomial draws).
+    Where fewer than n have a probability above 0, the rest are zero-probability indices, whose
+    scores keep them from winning anything."""
+    probs = torch.softmax(scores, dim=-1)
+    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / noise).topk(n, dim=-1).indices

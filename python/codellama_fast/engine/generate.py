@@ -417,10 +417,7 @@ class Engine:
             return
         params = cfg.sampling()
         max_len = t + cfg.max_new_tokens
-        gen = None
-        if cfg.seed is not None:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(cfg.seed)
+        gen = self._generator(cfg.seed)
         vocab, known = self.model.config.vocab_size, len(self.tokenizer)
         rules = logits_rules_for(cfg, set(stop_ids), vocab, warn_stacklevel)
         if first_allowed is not None:
@@ -637,10 +634,10 @@ class Engine:
             rules = logits_rules_for(cfg, set().union(*stop_ids), vocab, 4)
             if first_allowed is not None:
                 rules = dataclasses.replace(rules, first_allowed=tuple(first_allowed))
-            settings = beam_search.BeamSettings(cfg.num_beams, cfg.length_penalty, cfg.early_stopping, n)
+            settings = beam_search.BeamSettings(cfg.num_beams, cfg.length_penalty, cfg.early_stopping, n, cfg.sampling())
             with torch.inference_mode():
                 out = beam_search.beam_search(self.model, self._prefill, tokens, kv_start, cfg.max_new_tokens, settings, rules,
-                                              stop_ids, len(self.tokenizer), self.dtype)
+                                              stop_ids, len(self.tokenizer), self.dtype, self._generator(cfg.seed))
         rows = [k for k in range(len(prompts)) for _ in range(n)]
         ids, reasons = [], []
         for k, seq in zip(rows, out.tokens):
@@ -655,6 +652,14 @@ class Engine:
             decode_tokens_per_s=beam_tokens / out.decode_s if out.decode_s > 0 else 0.0,
             prefill_tokens_per_s=sum(len(p) for p in prompts) / out.prefill_s if out.prefill_s > 0 else 0.0,
             total_s=out.prefill_s + out.decode_s, sequence_scores=out.scores)
+
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        """The random draws of a call given ``seed`` (None: torch's global generator)."""
+        if seed is None:
+            return None
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed)
+        return gen
 
     def _stop_ids(self, cfg: GenerationConfig, extra: Sequence[int] = (), prompt: Sequence[int] = ()) -> set[int]:
         """The ids that end a sequence: ``stop_token_ids`` and ``extra``; with ``stop_at_eos``, EOS,

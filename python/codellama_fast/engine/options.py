@@ -152,7 +152,7 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     if cfg.assistant_model is not None and cfg.prompt_lookup_num_tokens is not None:
         raise ValueError("give prompt_lookup_num_tokens or assistant_model, not both: each guesses the next tokens")
     if cfg.num_beams > 1:
-        _check_beams(cfg, params, streams)
+        _check_beams(cfg, streams)
     cfg.repetition_penalty = arguments.check_real("repetition_penalty", cfg.repetition_penalty)
     if cfg.repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be > 0 (1.0 is none), got {cfg.repetition_penalty}")
@@ -192,14 +192,11 @@ def _callables(name: str, value: Any, what: str) -> tuple[Any, ...]:
     return tuple(items)
 
 
-def _check_beams(cfg: GenerationConfig, params: SamplingParams, streams: bool) -> None:
+def _check_beams(cfg: GenerationConfig, streams: bool) -> None:
     """What beam search does not combine with, said before any work."""
     if streams:
         raise ValueError(f"num_beams={cfg.num_beams}: beam search knows the best sequence only at the end, so it does not "
                          "stream; use generate(), infill() or chat()")
-    if not params.greedy:
-        raise ValueError("beam search with sampling (transformers' beam sample) is not provided: give temperature=0 "
-                         "(do_sample=False) with num_beams")
     if cfg.prompt_lookup_num_tokens is not None or cfg.assistant_model is not None:
         raise ValueError("num_beams does not combine with prompt_lookup_num_tokens or assistant_model")
     if cfg.stopping_criteria:
