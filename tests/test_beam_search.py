@@ -103,7 +103,7 @@ def test_beam_sample_equals_transformers_with_the_same_seed(model, tok, kw):
 def test_beam_sample_draws_differ_across_seeds_and_repeat_with_one(model, tok):
     """Beam sample is random: a seed repeats its beams, other seeds give others."""
     engine = _engine(model[1], tok)
-    kw = dict(max_new_tokens=10, num_beams=3, do_sample=True, temperature=1.5, top_k=0, stop_at_eos=False)
+    kw = {"max_new_tokens": 10, "num_beams": 3, "do_sample": True, "temperature": 1.5, "top_k": 0, "stop_at_eos": False}
     first = engine.generate(PROMPT, seed=11, **kw).token_ids
     assert engine.generate(PROMPT, seed=11, **kw).token_ids == first
     assert any(engine.generate(PROMPT, seed=s, **kw).token_ids != first for s in range(12, 16))
