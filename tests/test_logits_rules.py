@@ -1,8 +1,9 @@
 """transformers' generation rules beyond temperature/top-k/top-p: the sampling filters (min_p,
 typical_p, epsilon and eta cutoffs) against transformers' logits warpers on random logits; the
 per-step rules (no_repeat_ngram_size, bad_words_ids, sequence_bias, suppress_tokens,
-begin_suppress_tokens) and the total lengths (max_length, min_length) against transformers'
-``generate`` on tiny random checkpoints; and the aliases a transformers caller passes."""
+begin_suppress_tokens, forced_eos_token_id, exponential_decay_length_penalty) and the total
+lengths (max_length, min_length) against transformers' ``generate`` on tiny random checkpoints;
+and the aliases a transformers caller passes."""
 
 from __future__ import annotations
 
@@ -173,8 +174,9 @@ def test_rules_act_the_same_with_guesses(model, tok):
     engine = _engine(path, tok)
     free = engine.generate(PROMPT, max_new_tokens=24, stop_at_eos=False).token_ids[0]
     kw = {"max_new_tokens": 24, "stop_at_eos": False, "no_repeat_ngram_size": 3, "bad_words_ids": [[free[4], free[5]]],
-          "begin_suppress_tokens": [free[0]]}
+          "begin_suppress_tokens": [free[0]], "forced_eos_token_id": 4242}
     plain = engine.generate(PROMPT, **kw).token_ids
+    assert plain[0][-1] == 4242 and len(plain[0]) == 24
     assert engine.generate(PROMPT, prompt_lookup_num_tokens=4, **kw).token_ids == plain
     assert engine.generate(PROMPT, assistant_model=_engine(path, tok), **kw).token_ids == plain
 
@@ -320,6 +322,96 @@ def test_prefix_allowed_tokens_fn_and_logits_processor_equal_transformers(model,
         engine.generate("x", max_new_tokens=3, logits_processor=[lambda ids, scores: None])
     with pytest.raises(TypeError, match="logits_processor must be a callable"):
         engine.generate("x", max_new_tokens=3, logits_processor=[1])
+
+
+def _cut_at(row: list[int], ends: list[int]) -> list[int]:
+    cuts = [row.index(e) for e in ends if e in row]
+    return row[: min(cuts)] if cuts else row
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"forced_eos_token_id": "end"},
+        {"forced_eos_token_id": ["other", "end"]},
+        {"forced_eos_token_id": "other"},  # not an end token: the last token is forced all the same
+        {"exponential_decay_length_penalty": (2, 1.6)},
+        {"exponential_decay_length_penalty": (4, 0.7), "repetition_penalty": 1.3},
+        {"exponential_decay_length_penalty": (1, 1.3), "forced_eos_token_id": "end", "num_beams": 3},
+        {"exponential_decay_length_penalty": (3, 1.4), "num_beams": 2, "num_return_sequences": 2, "min_new_tokens": 2},
+        {"forced_eos_token_id": "other", "prefix_allowed_tokens_fn": "pool"},
+    ],
+)
+def test_forced_eos_and_length_decay_equal_transformers(model, tok, kw):
+    """The last token forced, and the end tokens' logits raised step by step, as transformers'
+    processors do (in its order: after prefix_allowed_tokens_fn, before suppress_tokens), in a
+    batch of random prompts with two end tokens the free run never reaches, greedy and beams."""
+    hf, path = model
+    engine = _engine(path, tok)
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    rows = torch.randint(3, 32000, (2, 6), generator=g)
+    rows[:, 0] = 1
+    free = engine.generate(input_ids=rows.tolist(), max_new_tokens=30, stop_at_eos=False).token_ids
+    unused = [int(i) for i in torch.randperm(32000, generator=g)[:50] if i > 2 and int(i) not in {*free[0], *free[1]}]
+    ends = unused[:2]
+    names = {"end": ends[-1], "other": unused[2]}
+    pool = [sorted({*free[0], *free[1], names["other"]})] * 2
+    kw = {k: (names[v] if isinstance(v, str) and v in names else [names[x] for x in v] if isinstance(v, list) else v)
+          for k, v in kw.items()}
+    if kw.get("prefix_allowed_tokens_fn") == "pool":
+        kw["prefix_allowed_tokens_fn"] = lambda batch_id, ids: [t for t in pool[batch_id] if t != names["other"]]
+    out = hf.generate(rows, attention_mask=torch.ones_like(rows), max_new_tokens=30, do_sample=False, eos_token_id=ends,
+                      pad_token_id=0, **kw)
+    want = [_cut_at(r, ends) for r in out[:, 6:].tolist()]
+    got = engine.generate(input_ids=rows.tolist(), max_new_tokens=30, eos_token_id=ends, **kw)
+    assert got.token_ids == want, kw
+    if "exponential_decay_length_penalty" in kw:
+        if kw["exponential_decay_length_penalty"][1] > 1:
+            assert all(reason == "eos" for reason in got.finish_reasons)  # the decay ends them
+    else:  # nothing else ends them: the last token is the forced one
+        forced = kw["forced_eos_token_id"]
+        last = min(forced) if isinstance(forced, list) else forced  # forced ids tie at 0: argmax takes the first
+        assert all(r == ("eos" if last == names["end"] else "length") for r in got.finish_reasons), got.finish_reasons
+        assert all(len(ids) == (29 if last == names["end"] else 30) for ids in got.token_ids)
+
+
+def test_length_decay_while_min_new_tokens_holds_the_end_back(model, tok):
+    """While min_new_tokens holds an end token at -inf, transformers' decay turns it into
+    -inf + inf = NaN, which its argmax then picks: a sequence ends before min_new_tokens. Here the
+    end stays held back. The reference is transformers with the hold applied after the decay (as
+    its own processor), which never meets the NaN."""
+    from transformers import LogitsProcessorList, MinNewTokensLengthLogitsProcessor
+
+    hf, path = model
+    engine = _engine(path, tok)
+    ids = tok.encode(PROMPT)
+    free = engine.generate(PROMPT, max_new_tokens=30, stop_at_eos=False).token_ids[0]
+    end = free[-1]
+    hold = MinNewTokensLengthLogitsProcessor(len(ids), 5, [end])
+    x = torch.tensor([ids])
+    out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=30, do_sample=False, eos_token_id=[end],
+                      pad_token_id=0, exponential_decay_length_penalty=(0, 4.0), logits_processor=LogitsProcessorList([hold]))
+    want = _cut_at(out[0, len(ids):].tolist(), [end])
+    got = engine.generate(PROMPT, max_new_tokens=30, eos_token_id=end, exponential_decay_length_penalty=(0, 4.0), min_new_tokens=5)
+    assert got.token_ids[0] == want and len(want) >= 5
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"forced_eos_token_id": 99999}, ValueError, "forced_eos_token_id holds token id 99999"),
+        ({"forced_eos_token_id": "2"}, TypeError, "forced_eos_token_id must be a sequence of int token ids"),
+        ({"exponential_decay_length_penalty": 1.5}, TypeError, "must be a pair (start_index, decay_factor)"),
+        ({"exponential_decay_length_penalty": (-1, 1.5)}, ValueError, "start_index must be >= 0"),
+        ({"exponential_decay_length_penalty": (2, 0.0)}, ValueError, "decay_factor must be finite and > 0"),
+        ({"exponential_decay_length_penalty": (2, "x")}, TypeError, "decay_factor must be a number"),
+    ],
+)
+def test_bad_forced_eos_and_decay_arguments_are_named(model, tok, kwargs, error, words):
+    engine = _engine(model[1], tok)
+    with pytest.raises(error) as info:
+        engine.generate("x", max_new_tokens=2, **kwargs)
+    assert words in str(info.value)
 
 
 def test_inert_transformers_fields_are_its_defaults():

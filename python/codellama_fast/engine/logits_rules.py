@@ -1,9 +1,10 @@
 """The rules that act on the logits before each choice, in transformers' order (its logits
 processors): ``sequence_bias``, ``repetition_penalty``, ``no_repeat_ngram_size``,
-``bad_words_ids``, ``min_new_tokens`` (stop ids held back), ``suppress_tokens``,
-``begin_suppress_tokens``, token healing's limit on the first choice; then ids past the tokenizer's pieces (padded embedding rows) are never
-chosen; then the caller's ``prefix_allowed_tokens_fn`` and ``logits_processor``; and
-engine.sampling chooses. The built-in rules stay on the device: the picker keeps the sequence so
+``bad_words_ids``, ``min_new_tokens`` (stop ids held back), the caller's
+``prefix_allowed_tokens_fn``, ``forced_eos_token_id``, ``exponential_decay_length_penalty``,
+``suppress_tokens``, ``begin_suppress_tokens``, token healing's limit on the first choice; ids
+past the tokenizer's pieces (padded embedding rows) are never chosen; then the caller's
+``logits_processor``; and engine.sampling chooses. The built-in rules stay on the device: the picker keeps the sequence so
 far there (prompt and chosen tokens) and never reads it back, so a step costs no host sync (the
 caller's functions are Python, and run on the host's request)."""
 
@@ -40,13 +41,20 @@ class TokenRules:
     logits_processor: tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...] = ()
     # token healing (engine.token_healing): per prompt, the ids its first choice may be (None: any)
     first_allowed: tuple[tuple[int, ...] | None, ...] = ()
+    # forced_eos_token_id: the ids choice number forced_eos_at (0-based: the last one) may be
+    forced_eos: tuple[int, ...] = ()
+    forced_eos_at: int = -1
+    # exponential_decay_length_penalty (start, factor), acting on the decay_ids (the stop ids)
+    length_decay: tuple[int, float] | None = None
+    decay_ids: tuple[int, ...] = ()
 
     @property
     def active(self) -> bool:
         return bool(self.repetition_penalty != 1.0 or self.no_repeat_ngram_size or self.sequence_bias or self.bad_words_ids
                     or self.suppress_tokens or self.begin_suppress_tokens or (self.min_new_tokens and self.held_back)
                     or self.prefix_allowed_tokens_fn is not None or self.logits_processor
-                    or any(a is not None for a in self.first_allowed))
+                    or any(a is not None for a in self.first_allowed) or bool(self.forced_eos)
+                    or (self.length_decay is not None and bool(self.decay_ids)))
 
 
 class History:
@@ -152,6 +160,11 @@ class RuleState:
         self.always = ban_mask([*rules.suppress_tokens, *(range(cut, vocab) if cut is not None else ())])
         self.early = ban_mask(rules.held_back) if rules.min_new_tokens else None
         self.begin = ban_mask(rules.begin_suppress_tokens) if rules.begin_suppress_tokens else None
+        self.forced = None  # [V] True for every id but the forced ones
+        if rules.forced_eos:
+            self.forced = torch.ones(vocab, dtype=torch.bool, device=device)
+            self.forced[torch.tensor(rules.forced_eos, dtype=torch.long, device=device)] = False
+        self.decay_ids = torch.tensor(rules.decay_ids, dtype=torch.long, device=device)
         self.first = None  # [B, V] True where a row's first choice may not go (token healing)
         if any(a is not None for a in rules.first_allowed):
             first = torch.zeros(len(rules.first_allowed), vocab, dtype=torch.bool, device=device)
@@ -176,21 +189,36 @@ class RuleState:
                 logits = logits.masked_fill(bans, float("-inf"))
         if self.bad is not None:
             logits = self.bad(logits, self.history)
-        blocked = self.always
         if self.early is not None and self.chosen < rules.min_new_tokens:
-            blocked = blocked | self.early
+            logits = logits.masked_fill(self.early, float("-inf"))
+        if rules.prefix_allowed_tokens_fn is not None and self.history is not None:
+            logits = self._allowed_prefix(logits, self.history.tokens[:, : self.history.n])
+        if self.forced is not None and self.chosen == rules.forced_eos_at:
+            # transformers' ForcedEOSTokenLogitsProcessor: the forced ids at 0, every other -inf
+            logits = torch.zeros_like(logits).masked_fill_(self.forced, float("-inf"))
+        if rules.length_decay is not None and self.decay_ids.numel() and self.chosen > rules.length_decay[0]:
+            logits = self._decay(logits, *rules.length_decay)
+        blocked = self.always
         if self.begin is not None and self.chosen == 0:
             blocked = blocked | self.begin
         if self.first is not None and self.chosen == 0:
             blocked = blocked | self.first
         logits = logits.masked_fill(blocked, float("-inf"))
-        if self.history is not None and (rules.prefix_allowed_tokens_fn is not None or rules.logits_processor):
-            logits = self._callers(logits, self.history.tokens[:, : self.history.n])
+        if self.history is not None and rules.logits_processor:
+            logits = self._processors(logits, self.history.tokens[:, : self.history.n])
         return logits
 
-    def _callers(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """The caller's prefix function and processors; ids [B, T]: the sequences so far (padding
-        slots hold 0), as transformers passes its input_ids."""
+    def _decay(self, logits: torch.Tensor, start: int, factor: float) -> torch.Tensor:
+        """transformers' ExponentialDecayLengthPenalty at choice number ``chosen`` (> start): each
+        stop id's logit x becomes x + |x| (factor ** (chosen - start) - 1). A stop id already at
+        -inf (held back by min_new_tokens) stays there, where transformers' arithmetic makes it NaN."""
+        eos = logits.index_select(1, self.decay_ids)  # [B, E]
+        raised = eos + eos.abs() * (factor ** (self.chosen - start) - 1)
+        return logits.index_copy(1, self.decay_ids, torch.where(torch.isfinite(eos), raised, eos))
+
+    def _allowed_prefix(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The caller's prefix_allowed_tokens_fn; ids [B, T]: the sequences so far (padding slots
+        hold 0), as transformers passes its input_ids."""
         fn = self.rules.prefix_allowed_tokens_fn
         if fn is not None:
             allowed = torch.zeros_like(logits, dtype=torch.bool)
@@ -205,6 +233,10 @@ class RuleState:
                     raise ValueError(f"prefix_allowed_tokens_fn returned {bad[0]!r}, not a token id of this model's {self.vocab}")
                 allowed[row, [int(t) for t in ok]] = True
             logits = logits.masked_fill(~allowed, float("-inf"))
+        return logits
+
+    def _processors(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The caller's logits_processor callables, after every other rule (ids as above)."""
         for proc in self.rules.logits_processor:
             out = proc(ids, logits)
             if not isinstance(out, torch.Tensor) or out.shape != logits.shape:

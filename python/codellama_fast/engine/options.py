@@ -44,6 +44,11 @@ class GenerationConfig:
     sequence_bias: Any = None
     suppress_tokens: Sequence[int] | None = None
     begin_suppress_tokens: Sequence[int] | None = None
+    # the last token a sequence may get is one of these (transformers' ForcedEOSTokenLogitsProcessor)
+    forced_eos_token_id: Any = None
+    # (start, factor): from the start-th new token on, the stop ids' logits grow by |logit| ×
+    # (factor ** (tokens past start) - 1), so sequences end sooner (ExponentialDecayLengthPenalty)
+    exponential_decay_length_penalty: Any = None
     # transformers' total lengths (prompt included, the longest prompt of a batch):
     # max_length sets max_new_tokens when the call does not, min_length sets min_new_tokens
     max_length: int | None = None
@@ -85,7 +90,9 @@ class GenerationConfig:
                           tuple(tuple(s) for s in self.bad_words_ids or ()), tuple(self.suppress_tokens or ()),
                           tuple(self.begin_suppress_tokens or ()), self.min_new_tokens,
                           tuple(held_back) if self.min_new_tokens else (), self.prefix_allowed_tokens_fn,
-                          tuple(self.logits_processor or ()))
+                          tuple(self.logits_processor or ()),
+                          forced_eos=tuple(self.forced_eos_token_id or ()), forced_eos_at=self.max_new_tokens - 1,
+                          length_decay=self.exponential_decay_length_penalty, decay_ids=tuple(held_back))
 
     def for_prompt_length(self, t: int) -> GenerationConfig:
         """The settings for prompts padded to ``t`` tokens: transformers' ``max_length`` and
@@ -161,9 +168,11 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
         cfg.bad_words_ids = arguments.token_sequences("bad_words_ids", cfg.bad_words_ids)
     if cfg.sequence_bias is not None:
         cfg.sequence_bias = arguments.sequence_biases(cfg.sequence_bias)
-    for name in ("suppress_tokens", "begin_suppress_tokens"):
+    for name in ("suppress_tokens", "begin_suppress_tokens", "forced_eos_token_id"):
         if getattr(cfg, name) is not None:
             setattr(cfg, name, tuple(arguments.stop_ids(getattr(cfg, name), name)))
+    if cfg.exponential_decay_length_penalty is not None:
+        cfg.exponential_decay_length_penalty = _length_decay(cfg.exponential_decay_length_penalty)
     if cfg.streamer is not None and not (callable(getattr(cfg.streamer, "put", None)) and callable(getattr(cfg.streamer, "end", None))):
         raise TypeError(f"streamer must have put(token_ids) and end() (transformers' TextStreamer, TextIteratorStreamer), "
                         f"got {type(cfg.streamer).__name__}")
@@ -182,6 +191,19 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
         value = arguments.check_int(name, getattr(cfg, name), optional=True)
         setattr(cfg, name, value if value is None else _at_least(name, value, 1 if name == "max_length" else 0))
     return cfg
+
+
+def _length_decay(value: Any) -> tuple[int, float]:
+    """transformers' exponential_decay_length_penalty: (start_index, decay_factor)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise TypeError(f"exponential_decay_length_penalty must be a pair (start_index, decay_factor), got {value!r}")
+    start = _at_least("exponential_decay_length_penalty's start_index", arguments.check_int("exponential_decay_length_penalty's start_index",
+                                                                                             value[0]), 0)
+    factor = arguments.check_real("exponential_decay_length_penalty's decay_factor", value[1])
+    if not factor > 0 or factor == float("inf"):
+        raise ValueError(f"exponential_decay_length_penalty's decay_factor must be finite and > 0 (above 1 ends sequences "
+                         f"sooner), got {factor}")
+    return start, factor
 
 
 def _callables(name: str, value: Any, what: str) -> tuple[Any, ...]:
@@ -217,6 +239,7 @@ def logits_rules_for(cfg: GenerationConfig, stop_ids: set[int], vocab: int, stac
     with a warning: min_new_tokens holds stop ids back for a while."""
     for name in ("suppress_tokens", "begin_suppress_tokens"):
         arguments.check_ids_in_vocab(name, getattr(cfg, name) or (), vocab)
+    arguments.check_ids_in_vocab("forced_eos_token_id", cfg.forced_eos_token_id or (), vocab)
     for name, seqs in (("bad_words_ids", cfg.bad_words_ids or ()), ("sequence_bias", [s for s, _ in cfg.sequence_bias or ()])):
         for seq in seqs:
             arguments.check_ids_in_vocab(name, seq, vocab)
@@ -243,7 +266,6 @@ HF_HINTS = {
     "return_dict_in_generate": "generate always returns a GenerationResult (token_ids, texts, finish_reasons, timings)",
     "max_time": "stream() and stop after the time you want",
     "cache_implementation": "the KV cache is preallocated in the model's dtype; 'static' and 'dynamic' are accepted and change nothing",
-    "forced_eos_token_id": "not provided; stop_token_ids / eos_token_id end a sequence, max_new_tokens bounds it",
 }
 
 
@@ -253,8 +275,7 @@ HF_HINTS = {
 HF_INERT: dict[str, tuple[Any, ...]] = {
     "assistant_early_exit": (None,), "assistant_lookbehind": (10,), "constraints": (None,), "diversity_penalty": (0.0,),
     "dola_layers": (None,), "encoder_no_repeat_ngram_size": (0,), "encoder_repetition_penalty": (1.0,),
-    "exponential_decay_length_penalty": (None,), "force_words_ids": (None,), "forced_bos_token_id": (None,),
-    "forced_eos_token_id": (None,), "guidance_scale": (None,), "low_memory": (None, False), "max_time": (None,),
+    "force_words_ids": (None,), "forced_bos_token_id": (None,), "guidance_scale": (None,), "low_memory": (None, False), "max_time": (None,),
     "num_beam_groups": (1,), "output_attentions": (False,), "output_hidden_states": (False,), "output_logits": (None, False),
     "output_scores": (False,), "penalty_alpha": (None,), "prefill_chunk_size": (None,), "remove_invalid_values": (False,),
     "renormalize_logits": (False,), "return_dict_in_generate": (False,), "target_lookbehind": (10,),
