@@ -86,6 +86,8 @@ def test_engine_errors_are_one_line_with_exit_code_2(tmp_path):
     assert bad.returncode == 2 and "top_p" in bad.stderr
     lonely = _cli("generate", "x", "--assistant-tokens", "4")
     assert lonely.returncode == 2 and "--assistant-tokens needs --assistant" in lonely.stderr
+    no_time = _cli("generate", "x", "--max-time", "0")
+    assert no_time.returncode == 2 and "max_time must be" in no_time.stderr
     no_marker = _cli("infill", "abc")
     assert no_marker.returncode == 2 and "exactly one <FILL_ME>" in no_marker.stderr
     dialog = tmp_path / "dialog.json"
@@ -216,5 +218,7 @@ def test_generate_json_gives_the_python_result():
         [[[i for i, _ in pairs] for pairs in row] for row in ref.top_logprobs]
     assert tops["top_logprobs"][0][0][0]["token"] == engine.tokenizer.convert_ids_to_tokens(ref.top_logprobs[0][0][0][0])
     assert tops["token_logprobs"][0] == pytest.approx(ref.token_logprobs[0], rel=1e-5)
+    rushed = json.loads(_cli("generate", "Lily", "--json", "--max-time", "1e-6", "--max-new-tokens", "12").stdout)
+    assert rushed["finish_reasons"] == ["time"] and len(rushed["token_ids"][0]) == 1
     lonely = _cli("generate", "Lily", "-n", "2")
     assert lonely.returncode == 2 and "add --json" in lonely.stderr

@@ -388,6 +388,42 @@ def test_stopping_criteria_end_rows_as_in_transformers(model_dir, tok):
         engine.generate("x", max_new_tokens=2, stopping_criteria=[3])
 
 
+def test_max_time_stops_where_transformers_does_and_keeps_the_tokens(model_dir, tok):
+    """max_time counts from the call (the prompt's run included) and is checked after each token,
+    as transformers' MaxTimeCriteria: with a deadline already past at the first token both give
+    that one token. A slow step (a logits processor that sleeps and changes nothing) runs out of
+    time long before max_new_tokens, keeping the tokens the unbounded run starts with."""
+    import time
+
+    hf = make_hf_model("gqa4", seed=7)
+    engine = Engine(load_model(model_dir, dtype="float32", device="cpu"), tok)
+    rows = [tok.encode("def fib(n):\n    "), tok.encode("import sys\nimport os\n")]
+    rows = [r[:6] for r in rows]
+    x = torch.tensor(rows)
+    out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0,
+                      max_time=1e-6)
+    got = engine.generate(input_ids=rows, max_new_tokens=20, stop_at_eos=False, max_time=1e-6)
+    assert got.token_ids == out[:, 6:].tolist() and len(got.token_ids[0]) == 1
+    assert got.finish_reasons == ["time", "time"]
+
+    def slow(ids, scores):
+        time.sleep(0.02)
+        return scores
+
+    free = engine.generate(input_ids=rows, max_new_tokens=300, stop_at_eos=False).token_ids
+    timed = engine.generate(input_ids=rows, max_new_tokens=300, stop_at_eos=False, logits_processor=slow, max_time=0.4)
+    assert timed.finish_reasons == ["time", "time"]
+    assert 1 <= len(timed.token_ids[0]) < 300 and all(f[: len(t)] == t for f, t in zip(free, timed.token_ids))
+    streamed = "".join(engine.stream(rows[0], max_new_tokens=300, stop_at_eos=False, logits_processor=slow, max_time=0.4))
+    assert 0 < len(streamed) < len(engine.generate(input_ids=[rows[0]], max_new_tokens=300, stop_at_eos=False).text)
+    assert engine.generate(input_ids=rows, max_new_tokens=5, stop_at_eos=False, max_time=60.0).finish_reasons == ["length"] * 2
+    for bad, error in ((0, ValueError), (-1.0, ValueError), (float("inf"), ValueError), ("1", TypeError)):
+        with pytest.raises(error, match="max_time"):
+            engine.generate("x", max_new_tokens=2, max_time=bad)
+    with pytest.raises(ValueError, match="max_time is not checked during beam search"):
+        engine.generate("x", max_new_tokens=2, max_time=1.0, num_beams=2)
+
+
 def test_an_open_or_dropped_stream_leaves_the_callers_torch_modes_alone(model_dir, tok):
     """Between the chunks of a stream the caller runs its own torch code: it must find autograd
     on and inference mode off, as before the stream, and tensors it makes must be normal ones;

@@ -41,6 +41,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                    help="a smaller model of the same vocabulary (e.g. Code Llama 7B for 34B) that guesses tokens for this one to check (same output)")
     p.add_argument("--assistant-tokens", type=int, default=None, metavar="K", help="most tokens the assistant guesses per step (default 20)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+                   help="stop after this many seconds, keeping what was generated (finish reason 'time')")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
 
 
@@ -68,7 +70,7 @@ def _gen_kwargs(args: argparse.Namespace, engine: Any) -> dict[str, Any]:
         raise ValueError("--assistant-tokens needs --assistant MODEL")
     given = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                  repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, num_beams=args.num_beams, seed=args.seed, prompt_lookup_num_tokens=args.prompt_lookup,
-                 assistant_model=_assistant(args), num_assistant_tokens=args.assistant_tokens)
+                 assistant_model=_assistant(args), num_assistant_tokens=args.assistant_tokens, max_time=args.max_time)
     out: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if "max_new_tokens" not in out and "max_new_tokens" not in engine.defaults:
         out["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS

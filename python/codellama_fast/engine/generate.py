@@ -36,6 +36,8 @@ from .token_healing import Healed, PieceIndex
 class GenerationResult:
     texts: list[str]
     token_ids: list[list[int]]
+    # per sequence: "eos" (a stop id), "stop" (a stop string or stopping criterion), "length"
+    # (max_new_tokens), "time" (max_time ran out)
     finish_reasons: list[str]
     prompt_tokens: list[int]
     time_to_first_token_s: float
@@ -114,6 +116,12 @@ class _Criteria:
         return stop
 
 
+def _deadline(cfg: GenerationConfig) -> float | None:
+    """transformers' max_time as a time.perf_counter() deadline, counted from now (before the
+    prompt is run, as there)."""
+    return None if cfg.max_time is None else time.perf_counter() + cfg.max_time
+
+
 class _StopTracker:
     """Per-sequence stop state: stop ids end a sequence at once; stop strings are checked on the
     decoded continuation and cut it; stopping criteria end it after the token they saw."""
@@ -149,6 +157,10 @@ class _StopTracker:
             for b, stop in enumerate(self.criteria.push(tokens)):
                 if stop and self.reasons[b] is None:
                     self.reasons[b] = "stop"
+
+    def out_of_time(self) -> None:
+        """max_time ran out: every sequence still going ends after the token it has."""
+        self.reasons = [r or "time" for r in self.reasons]
 
     @property
     def all_done(self) -> bool:
@@ -575,6 +587,7 @@ class Engine:
         """Generates for `prompts` until each stops; `stop_ids`: one set for all, or one per prompt;
         `first_allowed`: per prompt, the ids its first token may be (token healing)."""
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
+        deadline = _deadline(cfg)
         rows = [stop_ids] * len(prompts) if isinstance(stop_ids, (set, frozenset)) else list(stop_ids)
         tracker = _StopTracker(rows, cfg.stop, decoders, _Criteria(cfg.stopping_criteria, prompts) if cfg.stopping_criteria else None)
         steps: list[list[Any]] | None = [] if return_logprobs or top_logprobs else None
@@ -590,6 +603,8 @@ class Engine:
                 tracker.push(host, steps[-1] if steps else None)
                 if streamer is not None:
                     streamer.put(torch.tensor(host))  # [1]: each new token, a final stop id included, as transformers
+                if deadline is not None and time.perf_counter() > deadline:
+                    tracker.out_of_time()
                 if tracker.all_done:
                     break
         finally:
@@ -775,6 +790,7 @@ class Engine:
         stops = [s for s in cfg.stop if s]
         text, emitted = "", 0
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
+        deadline = _deadline(cfg)
         criteria = _Criteria(cfg.stopping_criteria, [ids]) if cfg.stopping_criteria else None
         first_allowed = None if healed is None else [healed.allowed]
         for host in self._steps([ids], cfg, stats, check_every=1, warn_stacklevel=4, stop_ids=stop_ids, first_allowed=first_allowed):
@@ -789,6 +805,8 @@ class Engine:
                 return
             if criteria is not None and criteria.push(host)[0]:
                 break  # the token it saw is kept
+            if deadline is not None and time.perf_counter() > deadline:
+                break  # max_time: the token that found it out is kept
             safe = len(text) - _partial_stop_len(text, stops)
             if safe > emitted:
                 yield text[emitted:safe]

@@ -55,6 +55,10 @@ class GenerationConfig:
     min_length: int | None = None
     # transformers' streamer protocol (TextStreamer, TextIteratorStreamer): put(ids) then end()
     streamer: Any = None
+    # seconds after which generation stops, after the token being made (the prompt's run
+    # included, as transformers' max_time); checked where the host reads tokens: on the captured
+    # decode step, once per block of tokens
+    max_time: float | None = None
     # transformers' stopping criteria: callables (input_ids [B, T], scores) -> bool or bool [B],
     # asked after each token; scores is None here (the engine keeps no per-step scores)
     stopping_criteria: Any = None
@@ -178,6 +182,9 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
                         f"got {type(cfg.streamer).__name__}")
     if cfg.streamer is not None and streams:
         raise ValueError("stream() yields the text itself; streamer is for generate(), infill() and chat()")
+    cfg.max_time = arguments.check_real("max_time", cfg.max_time, optional=True)
+    if cfg.max_time is not None and not (cfg.max_time > 0 and cfg.max_time != float("inf")):
+        raise ValueError(f"max_time must be a finite number of seconds > 0, got {cfg.max_time}")
     if cfg.stopping_criteria is not None:
         cfg.stopping_criteria = _callables("stopping_criteria", cfg.stopping_criteria,
                                            "a callable (input_ids, scores) -> bool or a list of them (transformers' StoppingCriteriaList)")
@@ -223,6 +230,9 @@ def _check_beams(cfg: GenerationConfig, streams: bool) -> None:
         raise ValueError("num_beams does not combine with prompt_lookup_num_tokens or assistant_model")
     if cfg.stopping_criteria:
         raise ValueError("stopping_criteria are not asked during beam search; use stop_token_ids")
+    if cfg.max_time is not None:
+        raise ValueError("max_time is not checked during beam search (the best beams are known only at the end); "
+                         "bound it with max_new_tokens")
     if cfg.streamer is not None:
         raise ValueError("streamer cannot be used with beam search (as in transformers): the best beam is known only at the end")
     if cfg.stop:
@@ -264,7 +274,6 @@ HF_HINTS = {
     "output_scores": "generate(..., return_logprobs=True) gives each token's log-probability",
     "output_logits": "generate(..., return_logprobs=True) gives each token's log-probability; engine.score(texts) scores texts",
     "return_dict_in_generate": "generate always returns a GenerationResult (token_ids, texts, finish_reasons, timings)",
-    "max_time": "stream() and stop after the time you want",
     "cache_implementation": "the KV cache is preallocated in the model's dtype; 'static' and 'dynamic' are accepted and change nothing",
 }
 
@@ -275,7 +284,7 @@ HF_HINTS = {
 HF_INERT: dict[str, tuple[Any, ...]] = {
     "assistant_early_exit": (None,), "assistant_lookbehind": (10,), "constraints": (None,), "diversity_penalty": (0.0,),
     "dola_layers": (None,), "encoder_no_repeat_ngram_size": (0,), "encoder_repetition_penalty": (1.0,),
-    "force_words_ids": (None,), "forced_bos_token_id": (None,), "guidance_scale": (None,), "low_memory": (None, False), "max_time": (None,),
+    "force_words_ids": (None,), "forced_bos_token_id": (None,), "guidance_scale": (None,), "low_memory": (None, False),
     "num_beam_groups": (1,), "output_attentions": (False,), "output_hidden_states": (False,), "output_logits": (None, False),
     "output_scores": (False,), "penalty_alpha": (None,), "prefill_chunk_size": (None,), "remove_invalid_values": (False,),
     "renormalize_logits": (False,), "return_dict_in_generate": (False,), "target_lookbehind": (10,),
