@@ -395,6 +395,29 @@ def test_nan_logits_in_graph_decode_steps_raise_at_the_next_read(tmp_path):
         eng.generate(input_ids=[[1, 921, 353, 518]], streamer=PoisonAfterFirstToken(), **kw)
 
 
+def test_rules_that_leave_no_token_in_graph_decode_steps_raise_at_the_next_read(tmp_path):
+    """With rules the picker runs after each replay of the graph step; a step where they leave no
+    token raises when the host reads the block it is in."""
+    pytest.importorskip("transformers")
+    from codellama_fast import NoTokenAllowedError
+
+    from tests.engine_helpers import make_hf_model, save
+
+    eng = _triton_engine(save(make_hf_model("mha", seed=6), tmp_path / "m"), graph=True, decode_step="plain")
+    eng.check_every = 4
+    calls = [0]
+
+    def ban_all_from_the_third(ids, scores):
+        calls[0] += 1
+        return torch.full_like(scores, float("-inf")) if calls[0] >= 3 else scores
+
+    with pytest.raises(NoTokenAllowedError, match="among generated tokens 2 to 5"):
+        eng.generate(input_ids=[[1, 921, 353, 518]], max_new_tokens=9, stop_at_eos=False, logits_processor=ban_all_from_the_third)
+    calls[0] = -100
+    assert len(eng.generate(input_ids=[[1, 921, 353, 518]], max_new_tokens=9, stop_at_eos=False,
+                            logits_processor=ban_all_from_the_third).token_ids[0]) == 9
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("m,k,n", [(1, 64, 48), (1, 100, 37), (1, 300, 130), (2, 100, 37), (7, 300, 130), (16, 64, 48)])
 def test_fused_gemv(dtype, m, k, n):

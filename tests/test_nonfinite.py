@@ -1,6 +1,8 @@
 """NaN or inf logits (float16 activations that overflow, weights that hold NaN) raise
 NonFiniteLogitsError on every decoding path instead of returning meaningless tokens (greedy
-decoding would otherwise pick id 0 again and again); the tokens streamed before stay valid."""
+decoding would otherwise pick id 0 again and again); the tokens streamed before stay valid.
+Rules that leave a row no token at some step raise NoTokenAllowedError the same way (transformers
+returns id 0 there when greedy, and raises from torch.multinomial when sampling)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from codellama_fast import NonFiniteLogitsError
+from codellama_fast import NonFiniteLogitsError, NoTokenAllowedError
 from codellama_fast.engine import Engine, load_model
 
 from tests.engine_helpers import fp32_engine, make_hf_model, random_checkpoint, save
@@ -113,3 +115,51 @@ def test_finite_logits_never_raise_with_rules_that_ban_tokens(folder, tok):
     out = engine.generate(PROMPT, max_new_tokens=8, stop_at_eos=False, suppress_tokens=list(range(3, 20000)),
                           no_repeat_ngram_size=1, temperature=0.7, seed=1)
     assert len(out.token_ids[0]) == 8
+
+
+class _BanAllFrom:
+    """A logits processor that bans every token from its `n`-th call on (counting from 1)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def __call__(self, ids, scores):
+        self.calls += 1
+        return torch.full_like(scores, float("-inf")) if self.calls >= self.n else scores
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"temperature": 0.8, "top_k": 0, "seed": 3},
+    {"prompt_lookup_num_tokens": 3},
+    {"repetition_penalty": 1.2},
+])
+def test_rules_that_leave_no_token_raise(folder, tok, options):
+    engine = fp32_engine(folder, tok)
+    free = engine.generate(PROMPT, max_new_tokens=8, stop_at_eos=False, **options).token_ids[0]
+    with pytest.raises(NoTokenAllowedError, match="left no token to choose at generated token 4"):
+        engine.generate(PROMPT, max_new_tokens=8, stop_at_eos=False, logits_processor=_BanAllFrom(4), **options)
+    text = []
+    with pytest.raises(NoTokenAllowedError):
+        for delta in engine.stream(PROMPT, max_new_tokens=8, stop_at_eos=False, logits_processor=_BanAllFrom(4), **options):
+            text.append(delta)
+    # the first three tokens' text came out before (all of it, unless it ends inside a character)
+    assert tok._native.decode_keep_space(free[:3], True).startswith("".join(text)) and text
+    with pytest.raises(NoTokenAllowedError, match="at the first generated token"):
+        engine.generate(PROMPT, max_new_tokens=4, suppress_tokens=list(range(engine.model.config.vocab_size)), **options)
+
+
+def test_rules_that_leave_one_row_no_token_raise_in_a_batch(folder, tok):
+    engine = fp32_engine(folder, tok)
+    vocab = engine.model.config.vocab_size
+
+    def ban_row_1(ids, scores):
+        scores = scores.clone()
+        scores[1] = float("-inf")
+        return scores
+
+    with pytest.raises(NoTokenAllowedError):
+        engine.generate([PROMPT, "import os"], max_new_tokens=4, logits_processor=ban_row_1)
+    # one allowed id a row may take is enough; beams leave such a prompt's beams empty instead (docs/generation.md)
+    ok = engine.generate(PROMPT, max_new_tokens=4, stop_at_eos=False, suppress_tokens=list(range(1, vocab)))
+    assert ok.token_ids == [[0, 0, 0, 0]]

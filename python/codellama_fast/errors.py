@@ -7,7 +7,8 @@ Tokenizer errors come from the native core and are all ``ValueError`` subclasses
 - ``TokenIdError``: an id outside the vocabulary (negative or >= vocab size).
 - ``InfillingUnsupported``: infilling asked of a vocabulary without ``▁<PRE>``/``▁<SUF>``/``▁<MID>``/``▁<EOT>``.
 
-Engine errors (checkpoints, memory, generation, non-finite logits) derive from ``EngineError``.
+Engine errors (checkpoints, memory, generation, non-finite logits, rules that allow no token) derive
+from ``EngineError``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class NonFiniteLogitsError(EngineError, FloatingPointError):
     overflowed, or NaN/inf in the weights): the tokens would be meaningless, so none are returned."""
 
 
+class NoTokenAllowedError(EngineError, ValueError):
+    """The call's logits rules (bad_words_ids, suppress_tokens, min_new_tokens, a logits_processor,
+    ...) left no token a sequence may take at some step: any token returned there would break them."""
+
+
 class ConversionError(EngineError, ValueError):
     """A checkpoint conversion failed (missing shards, inconsistent shapes, unknown params)."""
 
@@ -55,5 +61,6 @@ __all__ = [
     "OutOfMemoryError",
     "DeviceError",
     "NonFiniteLogitsError",
+    "NoTokenAllowedError",
     "ConversionError",
 ]

@@ -434,7 +434,9 @@ class Engine:
         rules = logits_rules_for(cfg, set(stop_ids), vocab, warn_stacklevel)
         if first_allowed is not None:
             rules = dataclasses.replace(rules, first_allowed=tuple(first_allowed))
-        pick = make_picker(params, rules, gen, tokens, kv_start_now, vocab, cfg.max_new_tokens, known)
+        # NaN/inf logits, and rules that leave a row no token, raise where the host reads the tokens (engine.finite)
+        watch = FiniteWatch(self.device)
+        pick = make_picker(params, rules, gen, tokens, kv_start_now, vocab, cfg.max_new_tokens, known, watch)
         # the captured step takes the argmax itself only when nothing happens between logits and choice
         guessing = cfg.prompt_lookup_num_tokens is not None or cfg.assistant_model is not None
         graph_greedy = params.greedy and not rules.active and known == vocab and logprobs is None and not guessing
@@ -453,8 +455,6 @@ class Engine:
                 return own[:, 0]
             values, ids = logp.topk(top_logprobs, dim=-1)  # [B, k] each, likeliest first
             return torch.cat([own, values, ids.float()], dim=1)
-
-        watch = FiniteWatch(self.device)  # NaN/inf logits raise where the host reads the tokens (engine.finite)
 
         def watched_pick(logits: torch.Tensor) -> torch.Tensor:
             watch.see(logits)
@@ -522,6 +522,8 @@ class Engine:
                                 lp_out[:, done - 1 + i] = logprob_of(logits, nxt)
                     block = graph.out[:, done - 1 : done - 1 + n].tolist()  # the one sync per block
                     graph.watch.check(self.dtype, f"among generated tokens {done + 1} to {done + n}")
+                    if not graph_greedy:  # the rules' own note (the picker runs outside the captured step)
+                        watch.check(self.dtype, f"among generated tokens {done + 1} to {done + n}")
                     lp_block = lp_out[:, done - 1 : done - 1 + n].tolist() if lp_out is not None else None
                     stats["decode_tokens"] += b * n
                     stats["decode_s"] = time.perf_counter() - decode_start

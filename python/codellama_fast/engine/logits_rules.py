@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .finite import FiniteWatch
 from .sampling import SamplingParams, apply_repetition_penalty, sample
 
 
@@ -263,15 +264,18 @@ class RuleState:
 
 
 def make_picker(params: SamplingParams, rules: TokenRules, gen: torch.Generator | None, tokens: torch.Tensor, kv_start: torch.Tensor,
-                vocab: int, room: int, allowed: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+                vocab: int, room: int, allowed: int | None = None, watch: FiniteWatch | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The per-step choice: logits [B, V] -> next ids [B], with ``rules`` applied first (arguments
-    as RuleState's)."""
+    as RuleState's); ``watch`` notes a step where the rules leave a row no token (engine.finite)."""
     if not rules.active and (allowed is None or allowed >= vocab):
         return lambda logits: sample(logits, params, gen)
     state = RuleState(rules, tokens, kv_start, vocab, room, allowed)
 
     def pick(logits: torch.Tensor) -> torch.Tensor:
-        nxt = sample(state.apply(logits), params, gen)
+        scores = state.apply(logits)
+        if watch is not None:
+            watch.see_choices(scores)
+        nxt = sample(scores, params, gen)
         state.advance(nxt)
         return nxt
 
