@@ -139,10 +139,9 @@ def test_rules_that_leave_no_token_raise(folder, tok, options):
     free = engine.generate(PROMPT, max_new_tokens=8, stop_at_eos=False, **options).token_ids[0]
     with pytest.raises(NoTokenAllowedError, match="left no token to choose at generated token 4"):
         engine.generate(PROMPT, max_new_tokens=8, stop_at_eos=False, logits_processor=_BanAllFrom(4), **options)
-    text = []
+    text: list[str] = []
     with pytest.raises(NoTokenAllowedError):
-        for delta in engine.stream(PROMPT, max_new_tokens=8, stop_at_eos=False, logits_processor=_BanAllFrom(4), **options):
-            text.append(delta)
+        text.extend(engine.stream(PROMPT, max_new_tokens=8, stop_at_eos=False, logits_processor=_BanAllFrom(4), **options))
     # the first three tokens' text came out before (all of it, unless it ends inside a character)
     assert tok._native.decode_keep_space(free[:3], True).startswith("".join(text)) and text
     with pytest.raises(NoTokenAllowedError, match="at the first generated token"):
