@@ -212,7 +212,8 @@ class RuleState:
     def _decay(self, logits: torch.Tensor, start: int, factor: float) -> torch.Tensor:
         """transformers' ExponentialDecayLengthPenalty at choice number ``chosen`` (> start): each
         stop id's logit x becomes x + |x| (factor ** (chosen - start) - 1). A stop id already at
-        -inf (held back by min_new_tokens) stays there, where transformers' arithmetic makes it NaN."""
+        -inf (held back by min_new_tokens, or not the id forced_eos_token_id forces) stays there,
+        where transformers' arithmetic makes it NaN (which its argmax then picks)."""
         eos = logits.index_select(1, self.decay_ids)  # [B, E]
         raised = eos + eos.abs() * (factor ** (self.chosen - start) - 1)
         return logits.index_copy(1, self.decay_ids, torch.where(torch.isfinite(eos), raised, eos))
