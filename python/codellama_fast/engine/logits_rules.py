@@ -4,9 +4,9 @@ processors): ``sequence_bias``, ``repetition_penalty``, ``no_repeat_ngram_size``
 ``prefix_allowed_tokens_fn``, ``forced_eos_token_id``, ``exponential_decay_length_penalty``,
 ``suppress_tokens``, ``begin_suppress_tokens``, token healing's limit on the first choice; ids
 past the tokenizer's pieces (padded embedding rows) are never chosen; then the caller's
-``logits_processor``; and engine.sampling chooses. The built-in rules stay on the device: the picker keeps the sequence so
-far there (prompt and chosen tokens) and never reads it back, so a step costs no host sync (the
-caller's functions are Python, and run on the host's request)."""
+``logits_processor``; and engine.sampling chooses. The built-in rules stay on the device: the
+picker keeps the sequence so far there (prompt and chosen tokens) and never reads it back, so a
+step costs no host sync (the caller's functions are Python, and run on the host's request)."""
 
 from __future__ import annotations
 
