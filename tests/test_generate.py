@@ -424,6 +424,61 @@ def test_max_time_stops_where_transformers_does_and_keeps_the_tokens(model_dir, 
         engine.generate("x", max_new_tokens=2, max_time=1.0, num_beams=2)
 
 
+@pytest.mark.parametrize("kw", [
+    {"do_sample": False, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
+    {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.9},
+    {"do_sample": True, "min_p": 0.05, "num_return_sequences": 2},
+])
+def test_output_scores_and_logits_equal_transformers(model_dir, tok, kw):
+    """transformers' output_scores (after its processors and, when sampling, its warpers) and
+    output_logits, step by step, for a batch whose first row ends early at an end token: each
+    row's entries up to its end (the step that chose the end token included)."""
+    hf = make_hf_model("gqa4", seed=7)
+    engine = Engine(load_model(model_dir, dtype="float32", device="cpu"), tok)
+    rows = [r[:6] for r in (tok.encode("def fib(n):\n    "), tok.encode("import sys\nimport os\n"))]
+    seed = torch.seed() % 2**31
+    free = engine.generate(input_ids=rows, max_new_tokens=12, stop_at_eos=False, seed=seed, **kw).token_ids
+    end = free[0][5]
+    x = torch.tensor(rows)
+    torch.manual_seed(seed)
+    out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=12, eos_token_id=end, pad_token_id=0,
+                      output_scores=True, output_logits=True, return_dict_in_generate=True, **kw)
+    got = engine.generate(input_ids=rows, max_new_tokens=12, eos_token_id=end, seed=seed, output_scores=True, output_logits=True,
+                          return_dict_in_generate=True, **kw)
+    assert len(got.scores) == len(got.logits) == len(out.scores)  # until every row has ended
+    assert got.finish_reasons[0] == "eos" and len(got.token_ids[0]) <= 5
+    for row, ids in enumerate(got.token_ids):
+        assert ids == out.sequences[row, 6 : 6 + len(ids)].tolist()
+        steps = len(ids) + (got.finish_reasons[row] == "eos")
+        for step in range(steps):
+            mine, theirs = got.scores[step][row], out.scores[step][row]
+            assert torch.equal(torch.isinf(mine), torch.isinf(theirs)), (row, step)
+            finite = torch.isfinite(theirs)
+            assert torch.allclose(mine[finite], theirs[finite], atol=1e-4, rtol=1e-4), (row, step)
+            assert torch.allclose(got.logits[step][row], out.logits[step][row], atol=1e-4, rtol=1e-4)
+    one = got.row(1)
+    assert len(one.scores) == len(got.scores) and torch.equal(one.scores[0][0], got.scores[0][1])
+
+
+def test_output_scores_on_the_guessing_path_equal_plain_decoding(model_dir, tok):
+    engine = Engine(load_model(model_dir, dtype="float32", device="cpu"), tok)
+    prompt = "def fib(n):\n    return fib(n - 1) + fib(n - 2)\n\ndef fib"
+    kw = {"max_new_tokens": 16, "stop_at_eos": False, "output_scores": True, "output_logits": True}
+    plain = engine.generate(prompt, **kw)
+    guessed = engine.generate(prompt, prompt_lookup_num_tokens=4, **kw)
+    assert guessed.token_ids == plain.token_ids and len(guessed.scores) == len(plain.scores) == 16
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(guessed.scores, plain.scores))
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(guessed.logits, plain.logits))
+    assert plain.scores[0].shape == (1, engine.model.config.vocab_size) and plain.logits[0].dtype == torch.float32
+    with pytest.raises(ValueError, match="not given for beam search"):
+        engine.generate(prompt, num_beams=2, output_scores=True)
+    with pytest.raises(TypeError, match="output_logits must be True or False"):
+        engine.generate(prompt, output_logits="yes")
+    with pytest.raises(TypeError, match="only generate\\(\\) returns each step's scores"):
+        list(engine.stream(prompt, output_scores=True))
+    assert engine.generate(prompt, max_new_tokens=2, output_scores=None, output_logits=None).scores is None
+
+
 def test_an_open_or_dropped_stream_leaves_the_callers_torch_modes_alone(model_dir, tok):
     """Between the chunks of a stream the caller runs its own torch code: it must find autograd
     on and inference mode off, as before the stream, and tensors it makes must be normal ones;

@@ -395,6 +395,27 @@ def test_nan_logits_in_graph_decode_steps_raise_at_the_next_read(tmp_path):
         eng.generate(input_ids=[[1, 921, 353, 518]], streamer=PoisonAfterFirstToken(), **kw)
 
 
+def test_output_scores_off_the_graph_step_equal_the_torch_path(tmp_path):
+    """The graph step runs whole blocks; the scores kept are the ones of the steps read, in the
+    torch path's values."""
+    pytest.importorskip("transformers")
+    from codellama_fast import CodeLlamaTokenizerFast
+    from codellama_fast.engine import Engine, load_model
+
+    from tests.engine_helpers import make_hf_model, save
+
+    folder = save(make_hf_model("mha", seed=6), tmp_path / "m")
+    eng = _triton_engine(folder, graph=True, decode_step="plain")
+    eng.check_every = 4
+    ref = Engine(load_model(folder, dtype="float32", device=DEVICE, backend="torch"), CodeLlamaTokenizerFast.from_pretrained())
+    free = ref.generate(input_ids=[[1, 921, 353, 518]], max_new_tokens=9, stop_at_eos=False, repetition_penalty=1.2).token_ids[0]
+    kw = {"max_new_tokens": 9, "eos_token_id": free[5], "output_scores": True, "output_logits": True, "repetition_penalty": 1.2}
+    want, got = ref.generate(input_ids=[[1, 921, 353, 518]], **kw), eng.generate(input_ids=[[1, 921, 353, 518]], **kw)
+    assert got.token_ids == want.token_ids and len(got.scores) == len(want.scores) == len(want.token_ids[0]) + 1
+    assert all(torch.allclose(a, b, atol=1e-3, rtol=1e-3) for a, b in zip(got.scores, want.scores))
+    assert all(torch.allclose(a, b, atol=1e-3, rtol=1e-3) for a, b in zip(got.logits, want.logits))
+
+
 def test_rules_that_leave_no_token_in_graph_decode_steps_raise_at_the_next_read(tmp_path):
     """With rules the picker runs after each replay of the graph step; a step where they leave no
     token raises when the host reads the block it is in."""

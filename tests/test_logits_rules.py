@@ -226,8 +226,12 @@ def test_transformers_aliases_and_hints(model, tok):
     assert engine.generate(PROMPT, top_k=0, **sampled).token_ids == engine.generate(PROMPT, top_k=None, **sampled).token_ids
     with pytest.raises(TypeError, match="diverse beam search is not provided"):
         engine.generate(PROMPT, num_beams=4, num_beam_groups=2)
-    with pytest.raises(TypeError, match="return_logprobs=True"):
-        engine.generate(PROMPT, output_scores=True)
+    with pytest.raises(TypeError, match="contrastive search is not provided"):
+        engine.generate(PROMPT, penalty_alpha=0.6, top_k=4)
+    with pytest.raises(TypeError, match="prefix_allowed_tokens_fn limits"):
+        engine.generate(PROMPT, num_beams=2, force_words_ids=[[5]])
+    with pytest.raises(TypeError, match="only generate"):
+        list(engine.stream(PROMPT, output_scores=True))
     # a whole transformers config: its inert fields and None ("unset") pass, silently, with its meaning
     # of max_length (20 with the prompt) when max_new_tokens is unset
     from transformers import GenerationConfig

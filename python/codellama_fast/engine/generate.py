@@ -27,7 +27,7 @@ from .loader import generation_defaults, load_model
 from .model import LlamaModel, StepContext
 from .options import GenerationConfig, logits_rules_for
 from .prompt_lookup import NgramIndex
-from .logits_rules import make_picker
+from .logits_rules import StepLog, make_picker
 from .scoring import ScoreResult, score_rows
 from .token_healing import Healed, PieceIndex
 
@@ -57,6 +57,12 @@ class GenerationResult:
     # beam search: each returned beam's score (summed log-probability / length ** length_penalty,
     # transformers' sequences_scores), best first within each prompt
     sequence_scores: list[float] | None = None
+    # transformers' output_scores / output_logits: per step, [sequences, V] fp32 on the model's
+    # device: the scores the choice was made from (after the rules and, when sampling, the
+    # temperature and filters) / the model's logits. A sequence that ended before the others has
+    # entries past its end too (the engine goes on computing it), which mean nothing.
+    scores: tuple[torch.Tensor, ...] | None = None
+    logits: tuple[torch.Tensor, ...] | None = None
 
     @property
     def text(self) -> str:
@@ -67,9 +73,11 @@ class GenerationResult:
         logprobs = None if self.token_logprobs is None else [self.token_logprobs[k]]
         scores = None if self.sequence_scores is None else [self.sequence_scores[k]]
         tops = None if self.top_logprobs is None else [self.top_logprobs[k]]
+        steps = None if self.scores is None else tuple(s[k : k + 1] for s in self.scores)
+        raw = None if self.logits is None else tuple(s[k : k + 1] for s in self.logits)
         return dataclasses.replace(self, texts=[self.texts[k]], token_ids=[self.token_ids[k]], finish_reasons=[self.finish_reasons[k]],
                                    prompt_tokens=[self.prompt_tokens[k]], token_logprobs=logprobs, sequence_scores=scores,
-                                   top_logprobs=tops)
+                                   top_logprobs=tops, scores=steps, logits=raw)
 
     def summary(self) -> str:
         n = sum(len(t) for t in self.token_ids)
@@ -114,6 +122,15 @@ class _Criteria:
                 raise ValueError(f"a stopping criterion returned {len(said)} values for a batch of {len(stop)}")
             stop = [a or b for a, b in zip(stop, said)]
         return stop
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A True/False switch; None (transformers' "unset") is False."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def _deadline(cfg: GenerationConfig) -> float | None:
@@ -390,13 +407,13 @@ class Engine:
     def _steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float],
                check_every: int | None = None, warn_stacklevel: int = 5, stop_ids: Iterable[int] = (),
                logprobs: list[list[Any]] | None = None, top_logprobs: int = 0,
-               first_allowed: Sequence[tuple[int, ...] | None] | None = None) -> Iterator[list[int]]:
+               first_allowed: Sequence[tuple[int, ...] | None] | None = None, log: StepLog | None = None) -> Iterator[list[int]]:
         """``_decode_steps`` with each step run under ``torch.inference_mode`` and the caller's
         mode untouched between steps: a stream the caller holds open (or drops) must not leave its
         thread in inference mode with gradients off."""
         # warnings from the steps point one frame further up: past this wrapper
         steps = self._decode_steps(prompts, cfg, stats, check_every, warn_stacklevel + 1, stop_ids, logprobs, top_logprobs,
-                                   first_allowed)
+                                   first_allowed, log)
         try:
             while True:
                 with torch.inference_mode():
@@ -412,7 +429,7 @@ class Engine:
     def _decode_steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float],
                       check_every: int | None = None, warn_stacklevel: int = 5, stop_ids: Iterable[int] = (),
                       logprobs: list[list[Any]] | None = None, top_logprobs: int = 0,
-                      first_allowed: Sequence[tuple[int, ...] | None] | None = None) -> Iterator[list[int]]:
+                      first_allowed: Sequence[tuple[int, ...] | None] | None = None, log: StepLog | None = None) -> Iterator[list[int]]:
         """Yields the sampled token of every sequence, step by step (host lists of length B).
         On CUDA with the Triton ops, decode steps are CUDA-graph replays and the host reads the
         ids every `check_every` steps. `warn_stacklevel` points warnings at the user's call;
@@ -420,7 +437,8 @@ class Engine:
         each step's chosen tokens' log-probabilities (host lists of length B) are appended to it
         before the step is yielded; with ``top_logprobs`` = k each entry is a list instead: that
         log-probability, the k likeliest tokens' log-probabilities, then their ids. ``first_allowed``:
-        per sequence, the ids its first token may be (token healing; None: any)."""
+        per sequence, the ids its first token may be (token healing; None: any). ``log`` keeps
+        each choice's scores and logits (on the captured step, for every step of a block)."""
         tokens, kv_start_now, t = self._prepare(prompts)
         cfg = cfg.for_prompt_length(t)
         arguments.warn_past_context(t, cfg.max_new_tokens, self.model.config, warn_stacklevel)
@@ -436,10 +454,10 @@ class Engine:
             rules = dataclasses.replace(rules, first_allowed=tuple(first_allowed))
         # NaN/inf logits, and rules that leave a row no token, raise where the host reads the tokens (engine.finite)
         watch = FiniteWatch(self.device)
-        pick = make_picker(params, rules, gen, tokens, kv_start_now, vocab, cfg.max_new_tokens, known, watch)
+        pick = make_picker(params, rules, gen, tokens, kv_start_now, vocab, cfg.max_new_tokens, known, watch, log)
         # the captured step takes the argmax itself only when nothing happens between logits and choice
         guessing = cfg.prompt_lookup_num_tokens is not None or cfg.assistant_model is not None
-        graph_greedy = params.greedy and not rules.active and known == vocab and logprobs is None and not guessing
+        graph_greedy = params.greedy and not rules.active and known == vocab and logprobs is None and log is None and not guessing
 
         if guessing and b != 1:
             name = "prompt_lookup_num_tokens" if cfg.prompt_lookup_num_tokens is not None else "assistant_model"
@@ -585,14 +603,18 @@ class Engine:
 
     def _run(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: set[int] | Sequence[set[int]],
              decoders: Sequence[Callable[[list[int]], str]], return_logprobs: bool = False, top_logprobs: int = 0,
-             first_allowed: Sequence[tuple[int, ...] | None] | None = None) -> GenerationResult:
+             first_allowed: Sequence[tuple[int, ...] | None] | None = None, output_scores: bool = False,
+             output_logits: bool = False) -> GenerationResult:
         """Generates for `prompts` until each stops; `stop_ids`: one set for all, or one per prompt;
-        `first_allowed`: per prompt, the ids its first token may be (token healing)."""
+        `first_allowed`: per prompt, the ids its first token may be (token healing);
+        `output_scores`/`output_logits`: keep each step's scores/logits (transformers' names)."""
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
         deadline = _deadline(cfg)
         rows = [stop_ids] * len(prompts) if isinstance(stop_ids, (set, frozenset)) else list(stop_ids)
         tracker = _StopTracker(rows, cfg.stop, decoders, _Criteria(cfg.stopping_criteria, prompts) if cfg.stopping_criteria else None)
         steps: list[list[Any]] | None = [] if return_logprobs or top_logprobs else None
+        log = StepLog(cfg.sampling(), output_scores, output_logits) if output_scores or output_logits else None
+        taken = 0  # steps read (the captured step may have run a few more in its last block)
         streamer = cfg.streamer
         if streamer is not None:
             if len(prompts) != 1:
@@ -601,7 +623,8 @@ class Engine:
             streamer.put(torch.tensor([list(prompts[0])]))  # the prompt first, as transformers does (skip_prompt=True skips it)
         try:
             for host in self._steps(prompts, cfg, stats, stop_ids=set().union(*rows), logprobs=steps, top_logprobs=top_logprobs,
-                                    first_allowed=first_allowed):
+                                    first_allowed=first_allowed, log=log):
+                taken += 1
                 tracker.push(host, steps[-1] if steps else None)
                 if streamer is not None:
                     streamer.put(torch.tensor(host))  # [1]: each new token, a final stop id included, as transformers
@@ -629,6 +652,8 @@ class Engine:
             total_s=stats["prefill_s"] + stats["decode_s"],
             token_logprobs=token_logprobs if return_logprobs or top_logprobs else None,
             top_logprobs=tops,
+            scores=None if log is None or log.scores is None else tuple(log.scores[:taken]),
+            logits=None if log is None or log.logits is None else tuple(log.logits[:taken]),
             guesses_made=int(stats.get("guesses_made", 0)),
             guesses_kept=int(stats.get("guesses_kept", 0)),
         )
@@ -717,7 +742,7 @@ class Engine:
 
     def generate(self, prompts: str | Sequence[str] | None = None, *, input_ids: Sequence[Sequence[int]] | None = None,
                  attention_mask: Sequence[Sequence[int]] | None = None, return_logprobs: bool = False, top_logprobs: int = 0,
-                 **kwargs: Any) -> GenerationResult:
+                 output_scores: bool | None = False, output_logits: bool | None = False, **kwargs: Any) -> GenerationResult:
         """Generates a continuation of each prompt (a batch is left-padded and runs together).
         ``prompts``: text (a str or a list of str), or token ids as ``input_ids`` takes them (as
         transformers' ``generate(input_ids)``; ``inputs=`` is its keyword).
@@ -743,6 +768,9 @@ class Engine:
         ``return_logprobs=True`` fills ``token_logprobs``: each generated token's log-probability
         under the model (beam search gives ``sequence_scores`` instead); ``top_logprobs=k`` also
         fills ``top_logprobs``: the k likeliest tokens at each position, with theirs.
+        transformers' ``output_scores=True`` / ``output_logits=True`` fill ``scores`` / ``logits``
+        (per step, [sequences, V] on the device), and its ``return_dict_in_generate`` changes
+        nothing (the result is always this object).
         """
         if not isinstance(return_logprobs, bool):
             raise TypeError(f"return_logprobs must be True or False, got {return_logprobs!r}")
@@ -750,6 +778,8 @@ class Engine:
         if not 0 <= top_logprobs <= self.model.config.vocab_size:
             raise ValueError(f"top_logprobs must be between 0 and the vocabulary size ({self.model.config.vocab_size}), got {top_logprobs}")
         return_logprobs = return_logprobs or top_logprobs > 0
+        output_scores, output_logits = (_flag(name, value) for name, value in (("output_scores", output_scores), ("output_logits", output_logits)))
+        _flag("return_dict_in_generate", kwargs.pop("return_dict_in_generate", False))
         if "inputs" in kwargs:  # transformers' name for the first argument
             if prompts is not None:
                 raise ValueError("give prompts or inputs (transformers' name), not both")
@@ -769,11 +799,14 @@ class Engine:
             ids, allowed = [h.prompt for h in healed], [h.allowed for h in healed]
         decoders = self._continuation_decoder(ids, healed)
         if cfg.num_beams > 1:
+            if output_scores or output_logits:
+                raise ValueError("output_scores and output_logits are not given for beam search; each beam's score is in "
+                                 "sequence_scores")
             return self._run_beams(ids, cfg, stops, decoders, return_logprobs, allowed)
         n = cfg.num_return_sequences  # each prompt's samples together, as transformers
         ids, stops, decoders = [x for x in ids for _ in range(n)], [x for x in stops for _ in range(n)], [x for x in decoders for _ in range(n)]
         allowed = None if allowed is None else [x for x in allowed for _ in range(n)]
-        return self._run(ids, cfg, stops, decoders, return_logprobs, top_logprobs, allowed)
+        return self._run(ids, cfg, stops, decoders, return_logprobs, top_logprobs, allowed, output_scores, output_logits)
 
     def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[str]:
         """Yields text deltas of one prompt's continuation as tokens are generated. The deltas

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .finite import FiniteWatch
-from .sampling import SamplingParams, apply_repetition_penalty, sample
+from .sampling import SamplingParams, apply_repetition_penalty, filter_logits, sample
 
 
 @dataclass(frozen=True)
@@ -264,11 +264,33 @@ class RuleState:
             self.history.tokens, self.history.real = self.history.tokens[rows], self.history.real[rows]
 
 
+class StepLog:
+    """transformers' ``output_scores`` and ``output_logits``: each step's scores [B, V] fp32 as its
+    processors and, when sampling, its warpers leave them (temperature, then the filters' -inf),
+    and each step's raw logits [B, V] fp32; on the device, one entry per choice made."""
+
+    def __init__(self, params: SamplingParams, scores: bool, logits: bool) -> None:
+        self.params = params
+        self.scores: list[torch.Tensor] | None = [] if scores else None
+        self.logits: list[torch.Tensor] | None = [] if logits else None
+
+    def record(self, raw: torch.Tensor, ruled: torch.Tensor) -> None:
+        """raw [B, V]: the model's logits; ruled [B, V] fp32: after the rules."""
+        if self.logits is not None:
+            self.logits.append(raw.float().clone())
+        if self.scores is not None:
+            p = self.params
+            self.scores.append(ruled.clone() if p.greedy else filter_logits(ruled / p.temperature, p.top_k, p.top_p, p.min_p, p.typical_p,
+                                                                            p.epsilon_cutoff, p.eta_cutoff))
+
+
 def make_picker(params: SamplingParams, rules: TokenRules, gen: torch.Generator | None, tokens: torch.Tensor, kv_start: torch.Tensor,
-                vocab: int, room: int, allowed: int | None = None, watch: FiniteWatch | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+                vocab: int, room: int, allowed: int | None = None, watch: FiniteWatch | None = None,
+                log: StepLog | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The per-step choice: logits [B, V] -> next ids [B], with ``rules`` applied first (arguments
-    as RuleState's); ``watch`` notes a step where the rules leave a row no token (engine.finite)."""
-    if not rules.active and (allowed is None or allowed >= vocab):
+    as RuleState's); ``watch`` notes a step where the rules leave a row no token (engine.finite);
+    ``log`` keeps each step's scores."""
+    if not rules.active and (allowed is None or allowed >= vocab) and log is None:
         return lambda logits: sample(logits, params, gen)
     state = RuleState(rules, tokens, kv_start, vocab, room, allowed)
 
@@ -276,6 +298,8 @@ def make_picker(params: SamplingParams, rules: TokenRules, gen: torch.Generator 
         scores = state.apply(logits)
         if watch is not None:
             watch.see_choices(scores)
+        if log is not None:
+            log.record(logits, scores)
         nxt = sample(scores, params, gen)
         state.advance(nxt)
         return nxt

@@ -271,9 +271,14 @@ def _at_least(name: str, value: Any, low: int) -> int:
 # transformers arguments this engine does not take, and what to use instead
 HF_HINTS = {
     "num_beam_groups": "diverse beam search is not provided; num_beams gives plain beam search",
-    "output_scores": "generate(..., return_logprobs=True) gives each token's log-probability",
-    "output_logits": "generate(..., return_logprobs=True) gives each token's log-probability; engine.score(texts) scores texts",
-    "return_dict_in_generate": "generate always returns a GenerationResult (token_ids, texts, finish_reasons, timings)",
+    "diversity_penalty": "diverse beam search is not provided; num_beams gives plain beam search",
+    "constraints": "constrained beam search is not provided; prefix_allowed_tokens_fn limits each step's choice",
+    "force_words_ids": "constrained beam search is not provided; prefix_allowed_tokens_fn limits each step's choice",
+    "penalty_alpha": "contrastive search is not provided; repetition_penalty or no_repeat_ngram_size discourage repeats",
+    "dola_layers": "DoLa decoding is not provided",
+    "output_scores": "only generate() returns each step's scores",
+    "output_logits": "only generate() returns each step's logits; engine.score(texts) scores finished texts",
+    "return_dict_in_generate": "only generate() takes it (it always returns a GenerationResult)",
     "cache_implementation": "the KV cache is preallocated in the model's dtype; 'static' and 'dynamic' are accepted and change nothing",
 }
 
