@@ -57,6 +57,7 @@ def _same(engine, hf, rows, n, ends, **kw):
         {"num_beams": 3, "length_penalty": 2.0, "early_stopping": "never"},
         {"num_beams": 5, "num_return_sequences": 2, "early_stopping": True},
         {"num_beams": 3, "length_penalty": -1.0, "early_stopping": "never"},
+        {"num_beams": 3, "num_return_sequences": 2, "repetition_penalty": 1.6, "renormalize_logits": True},
     ],
 )
 def test_beams_equal_transformers(model, tok, kw):
@@ -80,6 +81,7 @@ def test_beams_equal_transformers(model, tok, kw):
         {"num_beams": 3, "typical_p": 0.6, "top_k": 0, "early_stopping": "never"},
         {"num_beams": 3, "min_p": 0.05, "epsilon_cutoff": 0.001, "top_k": 0},
         {"num_beams": 2, "top_k": 2, "eta_cutoff": 0.01, "repetition_penalty": 1.3},
+        {"num_beams": 3, "top_k": 8, "temperature": 0.6, "renormalize_logits": True},
     ],
 )
 def test_beam_sample_equals_transformers_with_the_same_seed(model, tok, kw):

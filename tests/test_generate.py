@@ -428,6 +428,8 @@ def test_max_time_stops_where_transformers_does_and_keeps_the_tokens(model_dir, 
     {"do_sample": False, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
     {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.9},
     {"do_sample": True, "min_p": 0.05, "num_return_sequences": 2},
+    {"do_sample": True, "temperature": 1.3, "top_k": 10, "renormalize_logits": True},
+    {"do_sample": False, "sequence_bias": [[[4000], 3.0]], "renormalize_logits": True},
 ])
 def test_output_scores_and_logits_equal_transformers(model_dir, tok, kw):
     """transformers' output_scores (after its processors and, when sampling, its warpers) and

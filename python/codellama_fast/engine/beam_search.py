@@ -24,7 +24,7 @@ import torch
 
 from .cache import KVCache
 from .finite import FiniteWatch
-from .logits_rules import RuleState, TokenRules
+from .logits_rules import RuleState, TokenRules, renormalized
 from .model import LlamaModel, StepContext
 from .sampling import SamplingParams, filter_logits
 
@@ -40,6 +40,8 @@ class BeamSettings:
     num_return_sequences: int = 1
     # None (or greedy params): beam search; otherwise beam sample with these temperature and filters
     sampling: SamplingParams | None = None
+    # transformers' renormalize_logits: each step's processed log-probabilities normalized again
+    renormalize: bool = False
 
 
 @dataclass
@@ -112,6 +114,8 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         if sampling is not None:
             logp = filter_logits(logp / sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p,
                                  sampling.typical_p, sampling.epsilon_cutoff, sampling.eta_cutoff, keep=min_keep)
+        if settings.renormalize:
+            logp = renormalized(logp)
         totals = (logp.view(b, k, vocab) + run_scores[:, :, None]).view(b, k * vocab)
         if sampling is None:
             top_scores, top_index = totals.topk(width, dim=-1)  # [B, W]

@@ -613,7 +613,7 @@ class Engine:
         rows = [stop_ids] * len(prompts) if isinstance(stop_ids, (set, frozenset)) else list(stop_ids)
         tracker = _StopTracker(rows, cfg.stop, decoders, _Criteria(cfg.stopping_criteria, prompts) if cfg.stopping_criteria else None)
         steps: list[list[Any]] | None = [] if return_logprobs or top_logprobs else None
-        log = StepLog(cfg.sampling(), output_scores, output_logits) if output_scores or output_logits else None
+        log = StepLog(cfg.sampling(), output_scores, output_logits, cfg.renormalize_logits) if output_scores or output_logits else None
         taken = 0  # steps read (the captured step may have run a few more in its last block)
         streamer = cfg.streamer
         if streamer is not None:
@@ -676,7 +676,8 @@ class Engine:
             rules = logits_rules_for(cfg, set().union(*stop_ids), vocab, 4)
             if first_allowed is not None:
                 rules = dataclasses.replace(rules, first_allowed=tuple(first_allowed))
-            settings = beam_search.BeamSettings(cfg.num_beams, cfg.length_penalty, cfg.early_stopping, n, cfg.sampling())
+            settings = beam_search.BeamSettings(cfg.num_beams, cfg.length_penalty, cfg.early_stopping, n, cfg.sampling(),
+                                                cfg.renormalize_logits)
             with torch.inference_mode():
                 out = beam_search.beam_search(self.model, self._prefill, tokens, kv_start, cfg.max_new_tokens, settings, rules,
                                               stop_ids, len(self.tokenizer), self.dtype, self._generator(cfg.seed))

@@ -267,10 +267,11 @@ class RuleState:
 class StepLog:
     """transformers' ``output_scores`` and ``output_logits``: each step's scores [B, V] fp32 as its
     processors and, when sampling, its warpers leave them (temperature, then the filters' -inf),
-    and each step's raw logits [B, V] fp32; on the device, one entry per choice made."""
+    and each step's raw logits [B, V] fp32; on the device, one entry per choice made.
+    ``renormalize``: the scores made log-probabilities at the end (transformers' renormalize_logits)."""
 
-    def __init__(self, params: SamplingParams, scores: bool, logits: bool) -> None:
-        self.params = params
+    def __init__(self, params: SamplingParams, scores: bool, logits: bool, renormalize: bool = False) -> None:
+        self.params, self.renormalize = params, renormalize
         self.scores: list[torch.Tensor] | None = [] if scores else None
         self.logits: list[torch.Tensor] | None = [] if logits else None
 
@@ -280,8 +281,15 @@ class StepLog:
             self.logits.append(raw.float().clone())
         if self.scores is not None:
             p = self.params
-            self.scores.append(ruled.clone() if p.greedy else filter_logits(ruled / p.temperature, p.top_k, p.top_p, p.min_p, p.typical_p,
-                                                                            p.epsilon_cutoff, p.eta_cutoff))
+            scores = ruled.clone() if p.greedy else filter_logits(ruled / p.temperature, p.top_k, p.top_p, p.min_p, p.typical_p,
+                                                                  p.epsilon_cutoff, p.eta_cutoff)
+            self.scores.append(renormalized(scores) if self.renormalize else scores)
+
+
+def renormalized(scores: torch.Tensor) -> torch.Tensor:
+    """transformers' LogitNormalization: scores [B, V] -> log_softmax. A row the rules left all
+    -inf stays so (its log_softmax would be NaN)."""
+    return torch.where(torch.isinf(scores.amax(dim=-1, keepdim=True)), scores, scores.log_softmax(dim=-1))
 
 
 def make_picker(params: SamplingParams, rules: TokenRules, gen: torch.Generator | None, tokens: torch.Tensor, kv_start: torch.Tensor,

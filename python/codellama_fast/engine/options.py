@@ -49,6 +49,9 @@ class GenerationConfig:
     # (start, factor): from the start-th new token on, the stop ids' logits grow by |logit| ×
     # (factor ** (tokens past start) - 1), so sequences end sooner (ExponentialDecayLengthPenalty)
     exponential_decay_length_penalty: Any = None
+    # the scores after every rule made log-probabilities again (transformers' LogitNormalization):
+    # beam scores and output_scores change, a plain choice does not
+    renormalize_logits: bool = False
     # transformers' total lengths (prompt included, the longest prompt of a batch):
     # max_length sets max_new_tokens when the call does not, min_length sets min_new_tokens
     max_length: int | None = None
@@ -137,8 +140,9 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     cfg.stop_token_ids = arguments.stop_ids(cfg.stop_token_ids)
     if not isinstance(cfg.stop_at_eos, bool):
         raise TypeError(f"stop_at_eos must be a bool, got {type(cfg.stop_at_eos).__name__}")
-    if not isinstance(cfg.token_healing, bool):
-        raise TypeError(f"token_healing must be a bool, got {type(cfg.token_healing).__name__}")
+    for name in ("token_healing", "renormalize_logits"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise TypeError(f"{name} must be a bool, got {type(getattr(cfg, name)).__name__}")
     params = cfg.sampling()  # value checks (temperature >= 0, top_k >= 1, 0 < top_p <= 1)
     cfg.num_return_sequences = _at_least("num_return_sequences", arguments.check_int("num_return_sequences", cfg.num_return_sequences), 1)
     cfg.num_beams = _at_least("num_beams", arguments.check_int("num_beams", cfg.num_beams), 1)
@@ -292,7 +296,7 @@ HF_INERT: dict[str, tuple[Any, ...]] = {
     "force_words_ids": (None,), "forced_bos_token_id": (None,), "guidance_scale": (None,), "low_memory": (None, False),
     "num_beam_groups": (1,), "output_attentions": (False,), "output_hidden_states": (False,), "output_logits": (None, False),
     "output_scores": (False,), "penalty_alpha": (None,), "prefill_chunk_size": (None,), "remove_invalid_values": (False,),
-    "renormalize_logits": (False,), "return_dict_in_generate": (False,), "target_lookbehind": (10,),
+    "return_dict_in_generate": (False,), "target_lookbehind": (10,),
     "watermarking_config": (None,), "cache_implementation": (None, "static", "dynamic"),
 }
 # transformers' bookkeeping and compile/cache-format switches: nothing to do here whatever their value
