@@ -59,6 +59,11 @@ def engine(model_dir, tok):
         ({"no_repeat_ngram_size": ""}, TypeError, "no_repeat_ngram_size must be an int"),
         ({"num_return_sequences": torch.tensor([1, 2])}, TypeError, "num_return_sequences must be an int"),
         ({"early_stopping": torch.tensor([1, 2])}, ValueError, "early_stopping must be True, False or 'never'"),
+        ({"output_scores": torch.tensor([1, 2])}, TypeError, "output_scores"),
+        ({"return_dict_in_generate": torch.tensor([1, 2])}, TypeError, "return_dict_in_generate"),
+        ({"max_time": float("nan")}, ValueError, "max_time"),
+        ({"renormalize_logits": "yes"}, TypeError, "renormalize_logits must be a bool"),
+        ({"exponential_decay_length_penalty": (1, float("nan"))}, ValueError, "decay_factor must be"),
     ],
 )
 def test_bad_generation_arguments_are_named(engine, kwargs, error, words):

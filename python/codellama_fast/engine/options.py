@@ -311,7 +311,8 @@ def _drop_inert(overrides: dict[str, Any]) -> dict[str, Any]:
     out = {}
     fields = GenerationConfig.__dataclass_fields__
     for key, value in overrides.items():
-        if key in HF_BOOKKEEPING or (key in HF_INERT and any(value is v or (v is not None and value == v and type(value) is type(v))
+        # the type first: `value == v` on a tensor would be a tensor, not a bool
+        if key in HF_BOOKKEEPING or (key in HF_INERT and any(value is v or (v is not None and type(value) is type(v) and value == v)
                                                              for v in HF_INERT[key])):
             continue
         if value is None and key in fields and fields[key].default is not None:
