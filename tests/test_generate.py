@@ -388,12 +388,15 @@ def test_stopping_criteria_end_rows_as_in_transformers(model_dir, tok):
         engine.generate("x", max_new_tokens=2, stopping_criteria=[3])
 
 
-def test_max_time_stops_where_transformers_does_and_keeps_the_tokens(model_dir, tok):
+def test_max_time_stops_where_transformers_does_and_keeps_the_tokens(model_dir, tok, monkeypatch):
     """max_time counts from the call (the prompt's run included) and is checked after each token,
     as transformers' MaxTimeCriteria: with a deadline already past at the first token both give
-    that one token. A slow step (a logits processor that sleeps and changes nothing) runs out of
-    time long before max_new_tokens, keeping the tokens the unbounded run starts with."""
-    import time
+    that one token. On a clock that a logits processor moves 0.25 s per step (the engine's own
+    clock replaced, so nothing sleeps), max_time=1.0 ends every sequence after its fifth token,
+    keeping the tokens the unbounded run starts with."""
+    import types
+
+    import codellama_fast.engine.generate as generate_module
 
     hf = make_hf_model("gqa4", seed=7)
     engine = Engine(load_model(model_dir, dtype="float32", device="cpu"), tok)
@@ -406,16 +409,20 @@ def test_max_time_stops_where_transformers_does_and_keeps_the_tokens(model_dir, 
     assert got.token_ids == out[:, 6:].tolist() and len(got.token_ids[0]) == 1
     assert got.finish_reasons == ["time", "time"]
 
-    def slow(ids, scores):
-        time.sleep(0.02)
+    clock = [1000.0]
+    monkeypatch.setattr(generate_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def step_takes_a_quarter_second(ids, scores):
+        clock[0] += 0.25
         return scores
 
-    free = engine.generate(input_ids=rows, max_new_tokens=300, stop_at_eos=False).token_ids
-    timed = engine.generate(input_ids=rows, max_new_tokens=300, stop_at_eos=False, logits_processor=slow, max_time=0.4)
-    assert timed.finish_reasons == ["time", "time"]
-    assert 1 <= len(timed.token_ids[0]) < 300 and all(f[: len(t)] == t for f, t in zip(free, timed.token_ids))
-    streamed = "".join(engine.stream(rows[0], max_new_tokens=300, stop_at_eos=False, logits_processor=slow, max_time=0.4))
-    assert 0 < len(streamed) < len(engine.generate(input_ids=[rows[0]], max_new_tokens=300, stop_at_eos=False).text)
+    free = engine.generate(input_ids=rows, max_new_tokens=30, stop_at_eos=False).token_ids
+    timed = engine.generate(input_ids=rows, max_new_tokens=30, stop_at_eos=False, logits_processor=step_takes_a_quarter_second,
+                            max_time=1.0)
+    assert timed.finish_reasons == ["time", "time"] and timed.token_ids == [f[:5] for f in free]
+    streamed = "".join(engine.stream(rows[0], max_new_tokens=30, stop_at_eos=False, logits_processor=step_takes_a_quarter_second,
+                                     max_time=1.0))
+    assert streamed == engine.generate(input_ids=[rows[0]], max_new_tokens=5, stop_at_eos=False).text
     assert engine.generate(input_ids=rows, max_new_tokens=5, stop_at_eos=False, max_time=60.0).finish_reasons == ["length"] * 2
     for bad, error in ((0, ValueError), (-1.0, ValueError), (float("inf"), ValueError), ("1", TypeError)):
         with pytest.raises(error, match="max_time"):
