@@ -509,12 +509,20 @@ class Engine:
                     carried = draft._carried_assistant_tokens if cfg.num_assistant_tokens_schedule == "heuristic" else None
                     per_step = carried or cfg.num_assistant_tokens
                 guesser.extend(list(prompts[0]) + host)
+                picked = [1]  # tokens chosen so far: each choice here is a token emitted (the first came from the prefill)
+
+                def checked_pick(logits: torch.Tensor) -> torch.Tensor:
+                    # checked at each choice, before later positions of the same pass are chosen:
+                    # the checking loop reads each choice at once anyway
+                    nxt = watched_pick(logits)
+                    picked[0] += 1
+                    watch.check(self.dtype, f"at generated token {picked[0]}")
+                    return nxt
+
                 try:
-                    for n, host in enumerate(speculative.guess_and_check(
-                            self.model, cache.layers, guesser, t, cfg.max_new_tokens, per_step,
-                            set(stop_ids), watched_pick, logprob_of, logprobs, stats, time.perf_counter, graph, adapt), start=2):
-                        watch.check(self.dtype, f"at generated token {n}")  # the guesses' checking already synced
-                        yield host
+                    yield from speculative.guess_and_check(self.model, cache.layers, guesser, t, cfg.max_new_tokens, per_step,
+                                                           set(stop_ids), checked_pick, logprob_of, logprobs, stats, time.perf_counter,
+                                                           graph, adapt)
                 finally:
                     if cfg.num_assistant_tokens_schedule == "heuristic" and cfg.assistant_model is not None and "num_tokens" in stats:
                         cfg.assistant_model._carried_assistant_tokens = stats["num_tokens"]
