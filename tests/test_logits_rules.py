@@ -418,6 +418,53 @@ def test_bad_forced_eos_and_decay_arguments_are_named(model, tok, kwargs, error,
     assert words in str(info.value)
 
 
+def test_a_generation_config_object_reads_as_transformers_reads_it(tmp_path, tok):
+    """generate(generation_config=...) with a transformers GenerationConfig: its fields left at
+    the class defaults take the model's generation_config.json values (here a sampling one), the
+    call's own arguments win, and with no max_new_tokens anywhere 20 new tokens are made. Seeded
+    alike, the tokens equal transformers'. This package's GenerationConfig works the same way."""
+    from codellama_fast.engine import Engine, load_model
+    from codellama_fast.engine.loader import generation_defaults
+    from codellama_fast.engine.options import GenerationConfig
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    from tests.engine_helpers import fresh_seed, make_hf_model, save
+
+    def pair(sampling: bool):
+        hf = make_hf_model("mha", fresh_seed())
+        if sampling:
+            hf.generation_config = HFGenerationConfig(bos_token_id=1, eos_token_id=2, do_sample=True, top_k=5, temperature=0.8,
+                                                      max_new_tokens=9)
+        path = save(hf, tmp_path / f"m{int(sampling)}")
+        return hf, Engine(load_model(path, dtype="float32", device="cpu"), tok, defaults=generation_defaults(path))
+
+    ids = torch.tensor([tok.encode(PROMPT)])
+    seed = torch.seed() % 2**31
+    for sampling, cases in ((True, [(HFGenerationConfig(repetition_penalty=1.3), {}), (HFGenerationConfig(temperature=0.0), {}),
+                                    (HFGenerationConfig(max_new_tokens=4), {"top_k": 2}), (HFGenerationConfig(num_beams=2), {}),
+                                    (HFGenerationConfig(), {"max_new_tokens": 3})]),
+                            (False, [(HFGenerationConfig(), {}), (HFGenerationConfig(do_sample=True, top_k=3), {}),
+                                     (HFGenerationConfig(max_new_tokens=6, no_repeat_ngram_size=1), {})])):
+        hf, engine = pair(sampling)
+        for config, kw in cases:
+            torch.manual_seed(seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = hf.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=0, generation_config=config, **kw)
+            want = out[0, ids.shape[1]:].tolist()
+            got = engine.generate(input_ids=ids.tolist(), generation_config=config, seed=seed, **kw)
+            assert want[: len(got.token_ids[0])] == got.token_ids[0] and (len(want) == len(got.token_ids[0]) or got.finish_reasons == ["eos"]), \
+                (sampling, config.to_diff_dict(), kw)
+        if not sampling:
+            twenty = engine.generate(PROMPT, generation_config=HFGenerationConfig(eos_token_id=None))
+            assert len(twenty.token_ids[0]) == 20 or twenty.finish_reasons == ["eos"]  # the model's EOS still ends it
+            assert len(engine.generate(PROMPT, generation_config=GenerationConfig(max_new_tokens=5), stop_at_eos=False).token_ids[0]) == 5
+            assert engine.generate(PROMPT, generation_config=GenerationConfig(), max_new_tokens=7, stop_at_eos=False).token_ids == \
+                engine.generate(PROMPT, max_new_tokens=7, stop_at_eos=False).token_ids
+    with pytest.raises(TypeError, match="generation_config must be a transformers GenerationConfig"):
+        engine.generate(PROMPT, generation_config={"max_new_tokens": 3})
+
+
 def test_inert_transformers_fields_are_its_defaults():
     """The transformers fields accepted as changing nothing are accepted only at transformers'
     own defaults (so the table cannot drift from what transformers means by "not set")."""

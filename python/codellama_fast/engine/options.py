@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from . import arguments
@@ -121,7 +122,8 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     """The checked settings of a call. `defaults`: the model's (generation_config.json); `many`:
     the call may return several sequences per prompt (generate); `streams`: it yields text as it
     goes (stream)."""
-    overrides = _read_do_sample(defaults, _read_hf_aliases(_read_hf_token_ids(_drop_inert(dict(overrides)))))
+    overrides = _read_generation_config(defaults, dict(overrides))
+    overrides = _read_do_sample(defaults, _read_hf_aliases(_read_hf_token_ids(_drop_inert(overrides))))
     if not many and arguments.check_int("num_return_sequences", overrides.get("num_return_sequences", 1)) != 1:
         raise ValueError("num_return_sequences is for generate(); stream, infill and chat return one continuation")
     unknown = set(overrides) - set(GenerationConfig.__dataclass_fields__)
@@ -303,6 +305,33 @@ HF_INERT: dict[str, tuple[Any, ...]] = {
 HF_BOOKKEEPING = ("_from_model_config", "transformers_version", "bos_token_id", "decoder_start_token_id", "is_assistant",
                   "cache_config", "disable_compile", "compile_config", "return_legacy_cache")
 HF_DEFAULT_MAX_LENGTH, HF_DEFAULT_MIN_LENGTH = 20, 0
+
+
+def _read_generation_config(defaults: Mapping[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """transformers' ``generation_config=``: a transformers ``GenerationConfig`` (or this package's),
+    whose fields the call's own keyword arguments override. As transformers reads it, a field left
+    at its class default is not set: the model's generation_config.json (or the engine's default)
+    applies there. One exception keeps transformers' meaning: when neither the given config nor
+    the model sets ``max_new_tokens`` and ``max_length`` is left at its default (20), transformers
+    generates 20 new tokens, and so does this."""
+    given = overrides.pop("generation_config", None)
+    if given is None:
+        return overrides
+    if isinstance(given, GenerationConfig):
+        fields = {f.name: getattr(given, f.name) for f in dataclass_fields(given)}
+        base = {f.name: getattr(GenerationConfig(), f.name) for f in dataclass_fields(GenerationConfig)}
+    elif callable(getattr(given, "to_dict", None)) and type(given).__name__ == "GenerationConfig":
+        fields, base = given.to_dict(), type(given)().to_dict()
+    else:
+        raise TypeError(f"generation_config must be a transformers GenerationConfig (or codellama_fast's), got {type(given).__name__}")
+    taken = {}
+    for key, value in fields.items():
+        unset = key in base and type(value) is type(base[key]) and value == base[key]
+        if unset and key == "max_length" and fields.get("max_new_tokens") is None and "max_new_tokens" not in defaults:
+            taken["max_new_tokens"] = value
+        elif not unset and not key.startswith("_"):
+            taken[key] = value
+    return {**taken, **overrides}
 
 
 def _drop_inert(overrides: dict[str, Any]) -> dict[str, Any]:
