@@ -397,7 +397,8 @@ def test_nan_logits_in_graph_decode_steps_raise_at_the_next_read(tmp_path):
 
 def test_output_scores_off_the_graph_step_equal_the_torch_path(tmp_path):
     """The graph step runs whole blocks; the scores kept are the ones of the steps read, in the
-    torch path's values."""
+    torch path's values. Classifier-free guidance (its unconditional rows run beside the captured
+    step) chooses as the torch path does."""
     pytest.importorskip("transformers")
     from codellama_fast import CodeLlamaTokenizerFast
     from codellama_fast.engine import Engine, load_model
@@ -414,6 +415,8 @@ def test_output_scores_off_the_graph_step_equal_the_torch_path(tmp_path):
     assert got.token_ids == want.token_ids and len(got.scores) == len(want.scores) == len(want.token_ids[0]) + 1
     assert all(torch.allclose(a, b, atol=1e-3, rtol=1e-3) for a, b in zip(got.scores, want.scores))
     assert all(torch.allclose(a, b, atol=1e-3, rtol=1e-3) for a, b in zip(got.logits, want.logits))
+    guided = {"max_new_tokens": 9, "stop_at_eos": False, "guidance_scale": 2.0, "negative_prompt_ids": [1, 396, 4319]}
+    assert eng.generate(input_ids=[[1, 921, 353, 518]], **guided).token_ids == ref.generate(input_ids=[[1, 921, 353, 518]], **guided).token_ids
 
 
 def test_rules_that_leave_no_token_in_graph_decode_steps_raise_at_the_next_read(tmp_path):

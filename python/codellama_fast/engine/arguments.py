@@ -79,31 +79,33 @@ def token_id_list(name: str, value: Any) -> list[int]:
     return [int(t) for t in value]
 
 
-def prompt_id_lists(input_ids: Any, attention_mask: Any = None) -> list[list[int]]:
+def prompt_id_lists(input_ids: Any, attention_mask: Any = None, names: tuple[str, str] = ("input_ids", "attention_mask")) -> list[list[int]]:
     """``input_ids``: one prompt (a flat sequence of ids or a 1-D tensor) or a batch (a sequence of
     them, or a 2-D tensor). The engine pads a batch itself, so a padded batch (a tokenizer's
-    ``padding=True`` output) needs its ``attention_mask``: the rows keep the positions it marks 1."""
-    input_ids = _array_as_list("input_ids", input_ids, (1, 2))
+    ``padding=True`` output) needs its ``attention_mask``: the rows keep the positions it marks 1.
+    ``names``: the two arguments' names in messages."""
+    ids_name, mask_name = names
+    input_ids = _array_as_list(ids_name, input_ids, (1, 2))
     if isinstance(input_ids, (str, bytes)) or not isinstance(input_ids, Sequence):
-        raise TypeError(f"input_ids must be a list of token ids or a list of such lists, got {type(input_ids).__name__}")
+        raise TypeError(f"{ids_name} must be a list of token ids or a list of such lists, got {type(input_ids).__name__}")
     single = len(input_ids) > 0 and all(_is_int(t) for t in input_ids)
-    rows = [[int(t) for t in input_ids]] if single else [token_id_list(f"input_ids[{i}]", row) for i, row in enumerate(input_ids)]
+    rows = [[int(t) for t in input_ids]] if single else [token_id_list(f"{ids_name}[{i}]", row) for i, row in enumerate(input_ids)]
     if attention_mask is None:
         return rows
-    mask = _array_as_list("attention_mask", attention_mask, (1, 2))
+    mask = _array_as_list(mask_name, attention_mask, (1, 2))
     if isinstance(mask, (str, bytes)) or not isinstance(mask, Sequence):
-        raise TypeError(f"attention_mask must be a list of 0/1 values (one per token), got {type(mask).__name__}")
+        raise TypeError(f"{mask_name} must be a list of 0/1 values (one per token), got {type(mask).__name__}")
     masks = [list(mask)] if single else [list(m) if isinstance(m, Sequence) else m for m in mask]
     if len(masks) != len(rows) or any(not isinstance(m, list) or len(m) != len(r) for m, r in zip(masks, rows)):
-        raise ValueError("attention_mask must have the shape of input_ids")
+        raise ValueError(f"{mask_name} must have the shape of {ids_name}")
     out = []
     for i, (row, m) in enumerate(zip(rows, masks)):
         if any(v not in (0, 1) or not isinstance(v, (numbers.Integral, bool)) for v in m):
-            raise ValueError(f"attention_mask[{i}] must hold only 0 and 1")
+            raise ValueError(f"{mask_name}[{i}] must hold only 0 and 1")
         kept = [k for k, v in enumerate(m) if v]
         if kept and kept[-1] - kept[0] + 1 != len(kept):
             raise ValueError(
-                f"attention_mask[{i}] marks tokens with gaps between them; it must mark one run of tokens (left or right padding)"
+                f"{mask_name}[{i}] marks tokens with gaps between them; it must mark one run of tokens (left or right padding)"
             )
         out.append([row[k] for k in kept])
     return out

@@ -27,6 +27,7 @@ from .loader import generation_defaults, load_model
 from .model import LlamaModel, StepContext
 from .options import GenerationConfig, logits_rules_for
 from .prompt_lookup import NgramIndex
+from .guidance import Guidance
 from .logits_rules import StepLog, make_picker
 from .scoring import ScoreResult, score_rows
 from .token_healing import Healed, PieceIndex
@@ -454,10 +455,12 @@ class Engine:
             rules = dataclasses.replace(rules, first_allowed=tuple(first_allowed))
         # NaN/inf logits, and rules that leave a row no token, raise where the host reads the tokens (engine.finite)
         watch = FiniteWatch(self.device)
-        pick = make_picker(params, rules, gen, tokens, kv_start_now, vocab, cfg.max_new_tokens, known, watch, log)
+        guidance = self._guidance(cfg, prompts)
+        pick = make_picker(params, rules, gen, tokens, kv_start_now, vocab, cfg.max_new_tokens, known, watch, log, guidance)
         # the captured step takes the argmax itself only when nothing happens between logits and choice
         guessing = cfg.prompt_lookup_num_tokens is not None or cfg.assistant_model is not None
-        graph_greedy = params.greedy and not rules.active and known == vocab and logprobs is None and log is None and not guessing
+        graph_greedy = (params.greedy and not rules.active and known == vocab and logprobs is None and log is None and guidance is None
+                        and not guessing)
 
         if guessing and b != 1:
             name = "prompt_lookup_num_tokens" if cfg.prompt_lookup_num_tokens is not None else "assistant_model"
@@ -703,6 +706,25 @@ class Engine:
             decode_tokens_per_s=beam_tokens / out.decode_s if out.decode_s > 0 else 0.0,
             prefill_tokens_per_s=sum(len(p) for p in prompts) / out.prefill_s if out.prefill_s > 0 else 0.0,
             total_s=out.prefill_s + out.decode_s, sequence_scores=out.scores)
+
+    def _guidance(self, cfg: GenerationConfig, prompts: Sequence[Sequence[int]]) -> Guidance | None:
+        """Classifier-free guidance for the rows `prompts` (engine.guidance), or None. Negative
+        prompts: one for every row, or one per prompt (each repeated over its
+        num_return_sequences rows); without them, each row's last prompt token."""
+        if cfg.guidance_scale in (None, 1.0):
+            if cfg.negative_prompt_ids is not None:
+                raise ValueError("negative_prompt_ids needs guidance_scale (transformers' classifier-free guidance; 1 is none)")
+            return None
+        negative = cfg.negative_prompt_ids or [list(p[-1:]) for p in prompts]
+        if len(prompts) % len(negative):
+            raise ValueError(f"negative_prompt_ids has {len(negative)} prompts for {len(prompts)} sequences: give one, or one per prompt")
+        vocab = self.model.config.vocab_size
+        for row in negative:
+            bad = [t for t in row if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"negative_prompt_ids holds token id {bad[0]}, outside the model's vocabulary of {vocab}")
+        rows = [list(n) for n in negative for _ in range(len(prompts) // len(negative))]
+        return Guidance(self.model, self._prefill, rows, cfg.guidance_scale, cfg.max_new_tokens, self.dtype, self.device)
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
         """The random draws of a call given ``seed`` (None: torch's global generator)."""

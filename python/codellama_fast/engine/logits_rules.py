@@ -13,11 +13,15 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .finite import FiniteWatch
 from .sampling import SamplingParams, apply_repetition_penalty, filter_logits, sample
+
+if TYPE_CHECKING:
+    from .guidance import Guidance
 
 
 @dataclass(frozen=True)
@@ -294,22 +298,25 @@ def renormalized(scores: torch.Tensor) -> torch.Tensor:
 
 def make_picker(params: SamplingParams, rules: TokenRules, gen: torch.Generator | None, tokens: torch.Tensor, kv_start: torch.Tensor,
                 vocab: int, room: int, allowed: int | None = None, watch: FiniteWatch | None = None,
-                log: StepLog | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+                log: StepLog | None = None, guidance: Guidance | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The per-step choice: logits [B, V] -> next ids [B], with ``rules`` applied first (arguments
     as RuleState's); ``watch`` notes a step where the rules leave a row no token (engine.finite);
-    ``log`` keeps each step's scores."""
-    if not rules.active and (allowed is None or allowed >= vocab) and log is None:
+    ``log`` keeps each step's scores; ``guidance`` (engine.guidance) turns the logits into
+    guided scores before every rule, as transformers' first processor."""
+    if not rules.active and (allowed is None or allowed >= vocab) and log is None and guidance is None:
         return lambda logits: sample(logits, params, gen)
     state = RuleState(rules, tokens, kv_start, vocab, room, allowed)
 
     def pick(logits: torch.Tensor) -> torch.Tensor:
-        scores = state.apply(logits)
+        scores = state.apply(logits if guidance is None else guidance(logits))
         if watch is not None:
             watch.see_choices(scores)
         if log is not None:
             log.record(logits, scores)
         nxt = sample(scores, params, gen)
         state.advance(nxt)
+        if guidance is not None:
+            guidance.advance(nxt)
         return nxt
 
     return pick

@@ -53,6 +53,13 @@ class GenerationConfig:
     # the scores after every rule made log-probabilities again (transformers' LogitNormalization):
     # beam scores and output_scores change, a plain choice does not
     renormalize_logits: bool = False
+    # classifier-free guidance (engine.guidance): scale > 1 pushes each step away from what the
+    # model gives after the negative prompt (one token list for all prompts, or one per prompt;
+    # transformers' negative_prompt_attention_mask marks a padded batch's real tokens), or, with
+    # none, after the prompt's last token alone
+    guidance_scale: float | None = None
+    negative_prompt_ids: Any = None
+    negative_prompt_attention_mask: Any = None
     # transformers' total lengths (prompt included, the longest prompt of a batch):
     # max_length sets max_new_tokens when the call does not, min_length sets min_new_tokens
     max_length: int | None = None
@@ -188,6 +195,17 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
                         f"got {type(cfg.streamer).__name__}")
     if cfg.streamer is not None and streams:
         raise ValueError("stream() yields the text itself; streamer is for generate(), infill() and chat()")
+    cfg.guidance_scale = arguments.check_real("guidance_scale", cfg.guidance_scale, optional=True)
+    if cfg.guidance_scale is not None and not abs(cfg.guidance_scale) < float("inf"):
+        raise ValueError(f"guidance_scale must be finite (1 is none), got {cfg.guidance_scale}")
+    if cfg.negative_prompt_ids is not None:
+        cfg.negative_prompt_ids = arguments.prompt_id_lists(cfg.negative_prompt_ids, cfg.negative_prompt_attention_mask,
+                                                            ("negative_prompt_ids", "negative_prompt_attention_mask"))
+        if any(not n for n in cfg.negative_prompt_ids):
+            raise ValueError("negative_prompt_ids needs at least one token in each negative prompt")
+        cfg.negative_prompt_attention_mask = None  # read into the lists
+    elif cfg.negative_prompt_attention_mask is not None:
+        raise ValueError("negative_prompt_attention_mask goes with negative_prompt_ids")
     cfg.max_time = arguments.check_real("max_time", cfg.max_time, optional=True)
     if cfg.max_time is not None and not (cfg.max_time > 0 and cfg.max_time != float("inf")):
         raise ValueError(f"max_time must be a finite number of seconds > 0, got {cfg.max_time}")
@@ -236,6 +254,8 @@ def _check_beams(cfg: GenerationConfig, streams: bool) -> None:
         raise ValueError("num_beams does not combine with prompt_lookup_num_tokens or assistant_model")
     if cfg.stopping_criteria:
         raise ValueError("stopping_criteria are not asked during beam search; use stop_token_ids")
+    if cfg.guidance_scale not in (None, 1.0) or cfg.negative_prompt_ids is not None:
+        raise ValueError("guidance_scale and negative_prompt_ids do not combine with beam search here; use plain or sampled decoding")
     if cfg.max_time is not None:
         raise ValueError("max_time is not checked during beam search (the best beams are known only at the end); "
                          "bound it with max_new_tokens")
@@ -295,7 +315,7 @@ HF_HINTS = {
 HF_INERT: dict[str, tuple[Any, ...]] = {
     "assistant_early_exit": (None,), "assistant_lookbehind": (10,), "constraints": (None,), "diversity_penalty": (0.0,),
     "dola_layers": (None,), "encoder_no_repeat_ngram_size": (0,), "encoder_repetition_penalty": (1.0,),
-    "force_words_ids": (None,), "forced_bos_token_id": (None,), "guidance_scale": (None,), "low_memory": (None, False),
+    "force_words_ids": (None,), "forced_bos_token_id": (None,), "low_memory": (None, False),
     "num_beam_groups": (1,), "output_attentions": (False,), "output_hidden_states": (False,), "output_logits": (None, False),
     "output_scores": (False,), "penalty_alpha": (None,), "prefill_chunk_size": (None,), "remove_invalid_values": (False,),
     "return_dict_in_generate": (False,), "target_lookbehind": (10,),

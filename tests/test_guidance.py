@@ -1,0 +1,111 @@
+"""Classifier-free guidance (``guidance_scale``, ``negative_prompt_ids``) against transformers'
+``generate`` (its UnbatchedClassifierFreeGuidanceLogitsProcessor) on tiny random checkpoints in
+fp32: greedy and sampled with the same seed, with and without negative prompts, with other
+rules; a padded batch of negative prompts equals each row alone; every decoding path agrees."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from tests.engine_helpers import fp32_engine, random_checkpoint
+
+PROMPTS = ["def quicksort(items):\n    ", "import os\nimport sys\nx = 1"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    _, hf, path = random_checkpoint(tmp_path_factory, "gqa4", "guidance")
+    return hf, path
+
+
+def _rows(tok, n: int) -> list[list[int]]:
+    return [tok.encode(p)[:n] for p in PROMPTS]  # one length: transformers' batch needs no padding
+
+
+@pytest.mark.parametrize("kw", [
+    {"guidance_scale": 1.5},
+    {"guidance_scale": 3.0, "negative": ["# bad code", "# slow code"]},
+    {"guidance_scale": 0.5, "negative": ["# tests"]},
+    {"guidance_scale": 2.0, "do_sample": True, "top_k": 10, "repetition_penalty": 1.2},
+    {"guidance_scale": 2.5, "no_repeat_ngram_size": 2, "negative": ["x", "y"]},
+])
+def test_guidance_equals_transformers(model, tok, kw):
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    rows = _rows(tok, 9)
+    kw = dict(kw)
+    negative = kw.pop("negative", None)
+    if negative is not None:
+        neg = [tok.encode(n) for n in negative]
+        assert len({len(n) for n in neg}) == 1  # transformers takes them as one unpadded tensor
+        kw["negative_prompt_ids"] = neg
+    seed = torch.seed() % 2**31
+    x = torch.tensor(rows)
+    torch.manual_seed(seed)
+    hf_kw = {k: torch.tensor(v) if k == "negative_prompt_ids" else v for k, v in kw.items()}
+    if negative is not None and len(negative) == 1:  # transformers needs one row per sequence
+        hf_kw["negative_prompt_ids"] = hf_kw["negative_prompt_ids"].expand(len(rows), -1)
+    out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=10, eos_token_id=None, pad_token_id=0, **hf_kw)
+    got = engine.generate(input_ids=rows, max_new_tokens=10, stop_at_eos=False, seed=seed, **kw).token_ids
+    assert got == out[:, 9:].tolist(), kw
+    assert got != engine.generate(input_ids=rows, max_new_tokens=10, stop_at_eos=False, seed=seed,
+                                  **{k: v for k, v in kw.items() if k not in ("guidance_scale", "negative_prompt_ids")}).token_ids
+
+
+def test_padded_negative_prompts_equal_each_row_alone_and_each_alone_transformers(model, tok):
+    """Negative prompts of different lengths run left-padded (their real positions kept); each
+    row equals the row alone, and each alone equals transformers (no padding there)."""
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    rows = _rows(tok, 9)
+    negative = [tok.encode("# a much longer negative prompt here"), tok.encode("#")]
+    width = max(map(len, negative))
+    padded = [[0] * (width - len(n)) + n for n in negative]
+    mask = [[0] * (width - len(n)) + [1] * len(n) for n in negative]
+    kw = {"max_new_tokens": 10, "stop_at_eos": False, "guidance_scale": 2.0}
+    batch = engine.generate(input_ids=rows, negative_prompt_ids=padded, negative_prompt_attention_mask=mask, **kw).token_ids
+    for row, neg, got in zip(rows, negative, batch):
+        alone = engine.generate(input_ids=[row], negative_prompt_ids=[neg], **kw).token_ids[0]
+        x = torch.tensor([row])
+        want = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=10, eos_token_id=None, pad_token_id=0,
+                           guidance_scale=2.0, negative_prompt_ids=torch.tensor([neg]))[0, 9:].tolist()
+        assert got == alone == want
+
+
+def test_guidance_is_the_same_on_every_path(model, tok):
+    """Prompt lookup, an assistant, a stream and infilling choose as plain decoding does."""
+    _, path = model
+    engine = fp32_engine(path, tok)
+    prompt = "def f(x):\n    return f(x - 1) + f(x - 2)\n\ndef f"
+    kw = {"max_new_tokens": 16, "stop_at_eos": False, "guidance_scale": 1.8, "negative_prompt_ids": tok.encode("# wrong")}
+    plain = engine.generate(prompt, **kw)
+    assert engine.generate(prompt, prompt_lookup_num_tokens=3, **kw).token_ids == plain.token_ids
+    assert engine.generate(prompt, assistant_model=fp32_engine(path, tok), **kw).token_ids == plain.token_ids
+    assert "".join(engine.stream(prompt, **kw)) == plain.text
+    sampled = engine.generate([prompt, "x = 1"], guidance_scale=1.8, max_new_tokens=6, do_sample=True, num_return_sequences=2,
+                              negative_prompt_ids=[tok.encode("# a"), tok.encode("# b")], seed=3)
+    assert len(sampled.token_ids) == 4
+    middle = engine.infill("def f(x):\n    ", "\n    return y", guidance_scale=1.5, max_new_tokens=6)
+    assert isinstance(middle.middle, str)
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"negative_prompt_ids": [5, 6]}, ValueError, "negative_prompt_ids needs guidance_scale"),
+    ({"guidance_scale": 2.0, "num_beams": 2}, ValueError, "do not combine with beam search"),
+    ({"guidance_scale": float("inf")}, ValueError, "guidance_scale must be finite"),
+    ({"guidance_scale": "2"}, TypeError, "guidance_scale must be a number"),
+    ({"guidance_scale": 2.0, "negative_prompt_ids": [[5], [6], [7]]}, ValueError, "has 3 prompts for 1 sequences"),
+    ({"guidance_scale": 2.0, "negative_prompt_ids": [99999]}, ValueError, "holds token id 99999"),
+    ({"guidance_scale": 2.0, "negative_prompt_ids": "abc"}, TypeError, "negative_prompt_ids must be a list of token ids"),
+    ({"guidance_scale": 2.0, "negative_prompt_ids": [5, 6], "negative_prompt_attention_mask": [1]}, ValueError,
+     "negative_prompt_attention_mask must have the shape of negative_prompt_ids"),
+    ({"guidance_scale": 2.0, "negative_prompt_attention_mask": [1]}, ValueError, "goes with negative_prompt_ids"),
+])
+def test_bad_guidance_arguments_are_named(model, tok, kwargs, error, words):
+    engine = fp32_engine(model[1], tok)
+    with pytest.raises(error) as info:
+        engine.generate("x", max_new_tokens=3, **kwargs)
+    assert words in str(info.value)
