@@ -396,7 +396,7 @@ def test_max_time_stops_where_transformers_does_and_keeps_the_tokens(model_dir, 
     keeping the tokens the unbounded run starts with."""
     import types
 
-    import codellama_fast.engine.generate as generate_module
+    import codellama_fast.engine.stopping as stopping_module
 
     hf = make_hf_model("gqa4", seed=7)
     engine = Engine(load_model(model_dir, dtype="float32", device="cpu"), tok)
@@ -410,7 +410,7 @@ def test_max_time_stops_where_transformers_does_and_keeps_the_tokens(model_dir, 
     assert got.finish_reasons == ["time", "time"]
 
     clock = [1000.0]
-    monkeypatch.setattr(generate_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(stopping_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
 
     def step_takes_a_quarter_second(ids, scores):
         clock[0] += 0.25

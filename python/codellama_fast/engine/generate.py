@@ -30,6 +30,7 @@ from .prompt_lookup import NgramIndex
 from .guidance import Guidance
 from .logits_rules import StepLog, make_picker
 from .scoring import ScoreResult, score_rows
+from .stopping import Criteria, Deadline, StopTracker, partial_stop_len
 from .token_healing import Healed, PieceIndex
 
 
@@ -101,30 +102,6 @@ class InfillResult:
         return self.prefix + self.middle + self.suffix
 
 
-class _Criteria:
-    """transformers' stopping criteria, asked after each token with input_ids [B, T] (each prompt
-    and every token generated for it, left-padded with 0) and scores None."""
-
-    def __init__(self, criteria: Sequence[Callable[..., Any]], prompts: Sequence[Sequence[int]]) -> None:
-        self.criteria, self.seqs = list(criteria), [list(p) for p in prompts]
-
-    def push(self, tokens: Sequence[int]) -> list[bool]:
-        """Appends each sequence's new token; whether each sequence should stop after it."""
-        for seq, tok in zip(self.seqs, tokens):
-            seq.append(tok)
-        width = max(len(s) for s in self.seqs)
-        ids = torch.tensor([[0] * (width - len(s)) + s for s in self.seqs])
-        stop = [False] * len(self.seqs)
-        for criterion in self.criteria:
-            said = criterion(ids, None)
-            said = said.tolist() if hasattr(said, "tolist") else said
-            said = [bool(said)] * len(stop) if isinstance(said, (bool, int)) else [bool(x) for x in said]
-            if len(said) != len(stop):
-                raise ValueError(f"a stopping criterion returned {len(said)} values for a batch of {len(stop)}")
-            stop = [a or b for a, b in zip(stop, said)]
-        return stop
-
-
 def _flag(name: str, value: Any) -> bool:
     """A True/False switch; None (transformers' "unset") is False."""
     if value is None:
@@ -132,60 +109,6 @@ def _flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return value
-
-
-def _deadline(cfg: GenerationConfig) -> float | None:
-    """transformers' max_time as a time.perf_counter() deadline, counted from now (before the
-    prompt is run, as there)."""
-    return None if cfg.max_time is None else time.perf_counter() + cfg.max_time
-
-
-class _StopTracker:
-    """Per-sequence stop state: stop ids end a sequence at once; stop strings are checked on the
-    decoded continuation and cut it; stopping criteria end it after the token they saw."""
-
-    def __init__(self, stop_ids: Sequence[set[int]], stop_strings: Sequence[str], decoders: Sequence[Callable[[list[int]], str]],
-                 criteria: _Criteria | None = None) -> None:
-        # stop_ids: each sequence's own (an infilling prompt's include ▁<EOT>)
-        self.stop_ids, self.stop_strings, self.decoders = list(stop_ids), list(stop_strings), list(decoders)
-        self.criteria = criteria
-        batch = len(self.decoders)
-        self.ids: list[list[int]] = [[] for _ in range(batch)]
-        self.logprobs: list[list[float]] = [[] for _ in range(batch)]
-        self.reasons: list[str | None] = [None] * batch
-        self.cut_text: list[str | None] = [None] * batch
-
-    def push(self, tokens: Sequence[int], logprobs: Sequence[float] | None = None) -> None:
-        for b, tok in enumerate(tokens):
-            if self.reasons[b] is not None:
-                continue
-            if tok in self.stop_ids[b]:
-                self.reasons[b] = "eos"
-                continue
-            self.ids[b].append(tok)
-            if logprobs is not None:
-                self.logprobs[b].append(logprobs[b])
-            if self.stop_strings:
-                text = self.decoders[b](self.ids[b])
-                hits = [text.find(s) for s in self.stop_strings if s and s in text]
-                if hits:
-                    self.reasons[b] = "stop"
-                    self.cut_text[b] = text[: min(hits)]
-        if self.criteria is not None:
-            for b, stop in enumerate(self.criteria.push(tokens)):
-                if stop and self.reasons[b] is None:
-                    self.reasons[b] = "stop"
-
-    def out_of_time(self) -> None:
-        """max_time ran out: every sequence still going ends after the token it has."""
-        self.reasons = [r or "time" for r in self.reasons]
-
-    @property
-    def all_done(self) -> bool:
-        return all(r is not None for r in self.reasons)
-
-    def texts(self) -> list[str]:
-        return [cut if cut is not None else dec(ids) for cut, dec, ids in zip(self.cut_text, self.decoders, self.ids)]
 
 
 def _cut_front(decode: Callable[[list[int]], str], n: int) -> Callable[[list[int]], str]:
@@ -201,17 +124,6 @@ def _is_text(prompts: Any) -> bool:
     if hasattr(prompts, "tolist"):
         return False
     return not prompts or any(isinstance(p, str) for p in prompts)
-
-
-def _partial_stop_len(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest end of `text` that is a proper start of some stop string."""
-    best = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best
 
 
 def stripped_deltas(deltas: Iterable[str]) -> Iterator[str]:
@@ -620,9 +532,9 @@ class Engine:
         `first_allowed`: per prompt, the ids its first token may be (token healing);
         `output_scores`/`output_logits`: keep each step's scores/logits (transformers' names)."""
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
-        deadline = _deadline(cfg)
+        deadline = Deadline(cfg.max_time)
         rows = [stop_ids] * len(prompts) if isinstance(stop_ids, (set, frozenset)) else list(stop_ids)
-        tracker = _StopTracker(rows, cfg.stop, decoders, _Criteria(cfg.stopping_criteria, prompts) if cfg.stopping_criteria else None)
+        tracker = StopTracker(rows, cfg.stop, decoders, Criteria(cfg.stopping_criteria, prompts) if cfg.stopping_criteria else None)
         steps: list[list[Any]] | None = [] if return_logprobs or top_logprobs else None
         log = StepLog(cfg.sampling(), output_scores, output_logits, cfg.renormalize_logits) if output_scores or output_logits else None
         taken = 0  # steps read (the captured step may have run a few more in its last block)
@@ -639,7 +551,7 @@ class Engine:
                 tracker.push(host, steps[-1] if steps else None)
                 if streamer is not None:
                     streamer.put(torch.tensor(host))  # [1]: each new token, a final stop id included, as transformers
-                if deadline is not None and time.perf_counter() > deadline:
+                if deadline.passed():
                     tracker.out_of_time()
                 if tracker.all_done:
                     break
@@ -856,8 +768,8 @@ class Engine:
         stops = [s for s in cfg.stop if s]
         text, emitted = "", 0
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
-        deadline = _deadline(cfg)
-        criteria = _Criteria(cfg.stopping_criteria, [ids]) if cfg.stopping_criteria else None
+        deadline = Deadline(cfg.max_time)
+        criteria = Criteria(cfg.stopping_criteria, [ids]) if cfg.stopping_criteria else None
         first_allowed = None if healed is None else [healed.allowed]
         for host in self._steps([ids], cfg, stats, check_every=1, warn_stacklevel=4, stop_ids=stop_ids, first_allowed=first_allowed):
             if host[0] in stop_ids:
@@ -871,9 +783,9 @@ class Engine:
                 return
             if criteria is not None and criteria.push(host)[0]:
                 break  # the token it saw is kept
-            if deadline is not None and time.perf_counter() > deadline:
+            if deadline.passed():
                 break  # max_time: the token that found it out is kept
-            safe = len(text) - _partial_stop_len(text, stops)
+            safe = len(text) - partial_stop_len(text, stops)
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe

@@ -1,0 +1,104 @@
+"""When a sequence ends: its stop ids, stop strings (checked on the decoded text, which they
+cut), transformers' stopping criteria (asked after each token) and ``max_time``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+
+class Criteria:
+    """transformers' stopping criteria, asked after each token with input_ids [B, T] (each prompt
+    and every token generated for it, left-padded with 0) and scores None."""
+
+    def __init__(self, criteria: Sequence[Callable[..., Any]], prompts: Sequence[Sequence[int]]) -> None:
+        self.criteria, self.seqs = list(criteria), [list(p) for p in prompts]
+
+    def push(self, tokens: Sequence[int]) -> list[bool]:
+        """Appends each sequence's new token; whether each sequence should stop after it."""
+        for seq, tok in zip(self.seqs, tokens):
+            seq.append(tok)
+        width = max(len(s) for s in self.seqs)
+        ids = torch.tensor([[0] * (width - len(s)) + s for s in self.seqs])
+        stop = [False] * len(self.seqs)
+        for criterion in self.criteria:
+            said = criterion(ids, None)
+            said = said.tolist() if hasattr(said, "tolist") else said
+            said = [bool(said)] * len(stop) if isinstance(said, (bool, int)) else [bool(x) for x in said]
+            if len(said) != len(stop):
+                raise ValueError(f"a stopping criterion returned {len(said)} values for a batch of {len(stop)}")
+            stop = [a or b for a, b in zip(stop, said)]
+        return stop
+
+
+class Deadline:
+    """transformers' max_time: ``seconds`` counted from now (before the prompt is run, as there);
+    None: no limit."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.at = None if seconds is None else time.perf_counter() + seconds
+
+    def passed(self) -> bool:
+        return self.at is not None and time.perf_counter() > self.at
+
+
+class StopTracker:
+    """Per-sequence stop state: stop ids end a sequence at once; stop strings are checked on the
+    decoded continuation and cut it; stopping criteria end it after the token they saw."""
+
+    def __init__(self, stop_ids: Sequence[set[int]], stop_strings: Sequence[str], decoders: Sequence[Callable[[list[int]], str]],
+                 criteria: Criteria | None = None) -> None:
+        # stop_ids: each sequence's own (an infilling prompt's include ▁<EOT>)
+        self.stop_ids, self.stop_strings, self.decoders = list(stop_ids), list(stop_strings), list(decoders)
+        self.criteria = criteria
+        batch = len(self.decoders)
+        self.ids: list[list[int]] = [[] for _ in range(batch)]
+        self.logprobs: list[list[float]] = [[] for _ in range(batch)]
+        self.reasons: list[str | None] = [None] * batch
+        self.cut_text: list[str | None] = [None] * batch
+
+    def push(self, tokens: Sequence[int], logprobs: Sequence[float] | None = None) -> None:
+        for b, tok in enumerate(tokens):
+            if self.reasons[b] is not None:
+                continue
+            if tok in self.stop_ids[b]:
+                self.reasons[b] = "eos"
+                continue
+            self.ids[b].append(tok)
+            if logprobs is not None:
+                self.logprobs[b].append(logprobs[b])
+            if self.stop_strings:
+                text = self.decoders[b](self.ids[b])
+                hits = [text.find(s) for s in self.stop_strings if s and s in text]
+                if hits:
+                    self.reasons[b] = "stop"
+                    self.cut_text[b] = text[: min(hits)]
+        if self.criteria is not None:
+            for b, stop in enumerate(self.criteria.push(tokens)):
+                if stop and self.reasons[b] is None:
+                    self.reasons[b] = "stop"
+
+    def out_of_time(self) -> None:
+        """max_time ran out: every sequence still going ends after the token it has."""
+        self.reasons = [r or "time" for r in self.reasons]
+
+    @property
+    def all_done(self) -> bool:
+        return all(r is not None for r in self.reasons)
+
+    def texts(self) -> list[str]:
+        return [cut if cut is not None else dec(ids) for cut, dec, ids in zip(self.cut_text, self.decoders, self.ids)]
+
+
+def partial_stop_len(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of `text` that is a proper start of some stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
