@@ -88,6 +88,8 @@ def test_engine_errors_are_one_line_with_exit_code_2(tmp_path):
     assert lonely.returncode == 2 and "--assistant-tokens needs --assistant" in lonely.stderr
     no_time = _cli("generate", "x", "--max-time", "0")
     assert no_time.returncode == 2 and "max_time must be" in no_time.stderr
+    unguided = _cli("generate", "x", "--negative-prompt", "y")
+    assert unguided.returncode == 2 and "negative_prompt_ids needs guidance_scale" in unguided.stderr
     no_marker = _cli("infill", "abc")
     assert no_marker.returncode == 2 and "exactly one <FILL_ME>" in no_marker.stderr
     dialog = tmp_path / "dialog.json"
@@ -218,6 +220,10 @@ def test_generate_json_gives_the_python_result():
         [[[i for i, _ in pairs] for pairs in row] for row in ref.top_logprobs]
     assert tops["top_logprobs"][0][0][0]["token"] == engine.tokenizer.convert_ids_to_tokens(ref.top_logprobs[0][0][0][0])
     assert tops["token_logprobs"][0] == pytest.approx(ref.token_logprobs[0], rel=1e-5)
+    guided = json.loads(_cli("generate", "Lily", "--json", "--guidance-scale", "3", "--negative-prompt", "Tom was sad",
+                             "--max-new-tokens", "12").stdout)
+    want = engine.generate("Lily", guidance_scale=3.0, negative_prompt_ids=engine.tokenizer.encode("Tom was sad"), max_new_tokens=12)
+    assert guided["token_ids"] == want.token_ids != engine.generate("Lily", max_new_tokens=12).token_ids
     rushed = json.loads(_cli("generate", "Lily", "--json", "--max-time", "1e-6", "--max-new-tokens", "12").stdout)
     assert rushed["finish_reasons"] == ["time"] and len(rushed["token_ids"][0]) == 1
     lonely = _cli("generate", "Lily", "-n", "2")

@@ -41,6 +41,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                    help="a smaller model of the same vocabulary (e.g. Code Llama 7B for 34B) that guesses tokens for this one to check (same output)")
     p.add_argument("--assistant-tokens", type=int, default=None, metavar="K", help="most tokens the assistant guesses per step (default 20)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--guidance-scale", type=float, default=None, metavar="S",
+                   help="classifier-free guidance: S > 1 pushes away from the negative prompt (or, without one, the prompt's last token)")
+    p.add_argument("--negative-prompt", default=None, metavar="TEXT", help="what --guidance-scale steers away from")
     p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
                    help="stop after this many seconds, keeping what was generated (finish reason 'time')")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
@@ -75,6 +78,10 @@ def _gen_kwargs(args: argparse.Namespace, engine: Any) -> dict[str, Any]:
     if "max_new_tokens" not in out and "max_new_tokens" not in engine.defaults:
         out["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
     out["stop"] = tuple(args.stop)
+    if args.guidance_scale is not None:
+        out["guidance_scale"] = args.guidance_scale
+    if args.negative_prompt is not None:
+        out["negative_prompt_ids"] = engine.tokenizer.encode(args.negative_prompt)
     return out
 
 
