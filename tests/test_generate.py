@@ -338,7 +338,7 @@ def test_transformers_streamers_get_what_transformers_gives_them(model_dir, tok)
     result = engine.generate(prompt, max_new_tokens=5, stop_at_eos=False, streamer=rec)
     assert rec.calls == [[tok.encode(prompt)], *[[t] for t in result.token_ids[0]], "end"]
     rec = Recorder()
-    with pytest.raises(ValueError, match="prefix_allowed_tokens_fn returned no tokens"):
+    with pytest.raises(ValueError, match="left no token to choose"):
         engine.generate(prompt, max_new_tokens=5, streamer=rec, prefix_allowed_tokens_fn=lambda b, s: [])
     assert rec.calls[-1] == "end"
     with pytest.raises(ValueError, match="streamer takes one sequence"):

@@ -420,8 +420,8 @@ def test_output_scores_off_the_graph_step_equal_the_torch_path(tmp_path):
 
 
 def test_rules_that_leave_no_token_in_graph_decode_steps_raise_at_the_next_read(tmp_path):
-    """With rules the picker runs after each replay of the graph step; a step where they leave no
-    token raises when the host reads the block it is in."""
+    """With rules the picker runs after each replay of the graph step; a step where they leave a
+    sequence no token raises when the host reads the block it is in, naming the token."""
     pytest.importorskip("transformers")
     from codellama_fast import NoTokenAllowedError
 
@@ -435,7 +435,7 @@ def test_rules_that_leave_no_token_in_graph_decode_steps_raise_at_the_next_read(
         calls[0] += 1
         return torch.full_like(scores, float("-inf")) if calls[0] >= 3 else scores
 
-    with pytest.raises(NoTokenAllowedError, match="among generated tokens 2 to 5"):
+    with pytest.raises(NoTokenAllowedError, match="for sequence 0 at generated token 3"):
         eng.generate(input_ids=[[1, 921, 353, 518]], max_new_tokens=9, stop_at_eos=False, logits_processor=ban_all_from_the_third)
     calls[0] = -100
     assert len(eng.generate(input_ids=[[1, 921, 353, 518]], max_new_tokens=9, stop_at_eos=False,

@@ -320,7 +320,7 @@ def test_prefix_allowed_tokens_fn_and_logits_processor_equal_transformers(model,
         assert got == want, kw
     assert all(t in pool[b] for b, row in enumerate(got) for t in row)
     assert 4000 in engine.generate(input_ids=rows.tolist(), max_new_tokens=40, stop_at_eos=False, logits_processor=LengthBias()).token_ids[0]
-    with pytest.raises(ValueError, match="returned no tokens for batch_id 0"):
+    with pytest.raises(ValueError, match="left no token to choose"):
         engine.generate("x", max_new_tokens=3, prefix_allowed_tokens_fn=lambda b, ids: [])
     with pytest.raises(TypeError, match="must return the scores tensor"):
         engine.generate("x", max_new_tokens=3, logits_processor=[lambda ids, scores: None])

@@ -137,14 +137,14 @@ class _BanAllFrom:
 def test_rules_that_leave_no_token_raise(folder, tok, options):
     engine = fp32_engine(folder, tok)
     free = engine.generate(PROMPT, max_new_tokens=8, stop_at_eos=False, **options).token_ids[0]
-    with pytest.raises(NoTokenAllowedError, match="left no token to choose at generated token 4"):
+    with pytest.raises(NoTokenAllowedError, match="left no token to choose (for sequence 0 )?at generated token 4"):
         engine.generate(PROMPT, max_new_tokens=8, stop_at_eos=False, logits_processor=_BanAllFrom(4), **options)
     text: list[str] = []
     with pytest.raises(NoTokenAllowedError):
         text.extend(engine.stream(PROMPT, max_new_tokens=8, stop_at_eos=False, logits_processor=_BanAllFrom(4), **options))
     # the first three tokens' text came out before (all of it, unless it ends inside a character)
     assert tok._native.decode_keep_space(free[:3], True).startswith("".join(text)) and text
-    with pytest.raises(NoTokenAllowedError, match="at the first generated token"):
+    with pytest.raises(NoTokenAllowedError, match="at generated token 1"):
         engine.generate(PROMPT, max_new_tokens=4, suppress_tokens=list(range(engine.model.config.vocab_size)), **options)
 
 
@@ -160,5 +160,35 @@ def test_rules_that_leave_one_row_no_token_raise_in_a_batch(folder, tok):
     with pytest.raises(NoTokenAllowedError):
         engine.generate([PROMPT, "import os"], max_new_tokens=4, logits_processor=ban_row_1)
     # one allowed id a row may take is enough; beams leave such a prompt's beams empty instead (docs/generation.md)
+
     ok = engine.generate(PROMPT, max_new_tokens=4, stop_at_eos=False, suppress_tokens=list(range(1, vocab)))
     assert ok.token_ids == [[0, 0, 0, 0]]
+
+
+def test_a_sequence_that_has_ended_is_not_asked_for_a_token(folder, tok):
+    """Constrained decoding whose constraint allows nothing once a sequence has its end token:
+    the batch goes on for the other rows and the ended one is left alone. (transformers raises
+    ValueError when the function returns nothing, even for a row that has ended; its reference
+    here allows anything there, which it pads away.) The tokens equal transformers'."""
+    import random
+
+    hf = make_hf_model("mha", 3)
+    engine = fp32_engine(save(hf, folder.parent / "ended"), tok)
+    rows = [tok.encode(PROMPT)[:6], tok.encode("import os\nimport sys")[:6]]
+    rnd = random.Random(torch.seed())
+    pool = sorted(rnd.sample(range(3, 32000), 20))
+    end = pool[0]
+
+    def allowed(batch_id, ids, after_end=()):
+        if batch_id == 0 and end in ids[6:].tolist():
+            return list(after_end)
+        return [end] if batch_id == 0 and int(ids.shape[0]) == 8 else pool[1:]
+
+    x = torch.tensor(rows)
+    out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=8, do_sample=False, eos_token_id=end, pad_token_id=0,
+                      prefix_allowed_tokens_fn=lambda b, ids: allowed(b, ids, pool[1:]))
+    want = [row[: row.index(end)] if end in row else row for row in out[:, 6:].tolist()]
+    got = engine.generate(input_ids=rows, max_new_tokens=8, eos_token_id=end, prefix_allowed_tokens_fn=allowed)
+    assert got.token_ids == want and got.finish_reasons == ["eos", "length"] and len(got.token_ids[0]) == 2
+    with pytest.raises(NoTokenAllowedError, match="for sequence 1 at generated token 1"):  # a row still going is asked
+        engine.generate(input_ids=rows, max_new_tokens=8, eos_token_id=end, prefix_allowed_tokens_fn=lambda b, ids: [] if b else pool)

@@ -12,11 +12,13 @@ import torch
 
 from ..errors import NonFiniteLogitsError, NoTokenAllowedError
 
+# the id a choice reports for a sequence the logits rules left no token (see no_token_error)
+NO_TOKEN = -1
+
 
 class FiniteWatch:
     """A device value [] fp32: 0 while every logits it saw were finite, NaN once any held NaN or
-    inf; above 0 (and finite) once the logits rules left a row no token (``see_choices``). ``see``
-    works in place, so it can sit inside a captured CUDA graph."""
+    inf. ``see`` works in place, so it can sit inside a captured CUDA graph."""
 
     def __init__(self, device: torch.device) -> None:
         self.flag = torch.zeros((), dtype=torch.float32, device=device)
@@ -28,11 +30,6 @@ class FiniteWatch:
         # isfinite().all(). A finite sum cannot overflow fp32 short of logits near 1e34.
         self.flag.add_(logits.sum().mul_(0.0))
 
-    def see_choices(self, scores: torch.Tensor) -> None:
-        """scores [B, V]: the logits after the rules, a choice to be made from each row. A row all
-        -inf has nothing the rules allow (greedy decoding would return id 0, sampling a NaN draw)."""
-        self.flag.add_((scores.amax(dim=-1) == float("-inf")).any())
-
     def all_finite(self) -> torch.Tensor:
         """[] bool on the device, for decisions that stay there (no host read)."""
         return torch.isfinite(self.flag)
@@ -41,15 +38,9 @@ class FiniteWatch:
         self.flag.zero_()
 
     def check(self, dtype: torch.dtype, where: str) -> None:
-        """Raises if any logits seen so far were not finite, or the rules left a row no token
-        (one host read of the flag)."""
-        value = self.flag.item()
-        if not math.isfinite(value):
+        """Raises if any logits seen so far were not finite (one host read of the flag)."""
+        if not math.isfinite(self.flag.item()):
             raise nonfinite_error(dtype, where)
-        if value > 0:
-            raise NoTokenAllowedError(f"the logits rules left no token to choose {where}: together, the call's bad_words_ids, "
-                                      "suppress_tokens, begin_suppress_tokens, min_new_tokens, forced_eos_token_id, "
-                                      "prefix_allowed_tokens_fn or logits_processor ban every id there")
 
 
 def nonfinite_error(dtype: torch.dtype, where: str) -> NonFiniteLogitsError:
@@ -59,3 +50,11 @@ def nonfinite_error(dtype: torch.dtype, where: str) -> NonFiniteLogitsError:
     else:
         hint = f"the model's weights (or its {str(dtype).split('.')[-1]} activations) hold NaN or inf"
     return NonFiniteLogitsError(f"the model's logits are NaN or inf {where}: {hint}")
+
+
+def no_token_error(where: str) -> NoTokenAllowedError:
+    """For a sequence still going whose choice was NO_TOKEN: every id banned at that step (greedy
+    decoding would return id 0 there, sampling a NaN draw). One that has ended is not asked."""
+    return NoTokenAllowedError(f"the logits rules left no token to choose {where}: together, the call's bad_words_ids, "
+                               "suppress_tokens, begin_suppress_tokens, min_new_tokens, forced_eos_token_id, "
+                               "prefix_allowed_tokens_fn or logits_processor ban every id there")

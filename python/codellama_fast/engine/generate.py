@@ -22,7 +22,7 @@ from .cache import KVCache
 from . import arguments, beam_search, fused_decode, memory, options, speculative
 from .assisted import DraftGuesser, check_vocabularies
 from .cuda_graph import GraphDecoder, pick_faster
-from .finite import FiniteWatch
+from .finite import NO_TOKEN, FiniteWatch, no_token_error
 from .loader import generation_defaults, load_model
 from .model import LlamaModel, StepContext
 from .options import GenerationConfig, logits_rules_for
@@ -365,10 +365,12 @@ class Engine:
         rules = logits_rules_for(cfg, set(stop_ids), vocab, warn_stacklevel)
         if first_allowed is not None:
             rules = dataclasses.replace(rules, first_allowed=tuple(first_allowed))
-        # NaN/inf logits, and rules that leave a row no token, raise where the host reads the tokens (engine.finite)
+        # NaN/inf logits raise where the host reads the tokens (engine.finite); a row the rules leave
+        # no token is chosen NO_TOKEN (-1), fed to the model as id 0, and raises in the caller if
+        # that sequence is still going
         watch = FiniteWatch(self.device)
         guidance = self._guidance(cfg, prompts)
-        pick = make_picker(params, rules, gen, tokens, kv_start_now, vocab, cfg.max_new_tokens, known, watch, log, guidance)
+        pick = make_picker(params, rules, gen, tokens, kv_start_now, vocab, cfg.max_new_tokens, known, log, guidance)
         # the captured step takes the argmax itself only when nothing happens between logits and choice
         guessing = cfg.prompt_lookup_num_tokens is not None or cfg.assistant_model is not None
         graph_greedy = (params.greedy and not rules.active and known == vocab and logprobs is None and log is None and guidance is None
@@ -409,7 +411,7 @@ class Engine:
             watch.check(self.dtype, "at the first generated token")
             stats["prefill_s"] = time.perf_counter() - start
             if logprobs is not None:
-                logprobs.append(logprob_of(first, nxt).tolist())
+                logprobs.append(logprob_of(first, nxt.clamp_min(0)).tolist())
             yield host
             if guessing and cfg.max_new_tokens > 1:
                 adapt = False
@@ -427,8 +429,9 @@ class Engine:
                 picked = [1]  # tokens chosen so far: each choice here is a token emitted (the first came from the prefill)
 
                 def checked_pick(logits: torch.Tensor) -> torch.Tensor:
-                    # checked at each choice, before later positions of the same pass are chosen:
-                    # the checking loop reads each choice at once anyway
+                    # NaN checked at each choice, before later positions of the same pass are
+                    # chosen: the checking loop reads each choice at once anyway (a NO_TOKEN choice
+                    # differs from every guess, so it ends the pass and reaches the caller)
                     nxt = watched_pick(logits)
                     picked[0] += 1
                     watch.check(self.dtype, f"at generated token {picked[0]}")
@@ -447,7 +450,7 @@ class Engine:
             decode_start = time.perf_counter()
             if graph is not None:
                 every = check_every or self.check_every
-                graph.start(nxt, lengths, t)
+                graph.start(nxt.clamp_min(0), lengths, t)
                 lp_shape = (b, cfg.max_new_tokens) + ((1 + 2 * top_logprobs,) if top_logprobs else ())
                 lp_out = torch.zeros(lp_shape, dtype=torch.float32, device=self.device) if logprobs is not None else None
                 done = 1
@@ -457,14 +460,12 @@ class Engine:
                         logits = graph.replay()
                         if not graph_greedy:
                             nxt = pick(logits)
-                            graph.tok.copy_(nxt[:, None])
+                            graph.tok.copy_(nxt.clamp_min(0)[:, None])
                             graph.out[:, done - 1 + i].copy_(nxt)
                             if lp_out is not None:
-                                lp_out[:, done - 1 + i] = logprob_of(logits, nxt)
+                                lp_out[:, done - 1 + i] = logprob_of(logits, nxt.clamp_min(0))
                     block = graph.out[:, done - 1 : done - 1 + n].tolist()  # the one sync per block
                     graph.watch.check(self.dtype, f"among generated tokens {done + 1} to {done + n}")
-                    if not graph_greedy:  # the rules' own note (the picker runs outside the captured step)
-                        watch.check(self.dtype, f"among generated tokens {done + 1} to {done + n}")
                     lp_block = lp_out[:, done - 1 : done - 1 + n].tolist() if lp_out is not None else None
                     stats["decode_tokens"] += b * n
                     stats["decode_s"] = time.perf_counter() - decode_start
@@ -477,14 +478,14 @@ class Engine:
             for step in range(1, cfg.max_new_tokens):
                 slot = t + step - 1
                 ctx = StepContext((lengths + step - 1)[:, None], torch.tensor([slot], device=self.device), slot, kv_start, slot + 1)
-                logits = self.model(nxt[:, None], ctx, cache.layers)
+                logits = self.model(nxt.clamp_min(0)[:, None], ctx, cache.layers)
                 nxt = watched_pick(logits)
                 host = nxt.tolist()
                 watch.check(self.dtype, f"at generated token {step + 1}")
                 stats["decode_tokens"] += b
                 stats["decode_s"] = time.perf_counter() - decode_start
                 if logprobs is not None:
-                    logprobs.append(logprob_of(logits, nxt).tolist())
+                    logprobs.append(logprob_of(logits, nxt.clamp_min(0)).tolist())
                 yield host
             sync()
 
@@ -771,7 +772,10 @@ class Engine:
         deadline = Deadline(cfg.max_time)
         criteria = Criteria(cfg.stopping_criteria, [ids]) if cfg.stopping_criteria else None
         first_allowed = None if healed is None else [healed.allowed]
-        for host in self._steps([ids], cfg, stats, check_every=1, warn_stacklevel=4, stop_ids=stop_ids, first_allowed=first_allowed):
+        for n, host in enumerate(self._steps([ids], cfg, stats, check_every=1, warn_stacklevel=4, stop_ids=stop_ids,
+                                             first_allowed=first_allowed), start=1):
+            if host[0] == NO_TOKEN:
+                raise no_token_error(f"at generated token {n}")
             if host[0] in stop_ids:
                 break
             delta = decoder.step(host[0])

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .finite import FiniteWatch
+from .finite import NO_TOKEN
 from .sampling import SamplingParams, apply_repetition_penalty, filter_logits, sample
 
 if TYPE_CHECKING:
@@ -230,10 +230,7 @@ class RuleState:
             allowed = torch.zeros_like(logits, dtype=torch.bool)
             for row in range(logits.shape[0]):
                 ok = fn(row // self.rows_per_prompt, ids[row])
-                ok = ok.tolist() if hasattr(ok, "tolist") else list(ok)
-                if not ok:
-                    raise ValueError(f"prefix_allowed_tokens_fn returned no tokens for batch_id {row // self.rows_per_prompt}: "
-                                     "its constraint cannot be met")
+                ok = ok.tolist() if hasattr(ok, "tolist") else list(ok)  # none: the row is left no token
                 bad = [t for t in ok if not (isinstance(t, numbers.Integral) and not isinstance(t, bool) and 0 <= t < self.vocab)]
                 if bad:
                     raise ValueError(f"prefix_allowed_tokens_fn returned {bad[0]!r}, not a token id of this model's {self.vocab}")
@@ -297,26 +294,25 @@ def renormalized(scores: torch.Tensor) -> torch.Tensor:
 
 
 def make_picker(params: SamplingParams, rules: TokenRules, gen: torch.Generator | None, tokens: torch.Tensor, kv_start: torch.Tensor,
-                vocab: int, room: int, allowed: int | None = None, watch: FiniteWatch | None = None,
-                log: StepLog | None = None, guidance: Guidance | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+                vocab: int, room: int, allowed: int | None = None, log: StepLog | None = None,
+                guidance: Guidance | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The per-step choice: logits [B, V] -> next ids [B], with ``rules`` applied first (arguments
-    as RuleState's); ``watch`` notes a step where the rules leave a row no token (engine.finite);
-    ``log`` keeps each step's scores; ``guidance`` (engine.guidance) turns the logits into
-    guided scores before every rule, as transformers' first processor."""
+    as RuleState's); a row the rules leave no token gets NO_TOKEN (-1: the caller feeds the model
+    a real id there, and raises only if that sequence is still going). ``log`` keeps each step's
+    scores; ``guidance`` (engine.guidance) turns the logits into guided scores before every rule,
+    as transformers' first processor."""
     if not rules.active and (allowed is None or allowed >= vocab) and log is None and guidance is None:
         return lambda logits: sample(logits, params, gen)
     state = RuleState(rules, tokens, kv_start, vocab, room, allowed)
 
     def pick(logits: torch.Tensor) -> torch.Tensor:
         scores = state.apply(logits if guidance is None else guidance(logits))
-        if watch is not None:
-            watch.see_choices(scores)
         if log is not None:
             log.record(logits, scores)
-        nxt = sample(scores, params, gen)
+        nxt = sample(scores, params, gen)  # a real id even where every score is -inf
         state.advance(nxt)
         if guidance is not None:
             guidance.advance(nxt)
-        return nxt
+        return nxt.masked_fill(scores.amax(dim=-1) == float("-inf"), NO_TOKEN)
 
     return pick

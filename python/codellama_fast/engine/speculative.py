@@ -71,7 +71,7 @@ def guess_and_check(model: LlamaModel, caches: list[tuple[torch.Tensor, torch.Te
             chosen = pick(row)  # [1]
             emitted.append(int(chosen.item()))
             if logprobs is not None:
-                scores.append(logprob_of(row, chosen).tolist())
+                scores.append(logprob_of(row, chosen.clamp_min(0)).tolist())  # NO_TOKEN (-1) ends the pass
             if j == len(guesses) or emitted[-1] != guesses[j]:
                 break
         guesser.extend(emitted)

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .finite import NO_TOKEN, no_token_error
+
 
 class Criteria:
     """transformers' stopping criteria, asked after each token with input_ids [B, T] (each prompt
@@ -64,6 +66,8 @@ class StopTracker:
         for b, tok in enumerate(tokens):
             if self.reasons[b] is not None:
                 continue
+            if tok == NO_TOKEN:  # the rules left this sequence, still going, nothing to choose
+                raise no_token_error(f"for sequence {b} at generated token {len(self.ids[b]) + 1}")
             if tok in self.stop_ids[b]:
                 self.reasons[b] = "eos"
                 continue
