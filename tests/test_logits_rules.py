@@ -459,6 +459,11 @@ def test_a_generation_config_object_reads_as_transformers_reads_it(tmp_path, tok
             twenty = engine.generate(PROMPT, generation_config=HFGenerationConfig(eos_token_id=None))
             assert len(twenty.token_ids[0]) == 20 or twenty.finish_reasons == ["eos"]  # the model's EOS still ends it
             assert len(engine.generate(PROMPT, generation_config=GenerationConfig(max_new_tokens=5), stop_at_eos=False).token_ids[0]) == 5
+            n_prompt = len(tok.encode(PROMPT))  # the call's own max_length (the prompt included) wins over the 20 new tokens
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                assert len(engine.generate(PROMPT, generation_config=HFGenerationConfig(), max_length=n_prompt + 4,
+                                           stop_at_eos=False).token_ids[0]) == 4
             assert engine.generate(PROMPT, generation_config=GenerationConfig(), max_new_tokens=7, stop_at_eos=False).token_ids == \
                 engine.generate(PROMPT, max_new_tokens=7, stop_at_eos=False).token_ids
     with pytest.raises(TypeError, match="generation_config must be a transformers GenerationConfig"):

@@ -2,7 +2,9 @@
 gives NaN or inf logits, and every token chosen from them is meaningless (greedy decoding picks id
 0 again and again). The engine notes this on the device as it goes, with no host sync of its own,
 and reads the note where it reads the chosen tokens anyway; then it raises
-``NonFiniteLogitsError`` instead of returning such tokens."""
+``NonFiniteLogitsError`` instead of returning such tokens. Likewise a choice the logits rules
+leave without any token comes back as ``NO_TOKEN``, and the caller raises ``NoTokenAllowedError``
+(``no_token_error``) when it reads one for a sequence still going."""
 
 from __future__ import annotations
 

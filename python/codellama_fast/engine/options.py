@@ -347,7 +347,8 @@ def _read_generation_config(defaults: Mapping[str, Any], overrides: dict[str, An
     taken = {}
     for key, value in fields.items():
         unset = key in base and type(value) is type(base[key]) and value == base[key]
-        if unset and key == "max_length" and fields.get("max_new_tokens") is None and "max_new_tokens" not in defaults:
+        if (unset and key == "max_length" and fields.get("max_new_tokens") is None and "max_new_tokens" not in defaults
+                and "max_new_tokens" not in overrides and "max_length" not in overrides):
             taken["max_new_tokens"] = value
         elif not unset and not key.startswith("_"):
             taken[key] = value
