@@ -63,6 +63,7 @@ def engine(model_dir, tok):
         ({"return_dict_in_generate": torch.tensor([1, 2])}, TypeError, "return_dict_in_generate"),
         ({"max_time": float("nan")}, ValueError, "max_time"),
         ({"renormalize_logits": "yes"}, TypeError, "renormalize_logits must be a bool"),
+        ({"num_beams": 2, "stopping_criteria": torch.tensor([[1, 2]])}, TypeError, "stopping_criteria must be a callable"),
         ({"exponential_decay_length_penalty": (1, float("nan"))}, ValueError, "decay_factor must be"),
     ],
 )

@@ -175,8 +175,6 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
         raise ValueError(f"assistant_confidence_threshold must be in [0, 1] (0 never stops early), got {cfg.assistant_confidence_threshold}")
     if cfg.assistant_model is not None and cfg.prompt_lookup_num_tokens is not None:
         raise ValueError("give prompt_lookup_num_tokens or assistant_model, not both: each guesses the next tokens")
-    if cfg.num_beams > 1:
-        _check_beams(cfg, streams)
     cfg.repetition_penalty = arguments.check_real("repetition_penalty", cfg.repetition_penalty)
     if cfg.repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be > 0 (1.0 is none), got {cfg.repetition_penalty}")
@@ -221,6 +219,8 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     for name in ("max_length", "min_length"):
         value = arguments.check_int(name, getattr(cfg, name), optional=True)
         setattr(cfg, name, value if value is None else _at_least(name, value, 1 if name == "max_length" else 0))
+    if cfg.num_beams > 1:  # after the values' own checks: it reads them
+        _check_beams(cfg, streams)
     return cfg
 
 
