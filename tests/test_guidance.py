@@ -85,11 +85,18 @@ def test_guidance_is_the_same_on_every_path(model, tok):
     assert engine.generate(prompt, prompt_lookup_num_tokens=3, **kw).token_ids == plain.token_ids
     assert engine.generate(prompt, assistant_model=fp32_engine(path, tok), **kw).token_ids == plain.token_ids
     assert "".join(engine.stream(prompt, **kw)) == plain.text
-    sampled = engine.generate([prompt, "x = 1"], guidance_scale=1.8, max_new_tokens=6, do_sample=True, num_return_sequences=2,
-                              negative_prompt_ids=[tok.encode("# a"), tok.encode("# b")], seed=3)
-    assert len(sampled.token_ids) == 4
-    middle = engine.infill("def f(x):\n    ", "\n    return y", guidance_scale=1.5, max_new_tokens=6)
-    assert isinstance(middle.middle, str)
+    # one negative prompt per prompt, each over that prompt's num_return_sequences rows (top_k=1:
+    # every sample is the argmax), as each prompt alone with its own
+    negatives = [tok.encode("# a"), tok.encode("# b wrong")]
+    each = {"guidance_scale": 1.8, "max_new_tokens": 6, "stop_at_eos": False}
+    sampled = engine.generate([prompt, "x = 1"], do_sample=True, top_k=1, num_return_sequences=2, negative_prompt_ids=negatives, seed=3,
+                              **each).token_ids
+    alone = [engine.generate(p, negative_prompt_ids=n, **each).token_ids[0] for p, n in zip([prompt, "x = 1"], negatives)]
+    assert sampled == [alone[0], alone[0], alone[1], alone[1]]
+    # infilling takes it too: as generate on the same infilling prompt (which stops at ▁<EOT> as well)
+    gap = engine.infill("def f(x):\n    ", "\n    return y", guidance_scale=1.5, max_new_tokens=6)
+    ids = engine.infill_prompt_ids("def f(x):\n    ", "\n    return y")
+    assert gap.generation.token_ids == engine.generate(input_ids=[ids], guidance_scale=1.5, max_new_tokens=6).token_ids
 
 
 @pytest.mark.parametrize("kwargs, error, words", [

@@ -631,11 +631,8 @@ class Engine:
         negative = cfg.negative_prompt_ids or [list(p[-1:]) for p in prompts]
         if len(prompts) % len(negative):
             raise ValueError(f"negative_prompt_ids has {len(negative)} prompts for {len(prompts)} sequences: give one, or one per prompt")
-        vocab = self.model.config.vocab_size
         for row in negative:
-            bad = [t for t in row if not 0 <= t < vocab]
-            if bad:
-                raise ValueError(f"negative_prompt_ids holds token id {bad[0]}, outside the model's vocabulary of {vocab}")
+            arguments.check_ids_in_vocab("negative_prompt_ids", row, self.model.config.vocab_size)
         rows = [list(n) for n in negative for _ in range(len(prompts) // len(negative))]
         return Guidance(self.model, self._prefill, rows, cfg.guidance_scale, cfg.max_new_tokens, self.dtype, self.device)
 

@@ -277,12 +277,13 @@ class StepLog:
         self.logits: list[torch.Tensor] | None = [] if logits else None
 
     def record(self, raw: torch.Tensor, ruled: torch.Tensor) -> None:
-        """raw [B, V]: the model's logits; ruled [B, V] fp32: after the rules."""
+        """raw [B, V]: the model's logits (a captured step's buffer: copied); ruled [B, V] fp32:
+        after the rules (a new tensor each step, never changed after)."""
         if self.logits is not None:
             self.logits.append(raw.float().clone())
         if self.scores is not None:
             p = self.params
-            scores = ruled.clone() if p.greedy else filter_logits(ruled / p.temperature, p.top_k, p.top_p, p.min_p, p.typical_p,
+            scores = ruled if p.greedy else filter_logits(ruled / p.temperature, p.top_k, p.top_p, p.min_p, p.typical_p,
                                                                   p.epsilon_cutoff, p.eta_cutoff)
             self.scores.append(renormalized(scores) if self.renormalize else scores)
 
