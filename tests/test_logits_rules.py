@@ -317,8 +317,12 @@ def test_prefix_allowed_tokens_fn_and_logits_processor_equal_transformers(model,
             return out
 
     x = torch.tensor(rows.tolist())
+    # Bigrams, not single tokens, are banned beside the 12 allowed ids: banning all 12 after one
+    # token would take 12 earlier pairs starting with it, more than 22 tokens hold. A unigram ban
+    # can use the window up within 16 tokens (about 1 prompt pair in 16), where transformers
+    # silently picks id 0 and this engine raises NoTokenAllowedError.
     for kw in ({"prefix_allowed_tokens_fn": allowed}, {"logits_processor": LogitsProcessorList([LengthBias()])},
-               {"logits_processor": LogitsProcessorList([NoRepeatNGramLogitsProcessor(1)]), "prefix_allowed_tokens_fn": allowed},
+               {"logits_processor": LogitsProcessorList([NoRepeatNGramLogitsProcessor(2)]), "prefix_allowed_tokens_fn": allowed},
                {"prefix_allowed_tokens_fn": allowed, "num_beams": 3}):
         out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0, **kw)
         want = out[:, 6:].tolist()
