@@ -1,7 +1,8 @@
 """Beam search (``num_beams``) against transformers' ``generate`` on tiny random checkpoints:
 tokens and sequence scores, with length penalties, the three early-stopping modes, several
-returned beams, left-padded batches, end tokens held back by min_new_tokens, and logits rules;
-beam sample (``do_sample`` with ``num_beams``) with the same seed as transformers' global one."""
+returned beams, left-padded batches, end tokens held back by min_new_tokens, logits rules, and
+stop strings, stopping criteria and max_time; beam sample (``do_sample`` with ``num_beams``) with
+the same seed as transformers' global one."""
 
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ def _hf_beams(hf, rows: list[list[int]], n: int, ends: list[int] | None, **kw) -
     seqs = []
     for row in out.sequences[:, t:].tolist():
         cuts = [row.index(e) for e in ends or () if e in row]
-        seqs.append(row[: min(cuts)] if cuts else row)
+        row = row[: min(cuts)] if cuts else row
+        while row and row[-1] == -1:  # the filler after a beam that a stopping criterion ended early
+            row.pop()
+        seqs.append(row)
     return seqs, out.sequences_scores.tolist()
 
 
@@ -136,6 +140,97 @@ def test_beams_with_logits_rules_equal_transformers(model, tok):
     assert got.token_ids[0] != free  # the rules acted
 
 
+def _piece_text(tok, ids: list[int]) -> str:
+    """The text of the first piece past the third of `ids` that is a word of 2+ letters."""
+    for i in ids[3:]:
+        text = tok.convert_ids_to_tokens(i).replace("\u2581", "")
+        if len(text) >= 2 and text.isalpha():
+            return text
+    pytest.fail(f"no word piece among {ids}")
+
+
+@pytest.mark.parametrize("kw", [{"num_beams": 3, "num_return_sequences": 2, "length_penalty": 0.0},
+                                {"num_beams": 3, "num_return_sequences": 3}])
+def test_beams_end_at_stop_strings_as_transformers_stop_strings(model, tok, kw):
+    """Each candidate whose continuation spells a stop string ends there and competes for the
+    finished places, as transformers' StopStringCriteria ends candidates: the same beams and
+    scores, on a batch of random prompts, with a word from each one's free best beam as stop
+    strings. The returned text is cut before the stop string; the tokens keep it."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import CODELLAMA_DIR
+
+    hf, path = model
+    engine = _engine(path, tok)
+    g = torch.Generator().manual_seed(fresh_seed())
+    rows = torch.randint(3, 32000, (2, 6), generator=g)
+    rows[:, 0] = 1
+    rows = rows.tolist()
+    free = engine.generate(input_ids=rows, max_new_tokens=16, stop_at_eos=False, **kw).token_ids
+    n = kw["num_return_sequences"]
+    stops = [_piece_text(tok, free[0]), _piece_text(tok, free[n])]
+    want, want_scores = _hf_beams(hf, rows, 16, None, stop_strings=stops, tokenizer=AutoTokenizer.from_pretrained(str(CODELLAMA_DIR)),
+                                  **kw)
+    got = engine.generate(input_ids=rows, max_new_tokens=16, stop_at_eos=False, stop=stops, **kw)
+    assert got.token_ids == want, stops
+    assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (got.sequence_scores, want_scores)
+    stopped = [k for k, reason in enumerate(got.finish_reasons) if reason == "stop"]
+    if kw.get("length_penalty") == 0.0:  # summed scores: a beam cut short by its stop string wins
+        assert stopped
+    for k in stopped:
+        prompt = rows[k // n]
+        whole = tok.decode(prompt + got.token_ids[k], skip_special_tokens=True)[len(tok.decode(prompt, skip_special_tokens=True)):]
+        assert whole.startswith(got.texts[k]) and any(whole[len(got.texts[k]):].startswith(s) for s in stops)
+        assert not any(s in got.texts[k] for s in stops)
+    assert all(reason in ("stop", "length") for reason in got.finish_reasons)
+
+
+def test_beams_end_at_stopping_criteria_and_max_time_as_transformers(model, tok, monkeypatch):
+    """A stopping criterion is asked about every candidate of a step, and max_time ends them all
+    once it has passed, as in transformers' beam search: the same beams and scores. Both clocks
+    are replaced by one that a logits processor moves 0.25 s per step, so nothing sleeps:
+    max_time=1.0 ends the search at its fifth token, with finish reason "time"."""
+    import types
+
+    import codellama_fast.engine.stopping as stopping_module
+    import transformers.generation.stopping_criteria as hf_stopping
+    from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+    hf, path = model
+    engine = _engine(path, tok)
+    rows = [tok.encode(PROMPT), tok.encode("import os\nimport sys\n")]
+    kw = {"num_beams": 3, "num_return_sequences": 2}
+    free = engine.generate(input_ids=rows, max_new_tokens=16, stop_at_eos=False, **kw).token_ids
+    enders = torch.tensor([free[0][4], free[2][7]])
+
+    class LastTokenIn(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.isin(input_ids[:, -1], enders)
+
+    want, want_scores = _hf_beams(hf, rows, 16, None, stopping_criteria=StoppingCriteriaList([LastTokenIn()]), **kw)
+    got = engine.generate(input_ids=rows, max_new_tokens=16, stop_at_eos=False, stopping_criteria=[LastTokenIn()], **kw)
+    assert got.token_ids == want
+    assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (got.sequence_scores, want_scores)
+    assert "stop" in got.finish_reasons and all(r == "length" or seq[-1] in enders for r, seq in zip(got.finish_reasons, got.token_ids))
+
+    clock = [1000.0]
+    monkeypatch.setattr(stopping_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(hf_stopping, "time", types.SimpleNamespace(time=lambda: clock[0]))
+
+    def step_takes_a_quarter_second(ids, scores):
+        clock[0] += 0.25
+        return scores
+
+    for extra in ({}, {"early_stopping": "never", "length_penalty": 2.0}):
+        want, want_scores = _hf_beams(hf, rows, 16, None, max_time=1.0, logits_processor=LogitsProcessorList([step_takes_a_quarter_second]),
+                                      **kw, **extra)
+        got = engine.generate(input_ids=rows, max_new_tokens=16, stop_at_eos=False, max_time=1.0,
+                              logits_processor=step_takes_a_quarter_second, **kw, **extra)
+        assert got.token_ids == want and all(len(seq) == 5 for seq in got.token_ids), extra
+        assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (got.sequence_scores, want_scores)
+        assert got.finish_reasons == ["time"] * 4
+
+
 def test_infill_and_chat_take_beams(model, tok):
     """infill with beams is transformers' beam search over the infilling prompt, ending at ▁<EOT> or EOS."""
     hf, path = model
@@ -158,7 +253,6 @@ def test_infill_and_chat_take_beams(model, tok):
     "call, error, words",
     [
         (lambda e: list(e.stream("x", num_beams=2)), ValueError, "does not stream"),
-        (lambda e: e.generate("x", num_beams=2, stop=["\n"]), ValueError, "stop strings are not checked"),
         (lambda e: e.generate("x", num_beams=2, num_return_sequences=3), ValueError, "must be <= num_beams"),
         (lambda e: e.generate("x", num_beams=2, return_logprobs=True), ValueError, "sequence_scores"),
         (lambda e: e.generate("x", num_beams=2, early_stopping="sometimes"), ValueError, "early_stopping must be"),

@@ -11,7 +11,9 @@ the softmax of the summed scores instead of taken best first; the rest is the sa
 
 Scores and choices stay on the device; one host read per step decides whether to go on. The
 logits rules (engine.logits_rules) act on each beam's log-probabilities, as transformers applies
-its processors there.
+its processors there. Stop strings, stopping criteria and ``max_time`` are asked about every
+candidate of a step (``candidate_ends``), as transformers asks its stopping criteria: a candidate
+they end competes for the finished places like one that took a stop id.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .finite import FiniteWatch
 from .logits_rules import RuleState, TokenRules, renormalized
 from .model import LlamaModel, StepContext
 from .sampling import SamplingParams, filter_logits
+from .stopping import EOS, LENGTH, REASONS
 
 # transformers' stand-in for "impossible": added to scores, so that arithmetic stays finite
 _NEVER = 1.0e9
@@ -50,6 +53,7 @@ class BeamOutput:
 
     tokens: list[list[int]]  # the generated tokens, a final stop id included
     scores: list[float]  # summed log-probability / length ** length_penalty
+    reasons: list[str]  # why each ended: "eos", "stop", "time" or "length" (REASONS)
     steps: int  # decode steps run
     prefill_s: float
     decode_s: float
@@ -57,11 +61,14 @@ class BeamOutput:
 
 def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor, KVCache], torch.Tensor], tokens: torch.Tensor,
                 kv_start: torch.Tensor, max_new: int, settings: BeamSettings, rules: TokenRules, stop_ids: Sequence[set[int]],
-                allowed: int | None, dtype: torch.dtype, generator: torch.Generator | None = None) -> BeamOutput:
+                allowed: int | None, dtype: torch.dtype, generator: torch.Generator | None = None,
+                candidate_ends: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> BeamOutput:
     """tokens [B, T] left-padded prompts (row b's first real slot kv_start[b]); ``prefill(tokens,
     kv_start, cache)`` runs them into a cache and returns the last logits [B, V]; ``stop_ids``:
     each prompt's; ``allowed``: ids from it on are never chosen; ``generator``: beam sample's
-    random draws (None: torch's global generator)."""
+    random draws (None: torch's global generator). ``candidate_ends(tokens [B, W, n], took_stop_id
+    [B, W])``: for the step's W candidates of each prompt (their n generated tokens), the code of
+    what else ends them (STOP, TIME; 0: nothing), as a [B, W] tensor."""
     b, t = tokens.shape
     k, n_out = settings.num_beams, settings.num_return_sequences
     device, cfg = tokens.device, model.config
@@ -101,6 +108,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     fin_len = torch.zeros(b, k, dtype=torch.long, device=device)
     fin_scores = torch.full((b, k), -_NEVER, device=device)
     fin_done = torch.zeros(b, k, dtype=torch.bool, device=device)
+    fin_code = torch.zeros(b, k, dtype=torch.long, device=device)
     improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
     batch_base = torch.arange(b, device=device)[:, None] * k
 
@@ -125,7 +133,13 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         parent, token = top_index // vocab, top_index % vocab
         cand_seq = run_seq.gather(1, parent[:, :, None].expand(-1, -1, max_new)).clone()  # [B, W, N]
         cand_seq[:, :, step] = token
-        ends = stop_mask.gather(1, token) | (step + 1 == max_new)  # [B, W]
+        took_stop_id = stop_mask.gather(1, token)  # [B, W]
+        code = took_stop_id.long() * EOS
+        if candidate_ends is not None:
+            code = torch.where(took_stop_id, code, candidate_ends(cand_seq[:, :, : step + 1], took_stop_id))
+        if step + 1 == max_new:
+            code = torch.where(code > 0, code, LENGTH)
+        ends = code > 0  # [B, W]
 
         # the k best that go on
         going_on = top_scores - _NEVER * ends.float()
@@ -145,6 +159,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         fin_seq = torch.cat([fin_seq, cand_seq], dim=1).gather(1, best[:, :, None].expand(-1, -1, max_new))
         fin_len = torch.cat([fin_len, torch.full_like(cand_seq[:, :, 0], step + 1)], dim=1).gather(1, best)
         fin_done = torch.cat([fin_done, just_done], dim=1).gather(1, best)
+        fin_code = torch.cat([fin_code, code], dim=1).gather(1, best)
 
         # can a running beam still beat the worst finished one?
         if settings.early_stopping == "never" and settings.length_penalty > 0.0:
@@ -177,7 +192,8 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     done = fin_done[:, :n_out].tolist()
     out_tokens = [seq[:n] if ok else [] for row_s, row_n, row_d in zip(seqs, lens, done) for seq, n, ok in zip(row_s, row_n, row_d)]
     out_scores = [s for row in scores for s in row]
-    return BeamOutput(out_tokens, out_scores, steps, prefill_s, decode_s)
+    out_reasons = [REASONS.get(c, "length") for row in fin_code[:, :n_out].tolist() for c in row]
+    return BeamOutput(out_tokens, out_scores, out_reasons, steps, prefill_s, decode_s)
 
 
 def _draw_without_replacement(scores: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -30,7 +30,7 @@ from .prompt_lookup import NgramIndex
 from .guidance import Guidance
 from .logits_rules import StepLog, make_picker
 from .scoring import ScoreResult, score_rows
-from .stopping import Criteria, Deadline, StopTracker, partial_stop_len
+from .stopping import CandidateStops, Criteria, Deadline, StopTracker, cut_at_stop, partial_stop_len
 from .token_healing import Healed, PieceIndex
 
 
@@ -586,35 +586,38 @@ class Engine:
                    decoders: Sequence[Callable[[list[int]], str]], return_logprobs: bool,
                    first_allowed: Sequence[tuple[int, ...] | None] | None = None) -> GenerationResult:
         """Beam search (engine.beam_search) for each prompt; ``num_return_sequences`` rows per
-        prompt, best first. A final stop id is left out of the tokens, as in plain decoding."""
+        prompt, best first. A final stop id is left out of the tokens, and a stop string cuts the
+        text, as in plain decoding."""
         if return_logprobs:
             raise ValueError("return_logprobs is not given for beam search; each beam's score is in sequence_scores")
+        deadline = Deadline(cfg.max_time)
         tokens, kv_start, t = self._prepare(prompts)
         cfg = cfg.for_prompt_length(t)
         arguments.warn_past_context(t, cfg.max_new_tokens, self.model.config, 4)
         n = cfg.num_return_sequences
         vocab = self.model.config.vocab_size
         if cfg.max_new_tokens == 0:
-            out = beam_search.BeamOutput([[] for _ in range(len(prompts) * n)], [0.0] * (len(prompts) * n), 0, 0.0, 0.0)
+            out = beam_search.BeamOutput([[] for _ in range(len(prompts) * n)], [0.0] * (len(prompts) * n),
+                                         ["length"] * (len(prompts) * n), 0, 0.0, 0.0)
         else:
             rules = logits_rules_for(cfg, set().union(*stop_ids), vocab, 4)
             if first_allowed is not None:
                 rules = dataclasses.replace(rules, first_allowed=tuple(first_allowed))
             settings = beam_search.BeamSettings(cfg.num_beams, cfg.length_penalty, cfg.early_stopping, n, cfg.sampling(),
                                                 cfg.renormalize_logits)
+            ends = CandidateStops(tokens, cfg.stop, decoders, cfg.stopping_criteria or (), deadline)
             with torch.inference_mode():
                 out = beam_search.beam_search(self.model, self._prefill, tokens, kv_start, cfg.max_new_tokens, settings, rules,
-                                              stop_ids, len(self.tokenizer), self.dtype, self._generator(cfg.seed))
+                                              stop_ids, len(self.tokenizer), self.dtype, self._generator(cfg.seed),
+                                              ends if ends.active else None)
         rows = [k for k in range(len(prompts)) for _ in range(n)]
-        ids, reasons = [], []
-        for k, seq in zip(rows, out.tokens):
-            ended = bool(seq) and seq[-1] in stop_ids[k]
-            ids.append(seq[:-1] if ended else seq)
-            reasons.append("eos" if ended else "length")
+        ids = [seq[:-1] if reason == "eos" else seq for seq, reason in zip(out.tokens, out.reasons)]
+        texts = [decoders[k](i) for k, i in zip(rows, ids)]
+        texts = [cut_at_stop(text, cfg.stop) if reason == "stop" else text for text, reason in zip(texts, out.reasons)]
         # tokens/s: beam tokens run through the model (every beam of every prompt, each step)
         beam_tokens = len(prompts) * cfg.num_beams * max(0, out.steps - 1)
         return GenerationResult(
-            texts=[decoders[k](i) for k, i in zip(rows, ids)], token_ids=ids, finish_reasons=reasons,
+            texts=texts, token_ids=ids, finish_reasons=out.reasons,
             prompt_tokens=[len(prompts[k]) for k in rows], time_to_first_token_s=out.prefill_s,
             decode_tokens_per_s=beam_tokens / out.decode_s if out.decode_s > 0 else 0.0,
             prefill_tokens_per_s=sum(len(p) for p in prompts) / out.prefill_s if out.prefill_s > 0 else 0.0,

@@ -252,18 +252,10 @@ def _check_beams(cfg: GenerationConfig, streams: bool) -> None:
                          "stream; use generate(), infill() or chat()")
     if cfg.prompt_lookup_num_tokens is not None or cfg.assistant_model is not None:
         raise ValueError("num_beams does not combine with prompt_lookup_num_tokens or assistant_model")
-    if cfg.stopping_criteria:
-        raise ValueError("stopping_criteria are not asked during beam search; use stop_token_ids")
     if cfg.guidance_scale not in (None, 1.0) or cfg.negative_prompt_ids is not None:
         raise ValueError("guidance_scale and negative_prompt_ids do not combine with beam search here; use plain or sampled decoding")
-    if cfg.max_time is not None:
-        raise ValueError("max_time is not checked during beam search (the best beams are known only at the end); "
-                         "bound it with max_new_tokens")
     if cfg.streamer is not None:
         raise ValueError("streamer cannot be used with beam search (as in transformers): the best beam is known only at the end")
-    if cfg.stop:
-        raise ValueError("stop strings are not checked during beam search (a beam's text is known only at the end); "
-                         "use stop_token_ids, or cut the returned texts")
     if cfg.num_return_sequences > cfg.num_beams:
         raise ValueError(f"num_return_sequences ({cfg.num_return_sequences}) must be <= num_beams ({cfg.num_beams}): "
                          "beam search returns its best finished beams")

@@ -1,5 +1,6 @@
 """When a sequence ends: its stop ids, stop strings (checked on the decoded text, which they
-cut), transformers' stopping criteria (asked after each token) and ``max_time``."""
+cut), transformers' stopping criteria (asked after each token) and ``max_time``; for beam search,
+the same questions asked about every candidate of a step (CandidateStops)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from typing import Any
 import torch
 
 from .finite import NO_TOKEN, no_token_error
+
+# why a beam search candidate ends, as codes in [B, W] tensors (0: it goes on)
+EOS, STOP, TIME, LENGTH = 1, 2, 3, 4
+REASONS = {EOS: "eos", STOP: "stop", TIME: "time", LENGTH: "length"}
 
 
 class Criteria:
@@ -24,16 +29,21 @@ class Criteria:
         for seq, tok in zip(self.seqs, tokens):
             seq.append(tok)
         width = max(len(s) for s in self.seqs)
-        ids = torch.tensor([[0] * (width - len(s)) + s for s in self.seqs])
-        stop = [False] * len(self.seqs)
-        for criterion in self.criteria:
-            said = criterion(ids, None)
-            said = said.tolist() if hasattr(said, "tolist") else said
-            said = [bool(said)] * len(stop) if isinstance(said, (bool, int)) else [bool(x) for x in said]
-            if len(said) != len(stop):
-                raise ValueError(f"a stopping criterion returned {len(said)} values for a batch of {len(stop)}")
-            stop = [a or b for a, b in zip(stop, said)]
-        return stop
+        return ask_criteria(self.criteria, torch.tensor([[0] * (width - len(s)) + s for s in self.seqs]))
+
+
+def ask_criteria(criteria: Sequence[Callable[..., Any]], ids: torch.Tensor) -> list[bool]:
+    """Whether any of transformers' stopping criteria ends each row of ids [N, T] (scores None);
+    a criterion may answer one bool for all rows or one per row."""
+    stop = [False] * ids.shape[0]
+    for criterion in criteria:
+        said = criterion(ids, None)
+        said = said.tolist() if hasattr(said, "tolist") else said
+        said = [bool(said)] * len(stop) if isinstance(said, (bool, int)) else [bool(x) for x in said]
+        if len(said) != len(stop):
+            raise ValueError(f"a stopping criterion returned {len(said)} values for a batch of {len(stop)}")
+        stop = [a or b for a, b in zip(stop, said)]
+    return stop
 
 
 class Deadline:
@@ -76,10 +86,9 @@ class StopTracker:
                 self.logprobs[b].append(logprobs[b])
             if self.stop_strings:
                 text = self.decoders[b](self.ids[b])
-                hits = [text.find(s) for s in self.stop_strings if s and s in text]
-                if hits:
+                if any(s and s in text for s in self.stop_strings):
                     self.reasons[b] = "stop"
-                    self.cut_text[b] = text[: min(hits)]
+                    self.cut_text[b] = cut_at_stop(text, self.stop_strings)
         if self.criteria is not None:
             for b, stop in enumerate(self.criteria.push(tokens)):
                 if stop and self.reasons[b] is None:
@@ -95,6 +104,48 @@ class StopTracker:
 
     def texts(self) -> list[str]:
         return [cut if cut is not None else dec(ids) for cut, dec, ids in zip(self.cut_text, self.decoders, self.ids)]
+
+
+class CandidateStops:
+    """Beam search's ``candidate_ends``: what ends each candidate of a step besides a stop id, as
+    transformers asks its stopping criteria about every candidate. A stop string in the
+    candidate's decoded continuation (its prompt's decoder) ends it with STOP, as does a stopping
+    criterion (asked with each candidate's prompt, left-padded with 0, and its tokens); once
+    ``deadline`` has passed, every other candidate ends with TIME."""
+
+    def __init__(self, prompts: torch.Tensor, stop_strings: Sequence[str], decoders: Sequence[Callable[[list[int]], str]],
+                 criteria: Sequence[Callable[..., Any]], deadline: Deadline) -> None:
+        # prompts [B, T]: left-padded with 0, as the stopping criteria see them in plain decoding
+        self.prompts, self.decoders, self.criteria, self.deadline = prompts, list(decoders), list(criteria), deadline
+        self.stop_strings = [s for s in stop_strings if s]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.stop_strings or self.criteria or self.deadline.at is not None)
+
+    def __call__(self, tokens: torch.Tensor, took_stop_id: torch.Tensor) -> torch.Tensor:
+        """tokens [B, W, n] (each candidate's generated tokens), took_stop_id [B, W] -> codes [B, W]."""
+        b, w, n = tokens.shape
+        stop = [False] * (b * w)
+        if self.criteria:
+            rows = torch.cat([self.prompts.repeat_interleave(w, dim=0), tokens.reshape(b * w, n)], dim=1)
+            stop = ask_criteria(self.criteria, rows.cpu())
+        if self.stop_strings:
+            host, took = tokens.tolist(), took_stop_id.tolist()
+            for i in range(b):
+                for j in range(w):
+                    if not took[i][j] and not stop[i * w + j]:
+                        text = self.decoders[i](host[i][j])
+                        stop[i * w + j] = any(s in text for s in self.stop_strings)
+        out_of_time = self.deadline.passed()
+        codes = [STOP if hit else TIME if out_of_time else 0 for hit in stop]
+        return torch.tensor(codes, dtype=torch.long, device=tokens.device).view(b, w)
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """`text` up to the first of the stop strings in it (all of it when none is)."""
+    hits = [text.find(s) for s in stop_strings if s and s in text]
+    return text[: min(hits)] if hits else text
 
 
 def partial_stop_len(text: str, stops: Sequence[str]) -> int:
