@@ -231,6 +231,45 @@ def test_beams_end_at_stopping_criteria_and_max_time_as_transformers(model, tok,
         assert got.finish_reasons == ["time"] * 4
 
 
+@pytest.mark.parametrize("kw", [{"num_beams": 3, "num_return_sequences": 2, "length_penalty": 0.0, "renormalize_logits": True},
+                                {"num_beams": 3, "num_return_sequences": 3, "length_penalty": 2.0},
+                                {"num_beams": 4, "num_return_sequences": 3, "do_sample": True, "temperature": 0.8, "top_k": 5}])
+def test_beam_output_scores_logits_and_beam_indices_equal_transformers(model, tok, kw):
+    """output_scores / output_logits with beams: per step, the running beams' scores after the
+    rules and filters and their raw logits ([prompts × beams, V]), and per returned beam the row
+    each of its tokens came from (its end token's included), equal to transformers' scores, logits
+    and beam_indices, on a left-padded batch with an end token the best beam reaches."""
+    hf, path = model
+    engine = _engine(path, tok)
+    rows = [tok.encode(PROMPT), tok.encode("x = [")]
+    end = engine.generate(input_ids=rows, max_new_tokens=12, stop_at_eos=False, num_beams=3, length_penalty=0.0).token_ids[0][2]
+    t = max(map(len, rows))
+    x = torch.tensor([[0] * (t - len(r)) + r for r in rows])
+    mask = (torch.arange(t)[None, :] >= torch.tensor([t - len(r) for r in rows])[:, None]).long()
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    want = hf.generate(x, attention_mask=mask, max_new_tokens=12, eos_token_id=end, pad_token_id=0, output_scores=True,
+                       output_logits=True, return_dict_in_generate=True, **kw)
+    got = engine.generate(input_ids=rows, max_new_tokens=12, eos_token_id=end, output_scores=True, output_logits=True, seed=seed, **kw)
+    assert got.beam_indices == [[i for i in row if i != -1] for row in want.beam_indices.tolist()]
+    assert [len(i) for i in got.beam_indices] == [len(s) + (r == "eos") for s, r in zip(got.token_ids, got.finish_reasons)]
+    if kw.get("length_penalty") == 0.0:  # summed scores: the beam that ends early stays the best
+        assert got.finish_reasons[0] == "eos"
+    assert len(got.scores) == len(want.scores) == len(got.logits) == len(want.logits)
+    for ours, theirs in zip(got.scores, want.scores):
+        assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
+        finite = torch.isfinite(theirs)
+        torch.testing.assert_close(ours[finite], theirs[finite], atol=1e-4, rtol=1e-4)
+    for ours, theirs in zip(got.logits, want.logits):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    # the scores of each returned beam's own tokens sum to its sequence score (transformers'
+    # compute_transition_scores), length penalty undone
+    for k, (seq, idx) in enumerate(zip(got.token_ids, got.beam_indices)):
+        steps = seq + [end] * (len(idx) - len(seq))
+        total = sum(got.scores[i][row, token].item() for i, (row, token) in enumerate(zip(idx, steps)))
+        assert abs(total / len(idx) ** kw.get("length_penalty", 1.0) - got.sequence_scores[k]) < 1e-3
+
+
 def test_infill_and_chat_take_beams(model, tok):
     """infill with beams is transformers' beam search over the infilling prompt, ending at ▁<EOT> or EOS."""
     hf, path = model

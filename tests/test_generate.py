@@ -477,8 +477,6 @@ def test_output_scores_on_the_guessing_path_equal_plain_decoding(model_dir, tok)
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(guessed.scores, plain.scores))
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(guessed.logits, plain.logits))
     assert plain.scores[0].shape == (1, engine.model.config.vocab_size) and plain.logits[0].dtype == torch.float32
-    with pytest.raises(ValueError, match="not given for beam search"):
-        engine.generate(prompt, num_beams=2, output_scores=True)
     with pytest.raises(TypeError, match="output_logits must be True or False"):
         engine.generate(prompt, output_logits="yes")
     with pytest.raises(TypeError, match="only generate\\(\\) returns each step's scores"):

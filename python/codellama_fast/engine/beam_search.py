@@ -57,18 +57,26 @@ class BeamOutput:
     steps: int  # decode steps run
     prefill_s: float
     decode_s: float
+    # with log_steps (transformers' output_scores / output_logits and beam_indices): per step, the
+    # running beams' scores after every rule and filter and their raw logits, [B k, V] fp32; per
+    # returned beam, for each of its steps (a final stop id's included), the row it came from
+    step_scores: tuple[torch.Tensor, ...] | None = None
+    step_logits: tuple[torch.Tensor, ...] | None = None
+    beam_indices: list[list[int]] | None = None
 
 
 def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor, KVCache], torch.Tensor], tokens: torch.Tensor,
                 kv_start: torch.Tensor, max_new: int, settings: BeamSettings, rules: TokenRules, stop_ids: Sequence[set[int]],
                 allowed: int | None, dtype: torch.dtype, generator: torch.Generator | None = None,
-                candidate_ends: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> BeamOutput:
+                candidate_ends: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                log_steps: bool = False) -> BeamOutput:
     """tokens [B, T] left-padded prompts (row b's first real slot kv_start[b]); ``prefill(tokens,
     kv_start, cache)`` runs them into a cache and returns the last logits [B, V]; ``stop_ids``:
     each prompt's; ``allowed``: ids from it on are never chosen; ``generator``: beam sample's
     random draws (None: torch's global generator). ``candidate_ends(tokens [B, W, n], took_stop_id
     [B, W])``: for the step's W candidates of each prompt (their n generated tokens), the code of
-    what else ends them (STOP, TIME; 0: nothing), as a [B, W] tensor."""
+    what else ends them (STOP, TIME; 0: nothing), as a [B, W] tensor. ``log_steps``: keep each
+    step's scores and logits and each beam's rows (BeamOutput.step_scores, ...)."""
     b, t = tokens.shape
     k, n_out = settings.num_beams, settings.num_return_sequences
     device, cfg = tokens.device, model.config
@@ -109,6 +117,11 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     fin_scores = torch.full((b, k), -_NEVER, device=device)
     fin_done = torch.zeros(b, k, dtype=torch.bool, device=device)
     fin_code = torch.zeros(b, k, dtype=torch.long, device=device)
+    # with log_steps: each beam's row of the step's scores, step by step (transformers' beam_indices)
+    run_rows = torch.zeros(b, k, max_new, dtype=torch.long, device=device) if log_steps else None
+    fin_rows = torch.zeros(b, k, max_new, dtype=torch.long, device=device) if log_steps else None
+    step_scores: list[torch.Tensor] = []
+    step_logits: list[torch.Tensor] = []
     improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
     batch_base = torch.arange(b, device=device)[:, None] * k
 
@@ -124,6 +137,9 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
                                  sampling.typical_p, sampling.epsilon_cutoff, sampling.eta_cutoff, keep=min_keep)
         if settings.renormalize:
             logp = renormalized(logp)
+        if log_steps:  # neither is changed after: logits is the model's new output, logp a new tensor
+            step_scores.append(logp)
+            step_logits.append(logits.float())
         totals = (logp.view(b, k, vocab) + run_scores[:, :, None]).view(b, k * vocab)
         if sampling is None:
             top_scores, top_index = totals.topk(width, dim=-1)  # [B, W]
@@ -147,6 +163,10 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         run_seq = cand_seq.gather(1, keep[:, :, None].expand(-1, -1, max_new))
         run_scores = going_on.gather(1, keep)
         beam_parent = parent.gather(1, keep)
+        if run_rows is not None and fin_rows is not None:
+            cand_rows = run_rows.gather(1, parent[:, :, None].expand(-1, -1, max_new)).clone()  # [B, W, N]
+            cand_rows[:, :, step] = batch_base + parent
+            run_rows = cand_rows.gather(1, keep[:, :, None].expand(-1, -1, max_new))
 
         # the ones that end compete for the k finished places
         just_done = ends & among_first_k[None, :]
@@ -160,6 +180,8 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         fin_len = torch.cat([fin_len, torch.full_like(cand_seq[:, :, 0], step + 1)], dim=1).gather(1, best)
         fin_done = torch.cat([fin_done, just_done], dim=1).gather(1, best)
         fin_code = torch.cat([fin_code, code], dim=1).gather(1, best)
+        if run_rows is not None and fin_rows is not None:
+            fin_rows = torch.cat([fin_rows, cand_rows], dim=1).gather(1, best[:, :, None].expand(-1, -1, max_new))
 
         # can a running beam still beat the worst finished one?
         if settings.early_stopping == "never" and settings.length_penalty > 0.0:
@@ -193,7 +215,12 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     out_tokens = [seq[:n] if ok else [] for row_s, row_n, row_d in zip(seqs, lens, done) for seq, n, ok in zip(row_s, row_n, row_d)]
     out_scores = [s for row in scores for s in row]
     out_reasons = [REASONS.get(c, "length") for row in fin_code[:, :n_out].tolist() for c in row]
-    return BeamOutput(out_tokens, out_scores, out_reasons, steps, prefill_s, decode_s)
+    out = BeamOutput(out_tokens, out_scores, out_reasons, steps, prefill_s, decode_s)
+    if fin_rows is not None:
+        out.step_scores, out.step_logits = tuple(step_scores), tuple(step_logits)
+        rows_of = [seq for row in fin_rows[:, :n_out].tolist() for seq in row]  # prompt-major, as out_tokens
+        out.beam_indices = [seq[: len(tokens)] for seq, tokens in zip(rows_of, out_tokens)]
+    return out
 
 
 def _draw_without_replacement(scores: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -62,24 +62,32 @@ class GenerationResult:
     # transformers' output_scores / output_logits: per step, [sequences, V] fp32 on the model's
     # device: the scores the choice was made from (after the rules and, when sampling, the
     # temperature and filters) / the model's logits. A sequence that ended before the others has
-    # entries past its end too (the engine goes on computing it), which mean nothing.
+    # entries past its end too (the engine goes on computing it), which mean nothing. With beam
+    # search, [prompts × num_beams, V]: the running beams' log-probabilities after the rules, as
+    # transformers'; beam_indices then gives, per returned beam and for each of its steps (a final
+    # stop id's included), the row of that step's scores it was chosen from.
     scores: tuple[torch.Tensor, ...] | None = None
     logits: tuple[torch.Tensor, ...] | None = None
+    beam_indices: list[list[int]] | None = None
 
     @property
     def text(self) -> str:
         return self.texts[0]
 
     def row(self, k: int) -> "GenerationResult":
-        """Sequence ``k`` alone (the batch's timings)."""
+        """Sequence ``k`` alone (the batch's timings). With beam search the step scores and logits
+        stay whole: its ``beam_indices`` point into them."""
         logprobs = None if self.token_logprobs is None else [self.token_logprobs[k]]
         scores = None if self.sequence_scores is None else [self.sequence_scores[k]]
         tops = None if self.top_logprobs is None else [self.top_logprobs[k]]
-        steps = None if self.scores is None else tuple(s[k : k + 1] for s in self.scores)
-        raw = None if self.logits is None else tuple(s[k : k + 1] for s in self.logits)
+        beams = None if self.beam_indices is None else [self.beam_indices[k]]
+        steps, raw = self.scores, self.logits
+        if beams is None:
+            steps = None if steps is None else tuple(s[k : k + 1] for s in steps)
+            raw = None if raw is None else tuple(s[k : k + 1] for s in raw)
         return dataclasses.replace(self, texts=[self.texts[k]], token_ids=[self.token_ids[k]], finish_reasons=[self.finish_reasons[k]],
                                    prompt_tokens=[self.prompt_tokens[k]], token_logprobs=logprobs, sequence_scores=scores,
-                                   top_logprobs=tops, scores=steps, logits=raw)
+                                   top_logprobs=tops, scores=steps, logits=raw, beam_indices=beams)
 
     def summary(self) -> str:
         n = sum(len(t) for t in self.token_ids)
@@ -584,10 +592,12 @@ class Engine:
 
     def _run_beams(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: Sequence[set[int]],
                    decoders: Sequence[Callable[[list[int]], str]], return_logprobs: bool,
-                   first_allowed: Sequence[tuple[int, ...] | None] | None = None) -> GenerationResult:
+                   first_allowed: Sequence[tuple[int, ...] | None] | None = None, output_scores: bool = False,
+                   output_logits: bool = False) -> GenerationResult:
         """Beam search (engine.beam_search) for each prompt; ``num_return_sequences`` rows per
         prompt, best first. A final stop id is left out of the tokens, and a stop string cuts the
-        text, as in plain decoding."""
+        text, as in plain decoding. ``output_scores``/``output_logits``: each step's, and the
+        returned beams' ``beam_indices``."""
         if return_logprobs:
             raise ValueError("return_logprobs is not given for beam search; each beam's score is in sequence_scores")
         deadline = Deadline(cfg.max_time)
@@ -609,7 +619,7 @@ class Engine:
             with torch.inference_mode():
                 out = beam_search.beam_search(self.model, self._prefill, tokens, kv_start, cfg.max_new_tokens, settings, rules,
                                               stop_ids, len(self.tokenizer), self.dtype, self._generator(cfg.seed),
-                                              ends if ends.active else None)
+                                              ends if ends.active else None, output_scores or output_logits)
         rows = [k for k in range(len(prompts)) for _ in range(n)]
         ids = [seq[:-1] if reason == "eos" else seq for seq, reason in zip(out.tokens, out.reasons)]
         texts = [decoders[k](i) for k, i in zip(rows, ids)]
@@ -621,7 +631,9 @@ class Engine:
             prompt_tokens=[len(prompts[k]) for k in rows], time_to_first_token_s=out.prefill_s,
             decode_tokens_per_s=beam_tokens / out.decode_s if out.decode_s > 0 else 0.0,
             prefill_tokens_per_s=sum(len(p) for p in prompts) / out.prefill_s if out.prefill_s > 0 else 0.0,
-            total_s=out.prefill_s + out.decode_s, sequence_scores=out.scores)
+            total_s=out.prefill_s + out.decode_s, sequence_scores=out.scores,
+            scores=out.step_scores if output_scores else None, logits=out.step_logits if output_logits else None,
+            beam_indices=out.beam_indices)
 
     def _guidance(self, cfg: GenerationConfig, prompts: Sequence[Sequence[int]]) -> Guidance | None:
         """Classifier-free guidance for the rows `prompts` (engine.guidance), or None. Negative
@@ -713,8 +725,9 @@ class Engine:
         under the model (beam search gives ``sequence_scores`` instead); ``top_logprobs=k`` also
         fills ``top_logprobs``: the k likeliest tokens at each position, with theirs.
         transformers' ``output_scores=True`` / ``output_logits=True`` fill ``scores`` / ``logits``
-        (per step, [sequences, V] on the device), and its ``return_dict_in_generate`` changes
-        nothing (the result is always this object).
+        (per step, [sequences, V] on the device; with beams [prompts × beams, V], and
+        ``beam_indices``), and its ``return_dict_in_generate`` changes nothing (the result is
+        always this object).
         """
         if not isinstance(return_logprobs, bool):
             raise TypeError(f"return_logprobs must be True or False, got {return_logprobs!r}")
@@ -743,10 +756,7 @@ class Engine:
             ids, allowed = [h.prompt for h in healed], [h.allowed for h in healed]
         decoders = self._continuation_decoder(ids, healed)
         if cfg.num_beams > 1:
-            if output_scores or output_logits:
-                raise ValueError("output_scores and output_logits are not given for beam search; each beam's score is in "
-                                 "sequence_scores")
-            return self._run_beams(ids, cfg, stops, decoders, return_logprobs, allowed)
+            return self._run_beams(ids, cfg, stops, decoders, return_logprobs, allowed, output_scores, output_logits)
         n = cfg.num_return_sequences  # each prompt's samples together, as transformers
         ids, stops, decoders = [x for x in ids for _ in range(n)], [x for x in stops for _ in range(n)], [x for x in decoders for _ in range(n)]
         allowed = None if allowed is None else [x for x in allowed for _ in range(n)]
