@@ -141,12 +141,14 @@ def test_beams_with_logits_rules_equal_transformers(model, tok):
 
 
 def _piece_text(tok, ids: list[int]) -> str:
-    """The text of the first piece past the third of `ids` that is a word of 2+ letters."""
-    for i in ids[3:]:
-        text = tok.convert_ids_to_tokens(i).replace("\u2581", "")
-        if len(text) >= 2 and text.isalpha():
-            return text
-    pytest.fail(f"no word piece among {ids}")
+    """The text of the first piece after the first of `ids` that is a word of 2+ letters, else of
+    the first such piece that is not a byte (a beam may repeat one piece of punctuation)."""
+    texts = [tok.convert_ids_to_tokens(i).replace("\u2581", "") for i in ids[1:]]
+    words = [t for t in texts if len(t) >= 2 and t.isalpha()]
+    others = [t for t in texts if t and not (t.startswith("<0x") and t.endswith(">"))]
+    if not words + others:
+        pytest.fail(f"no piece with text among {ids}")
+    return (words + others)[0]
 
 
 @pytest.mark.parametrize("kw", [{"num_beams": 3, "num_return_sequences": 2, "length_penalty": 0.0},
@@ -200,18 +202,20 @@ def test_beams_end_at_stopping_criteria_and_max_time_as_transformers(model, tok,
     engine = _engine(path, tok)
     rows = [tok.encode(PROMPT), tok.encode("import os\nimport sys\n")]
     kw = {"num_beams": 3, "num_return_sequences": 2}
-    free = engine.generate(input_ids=rows, max_new_tokens=16, stop_at_eos=False, **kw).token_ids
+    # summed scores (no length penalty): the best beam's start, cut short by the criterion, wins
+    summed = {**kw, "length_penalty": 0.0}
+    free = engine.generate(input_ids=rows, max_new_tokens=16, stop_at_eos=False, **summed).token_ids
     enders = torch.tensor([free[0][4], free[2][7]])
 
     class LastTokenIn(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
             return torch.isin(input_ids[:, -1], enders)
 
-    want, want_scores = _hf_beams(hf, rows, 16, None, stopping_criteria=StoppingCriteriaList([LastTokenIn()]), **kw)
-    got = engine.generate(input_ids=rows, max_new_tokens=16, stop_at_eos=False, stopping_criteria=[LastTokenIn()], **kw)
+    want, want_scores = _hf_beams(hf, rows, 16, None, stopping_criteria=StoppingCriteriaList([LastTokenIn()]), **summed)
+    got = engine.generate(input_ids=rows, max_new_tokens=16, stop_at_eos=False, stopping_criteria=[LastTokenIn()], **summed)
     assert got.token_ids == want
     assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (got.sequence_scores, want_scores)
-    assert "stop" in got.finish_reasons and all(r == "length" or seq[-1] in enders for r, seq in zip(got.finish_reasons, got.token_ids))
+    assert got.finish_reasons[0] == got.finish_reasons[2] == "stop" and all(r == "length" or seq[-1] in enders for r, seq in zip(got.finish_reasons, got.token_ids))
 
     clock = [1000.0]
     monkeypatch.setattr(stopping_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
@@ -270,6 +274,33 @@ def test_beam_output_scores_logits_and_beam_indices_equal_transformers(model, to
         assert abs(total / len(idx) ** kw.get("length_penalty", 1.0) - got.sequence_scores[k]) < 1e-3
 
 
+def test_beam_token_logprobs_equal_the_models_log_softmax(model, tok):
+    """return_logprobs with beams: each returned beam's tokens' log-probabilities under the raw
+    logits, equal to transformers' model run in one pass over the prompt and the beam (fp32). With
+    no rules their sum over a beam (its end token's included) is its score times its length **
+    length_penalty."""
+    hf, path = model
+    engine = _engine(path, tok)
+    rows = [tok.encode(PROMPT), tok.encode("x = [")]
+    end = engine.generate(input_ids=rows, max_new_tokens=10, stop_at_eos=False, num_beams=3).token_ids[1][3]
+    kw = {"num_beams": 3, "num_return_sequences": 3, "length_penalty": 0.5, "max_new_tokens": 10, "eos_token_id": end}
+    # beam sample's temperature changes the scores, not the raw log-probabilities
+    for rules in ({}, {"do_sample": True, "temperature": 0.7, "seed": fresh_seed()}):
+        got = engine.generate(input_ids=rows, return_logprobs=True, **kw, **rules)
+        assert [len(lp) for lp in got.token_logprobs] == [len(ids) for ids in got.token_ids]
+        for k, (ids, lps) in enumerate(zip(got.token_ids, got.token_logprobs)):
+            prompt = rows[k // 3]
+            steps = ids + [end] * (got.finish_reasons[k] == "eos")
+            with torch.no_grad():
+                logits = hf(torch.tensor([prompt + steps])).logits[0].float()
+            want = logits.log_softmax(-1)[len(prompt) - 1 : -1].gather(1, torch.tensor(steps)[:, None])[:, 0].tolist()
+            assert logprobs_close(lps, want[: len(ids)], 1e-4), (lps, want)
+            if not rules:
+                assert abs(sum(want) / len(steps) ** 0.5 - got.sequence_scores[k]) < 1e-3
+        assert engine.generate(input_ids=rows, **kw, **rules).token_ids == got.token_ids
+        assert rules or "eos" in got.finish_reasons
+
+
 def test_infill_and_chat_take_beams(model, tok):
     """infill with beams is transformers' beam search over the infilling prompt, ending at ▁<EOT> or EOS."""
     hf, path = model
@@ -293,7 +324,7 @@ def test_infill_and_chat_take_beams(model, tok):
     [
         (lambda e: list(e.stream("x", num_beams=2)), ValueError, "does not stream"),
         (lambda e: e.generate("x", num_beams=2, num_return_sequences=3), ValueError, "must be <= num_beams"),
-        (lambda e: e.generate("x", num_beams=2, return_logprobs=True), ValueError, "sequence_scores"),
+        (lambda e: e.generate("x", num_beams=2, top_logprobs=2), ValueError, "top_logprobs is not given for beam search"),
         (lambda e: e.generate("x", num_beams=2, early_stopping="sometimes"), ValueError, "early_stopping must be"),
         (lambda e: e.generate("x", num_beams=0), ValueError, "num_beams must be >= 1"),
         (lambda e: e.generate("x", num_beams=2, prompt_lookup_num_tokens=3), ValueError, "does not combine"),

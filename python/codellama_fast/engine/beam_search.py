@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -63,20 +64,24 @@ class BeamOutput:
     step_scores: tuple[torch.Tensor, ...] | None = None
     step_logits: tuple[torch.Tensor, ...] | None = None
     beam_indices: list[list[int]] | None = None
+    # with token_logprobs: per returned beam, each token's log-probability under the raw logits
+    # (a final stop id's included)
+    token_logprobs: list[list[float]] | None = None
 
 
 def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor, KVCache], torch.Tensor], tokens: torch.Tensor,
                 kv_start: torch.Tensor, max_new: int, settings: BeamSettings, rules: TokenRules, stop_ids: Sequence[set[int]],
                 allowed: int | None, dtype: torch.dtype, generator: torch.Generator | None = None,
                 candidate_ends: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                log_steps: bool = False) -> BeamOutput:
+                log_steps: bool = False, token_logprobs: bool = False) -> BeamOutput:
     """tokens [B, T] left-padded prompts (row b's first real slot kv_start[b]); ``prefill(tokens,
     kv_start, cache)`` runs them into a cache and returns the last logits [B, V]; ``stop_ids``:
     each prompt's; ``allowed``: ids from it on are never chosen; ``generator``: beam sample's
     random draws (None: torch's global generator). ``candidate_ends(tokens [B, W, n], took_stop_id
     [B, W])``: for the step's W candidates of each prompt (their n generated tokens), the code of
     what else ends them (STOP, TIME; 0: nothing), as a [B, W] tensor. ``log_steps``: keep each
-    step's scores and logits and each beam's rows (BeamOutput.step_scores, ...)."""
+    step's scores and logits and each beam's rows (BeamOutput.step_scores, ...);
+    ``token_logprobs``: each beam's tokens' log-probabilities under the raw logits."""
     b, t = tokens.shape
     k, n_out = settings.num_beams, settings.num_return_sequences
     device, cfg = tokens.device, model.config
@@ -111,15 +116,16 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
 
     run_scores = torch.full((b, k), -_NEVER, device=device)
     run_scores[:, 0] = 0.0  # all beams start equal: expand only the first at the first step
-    run_seq = torch.zeros(b, k, max_new, dtype=torch.long, device=device)
-    fin_seq = torch.zeros(b, k, max_new, dtype=torch.long, device=device)
+    # per-beam histories, one entry per step, for the running and the finished beams: the tokens;
+    # with log_steps the row of the step's scores each token came from (transformers'
+    # beam_indices); with token_logprobs each token's raw log-probability
+    names = ["seq"] + ["rows"] * log_steps + ["logprob"] * token_logprobs
+    run = {name: torch.zeros(b, k, max_new, dtype=torch.float32 if name == "logprob" else torch.long, device=device) for name in names}
+    fin = {name: history.clone() for name, history in run.items()}
     fin_len = torch.zeros(b, k, dtype=torch.long, device=device)
     fin_scores = torch.full((b, k), -_NEVER, device=device)
     fin_done = torch.zeros(b, k, dtype=torch.bool, device=device)
     fin_code = torch.zeros(b, k, dtype=torch.long, device=device)
-    # with log_steps: each beam's row of the step's scores, step by step (transformers' beam_indices)
-    run_rows = torch.zeros(b, k, max_new, dtype=torch.long, device=device) if log_steps else None
-    fin_rows = torch.zeros(b, k, max_new, dtype=torch.long, device=device) if log_steps else None
     step_scores: list[torch.Tensor] = []
     step_logits: list[torch.Tensor] = []
     improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
@@ -131,7 +137,8 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     for step in range(max_new):
         steps = step + 1
         watch.see(logits)
-        logp = state.apply(torch.log_softmax(logits.float(), dim=-1))  # [B k, V]
+        raw = torch.log_softmax(logits.float(), dim=-1)  # [B k, V]
+        logp = state.apply(raw)  # a new tensor: raw stays as it is
         if sampling is not None:
             logp = filter_logits(logp / sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p,
                                  sampling.typical_p, sampling.epsilon_cutoff, sampling.eta_cutoff, keep=min_keep)
@@ -147,8 +154,11 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
             top_index = _draw_without_replacement(totals, width, generator)
             top_scores = totals.gather(1, top_index)
         parent, token = top_index // vocab, top_index % vocab
-        cand_seq = run_seq.gather(1, parent[:, :, None].expand(-1, -1, max_new)).clone()  # [B, W, N]
-        cand_seq[:, :, step] = token
+        new = {"seq": token, "rows": batch_base + parent}
+        if token_logprobs:
+            new["logprob"] = raw.view(b, k * vocab).gather(1, top_index)
+        cand = {name: _grown(history, parent, step, new[name]) for name, history in run.items()}  # [B, W, N] each
+        cand_seq = cand["seq"]
         took_stop_id = stop_mask.gather(1, token)  # [B, W]
         code = took_stop_id.long() * EOS
         if candidate_ends is not None:
@@ -160,13 +170,9 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         # the k best that go on
         going_on = top_scores - _NEVER * ends.float()
         keep = going_on.topk(k, dim=-1).indices  # [B, k]
-        run_seq = cand_seq.gather(1, keep[:, :, None].expand(-1, -1, max_new))
+        run = {name: _rows(history, keep) for name, history in cand.items()}
         run_scores = going_on.gather(1, keep)
         beam_parent = parent.gather(1, keep)
-        if run_rows is not None and fin_rows is not None:
-            cand_rows = run_rows.gather(1, parent[:, :, None].expand(-1, -1, max_new)).clone()  # [B, W, N]
-            cand_rows[:, :, step] = batch_base + parent
-            run_rows = cand_rows.gather(1, keep[:, :, None].expand(-1, -1, max_new))
 
         # the ones that end compete for the k finished places
         just_done = ends & among_first_k[None, :]
@@ -176,12 +182,10 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         merged = torch.cat([fin_scores, scored], dim=1)
         best = merged.topk(k, dim=-1).indices  # [B, k], best first
         fin_scores = merged.gather(1, best)
-        fin_seq = torch.cat([fin_seq, cand_seq], dim=1).gather(1, best[:, :, None].expand(-1, -1, max_new))
+        fin = {name: _rows(torch.cat([history, cand[name]], dim=1), best) for name, history in fin.items()}
         fin_len = torch.cat([fin_len, torch.full_like(cand_seq[:, :, 0], step + 1)], dim=1).gather(1, best)
         fin_done = torch.cat([fin_done, just_done], dim=1).gather(1, best)
         fin_code = torch.cat([fin_code, code], dim=1).gather(1, best)
-        if run_rows is not None and fin_rows is not None:
-            fin_rows = torch.cat([fin_rows, cand_rows], dim=1).gather(1, best[:, :, None].expand(-1, -1, max_new))
 
         # can a running beam still beat the worst finished one?
         if settings.early_stopping == "never" and settings.length_penalty > 0.0:
@@ -202,25 +206,44 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
             kc[:, :, :filled] = kc[:, :, :filled].index_select(0, order)
             vc[:, :, :filled] = vc[:, :, :filled].index_select(0, order)
         state.reorder(order)
-        fed = run_seq[:, :, step].reshape(rows)
+        fed = run["seq"][:, :, step].reshape(rows)
         state.advance(fed)
         slot = t + step
         ctx = StepContext((lengths + step)[:, None], torch.tensor([slot], device=device), slot, beam_kv_start, slot + 1)
         logits = model(fed[:, None], ctx, cache.layers)
 
     watch.check(dtype, f"at beam search step {steps}")
-    seqs, lens, scores = fin_seq[:, :n_out].tolist(), fin_len[:, :n_out].tolist(), fin_scores[:, :n_out].tolist()
+    seqs, lens, scores = fin["seq"][:, :n_out].tolist(), fin_len[:, :n_out].tolist(), fin_scores[:, :n_out].tolist()
     decode_s = time.perf_counter() - start - prefill_s
     done = fin_done[:, :n_out].tolist()
     out_tokens = [seq[:n] if ok else [] for row_s, row_n, row_d in zip(seqs, lens, done) for seq, n, ok in zip(row_s, row_n, row_d)]
     out_scores = [s for row in scores for s in row]
     out_reasons = [REASONS.get(c, "length") for row in fin_code[:, :n_out].tolist() for c in row]
     out = BeamOutput(out_tokens, out_scores, out_reasons, steps, prefill_s, decode_s)
-    if fin_rows is not None:
-        out.step_scores, out.step_logits = tuple(step_scores), tuple(step_logits)
-        rows_of = [seq for row in fin_rows[:, :n_out].tolist() for seq in row]  # prompt-major, as out_tokens
-        out.beam_indices = [seq[: len(tokens)] for seq, tokens in zip(rows_of, out_tokens)]
+
+    def per_beam(name: str) -> list[list[Any]]:
+        """History `name` of each returned beam (prompt-major, as out_tokens), as long as its tokens."""
+        flat = [history for row in fin[name][:, :n_out].tolist() for history in row]
+        return [history[: len(tokens)] for history, tokens in zip(flat, out_tokens)]
+
+    if log_steps:
+        out.step_scores, out.step_logits, out.beam_indices = tuple(step_scores), tuple(step_logits), per_beam("rows")
+    if token_logprobs:
+        out.token_logprobs = per_beam("logprob")
     return out
+
+
+def _grown(history: torch.Tensor, parent: torch.Tensor, step: int, new: torch.Tensor) -> torch.Tensor:
+    """Each candidate's history [B, W, N]: its parent beam's (history [B, k, N], parent [B, W]),
+    with ``new`` [B, W] at ``step``."""
+    out = _rows(history, parent)  # gather makes a new tensor: the parent's row stays as it is
+    out[:, :, step] = new
+    return out
+
+
+def _rows(history: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """history [B, M, N] -> [B, I, N]: row index[b, i] of each prompt's (index [B, I])."""
+    return history.gather(1, index[:, :, None].expand(-1, -1, history.shape[2]))
 
 
 def _draw_without_replacement(scores: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:

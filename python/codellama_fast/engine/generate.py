@@ -596,10 +596,9 @@ class Engine:
                    output_logits: bool = False) -> GenerationResult:
         """Beam search (engine.beam_search) for each prompt; ``num_return_sequences`` rows per
         prompt, best first. A final stop id is left out of the tokens, and a stop string cuts the
-        text, as in plain decoding. ``output_scores``/``output_logits``: each step's, and the
-        returned beams' ``beam_indices``."""
-        if return_logprobs:
-            raise ValueError("return_logprobs is not given for beam search; each beam's score is in sequence_scores")
+        text, as in plain decoding. ``return_logprobs``: each returned beam's tokens'
+        log-probabilities under the raw logits; ``output_scores``/``output_logits``: each step's,
+        and the returned beams' ``beam_indices``."""
         deadline = Deadline(cfg.max_time)
         tokens, kv_start, t = self._prepare(prompts)
         cfg = cfg.for_prompt_length(t)
@@ -619,9 +618,10 @@ class Engine:
             with torch.inference_mode():
                 out = beam_search.beam_search(self.model, self._prefill, tokens, kv_start, cfg.max_new_tokens, settings, rules,
                                               stop_ids, len(self.tokenizer), self.dtype, self._generator(cfg.seed),
-                                              ends if ends.active else None, output_scores or output_logits)
+                                              ends if ends.active else None, output_scores or output_logits, return_logprobs)
         rows = [k for k in range(len(prompts)) for _ in range(n)]
         ids = [seq[:-1] if reason == "eos" else seq for seq, reason in zip(out.tokens, out.reasons)]
+        logprobs = None if out.token_logprobs is None else [lp[: len(i)] for lp, i in zip(out.token_logprobs, ids)]
         texts = [decoders[k](i) for k, i in zip(rows, ids)]
         texts = [cut_at_stop(text, cfg.stop) if reason == "stop" else text for text, reason in zip(texts, out.reasons)]
         # tokens/s: beam tokens run through the model (every beam of every prompt, each step)
@@ -631,7 +631,7 @@ class Engine:
             prompt_tokens=[len(prompts[k]) for k in rows], time_to_first_token_s=out.prefill_s,
             decode_tokens_per_s=beam_tokens / out.decode_s if out.decode_s > 0 else 0.0,
             prefill_tokens_per_s=sum(len(p) for p in prompts) / out.prefill_s if out.prefill_s > 0 else 0.0,
-            total_s=out.prefill_s + out.decode_s, sequence_scores=out.scores,
+            total_s=out.prefill_s + out.decode_s, sequence_scores=out.scores, token_logprobs=logprobs,
             scores=out.step_scores if output_scores else None, logits=out.step_logits if output_logits else None,
             beam_indices=out.beam_indices)
 
@@ -722,8 +722,9 @@ class Engine:
         (asked after each token; scores are None) and ``streamer`` (one sequence: transformers'
         TextStreamer / TextIteratorStreamer get each token as it comes).
         ``return_logprobs=True`` fills ``token_logprobs``: each generated token's log-probability
-        under the model (beam search gives ``sequence_scores`` instead); ``top_logprobs=k`` also
-        fills ``top_logprobs``: the k likeliest tokens at each position, with theirs.
+        under the model (with beams, each returned beam's; ``sequence_scores`` has their totals);
+        ``top_logprobs=k`` (not with beams) also fills ``top_logprobs``: the k likeliest tokens
+        at each position, with theirs.
         transformers' ``output_scores=True`` / ``output_logits=True`` fill ``scores`` / ``logits``
         (per step, [sequences, V] on the device; with beams [prompts × beams, V], and
         ``beam_indices``), and its ``return_dict_in_generate`` changes nothing (the result is
@@ -756,6 +757,9 @@ class Engine:
             ids, allowed = [h.prompt for h in healed], [h.allowed for h in healed]
         decoders = self._continuation_decoder(ids, healed)
         if cfg.num_beams > 1:
+            if top_logprobs:
+                raise ValueError("top_logprobs is not given for beam search; return_logprobs=True gives each beam's tokens' "
+                                 "log-probabilities, output_scores=True each step's scores")
             return self._run_beams(ids, cfg, stops, decoders, return_logprobs, allowed, output_scores, output_logits)
         n = cfg.num_return_sequences  # each prompt's samples together, as transformers
         ids, stops, decoders = [x for x in ids for _ in range(n)], [x for x in stops for _ in range(n)], [x for x in decoders for _ in range(n)]
