@@ -2,7 +2,11 @@
 the same prompts and settings, in the same run. Wall time of the whole call (best of N), and
 whether both return the same tokens. CPU default: the ~110M-parameter model in fp32.
 
-    python benches/bench_beams.py [--model 110M] [--beams 2 4] [--batch 1 4] [--prompt 128] [--new 32]
+    python benches/bench_beams.py [--model 110M] [--beams 2 4] [--batch 1 4] [--prompt 128] [--new 32] [--stop TEXT ...]
+
+``--stop``: stop strings checked on every candidate by both (transformers' ``stop_strings`` with its
+tokenizer of the bundled files); pick ones the random model never writes, so that both run to the
+end and the time is the checks' cost.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from common import git_sha, machine, now, versions, write_results
 from llm_bench import free, hf_model, prompts, random_engine, sync
 
 
-def time_ours(engine, ids: list[list[int]], k: int, new: int, device: str, repeats: int) -> tuple[float, list[list[int]]]:
-    kw = {"max_new_tokens": new, "num_beams": k, "num_return_sequences": k, "stop_at_eos": False}
+def time_ours(engine, ids: list[list[int]], k: int, new: int, device: str, repeats: int,
+              stop: list[str]) -> tuple[float, list[list[int]]]:
+    kw = {"max_new_tokens": new, "num_beams": k, "num_return_sequences": k, "stop_at_eos": False, "stop": stop}
     engine.generate(input_ids=ids, **kw)  # warm-up
     best, out = float("inf"), None
     for _ in range(repeats):
@@ -33,10 +38,13 @@ def time_ours(engine, ids: list[list[int]], k: int, new: int, device: str, repea
     return best, out.token_ids
 
 
-def time_hf(model, ids: list[list[int]], k: int, new: int, device: str, repeats: int) -> tuple[float, list[list[int]]]:
+def time_hf(model, ids: list[list[int]], k: int, new: int, device: str, repeats: int, stop: list[str],
+            tokenizer: Any) -> tuple[float, list[list[int]]]:
     x = torch.tensor(ids, device=device)
     kw = {"attention_mask": torch.ones_like(x), "max_new_tokens": new, "min_new_tokens": new, "num_beams": k,
           "num_return_sequences": k, "do_sample": False, "eos_token_id": None, "pad_token_id": 0}
+    if stop:
+        kw.update(stop_strings=stop, tokenizer=tokenizer)
     with torch.inference_mode():
         model.generate(x, **kw)  # warm-up
         best, out = float("inf"), None
@@ -58,6 +66,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--prompt", type=int, nargs="+", default=[128])
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="best of N for each provider (shared machines are noisy)")
+    ap.add_argument("--stop", nargs="+", default=[], help="stop strings both check on every candidate")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     dtype = torch.float16 if args.device == "cuda" else torch.float32
@@ -67,19 +76,26 @@ def main(argv: list[str] | None = None) -> Path:
     tok = CodeLlamaTokenizerFast.from_pretrained()
     meta = {"bench": "beams", "machine": machine(), "versions": versions("torch", "transformers", "codellama-fast"),
             "git_sha": git_sha(), "timestamp": now(), "model": args.model, "device": args.device, "dtype": str(dtype),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "stop": args.stop}
     rows: list[dict[str, Any]] = []
     ours = random_engine(args.model, args.device, dtype, tok)
     hf = hf_model(args.model, args.device, dtype)
     # the same weights on both sides, so that the returned beams can be compared
     hf.load_state_dict(_hf_state_from(ours))
+    hf_tok = None
+    if args.stop:
+        from transformers import AutoTokenizer
+
+        from codellama_fast.data import CODELLAMA_TOKENIZER_DIR
+
+        hf_tok = AutoTokenizer.from_pretrained(str(CODELLAMA_TOKENIZER_DIR))
     for k in args.beams:
         for b in args.batch:
             for p in args.prompt:
                 ids = prompts(b, p, ours.model.config.vocab_size)
-                shape = f"{args.model} k{k} B{b} P{p} N{args.new}"
-                t_ours, tok_ours = time_ours(ours, ids, k, args.new, args.device, args.repeats)
-                t_hf, tok_hf = time_hf(hf, ids, k, args.new, args.device, args.repeats)
+                shape = f"{args.model} k{k} B{b} P{p} N{args.new}" + (f" stop{len(args.stop)}" if args.stop else "")
+                t_ours, tok_ours = time_ours(ours, ids, k, args.new, args.device, args.repeats, args.stop)
+                t_hf, tok_hf = time_hf(hf, ids, k, args.new, args.device, args.repeats, args.stop, hf_tok)
                 same = tok_ours == tok_hf
                 for provider, secs in (("codellama-fast", t_ours), ("transformers", t_hf)):
                     rows.append({"bench": "beams", "provider": provider, "shape": shape, "num_beams": k, "batch": b, "prompt": p,

@@ -49,13 +49,15 @@ def test_bench_generate_tiny(tmp_path):
     assert data["meta"]["rules"] == {"no_repeat_ngram_size": 2}
 
 
-def test_bench_beams_tiny(tmp_path):
-    """The harness runs both sides on the same weights: their beams agree on a tiny model."""
+@pytest.mark.parametrize("stop", [[], ["@@never@@", "§§"]])
+def test_bench_beams_tiny(tmp_path, stop):
+    """The harness runs both sides on the same weights (and stop strings): their beams agree on a
+    tiny model."""
     pytest.importorskip("transformers")
     data = _run("bench_beams.py", "--model", "tiny", "--beams", "2", "--batch", "2", "--prompt", "8", "--new", "6", "--repeats", "1",
-                tmp=tmp_path)
+                *(["--stop", *stop] if stop else []), tmp=tmp_path)
     (ratio,) = [r for r in data["rows"] if r["provider"] == "ratio"]
-    assert ratio["same_tokens"] is True
+    assert ratio["same_tokens"] is True and data["meta"]["stop"] == stop
 
 
 def test_bench_tokenizer_small(tmp_path):
