@@ -86,6 +86,24 @@ def random_checkpoint(tmp_path_factory, name: str, label: str):
     return seed, hf, save(hf, tmp_path_factory.mktemp(label))
 
 
+def hf_beams(hf, rows: list[list[int]], n: int, ends: list[int] | None, **kw) -> tuple[list[list[int]], list[float]]:
+    """transformers' returned beams (generated part, cut before the first end token) and scores."""
+    t = max(map(len, rows))
+    x = torch.tensor([[0] * (t - len(r)) + r for r in rows])
+    mask = (torch.arange(t)[None, :] >= torch.tensor([t - len(r) for r in rows])[:, None]).long()
+    kw.setdefault("do_sample", False)
+    out = hf.generate(x, attention_mask=mask, max_new_tokens=n, eos_token_id=ends, pad_token_id=0,
+                      output_scores=True, return_dict_in_generate=True, **kw)
+    seqs = []
+    for row in out.sequences[:, t:].tolist():
+        cuts = [row.index(e) for e in ends or () if e in row]
+        row = row[: min(cuts)] if cuts else row
+        while row and row[-1] == -1:  # the filler after a beam that a stopping criterion ended early
+            row.pop()
+        seqs.append(row)
+    return seqs, out.sequences_scores.tolist()
+
+
 def fp32_engine(path, tokenizer):
     """Our engine on the CPU in float32 for the checkpoint at `path`."""
     from codellama_fast.engine import Engine, load_model

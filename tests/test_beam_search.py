@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 from codellama_fast.engine import Engine, load_model
 
 from tests.engine_helpers import fp32_engine as _engine
-from tests.engine_helpers import fresh_seed, logprobs_close, random_checkpoint
+from tests.engine_helpers import fresh_seed, hf_beams, logprobs_close, random_checkpoint
 
 PROMPT = "def quicksort(items):\n    "
 
@@ -25,26 +25,8 @@ def model(tmp_path_factory):
     return hf, path
 
 
-def _hf_beams(hf, rows: list[list[int]], n: int, ends: list[int] | None, **kw) -> tuple[list[list[int]], list[float]]:
-    """transformers' returned beams (generated part, cut before the first end token) and scores."""
-    t = max(map(len, rows))
-    x = torch.tensor([[0] * (t - len(r)) + r for r in rows])
-    mask = (torch.arange(t)[None, :] >= torch.tensor([t - len(r) for r in rows])[:, None]).long()
-    kw.setdefault("do_sample", False)
-    out = hf.generate(x, attention_mask=mask, max_new_tokens=n, eos_token_id=ends, pad_token_id=0,
-                      output_scores=True, return_dict_in_generate=True, **kw)
-    seqs = []
-    for row in out.sequences[:, t:].tolist():
-        cuts = [row.index(e) for e in ends or () if e in row]
-        row = row[: min(cuts)] if cuts else row
-        while row and row[-1] == -1:  # the filler after a beam that a stopping criterion ended early
-            row.pop()
-        seqs.append(row)
-    return seqs, out.sequences_scores.tolist()
-
-
 def _same(engine, hf, rows, n, ends, **kw):
-    want, want_scores = _hf_beams(hf, rows, n, ends, **kw)
+    want, want_scores = hf_beams(hf, rows, n, ends, **kw)
     stop = {"eos_token_id": ends} if ends else {"stop_at_eos": False}
     got = engine.generate(input_ids=rows, max_new_tokens=n, **stop, **kw)
     assert got.token_ids == want, kw
@@ -100,7 +82,7 @@ def test_beam_sample_equals_transformers_with_the_same_seed(model, tok, kw):
     seed = fresh_seed()
     for s in (seed, seed + 1):
         torch.manual_seed(s)
-        want, want_scores = _hf_beams(hf, rows, 10, ends, do_sample=True, **kw)
+        want, want_scores = hf_beams(hf, rows, 10, ends, do_sample=True, **kw)
         got = engine.generate(input_ids=rows, max_new_tokens=10, eos_token_id=ends, do_sample=True, seed=s, **kw)
         assert got.token_ids == want, (s, kw)
         assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (got.sequence_scores, want_scores)
@@ -171,8 +153,8 @@ def test_beams_end_at_stop_strings_as_transformers_stop_strings(model, tok, kw):
     free = engine.generate(input_ids=rows, max_new_tokens=16, stop_at_eos=False, **kw).token_ids
     n = kw["num_return_sequences"]
     stops = [_piece_text(tok, free[0]), _piece_text(tok, free[n])]
-    want, want_scores = _hf_beams(hf, rows, 16, None, stop_strings=stops, tokenizer=AutoTokenizer.from_pretrained(str(CODELLAMA_DIR)),
-                                  **kw)
+    want, want_scores = hf_beams(hf, rows, 16, None, stop_strings=stops, tokenizer=AutoTokenizer.from_pretrained(str(CODELLAMA_DIR)),
+                                 **kw)
     got = engine.generate(input_ids=rows, max_new_tokens=16, stop_at_eos=False, stop=stops, **kw)
     assert got.token_ids == want, stops
     assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (got.sequence_scores, want_scores)
@@ -211,7 +193,7 @@ def test_beams_end_at_stopping_criteria_and_max_time_as_transformers(model, tok,
         def __call__(self, input_ids, scores, **kwargs):
             return torch.isin(input_ids[:, -1], enders)
 
-    want, want_scores = _hf_beams(hf, rows, 16, None, stopping_criteria=StoppingCriteriaList([LastTokenIn()]), **summed)
+    want, want_scores = hf_beams(hf, rows, 16, None, stopping_criteria=StoppingCriteriaList([LastTokenIn()]), **summed)
     got = engine.generate(input_ids=rows, max_new_tokens=16, stop_at_eos=False, stopping_criteria=[LastTokenIn()], **summed)
     assert got.token_ids == want
     assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (got.sequence_scores, want_scores)
@@ -226,8 +208,8 @@ def test_beams_end_at_stopping_criteria_and_max_time_as_transformers(model, tok,
         return scores
 
     for extra in ({}, {"early_stopping": "never", "length_penalty": 2.0}):
-        want, want_scores = _hf_beams(hf, rows, 16, None, max_time=1.0, logits_processor=LogitsProcessorList([step_takes_a_quarter_second]),
-                                      **kw, **extra)
+        want, want_scores = hf_beams(hf, rows, 16, None, max_time=1.0, logits_processor=LogitsProcessorList([step_takes_a_quarter_second]),
+                                     **kw, **extra)
         got = engine.generate(input_ids=rows, max_new_tokens=16, stop_at_eos=False, max_time=1.0,
                               logits_processor=step_takes_a_quarter_second, **kw, **extra)
         assert got.token_ids == want and all(len(seq) == 5 for seq in got.token_ids), extra
@@ -306,16 +288,16 @@ def test_infill_and_chat_take_beams(model, tok):
     hf, path = model
     engine = _engine(path, tok)
     prompt = engine.infill_prompt_ids("def f(x):\n    ", "\n    return y\n")
-    want, _ = _hf_beams(hf, [prompt], 12, [tok.eos_token_id, tok.eot_id], num_beams=3)
+    want, _ = hf_beams(hf, [prompt], 12, [tok.eos_token_id, tok.eot_id], num_beams=3)
     got = engine.infill("def f(x):\n    ", "\n    return y\n", max_new_tokens=12, num_beams=3)
     assert got.generation.token_ids == want
     # an end this random model reaches (it would not reach ▁<EOT>), on generate's infilling path
     end = engine.generate(input_ids=[prompt], max_new_tokens=12, stop_at_eos=False).token_ids[0][2]
     assert engine.generate(input_ids=[prompt], max_new_tokens=12, num_beams=3, stop_token_ids=[end]).token_ids[0] == \
-        _hf_beams(hf, [prompt], 12, [tok.eos_token_id, end, tok.eot_id], num_beams=3)[0][0]
+        hf_beams(hf, [prompt], 12, [tok.eos_token_id, end, tok.eot_id], num_beams=3)[0][0]
     answer = engine.chat([{"role": "user", "content": "hi"}], max_new_tokens=8, num_beams=2)
     chat_ids = tok.chat_prompt_ids([{"role": "user", "content": "hi"}])
-    want_chat, _ = _hf_beams(hf, [chat_ids], 8, [tok.eos_token_id], num_beams=2)
+    want_chat, _ = hf_beams(hf, [chat_ids], 8, [tok.eos_token_id], num_beams=2)
     assert answer == tok.decode(want_chat[0], skip_special_tokens=True).strip()
 
 

@@ -1,7 +1,9 @@
 """Classifier-free guidance (``guidance_scale``, ``negative_prompt_ids``) against transformers'
 ``generate`` (its UnbatchedClassifierFreeGuidanceLogitsProcessor) on tiny random checkpoints in
 fp32: greedy and sampled with the same seed, with and without negative prompts, with other
-rules; a padded batch of negative prompts equals each row alone; every decoding path agrees."""
+rules; a padded batch of negative prompts equals each row alone; every decoding path agrees; with
+beam search, each beam's unconditional side follows that beam (against guidance recomputed from
+scratch for every beam, since transformers' own processor does not follow the beams)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tests.engine_helpers import fp32_engine, random_checkpoint
+from tests.engine_helpers import fp32_engine, hf_beams, random_checkpoint
 
 PROMPTS = ["def quicksort(items):\n    ", "import os\nimport sys\nx = 1"]
 
@@ -99,12 +101,60 @@ def test_guidance_is_the_same_on_every_path(model, tok):
     assert gap.generation.token_ids == engine.generate(input_ids=[ids], guidance_scale=1.5, max_new_tokens=6).token_ids
 
 
+class _FreshUnconditional:
+    """Reference guidance for transformers' beam search: every row's unconditional side run afresh
+    from its negative prompt and that row's own generated tokens (input_ids past width t)."""
+
+    def __init__(self, hf, negatives: list[list[int]], t: int, scale: float) -> None:
+        self.hf, self.negatives, self.t, self.scale = hf, negatives, t, scale
+
+    def __call__(self, input_ids, scores):
+        cond = scores.log_softmax(-1)
+        with torch.no_grad():
+            last = [self.hf(torch.tensor([neg + row[self.t:]])).logits[0, -1].float()
+                    for neg, row in zip(self.negatives, input_ids.tolist())]
+        uncond = torch.stack(last).log_softmax(-1)
+        return self.scale * (cond - uncond) + uncond
+
+
+@pytest.mark.parametrize("kw", [
+    {"num_beams": 3, "num_return_sequences": 2, "negative": ["# bad code", "# slow code"]},
+    {"num_beams": 2, "num_return_sequences": 2, "length_penalty": 0.0},
+    {"num_beams": 3, "do_sample": True, "temperature": 0.8, "negative": ["# tests"]},
+])
+def test_guidance_with_beams_follows_each_beam(model, tok, kw):
+    """Beam search with guidance: as the beams regroup, each one's unconditional side reads its own
+    tokens. The reference is transformers' beam search with a processor that recomputes every
+    row's unconditional logits from scratch; transformers' own guidance processor keeps its
+    unconditional cache in row order, so its beams read other beams' tokens."""
+    from transformers import LogitsProcessorList
+
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    rows = _rows(tok, 7)
+    kw = dict(kw)
+    negative = [tok.encode(n) for n in kw.pop("negative", [])] or None
+    k, scale = kw["num_beams"], 2.0
+    per_row = [(negative[i % len(negative)] if negative else [rows[i][-1]]) for i in range(len(rows)) for _ in range(k)]
+    seed = torch.seed() % 2**31
+    torch.manual_seed(seed)
+    want, want_scores = hf_beams(hf, rows, 8, None, logits_processor=LogitsProcessorList([_FreshUnconditional(hf, per_row, 7, scale)]),
+                                 **kw)
+    got = engine.generate(input_ids=rows, max_new_tokens=8, stop_at_eos=False, guidance_scale=scale, seed=seed,
+                          **({"negative_prompt_ids": negative} if negative else {}), **kw)
+    assert got.token_ids == want
+    assert all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in zip(got.sequence_scores, want_scores))
+    assert got.token_ids != engine.generate(input_ids=rows, max_new_tokens=8, stop_at_eos=False, seed=seed, **kw).token_ids
+
+
 @pytest.mark.parametrize("kwargs, error, words", [
     ({"negative_prompt_ids": [5, 6]}, ValueError, "negative_prompt_ids needs guidance_scale"),
-    ({"guidance_scale": 2.0, "num_beams": 2}, ValueError, "do not combine with beam search"),
     ({"guidance_scale": float("inf")}, ValueError, "guidance_scale must be finite"),
     ({"guidance_scale": "2"}, TypeError, "guidance_scale must be a number"),
-    ({"guidance_scale": 2.0, "negative_prompt_ids": [[5], [6], [7]]}, ValueError, "has 3 prompts for 1 sequences"),
+    ({"guidance_scale": 2.0, "negative_prompt_ids": [[5], [6], [7]]}, ValueError, "has 3 prompts for 1 prompt:"),
+    ({"guidance_scale": 2.0, "negative_prompt_ids": [[5], [6]], "num_beams": 2}, ValueError, "has 2 prompts for 1 prompt:"),
+    ({"guidance_scale": 2.0, "negative_prompt_ids": [[5], [6]], "num_return_sequences": 2, "do_sample": True}, ValueError,
+     "has 2 prompts for 1 prompt:"),
     ({"guidance_scale": 2.0, "negative_prompt_ids": [99999]}, ValueError, "holds token id 99999"),
     ({"guidance_scale": 2.0, "negative_prompt_ids": "abc"}, TypeError, "negative_prompt_ids must be a list of token ids"),
     ({"guidance_scale": 2.0, "negative_prompt_ids": [5, 6], "negative_prompt_attention_mask": [1]}, ValueError,

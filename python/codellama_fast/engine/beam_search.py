@@ -27,6 +27,7 @@ import torch
 
 from .cache import KVCache
 from .finite import FiniteWatch
+from .guidance import Guidance
 from .logits_rules import RuleState, TokenRules, renormalized
 from .model import LlamaModel, StepContext
 from .sampling import SamplingParams, filter_logits
@@ -73,7 +74,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
                 kv_start: torch.Tensor, max_new: int, settings: BeamSettings, rules: TokenRules, stop_ids: Sequence[set[int]],
                 allowed: int | None, dtype: torch.dtype, generator: torch.Generator | None = None,
                 candidate_ends: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                log_steps: bool = False, token_logprobs: bool = False) -> BeamOutput:
+                log_steps: bool = False, token_logprobs: bool = False, guidance: Guidance | None = None) -> BeamOutput:
     """tokens [B, T] left-padded prompts (row b's first real slot kv_start[b]); ``prefill(tokens,
     kv_start, cache)`` runs them into a cache and returns the last logits [B, V]; ``stop_ids``:
     each prompt's; ``allowed``: ids from it on are never chosen; ``generator``: beam sample's
@@ -81,7 +82,8 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     [B, W])``: for the step's W candidates of each prompt (their n generated tokens), the code of
     what else ends them (STOP, TIME; 0: nothing), as a [B, W] tensor. ``log_steps``: keep each
     step's scores and logits and each beam's rows (BeamOutput.step_scores, ...);
-    ``token_logprobs``: each beam's tokens' log-probabilities under the raw logits."""
+    ``token_logprobs``: each beam's tokens' log-probabilities under the raw logits; ``guidance``:
+    classifier-free guidance over the B k beam rows (engine.guidance), regrouped with them."""
     b, t = tokens.shape
     k, n_out = settings.num_beams, settings.num_return_sequences
     device, cfg = tokens.device, model.config
@@ -138,7 +140,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         steps = step + 1
         watch.see(logits)
         raw = torch.log_softmax(logits.float(), dim=-1)  # [B k, V]
-        logp = state.apply(raw)  # a new tensor: raw stays as it is
+        logp = state.apply(raw if guidance is None else guidance(logits))  # a new tensor: raw stays as it is
         if sampling is not None:
             logp = filter_logits(logp / sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p,
                                  sampling.typical_p, sampling.epsilon_cutoff, sampling.eta_cutoff, keep=min_keep)
@@ -208,6 +210,9 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         state.reorder(order)
         fed = run["seq"][:, :, step].reshape(rows)
         state.advance(fed)
+        if guidance is not None:
+            guidance.reorder(order)
+            guidance.advance(fed)
         slot = t + step
         ctx = StepContext((lengths + step)[:, None], torch.tensor([slot], device=device), slot, beam_kv_start, slot + 1)
         logits = model(fed[:, None], ctx, cache.layers)

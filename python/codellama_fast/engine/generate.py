@@ -377,7 +377,7 @@ class Engine:
         # no token is chosen NO_TOKEN (-1), fed to the model as id 0, and raises in the caller if
         # that sequence is still going
         watch = FiniteWatch(self.device)
-        guidance = self._guidance(cfg, prompts)
+        guidance = self._guidance(cfg, prompts, cfg.num_return_sequences)
         pick = make_picker(params, rules, gen, tokens, kv_start_now, vocab, cfg.max_new_tokens, known, log, guidance)
         # the captured step takes the argmax itself only when nothing happens between logits and choice
         guessing = cfg.prompt_lookup_num_tokens is not None or cfg.assistant_model is not None
@@ -618,7 +618,8 @@ class Engine:
             with torch.inference_mode():
                 out = beam_search.beam_search(self.model, self._prefill, tokens, kv_start, cfg.max_new_tokens, settings, rules,
                                               stop_ids, len(self.tokenizer), self.dtype, self._generator(cfg.seed),
-                                              ends if ends.active else None, output_scores or output_logits, return_logprobs)
+                                              ends if ends.active else None, output_scores or output_logits, return_logprobs,
+                                              self._guidance(cfg, [p for p in prompts for _ in range(cfg.num_beams)], cfg.num_beams))
         rows = [k for k in range(len(prompts)) for _ in range(n)]
         ids = [seq[:-1] if reason == "eos" else seq for seq, reason in zip(out.tokens, out.reasons)]
         logprobs = None if out.token_logprobs is None else [lp[: len(i)] for lp, i in zip(out.token_logprobs, ids)]
@@ -635,17 +636,20 @@ class Engine:
             scores=out.step_scores if output_scores else None, logits=out.step_logits if output_logits else None,
             beam_indices=out.beam_indices)
 
-    def _guidance(self, cfg: GenerationConfig, prompts: Sequence[Sequence[int]]) -> Guidance | None:
-        """Classifier-free guidance for the rows `prompts` (engine.guidance), or None. Negative
-        prompts: one for every row, or one per prompt (each repeated over its
-        num_return_sequences rows); without them, each row's last prompt token."""
+    def _guidance(self, cfg: GenerationConfig, prompts: Sequence[Sequence[int]], per_prompt: int) -> Guidance | None:
+        """Classifier-free guidance for the rows `prompts` (engine.guidance), or None; each prompt's
+        `per_prompt` rows (its num_return_sequences, or its beams) come together. Negative
+        prompts: one for every row, or one per prompt (repeated over its rows); without them, each
+        row's last prompt token."""
         if cfg.guidance_scale in (None, 1.0):
             if cfg.negative_prompt_ids is not None:
                 raise ValueError("negative_prompt_ids needs guidance_scale (transformers' classifier-free guidance; 1 is none)")
             return None
         negative = cfg.negative_prompt_ids or [list(p[-1:]) for p in prompts]
-        if len(prompts) % len(negative):
-            raise ValueError(f"negative_prompt_ids has {len(negative)} prompts for {len(prompts)} sequences: give one, or one per prompt")
+        distinct = len(prompts) // per_prompt
+        if cfg.negative_prompt_ids and len(negative) not in (1, distinct):
+            raise ValueError(f"negative_prompt_ids has {len(negative)} prompts for {distinct} prompt{'s' * (distinct != 1)}: "
+                             "give one, or one per prompt")
         for row in negative:
             arguments.check_ids_in_vocab("negative_prompt_ids", row, self.model.config.vocab_size)
         rows = [list(n) for n in negative for _ in range(len(prompts) // len(negative))]

@@ -7,7 +7,8 @@ same generated tokens, and each step's log-probabilities are pushed away from it
 
 The unconditional rows have a KV cache of their own and run one token per choice, after the
 choice is made, so every decoding path that chooses token by token (plain, captured, guessing)
-takes them as they are; the other rules then act on these scores.
+takes them as they are; the other rules then act on these scores. Beam search regroups them with
+the beams (``reorder``), so each beam's unconditional side reads that beam's own tokens.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ class Guidance:
         cond = torch.log_softmax(logits.float(), dim=-1)
         uncond = torch.log_softmax(self._next_logits().float(), dim=-1)
         return self.scale * (cond - uncond) + uncond
+
+    def reorder(self, order: torch.Tensor) -> None:
+        """Row i of the unconditional side becomes row order[i] (beam search's regrouping, [B])."""
+        for kc, vc in self.cache.layers:
+            kc[:, :, : self.filled] = kc[:, :, : self.filled].index_select(0, order)
+            vc[:, :, : self.filled] = vc[:, :, : self.filled].index_select(0, order)
+        self.kv_start = self.kv_start.index_select(0, order)
 
     def advance(self, chosen: torch.Tensor) -> None:
         """The ids [B] just chosen: the unconditional rows take them too (run at the next call)."""

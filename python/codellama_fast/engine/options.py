@@ -252,8 +252,6 @@ def _check_beams(cfg: GenerationConfig, streams: bool) -> None:
                          "stream; use generate(), infill() or chat()")
     if cfg.prompt_lookup_num_tokens is not None or cfg.assistant_model is not None:
         raise ValueError("num_beams does not combine with prompt_lookup_num_tokens or assistant_model")
-    if cfg.guidance_scale not in (None, 1.0) or cfg.negative_prompt_ids is not None:
-        raise ValueError("guidance_scale and negative_prompt_ids do not combine with beam search here; use plain or sampled decoding")
     if cfg.streamer is not None:
         raise ValueError("streamer cannot be used with beam search (as in transformers): the best beam is known only at the end")
     if cfg.num_return_sequences > cfg.num_beams:
