@@ -386,6 +386,13 @@ def test_stopping_criteria_end_rows_as_in_transformers(model_dir, tok):
     assert len(streamed) < len(engine.generate(input_ids=[rows[0]], max_new_tokens=20, stop_at_eos=False).text)
     with pytest.raises(TypeError, match="stopping_criteria must be"):
         engine.generate("x", max_new_tokens=2, stopping_criteria=[3])
+    for answer, error, words in ((None, TypeError, "must return a bool, or one per row of input_ids \\(a BoolTensor \\[2\\]\\)"),
+                                 ([True], ValueError, "returned 1 values for the 2 rows"),
+                                 (torch.ones(2, 3, dtype=torch.bool), ValueError, "shape \\(2, 3\\)")):
+        with pytest.raises(error, match=words):
+            engine.generate(input_ids=rows, max_new_tokens=3, stopping_criteria=[lambda ids, scores, a=answer: a])
+    with pytest.raises(ValueError, match="returned 1 values for the 8 rows"):  # with beams, the rows are the candidates
+        engine.generate(input_ids=rows, max_new_tokens=3, num_beams=2, stopping_criteria=[lambda ids, scores: [True]])
 
 
 def test_max_time_stops_where_transformers_does_and_keeps_the_tokens(model_dir, tok, monkeypatch):

@@ -34,14 +34,25 @@ class Criteria:
 
 def ask_criteria(criteria: Sequence[Callable[..., Any]], ids: torch.Tensor) -> list[bool]:
     """Whether any of transformers' stopping criteria ends each row of ids [N, T] (scores None);
-    a criterion may answer one bool for all rows or one per row."""
-    stop = [False] * ids.shape[0]
+    a criterion may answer one bool for all rows or one per row (a BoolTensor [N], as
+    transformers' criteria do). With beam search the rows are the step's candidates."""
+    n = ids.shape[0]
+    stop = [False] * n
     for criterion in criteria:
         said = criterion(ids, None)
+        if isinstance(said, torch.Tensor) and said.dim() > 1:
+            raise ValueError(f"a stopping criterion returned a tensor of shape {tuple(said.shape)}; it must give one value per "
+                             f"row of input_ids ({n} rows)")
         said = said.tolist() if hasattr(said, "tolist") else said
-        said = [bool(said)] * len(stop) if isinstance(said, (bool, int)) else [bool(x) for x in said]
-        if len(said) != len(stop):
-            raise ValueError(f"a stopping criterion returned {len(said)} values for a batch of {len(stop)}")
+        if isinstance(said, (bool, int)):
+            said = [bool(said)] * n
+        elif isinstance(said, (list, tuple)) and all(isinstance(x, (bool, int)) for x in said):
+            said = [bool(x) for x in said]
+        else:
+            raise TypeError(f"a stopping criterion must return a bool, or one per row of input_ids (a BoolTensor [{n}]), "
+                            f"got {type(said).__name__}")
+        if len(said) != n:
+            raise ValueError(f"a stopping criterion returned {len(said)} values for the {n} rows of input_ids")
         stop = [a or b for a, b in zip(stop, said)]
     return stop
 
