@@ -60,6 +60,11 @@ def test_stop_strings_cut_text_and_stream(model_dir, tok):
     assert r.finish_reasons == ["stop"]
     scripted(engine, script + [2])
     assert "".join(engine.stream("def f(a):\n    ", max_new_tokens=30, stop=["\n\n"])) == r.text
+    # an empty stop string would match everywhere: it is dropped, and the others still act
+    scripted(engine, script + [2])
+    assert engine.generate("def f(a):\n    ", max_new_tokens=30, stop=["", "\n\n"]).text == r.text
+    scripted(engine, script + [2])
+    assert engine.generate("def f(a):\n    ", max_new_tokens=30, stop="").finish_reasons == ["eos"]
 
 
 def test_streaming_concatenates_to_full_decode(model_dir, tok):

@@ -51,15 +51,16 @@ def _array_as_list(name: str, value: Any, ndims: tuple[int, ...]) -> Any:
 
 
 def stop_strings(value: Any) -> tuple[str, ...]:
-    """``stop``: one string or a sequence of strings (a lone string is one stop, not its letters)."""
+    """``stop``: one string or a sequence of strings (a lone string is one stop, not its letters).
+    Empty strings are dropped here, once: they would match everywhere."""
     if isinstance(value, str):
-        return (value,)
+        return (value,) if value else ()
     if isinstance(value, (bytes, bytearray)) or not isinstance(value, Sequence) and not isinstance(value, (set, frozenset)):
         raise TypeError(f"stop must be a str or a sequence of str, got {type(value).__name__}")
     bad = [s for s in value if not isinstance(s, str)]
     if bad:
         raise TypeError(f"stop must contain only str, got {type(bad[0]).__name__} {bad[0]!r}")
-    return tuple(value)
+    return tuple(s for s in value if s)
 
 
 def stop_ids(value: Any, name: str = "stop_token_ids") -> list[int]:

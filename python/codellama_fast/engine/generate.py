@@ -784,7 +784,7 @@ class Engine:
         decoder = self.tokenizer.stream_decoder(skip_special_tokens=True, keep_leading_space=not fresh)
         # a healed prompt's first token starts with the text of the token taken back: not new text
         skip = len(self._continuation_decoder([ids])[0]([healed.tail])) if healed is not None and healed.tail is not None else 0
-        stops = [s for s in cfg.stop if s]
+        stops = cfg.stop
         text, emitted = "", 0
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_tokens": 0}
         deadline = Deadline(cfg.max_time)
@@ -799,9 +799,9 @@ class Engine:
             delta = decoder.step(host[0])
             cut = min(skip, len(delta))
             text, skip = text + delta[cut:], skip - cut
-            hits = [text.find(s) for s in stops if s in text]
-            if hits:
-                yield text[emitted : min(hits)]
+            kept = cut_at_stop(text, stops)
+            if len(kept) < len(text):
+                yield kept[emitted:]
                 return
             if criteria is not None and criteria.push(host)[0]:
                 break  # the token it saw is kept
@@ -812,11 +812,9 @@ class Engine:
                 yield text[emitted:safe]
                 emitted = safe
         delta = decoder.flush()
-        text += delta[min(skip, len(delta)):]
-        hits = [text.find(s) for s in stops if s in text]
-        end = min(hits) if hits else len(text)
-        if end > emitted:
-            yield text[emitted:end]
+        text = cut_at_stop(text + delta[min(skip, len(delta)):], stops)
+        if len(text) > emitted:
+            yield text[emitted:]
 
     def infill_prompt_ids(self, prefix: str, suffix: str, suffix_first: bool = False) -> list[int]:
         """Meta's infilling prompt (with BOS); generating from it stops at ``▁<EOT>``."""

@@ -329,8 +329,8 @@ def _read_generation_config(defaults: Mapping[str, Any], overrides: dict[str, An
         return overrides
     if isinstance(given, GenerationConfig):
         fields = {f.name: getattr(given, f.name) for f in dataclass_fields(given)}
-        unset = GenerationConfig()
-        base = {f.name: getattr(unset, f.name) for f in dataclass_fields(GenerationConfig)}
+        class_defaults = GenerationConfig()
+        base = {f.name: getattr(class_defaults, f.name) for f in dataclass_fields(GenerationConfig)}
     elif callable(getattr(given, "to_dict", None)) and type(given).__name__ == "GenerationConfig":
         fields, base = given.to_dict(), type(given)().to_dict()
     else:

@@ -97,9 +97,10 @@ class StopTracker:
                 self.logprobs[b].append(logprobs[b])
             if self.stop_strings:
                 text = self.decoders[b](self.ids[b])
-                if any(s and s in text for s in self.stop_strings):
+                cut = cut_at_stop(text, self.stop_strings)
+                if len(cut) < len(text):  # a (non-empty) stop string was found
                     self.reasons[b] = "stop"
-                    self.cut_text[b] = cut_at_stop(text, self.stop_strings)
+                    self.cut_text[b] = cut
         if self.criteria is not None:
             for b, stop in enumerate(self.criteria.push(tokens)):
                 if stop and self.reasons[b] is None:
@@ -128,7 +129,7 @@ class CandidateStops:
                  criteria: Sequence[Callable[..., Any]], deadline: Deadline) -> None:
         # prompts [B, T]: left-padded with 0, as the stopping criteria see them in plain decoding
         self.prompts, self.decoders, self.criteria, self.deadline = prompts, list(decoders), list(criteria), deadline
-        self.stop_strings = [s for s in stop_strings if s]
+        self.stop_strings = list(stop_strings)
 
     @property
     def active(self) -> bool:
@@ -154,8 +155,8 @@ class CandidateStops:
 
 
 def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
-    """`text` up to the first of the stop strings in it (all of it when none is)."""
-    hits = [text.find(s) for s in stop_strings if s and s in text]
+    """`text` up to the first of the (non-empty) stop strings in it (all of it when none is)."""
+    hits = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
     return text[: min(hits)] if hits else text
 
 
