@@ -15,12 +15,15 @@ DEFAULT_MAX_NEW_TOKENS = 256
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="HF model folder (default: the bundled demo model; real use: a Code Llama folder)")
+    p.add_argument("--model", default=None, help="HF model folder, or a name fetched earlier into the local Hugging Face cache "
+                   "(codellama/CodeLlama-7b-hf; never downloaded) (default: the bundled demo model)")
+    p.add_argument("--revision", default=None, help="with a name from the Hugging Face cache: its branch, tag or commit (default: main)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model folder's, else the bundled Code Llama one)")
     p.add_argument("--dtype", default=None, help="float16 | bfloat16 | float32 | auto (default: fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
-    p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter folder, merged into the model's weights as they load")
+    p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter folder (or a name in the local Hugging Face cache), merged into the "
+                   "model's weights as they load")
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -54,7 +57,7 @@ def _load(args: argparse.Namespace):
 
     model = args.model or str(DEMO_MODEL_DIR)
     return Engine.from_pretrained(model, dtype=args.dtype, device=args.device, backend=args.backend, tokenizer=args.tokenizer,
-                                  adapter=args.adapter)
+                                  adapter=args.adapter, revision=args.revision)
 
 
 def _assistant(args: argparse.Namespace) -> Any:
@@ -315,7 +318,7 @@ def add_engine_commands(sub: Any) -> None:
     s.set_defaults(func=cmd_score)
 
     m = sub.add_parser("merge-lora", help="write a model folder with a PEFT LoRA adapter merged into its weights")
-    m.add_argument("--model", required=True, help="the base HF model folder")
+    m.add_argument("--model", required=True, help="the base HF model folder, or a name in the local Hugging Face cache")
     m.add_argument("--adapter", required=True, help="the PEFT LoRA adapter folder")
     m.add_argument("--output", required=True, help="the merged folder to write")
     m.add_argument("--dtype", default="auto", help="float16 | bfloat16 | float32 | auto (the base's, default)")

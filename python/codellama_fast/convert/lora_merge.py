@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 
 from ..engine.config import LlamaConfig
-from ..engine.loader import WeightSource, parse_dtype, validate
+from ..engine.loader import WeightSource, model_folder, parse_dtype, validate
 from ..engine.lora import LoraAdapter
-from ..errors import CheckpointError
 from .hf_folder import finish_output, hf_plan, prepare_output, write_model
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
@@ -24,9 +23,7 @@ def merge_lora(base: str | Path, adapter: str | Path, output: str | Path, dtype:
     """Writes `base` + `adapter` to `output`; ``dtype`` "auto" keeps the base's stored dtype. The
     tokenizer files come from the adapter folder when it has them, else from the base; so does
     ``generation_config.json`` from the base. Returns the output folder."""
-    base, output = Path(base), Path(output)
-    if not base.is_dir():
-        raise CheckpointError(f"model folder {base} does not exist")
+    base, output = model_folder(base), Path(output)  # a folder, or a name in the local Hugging Face cache
     lora = LoraAdapter(adapter)
     cfg = LlamaConfig.from_file(base / "config.json")
     src = WeightSource(base)

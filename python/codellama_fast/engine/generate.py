@@ -23,7 +23,7 @@ from . import arguments, beam_search, fused_decode, memory, options, speculative
 from .assisted import DraftGuesser, check_vocabularies
 from .cuda_graph import GraphDecoder, pick_faster
 from .finite import NO_TOKEN, FiniteWatch, no_token_error
-from .loader import generation_defaults, load_model
+from .loader import generation_defaults, load_model, model_folder
 from .model import LlamaModel, StepContext
 from .options import GenerationConfig, logits_rules_for
 from .prompt_lookup import NgramIndex
@@ -205,15 +205,22 @@ class Engine:
         progress: bool | None = None,
         torch_dtype: str | torch.dtype | None = None,
         adapter: str | Path | None = None,
+        revision: str | None = None,
     ) -> "Engine":
         """Loads an HF model folder; the tokenizer comes from the folder unless given.
-        ``torch_dtype`` is transformers 4.x's name for ``dtype``. ``adapter``: a PEFT LoRA folder
-        merged into the weights as they load (engine.lora); its tokenizer files, if any, win."""
+        ``path`` (and ``adapter``, ``tokenizer``) may also be a repository name such as
+        ``"codellama/CodeLlama-7b-hf"`` fetched earlier into the local Hugging Face cache (by
+        ``hf download`` or transformers), read there at ``revision`` (a branch, tag or commit;
+        default "main"); nothing is downloaded. ``torch_dtype`` is transformers 4.x's name for
+        ``dtype``. ``adapter``: a PEFT LoRA folder merged into the weights as they load
+        (engine.lora); its tokenizer files, if any, win."""
         if torch_dtype is not None:
             if dtype is not None:
                 raise TypeError("give dtype or torch_dtype (its older name), not both")
             dtype = torch_dtype
-        path = Path(path)
+        if revision is not None and not isinstance(revision, str):
+            raise TypeError(f"revision must be a branch, tag or commit name (str), got {type(revision).__name__}")
+        path = model_folder(path, revision)
         lora = None
         if adapter is not None:
             from .lora import LoraAdapter

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..hub_cache import local_folder, not_found_hint
 from ..jsonfile import read_json_object
 from .config import LlamaConfig
 from .model import LlamaModel
@@ -198,12 +199,13 @@ def load_model(
     backend: str = "auto",
     progress: bool | None = None,
     adapter: Any = None,
+    revision: str | None = None,
 ) -> LlamaModel:
     """Loads an HF Llama folder into a ready-to-run ``LlamaModel`` (eval mode, no grads).
-    ``adapter``: an engine.lora.LoraAdapter merged into the weights as they load."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise CheckpointError(f"model folder {folder} does not exist")
+    ``path``: a folder, or a repository name ("org/name") fetched earlier into the local Hugging
+    Face cache (at ``revision``; hub_cache). ``adapter``: an engine.lora.LoraAdapter merged into
+    the weights as they load."""
+    folder = model_folder(path, revision)
     device = resolve_device(device)
     ops = select_ops(device, backend)  # a bad device or backend fails before any weight is read
     cfg = LlamaConfig.from_file(folder / "config.json")
@@ -262,6 +264,14 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 def _size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
+
+
+def model_folder(path: str | Path, revision: str | None = None) -> Path:
+    """The local folder of a model: ``path`` itself, or a repository name's cached snapshot."""
+    folder = local_folder(path, revision)
+    if not folder.is_dir():
+        raise CheckpointError(f"model folder {path} does not exist{not_found_hint(path, revision)} (this package never downloads)")
+    return folder
 
 
 def generation_defaults(path: str | Path) -> dict[str, Any]:

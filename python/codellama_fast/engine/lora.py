@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, UnsupportedConfigError
+from ..hub_cache import local_folder, not_found_hint
 from ..jsonfile import read_json_object
 from .loader import load_state_dict
 
@@ -33,10 +34,11 @@ _UNSUPPORTED_FLAGS = {"use_dora": "DoRA", "lora_bias": "a LoRA bias", "fan_in_fa
 class LoraAdapter:
     """The deltas and replacements an adapter folder holds, by the base model's tensor name."""
 
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
+    def __init__(self, folder: str | Path, revision: str | None = None) -> None:
+        # a folder, or a repository name fetched earlier into the local Hugging Face cache
+        self.folder = local_folder(folder, revision)
         if not self.folder.is_dir():
-            raise CheckpointError(f"adapter folder {self.folder} does not exist")
+            raise CheckpointError(f"adapter folder {folder} does not exist{not_found_hint(folder, revision)} (this package never downloads)")
         cfg_file = self.folder / "adapter_config.json"
         if not cfg_file.is_file():
             raise CheckpointError(f"{self.folder} has no adapter_config.json: it is not a PEFT adapter folder")

@@ -186,9 +186,12 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         ``tokenizer_config.json`` (``add_bos_token``, ``add_eos_token``, ``legacy``,
         ``split_special_tokens``, ``suffix_first``, ``pad_token``, ``padding_side``...).
         ``use_json=False`` builds from ``tokenizer.model`` even when ``tokenizer.json`` exists.
+        Any other repository name ("org/name") loads from the local Hugging Face cache, if a model
+        was fetched there (``revision``: a branch, tag or commit; default "main"); nothing is
+        downloaded.
         """
         use_json = kwargs.pop("use_json", True)
-        files = resolve(pretrained_model_name_or_path)
+        files = resolve(pretrained_model_name_or_path, kwargs.pop("revision", None))
         if files.tokenizer_json is not None and (use_json or files.tokenizer_model is None):
             native = _native.NativeTokenizer.from_json_file(str(files.tokenizer_json))
         else:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..data import BUNDLED_TOKENIZER_NAMES, CODELLAMA_TOKENIZER_DIR
 from ..errors import InvalidTokenizerFile
+from ..hub_cache import local_folder, not_found_hint
 from ..jsonfile import read_json_object
 
 
@@ -26,21 +27,24 @@ def _read_json(path: Path) -> dict[str, Any]:
     return read_json_object(path, InvalidTokenizerFile)
 
 
-def resolve(name_or_path: str | os.PathLike[str] | None) -> TokenizerFiles:
-    """Where the tokenizer files are. ``None`` or a bundled name means the bundled Code Llama files."""
+def resolve(name_or_path: str | os.PathLike[str] | None, revision: str | None = None) -> TokenizerFiles:
+    """Where the tokenizer files are. ``None`` or a bundled name means the bundled Code Llama
+    files; another repository name ("org/name") is read from the local Hugging Face cache
+    (hub_cache) at ``revision``."""
     if name_or_path is None or (isinstance(name_or_path, str) and name_or_path in BUNDLED_TOKENIZER_NAMES):
         folder = CODELLAMA_TOKENIZER_DIR
     else:
-        folder = Path(name_or_path).expanduser()
+        folder = local_folder(name_or_path, revision)
     if folder.is_file():
         # A single file: tokenizer.json or a sentencepiece model.
         if folder.suffix == ".json":
             return TokenizerFiles(None, folder, None)
         return TokenizerFiles(None, None, folder)
     if not folder.is_dir():
+        hint = not_found_hint(name_or_path, revision)
         raise FileNotFoundError(
-            f"no tokenizer folder or file at {str(name_or_path)!r}; pass a local folder holding tokenizer.json "
-            f"and/or tokenizer.model (this package never downloads), or one of the bundled names: "
+            f"no tokenizer folder or file at {str(name_or_path)!r}{hint}{', or' if hint else ';'} pass a local folder "
+            f"holding tokenizer.json and/or tokenizer.model (this package never downloads), or one of the bundled names: "
             f"{', '.join(sorted(BUNDLED_TOKENIZER_NAMES))}"
         )
     tj = folder / "tokenizer.json"
