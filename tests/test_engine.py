@@ -858,3 +858,13 @@ def test_assisted_errors(checkpoints, tok):
         engine.generate("a", max_new_tokens=3, assistant_model=engine, assistant_confidence_threshold=1.5)
     with pytest.raises(ValueError, match="tokenizer differs"):
         engine.generate("a", max_new_tokens=3, assistant_model=Engine.from_pretrained(DEMO_MODEL_DIR, device="cpu"))
+
+
+@pytest.mark.parametrize("name", ["gqa4", "odd"])
+def test_repr_gives_the_checkpoints_shape(checkpoints, tok, name):
+    hf, path = checkpoints[name]
+    c = hf.config
+    text = repr(_fp32_engine(path, tok))
+    assert f"{hf.num_parameters() / 1e6:.1f}M parameters" in text
+    assert (f"{c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads / {c.num_key_value_heads} "
+            f"KV heads, vocabulary {c.vocab_size}, float32 on cpu, torch ops") in text

@@ -193,6 +193,16 @@ class Engine:
         self._carried_assistant_tokens: int | None = None
         self._piece_index: PieceIndex | None = None  # token healing's prefix search, for the current tokenizer
 
+
+    def __repr__(self) -> str:
+        if "model" not in self.__dict__:  # construction failed part way
+            return object.__repr__(self)
+        cfg = self.model.config
+        params = sum(p.numel() for p in self.model.parameters())
+        size = f"{params / 1e9:.1f}B" if params >= 1e9 else f"{params / 1e6:.1f}M" if params >= 1e6 else f"{params / 1e3:.1f}K"
+        return (f"Engine({size} parameters, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+                f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV heads, vocabulary {cfg.vocab_size}, "
+                f"{str(self.dtype).removeprefix('torch.')} on {self.device}, {self.model.ops.name} ops)")
     @classmethod
     def from_pretrained(
         cls,
