@@ -258,7 +258,8 @@ def test_beam_output_scores_logits_and_beam_indices_equal_transformers(model, to
 
 def test_beam_token_logprobs_equal_the_models_log_softmax(model, tok):
     """return_logprobs with beams: each returned beam's tokens' log-probabilities under the raw
-    logits, equal to transformers' model run in one pass over the prompt and the beam (fp32). With
+    logits, equal to transformers' model run in one pass over the prompt and the beam (fp32), and
+    with top_logprobs the likeliest ids at each position under the same distributions. With
     no rules their sum over a beam (its end token's included) is its score times its length **
     length_penalty."""
     hf, path = model
@@ -268,15 +269,20 @@ def test_beam_token_logprobs_equal_the_models_log_softmax(model, tok):
     kw = {"num_beams": 3, "num_return_sequences": 3, "length_penalty": 0.5, "max_new_tokens": 10, "eos_token_id": end}
     # beam sample's temperature changes the scores, not the raw log-probabilities
     for rules in ({}, {"do_sample": True, "temperature": 0.7, "seed": fresh_seed()}):
-        got = engine.generate(input_ids=rows, return_logprobs=True, **kw, **rules)
-        assert [len(lp) for lp in got.token_logprobs] == [len(ids) for ids in got.token_ids]
+        got = engine.generate(input_ids=rows, top_logprobs=4, **kw, **rules)  # top_logprobs implies return_logprobs
+        assert [len(lp) for lp in got.token_logprobs] == [len(ids) for ids in got.token_ids] == [len(t) for t in got.top_logprobs]
         for k, (ids, lps) in enumerate(zip(got.token_ids, got.token_logprobs)):
             prompt = rows[k // 3]
             steps = ids + [end] * (got.finish_reasons[k] == "eos")
             with torch.no_grad():
                 logits = hf(torch.tensor([prompt + steps])).logits[0].float()
-            want = logits.log_softmax(-1)[len(prompt) - 1 : -1].gather(1, torch.tensor(steps)[:, None])[:, 0].tolist()
+            dist = logits.log_softmax(-1)[len(prompt) - 1 : -1]  # [steps, V]: each position's distribution
+            want = dist.gather(1, torch.tensor(steps)[:, None])[:, 0].tolist()
             assert logprobs_close(lps, want[: len(ids)], 1e-4), (lps, want)
+            # the 4 likeliest at each of the beam's positions, under the same distributions
+            top_values, top_ids = dist[: len(ids)].topk(4, dim=-1)
+            assert [[i for i, _ in pos] for pos in got.top_logprobs[k]] == top_ids.tolist()
+            assert all(logprobs_close([v for _, v in pos], row, 1e-4) for pos, row in zip(got.top_logprobs[k], top_values.tolist()))
             if not rules:
                 assert abs(sum(want) / len(steps) ** 0.5 - got.sequence_scores[k]) < 1e-3
         assert engine.generate(input_ids=rows, **kw, **rules).token_ids == got.token_ids
@@ -306,7 +312,7 @@ def test_infill_and_chat_take_beams(model, tok):
     [
         (lambda e: list(e.stream("x", num_beams=2)), ValueError, "does not stream"),
         (lambda e: e.generate("x", num_beams=2, num_return_sequences=3), ValueError, "must be <= num_beams"),
-        (lambda e: e.generate("x", num_beams=2, top_logprobs=2), ValueError, "top_logprobs is not given for beam search"),
+        (lambda e: e.generate("x", num_beams=2, top_logprobs=-1), ValueError, "top_logprobs must be between 0"),
         (lambda e: e.generate("x", num_beams=2, early_stopping="sometimes"), ValueError, "early_stopping must be"),
         (lambda e: e.generate("x", num_beams=0), ValueError, "num_beams must be >= 1"),
         (lambda e: e.generate("x", num_beams=2, prompt_lookup_num_tokens=3), ValueError, "does not combine"),

@@ -68,13 +68,16 @@ class BeamOutput:
     # with token_logprobs: per returned beam, each token's log-probability under the raw logits
     # (a final stop id's included)
     token_logprobs: list[list[float]] | None = None
+    # per returned beam, per token: the K likeliest (id, raw log-probability) pairs (top_logprobs=K)
+    top_logprobs: list[list[list[tuple[int, float]]]] | None = None
 
 
 def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor, KVCache], torch.Tensor], tokens: torch.Tensor,
                 kv_start: torch.Tensor, max_new: int, settings: BeamSettings, rules: TokenRules, stop_ids: Sequence[set[int]],
                 allowed: int | None, dtype: torch.dtype, generator: torch.Generator | None = None,
                 candidate_ends: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                log_steps: bool = False, token_logprobs: bool = False, guidance: Guidance | None = None) -> BeamOutput:
+                log_steps: bool = False, token_logprobs: bool = False, guidance: Guidance | None = None,
+                top_logprobs: int = 0) -> BeamOutput:
     """tokens [B, T] left-padded prompts (row b's first real slot kv_start[b]); ``prefill(tokens,
     kv_start, cache)`` runs them into a cache and returns the last logits [B, V]; ``stop_ids``:
     each prompt's; ``allowed``: ids from it on are never chosen; ``generator``: beam sample's
@@ -82,7 +85,8 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     [B, W])``: for the step's W candidates of each prompt (their n generated tokens), the code of
     what else ends them (STOP, TIME; 0: nothing), as a [B, W] tensor. ``log_steps``: keep each
     step's scores and logits and each beam's rows (BeamOutput.step_scores, ...);
-    ``token_logprobs``: each beam's tokens' log-probabilities under the raw logits; ``guidance``:
+    ``token_logprobs``: each beam's tokens' log-probabilities under the raw logits;
+    ``top_logprobs=K``: also the K likeliest ids at each of its positions, with theirs; ``guidance``:
     classifier-free guidance over the B k beam rows (engine.guidance), regrouped with them."""
     b, t = tokens.shape
     k, n_out = settings.num_beams, settings.num_return_sequences
@@ -120,9 +124,12 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     run_scores[:, 0] = 0.0  # all beams start equal: expand only the first at the first step
     # per-beam histories, one entry per step, for the running and the finished beams: the tokens;
     # with log_steps the row of the step's scores each token came from (transformers'
-    # beam_indices); with token_logprobs each token's raw log-probability
-    names = ["seq"] + ["rows"] * log_steps + ["logprob"] * token_logprobs
-    run = {name: torch.zeros(b, k, max_new, dtype=torch.float32 if name == "logprob" else torch.long, device=device) for name in names}
+    # beam_indices); with token_logprobs each token's raw log-probability; with top_logprobs=K
+    # the K likeliest ids and their raw log-probabilities at that position (K entries per step)
+    width_of = {"seq": 1, "rows": 1, "logprob": 1, "top_ids": top_logprobs, "top_values": top_logprobs}
+    names = ["seq"] + ["rows"] * log_steps + ["logprob"] * token_logprobs + ["top_ids", "top_values"] * (top_logprobs > 0)
+    run = {name: torch.zeros(b, k, max_new * width_of[name], dtype=torch.float32 if name in ("logprob", "top_values") else torch.long,
+                             device=device) for name in names}
     fin = {name: history.clone() for name, history in run.items()}
     fin_len = torch.zeros(b, k, dtype=torch.long, device=device)
     fin_scores = torch.full((b, k), -_NEVER, device=device)
@@ -159,6 +166,9 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         new = {"seq": token, "rows": batch_base + parent}
         if token_logprobs:
             new["logprob"] = raw.view(b, k * vocab).gather(1, top_index)
+        if top_logprobs:  # the distribution each candidate's token was chosen from: its parent's
+            values, ids = raw.topk(top_logprobs, dim=-1)  # [B k, K]
+            new["top_values"], new["top_ids"] = (_rows(x.view(b, k, top_logprobs), parent) for x in (values, ids))  # [B, W, K]
         cand = {name: _grown(history, parent, step, new[name]) for name, history in run.items()}  # [B, W, N] each
         cand_seq = cand["seq"]
         took_stop_id = stop_mask.gather(1, token)  # [B, W]
@@ -229,20 +239,25 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     def per_beam(name: str) -> list[list[Any]]:
         """History `name` of each returned beam (prompt-major, as out_tokens), as long as its tokens."""
         flat = [history for row in fin[name][:, :n_out].tolist() for history in row]
-        return [history[: len(tokens)] for history, tokens in zip(flat, out_tokens)]
+        return [history[: len(tokens) * width_of[name]] for history, tokens in zip(flat, out_tokens)]
 
     if log_steps:
         out.step_scores, out.step_logits, out.beam_indices = tuple(step_scores), tuple(step_logits), per_beam("rows")
     if token_logprobs:
         out.token_logprobs = per_beam("logprob")
+    if top_logprobs:  # per returned beam, per token: the K (id, log-probability) pairs, likeliest first
+        kk = top_logprobs
+        out.top_logprobs = [[list(zip(ids[i:i + kk], values[i:i + kk])) for i in range(0, len(ids), kk)]
+                            for ids, values in zip(per_beam("top_ids"), per_beam("top_values"))]
     return out
 
 
 def _grown(history: torch.Tensor, parent: torch.Tensor, step: int, new: torch.Tensor) -> torch.Tensor:
-    """Each candidate's history [B, W, N]: its parent beam's (history [B, k, N], parent [B, W]),
-    with ``new`` [B, W] at ``step``."""
+    """Each candidate's history [B, W, N w]: its parent beam's (history [B, k, N w], parent
+    [B, W]), with ``new`` ([B, W] or [B, W, w]: w entries per step) at ``step``."""
     out = _rows(history, parent)  # gather makes a new tensor: the parent's row stays as it is
-    out[:, :, step] = new
+    w = new.shape[2] if new.dim() == 3 else 1
+    out[:, :, step * w:(step + 1) * w] = new.view(new.shape[0], new.shape[1], w)
     return out
 
 

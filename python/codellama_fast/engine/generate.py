@@ -610,12 +610,13 @@ class Engine:
     def _run_beams(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: Sequence[set[int]],
                    decoders: Sequence[Callable[[list[int]], str]], return_logprobs: bool,
                    first_allowed: Sequence[tuple[int, ...] | None] | None = None, output_scores: bool = False,
-                   output_logits: bool = False) -> GenerationResult:
+                   output_logits: bool = False, top_logprobs: int = 0) -> GenerationResult:
         """Beam search (engine.beam_search) for each prompt; ``num_return_sequences`` rows per
         prompt, best first. A final stop id is left out of the tokens, and a stop string cuts the
         text, as in plain decoding. ``return_logprobs``: each returned beam's tokens'
-        log-probabilities under the raw logits; ``output_scores``/``output_logits``: each step's,
-        and the returned beams' ``beam_indices``."""
+        log-probabilities under the raw logits (``top_logprobs=K``: with the K likeliest at each
+        position); ``output_scores``/``output_logits``: each step's, and the returned beams'
+        ``beam_indices``."""
         deadline = Deadline(cfg.max_time)
         tokens, kv_start, t = self._prepare(prompts)
         cfg = cfg.for_prompt_length(t)
@@ -636,10 +637,15 @@ class Engine:
                 out = beam_search.beam_search(self.model, self._prefill, tokens, kv_start, cfg.max_new_tokens, settings, rules,
                                               stop_ids, len(self.tokenizer), self.dtype, self._generator(cfg.seed),
                                               ends if ends.active else None, output_scores or output_logits, return_logprobs,
-                                              self._guidance(cfg, [p for p in prompts for _ in range(cfg.num_beams)], cfg.num_beams))
+                                              self._guidance(cfg, [p for p in prompts for _ in range(cfg.num_beams)], cfg.num_beams),
+                                              top_logprobs)
         rows = [k for k in range(len(prompts)) for _ in range(n)]
         ids = [seq[:-1] if reason == "eos" else seq for seq, reason in zip(out.tokens, out.reasons)]
         logprobs = None if out.token_logprobs is None else [lp[: len(i)] for lp, i in zip(out.token_logprobs, ids)]
+        tops = None if out.top_logprobs is None else [[[(int(j), v) for j, v in pairs] for pairs in row[: len(i)]]
+                                                     for row, i in zip(out.top_logprobs, ids)]
+        if cfg.max_new_tokens == 0:  # nothing generated: empty lists, as plain decoding gives
+            logprobs, tops = ([[] for _ in ids] if wanted else None for wanted in (return_logprobs, top_logprobs))
         texts = [decoders[k](i) for k, i in zip(rows, ids)]
         texts = [cut_at_stop(text, cfg.stop) if reason == "stop" else text for text, reason in zip(texts, out.reasons)]
         # tokens/s: beam tokens run through the model (every beam of every prompt, each step)
@@ -649,7 +655,7 @@ class Engine:
             prompt_tokens=[len(prompts[k]) for k in rows], time_to_first_token_s=out.prefill_s,
             decode_tokens_per_s=beam_tokens / out.decode_s if out.decode_s > 0 else 0.0,
             prefill_tokens_per_s=sum(len(p) for p in prompts) / out.prefill_s if out.prefill_s > 0 else 0.0,
-            total_s=out.prefill_s + out.decode_s, sequence_scores=out.scores, token_logprobs=logprobs,
+            total_s=out.prefill_s + out.decode_s, sequence_scores=out.scores, token_logprobs=logprobs, top_logprobs=tops,
             scores=out.step_scores if output_scores else None, logits=out.step_logits if output_logits else None,
             beam_indices=out.beam_indices)
 
@@ -778,10 +784,7 @@ class Engine:
             ids, allowed = [h.prompt for h in healed], [h.allowed for h in healed]
         decoders = self._continuation_decoder(ids, healed)
         if cfg.num_beams > 1:
-            if top_logprobs:
-                raise ValueError("top_logprobs is not given for beam search; return_logprobs=True gives each beam's tokens' "
-                                 "log-probabilities, output_scores=True each step's scores")
-            return self._run_beams(ids, cfg, stops, decoders, return_logprobs, allowed, output_scores, output_logits)
+            return self._run_beams(ids, cfg, stops, decoders, return_logprobs, allowed, output_scores, output_logits, top_logprobs)
         n = cfg.num_return_sequences  # each prompt's samples together, as transformers
         ids, stops, decoders = [x for x in ids for _ in range(n)], [x for x in stops for _ in range(n)], [x for x in decoders for _ in range(n)]
         allowed = None if allowed is None else [x for x in allowed for _ in range(n)]
