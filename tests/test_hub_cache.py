@@ -220,3 +220,27 @@ def test_names_not_in_the_cache_say_where_they_were_looked_for(hub_env):
     assert "hf download" not in str(err.value)
     with pytest.raises(TypeError, match="revision"):
         Engine.from_pretrained(REPO, revision=2, device="cpu")
+
+
+def test_cache_dir_names_another_cache(hub_env, tmp_path, monkeypatch, sp_llama2):
+    """cache_dir=, as transformers takes it, looks there and not in the default cache."""
+    from transformers import LlamaForCausalLM
+
+    root, models = hub_env
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(CheckpointError, match="empty"):
+        Engine.from_pretrained(REPO, device="cpu")
+    ids = torch.randint(3, 32016, (8,)).tolist()
+    engine = Engine.from_pretrained(REPO, cache_dir=root, revision="v2", dtype="float32", device="cpu")
+    theirs = LlamaForCausalLM.from_pretrained(REPO, cache_dir=root, revision="v2", local_files_only=True).eval()
+    assert torch.equal(theirs.lm_head.weight, models["v2"].lm_head.weight)
+    assert torch.allclose(_logits(engine, ids), _logits(theirs, ids), rtol=1e-4, atol=1e-4)
+    with pytest.raises(CheckpointError) as err:
+        Engine.from_pretrained("test-org/absent", cache_dir=tmp_path, device="cpu")
+    assert f"Hugging Face cache ({tmp_path}):" in str(err.value) and f"--cache-dir {tmp_path}`" in str(err.value)
+    files = tmp_path / "tok"
+    files.mkdir()
+    shutil.copy(LLAMA2_MODEL, files / "tokenizer.model")
+    put_in_cache(tmp_path / "other", "test-org/tok-elsewhere", files, _commit(11), refs=("main",))
+    tok = CodeLlamaTokenizerFast.from_pretrained("test-org/tok-elsewhere", cache_dir=tmp_path / "other")
+    assert tok.encode("def f(): pass") == [1] + sp_llama2.encode("def f(): pass")

@@ -51,22 +51,27 @@ def cached_snapshot(repo_id: str, revision: str | None = None, cache_dir: str | 
     return snapshot if commit and snapshot.is_dir() else None
 
 
-def local_folder(name_or_path: str | os.PathLike[str], revision: str | None = None) -> Path:
-    """An existing local path as it is; else, for a repository name, its cached snapshot; else
-    the path as given (the caller reports it missing, with ``not_found_hint``)."""
+def local_folder(name_or_path: str | os.PathLike[str], revision: str | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """An existing local path as it is; else, for a repository name, its cached snapshot (in
+    ``cache_dir``, default hub_cache_dir()); else the path as given (the caller reports it
+    missing, with ``not_found_hint``)."""
     path = Path(name_or_path).expanduser()
     if not path.exists() and is_repo_id(str(name_or_path)):
-        snapshot = cached_snapshot(str(name_or_path), revision)
+        snapshot = cached_snapshot(str(name_or_path), revision, cache_dir)
         if snapshot is not None:
             return snapshot
     return path
 
 
-def not_found_hint(name_or_path: str | os.PathLike[str], revision: str | None = None) -> str:
+def not_found_hint(name_or_path: str | os.PathLike[str], revision: str | None = None,
+                   cache_dir: str | os.PathLike[str] | None = None) -> str:
     """What to add to a "does not exist" error: for a repository name, where it was looked for
     and how to fetch it ("" for anything else)."""
     name = str(name_or_path)
     if not is_repo_id(name):
         return ""
     at = f" at revision {revision!r}" if revision and revision != "main" else ""
-    return f", nor is {name!r}{at} in the Hugging Face cache ({hub_cache_dir()}): fetch it once with `hf download {name}`"
+    where = Path(cache_dir).expanduser() if cache_dir is not None else hub_cache_dir()
+    fetch = f"`hf download {name}" + (f" --cache-dir {where}`" if cache_dir is not None else "`")
+    return f", nor is {name!r}{at} in the Hugging Face cache ({where}): fetch it once with {fetch}"

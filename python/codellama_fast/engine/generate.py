@@ -216,12 +216,14 @@ class Engine:
         torch_dtype: str | torch.dtype | None = None,
         adapter: str | Path | None = None,
         revision: str | None = None,
+        cache_dir: str | Path | None = None,
     ) -> "Engine":
         """Loads an HF model folder; the tokenizer comes from the folder unless given.
         ``path`` (and ``adapter``, ``tokenizer``) may also be a repository name such as
         ``"codellama/CodeLlama-7b-hf"`` fetched earlier into the local Hugging Face cache (by
         ``hf download`` or transformers), read there at ``revision`` (a branch, tag or commit;
-        default "main"); nothing is downloaded. ``torch_dtype`` is transformers 4.x's name for
+        default "main"; ``cache_dir``: another cache folder, as transformers' argument); nothing
+        is downloaded. ``torch_dtype`` is transformers 4.x's name for
         ``dtype``. ``adapter``: a PEFT LoRA folder merged into the weights as they load
         (engine.lora); its tokenizer files, if any, win."""
         if torch_dtype is not None:
@@ -230,19 +232,19 @@ class Engine:
             dtype = torch_dtype
         if revision is not None and not isinstance(revision, str):
             raise TypeError(f"revision must be a branch, tag or commit name (str), got {type(revision).__name__}")
-        path = model_folder(path, revision)
+        path = model_folder(path, revision, cache_dir)
         lora = None
         if adapter is not None:
             from .lora import LoraAdapter
 
-            lora = LoraAdapter(adapter)  # a bad adapter fails before the base weights are read
+            lora = LoraAdapter(adapter, cache_dir)  # a bad adapter fails before the base weights are read
         model = load_model(path, dtype=dtype, device=device, backend=backend, progress=progress, adapter=lora)
         if tokenizer is None and lora is not None and ((lora.folder / "tokenizer.json").is_file() or (lora.folder / "tokenizer.model").is_file()):
             tokenizer = lora.folder
         if isinstance(tokenizer, CodeLlamaTokenizerFast):
             tok = tokenizer
         elif tokenizer is not None:
-            tok = CodeLlamaTokenizerFast.from_pretrained(tokenizer)
+            tok = CodeLlamaTokenizerFast.from_pretrained(tokenizer, cache_dir=cache_dir)
         elif (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file():
             tok = CodeLlamaTokenizerFast.from_pretrained(path)
         elif model.config.vocab_size == BUNDLED_VOCAB_SIZE:

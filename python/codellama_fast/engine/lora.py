@@ -34,11 +34,12 @@ _UNSUPPORTED_FLAGS = {"use_dora": "DoRA", "lora_bias": "a LoRA bias", "fan_in_fa
 class LoraAdapter:
     """The deltas and replacements an adapter folder holds, by the base model's tensor name."""
 
-    def __init__(self, folder: str | Path, revision: str | None = None) -> None:
+    def __init__(self, folder: str | Path, cache_dir: str | Path | None = None) -> None:
         # a folder, or a repository name fetched earlier into the local Hugging Face cache
-        self.folder = local_folder(folder, revision)
+        self.folder = local_folder(folder, None, cache_dir)
         if not self.folder.is_dir():
-            raise CheckpointError(f"adapter folder {folder} does not exist{not_found_hint(folder, revision)} (this package never downloads)")
+            raise CheckpointError(f"adapter folder {folder} does not exist{not_found_hint(folder, None, cache_dir)} "
+                                  "(this package never downloads)")
         cfg_file = self.folder / "adapter_config.json"
         if not cfg_file.is_file():
             raise CheckpointError(f"{self.folder} has no adapter_config.json: it is not a PEFT adapter folder")

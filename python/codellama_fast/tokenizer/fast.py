@@ -187,11 +187,11 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         ``split_special_tokens``, ``suffix_first``, ``pad_token``, ``padding_side``...).
         ``use_json=False`` builds from ``tokenizer.model`` even when ``tokenizer.json`` exists.
         Any other repository name ("org/name") loads from the local Hugging Face cache, if a model
-        was fetched there (``revision``: a branch, tag or commit; default "main"); nothing is
-        downloaded.
+        was fetched there (``revision``: a branch, tag or commit, default "main"; ``cache_dir``:
+        another cache folder); nothing is downloaded.
         """
         use_json = kwargs.pop("use_json", True)
-        files = resolve(pretrained_model_name_or_path, kwargs.pop("revision", None))
+        files = resolve(pretrained_model_name_or_path, kwargs.pop("revision", None), kwargs.pop("cache_dir", None))
         if files.tokenizer_json is not None and (use_json or files.tokenizer_model is None):
             native = _native.NativeTokenizer.from_json_file(str(files.tokenizer_json))
         else:

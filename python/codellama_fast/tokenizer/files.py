@@ -27,21 +27,22 @@ def _read_json(path: Path) -> dict[str, Any]:
     return read_json_object(path, InvalidTokenizerFile)
 
 
-def resolve(name_or_path: str | os.PathLike[str] | None, revision: str | None = None) -> TokenizerFiles:
+def resolve(name_or_path: str | os.PathLike[str] | None, revision: str | None = None,
+            cache_dir: str | os.PathLike[str] | None = None) -> TokenizerFiles:
     """Where the tokenizer files are. ``None`` or a bundled name means the bundled Code Llama
     files; another repository name ("org/name") is read from the local Hugging Face cache
-    (hub_cache) at ``revision``."""
+    (hub_cache; ``cache_dir`` if given) at ``revision``."""
     if name_or_path is None or (isinstance(name_or_path, str) and name_or_path in BUNDLED_TOKENIZER_NAMES):
         folder = CODELLAMA_TOKENIZER_DIR
     else:
-        folder = local_folder(name_or_path, revision)
+        folder = local_folder(name_or_path, revision, cache_dir)
     if folder.is_file():
         # A single file: tokenizer.json or a sentencepiece model.
         if folder.suffix == ".json":
             return TokenizerFiles(None, folder, None)
         return TokenizerFiles(None, None, folder)
     if not folder.is_dir():
-        hint = not_found_hint(name_or_path, revision)
+        hint = not_found_hint(name_or_path, revision, cache_dir)
         raise FileNotFoundError(
             f"no tokenizer folder or file at {str(name_or_path)!r}{hint}{', or' if hint else ';'} pass a local folder "
             f"holding tokenizer.json and/or tokenizer.model (this package never downloads), or one of the bundled names: "
