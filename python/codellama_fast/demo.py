@@ -22,5 +22,6 @@ def run_generation_demo(max_new_tokens: int = 200) -> int:
     print(result.text)
     print(f"generation speed: {result.decode_tokens_per_s:.0f} tokens/s decode, time to first token "
           f"{result.time_to_first_token_s * 1e3:.1f} ms ({len(result.token_ids[0])} tokens, stopped by {result.finish_reasons[0]})", flush=True)
-    print("real use: codellama-fast generate --model /path/to/CodeLlama-7b-hf \"def fibonacci(n):\"", file=sys.stderr)
+    print("real use: codellama-fast generate --model /path/to/CodeLlama-7b-hf \"def fibonacci(n):\"  (or --model "
+          "codellama/CodeLlama-7b-hf, once fetched with `hf download`)", file=sys.stderr)
     return 0
