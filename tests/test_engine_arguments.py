@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from codellama_fast import CodeLlamaTokenizerFast, DeviceError, EngineError  # noqa: E402
+from codellama_fast import CodeLlamaTokenizerFast, DeviceError, EngineError, UnsupportedConfigError  # noqa: E402
 from codellama_fast.engine import Engine, load_model  # noqa: E402
 from tests.conftest import CODELLAMA_DIR  # noqa: E402
 from tests.engine_helpers import make_hf_model, save, scripted  # noqa: E402
@@ -244,3 +244,35 @@ def test_device_and_backend_fail_before_loading(model_dir):
     with pytest.raises(DeviceError, match="unknown ops backend"):
         load_model(model_dir, device="cpu", backend="cuda")
     assert issubclass(DeviceError, EngineError) and issubclass(DeviceError, ValueError)
+
+
+def test_transformers_loading_arguments_run_as_written(model_dir):
+    """The model cards' ``from_pretrained(name, torch_dtype=..., device_map="auto")`` and the other
+    loading arguments transformers code passes: the model lands where transformers puts it (on this
+    machine) and computes the same logits; the rest say what they are."""
+    from transformers import LlamaForCausalLM
+
+    ids = torch.tensor([[1, 822, 285, 7295, 1209]])
+    for device_map in ("auto", {"": "cpu"}, "cpu"):
+        theirs = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, device_map=device_map, low_cpu_mem_usage=True)
+        ours = Engine.from_pretrained(model_dir, torch_dtype=torch.float32, device_map=device_map, low_cpu_mem_usage=True,
+                                      attn_implementation="sdpa", trust_remote_code=False, local_files_only=True)
+        assert ours.device == theirs.device
+        with torch.no_grad():
+            want = theirs(ids).logits[0, -1].log_softmax(-1)
+        got = ours.generate(input_ids=ids.tolist(), max_new_tokens=1, top_logprobs=5).top_logprobs[0][0]
+        assert [i for i, _ in got] == want.topk(5).indices.tolist()
+        assert all(abs(v - want[i].item()) < 1e-4 for i, v in got)
+    with pytest.raises(UnsupportedConfigError, match="on 2 devices"):
+        Engine.from_pretrained(model_dir, device_map={"model.embed_tokens": "cpu", "lm_head": 0})
+    with pytest.raises(ValueError, match="name different devices"):
+        Engine.from_pretrained(model_dir, device="cpu", device_map="cuda:0")
+    with pytest.raises(UnsupportedConfigError, match="4-bit"):
+        Engine.from_pretrained(model_dir, load_in_4bit=True)
+    with pytest.raises(UnsupportedConfigError, match="disk"):
+        Engine.from_pretrained(model_dir, device_map="disk")
+    with pytest.raises(TypeError, match="'device_mapp'"):
+        Engine.from_pretrained(model_dir, device_mapp="auto")
+    if not torch.cuda.is_available():  # a bare index is a CUDA device, as in transformers
+        with pytest.raises(DeviceError, match="'cuda:0'"):
+            Engine.from_pretrained(model_dir, device_map=0)

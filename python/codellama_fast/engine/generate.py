@@ -23,6 +23,7 @@ from . import arguments, beam_search, fused_decode, memory, options, speculative
 from .assisted import DraftGuesser, check_vocabularies
 from .cuda_graph import GraphDecoder, pick_faster
 from .finite import NO_TOKEN, FiniteWatch, no_token_error
+from .hf_load_args import read_load_args
 from .loader import generation_defaults, load_model, model_folder
 from .model import LlamaModel, StepContext
 from .options import GenerationConfig, logits_rules_for
@@ -217,6 +218,7 @@ class Engine:
         adapter: str | Path | None = None,
         revision: str | None = None,
         cache_dir: str | Path | None = None,
+        **transformers_args: Any,
     ) -> "Engine":
         """Loads an HF model folder; the tokenizer comes from the folder unless given.
         ``path`` (and ``adapter``, ``tokenizer``) may also be a repository name such as
@@ -225,11 +227,13 @@ class Engine:
         default "main"; ``cache_dir``: another cache folder, as transformers' argument); nothing
         is downloaded. ``torch_dtype`` is transformers 4.x's name for
         ``dtype``. ``adapter``: a PEFT LoRA folder merged into the weights as they load
-        (engine.lora); its tokenizer files, if any, win."""
+        (engine.lora); its tokenizer files, if any, win. transformers' loading arguments
+        (``device_map``, ``low_cpu_mem_usage``, ...) are read as engine.hf_load_args says."""
         if torch_dtype is not None:
             if dtype is not None:
                 raise TypeError("give dtype or torch_dtype (its older name), not both")
             dtype = torch_dtype
+        device = read_load_args(transformers_args, device)
         if revision is not None and not isinstance(revision, str):
             raise TypeError(f"revision must be a branch, tag or commit name (str), got {type(revision).__name__}")
         path = model_folder(path, revision, cache_dir)
