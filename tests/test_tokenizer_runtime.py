@@ -157,3 +157,18 @@ def test_stream_decoder_joins_bytes_around_a_skipped_special_token():
     for ids in ([197, 0, 131], [197, 2, 32007, 131], [240, 159, 1, 169, 156]):  # U+0080; a 4-byte emoji split by BOS
         d = _TOK.stream_decoder(skip_special_tokens=True)
         assert "".join(d.step(i) for i in ids) + d.flush() == _TOK.decode(ids, skip_special_tokens=True)
+
+
+def test_transformers_loading_arguments_are_accepted_as_written():
+    """``from_pretrained(folder, use_fast=True, local_files_only=True, ...)`` as transformers code
+    writes it loads the same tokenizer as transformers' class does with them; a misspelt argument
+    is a TypeError naming it."""
+    from transformers import CodeLlamaTokenizerFast as HFTokenizer
+
+    kw = {"use_fast": True, "local_files_only": True, "trust_remote_code": False, "token": None}
+    ours = CodeLlamaTokenizerFast.from_pretrained(str(CODELLAMA_DIR), **kw)
+    theirs = HFTokenizer.from_pretrained(str(CODELLAMA_DIR), **kw)
+    for text in ("def f(x):\n    return x", " Hello  world", "naïve 🦙"):
+        assert ours.encode(text) == theirs.encode(text)
+    with pytest.raises(TypeError, match="use_fats"):
+        CodeLlamaTokenizerFast.from_pretrained(str(CODELLAMA_DIR), use_fats=True)

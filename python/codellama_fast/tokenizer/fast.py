@@ -188,9 +188,14 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         ``use_json=False`` builds from ``tokenizer.model`` even when ``tokenizer.json`` exists.
         Any other repository name ("org/name") loads from the local Hugging Face cache, if a model
         was fetched there (``revision``: a branch, tag or commit, default "main"; ``cache_dir``:
-        another cache folder); nothing is downloaded.
+        another cache folder); nothing is downloaded. transformers' ``use_fast``,
+        ``local_files_only``, ``trust_remote_code`` and ``token`` are accepted and change nothing.
         """
         use_json = kwargs.pop("use_json", True)
+        # transformers' loading arguments whose request always holds here (this is the fast
+        # tokenizer; nothing is downloaded, no code from the folder runs): accepted as written
+        for name in ("use_fast", "local_files_only", "trust_remote_code", "token"):
+            kwargs.pop(name, None)
         files = resolve(pretrained_model_name_or_path, kwargs.pop("revision", None), kwargs.pop("cache_dir", None))
         if files.tokenizer_json is not None and (use_json or files.tokenizer_model is None):
             native = _native.NativeTokenizer.from_json_file(str(files.tokenizer_json))
