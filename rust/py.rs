@@ -17,10 +17,10 @@ use crate::parallel::map_ordered;
 use crate::special::MatchFlags;
 use crate::tokenizer::{CodeLlamaTokenizer, SpecialTokenMode};
 
-create_exception!(_native, TokenizerError, PyValueError, "Base class of every tokenizer error (a ValueError).");
-create_exception!(_native, InvalidTokenizerFile, TokenizerError, "A tokenizer file is corrupt, truncated or of the wrong kind.");
-create_exception!(_native, TokenIdError, TokenizerError, "A token id is outside the vocabulary.");
-create_exception!(_native, InfillingUnsupported, TokenizerError, "The vocabulary has no infilling pieces.");
+create_exception!(codellama_fast, TokenizerError, PyValueError, "Base class of every tokenizer error (a ValueError).");
+create_exception!(codellama_fast, InvalidTokenizerFile, TokenizerError, "A tokenizer file is corrupt, truncated or of the wrong kind.");
+create_exception!(codellama_fast, TokenIdError, TokenizerError, "A token id is outside the vocabulary.");
+create_exception!(codellama_fast, InfillingUnsupported, TokenizerError, "The vocabulary has no infilling pieces.");
 
 fn to_py(err: CoreError) -> PyErr {
     let msg = err.to_string();

@@ -172,3 +172,23 @@ def test_transformers_loading_arguments_are_accepted_as_written():
         assert ours.encode(text) == theirs.encode(text)
     with pytest.raises(TypeError, match="use_fats"):
         CodeLlamaTokenizerFast.from_pretrained(str(CODELLAMA_DIR), use_fats=True)
+
+
+def _decode_in_worker(ids):
+    return CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR).decode(ids)
+
+
+def test_errors_cross_process_boundaries():
+    """A worker's tokenizer error reaches the parent as itself (multiprocessing pickles it), not as
+    a PicklingError; so does every error class the package raises."""
+    import pickle
+
+    from codellama_fast import errors
+    from codellama_fast.tokenizer.chat_jinja import ChatTemplateError
+
+    for cls in [getattr(errors, name) for name in errors.__all__] + [ChatTemplateError]:
+        back = pickle.loads(pickle.dumps(cls("a message")))
+        assert type(back) is cls and str(back) == "a message"
+    with mp.get_context("spawn").Pool(1) as pool:
+        with pytest.raises(TokenIdError, match="32016"):
+            pool.apply(_decode_in_worker, ([1, 99999],))
