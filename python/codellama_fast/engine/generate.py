@@ -194,7 +194,6 @@ class Engine:
         self._carried_assistant_tokens: int | None = None
         self._piece_index: PieceIndex | None = None  # token healing's prefix search, for the current tokenizer
 
-
     def __repr__(self) -> str:
         if "model" not in self.__dict__:  # construction failed part way
             return object.__repr__(self)
@@ -204,6 +203,7 @@ class Engine:
         return (f"Engine({size} parameters, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
                 f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV heads, vocabulary {cfg.vocab_size}, "
                 f"{str(self.dtype).removeprefix('torch.')} on {self.device}, {self.model.ops.name} ops)")
+
     @classmethod
     def from_pretrained(
         cls,
@@ -225,10 +225,10 @@ class Engine:
         ``"codellama/CodeLlama-7b-hf"`` fetched earlier into the local Hugging Face cache (by
         ``hf download`` or transformers), read there at ``revision`` (a branch, tag or commit;
         default "main"; ``cache_dir``: another cache folder, as transformers' argument); nothing
-        is downloaded. ``torch_dtype`` is transformers 4.x's name for
-        ``dtype``. ``adapter``: a PEFT LoRA folder merged into the weights as they load
-        (engine.lora); its tokenizer files, if any, win. transformers' loading arguments
-        (``device_map``, ``low_cpu_mem_usage``, ...) are read as engine.hf_load_args says."""
+        is downloaded. ``torch_dtype`` is transformers 4.x's name for ``dtype``. ``adapter``: a
+        PEFT LoRA folder merged into the weights as they load (engine.lora); its tokenizer files,
+        if any, win. transformers' other loading arguments (``device_map``, ``low_cpu_mem_usage``,
+        ...) are read as engine.hf_load_args says."""
         if torch_dtype is not None:
             if dtype is not None:
                 raise TypeError("give dtype or torch_dtype (its older name), not both")
