@@ -332,7 +332,8 @@ def test_beams_through_the_triton_kernels_equal_the_torch_path(model, tok):
     device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled kernels on a GPU, else the interpreter
     ref, fast = (Engine(load_model(path, dtype="float32", device=device, backend="torch"), tok) for _ in range(2))
     fast.model.ops = TritonOps()
-    kw = {"max_new_tokens": 6, "stop_at_eos": False, "num_beams": 3, "num_return_sequences": 3}
+    kw = {"max_new_tokens": 6, "stop_at_eos": False, "num_beams": 3, "num_return_sequences": 3, "top_logprobs": 3}
     a, b = ref.generate(["x = [", "def g():"], **kw), fast.generate(["x = [", "def g():"], **kw)
     assert a.token_ids == b.token_ids
     assert logprobs_close(a.sequence_scores, b.sequence_scores, 1e-4)
+    assert [[[i for i, _ in pos] for pos in row] for row in a.top_logprobs] == [[[i for i, _ in pos] for pos in row] for row in b.top_logprobs]
