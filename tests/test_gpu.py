@@ -268,3 +268,59 @@ def test_prefill_activation_estimate_bounds_the_measured_peak(shape):
     measured = torch.cuda.max_memory_allocated() - base
     estimate = memory.prefill_bytes_per_token(eng.model.config, torch.float16) * t
     assert measured <= estimate, (measured, estimate)
+
+
+def test_threads_sharing_an_engine_on_the_captured_paths():
+    """Three threads share one engine on CUDA (7B layer shapes, 2 layers, fp16): graph captures,
+    replays and the uncaptured loop of an overlapping generation take turns under the engine's
+    lock; each call returns what it returns alone."""
+    import random
+    import sys
+    import threading
+    from pathlib import Path
+
+    from codellama_fast import CodeLlamaTokenizerFast
+
+    from tests.engine_helpers import logprobs_close
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
+    from llm_bench import SHAPES, random_engine
+
+    SHAPES["7B-2layers"] = dict(SHAPES["7B"], num_hidden_layers=2)
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    eng = random_engine("7B-2layers", "cuda", torch.float16, tok)
+    eng.decode_step = "plain"  # the captured and the uncaptured step run the same kernels
+    prompts = [[1] + torch.randint(3, 32000, (n,)).tolist() for n in (50, 120, 300)]
+    kw = {"max_new_tokens": 24, "stop_at_eos": False}
+
+    def run(kind: str, i: int):
+        if kind == "generate":
+            return eng.generate(input_ids=[prompts[i]], **kw).token_ids
+        if kind == "batch":
+            return eng.generate(input_ids=[prompts[i], prompts[(i + 1) % 3]], **kw).token_ids
+        if kind == "stream":
+            return "".join(eng.stream(prompts[i], **kw))
+        return eng.score(input_ids=[prompts[i]]).token_logprobs[0]
+
+    calls = [(kind, i) for kind in ("generate", "batch", "stream", "score") for i in range(3)]
+    alone = {c: run(*c) for c in calls}
+    failures: list[str] = []
+
+    def worker(seed: int) -> None:
+        r = random.Random(seed)
+        for _ in range(5):
+            c = r.choice(calls)
+            try:
+                got = run(*c)
+                same = logprobs_close(got, alone[c], 1e-3) if c[0] == "score" else got == alone[c]
+                if not same:
+                    failures.append(f"{c}: a different answer")
+            except Exception as exc:  # noqa: BLE001  (reported with the call that raised)
+                failures.append(f"{c}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:5]

@@ -189,6 +189,5 @@ def test_errors_cross_process_boundaries():
     for cls in [getattr(errors, name) for name in errors.__all__] + [ChatTemplateError]:
         back = pickle.loads(pickle.dumps(cls("a message")))
         assert type(back) is cls and str(back) == "a message"
-    with mp.get_context("spawn").Pool(1) as pool:
-        with pytest.raises(TokenIdError, match="32016"):
-            pool.apply(_decode_in_worker, ([1, 99999],))
+    with mp.get_context("spawn").Pool(1) as pool, pytest.raises(TokenIdError, match="32016"):
+        pool.apply(_decode_in_worker, ([1, 99999],))

@@ -189,6 +189,12 @@ class Engine:
         self._graphs: dict[tuple[int, int, bool], Any] = {}
         self._leased: set[tuple[int, int, bool]] = set()  # graph keys a generation is using now
         self._lease_lock = threading.Lock()
+        # Model work (each step of a generation or stream, a whole beam search, a score) runs
+        # under this lock, so several threads may share one Engine: their steps interleave, each
+        # generation on its own cache (or leased graph state), never two steps at once (a graph
+        # capture forbids other work on the device meanwhile). Held only within a step, never
+        # across a stream's yield: a stream left open does not block the others.
+        self._run_lock = threading.RLock()
         self._vocab_checked: tuple[Any, Any] | None = None  # (ours, an assistant's) native tokenizers found compatible
         # as an assistant with num_assistant_tokens_schedule="heuristic": the guess count its last call ended with
         self._carried_assistant_tokens: int | None = None
@@ -360,14 +366,14 @@ class Engine:
                                    first_allowed, log)
         try:
             while True:
-                with torch.inference_mode():
+                with self._run_lock, torch.inference_mode():
                     try:
                         host = next(steps)
                     except StopIteration:
                         return
                 yield host
         finally:
-            with torch.inference_mode():
+            with self._run_lock, torch.inference_mode():
                 steps.close()  # its clean-up (leases, caches) now, not whenever it is collected
 
     def _decode_steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float],
@@ -543,8 +549,8 @@ class Engine:
         """Whether this generation may use the shared graph state of `key`. That state serves one
         generation at a time: one that overlaps it (interleaved streams, a generate while a stream
         is open) gets False, so it runs on a cache of its own with the uncaptured loop rather than
-        overwriting the first one's cache. (Driving one Engine from several threads at once is not
-        supported on CUDA: a graph capture in one thread forbids the other's synchronisations.)"""
+        overwriting the first one's cache. Generations in other threads overlap in the same way
+        (their steps take turns under ``_run_lock``)."""
         with self._lease_lock:
             leased = wanted and key not in self._leased
             if leased:
@@ -639,7 +645,7 @@ class Engine:
             settings = beam_search.BeamSettings(cfg.num_beams, cfg.length_penalty, cfg.early_stopping, n, cfg.sampling(),
                                                 cfg.renormalize_logits)
             ends = CandidateStops(tokens, cfg.stop, decoders, cfg.stopping_criteria or (), deadline)
-            with torch.inference_mode():
+            with self._run_lock, torch.inference_mode():
                 out = beam_search.beam_search(self.model, self._prefill, tokens, kv_start, cfg.max_new_tokens, settings, rules,
                                               stop_ids, len(self.tokenizer), self.dtype, self._generator(cfg.seed),
                                               ends if ends.active else None, output_scores or output_logits, return_logprobs,
@@ -901,7 +907,8 @@ class Engine:
         if not 0 <= top_logprobs <= self.model.config.vocab_size:
             raise ValueError(f"top_logprobs must be between 0 and the vocabulary size ({self.model.config.vocab_size}), got {top_logprobs}")
         rows = self.encode_prompts(texts) if input_ids is None else arguments.prompt_id_lists(input_ids, attention_mask)
-        return score_rows(self, rows, top_logprobs)
+        with self._run_lock:
+            return score_rows(self, rows, top_logprobs)
 
     def chat(self, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> str:
         """The assistant's next message for a Code Llama Instruct dialog."""

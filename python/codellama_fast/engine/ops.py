@@ -25,6 +25,7 @@ The Triton implementation (``codellama_fast.kernels``) follows the same contract
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol
 
 import torch
@@ -68,10 +69,9 @@ class TorchOps:
         # cos/sin of the last positions tensor: every layer of one forward rotates with the same
         # angles, so they are computed once per step. The tensor itself is kept, so its identity
         # cannot be reused by another; the engine never changes positions in place on this path
-        # (only the CUDA-graph decode does, and it runs the Triton ops).
-        self._rope_pos: torch.Tensor | None = None
-        self._rope_freq: torch.Tensor | None = None
-        self._rope_cs: tuple[torch.Tensor, torch.Tensor] | None = None
+        # (only the CUDA-graph decode does, and it runs the Triton ops). Kept per thread: two
+        # threads' forwards through the same model must not read each other's angles.
+        self._rope = threading.local()
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return reference.rms_norm(x, weight, eps)
@@ -80,10 +80,10 @@ class TorchOps:
         return reference.rms_norm(x, weight, eps, residual)
 
     def rope_cache_update(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots):
-        if positions is not self._rope_pos or inv_freq is not self._rope_freq:
-            self._rope_pos, self._rope_freq = positions, inv_freq
-            self._rope_cs = reference.rope_cos_sin(positions, inv_freq)
-        cos, sin = self._rope_cs  # type: ignore[misc]
+        last = self._rope
+        if getattr(last, "pos", None) is not positions or last.freq is not inv_freq:
+            last.pos, last.freq, last.cs = positions, inv_freq, reference.rope_cos_sin(positions, inv_freq)
+        cos, sin = last.cs
         q_rot = reference.apply_rope(q, cos, sin)
         k_cache.index_copy_(2, slots, reference.apply_rope(k, cos, sin).transpose(1, 2).to(k_cache.dtype))
         v_cache.index_copy_(2, slots, v.transpose(1, 2).to(v_cache.dtype))
