@@ -146,6 +146,22 @@ def test_ctrl_c_stops_quietly():
     assert proc.returncode == 130 and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("command", [["tokenize", "--tokens"], ["generate", "--stream", "--max-new-tokens", "2000"]])
+def test_a_reader_that_goes_away_ends_it_quietly(tmp_path, command):
+    """``codellama-fast ... | head -c 20``: once the reader closes the pipe, the command stops with
+    a SIGPIPE'd tool's status (141) and writes nothing to stderr (no error line, no traceback)."""
+    text = "def f(x): return x\n" * 20000  # tokenize's JSON is far larger than a pipe's buffer
+    (tmp_path / "big.py").write_text(text)
+    args = [*command, "--file", str(tmp_path / "big.py")] if command[0] == "tokenize" else [*command, "Once"]
+    proc = subprocess.Popen([sys.executable, "-m", "codellama_fast.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(20)  # the reader takes a little, then leaves
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "rror" not in err and "Traceback" not in err and "Exception ignored" not in err, err
+
+
 def test_score_prints_the_log_probability_transformers_gives(tmp_path):
     """`score` on the bundled demo model: JSON whose log-probability and perplexity equal those of
     transformers' LlamaForCausalLM on the same folder; --file and --tokens."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -132,17 +133,26 @@ def _print_warning(message: Warning | str, category: type[Warning], *_args: obje
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe (``| head``): stop quietly, as a Unix tool that SIGPIPE ends
+    does (status 128 + 13). stdout now points at /dev/null, so the flush at exit has nowhere to fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = _print_warning
         try:
             return int(args.func(args) or 0)
+        except BrokenPipeError:  # (an OSError: before the handler below)
+            return _reader_gone()
         except (TokenizerError, EngineError, OSError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        except BrokenPipeError:
-            return 0
         except KeyboardInterrupt:  # Ctrl-C: stop quietly with the shell's code for SIGINT
             print(file=sys.stderr)
             return 130
