@@ -343,6 +343,21 @@ def test_cli_bad_input_is_one_error_line(tmp_path):
     for args, stdin, words in cases:
         res = _cli(*args, stdin=stdin)
         assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
+    for command in (["tokenize"], ["generate", "--max-new-tokens", "2"]):  # bytes that are not UTF-8 on standard input
+        res = subprocess.run([sys.executable, "-m", "codellama_fast.cli", *command], input=b"caf\xe9 = 1\n", capture_output=True)
+        assert res.returncode == 2 and b"standard input is not UTF-8 text (byte 0xe9 at offset 3)" in res.stderr, res.stderr
+
+
+def test_cli_tokenizes_the_exact_text_of_files_and_standard_input(tmp_path, sp_codellama):
+    """Windows line endings and a BOM are part of the text: `tokenize` gives the ids of the file's
+    (or standard input's) exact text, as sentencepiece encodes it."""
+    data = "\ufeffx = 1\r\ny = 'é'\r\n".encode()
+    (tmp_path / "crlf.py").write_bytes(data)
+    want = [1] + sp_codellama.encode(data.decode())
+    assert 30004 in want  # "\r" is a token of its own here
+    assert json.loads(_cli("tokenize", "--file", str(tmp_path / "crlf.py")).stdout)["ids"] == want
+    res = subprocess.run([sys.executable, "-m", "codellama_fast.cli", "tokenize"], input=data, capture_output=True)
+    assert json.loads(res.stdout)["ids"] == want, res.stderr
 
 
 def test_pickle_and_deepcopy_round_trip(sp_codellama):

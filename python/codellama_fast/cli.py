@@ -20,17 +20,32 @@ def _tokenizer(path: str | None, **kwargs: Any):
     return CodeLlamaTokenizerFast.from_pretrained(path, **kwargs)
 
 
+def _utf8(data: bytes, source: str) -> str:
+    """Bytes read as they are (line endings kept: "\r\n" is two tokens' worth of text) and decoded
+    as UTF-8; other bytes are an error naming the first bad one."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{source} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})") from None
+
+
+def _stdin_text() -> str:
+    """Standard input as UTF-8 text (Python's own text reading would turn other bytes into
+    surrogates that no tokenizer takes, and "\r\n" into "\n")."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream put in its place (tests, embedding programs)
+        return sys.stdin.read()
+    return _utf8(buffer.read(), "standard input")
+
+
 def _read_text(args: argparse.Namespace) -> str:
     if getattr(args, "file", None):
-        try:
-            return Path(args.file).read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{args.file} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+        return _utf8(Path(args.file).read_bytes(), args.file)
     if args.text is not None:
         return args.text
     if sys.stdin.isatty():
         raise SystemExit("error: give TEXT, --file FILE, or text on standard input")
-    return sys.stdin.read()
+    return _stdin_text()
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
@@ -60,7 +75,7 @@ def _ids_from_json(raw: str) -> list[int]:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     tok = _tokenizer(args.tokenizer)
-    ids = args.ids or _ids_from_json(sys.stdin.read())
+    ids = args.ids or _ids_from_json(_stdin_text())
     sys.stdout.write(tok.decode(ids, skip_special_tokens=args.skip_special_tokens))
     sys.stdout.write("\n")
     return 0

@@ -93,7 +93,9 @@ def _prompt(args: argparse.Namespace) -> str:
         return args.prompt
     if sys.stdin is None or sys.stdin.isatty():
         return ""
-    return sys.stdin.read()
+    from .cli import _stdin_text
+
+    return _stdin_text()
 
 
 def _report(result) -> None:
