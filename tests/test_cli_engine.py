@@ -92,6 +92,8 @@ def test_engine_errors_are_one_line_with_exit_code_2(tmp_path):
     assert unguided.returncode == 2 and "negative_prompt_ids needs guidance_scale" in unguided.stderr
     no_marker = _cli("infill", "abc")
     assert no_marker.returncode == 2 and "exactly one <FILL_ME>" in no_marker.stderr
+    none = _cli("generate", "x", "-n", "0")
+    assert none.returncode == 2 and "--num-return-sequences must be >= 1, got 0" in none.stderr
     dialog = tmp_path / "dialog.json"
     dialog.write_text("nope")
     not_json = _cli("chat", "--messages-json", str(dialog))

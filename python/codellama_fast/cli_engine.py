@@ -103,7 +103,9 @@ def _report(result) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    if args.num_return_sequences not in (None, 1) and not args.json:
+    if args.num_return_sequences is not None and args.num_return_sequences < 1:
+        raise ValueError(f"--num-return-sequences must be >= 1, got {args.num_return_sequences}")
+    if args.num_return_sequences is not None and args.num_return_sequences > 1 and not args.json:
         raise ValueError("--num-return-sequences above 1 prints several texts: add --json")
     if args.json and args.stream:
         raise ValueError("--json prints the whole result at the end; leave out --stream")
