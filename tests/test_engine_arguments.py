@@ -38,6 +38,7 @@ def engine(model_dir, tok):
         ({"temperature": float("nan")}, ValueError, "temperature must be finite"),
         ({"temperature": float("inf")}, ValueError, "temperature must be finite"),
         ({"top_k": 2.0, "temperature": 1.0}, TypeError, "top_k must be an int"),
+        ({"top_k": -1, "temperature": 1.0}, ValueError, "top_k must be >= 0 .0 filters nothing"),
         ({"top_p": float("nan"), "temperature": 1.0}, ValueError, "top_p must be finite"),
         ({"seed": "1"}, TypeError, "seed must be an int"),
         ({"stop": 3}, TypeError, "stop must be a str"),

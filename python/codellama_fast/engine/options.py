@@ -140,7 +140,10 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     cfg = GenerationConfig(**{**defaults, **overrides})
     cfg.max_new_tokens = _at_least("max_new_tokens", arguments.check_int("max_new_tokens", cfg.max_new_tokens), 0)
     cfg.temperature = arguments.check_real("temperature", cfg.temperature)
-    cfg.top_k = arguments.check_int("top_k", cfg.top_k, optional=True) or None  # 0 filters nothing, as in transformers
+    top_k = arguments.check_int("top_k", cfg.top_k, optional=True)
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 filters nothing, as in transformers), got {top_k}")
+    cfg.top_k = top_k or None
     cfg.top_p = arguments.check_real("top_p", cfg.top_p, optional=True)
     for name in ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"):
         setattr(cfg, name, arguments.check_real(name, getattr(cfg, name), optional=True))
