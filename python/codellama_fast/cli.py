@@ -21,8 +21,8 @@ def _tokenizer(path: str | None, **kwargs: Any):
 
 
 def _utf8(data: bytes, source: str) -> str:
-    """Bytes read as they are (line endings kept: "\r\n" is two tokens' worth of text) and decoded
-    as UTF-8; other bytes are an error naming the first bad one."""
+    """Bytes read as they are (line endings kept: CR LF is two characters of text) and decoded as
+    UTF-8; other bytes are an error naming the first bad one."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -31,7 +31,7 @@ def _utf8(data: bytes, source: str) -> str:
 
 def _stdin_text() -> str:
     """Standard input as UTF-8 text (Python's own text reading would turn other bytes into
-    surrogates that no tokenizer takes, and "\r\n" into "\n")."""
+    surrogates that no tokenizer takes, and CR LF into LF)."""
     buffer = getattr(sys.stdin, "buffer", None)
     if buffer is None:  # a text stream put in its place (tests, embedding programs)
         return sys.stdin.read()
@@ -151,9 +151,12 @@ def _print_warning(message: Warning | str, category: type[Warning], *_args: obje
 def _reader_gone() -> int:
     """stdout's reader closed the pipe (``| head``): stop quietly, as a Unix tool that SIGPIPE ends
     does (status 128 + 13). stdout now points at /dev/null, so the flush at exit has nowhere to fail."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (embedded, captured)
+        pass
     return 141
 
 
