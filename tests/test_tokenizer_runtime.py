@@ -191,3 +191,21 @@ def test_errors_cross_process_boundaries():
         assert type(back) is cls and str(back) == "a message"
     with mp.get_context("spawn").Pool(1) as pool, pytest.raises(TokenIdError, match="32016"):
         pool.apply(_decode_in_worker, ([1, 99999],))
+
+
+def test_vocab_file_and_pair_length_as_transformers_gives_them(tmp_path):
+    import shutil
+
+    from transformers import CodeLlamaTokenizerFast as HFTokenizer
+
+    json_only = tmp_path / "json-only"
+    json_only.mkdir()
+    shutil.copy(CODELLAMA_DIR / "tokenizer.json", json_only)
+    for folder in (CODELLAMA_DIR, json_only):
+        ours, theirs = CodeLlamaTokenizerFast.from_pretrained(str(folder)), HFTokenizer.from_pretrained(str(folder))
+        assert ours.vocab_file == theirs.vocab_file  # the folder's tokenizer.model, or None
+        for eos in (False, True):
+            ours.add_eos_token = theirs.add_eos_token = eos
+            # the special tokens a pair adds (the maximum lengths themselves differ: docs/tokenizer.md)
+            assert ours.model_max_length - ours.max_len_sentences_pair == theirs.model_max_length - theirs.max_len_sentences_pair
+    assert CodeLlamaTokenizerFast.from_pretrained(str(json_only)).vocab_file is None

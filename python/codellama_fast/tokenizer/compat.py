@@ -72,6 +72,10 @@ class CompatMixin:
     def max_len_single_sentence(self) -> int:
         return self.model_max_length - self.num_special_tokens_to_add(False)  # type: ignore[attr-defined]
 
+    @property
+    def max_len_sentences_pair(self) -> int:
+        return self.model_max_length - self.num_special_tokens_to_add(True)  # type: ignore[attr-defined]
+
     def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
         """The text of a list of pieces, as ``decode`` gives it for their ids (byte pieces joined into
         characters, the first piece's leading space dropped)."""

@@ -133,6 +133,7 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
 
     model_input_names = ["input_ids", "attention_mask"]
     is_fast = True  # a native (Rust) tokenizer, as transformers' flag means
+    vocab_file: str | None = None  # the sentencepiece tokenizer.model it was loaded with, if any (transformers' attribute)
 
     def __init__(
         self,
@@ -210,6 +211,7 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
                 native = native.with_added_tokens(extra)[0]
         model_bytes = files.tokenizer_model.read_bytes() if files.tokenizer_model is not None else None
         tok = cls(native, **cls._settings(files, kwargs), name_or_path=str(pretrained_model_name_or_path or "codellama/CodeLlama-7b-hf"), model_file_bytes=model_bytes)
+        tok.vocab_file = None if files.tokenizer_model is None else str(files.tokenizer_model)  # as transformers': the sentencepiece file, if any
         additional = [token_content(t) for t in files.config.get("additional_special_tokens") or files.special_tokens_map.get("additional_special_tokens") or []]
         if additional and all(isinstance(t, str) and native.piece_to_id(t) is not None for t in additional):
             # the infilling sentinels are always among them, as transformers' class adds them on loading
