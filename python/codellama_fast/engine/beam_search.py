@@ -213,10 +213,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
 
         # regroup the beams' caches and rule state by parent, then run the chosen tokens
         order = (batch_base + beam_parent).view(-1)  # [B k]
-        filled = t + step  # slots written so far; the rest is empty in every row
-        for kc, vc in cache.layers:
-            kc[:, :, :filled] = kc[:, :, :filled].index_select(0, order)
-            vc[:, :, :filled] = vc[:, :, :filled].index_select(0, order)
+        cache.reorder_rows(order, t + step)  # the slots written so far
         state.reorder(order)
         fed = run["seq"][:, :, step].reshape(rows)
         state.advance(fed)

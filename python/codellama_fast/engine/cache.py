@@ -33,3 +33,10 @@ class KVCache:
             (torch.zeros(shape, dtype=dtype, device=self.device), torch.zeros(shape, dtype=dtype, device=self.device))
             for _ in range(cfg.num_hidden_layers)
         ]
+
+    def reorder_rows(self, order: torch.Tensor, filled: int) -> None:
+        """Row i becomes row order[i] ([B] int64) in the first `filled` slots of every layer (the
+        rest is empty in every row): beam search's regrouping of the beams by parent."""
+        for kc, vc in self.layers:
+            kc[:, :, :filled] = kc[:, :, :filled].index_select(0, order)
+            vc[:, :, :filled] = vc[:, :, :filled].index_select(0, order)

@@ -44,9 +44,7 @@ class Guidance:
 
     def reorder(self, order: torch.Tensor) -> None:
         """Row i of the unconditional side becomes row order[i] (beam search's regrouping, [B])."""
-        for kc, vc in self.cache.layers:
-            kc[:, :, : self.filled] = kc[:, :, : self.filled].index_select(0, order)
-            vc[:, :, : self.filled] = vc[:, :, : self.filled].index_select(0, order)
+        self.cache.reorder_rows(order, self.filled)
         self.kv_start = self.kv_start.index_select(0, order)
 
     def advance(self, chosen: torch.Tensor) -> None:

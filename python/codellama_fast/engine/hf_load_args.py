@@ -13,14 +13,10 @@ import torch
 
 from ..errors import UnsupportedConfigError
 
-# what transformers asks with these is always so here (or, for attention, the engine's own kernels)
-_ALREADY_SO = {
-    "low_cpu_mem_usage": "loading always streams tensor by tensor",
-    "local_files_only": "nothing is ever downloaded",
-    "trust_remote_code": "Llama needs no code from the folder, and none runs",
-    "token": "nothing is downloaded, so no Hub token is used",
-    "attn_implementation": "the engine's attention is its own (Triton kernels on CUDA, torch SDPA on the CPU)",
-}
+# What transformers asks with these is always so here: loading always streams tensor by tensor,
+# nothing is downloaded (so no Hub token is used), Llama needs no code from the folder and none
+# runs, and the attention is the engine's own (Triton kernels on CUDA, torch SDPA on the CPU).
+_ALREADY_SO = frozenset({"low_cpu_mem_usage", "local_files_only", "trust_remote_code", "token", "attn_implementation"})
 _REFUSED = {
     "load_in_8bit": "8-bit quantized weights",
     "load_in_4bit": "4-bit quantized weights",

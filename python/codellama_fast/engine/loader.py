@@ -266,11 +266,12 @@ def _size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def model_folder(path: str | Path, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:
-    """The local folder of a model: ``path`` itself, or a repository name's cached snapshot."""
+def model_folder(path: str | Path, revision: str | None = None, cache_dir: str | Path | None = None, kind: str = "model") -> Path:
+    """The local folder of a model (or an adapter, ``kind``): ``path`` itself, or a repository
+    name's cached snapshot."""
     folder = local_folder(path, revision, cache_dir)
     if not folder.is_dir():
-        raise CheckpointError(f"model folder {path} does not exist{not_found_hint(path, revision, cache_dir)} "
+        raise CheckpointError(f"{kind} folder {path} does not exist{not_found_hint(path, revision, cache_dir)} "
                               "(this package never downloads)")
     return folder
 

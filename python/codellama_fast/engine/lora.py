@@ -19,9 +19,8 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, UnsupportedConfigError
-from ..hub_cache import local_folder, not_found_hint
 from ..jsonfile import read_json_object
-from .loader import load_state_dict
+from .loader import load_state_dict, model_folder
 
 _PREFIX = "base_model.model."
 # PEFT settings that change the merged weights in ways this merge does not follow
@@ -36,10 +35,7 @@ class LoraAdapter:
 
     def __init__(self, folder: str | Path, cache_dir: str | Path | None = None) -> None:
         # a folder, or a repository name fetched earlier into the local Hugging Face cache
-        self.folder = local_folder(folder, None, cache_dir)
-        if not self.folder.is_dir():
-            raise CheckpointError(f"adapter folder {folder} does not exist{not_found_hint(folder, None, cache_dir)} "
-                                  "(this package never downloads)")
+        self.folder = model_folder(folder, None, cache_dir, kind="adapter")
         cfg_file = self.folder / "adapter_config.json"
         if not cfg_file.is_file():
             raise CheckpointError(f"{self.folder} has no adapter_config.json: it is not a PEFT adapter folder")
