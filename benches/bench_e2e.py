@@ -1,6 +1,7 @@
 """End-to-end GPU speed: random weights in the exact Code Llama 7B/13B/34B shapes (whatever fits),
 batch × prompt grid, 128 new tokens; time to first token, decode tokens/s, achieved GB/s and % of
-the copy bandwidth measured in the same run, peak memory; transformers `LlamaForCausalLM` (sdpa
+the copy bandwidth measured in the same run, peak memory; at batch 1, the time to first token of a
+call at a new prompt length (with the kept decode state, and rebuilt); transformers `LlamaForCausalLM` (sdpa
 eager, and static cache + compile where it works) on the same shapes in the same run. A correctness
 gate runs first. Writes JSON and a PNG chart to benches/results/.
 
@@ -26,7 +27,7 @@ import torch  # noqa: E402
 
 from common import LiveRows, git_sha, machine, now, result_path, versions, write_results  # noqa: E402
 from llm_bench import (  # noqa: E402
-    correctness_gate, free, hf_model, measure_hf, measure_ours, our_config, random_engine, weight_bytes,
+    correctness_gate, free, hf_model, measure_hf, measure_new_length, measure_ours, our_config, random_engine, weight_bytes,
 )
 
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> Path:
                     m = measure_ours(engine, b, p, args.new, device)
                 except (OutOfMemoryError, torch.cuda.OutOfMemoryError) as exc:
                     print(f"{shape}: skipped ({str(exc)[:120]})", flush=True)
-                    engine._graphs.clear()
+                    engine.release_cache()
                     free(device)
                     continue
                 ctx = p + args.new / 2
@@ -151,12 +152,22 @@ def main(argv: list[str] | None = None) -> Path:
                 cells.append((b, p))
                 print(f"{shape:16s} ours: ttft {m.ttft_s * 1e3:8.1f} ms  decode {m.decode_tokens_per_s:9.1f} tok/s  "
                       f"{gbps:7.0f} GB/s ({100 * gbps / bw if bw == bw else float('nan'):.0f}% of copy bw)  peak {m.peak_memory_gib or 0:.1f} GiB  step {m.decode_step}", flush=True)
+                if b == 1 and not out_of_time():
+                    n, kept, rebuilt = measure_new_length(engine, p, args.new)
+                    rows.append({"bench": "e2e", "provider": "codellama-fast-new-length", "model": name, "batch": 1, "prompt": n,
+                                 "shape": f"{name} B1 P{n}", "metric": "ttft_ms", "unit": "ms", "ttft_kept_ms": kept * 1e3,
+                                 "ttft_rebuilt_ms": rebuilt * 1e3, "after_prompt": p, "decode_step": engine.decode_step_used, "device": meta["machine"].get("gpu", "cpu"),
+                                 "dtype": str(dtype), "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]})
+                    print(f"{name} B1 P{n:<6d} ours, new prompt length: ttft {kept * 1e3:8.1f} ms with the kept decode state, "
+                          f"{rebuilt * 1e3:8.1f} ms with it rebuilt", flush=True)
                 if b <= 16 and m.decode_step in ("plain", "fused") and not args.no_step_ab and not out_of_time():
                     # the step `auto` did not keep, measured in the same run: the choice's A/B
                     other = "fused" if m.decode_step == "plain" else "plain"
-                    engine.decode_step, engine._graphs = other, {}
+                    engine.decode_step = other
+                    engine.release_cache()
                     m2 = measure_ours(engine, b, p, args.new, device)
-                    engine.decode_step, engine._graphs = "auto", {}
+                    engine.decode_step = "auto"
+                    engine.release_cache()
                     gbps2 = (wbytes + kv) * (m2.decode_tokens_per_s / b) / 1e9
                     rows.append(dict(row, provider=f"codellama-fast-{other}", p50=m2.decode_tokens_per_s, ttft_ms=m2.ttft_s * 1e3,
                                      achieved_GBps=gbps2, fraction_of_copy_bw=gbps2 / bw if bw == bw else None,

@@ -123,6 +123,19 @@ def measure_ours(engine, batch: int, prompt_len: int, new_tokens: int, device: s
                        getattr(engine, "decode_step_used", None))
 
 
+def measure_new_length(engine, prompt_len: int, new_tokens: int) -> tuple[int, float, float]:
+    """Time to first token of a batch-1 call at a prompt length the engine has not seen (3/4 of
+    `prompt_len`, right after calls at `prompt_len`): with the decode state those calls left (what
+    a chat's next turn waits), then with it released first (a new KV cache and decode-step capture
+    before the prefill). Returns (length, kept s, rebuilt s)."""
+    n = max(2, prompt_len * 3 // 4)
+    ids = prompts(1, n, engine.model.config.vocab_size, seed=1)
+    kept = engine.generate(input_ids=ids, max_new_tokens=new_tokens, stop_at_eos=False).time_to_first_token_s
+    engine.release_cache()
+    rebuilt = engine.generate(input_ids=ids, max_new_tokens=new_tokens, stop_at_eos=False).time_to_first_token_s
+    return n, kept, rebuilt
+
+
 def measure_hf(model, batch: int, prompt_len: int, new_tokens: int, device: str, static: bool = False, repeats: int = 2,
                rules: dict[str, Any] | None = None) -> Measurement:
     """transformers `generate` (greedy, with `rules` as in measure_ours). TTFT = a 1-token

@@ -30,8 +30,12 @@ def test_bench_e2e_smoke(tmp_path):
     providers = {r["provider"] for r in data["rows"]}
     assert {"codellama-fast", "transformers-eager", "ratio"} <= providers
     # batch 1: the decode step `auto` kept, and the other one measured beside it
-    steps = {(r["provider"], r["decode_step"]) for r in data["rows"] if r.get("batch") == 1 and r["provider"].startswith("codellama-fast")}
+    steps = {(r["provider"], r["decode_step"]) for r in data["rows"] if r.get("batch") == 1 and r["provider"].startswith("codellama-fast")
+             and r["metric"] == "decode_tokens_per_s"}
     assert len(steps) == 2 and {s for _, s in steps} == {"plain", "fused"}, steps
+    # batch 1: a call at a new prompt length, on the kept decode state and on a rebuilt one
+    fresh = [r for r in data["rows"] if r["provider"] == "codellama-fast-new-length"]
+    assert fresh and all(r["ttft_kept_ms"] > 0 and r["ttft_rebuilt_ms"] > 0 for r in fresh)
     assert list(tmp_path.glob("*.png"))
 
 

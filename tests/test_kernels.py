@@ -526,6 +526,25 @@ def test_fused_decode_graph_step_gives_plain_tokens(tmp_path, prompts):
         fused.generate(prompts, **kw)
 
 
+def test_kept_graph_state_serves_calls_of_other_lengths(tmp_path):
+    """Calls of other prompt lengths and batches of rows replay one kept decode state (a cache
+    larger than they need, still holding the last call's keys and values) and generate
+    transformers' greedy tokens: the kernels read only each call's own slots."""
+    pytest.importorskip("transformers")
+    from tests.engine_helpers import make_hf_model, save
+
+    hf = make_hf_model("gqa4-d16", seed=int(torch.randint(0, 2**31, ())))
+    eng = _triton_engine(save(hf, tmp_path / "m"), graph=True, decode_step="plain")
+    hf = hf.to(DEVICE)
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    for n in (9, 3, 14):
+        ids = [1] + torch.randint(259, 32000, (n - 1,), generator=gen).tolist()
+        want = hf.generate(torch.tensor([ids], device=DEVICE), max_new_tokens=5, do_sample=False, eos_token_id=None,
+                           pad_token_id=0)[0, n:].tolist()
+        assert eng.generate(input_ids=[ids], max_new_tokens=5, stop_at_eos=False).token_ids == [want], n
+    assert eng._graphs.builds == 1
+
+
 def test_pick_faster_keeps_only_agreeing_steps(tmp_path):
     """The decode-step choice: the fastest of the steps whose logits agree with the first one; a
     step that disagrees is never kept, however fast."""

@@ -1,5 +1,6 @@
-"""Static, preallocated KV cache: one [B, Hkv, S, D] key and value tensor per layer, sized once
-from batch × max length and checked against the device's free memory before allocation."""
+"""Static, preallocated KV cache: one [B, Hkv, S, D] key and value tensor per layer, sized from
+batch × max length and checked against the device's free memory before allocation. A generation
+whose whole cache does not fit may take as much as fits (`at_most`) and end there."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ class KVCache:
     def __init__(self, cfg: LlamaConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device, headroom: float = 0.9) -> None:
         if batch <= 0 or max_len <= 0:
             raise ValueError(f"KV cache needs a positive batch and length, got batch={batch}, max_len={max_len}")
-        self.batch, self.max_len, self.dtype, self.device = batch, max_len, dtype, torch.device(device)
+        self.cfg, self.batch, self.max_len, self.dtype, self.device = cfg, batch, max_len, dtype, torch.device(device)
         elem = torch.empty((), dtype=dtype).element_size()
         self.nbytes = cfg.num_hidden_layers * 2 * batch * cfg.num_key_value_heads * max_len * cfg.head_dim * elem
         free = free_memory_bytes(self.device)
@@ -40,3 +41,23 @@ class KVCache:
         for kc, vc in self.layers:
             kc[:, :, :filled] = kc[:, :, :filled].index_select(0, order)
             vc[:, :, :filled] = vc[:, :, :filled].index_select(0, order)
+
+    @staticmethod
+    def slots_that_fit(cfg: LlamaConfig, batch: int, dtype: torch.dtype, device: torch.device, headroom: float = 0.9) -> int:
+        """The most slots a cache for `batch` sequences may have in the device's free memory now."""
+        elem = torch.empty((), dtype=dtype).element_size()
+        per_slot = cfg.num_hidden_layers * 2 * batch * cfg.num_key_value_heads * cfg.head_dim * elem
+        return int(headroom * free_memory_bytes(torch.device(device)) // per_slot)
+
+    @classmethod
+    def at_most(cls, cfg: LlamaConfig, batch: int, needed: int, least: int, dtype: torch.dtype, device: torch.device) -> "KVCache":
+        """A cache of `needed` slots where they fit in memory, else of as many as fit when that is
+        at least `least` (the generation then ends at the end of the cache); else the
+        OutOfMemoryError for `needed`."""
+        try:
+            return cls(cfg, batch, needed, dtype, device)
+        except OutOfMemoryError:
+            fit = min(needed, cls.slots_that_fit(cfg, batch, dtype, device))
+            if fit < least:
+                raise
+        return cls(cfg, batch, fit, dtype, device)

@@ -52,7 +52,11 @@ class GraphDecoder:
             self._capture()
 
     def _body(self) -> None:
-        ctx = StepContext(self.pos, self.slot, self.slot, self.kv_start, self.kv_len)
+        # Uncaptured, each step hands the ops a new positions tensor: ops may keep per-step work
+        # by the tensor's identity (TorchOps' RoPE angles), which the in-place advance below would
+        # leave stale. A captured step replays its kernels on the buffer itself.
+        pos = self.pos if self.captured else self.pos.clone()
+        ctx = StepContext(pos, self.slot, self.slot, self.kv_start, self.kv_len)
         self.logits = self.forward(self.tok, ctx, self.caches)  # [B, V] fp32
         self.watch.see(self.logits)
         if self.greedy:

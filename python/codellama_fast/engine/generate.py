@@ -16,12 +16,13 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from ..data import BUNDLED_VOCAB_SIZE
-from ..errors import CheckpointError, InfillingUnsupported
+from ..errors import CheckpointError, InfillingUnsupported, OutOfMemoryError
 from ..tokenizer import FILL_MARKER, CodeLlamaTokenizerFast
 from .cache import KVCache
 from . import arguments, beam_search, fused_decode, memory, options, speculative
 from .assisted import DraftGuesser, check_vocabularies
 from .cuda_graph import GraphDecoder, pick_faster
+from .decode_states import DecodeState, DecodeStates
 from .finite import NO_TOKEN, FiniteWatch, no_token_error
 from .hf_load_args import read_load_args
 from .loader import generation_defaults, load_model, model_folder
@@ -152,6 +153,11 @@ def stripped_deltas(deltas: Iterable[str]) -> Iterator[str]:
             yield body
 
 
+# where the KV cache for a call's whole max_new_tokens does not fit in memory, the call generates
+# as many tokens as fit (with a warning), if that is at least this many; else OutOfMemoryError
+LEAST_ROOM = 64
+
+
 class Engine:
     """A loaded model plus its tokenizer.
 
@@ -186,9 +192,8 @@ class Engine:
         # Prefill runs in chunks of at most this many tokens (batch × length) to bound activations,
         # fewer when the free memory is short (engine.memory.prefill_chunk_tokens).
         self.prefill_chunk_tokens = 16384
-        self._graphs: dict[tuple[int, int, bool], Any] = {}
-        self._leased: set[tuple[int, int, bool]] = set()  # graph keys a generation is using now
-        self._lease_lock = threading.Lock()
+        # captured decode states (KV cache + graph) kept between calls, and their leases
+        self._graphs = DecodeStates(lambda b: KVCache.slots_that_fit(self.model.config, b, self.dtype, self.device))
         # Model work (each step of a generation or stream, a whole beam search, a score) runs
         # under this lock, so several threads may share one Engine: their steps interleave, each
         # generation on its own cache (or leased graph state), never two steps at once (a graph
@@ -304,39 +309,69 @@ class Engine:
 
     def _use_graph(self) -> bool:
         """Graph decode on CUDA with the Triton ops; ``use_cuda_graph="eager"`` runs the same
-        static-buffer step without capture on any device (for testing)."""
+        static-buffer step without capture on any device and ops (for testing)."""
+        if self.use_cuda_graph == "eager":
+            return True
         if getattr(self.model.ops, "name", "") != "triton" or not self.use_cuda_graph:
             return False
-        return self.device.type == "cuda" or self.use_cuda_graph == "eager"
+        return self.device.type == "cuda"
 
-    def _graph_state(self, b: int, max_len: int, greedy: bool) -> tuple[KVCache, torch.Tensor, GraphDecoder]:
-        """A KV cache and a captured decode graph for this batch × length, reused across calls."""
+    @contextmanager
+    def _decode_state(self, b: int, needed: int, greedy: bool, wanted: bool, least: int | None = None) -> Iterator[DecodeState | None]:
+        """A captured decode state (KV cache + decode graph) for one generation of `b` sequences
+        holding up to `needed` tokens (with `least`: or as many as fit, at least `least`), kept
+        for later calls that fit in it (engine.decode_states); None when not `wanted` or when
+        another generation is using the one that fits."""
         if self.decode_step not in ("auto", "plain", "fused"):
             raise ValueError(f"decode_step must be 'auto', 'plain' or 'fused', got {self.decode_step!r}")
-        key = (b, max_len, greedy)
-        if key not in self._graphs:
-            self._graphs.clear()  # one shape at a time: the cache may be large
-            cache = KVCache(self.model.config, b, max_len, self.dtype, self.device)
-            kv_start = torch.zeros(b, dtype=torch.long, device=self.device)
+        if not wanted:
+            yield None
+            return
+        with ExitStack() as lease:
+            try:
+                state = lease.enter_context(self._graphs.lease(b, needed, greedy, self._build_decode_state, least))
+            except OutOfMemoryError:
+                state = None  # the uncaptured loop's own cache raises it again, with the sizes
+            if state is not None:
+                self.decode_step_used = state.decoder.name
+            yield state
 
-            def decoder(kind: str) -> GraphDecoder:
-                forward = (lambda tok, ctx, caches: fused_decode.fused_decode_forward(self.model, tok, ctx, caches)) if kind == "fused" else None
-                return GraphDecoder(self.model, cache.layers, kv_start, max_len, greedy, forward=forward, name=kind,
-                                    capture=self.use_cuda_graph is True)
+    def _build_decode_state(self, b: int, capacity: int, greedy: bool, least: int | None = None) -> DecodeState:
+        """A new KV cache of `capacity` slots (with `least`: or as many as fit, at least `least`)
+        for `b` sequences and the decode step captured over it: the plain or fused step as
+        `decode_step` says ("auto": both, where the fused kernels take the batch, keeping the
+        faster of the two that agree)."""
+        if least is None:
+            cache = KVCache(self.model.config, b, capacity, self.dtype, self.device)
+        else:
+            cache = KVCache.at_most(self.model.config, b, capacity, least, self.dtype, self.device)
+        capacity = cache.max_len
+        kv_start = torch.zeros(b, dtype=torch.long, device=self.device)
 
-            if self.decode_step == "auto" and b <= getattr(self.model.ops, "fused_max_rows", 0):
-                candidates = [decoder("plain")]
-                try:
-                    candidates.append(decoder("fused"))
-                except Exception as exc:  # noqa: BLE001  (a kernel this GPU or Triton cannot build: keep the plain step)
-                    warnings.warn(f"the fused decode step is unavailable here, using the plain one: {type(exc).__name__}: {exc}",
-                                  RuntimeWarning, stacklevel=2)
-                chosen = pick_faster(candidates)
-            else:
-                chosen = decoder("fused" if self.decode_step == "fused" else "plain")
-            self._graphs[key] = (cache, kv_start, chosen)
-        self.decode_step_used = self._graphs[key][2].name
-        return self._graphs[key]
+        def decoder(kind: str) -> GraphDecoder:
+            forward = (lambda tok, ctx, caches: fused_decode.fused_decode_forward(self.model, tok, ctx, caches)) if kind == "fused" else None
+            return GraphDecoder(self.model, cache.layers, kv_start, capacity, greedy, forward=forward, name=kind,
+                                capture=self.use_cuda_graph is True)
+
+        if self.decode_step == "auto" and b <= getattr(self.model.ops, "fused_max_rows", 0):
+            candidates = [decoder("plain")]
+            try:
+                candidates.append(decoder("fused"))
+            except Exception as exc:  # noqa: BLE001  (a kernel this GPU or Triton cannot build: keep the plain step)
+                warnings.warn(f"the fused decode step is unavailable here, using the plain one: {type(exc).__name__}: {exc}",
+                              RuntimeWarning, stacklevel=2)
+            chosen = pick_faster(candidates)
+        else:
+            chosen = decoder("fused" if self.decode_step == "fused" else "plain")
+        return DecodeState(b, greedy, cache, kv_start, chosen)
+
+    def release_cache(self) -> None:
+        """Frees the KV cache and captured decode step kept between calls (the next call that
+        needs one builds it again); a generation still running keeps its own until it ends."""
+        with self._run_lock:
+            self._graphs.clear()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def _prefill(self, tokens: torch.Tensor, kv_start: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Runs the prompt through the model, in chunks when batch × length exceeds the prefill
@@ -389,6 +424,9 @@ class Engine:
         log-probability, the k likeliest tokens' log-probabilities, then their ids. ``first_allowed``:
         per sequence, the ids its first token may be (token healing; None: any). ``log`` keeps
         each choice's scores and logits (on the captured step, for every step of a block)."""
+        # time to first token counts from here: a cache allocated or a decode step captured for
+        # this call is part of the wait for its first token
+        start = time.perf_counter()
         tokens, kv_start_now, t = self._prepare(prompts)
         cfg = cfg.for_prompt_length(t)
         arguments.warn_past_context(t, cfg.max_new_tokens, self.model.config, warn_stacklevel)
@@ -433,15 +471,25 @@ class Engine:
             return pick(logits)
 
         with ExitStack() as stack:
-            use_graph = stack.enter_context(self._graph_lease((b, max_len, graph_greedy), self._use_graph() and cfg.max_new_tokens > 1))
+            # the whole cache where it fits, else as much as fits (the guessing paths write
+            # several slots ahead: they need all of it)
+            least = max_len if guessing else min(max_len, t + LEAST_ROOM)
+            state = stack.enter_context(self._decode_state(b, max_len, graph_greedy, self._use_graph() and cfg.max_new_tokens > 1, least))
             graph = None
-            if use_graph:
-                cache, kv_start, graph = self._graph_state(b, max_len, graph_greedy)
+            if state is not None:
+                cache, kv_start, graph = state.cache, state.kv_start, state.decoder
                 kv_start.copy_(kv_start_now)
             else:
-                cache, kv_start = KVCache(self.model.config, b, max_len, self.dtype, self.device), kv_start_now
+                cache = KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device)
+                kv_start = kv_start_now
+            # generating k tokens writes the first k - 1 into the cache after the prompt
+            max_new = min(cfg.max_new_tokens, cache.max_len - t + 1)
+            if max_new < cfg.max_new_tokens:
+                need = self.model.config.kv_bytes_per_token(self.dtype.itemsize) * b * max_len
+                warnings.warn(f"max_new_tokens={cfg.max_new_tokens} needs a {need / 2**30:.2f} GiB KV cache, more than "
+                              f"{self.device} has free: this call generates at most {max_new} tokens (finish reason 'length' "
+                              "past them)", RuntimeWarning, stacklevel=warn_stacklevel)
             sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-            start = time.perf_counter()
             first = self._prefill(tokens, kv_start, cache)
             nxt = watched_pick(first)
             host = nxt.tolist()
@@ -488,11 +536,11 @@ class Engine:
             if graph is not None:
                 every = check_every or self.check_every
                 graph.start(nxt.clamp_min(0), lengths, t)
-                lp_shape = (b, cfg.max_new_tokens) + ((1 + 2 * top_logprobs,) if top_logprobs else ())
+                lp_shape = (b, max_new) + ((1 + 2 * top_logprobs,) if top_logprobs else ())
                 lp_out = torch.zeros(lp_shape, dtype=torch.float32, device=self.device) if logprobs is not None else None
                 done = 1
-                while done < cfg.max_new_tokens:
-                    n = min(every, cfg.max_new_tokens - done)
+                while done < max_new:
+                    n = min(every, max_new - done)
                     for i in range(n):
                         logits = graph.replay()
                         if not graph_greedy:
@@ -512,7 +560,7 @@ class Engine:
                             logprobs.append([row[i] for row in lp_block])
                         yield [row[i] for row in block]
                 return
-            for step in range(1, cfg.max_new_tokens):
+            for step in range(1, max_new):
                 slot = t + step - 1
                 ctx = StepContext((lengths + step - 1)[:, None], torch.tensor([slot], device=self.device), slot, kv_start, slot + 1)
                 logits = self.model(nxt.clamp_min(0)[:, None], ctx, cache.layers)
@@ -532,10 +580,10 @@ class Engine:
         captured decode step and cache when it has one free, else on a cache of its own."""
         draft = cfg.assistant_model
         assert isinstance(draft, Engine)
-        with draft._graph_lease((1, max_len, False), draft._use_graph() and cfg.max_new_tokens > 1) as use_graph:
+        with draft._decode_state(1, max_len, False, draft._use_graph() and cfg.max_new_tokens > 1) as state:
             graph = None
-            if use_graph:
-                cache, kv_start, graph = draft._graph_state(1, max_len, False)
+            if state is not None:
+                cache, kv_start, graph = state.cache, state.kv_start, state.decoder
                 kv_start.zero_()
             else:
                 cache = KVCache(draft.model.config, 1, max_len, draft.dtype, draft.device)
@@ -543,24 +591,6 @@ class Engine:
             vocab = min(self.model.config.vocab_size, len(self.tokenizer), draft.model.config.vocab_size)
             yield DraftGuesser(draft.model, cache.layers, graph, lambda tokens: draft._prefill(tokens, kv_start, cache),
                                vocab, cfg.assistant_confidence_threshold)
-
-    @contextmanager
-    def _graph_lease(self, key: tuple[int, int, bool], wanted: bool) -> Iterator[bool]:
-        """Whether this generation may use the shared graph state of `key`. That state serves one
-        generation at a time: one that overlaps it (interleaved streams, a generate while a stream
-        is open) gets False, so it runs on a cache of its own with the uncaptured loop rather than
-        overwriting the first one's cache. Generations in other threads overlap in the same way
-        (their steps take turns under ``_run_lock``)."""
-        with self._lease_lock:
-            leased = wanted and key not in self._leased
-            if leased:
-                self._leased.add(key)
-        try:
-            yield leased
-        finally:
-            if leased:
-                with self._lease_lock:
-                    self._leased.discard(key)
 
     def _run(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: set[int] | Sequence[set[int]],
              decoders: Sequence[Callable[[list[int]], str]], return_logprobs: bool = False, top_logprobs: int = 0,

@@ -69,7 +69,7 @@ class TorchOps:
         # cos/sin of the last positions tensor: every layer of one forward rotates with the same
         # angles, so they are computed once per step. The tensor itself is kept, so its identity
         # cannot be reused by another; the engine never changes positions in place on this path
-        # (only the CUDA-graph decode does, and it runs the Triton ops). Kept per thread: two
+        # (the graph decode's step hands an uncaptured forward a fresh copy). Kept per thread: two
         # threads' forwards through the same model must not read each other's angles.
         self._rope = threading.local()
 

@@ -1,0 +1,136 @@
+"""The captured decode states an Engine keeps between calls. A state is a KV cache plus the decode
+step captured over it (engine.cuda_graph) for one batch size and decode mode (the step takes the
+argmax itself, or not). It serves every later call whose prompt and new tokens fit in its cache,
+whatever their lengths: the captured step reads positions, slots and the cache length from device
+buffers, so only the cache's size is fixed at capture. Building one costs a cache allocation, a
+few warm-up steps and the capture (with decode_step="auto", of two candidate steps, then timing
+them), so a chat whose prompts differ in length at every call would otherwise pay it every call,
+before its first token.
+
+Capacities come in coarse buckets (`cache_capacity`): prompts that grow (a chat's history)
+rebuild the state only now and then, for at most a quarter more memory than the call needs, and
+only where that much is free; else the state is sized to the call, or, where even that does not
+fit, holds as many slots as fit (a "short" state: the generation ends at its end). Later calls
+that would not fit either reuse a short state rather than build the same again.
+
+A state serves one generation at a time (a lease): a generation that overlaps one using it
+(interleaved streams, a generate while a stream is open, another thread's call) gets none and runs
+uncaptured on a cache of its own, rather than overwriting the first one's cache.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from ..errors import OutOfMemoryError
+from .cache import KVCache
+from .cuda_graph import GraphDecoder
+
+MIN_BUCKET = 256  # cache slots: the finest capacity step
+
+
+def cache_capacity(needed: int) -> int:
+    """Cache slots for a state that must hold `needed` tokens (prompt + new tokens): `needed`
+    rounded up to a multiple of max(256, 2^(k-2)) for 2^k <= needed < 2^(k+1), so at most a
+    quarter more than asked (256 slots more for short calls), and a few sizes per doubling."""
+    if needed < 1:
+        raise ValueError(f"a decode state holds at least one token, not {needed}")
+    step = max(MIN_BUCKET, 1 << max(0, needed.bit_length() - 3))
+    return -(-needed // step) * step
+
+
+@dataclass
+class DecodeState:
+    batch: int
+    greedy: bool
+    cache: KVCache
+    kv_start: torch.Tensor  # [batch] int64: padding slots per row, set by each generation
+    decoder: GraphDecoder
+    short: bool = False  # holds fewer slots than the call that built it asked: as many as fitted
+
+    @property
+    def capacity(self) -> int:
+        return self.cache.max_len
+
+
+# (batch, capacity, greedy, least) -> a new state: the cache and the chosen decode step over it;
+# with `least`, a cache of fewer slots (as many as fit, at least `least`) rather than none
+Builder = Callable[[int, int, bool, "int | None"], DecodeState]
+
+
+class DecodeStates:
+    """The states an Engine keeps (one shape at a time: a cache may be large) and their leases."""
+
+    def __init__(self, spare_slots: Callable[[int], int]) -> None:
+        # cache slots for a batch of this many sequences that the free memory holds now
+        self._spare_slots = spare_slots
+        self._states: list[DecodeState] = []
+        self._leased: set[int] = set()  # id() of the states a generation is using now
+        # bookkeeping only, never held while a state is built; reentrant: a dropped stream's clean-up
+        # (its lease's release) may run from the garbage collector inside this bookkeeping
+        self._lock = threading.RLock()
+        self.builds = 0  # states built so far (each a cache allocation and a capture)
+
+    def clear(self) -> None:
+        """Forgets every state: the next call builds (captures) anew. A generation using one keeps it
+        until it ends."""
+        with self._lock:
+            self._states.clear()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    @contextmanager
+    def lease(self, batch: int, needed: int, greedy: bool, build: Builder, least: int | None = None) -> Iterator[DecodeState | None]:
+        """A state for one generation of `batch` sequences holding up to `needed` tokens, held until
+        the block ends: the smallest free one that fits, else a new one (`build`), or None when
+        every one that fits is in use (the caller then runs uncaptured on a cache of its own).
+        With `least`, a short state of at least `least` slots will do where `needed` does not fit
+        in memory (the caller ends its generation at the state's end)."""
+        state: DecodeState | None = None
+        with self._lock:
+            fitting = [s for s in self._states if s.batch == batch and s.greedy == greedy and s.capacity >= needed]
+            if not fitting and least is not None:
+                # a short state built for an earlier call that did not fit either, where a state
+                # built anew (this one's memory freed first) could not hold `needed` either
+                fitting = [s for s in self._states if s.batch == batch and s.greedy == greedy and s.short and s.capacity >= least
+                           and s.capacity + self._spare_slots(batch) < needed]
+            free = [s for s in fitting if id(s) not in self._leased]
+            if free:
+                state = min(free, key=lambda s: s.capacity)
+                self._leased.add(id(state))
+            elif not fitting:
+                # make room before allocating: generations using a dropped state keep it until they end
+                self._states.clear()
+        if state is None and fitting:
+            yield None
+            return
+        if state is None:
+            state = self._build(batch, needed, greedy, build, least)
+            with self._lock:
+                self._states.append(state)
+                self._leased.add(id(state))
+        try:
+            yield state
+        finally:
+            with self._lock:
+                self._leased.discard(id(state))
+
+    def _build(self, batch: int, needed: int, greedy: bool, build: Builder, least: int | None) -> DecodeState:
+        capacity = cache_capacity(needed)
+        state = None
+        if capacity > needed:
+            try:
+                state = build(batch, capacity, greedy, None)
+            except OutOfMemoryError:
+                pass  # the bucket does not fit: what the call needs, or as much of it as fits
+        if state is None:
+            state = build(batch, needed, greedy, least)
+            state.short = state.capacity < needed
+        self.builds += 1
+        return state
