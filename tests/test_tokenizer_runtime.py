@@ -209,3 +209,24 @@ def test_vocab_file_and_pair_length_as_transformers_gives_them(tmp_path):
             # the special tokens a pair adds (the maximum lengths themselves differ: docs/tokenizer.md)
             assert ours.model_max_length - ours.max_len_sentences_pair == theirs.model_max_length - theirs.max_len_sentences_pair
     assert CodeLlamaTokenizerFast.from_pretrained(str(json_only)).vocab_file is None
+
+
+def test_backend_tokenizer_encodes_as_transformers_backend(stdlib_corpus):
+    """backend_tokenizer is a tokenizers.Tokenizer that encodes plain text as transformers' fast
+    class's backend does, following add_eos_token and added tokens; changing it leaves ours alone."""
+    from transformers import CodeLlamaTokenizerFast as HFTokenizer
+
+    ours, theirs = CodeLlamaTokenizerFast.from_pretrained(CODELLAMA_DIR), HFTokenizer.from_pretrained(str(CODELLAMA_DIR))
+    rng = random.Random()
+    texts = [text[:3000] for _, text in rng.sample(stdlib_corpus, 20)] + ["", " ", "naïve 🦙\n\t x", "a <foo> b</s>"]
+    for eos, added in ((False, False), (True, False), (True, True)):
+        ours.add_eos_token = theirs.add_eos_token = eos
+        if added:
+            ours.add_tokens(["<foo>"])
+            theirs.add_tokens(["<foo>"])
+        backend, reference = ours.backend_tokenizer, theirs.backend_tokenizer
+        for text in texts:
+            assert backend.encode(text).ids == reference.encode(text).ids
+            assert backend.encode(text).ids == ours.encode(text)
+    backend.post_processor = None  # a copy: this tokenizer keeps adding BOS/EOS
+    assert ours.encode("x") == [1, ours.convert_tokens_to_ids("▁x"), 2]

@@ -4,6 +4,7 @@ length limits) and ``convert_tokens_to_string``, for `CodeLlamaTokenizerFast`.""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import TokenizerError
 from .added_token import AddedToken
@@ -64,6 +65,20 @@ class CompatMixin:
     @property
     def vocab(self) -> dict[str, int]:
         return self.get_vocab()  # type: ignore[attr-defined]
+
+    @property
+    def backend_tokenizer(self) -> Any:
+        """A ``tokenizers.Tokenizer`` that encodes as this tokenizer does (plain text; its
+        infilling is this class's own): built from this tokenizer's ``tokenizer.json`` as it is now
+        (added tokens, BOS/EOS settings), so libraries that read or run the backend (its
+        normalizer, post-processor, ``to_str()``) see the same tokenizer. A new copy each time:
+        changing it does not change this tokenizer. Needs the ``tokenizers`` package."""
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise ImportError("backend_tokenizer is a tokenizers.Tokenizer, which needs the tokenizers package "
+                              "(pip install tokenizers)") from exc
+        return Tokenizer.from_str(self._native.to_json())  # type: ignore[attr-defined]
 
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         return self._num_special(pair)  # type: ignore[attr-defined]

@@ -22,6 +22,7 @@ from .batching import _PADDING_STRATEGIES, BatchingMixin, as_tensor
 from .chat import ChatMixin
 from .collate import PaddingMixin
 from .compat import CompatMixin
+from .prepare import PrepareMixin
 from .files import TokenizerFiles, resolve, token_content
 from .saving import SavingMixin
 
@@ -115,7 +116,7 @@ class _Side:
         setattr(obj, self.slot, value)
 
 
-class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin, AddingMixin, SavingMixin):
+class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, PrepareMixin, ChatMixin, CompatMixin, AddingMixin, SavingMixin):
     """Code Llama tokenizer: sentencepiece-exact encoding, Meta's infilling, HF-compatible API.
 
     >>> from codellama_fast import CodeLlamaTokenizerFast
@@ -517,6 +518,16 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
             return None
         return max_length if max_length is not None else self.model_max_length
 
+    @staticmethod
+    def _check_truncation_with_padding(limit: int | None, max_length: int | None, padding: bool | str,
+                                       pad_to_multiple_of: int | None, stride: Any) -> None:
+        if limit is not None and max_length is not None and _PADDING_STRATEGIES[padding] and pad_to_multiple_of and max_length % pad_to_multiple_of:
+            # padding past the truncation length would make rows longer than max_length
+            raise TokenizerError(f"truncation and padding are both on, but the truncation length ({max_length}) is not a multiple of "
+                                 f"pad_to_multiple_of ({pad_to_multiple_of}); make max_length a multiple of it")
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
+            raise TokenizerError(f"stride must be a non-negative int, got {stride!r}")
+
     def _windows(self, ids: list[Any], limit: int | None, stride: int, add_special_tokens: bool, is_infill: bool) -> list[list[Any]]:
         """The overflowing windows of one encoding (ids or offsets): the text's tokens cut into
         pieces of ``limit`` minus the special tokens that overlap by ``stride``, from the
@@ -640,12 +651,7 @@ class CodeLlamaTokenizerFast(BatchingMixin, PaddingMixin, ChatMixin, CompatMixin
         if return_attention_mask is not None:  # transformers reads any value but None by its truth
             return_attention_mask = bool(return_attention_mask)
         limit = self._truncation_limit(truncation, max_length, padding, verbose)
-        if limit is not None and max_length is not None and _PADDING_STRATEGIES[padding] and pad_to_multiple_of and max_length % pad_to_multiple_of:
-            # padding past the truncation length would make rows longer than max_length
-            raise TokenizerError(f"truncation and padding are both on, but the truncation length ({max_length}) is not a multiple of "
-                                 f"pad_to_multiple_of ({pad_to_multiple_of}); make max_length a multiple of it")
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
-            raise TokenizerError(f"stride must be a non-negative int, got {stride!r}")
+        self._check_truncation_with_padding(limit, max_length, padding, pad_to_multiple_of, stride)
         if is_split_into_words:
             # transformers' rule: a list of word lists is a batch, a list of words one example
             batched = isinstance(text, (list, tuple)) and bool(text) and isinstance(text[0], (list, tuple))
