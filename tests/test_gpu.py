@@ -194,8 +194,8 @@ def test_graph_decode_7b_layout_matches_eager():
 def test_kept_captured_state_serves_calls_of_other_lengths():
     """7B layer shapes, 2 layers, fp16: calls of other prompt lengths and token budgets replay one
     kept captured state (its cache larger than they need and holding the last call's keys), with
-    the uncaptured loop's tokens; one state is built for them all, and a call past its cache
-    builds a larger one."""
+    the uncaptured loop's tokens; one state is built for them all, a call past its cache builds a
+    larger one, and a batch of 1 replays a batch-2 state."""
     import sys
     from pathlib import Path
 
@@ -206,13 +206,15 @@ def test_kept_captured_state_serves_calls_of_other_lengths():
 
     SHAPES["7B-2layers"] = dict(SHAPES["7B"], num_hidden_layers=2)
     eng = random_engine("7B-2layers", "cuda", torch.float16, CodeLlamaTokenizerFast.from_pretrained())
-    for n, new, builds in ((700, 60, 1), (90, 40, 1), (410, 300, 1), (1200, 80, 2), (30, 16, 2)):
-        ids = [[1] + torch.randint(3, 32000, (n - 1,)).tolist()]
+    # the last two: a batch of 2 (a new state), then a batch of 1 on it (its second row idle)
+    for lengths, new, builds in (((700,), 60, 1), ((90,), 40, 1), ((410,), 300, 1), ((1200,), 80, 2), ((30,), 16, 2),
+                                 ((300, 77), 16, 3), ((150,), 16, 3)):
+        ids = [[1] + torch.randint(3, 32000, (n - 1,)).tolist() for n in lengths]
         eng.use_cuda_graph = False
         eager = eng.generate(input_ids=ids, max_new_tokens=new, stop_at_eos=False).token_ids
         eng.use_cuda_graph = True
-        assert eng.generate(input_ids=ids, max_new_tokens=new, stop_at_eos=False).token_ids == eager, n
-        assert eng._graphs.builds == builds, n
+        assert eng.generate(input_ids=ids, max_new_tokens=new, stop_at_eos=False).token_ids == eager, lengths
+        assert eng._graphs.builds == builds, lengths
 
 
 def test_logprobs_guesses_and_scoring_on_the_captured_paths():

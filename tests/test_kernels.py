@@ -527,9 +527,10 @@ def test_fused_decode_graph_step_gives_plain_tokens(tmp_path, prompts):
 
 
 def test_kept_graph_state_serves_calls_of_other_lengths(tmp_path):
-    """Calls of other prompt lengths and batches of rows replay one kept decode state (a cache
-    larger than they need, still holding the last call's keys and values) and generate
-    transformers' greedy tokens: the kernels read only each call's own slots."""
+    """Calls of other prompt lengths and a smaller batch replay one kept decode state (a cache
+    larger than they need, still holding the last call's keys and values; for the batch of one,
+    the second row idle) and generate transformers' greedy tokens: the kernels read only each
+    call's own slots."""
     pytest.importorskip("transformers")
     from tests.engine_helpers import make_hf_model, save
 
@@ -537,11 +538,13 @@ def test_kept_graph_state_serves_calls_of_other_lengths(tmp_path):
     eng = _triton_engine(save(hf, tmp_path / "m"), graph=True, decode_step="plain")
     hf = hf.to(DEVICE)
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
-    for n in (9, 3, 14):
-        ids = [1] + torch.randint(259, 32000, (n - 1,), generator=gen).tolist()
-        want = hf.generate(torch.tensor([ids], device=DEVICE), max_new_tokens=5, do_sample=False, eos_token_id=None,
-                           pad_token_id=0)[0, n:].tolist()
-        assert eng.generate(input_ids=[ids], max_new_tokens=5, stop_at_eos=False).token_ids == [want], n
+    for lengths in ((9, 5), (3,), (14,)):
+        rows = [[1] + torch.randint(259, 32000, (n - 1,), generator=gen).tolist() for n in lengths]
+        t = max(lengths)
+        x = torch.tensor([[0] * (t - len(r)) + r for r in rows], device=DEVICE)
+        want = hf.generate(x, attention_mask=(x != 0).long(), max_new_tokens=5, do_sample=False, eos_token_id=None,
+                           pad_token_id=0)[:, t:].tolist()
+        assert eng.generate(input_ids=rows, max_new_tokens=5, stop_at_eos=False).token_ids == want, lengths
     assert eng._graphs.builds == 1
 
 

@@ -13,6 +13,13 @@ only where that much is free; else the state is sized to the call, or, where eve
 fit, holds as many slots as fit (a "short" state: the generation ends at its end). Later calls
 that would not fit either reuse a short state rather than build the same again.
 
+A state also serves calls of fewer sequences, down to half its batch: the rows past the call's
+run beside it, each its own sequence of one slot per step from the call's first decode slot on (so
+they read nothing stale), and their results are dropped. A decode step reads the weights once for
+all rows, so at the small batches where this matters the idle rows cost little, while a server
+whose requests come in batches of 1, 2, 3... keeps replaying one captured step. Guessing (one
+sequence, several slots a step) takes a state of its own batch only.
+
 A state serves one generation at a time (a lease): a generation that overlaps one using it
 (interleaved streams, a generate while a stream is open, another thread's call) gets none and runs
 uncaptured on a cache of its own, rather than overwriting the first one's cache.
@@ -86,23 +93,30 @@ class DecodeStates:
         return len(self._states)
 
     @contextmanager
-    def lease(self, batch: int, needed: int, greedy: bool, build: Builder, least: int | None = None) -> Iterator[DecodeState | None]:
+    def lease(self, batch: int, needed: int, greedy: bool, build: Builder, least: int | None = None,
+              exact_batch: bool = False) -> Iterator[DecodeState | None]:
         """A state for one generation of `batch` sequences holding up to `needed` tokens, held until
-        the block ends: the smallest free one that fits, else a new one (`build`), or None when
-        every one that fits is in use (the caller then runs uncaptured on a cache of its own).
-        With `least`, a short state of at least `least` slots will do where `needed` does not fit
-        in memory (the caller ends its generation at the state's end)."""
+        the block ends: the smallest free one that fits (of `batch` to twice as many rows, or of
+        `batch` rows exactly with `exact_batch`), else a new one of `batch` rows (`build`), or
+        None when every one that fits is in use (the caller then runs uncaptured on a cache of
+        its own). With `least`, a short state of at least `least` slots will do where `needed`
+        does not fit in memory (the caller ends its generation at the state's end)."""
         state: DecodeState | None = None
+
+        def serves(s: DecodeState) -> bool:
+            rows_ok = s.batch == batch if exact_batch else batch <= s.batch <= 2 * batch
+            return rows_ok and s.greedy == greedy
+
         with self._lock:
-            fitting = [s for s in self._states if s.batch == batch and s.greedy == greedy and s.capacity >= needed]
+            fitting = [s for s in self._states if serves(s) and s.capacity >= needed]
             if not fitting and least is not None:
                 # a short state built for an earlier call that did not fit either, where a state
                 # built anew (this one's memory freed first) could not hold `needed` either
-                fitting = [s for s in self._states if s.batch == batch and s.greedy == greedy and s.short and s.capacity >= least
-                           and s.capacity + self._spare_slots(batch) < needed]
+                fitting = [s for s in self._states if serves(s) and s.short and s.capacity >= least
+                           and s.capacity * s.batch // batch + self._spare_slots(batch) < needed]
             free = [s for s in fitting if id(s) not in self._leased]
             if free:
-                state = min(free, key=lambda s: s.capacity)
+                state = min(free, key=lambda s: (s.batch, s.capacity))
                 self._leased.add(id(state))
             elif not fitting:
                 # make room before allocating: generations using a dropped state keep it until they end

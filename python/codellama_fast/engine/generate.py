@@ -317,11 +317,13 @@ class Engine:
         return self.device.type == "cuda"
 
     @contextmanager
-    def _decode_state(self, b: int, needed: int, greedy: bool, wanted: bool, least: int | None = None) -> Iterator[DecodeState | None]:
+    def _decode_state(self, b: int, needed: int, greedy: bool, wanted: bool, least: int | None = None,
+                      exact_batch: bool = False) -> Iterator[DecodeState | None]:
         """A captured decode state (KV cache + decode graph) for one generation of `b` sequences
         holding up to `needed` tokens (with `least`: or as many as fit, at least `least`), kept
-        for later calls that fit in it (engine.decode_states); None when not `wanted` or when
-        another generation is using the one that fits."""
+        for later calls that fit in it (engine.decode_states; it may have up to 2b rows unless
+        `exact_batch`); None when not `wanted` or when another generation is using the one that
+        fits."""
         if self.decode_step not in ("auto", "plain", "fused"):
             raise ValueError(f"decode_step must be 'auto', 'plain' or 'fused', got {self.decode_step!r}")
         if not wanted:
@@ -329,7 +331,7 @@ class Engine:
             return
         with ExitStack() as lease:
             try:
-                state = lease.enter_context(self._graphs.lease(b, needed, greedy, self._build_decode_state, least))
+                state = lease.enter_context(self._graphs.lease(b, needed, greedy, self._build_decode_state, least, exact_batch))
             except OutOfMemoryError:
                 state = None  # the uncaptured loop's own cache raises it again, with the sizes
             if state is not None:
@@ -474,11 +476,23 @@ class Engine:
             # the whole cache where it fits, else as much as fits (the guessing paths write
             # several slots ahead: they need all of it)
             least = max_len if guessing else min(max_len, t + LEAST_ROOM)
-            state = stack.enter_context(self._decode_state(b, max_len, graph_greedy, self._use_graph() and cfg.max_new_tokens > 1, least))
+            state = stack.enter_context(self._decode_state(b, max_len, graph_greedy, self._use_graph() and cfg.max_new_tokens > 1, least,
+                                                           exact_batch=guessing))
             graph = None
             if state is not None:
-                cache, kv_start, graph = state.cache, state.kv_start, state.decoder
-                kv_start.copy_(kv_start_now)
+                cache, graph = state.cache, state.decoder
+                # rows past b (a state of more rows): idle sequences that see only the slots they
+                # write from the first decode slot on; the prefill fills the first b rows
+                state.kv_start[:b].copy_(kv_start_now)
+                state.kv_start[b:].fill_(t)
+                kv_start = state.kv_start[:b]
+                if state.batch > b:
+                    # the idle rows' slots before t are masked, never used; the torch ops still
+                    # multiply them by 0, so they must be finite whatever an earlier call left there
+                    for kc, vc in cache.layers:
+                        kc[b:, :, :t].zero_()
+                        vc[b:, :, :t].zero_()
+                    cache = cache.first_rows(b)
             else:
                 cache = KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device)
                 kv_start = kv_start_now
@@ -535,21 +549,26 @@ class Engine:
             decode_start = time.perf_counter()
             if graph is not None:
                 every = check_every or self.check_every
-                graph.start(nxt.clamp_min(0), lengths, t)
+                rows = graph.tok.shape[0]  # b, or more in a state of more rows (the rest idle)
+                first_tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
+                first_tokens[:b] = nxt.clamp_min(0)
+                positions = torch.zeros(rows, dtype=torch.long, device=self.device)
+                positions[:b] = lengths
+                graph.start(first_tokens, positions, t)
                 lp_shape = (b, max_new) + ((1 + 2 * top_logprobs,) if top_logprobs else ())
                 lp_out = torch.zeros(lp_shape, dtype=torch.float32, device=self.device) if logprobs is not None else None
                 done = 1
                 while done < max_new:
                     n = min(every, max_new - done)
                     for i in range(n):
-                        logits = graph.replay()
+                        logits = graph.replay()[:b]
                         if not graph_greedy:
                             nxt = pick(logits)
-                            graph.tok.copy_(nxt.clamp_min(0)[:, None])
-                            graph.out[:, done - 1 + i].copy_(nxt)
+                            graph.tok[:b].copy_(nxt.clamp_min(0)[:, None])
+                            graph.out[:b, done - 1 + i].copy_(nxt)
                             if lp_out is not None:
                                 lp_out[:, done - 1 + i] = logprob_of(logits, nxt.clamp_min(0))
-                    block = graph.out[:, done - 1 : done - 1 + n].tolist()  # the one sync per block
+                    block = graph.out[:b, done - 1 : done - 1 + n].tolist()  # the one sync per block
                     graph.watch.check(self.dtype, f"among generated tokens {done + 1} to {done + n}")
                     lp_block = lp_out[:, done - 1 : done - 1 + n].tolist() if lp_out is not None else None
                     stats["decode_tokens"] += b * n
@@ -580,7 +599,7 @@ class Engine:
         captured decode step and cache when it has one free, else on a cache of its own."""
         draft = cfg.assistant_model
         assert isinstance(draft, Engine)
-        with draft._decode_state(1, max_len, False, draft._use_graph() and cfg.max_new_tokens > 1) as state:
+        with draft._decode_state(1, max_len, False, draft._use_graph() and cfg.max_new_tokens > 1, exact_batch=True) as state:
             graph = None
             if state is not None:
                 cache, kv_start, graph = state.cache, state.kv_start, state.decoder
