@@ -9,8 +9,8 @@ import random
 import warnings
 
 import pytest
-
 from codellama_fast import CodeLlamaTokenizerFast, TokenizerError
+
 from tests.conftest import CODELLAMA_DIR
 
 transformers = pytest.importorskip("transformers")

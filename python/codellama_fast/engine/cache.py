@@ -35,7 +35,7 @@ class KVCache:
             for _ in range(cfg.num_hidden_layers)
         ]
 
-    def first_rows(self, b: int) -> "KVCache":
+    def first_rows(self, b: int) -> KVCache:
         """A view of this cache's first `b` sequences (the same memory; nothing allocated)."""
         view = object.__new__(KVCache)
         view.cfg, view.batch, view.max_len, view.dtype, view.device = self.cfg, b, self.max_len, self.dtype, self.device
@@ -58,7 +58,7 @@ class KVCache:
         return int(headroom * free_memory_bytes(torch.device(device)) // per_slot)
 
     @classmethod
-    def at_most(cls, cfg: LlamaConfig, batch: int, needed: int, least: int, dtype: torch.dtype, device: torch.device) -> "KVCache":
+    def at_most(cls, cfg: LlamaConfig, batch: int, needed: int, least: int, dtype: torch.dtype, device: torch.device) -> KVCache:
         """A cache of `needed` slots where they fit in memory, else of as many as fit when that is
         at least `least` (the generation then ends at the end of the cache); else the
         OutOfMemoryError for `needed`."""

@@ -22,8 +22,8 @@ from .batching import _PADDING_STRATEGIES, BatchingMixin, as_tensor
 from .chat import ChatMixin
 from .collate import PaddingMixin
 from .compat import CompatMixin
-from .prepare import PrepareMixin
 from .files import TokenizerFiles, resolve, token_content
+from .prepare import PrepareMixin
 from .saving import SavingMixin
 
 # transformers' TruncationStrategy values that apply to one sequence (an infilling prompt is one too)

@@ -9,7 +9,8 @@ error and returns the sequences too long; here it is a ``TokenizerError``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import TokenizerError
 from .batch_encoding import BatchEncoding
