@@ -15,15 +15,19 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
+# the share of the free memory a KV cache may take (the rest: activations, logits)
+HEADROOM = 0.9
+
+
 class KVCache:
-    def __init__(self, cfg: LlamaConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device, headroom: float = 0.9) -> None:
+    def __init__(self, cfg: LlamaConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> None:
         if batch <= 0 or max_len <= 0:
             raise ValueError(f"KV cache needs a positive batch and length, got batch={batch}, max_len={max_len}")
         self.cfg, self.batch, self.max_len, self.dtype, self.device = cfg, batch, max_len, dtype, torch.device(device)
         elem = torch.empty((), dtype=dtype).element_size()
-        self.nbytes = cfg.num_hidden_layers * 2 * batch * cfg.num_key_value_heads * max_len * cfg.head_dim * elem
+        self.nbytes = batch * max_len * cfg.kv_bytes_per_token(elem)
         free = free_memory_bytes(self.device)
-        if self.nbytes > headroom * free:
+        if self.nbytes > HEADROOM * free:
             raise OutOfMemoryError(
                 f"the KV cache needs {_gib(self.nbytes)} (batch {batch} × {max_len} tokens × {cfg.num_hidden_layers} layers × "
                 f"{cfg.num_key_value_heads} KV heads × {cfg.head_dim} dims × 2 × {elem} bytes) but {self.device} has "
@@ -51,11 +55,10 @@ class KVCache:
             vc[:, :, :filled] = vc[:, :, :filled].index_select(0, order)
 
     @staticmethod
-    def slots_that_fit(cfg: LlamaConfig, batch: int, dtype: torch.dtype, device: torch.device, headroom: float = 0.9) -> int:
+    def slots_that_fit(cfg: LlamaConfig, batch: int, dtype: torch.dtype, device: torch.device) -> int:
         """The most slots a cache for `batch` sequences may have in the device's free memory now."""
-        elem = torch.empty((), dtype=dtype).element_size()
-        per_slot = cfg.num_hidden_layers * 2 * batch * cfg.num_key_value_heads * cfg.head_dim * elem
-        return int(headroom * free_memory_bytes(torch.device(device)) // per_slot)
+        per_slot = batch * cfg.kv_bytes_per_token(torch.empty((), dtype=dtype).element_size())
+        return int(HEADROOM * free_memory_bytes(torch.device(device)) // per_slot)
 
     @classmethod
     def at_most(cls, cfg: LlamaConfig, batch: int, needed: int, least: int, dtype: torch.dtype, device: torch.device) -> KVCache:

@@ -64,6 +64,23 @@ class DecodeState:
     def capacity(self) -> int:
         return self.cache.max_len
 
+    def begin(self, kv_start: torch.Tensor, t: int) -> tuple[KVCache, torch.Tensor]:
+        """Sets the state up for a generation of kv_start.shape[0] = b sequences whose prompts are
+        left-padded to `t` tokens; returns the cache and kv_start [b] its prefill writes through
+        (views of the first b rows). Rows past b (a state of more rows) are idle sequences that
+        see only the slots they write from slot t on."""
+        b = kv_start.shape[0]
+        self.kv_start[:b].copy_(kv_start)
+        self.kv_start[b:].fill_(t)
+        if self.batch == b:
+            return self.cache, self.kv_start
+        # the idle rows' slots before t are masked, never used; the torch ops still multiply them
+        # by 0, so they must be finite whatever an earlier call left there
+        for kc, vc in self.cache.layers:
+            kc[b:, :, :t].zero_()
+            vc[b:, :, :t].zero_()
+        return self.cache.first_rows(b), self.kv_start[:b]
+
 
 # (batch, capacity, greedy, least) -> a new state: the cache and the chosen decode step over it;
 # with `least`, a cache of fewer slots (as many as fit, at least `least`) rather than none

@@ -480,19 +480,8 @@ class Engine:
                                                            exact_batch=guessing))
             graph = None
             if state is not None:
-                cache, graph = state.cache, state.decoder
-                # rows past b (a state of more rows): idle sequences that see only the slots they
-                # write from the first decode slot on; the prefill fills the first b rows
-                state.kv_start[:b].copy_(kv_start_now)
-                state.kv_start[b:].fill_(t)
-                kv_start = state.kv_start[:b]
-                if state.batch > b:
-                    # the idle rows' slots before t are masked, never used; the torch ops still
-                    # multiply them by 0, so they must be finite whatever an earlier call left there
-                    for kc, vc in cache.layers:
-                        kc[b:, :, :t].zero_()
-                        vc[b:, :, :t].zero_()
-                    cache = cache.first_rows(b)
+                cache, kv_start = state.begin(kv_start_now, t)
+                graph = state.decoder
             else:
                 cache = KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device)
                 kv_start = kv_start_now
@@ -549,12 +538,7 @@ class Engine:
             decode_start = time.perf_counter()
             if graph is not None:
                 every = check_every or self.check_every
-                rows = graph.tok.shape[0]  # b, or more in a state of more rows (the rest idle)
-                first_tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
-                first_tokens[:b] = nxt.clamp_min(0)
-                positions = torch.zeros(rows, dtype=torch.long, device=self.device)
-                positions[:b] = lengths
-                graph.start(first_tokens, positions, t)
+                graph.start(nxt.clamp_min(0), lengths, t)
                 lp_shape = (b, max_new) + ((1 + 2 * top_logprobs,) if top_logprobs else ())
                 lp_out = torch.zeros(lp_shape, dtype=torch.float32, device=self.device) if logprobs is not None else None
                 done = 1
