@@ -113,6 +113,27 @@ def test_prefill_attention(dtype, b, t, hq, hkv, d, q_start, pads):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_decode_attention_gives_the_same_bits_in_a_cache_of_any_size(dtype):
+    """The same keys in caches of other sizes (a kept decode state larger than the call, a cache of
+    the call's own) give bit-identical outputs, so a call's tokens never depend on which cache
+    served it. The splits sum the keys in an order that must not follow the cache's size."""
+    b, hq, hkv, d = 2, 8, 2, 32
+    for kv_len in (40, 70, 150):
+        q = torch.randn(b, 1, hq, d, dtype=dtype, device=DEVICE)
+        small_k, small_v = _cache(b, hkv, kv_len + 2, d, dtype)
+        outs = []
+        for capacity in (kv_len + 2, kv_len + 100, 4 * kv_len + 300):
+            kc = torch.zeros(b, hkv, capacity, d, dtype=dtype, device=DEVICE)
+            vc = torch.zeros_like(kc)
+            kc[:, :, : kv_len + 2] = small_k
+            vc[:, :, : kv_len + 2] = small_v
+            outs.append(attention_decode(q, kc, vc, torch.tensor([0, 3], device=DEVICE), torch.tensor([kv_len], device=DEVICE)))
+        _close(outs[0], R.attention(q, small_k, small_v, kv_len - 1, torch.tensor([0, 3], device=DEVICE), kv_len), dtype)
+        for other in outs[1:]:
+            assert torch.equal(other, outs[0]), kv_len
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("b,hq,hkv,d,kv_lens_pads", [
     (1, 4, 4, 64, (77, [0])),
     (2, 8, 2, 32, (130, [0, 50])),

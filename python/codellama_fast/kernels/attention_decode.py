@@ -145,14 +145,15 @@ def _decode_kernel(
             tl.atomic_xchg(COUNT + bh, 0)  # ready for the next launch (or graph replay)
 
 
-def num_splits(batch_kv_heads: int, capacity: int, block_n: int, device: torch.device) -> int:
-    """Splits per (sequence, KV head): enough programs for ~4 waves of the GPU, each split at least
-    one key block. Depends only on shapes, so a captured launch keeps it."""
+def num_splits(batch_kv_heads: int, device: torch.device) -> int:
+    """Splits per (sequence, KV head): enough programs for ~4 waves of the GPU. It depends on the
+    batch and heads alone, never on the cache's size: the splits fix how the keys are summed, so a
+    call gives the same bits in a cache of any size (a kept decode state larger than the call, or a
+    cache of its own); splits past the keys a call has exit at once."""
     if INTERPRET or device.type != "cuda":
-        return max(1, min(4, capacity // block_n))
+        return 4
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    want = triton.cdiv(4 * sms, batch_kv_heads)
-    return int(max(1, min(want, capacity // block_n, MAX_SPLITS)))
+    return int(max(1, min(triton.cdiv(4 * sms, batch_kv_heads), MAX_SPLITS)))
 
 
 def new_counters(batch_kv_heads: int, device: torch.device | str) -> torch.Tensor:
@@ -168,7 +169,7 @@ def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_sta
         raise ValueError(f"decode attention takes one new token per sequence, got {t}")
     if d not in (16, 32, 64, 128, 256):
         raise ValueError(f"head_dim {d} is not supported by the Triton attention kernel")
-    hkv, capacity = k_cache.shape[1], k_cache.shape[2]
+    hkv = k_cache.shape[1]
     group = hq // hkv
     assert q.stride(-1) == 1
     check_cache_layout(k_cache, v_cache)
@@ -176,7 +177,7 @@ def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_sta
         kv_len = torch.tensor([int(kv_len)], dtype=torch.int32, device=q.device)
     block_n = 32 if INTERPRET else 64
     block_g = max(16, triton.next_power_of_2(group))
-    nsplit = max(1, min(int(splits or num_splits(b * hkv, capacity, block_n, q.device)), MAX_SPLITS))
+    nsplit = max(1, min(int(splits or num_splits(b * hkv, q.device)), MAX_SPLITS))
     single = nsplit == 1
     out = torch.empty((b, 1, hq, d), dtype=q.dtype, device=q.device)
     if single:
