@@ -195,7 +195,7 @@ def test_kept_captured_state_serves_calls_of_other_lengths():
     """7B layer shapes, 2 layers, fp16: calls of other prompt lengths and token budgets replay one
     kept captured state (its cache larger than they need and holding the last call's keys), with
     the uncaptured loop's tokens; one state is built for them all, a call past its cache builds a
-    larger one, and a batch of 1 replays a batch-2 state."""
+    larger one, and another batch size builds its own."""
     import sys
     from pathlib import Path
 
@@ -206,9 +206,10 @@ def test_kept_captured_state_serves_calls_of_other_lengths():
 
     SHAPES["7B-2layers"] = dict(SHAPES["7B"], num_hidden_layers=2)
     eng = random_engine("7B-2layers", "cuda", torch.float16, CodeLlamaTokenizerFast.from_pretrained())
-    # the last two: a batch of 2 (a new state), then a batch of 1 on it (its second row idle)
+    # the last three: a batch of 2 (a new state), a batch of 1 (a state of its own again), and a
+    # batch of 2 of other lengths
     for lengths, new, builds in (((700,), 60, 1), ((90,), 40, 1), ((410,), 300, 1), ((1200,), 80, 2), ((30,), 16, 2),
-                                 ((300, 77), 16, 3), ((150,), 16, 3)):
+                                 ((300, 77), 16, 3), ((150,), 16, 4), ((40, 120), 30, 5)):
         ids = [[1] + torch.randint(3, 32000, (n - 1,)).tolist() for n in lengths]
         eng.use_cuda_graph = False
         eager = eng.generate(input_ids=ids, max_new_tokens=new, stop_at_eos=False).token_ids
@@ -276,9 +277,12 @@ def test_prefill_activation_estimate_bounds_the_measured_peak(shape):
     from codellama_fast.engine import memory
     from codellama_fast.engine.cache import KVCache
     from codellama_fast.engine.model import StepContext
+    from tests.conftest import LLAMA2_MODEL
 
     SHAPES[shape + "-1layer"] = dict(SHAPES[shape], num_hidden_layers=1)
-    eng = random_engine(shape + "-1layer", "cuda", torch.float16, CodeLlamaTokenizerFast.from_pretrained())
+    # 34B has Llama 2's 32000-piece vocabulary: its tokenizer
+    tok = CodeLlamaTokenizerFast.from_pretrained(*([str(LLAMA2_MODEL)] if SHAPES[shape]["vocab_size"] == 32000 else []))
+    eng = random_engine(shape + "-1layer", "cuda", torch.float16, tok)
     t = 4096
     ids = torch.randint(3, 32000, (1, t), device="cuda")
     cache = KVCache(eng.model.config, 1, t, torch.float16, torch.device("cuda"))

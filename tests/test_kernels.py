@@ -548,10 +548,9 @@ def test_fused_decode_graph_step_gives_plain_tokens(tmp_path, prompts):
 
 
 def test_kept_graph_state_serves_calls_of_other_lengths(tmp_path):
-    """Calls of other prompt lengths and a smaller batch replay one kept decode state (a cache
-    larger than they need, still holding the last call's keys and values; for the batch of one,
-    the second row idle) and generate transformers' greedy tokens: the kernels read only each
-    call's own slots."""
+    """Calls of other prompt lengths replay one kept decode state (a cache larger than they need,
+    still holding the last call's keys and values) and generate transformers' greedy tokens: the
+    kernels read only each call's own slots."""
     pytest.importorskip("transformers")
     from tests.engine_helpers import make_hf_model, save
 
@@ -559,7 +558,7 @@ def test_kept_graph_state_serves_calls_of_other_lengths(tmp_path):
     eng = _triton_engine(save(hf, tmp_path / "m"), graph=True, decode_step="plain")
     hf = hf.to(DEVICE)
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
-    for lengths in ((9, 5), (3,), (14,)):
+    for lengths in ((9, 5), (3, 7), (14, 2)):
         rows = [[1] + torch.randint(259, 32000, (n - 1,), generator=gen).tolist() for n in lengths]
         t = max(lengths)
         x = torch.tensor([[0] * (t - len(r)) + r for r in rows], device=DEVICE)
@@ -567,6 +566,38 @@ def test_kept_graph_state_serves_calls_of_other_lengths(tmp_path):
                            pad_token_id=0)[:, t:].tolist()
         assert eng.generate(input_ids=rows, max_new_tokens=5, stop_at_eos=False).token_ids == want, lengths
     assert eng._graphs.builds == 1
+
+
+def test_a_calls_bits_do_not_depend_on_what_ran_before(tmp_path):
+    """One call's tokens and log-probabilities, bit for bit, on a fresh engine; on a kept state
+    that a longer call left (a larger cache, after another batch size); and in the uncaptured loop
+    on a cache of its own size. The tokens are transformers'."""
+    pytest.importorskip("transformers")
+    from tests.engine_helpers import make_hf_model, save
+
+    hf = make_hf_model("gqa4-d16", seed=int(torch.randint(0, 2**31, ())))
+    folder = save(hf, tmp_path / "m")
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+
+    def prompt(n):
+        return [1] + torch.randint(259, 32000, (n - 1,), generator=gen).tolist()
+
+    row = prompt(int(torch.randint(40, 90, ())))  # past a key block: the splits matter
+    kw = dict(max_new_tokens=6, stop_at_eos=False, return_logprobs=True)
+    alone = _triton_engine(folder, graph=True, decode_step="plain").generate(input_ids=[row], **kw)
+    want = hf.to(DEVICE).generate(torch.tensor([row], device=DEVICE), max_new_tokens=6, do_sample=False, eos_token_id=None,
+                                  pad_token_id=0)[0, len(row):].tolist()
+    assert alone.token_ids == [want]
+    eng = _triton_engine(folder, graph=True, decode_step="plain")
+    eng.generate(input_ids=[prompt(9), prompt(30)], **kw)
+    eng.generate(input_ids=[prompt(150)], **kw)  # a batch-1 state of far more slots than `row` needs
+    after = eng.generate(input_ids=[row], **kw)
+    assert eng._graphs.builds == 2  # `row` replayed the long call's state
+    eng.use_cuda_graph = False
+    uncaptured = eng.generate(input_ids=[row], **kw)
+    for got in (after, uncaptured):
+        assert got.token_ids == alone.token_ids
+        assert got.token_logprobs == alone.token_logprobs  # the same bits, not merely close
 
 
 def test_pick_faster_keeps_only_agreeing_steps(tmp_path):
@@ -630,7 +661,7 @@ def test_auto_decode_step_falls_back_when_the_fused_step_cannot_be_built(tmp_pat
     from tests.engine_helpers import make_hf_model, save
 
     folder = save(make_hf_model("mha", seed=2), tmp_path / "m")
-    eng = _triton_engine(folder, graph=True)
+    eng = _triton_engine(folder, graph=True, decode_step="auto")
     kw = dict(max_new_tokens=6, stop_at_eos=False)
     good = eng.generate(["def f():"], **kw).token_ids
     assert eng.decode_step_used in ("plain", "fused")

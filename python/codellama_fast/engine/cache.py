@@ -39,14 +39,6 @@ class KVCache:
             for _ in range(cfg.num_hidden_layers)
         ]
 
-    def first_rows(self, b: int) -> KVCache:
-        """A view of this cache's first `b` sequences (the same memory; nothing allocated)."""
-        view = object.__new__(KVCache)
-        view.cfg, view.batch, view.max_len, view.dtype, view.device = self.cfg, b, self.max_len, self.dtype, self.device
-        view.nbytes = self.nbytes * b // self.batch
-        view.layers = [(kc[:b], vc[:b]) for kc, vc in self.layers]
-        return view
-
     def reorder_rows(self, order: torch.Tensor, filled: int) -> None:
         """Row i becomes row order[i] ([B] int64) in the first `filled` slots of every layer (the
         rest is empty in every row): beam search's regrouping of the beams by parent."""

@@ -83,14 +83,9 @@ class GraphDecoder:
             self._body()
 
     def start(self, first_tokens: torch.Tensor, positions: torch.Tensor, slot: int) -> None:
-        """first_tokens/positions [b]: the token sampled after prefill and its rotary position, for
-        the first b <= B rows; the rest (idle rows) start from token 0 at position 0."""
-        b = first_tokens.shape[0]
-        if b < self.tok.shape[0]:
-            self.tok.zero_()
-            self.pos.zero_()
-        self.tok[:b, 0].copy_(first_tokens)
-        self.pos[:b, 0].copy_(positions)
+        """first_tokens/positions [B]: the token sampled after prefill and its rotary position."""
+        self.tok[:, 0].copy_(first_tokens)
+        self.pos[:, 0].copy_(positions)
         self.slot.fill_(slot)
         self.kv_len.fill_(slot + 1)
         self.step.zero_()

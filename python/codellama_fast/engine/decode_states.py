@@ -13,12 +13,12 @@ only where that much is free; else the state is sized to the call, or, where eve
 fit, holds as many slots as fit (a "short" state: the generation ends at its end). Later calls
 that would not fit either reuse a short state rather than build the same again.
 
-A state also serves calls of fewer sequences, down to half its batch: the rows past the call's
-run beside it, each its own sequence of one slot per step from the call's first decode slot on (so
-they read nothing stale), and their results are dropped. A decode step reads the weights once for
-all rows, so at the small batches where this matters the idle rows cost little, while a server
-whose requests come in batches of 1, 2, 3... keeps replaying one captured step. Guessing (one
-sequence, several slots a step) takes a state of its own batch only.
+A state serves calls of its own batch size only. A step over more rows multiplies the weights
+by a matrix of another shape, whose products the GPU may sum in another order: a call replayed on
+a state of more rows could round differently from the same call alone, and greedy tokens would
+depend on what ran before. Together with decode attention that sums the keys in an order set by
+the batch alone (never by the cache's size), this makes a call's tokens the same whichever state,
+or cache of its own, serves it.
 
 A state serves one generation at a time (a lease): a generation that overlaps one using it
 (interleaved streams, a generate while a stream is open, another thread's call) gets none and runs
@@ -64,22 +64,13 @@ class DecodeState:
     def capacity(self) -> int:
         return self.cache.max_len
 
-    def begin(self, kv_start: torch.Tensor, t: int) -> tuple[KVCache, torch.Tensor]:
-        """Sets the state up for a generation of kv_start.shape[0] = b sequences whose prompts are
-        left-padded to `t` tokens; returns the cache and kv_start [b] its prefill writes through
-        (views of the first b rows). Rows past b (a state of more rows) are idle sequences that
-        see only the slots they write from slot t on."""
-        b = kv_start.shape[0]
-        self.kv_start[:b].copy_(kv_start)
-        self.kv_start[b:].fill_(t)
-        if self.batch == b:
-            return self.cache, self.kv_start
-        # the idle rows' slots before t are masked, never used; the torch ops still multiply them
-        # by 0, so they must be finite whatever an earlier call left there
-        for kc, vc in self.cache.layers:
-            kc[b:, :, :t].zero_()
-            vc[b:, :, :t].zero_()
-        return self.cache.first_rows(b), self.kv_start[:b]
+    def begin(self, kv_start: torch.Tensor) -> tuple[KVCache, torch.Tensor]:
+        """Sets the state up for a generation whose prompts have kv_start [batch] padding slots;
+        returns the cache and the kv_start buffer the captured step reads."""
+        if kv_start.shape[0] != self.batch:
+            raise ValueError(f"a state of {self.batch} sequences cannot serve {kv_start.shape[0]}")
+        self.kv_start.copy_(kv_start)
+        return self.cache, self.kv_start
 
 
 # (batch, capacity, greedy, least) -> a new state: the cache and the chosen decode step over it;
@@ -110,19 +101,17 @@ class DecodeStates:
         return len(self._states)
 
     @contextmanager
-    def lease(self, batch: int, needed: int, greedy: bool, build: Builder, least: int | None = None,
-              exact_batch: bool = False) -> Iterator[DecodeState | None]:
+    def lease(self, batch: int, needed: int, greedy: bool, build: Builder,
+              least: int | None = None) -> Iterator[DecodeState | None]:
         """A state for one generation of `batch` sequences holding up to `needed` tokens, held until
-        the block ends: the smallest free one that fits (of `batch` to twice as many rows, or of
-        `batch` rows exactly with `exact_batch`), else a new one of `batch` rows (`build`), or
-        None when every one that fits is in use (the caller then runs uncaptured on a cache of
-        its own). With `least`, a short state of at least `least` slots will do where `needed`
-        does not fit in memory (the caller ends its generation at the state's end)."""
+        the block ends: the smallest free one of `batch` rows that fits, else a new one
+        (`build`), or None when every one that fits is in use (the caller then runs uncaptured on
+        a cache of its own). With `least`, a short state of at least `least` slots will do where
+        `needed` does not fit in memory (the caller ends its generation at the state's end)."""
         state: DecodeState | None = None
 
         def serves(s: DecodeState) -> bool:
-            rows_ok = s.batch == batch if exact_batch else batch <= s.batch <= 2 * batch
-            return rows_ok and s.greedy == greedy
+            return s.batch == batch and s.greedy == greedy
 
         with self._lock:
             fitting = [s for s in self._states if serves(s) and s.capacity >= needed]
@@ -130,10 +119,10 @@ class DecodeStates:
                 # a short state built for an earlier call that did not fit either, where a state
                 # built anew (this one's memory freed first) could not hold `needed` either
                 fitting = [s for s in self._states if serves(s) and s.short and s.capacity >= least
-                           and s.capacity * s.batch // batch + self._spare_slots(batch) < needed]
+                           and s.capacity + self._spare_slots(batch) < needed]
             free = [s for s in fitting if id(s) not in self._leased]
             if free:
-                state = min(free, key=lambda s: (s.batch, s.capacity))
+                state = min(free, key=lambda s: s.capacity)
                 self._leased.add(id(state))
             elif not fitting:
                 # make room before allocating: generations using a dropped state keep it until they end

@@ -185,9 +185,12 @@ class Engine:
         # The captured decode step: "plain" (the model's forward), "fused" (engine.fused_decode:
         # norm, SwiGLU and residual adds folded into the projections), or "auto": for batches the
         # fused kernels take (up to 16 sequences), both are captured and the faster one, checked
-        # against the other, is kept.
+        # against the other, is kept. "plain" by default: on an H200 (benches/results, e2e of
+        # 2026-11-28) the fused step was no faster at 7B or 34B, batch 1 or 8, and "auto" chooses
+        # by a timing that can fall either way at each capture, while the two steps round
+        # differently: a call's tokens would depend on which one a state happened to keep.
         # `decode_step_used` says which one the last graph runs.
-        self.decode_step = "auto"
+        self.decode_step = "plain"
         self.decode_step_used: str | None = None
         # Prefill runs in chunks of at most this many tokens (batch × length) to bound activations,
         # fewer when the free memory is short (engine.memory.prefill_chunk_tokens).
@@ -317,13 +320,12 @@ class Engine:
         return self.device.type == "cuda"
 
     @contextmanager
-    def _decode_state(self, b: int, needed: int, greedy: bool, wanted: bool, least: int | None = None,
-                      exact_batch: bool = False) -> Iterator[DecodeState | None]:
+    def _decode_state(self, b: int, needed: int, greedy: bool, wanted: bool,
+                      least: int | None = None) -> Iterator[DecodeState | None]:
         """A captured decode state (KV cache + decode graph) for one generation of `b` sequences
         holding up to `needed` tokens (with `least`: or as many as fit, at least `least`), kept
-        for later calls that fit in it (engine.decode_states; it may have up to 2b rows unless
-        `exact_batch`); None when not `wanted` or when another generation is using the one that
-        fits."""
+        for later calls of `b` sequences that fit in it (engine.decode_states); None when not
+        `wanted` or when another generation is using the one that fits."""
         if self.decode_step not in ("auto", "plain", "fused"):
             raise ValueError(f"decode_step must be 'auto', 'plain' or 'fused', got {self.decode_step!r}")
         if not wanted:
@@ -331,7 +333,7 @@ class Engine:
             return
         with ExitStack() as lease:
             try:
-                state = lease.enter_context(self._graphs.lease(b, needed, greedy, self._build_decode_state, least, exact_batch))
+                state = lease.enter_context(self._graphs.lease(b, needed, greedy, self._build_decode_state, least))
             except OutOfMemoryError:
                 state = None  # the uncaptured loop's own cache raises it again, with the sizes
             if state is not None:
@@ -476,11 +478,10 @@ class Engine:
             # the whole cache where it fits, else as much as fits (the guessing paths write
             # several slots ahead: they need all of it)
             least = max_len if guessing else min(max_len, t + LEAST_ROOM)
-            state = stack.enter_context(self._decode_state(b, max_len, graph_greedy, self._use_graph() and cfg.max_new_tokens > 1, least,
-                                                           exact_batch=guessing))
+            state = stack.enter_context(self._decode_state(b, max_len, graph_greedy, self._use_graph() and cfg.max_new_tokens > 1, least))
             graph = None
             if state is not None:
-                cache, kv_start = state.begin(kv_start_now, t)
+                cache, kv_start = state.begin(kv_start_now)
                 graph = state.decoder
             else:
                 cache = KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device)
@@ -545,14 +546,14 @@ class Engine:
                 while done < max_new:
                     n = min(every, max_new - done)
                     for i in range(n):
-                        logits = graph.replay()[:b]
+                        logits = graph.replay()
                         if not graph_greedy:
                             nxt = pick(logits)
-                            graph.tok[:b].copy_(nxt.clamp_min(0)[:, None])
-                            graph.out[:b, done - 1 + i].copy_(nxt)
+                            graph.tok.copy_(nxt.clamp_min(0)[:, None])
+                            graph.out[:, done - 1 + i].copy_(nxt)
                             if lp_out is not None:
                                 lp_out[:, done - 1 + i] = logprob_of(logits, nxt.clamp_min(0))
-                    block = graph.out[:b, done - 1 : done - 1 + n].tolist()  # the one sync per block
+                    block = graph.out[:, done - 1 : done - 1 + n].tolist()  # the one sync per block
                     graph.watch.check(self.dtype, f"among generated tokens {done + 1} to {done + n}")
                     lp_block = lp_out[:, done - 1 : done - 1 + n].tolist() if lp_out is not None else None
                     stats["decode_tokens"] += b * n
@@ -583,7 +584,7 @@ class Engine:
         captured decode step and cache when it has one free, else on a cache of its own."""
         draft = cfg.assistant_model
         assert isinstance(draft, Engine)
-        with draft._decode_state(1, max_len, False, draft._use_graph() and cfg.max_new_tokens > 1, exact_batch=True) as state:
+        with draft._decode_state(1, max_len, False, draft._use_graph() and cfg.max_new_tokens > 1) as state:
             graph = None
             if state is not None:
                 cache, kv_start, graph = state.cache, state.kv_start, state.decoder
