@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--hf-new", type=int, default=32, help="new tokens for the transformers runs (a rate; fewer saves time)")
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--no-step-ab", action="store_true",
-                    help="batches up to 16: do not also measure the decode step that `auto` did not keep")
+                    help="batches up to 16: do not also measure the decode step the engine did not use (plain or fused)")
     ap.add_argument("--hf-static", nargs="*", default=["7B:1:512"], help="MODEL:BATCH:PROMPT cells that also run transformers static cache + compile")
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting new cells after this many seconds")
     ap.add_argument("--llama2-tokenizer", default=str(Path(__file__).resolve().parents[2] / "shared/tokenizers/llama2/tokenizer.model"))
@@ -163,10 +163,10 @@ def main(argv: list[str] | None = None) -> Path:
                 if b <= 16 and m.decode_step in ("plain", "fused") and not args.no_step_ab and not out_of_time():
                     # the step `auto` did not keep, measured in the same run: the choice's A/B
                     other = "fused" if m.decode_step == "plain" else "plain"
-                    engine.decode_step = other
+                    chosen, engine.decode_step = engine.decode_step, other
                     engine.release_cache()
                     m2 = measure_ours(engine, b, p, args.new, device)
-                    engine.decode_step = "auto"
+                    engine.decode_step = chosen
                     engine.release_cache()
                     gbps2 = (wbytes + kv) * (m2.decode_tokens_per_s / b) / 1e9
                     rows.append(dict(row, provider=f"codellama-fast-{other}", p50=m2.decode_tokens_per_s, ttft_ms=m2.ttft_s * 1e3,

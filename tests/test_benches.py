@@ -29,7 +29,7 @@ def test_bench_e2e_smoke(tmp_path):
     assert data["meta"]["correctness_gate"]["passed"]
     providers = {r["provider"] for r in data["rows"]}
     assert {"codellama-fast", "transformers-eager", "ratio"} <= providers
-    # batch 1: the decode step `auto` kept, and the other one measured beside it
+    # batch 1: the engine's decode step, and the other one measured beside it
     steps = {(r["provider"], r["decode_step"]) for r in data["rows"] if r.get("batch") == 1 and r["provider"].startswith("codellama-fast")
              and r["metric"] == "decode_tokens_per_s"}
     assert len(steps) == 2 and {s for _, s in steps} == {"plain", "fused"}, steps
