@@ -41,7 +41,12 @@ def bench(fn: Callable[[], Any], smoke: bool, graph: bool = False) -> dict[str, 
     import triton.testing
 
     if graph:
-        p50, p20, p80 = triton.testing.do_bench_cudagraph(fn, rep=100, quantiles=[0.5, 0.2, 0.8])
+        try:
+            p50, p20, p80 = triton.testing.do_bench_cudagraph(fn, rep=100, quantiles=[0.5, 0.2, 0.8])
+        except RuntimeError as exc:  # a launcher that cannot be captured: its row says so, the run goes on
+            print(f"graph timing failed: {str(exc)[:160]}", flush=True)
+            torch.cuda.synchronize()
+            return {"p20": float("nan"), "p50": float("nan"), "p80": float("nan")}
         return {"p20": p20, "p50": p50, "p80": p80}
     p50, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
     return {"p20": p20, "p50": p50, "p80": p80}
@@ -186,23 +191,29 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"wrote {path}")
         return path
     tokens = 8 if smoke else 8192
+    # Each kernel timed as launched from Python and as a CUDA-graph replay: at these sizes a launch
+    # through the tuner can cost more host time than the kernel takes on the device, and in the
+    # engine's prefill that host time overlaps earlier kernels; the replay is the kernel's own time.
+    timings = (("launch", False),) if smoke else (("launch", False), ("graph", True))
     for hidden in ([64] if smoke else [4096, 8192]):
         x = torch.randn(tokens, hidden, dtype=dt, device=dev)
         r = torch.randn_like(x)
         w = torch.rand(hidden, dtype=dt, device=dev)
         shape = f"T{tokens} C{hidden}"
-        nbytes = 2 * x.numel() * 2
-        add("rmsnorm", "triton", shape, bench(lambda: rms_norm(x, w, 1e-5), smoke), nbytes, "GB/s", ceil["copy_GBps"])
-        add("rmsnorm", "torch", shape, bench(lambda: R.rms_norm(x, w, 1e-5), smoke), nbytes, "GB/s", ceil["copy_GBps"])
-        nbytes = 4 * x.numel() * 2
-        add("add_rmsnorm", "triton", shape, bench(lambda: rms_norm(x, w, 1e-5, r), smoke), nbytes, "GB/s", ceil["copy_GBps"])
-        add("add_rmsnorm", "torch", shape, bench(lambda: R.rms_norm(x, w, 1e-5, r), smoke), nbytes, "GB/s", ceil["copy_GBps"])
+        for timing, graph in timings:
+            nbytes = 2 * x.numel() * 2
+            add("rmsnorm", "triton", shape, bench(lambda: rms_norm(x, w, 1e-5), smoke, graph), nbytes, "GB/s", ceil["copy_GBps"], timing)
+            add("rmsnorm", "torch", shape, bench(lambda: R.rms_norm(x, w, 1e-5), smoke, graph), nbytes, "GB/s", ceil["copy_GBps"], timing)
+            nbytes = 4 * x.numel() * 2
+            add("add_rmsnorm", "triton", shape, bench(lambda: rms_norm(x, w, 1e-5, r), smoke, graph), nbytes, "GB/s", ceil["copy_GBps"], timing)
+            add("add_rmsnorm", "torch", shape, bench(lambda: R.rms_norm(x, w, 1e-5, r), smoke, graph), nbytes, "GB/s", ceil["copy_GBps"], timing)
     for ffn in ([40] if smoke else [11008, 22016]):
         gu = torch.randn(tokens, 2 * ffn, dtype=dt, device=dev)
         nbytes = 3 * tokens * ffn * 2
         shape = f"T{tokens} F{ffn}"
-        add("swiglu", "triton", shape, bench(lambda: swiglu(gu), smoke), nbytes, "GB/s", ceil["copy_GBps"])
-        add("swiglu", "torch", shape, bench(lambda: R.swiglu(gu), smoke), nbytes, "GB/s", ceil["copy_GBps"])
+        for timing, graph in timings:
+            add("swiglu", "triton", shape, bench(lambda: swiglu(gu), smoke, graph), nbytes, "GB/s", ceil["copy_GBps"], timing)
+            add("swiglu", "torch", shape, bench(lambda: R.swiglu(gu), smoke, graph), nbytes, "GB/s", ceil["copy_GBps"], timing)
         del gu
     b, t, hq, hkv = (2, 8, 4, 2) if smoke else (1, 4096, 32, 32)
     qkv = torch.randn(b, t, (hq + 2 * hkv) * d, dtype=dt, device=dev)
@@ -214,8 +225,11 @@ def main(argv: list[str] | None = None) -> Path:
     slots = torch.arange(t, device=dev)
     nbytes = 2 * qkv.numel() * 2
     shape = f"B{b} T{t} Hq{hq} Hkv{hkv} D{d}"
-    add("rope_cache", "triton", shape, bench(lambda: rope_cache_update(q, k, v, pos, inv, kc, vc, slots), smoke), nbytes, "GB/s", ceil["copy_GBps"])
-    add("rope_cache", "torch", shape, bench(lambda: R.rope_cache_update(q, k, v, pos, inv, kc, vc, slots), smoke), nbytes, "GB/s", ceil["copy_GBps"])
+    for timing, graph in timings:
+        add("rope_cache", "triton", shape, bench(lambda: rope_cache_update(q, k, v, pos, inv, kc, vc, slots), smoke, graph), nbytes, "GB/s",
+            ceil["copy_GBps"], timing)
+        add("rope_cache", "torch", shape, bench(lambda: R.rope_cache_update(q, k, v, pos, inv, kc, vc, slots), smoke, graph), nbytes, "GB/s",
+            ceil["copy_GBps"], timing)
 
     path = write_results("", meta, rows, path=out_path)
     print(f"wrote {path}")
