@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit("bench_kernels needs a CUDA GPU (or --smoke for a CPU harness check)")
 
     from codellama_fast.kernels import reference as R
-    from codellama_fast.kernels.attention_decode import attention_decode, new_counters, rope_attention_decode
+    from codellama_fast.kernels.attention_decode import attention_decode, new_counters, num_splits, rope_attention_decode
     from codellama_fast.kernels.attention_prefill import attention_prefill
     from codellama_fast.kernels.rmsnorm import rms_norm
     from codellama_fast.kernels.rope import rope_cache_update
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> Path:
         shape = f"B{b} Hq{hq} Hkv{hkv} L{L} D{d}"
         qh = q.transpose(1, 2)
         counters = new_counters(b * hkv, dev)
+        splits = num_splits(b * hkv, torch.device(dev))
         # The whole decode step of a layer (RoPE of q and the new k, cache write, attention), as the
         # engine runs it: one fused launch vs the separate RoPE kernel + attention kernel, and
         # vs torch (reference RoPE + SDPA).
@@ -180,6 +181,13 @@ def main(argv: list[str] | None = None) -> Path:
             timing = "graph" if graph else "launch"
             add("decode_attn", "triton", shape, bench(lambda: attention_decode(q, kc, vc, kv_start, kv_len, counters=counters), smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
             add("decode_attn", "sdpa", shape, bench(lambda: F.scaled_dot_product_attention(qh, kc, vc, enable_gqa=hq != hkv), smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
+            # the A/B of the kernel's choices: the partials merged by a second launch (one program
+            # per query head) rather than by the last split of each KV head; a quarter of the splits
+            add("decode_attn", "triton_merge_kernel", shape, bench(lambda: attention_decode(q, kc, vc, kv_start, kv_len, merge="kernel"), smoke, graph),
+                kv_bytes, "GB/s", ceil["copy_GBps"], timing)
+            add("decode_attn", "triton_quarter_splits", shape,
+                bench(lambda: attention_decode(q, kc, vc, kv_start, kv_len, num_splits=max(1, splits // 4), counters=counters), smoke, graph),
+                kv_bytes, "GB/s", ceil["copy_GBps"], timing)
             add("decode_step", "triton_fused", shape, bench(step_fused, smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
             add("decode_step", "triton_separate", shape, bench(step_separate, smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
             add("decode_step", "torch", shape, bench(step_torch, smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)

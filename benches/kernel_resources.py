@@ -79,12 +79,16 @@ def variants() -> list[Variant]:
     fn = attention_decode._decode_kernel
     t = _types(fn, {"Q", "K_NEW", "V_NEW", "KC", "VC", "O"}, i64p={"POS", "SLOT", "KV_START"},
                f32p={"M_WS", "L_WS", "ACC_WS", "INV_FREQ"}, i32p={"KV_LEN", "COUNT"}, f32={"qk_scale"},
-               constexpr={"GROUP", "D", "BLOCK_G", "BLOCK_N", "BLOCK_S", "FUSE_ROPE", "SINGLE", "IEEE"})
+               constexpr={"GROUP", "D", "BLOCK_G", "BLOCK_N", "BLOCK_S", "FUSE_ROPE", "SINGLE", "IEEE", "MERGE_LAST"})
     for fuse in (True, False):
-        for single in (True, False):
+        for single, merge_last in ((True, True), (False, True), (False, False)):
             for group in (1, 8):
                 out.append(Variant(k, t, dict(GROUP=group, D=128, BLOCK_G=16, BLOCK_N=64, BLOCK_S=64, FUSE_ROPE=fuse,
-                                              SINGLE=single, IEEE=False), 4, 2, _strides(fn)))
+                                              SINGLE=single, IEEE=False, MERGE_LAST=merge_last), 4, 2, _strides(fn)))
+    k = "codellama_fast.kernels.attention_decode:_merge_kernel"
+    fn = attention_decode._merge_kernel
+    t = _types(fn, {"O"}, f32p={"M_WS", "L_WS", "ACC_WS"}, constexpr={"D", "BLOCK_S"})
+    out.append(Variant(k, t, dict(D=128, BLOCK_S=64), 4, 2, _strides(fn)))
     k = "codellama_fast.kernels.gemv:_gemv_kernel"
     fn = gemv._gemv_kernel
     t = _types(fn, {"X", "W", "Y", "RES", "NORM_W"}, f32={"eps"}, constexpr={"PRE_NORM", "SWIGLU", "ADD_RES", "BLOCK_N", "BLOCK_K"})

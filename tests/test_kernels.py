@@ -146,12 +146,15 @@ def test_decode_attention(dtype, b, hq, hkv, d, kv_lens_pads):
     kc, vc = _cache(b, hkv, kv_len + 40, d, dtype)
     kv_start = torch.tensor(pads, device=DEVICE)
     counters = new_counters(b * hkv, DEVICE)
-    for splits in (None, 1, 3, 3):  # the repeat reuses the counters the previous launch left
+    # the repeat reuses the counters the previous launch left; "kernel" merges in a second launch
+    for splits, merge in ((None, "last"), (1, "last"), (3, "last"), (3, "last"), (None, "kernel"), (3, "kernel")):
         got = attention_decode(q, kc, vc, kv_start, torch.tensor([kv_len], device=DEVICE), num_splits=splits,
-                               counters=counters)
+                               counters=counters, merge=merge)
         _close(got, R.attention(q, kc, vc, kv_len - 1, kv_start, kv_len), dtype)
         _close(got, R.attention(q.double(), kc.double(), vc.double(), kv_len - 1, kv_start, kv_len), dtype)
         assert not counters.any(), "a launch must leave its counters zeroed"
+    with pytest.raises(ValueError, match="merge"):
+        attention_decode(q, kc, vc, kv_start, kv_len, merge="sideways")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -179,10 +182,10 @@ def test_rope_attention_decode(dtype, b, hq, hkv, d, kv_len, pads, theta):
     want64 = R.rope_attention(q.double(), k.double(), v.double(), pos.double(), inv.double(), o64_kc, o64_vc, slots,
                               slot, kv_start, kv_len)
     counters = new_counters(b * hkv, DEVICE)
-    for splits in (None, 1, 2, 3):
+    for splits, merge in ((None, "last"), (1, "last"), (2, "last"), (3, "last"), (3, "kernel")):
         got_kc, got_vc = kc.clone(), vc.clone()
         got = rope_attention_decode(q, k, v, pos, inv, got_kc, got_vc, slots, kv_start, kv, num_splits=splits,
-                                    counters=counters)
+                                    counters=counters, merge=merge)
         _close(got, want, dtype)
         _close(got, want64, dtype)
         _close(got_kc, ref_kc, dtype)

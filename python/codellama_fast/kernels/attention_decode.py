@@ -5,7 +5,9 @@ takes one (sequence, KV head, split) and loads the whole query group that shares
 (Hq/Hkv rows, padded to 16 for the tensor cores), so every K/V element is read once. Each split
 writes an unnormalised partial (max, sum, acc) and bumps a per-(sequence, KV head) counter; the
 split that arrives last merges the partials and writes the output, then resets the counter. One
-split writes the output directly.
+split writes the output directly. ``merge="kernel"`` merges in a second launch instead, one program
+per query head (the first design, kept for the benchmark's A/B: the last arrival merges its whole
+query group one head after another, a serial tail where a group is large).
 
 ``rope_attention_decode`` also does the RoPE + cache-write step of the layer in the same launch:
 the programs rotate q themselves, and split 0 rotates the new k, writes k and v into the cache and
@@ -39,7 +41,7 @@ def _decode_kernel(
     skb, skh, sks, svb, svh, svs, sob, soh,
     HKV, NSPLIT, qk_scale,
     GROUP: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
-    FUSE_ROPE: tl.constexpr, SINGLE: tl.constexpr, IEEE: tl.constexpr,
+    FUSE_ROPE: tl.constexpr, SINGLE: tl.constexpr, IEEE: tl.constexpr, MERGE_LAST: tl.constexpr,
 ):
     bh = tl.program_id(0)
     split = tl.program_id(1)
@@ -124,25 +126,40 @@ def _decode_kernel(
         tl.store(M_WS + row, m_i, mask=g_mask)
         tl.store(L_WS + row, l_i, mask=g_mask)
         tl.store(ACC_WS + row[:, None] * D + offs_d[None, :], acc, mask=g_mask[:, None])
-        # Every thread's partial stores come before the counter bump (barrier), the bump releases
-        # them and the last arrival acquires them; it reads them from L2 (".cg"), past its L1.
-        tl.debug_barrier()
-        arrived = tl.atomic_add(COUNT + bh, 1, sem="acq_rel", scope="gpu")
-        if arrived == NSPLIT - 1:
-            offs_s = tl.arange(0, BLOCK_S)
-            s_mask = offs_s < NSPLIT
-            for g in tl.static_range(GROUP):
-                base = (b * hq_total + hk * GROUP + g) * NSPLIT
-                m = tl.load(M_WS + base + offs_s, mask=s_mask, other=float("-inf"), cache_modifier=".cg")
-                l = tl.load(L_WS + base + offs_s, mask=s_mask, other=0.0, cache_modifier=".cg")
-                part = tl.load(ACC_WS + (base + offs_s[:, None]) * D + offs_d[None, :], mask=s_mask[:, None], other=0.0,
-                               cache_modifier=".cg")
-                m_all = tl.max(m, axis=0)
-                w = tl.where(m == float("-inf"), 0.0, tl.math.exp2(m - m_all))
-                total = tl.sum(w * l, axis=0)
-                out = tl.sum(w[:, None] * part, axis=0) / tl.where(total == 0.0, 1.0, total)
-                tl.store(O + b * sob + (hk * GROUP + g) * soh + offs_d, out.to(O.dtype.element_ty))
-            tl.atomic_xchg(COUNT + bh, 0)  # ready for the next launch (or graph replay)
+        if MERGE_LAST:
+            # Every thread's partial stores come before the counter bump (barrier), the bump
+            # releases them and the last arrival acquires them; it reads them from L2 (".cg").
+            tl.debug_barrier()
+            arrived = tl.atomic_add(COUNT + bh, 1, sem="acq_rel", scope="gpu")
+            if arrived == NSPLIT - 1:
+                for g in tl.static_range(GROUP):
+                    _merge_head(M_WS, L_WS, ACC_WS, O, b, hk * GROUP + g, hq_total, NSPLIT, sob, soh, D, BLOCK_S)
+                tl.atomic_xchg(COUNT + bh, 0)  # ready for the next launch (or graph replay)
+
+
+@triton.jit
+def _merge_head(M_WS, L_WS, ACC_WS, O, b, h, hq_total, NSPLIT, sob, soh, D: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Merges the NSPLIT partials of query head h of sequence b and writes its output row."""
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, D)
+    s_mask = offs_s < NSPLIT
+    base = (b * hq_total + h) * NSPLIT
+    m = tl.load(M_WS + base + offs_s, mask=s_mask, other=float("-inf"), cache_modifier=".cg")
+    l = tl.load(L_WS + base + offs_s, mask=s_mask, other=0.0, cache_modifier=".cg")
+    part = tl.load(ACC_WS + (base + offs_s[:, None]) * D + offs_d[None, :], mask=s_mask[:, None], other=0.0,
+                   cache_modifier=".cg")
+    m_all = tl.max(m, axis=0)
+    w = tl.where(m == float("-inf"), 0.0, tl.math.exp2(m - m_all))
+    total = tl.sum(w * l, axis=0)
+    out = tl.sum(w[:, None] * part, axis=0) / tl.where(total == 0.0, 1.0, total)
+    tl.store(O + b * sob + h * soh + offs_d, out.to(O.dtype.element_ty))
+
+
+@triton.jit
+def _merge_kernel(M_WS, L_WS, ACC_WS, O, HQ, NSPLIT, sob, soh, D: tl.constexpr, BLOCK_S: tl.constexpr):
+    """merge="kernel": one program per (sequence, query head)."""
+    bh = tl.program_id(0)
+    _merge_head(M_WS, L_WS, ACC_WS, O, (bh // HQ).to(tl.int64), (bh % HQ).to(tl.int64), HQ, NSPLIT, sob, soh, D, BLOCK_S)
 
 
 def num_splits(batch_kv_heads: int, device: torch.device) -> int:
@@ -162,13 +179,18 @@ def new_counters(batch_kv_heads: int, device: torch.device | str) -> torch.Tenso
     return torch.zeros(batch_kv_heads, dtype=torch.int32, device=device)
 
 
+MERGES = ("last", "kernel")
+
+
 def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_start, kv_len,
-            splits: int | None, counters: torch.Tensor | None) -> torch.Tensor:
+            splits: int | None, counters: torch.Tensor | None, merge: str = "last") -> torch.Tensor:
     b, t, hq, d = q.shape
     if t != 1:
         raise ValueError(f"decode attention takes one new token per sequence, got {t}")
     if d not in (16, 32, 64, 128, 256):
         raise ValueError(f"head_dim {d} is not supported by the Triton attention kernel")
+    if merge not in MERGES:
+        raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
     hkv = k_cache.shape[1]
     group = hq // hkv
     assert q.stride(-1) == 1
@@ -179,6 +201,7 @@ def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_sta
     block_g = max(16, triton.next_power_of_2(group))
     nsplit = max(1, min(int(splits or num_splits(b * hkv, q.device)), MAX_SPLITS))
     single = nsplit == 1
+    merge_last = merge == "last"
     out = torch.empty((b, 1, hq, d), dtype=q.dtype, device=q.device)
     if single:
         m = l = acc = count = out  # unused
@@ -186,9 +209,12 @@ def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_sta
         m = torch.empty((b, hq, nsplit), dtype=torch.float32, device=q.device)
         l = torch.empty_like(m)
         acc = torch.empty((b, hq, nsplit, d), dtype=torch.float32, device=q.device)
-        count = counters if counters is not None else new_counters(b * hkv, q.device)
-        if count.numel() < b * hkv or count.dtype != torch.int32:
-            raise ValueError(f"counters must be int32 with at least {b * hkv} elements")
+        if merge_last:
+            count = counters if counters is not None else new_counters(b * hkv, q.device)
+            if count.numel() < b * hkv or count.dtype != torch.int32:
+                raise ValueError(f"counters must be int32 with at least {b * hkv} elements")
+        else:
+            count = m  # unused
     fuse = k_new is not None
     if not fuse:
         k_new = v_new = positions = inv_freq = slot = q  # unused
@@ -201,24 +227,28 @@ def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_sta
         out.stride(0), out.stride(2),
         hkv, nsplit, scale,
         GROUP=group, D=d, BLOCK_G=block_g, BLOCK_N=block_n, BLOCK_S=triton.next_power_of_2(nsplit),
-        FUSE_ROPE=fuse, SINGLE=single, IEEE=q.dtype == torch.float32,
+        FUSE_ROPE=fuse, SINGLE=single, IEEE=q.dtype == torch.float32, MERGE_LAST=merge_last,
         num_warps=4, num_stages=1 if INTERPRET else 2,
     )
+    if not single and not merge_last:
+        _merge_kernel[(b * hq,)](m, l, acc, out, hq, nsplit, out.stride(0), out.stride(2), D=d,
+                                 BLOCK_S=triton.next_power_of_2(nsplit), num_warps=4)
     return out
 
 
 def attention_decode(q, k_cache, v_cache, kv_start: torch.Tensor, kv_len, num_splits: int | None = None,
-                     counters: torch.Tensor | None = None) -> torch.Tensor:
+                     counters: torch.Tensor | None = None, merge: str = "last") -> torch.Tensor:
     """Attention of q (already rotated, its k/v already in the cache) over the cache."""
-    return _launch(q, None, None, None, None, None, k_cache, v_cache, kv_start, kv_len, num_splits, counters)
+    return _launch(q, None, None, None, None, None, k_cache, v_cache, kv_start, kv_len, num_splits, counters, merge)
 
 
 def rope_attention_decode(q, k, v, positions, inv_freq, k_cache, v_cache, slots, kv_start: torch.Tensor, kv_len,
-                          num_splits: int | None = None, counters: torch.Tensor | None = None) -> torch.Tensor:
+                          num_splits: int | None = None, counters: torch.Tensor | None = None,
+                          merge: str = "last") -> torch.Tensor:
     """RoPE on q and the new k, the cache write of k and v at ``slots`` (= kv_len - 1), and
     attention, in one launch. q [B,1,Hq,D], k/v [B,1,Hkv,D] (views of the fused qkv output are
     fine), positions [B,1] int64, inv_freq [D/2] fp32, slots [1] int64."""
     if positions.dim() != 2 or positions.shape[1] != 1:
         raise ValueError(f"positions must be [B, 1], got {tuple(positions.shape)}")
     positions = positions.expand(q.shape[0], 1)
-    return _launch(q, k, v, positions, inv_freq, slots, k_cache, v_cache, kv_start, kv_len, num_splits, counters)
+    return _launch(q, k, v, positions, inv_freq, slots, k_cache, v_cache, kv_start, kv_len, num_splits, counters, merge)
