@@ -17,12 +17,16 @@ RESULTS = ROOT / "benches" / "results"
 
 
 def git_sha() -> str:
+    # set by scripts/gpu_run.sh: the commit the carried wheel was built from (`make gpu-prep`),
+    # which a copied tree's own git state need not match
+    if os.environ.get("GIT_SHA"):
+        return os.environ["GIT_SHA"]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("GIT_SHA", "unknown")
+        return "unknown"
 
 
 def versions(*names: str) -> dict[str, str]:

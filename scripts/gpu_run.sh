@@ -13,7 +13,7 @@ PY=${PY:-python3}
 $PY -m pip install -q --no-deps --no-index --target /tmp/site .gpu/*.whl || { echo "wheel install failed"; exit 1; }
 export PYTHONPATH=/tmp/site
 export CODELLAMA_FAST_SHARED="$PWD/.gpu/shared"
-export GIT_SHA="$(cat .gpu/GIT_SHA 2>/dev/null || echo unknown)"  # the copy has no .git; `make gpu-prep` wrote it
+export GIT_SHA="$(cat .gpu/GIT_SHA 2>/dev/null)"  # the wheel's commit (`make gpu-prep`): the copied tree's git state can lag it
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || echo "no nvidia-smi"
   $PY -c "import torch, triton, transformers, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
