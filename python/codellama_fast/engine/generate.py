@@ -186,7 +186,7 @@ class Engine:
         # norm, SwiGLU and residual adds folded into the projections), or "auto": for batches the
         # fused kernels take (up to 16 sequences), both are captured and the faster one, checked
         # against the other, is kept. "plain" by default: on an H200 (benches/results, e2e of
-        # 2026-11-28) the fused step was no faster at 7B or 34B, batch 1 or 8, and "auto" chooses
+        # 2026-11-28) the fused step was no faster (7B batch 1 and 8, 34B batch 1), and "auto" chooses
         # by a timing that can fall either way at each capture, while the two steps round
         # differently: a call's tokens would depend on which one a state happened to keep.
         # `decode_step_used` says which one the last graph runs.
