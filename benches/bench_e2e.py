@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> Path:
                     print(f"{name} B1 P{n:<6d} ours, new prompt length: ttft {kept * 1e3:8.1f} ms with the kept decode state, "
                           f"{rebuilt * 1e3:8.1f} ms with it rebuilt", flush=True)
                 if b <= 16 and m.decode_step in ("plain", "fused") and not args.no_step_ab and not out_of_time():
-                    # the step `auto` did not keep, measured in the same run: the choice's A/B
+                    # the step the engine did not use, measured in the same run: the A/B of the choice
                     other = "fused" if m.decode_step == "plain" else "plain"
                     chosen, engine.decode_step = engine.decode_step, other
                     engine.release_cache()

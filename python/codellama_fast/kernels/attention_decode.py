@@ -6,8 +6,8 @@ takes one (sequence, KV head, split) and loads the whole query group that shares
 writes an unnormalised partial (max, sum, acc) and bumps a per-(sequence, KV head) counter; the
 split that arrives last merges the partials and writes the output, then resets the counter. One
 split writes the output directly. ``merge="kernel"`` merges in a second launch instead, one program
-per query head (the first design, kept for the benchmark's A/B: the last arrival merges its whole
-query group one head after another, a serial tail where a group is large).
+per query head: no serial tail where a query group is large (the last arrival merges its whole
+group one head after another), for one more launch. The kernel benchmark times both.
 
 ``rope_attention_decode`` also does the RoPE + cache-write step of the layer in the same launch:
 the programs rotate q themselves, and split 0 rotates the new k, writes k and v into the cache and
