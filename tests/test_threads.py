@@ -23,9 +23,13 @@ PROMPTS = ["def quicksort(items):\n    ", "import os\n", "class Stack:\n    def 
 NEW = 12
 
 
-def test_threads_sharing_an_engine_each_get_their_own_answer(tmp_path_factory, tok):
+@pytest.mark.parametrize("graph", [False, "eager"])
+def test_threads_sharing_an_engine_each_get_their_own_answer(tmp_path_factory, tok, graph):
+    """`graph="eager"`: the static-buffer decode step of CUDA, uncaptured, so the kept decode
+    states, their leases and the overlapping calls' own caches are shared between the threads."""
     _, hf, path = random_checkpoint(tmp_path_factory, "gqa4", "threads")
     engine = fp32_engine(path, tok)
+    engine.use_cuda_graph = graph
     ids = {p: tok.encode(p) for p in PROMPTS}
     # transformers, one prompt at a time: greedy tokens, the 2-beam search, each token's log-probability
     greedy = {p: hf.generate(torch.tensor([i]), max_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(i):].tolist()
@@ -66,5 +70,7 @@ def test_threads_sharing_an_engine_each_get_their_own_answer(tmp_path_factory, t
     for t in threads:
         t.join()
     assert not failures, failures[:5]
+    if graph:
+        assert engine._graphs.builds >= 1  # the calls ran on kept decode states
     # the same calls alone, as a check that the references above are the engine's answers at all
     assert all(call(kind, PROMPTS[0]) for kind in ("generate", "batch", "stream", "beams", "score"))
