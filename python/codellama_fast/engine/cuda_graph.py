@@ -84,8 +84,8 @@ class GraphDecoder:
 
     def start(self, first_tokens: torch.Tensor, positions: torch.Tensor, slot: int) -> None:
         """first_tokens/positions [B]: the token sampled after prefill and its rotary position."""
-        self.tok[:, 0].copy_(first_tokens)
-        self.pos[:, 0].copy_(positions)
+        self.tok.copy_(first_tokens[:, None])
+        self.pos.copy_(positions[:, None])
         self.slot.fill_(slot)
         self.kv_len.fill_(slot + 1)
         self.step.zero_()

@@ -64,14 +64,6 @@ class DecodeState:
     def capacity(self) -> int:
         return self.cache.max_len
 
-    def begin(self, kv_start: torch.Tensor) -> tuple[KVCache, torch.Tensor]:
-        """Sets the state up for a generation whose prompts have kv_start [batch] padding slots;
-        returns the cache and the kv_start buffer the captured step reads."""
-        if kv_start.shape[0] != self.batch:
-            raise ValueError(f"a state of {self.batch} sequences cannot serve {kv_start.shape[0]}")
-        self.kv_start.copy_(kv_start)
-        return self.cache, self.kv_start
-
 
 # (batch, capacity, greedy, least) -> a new state: the cache and the chosen decode step over it;
 # with `least`, a cache of fewer slots (as many as fit, at least `least`) rather than none

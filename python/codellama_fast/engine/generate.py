@@ -481,8 +481,8 @@ class Engine:
             state = stack.enter_context(self._decode_state(b, max_len, graph_greedy, self._use_graph() and cfg.max_new_tokens > 1, least))
             graph = None
             if state is not None:
-                cache, kv_start = state.begin(kv_start_now)
-                graph = state.decoder
+                cache, kv_start, graph = state.cache, state.kv_start, state.decoder
+                kv_start.copy_(kv_start_now)
             else:
                 cache = KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device)
                 kv_start = kv_start_now
