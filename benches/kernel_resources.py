@@ -79,16 +79,22 @@ def variants() -> list[Variant]:
     fn = attention_decode._decode_kernel
     t = _types(fn, {"Q", "K_NEW", "V_NEW", "KC", "VC", "O"}, i64p={"POS", "SLOT", "KV_START"},
                f32p={"M_WS", "L_WS", "ACC_WS", "INV_FREQ"}, i32p={"KV_LEN", "COUNT"}, f32={"qk_scale"},
-               constexpr={"GROUP", "D", "BLOCK_G", "BLOCK_N", "BLOCK_S", "FUSE_ROPE", "SINGLE", "IEEE", "MERGE_LAST"})
-    for fuse in (True, False):
-        for single, merge_last in ((True, True), (False, True), (False, False)):
-            for group in (1, 8):
-                out.append(Variant(k, t, dict(GROUP=group, D=128, BLOCK_G=16, BLOCK_N=64, BLOCK_S=64, FUSE_ROPE=fuse,
-                                              SINGLE=single, IEEE=False, MERGE_LAST=merge_last), 4, 2, _strides(fn)))
+               constexpr={"GROUP", "D", "BLOCK_G", "BLOCK_N", "BLOCK_S", "FUSE_ROPE", "SINGLE", "IEEE", "MERGE_LAST",
+                          "MERGE_S"})
+    for stages in (2, 3):
+        for fuse in (True, False):
+            for single, merge_last in ((True, True), (False, True), (False, False)):
+                for group in (1, 8):
+                    out.append(Variant(k, t, dict(GROUP=group, D=128, BLOCK_G=16, BLOCK_N=64, BLOCK_S=64, FUSE_ROPE=fuse,
+                                                  SINGLE=single, IEEE=False, MERGE_LAST=merge_last,
+                                                  MERGE_S=attention_decode.MERGE_SPLITS), 4, stages, _strides(fn)))
     k = "codellama_fast.kernels.attention_decode:_merge_kernel"
     fn = attention_decode._merge_kernel
-    t = _types(fn, {"O"}, f32p={"M_WS", "L_WS", "ACC_WS"}, constexpr={"D", "BLOCK_S"})
-    out.append(Variant(k, t, dict(D=128, BLOCK_S=64), 4, 2, _strides(fn)))
+    t = _types(fn, {"O"}, i64p={"KV_START"}, f32p={"M_WS", "L_WS", "ACC_WS"}, i32p={"KV_LEN"},
+               constexpr={"FUSED", "D", "BLOCK_N", "BLOCK_S", "MERGE_S"})
+    for fused in (1, 0):
+        out.append(Variant(k, t, dict(FUSED=fused, D=128, BLOCK_N=64, BLOCK_S=64, MERGE_S=attention_decode.MERGE_SPLITS),
+                           4, 2, _strides(fn)))
     k = "codellama_fast.kernels.gemv:_gemv_kernel"
     fn = gemv._gemv_kernel
     t = _types(fn, {"X", "W", "Y", "RES", "NORM_W"}, f32={"eps"}, constexpr={"PRE_NORM", "SWIGLU", "ADD_RES", "BLOCK_N", "BLOCK_K"})
@@ -108,9 +114,10 @@ def variants() -> list[Variant]:
     k = "codellama_fast.kernels.rmsnorm:_rmsnorm_kernel"
     fn = rmsnorm._rmsnorm_kernel
     t = _types(fn, {"X", "R", "W", "Y", "S"}, f32={"eps"}, constexpr={"HAS_RESIDUAL", "BLOCK", "ROWS"})
-    for c in rmsnorm.RMSNORM_CONFIGS:
+    for block in (4096, 8192):
         for res in (False, True):
-            out.append(Variant(k, t, dict(HAS_RESIDUAL=res, BLOCK=4096, **c.kwargs), c.num_warps, 3, _strides(fn) | {"C"}))
+            out.append(Variant(k, t, {"HAS_RESIDUAL": res, "BLOCK": block, "ROWS": 1}, rmsnorm.num_warps(block), 3,
+                               _strides(fn) | {"C"}))
     k = "codellama_fast.kernels.rope:_rope_cache_kernel"
     fn = rope._rope_cache_kernel
     t = _types(fn, {"Q", "K", "V", "QO", "KC", "VC"}, i64p={"POS", "SLOTS"}, f32p={"INV_FREQ"}, constexpr={"HALF", "BLOCK_H"})

@@ -133,6 +133,24 @@ def test_decode_attention_gives_the_same_bits_in_a_cache_of_any_size(dtype):
             assert torch.equal(other, outs[0]), kv_len
 
 
+@pytest.mark.parametrize("merge", ["last", "kernel"])
+def test_decode_attention_splits_past_the_keys_change_nothing(merge):
+    """More splits than a call's keys fill: the extra ones exit without a partial, and the merge
+    reads only the splits that hold keys, so the bits match those of fewer splits that cut the
+    keys the same way (and the reference)."""
+    b, hq, hkv, d = 2, 8, 2, 32
+    kv_len = 70  # 3 blocks of 32 (interpreter) for sequence 0, 2 for sequence 1 (kv_start 30)
+    q = torch.randn(b, 1, hq, d, dtype=torch.float32, device=DEVICE)
+    kc, vc = _cache(b, hkv, kv_len + 10, d, torch.float32)
+    kv_start = torch.tensor([0, 30], device=DEVICE)
+    kv = torch.tensor([kv_len], device=DEVICE)
+    # 8, 32 and 64 splits all cut 70 keys into one block each (chunk 32): 3 and 2 splits hold keys
+    outs = [attention_decode(q, kc, vc, kv_start, kv, num_splits=n, merge=merge) for n in (8, 32, 64)]
+    _close(outs[0], R.attention(q.double(), kc.double(), vc.double(), kv_len - 1, kv_start, kv_len).float(), torch.float32)
+    for other in outs[1:]:
+        assert torch.equal(other, outs[0])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("b,hq,hkv,d,kv_lens_pads", [
     (1, 4, 4, 64, (77, [0])),
@@ -146,8 +164,10 @@ def test_decode_attention(dtype, b, hq, hkv, d, kv_lens_pads):
     kc, vc = _cache(b, hkv, kv_len + 40, d, dtype)
     kv_start = torch.tensor(pads, device=DEVICE)
     counters = new_counters(b * hkv, DEVICE)
-    # the repeat reuses the counters the previous launch left; "kernel" merges in a second launch
-    for splits, merge in ((None, "last"), (1, "last"), (3, "last"), (3, "last"), (None, "kernel"), (3, "kernel")):
+    # the repeat reuses the counters the previous launch left; "kernel" merges in a second launch;
+    # None takes the default; 16 splits leave most without keys
+    for splits, merge in ((None, None), (None, "last"), (1, "last"), (3, "last"), (3, "last"), (None, "kernel"),
+                          (3, "kernel"), (16, "last"), (16, "kernel")):
         got = attention_decode(q, kc, vc, kv_start, torch.tensor([kv_len], device=DEVICE), num_splits=splits,
                                counters=counters, merge=merge)
         _close(got, R.attention(q, kc, vc, kv_len - 1, kv_start, kv_len), dtype)
@@ -182,7 +202,8 @@ def test_rope_attention_decode(dtype, b, hq, hkv, d, kv_len, pads, theta):
     want64 = R.rope_attention(q.double(), k.double(), v.double(), pos.double(), inv.double(), o64_kc, o64_vc, slots,
                               slot, kv_start, kv_len)
     counters = new_counters(b * hkv, DEVICE)
-    for splits, merge in ((None, "last"), (1, "last"), (2, "last"), (3, "last"), (3, "kernel")):
+    for splits, merge in ((None, None), (None, "last"), (1, "last"), (2, "last"), (3, "last"), (3, "kernel"),
+                          (16, "last"), (16, "kernel")):
         got_kc, got_vc = kc.clone(), vc.clone()
         got = rope_attention_decode(q, k, v, pos, inv, got_kc, got_vc, slots, kv_start, kv, num_splits=splits,
                                     counters=counters, merge=merge)

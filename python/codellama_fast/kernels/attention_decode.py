@@ -1,13 +1,14 @@
-"""Decode attention (one new token per sequence) over the KV cache, in one launch.
+"""Decode attention (one new token per sequence) over the KV cache.
 
 Split along the cache length (flash-decoding) so that a batch of 1 still fills the GPU: each program
 takes one (sequence, KV head, split) and loads the whole query group that shares the KV head
 (Hq/Hkv rows, padded to 16 for the tensor cores), so every K/V element is read once. Each split
-writes an unnormalised partial (max, sum, acc) and bumps a per-(sequence, KV head) counter; the
-split that arrives last merges the partials and writes the output, then resets the counter. One
-split writes the output directly. ``merge="kernel"`` merges in a second launch instead, one program
-per query head: no serial tail where a query group is large (the last arrival merges its whole
-group one head after another), for one more launch. The kernel benchmark times both.
+that holds keys writes an unnormalised partial (max, sum, acc). Two ways to merge them:
+``merge="last"`` bumps a per-(sequence, KV head) counter and the split that arrives last merges
+the partials, writes the output and resets the counter (one launch); ``merge="kernel"`` merges in
+a second launch, one program per query head (no serial tail where a query group is large: the last
+arrival merges its whole group one head after another). ``launch_defaults`` picks by group size and
+batch; the kernel benchmark times both. One split writes the output directly.
 
 ``rope_attention_decode`` also does the RoPE + cache-write step of the layer in the same launch:
 the programs rotate q themselves, and split 0 rotates the new k, writes k and v into the cache and
@@ -42,6 +43,7 @@ def _decode_kernel(
     HKV, NSPLIT, qk_scale,
     GROUP: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
     FUSE_ROPE: tl.constexpr, SINGLE: tl.constexpr, IEEE: tl.constexpr, MERGE_LAST: tl.constexpr,
+    MERGE_S: tl.constexpr,
 ):
     bh = tl.program_id(0)
     split = tl.program_id(1)
@@ -90,7 +92,7 @@ def _decode_kernel(
 
     # Split the cache range [kv_start, cache_hi) into NSPLIT chunks of whole blocks.
     span = cache_hi - kv_start
-    chunk = tl.cdiv(tl.cdiv(span, NSPLIT), BLOCK_N) * BLOCK_N
+    chunk = _chunk(span, NSPLIT, BLOCK_N)
     lo = kv_start + split * chunk
     hi = tl.minimum(lo + chunk, cache_hi)
     k_base = KC + b * skb + hk * skh
@@ -120,46 +122,77 @@ def _decode_kernel(
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         tl.store(O + b * sob + heads[:, None] * soh + offs_d[None, :], out.to(O.dtype.element_ty), mask=g_mask[:, None])
     else:
-        # partials: [B, Hq, NSPLIT] and [B, Hq, NSPLIT, D], contiguous
+        # partials: [B, Hq, NSPLIT] and [B, Hq, NSPLIT, D], contiguous. Only the splits that hold
+        # keys write one (split 0 always does: in the fused step it holds the new key); the
+        # merge reads those alone.
         hq_total = HKV * GROUP
-        row = (b * hq_total + heads) * NSPLIT + split
-        tl.store(M_WS + row, m_i, mask=g_mask)
-        tl.store(L_WS + row, l_i, mask=g_mask)
-        tl.store(ACC_WS + row[:, None] * D + offs_d[None, :], acc, mask=g_mask[:, None])
+        used = _used_splits(span, chunk)
+        if split < used:
+            row = (b * hq_total + heads) * NSPLIT + split
+            tl.store(M_WS + row, m_i, mask=g_mask)
+            tl.store(L_WS + row, l_i, mask=g_mask)
+            tl.store(ACC_WS + row[:, None] * D + offs_d[None, :], acc, mask=g_mask[:, None])
         if MERGE_LAST:
             # Every thread's partial stores come before the counter bump (barrier), the bump
             # releases them and the last arrival acquires them; it reads them from L2 (".cg").
             tl.debug_barrier()
             arrived = tl.atomic_add(COUNT + bh, 1, sem="acq_rel", scope="gpu")
             if arrived == NSPLIT - 1:
-                for g in tl.static_range(GROUP):
-                    _merge_head(M_WS, L_WS, ACC_WS, O, b, hk * GROUP + g, hq_total, NSPLIT, sob, soh, D, BLOCK_S)
+                for g in range(GROUP):  # a loop, not unrolled: one head's merge live at a time
+                    _merge_head(M_WS, L_WS, ACC_WS, O, b, hk * GROUP + g, hq_total, NSPLIT, used, sob, soh, D,
+                                BLOCK_S, MERGE_S)
                 tl.atomic_xchg(COUNT + bh, 0)  # ready for the next launch (or graph replay)
 
 
 @triton.jit
-def _merge_head(M_WS, L_WS, ACC_WS, O, b, h, hq_total, NSPLIT, sob, soh, D: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Merges the NSPLIT partials of query head h of sequence b and writes its output row."""
+def _chunk(span, NSPLIT, BLOCK_N: tl.constexpr):
+    """Keys per split: whole blocks, at least one (an empty range has one empty split)."""
+    return tl.maximum(tl.cdiv(tl.cdiv(span, NSPLIT), BLOCK_N), 1) * BLOCK_N
+
+
+@triton.jit
+def _used_splits(span, chunk):
+    """How many splits hold keys (at least 1); the rest exit without a partial."""
+    return tl.maximum(tl.cdiv(span, chunk), 1)
+
+
+@triton.jit
+def _merge_head(M_WS, L_WS, ACC_WS, O, b, h, hq_total, NSPLIT, used, sob, soh, D: tl.constexpr, BLOCK_S: tl.constexpr,
+                MERGE_S: tl.constexpr):
+    """Merges the partials of the `used` splits of query head h of sequence b and writes its output
+    row. The [split, D] partials are summed MERGE_S splits at a time, in split order: few registers
+    live, and the same order at any cache size."""
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, D)
-    s_mask = offs_s < NSPLIT
     base = (b * hq_total + h) * NSPLIT
-    m = tl.load(M_WS + base + offs_s, mask=s_mask, other=float("-inf"), cache_modifier=".cg")
-    l = tl.load(L_WS + base + offs_s, mask=s_mask, other=0.0, cache_modifier=".cg")
-    part = tl.load(ACC_WS + (base + offs_s[:, None]) * D + offs_d[None, :], mask=s_mask[:, None], other=0.0,
-                   cache_modifier=".cg")
+    m = tl.load(M_WS + base + offs_s, mask=offs_s < used, other=float("-inf"), cache_modifier=".cg")
     m_all = tl.max(m, axis=0)
-    w = tl.where(m == float("-inf"), 0.0, tl.math.exp2(m - m_all))
-    total = tl.sum(w * l, axis=0)
-    out = tl.sum(w[:, None] * part, axis=0) / tl.where(total == 0.0, 1.0, total)
+    acc = tl.zeros([D], dtype=tl.float32)
+    total = 0.0
+    for s0 in range(0, used, MERGE_S):
+        offs_c = s0 + tl.arange(0, MERGE_S)
+        c_mask = offs_c < used
+        m_c = tl.load(M_WS + base + offs_c, mask=c_mask, other=float("-inf"), cache_modifier=".cg")
+        l_c = tl.load(L_WS + base + offs_c, mask=c_mask, other=0.0, cache_modifier=".cg")
+        part = tl.load(ACC_WS + (base + offs_c[:, None]) * D + offs_d[None, :], mask=c_mask[:, None], other=0.0,
+                       cache_modifier=".cg")
+        w = tl.where(m_c == float("-inf"), 0.0, tl.math.exp2(m_c - m_all))
+        total += tl.sum(w * l_c, axis=0)
+        acc += tl.sum(w[:, None] * part, axis=0)
+    out = acc / tl.where(total == 0.0, 1.0, total)
     tl.store(O + b * sob + h * soh + offs_d, out.to(O.dtype.element_ty))
 
 
 @triton.jit
-def _merge_kernel(M_WS, L_WS, ACC_WS, O, HQ, NSPLIT, sob, soh, D: tl.constexpr, BLOCK_S: tl.constexpr):
-    """merge="kernel": one program per (sequence, query head)."""
+def _merge_kernel(M_WS, L_WS, ACC_WS, O, KV_START, KV_LEN, HQ, NSPLIT, sob, soh, FUSED: tl.constexpr,
+                  D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, MERGE_S: tl.constexpr):
+    """merge="kernel": one program per (sequence, query head). It finds the used splits as the
+    decode kernel split the range."""
     bh = tl.program_id(0)
-    _merge_head(M_WS, L_WS, ACC_WS, O, (bh // HQ).to(tl.int64), (bh % HQ).to(tl.int64), HQ, NSPLIT, sob, soh, D, BLOCK_S)
+    b = (bh // HQ).to(tl.int64)
+    span = tl.load(KV_LEN).to(tl.int32) - FUSED - tl.load(KV_START + b).to(tl.int32)
+    used = _used_splits(span, _chunk(span, NSPLIT, BLOCK_N))
+    _merge_head(M_WS, L_WS, ACC_WS, O, b, (bh % HQ).to(tl.int64), HQ, NSPLIT, used, sob, soh, D, BLOCK_S, MERGE_S)
 
 
 def num_splits(batch_kv_heads: int, device: torch.device) -> int:
@@ -180,19 +213,40 @@ def new_counters(batch_kv_heads: int, device: torch.device | str) -> torch.Tenso
 
 
 MERGES = ("last", "kernel")
+# Splits the merge sums at a time (a small number under the interpreter, so that tests cross
+# several of its steps).
+MERGE_SPLITS = 2 if INTERPRET else 16
+
+
+def launch_defaults(group: int, batch_kv_heads: int) -> tuple[str, int]:
+    """(merge, pipeline stages of the key loop) where the caller names none, as measured on an
+    H200 (benches/results/kernels-*.json, graph replays): with one query head per KV head and few
+    programs (a 7B/13B batch of 1) the one-launch last-split merge over a 2-stage loop was ahead
+    (77% / 92% of copy bandwidth at 2k / 16k keys, against 65% / 86%); everywhere else (larger
+    batches, 34B's groups of 8 heads, which the last split would merge one after another) the
+    two-launch merge over a 3-stage loop was (MHA batch 8: 94% / 107% against 76% / 86%; GQA
+    batch 1: 29% / 65% against 14% / 39%). Neither changes the arithmetic: same bits either way."""
+    if INTERPRET:
+        return ("last" if group == 1 else "kernel"), 1
+    if group == 1 and batch_kv_heads <= 64:
+        return "last", 2
+    return "kernel", 3
 
 
 def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_start, kv_len,
-            splits: int | None, counters: torch.Tensor | None, merge: str = "last") -> torch.Tensor:
+            splits: int | None, counters: torch.Tensor | None, merge: str | None = None,
+            stages: int | None = None) -> torch.Tensor:
     b, t, hq, d = q.shape
     if t != 1:
         raise ValueError(f"decode attention takes one new token per sequence, got {t}")
     if d not in (16, 32, 64, 128, 256):
         raise ValueError(f"head_dim {d} is not supported by the Triton attention kernel")
-    if merge not in MERGES:
-        raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
     hkv = k_cache.shape[1]
     group = hq // hkv
+    default_merge, default_stages = launch_defaults(group, b * hkv)
+    merge = default_merge if merge is None else merge
+    if merge not in MERGES:
+        raise ValueError(f"merge must be one of {MERGES} (or None for the default), got {merge!r}")
     assert q.stride(-1) == 1
     check_cache_layout(k_cache, v_cache)
     if not isinstance(kv_len, torch.Tensor):
@@ -206,9 +260,12 @@ def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_sta
     if single:
         m = l = acc = count = out  # unused
     else:
-        m = torch.empty((b, hq, nsplit), dtype=torch.float32, device=q.device)
-        l = torch.empty_like(m)
-        acc = torch.empty((b, hq, nsplit, d), dtype=torch.float32, device=q.device)
+        # Under the interpreter (the tests) the workspace starts as NaN, so a merge that read a
+        # partial no split wrote would show; on the GPU it is left uninitialised.
+        workspace = torch.full if INTERPRET else (lambda shape, _fill, **kw: torch.empty(shape, **kw))
+        m = workspace((b, hq, nsplit), float("nan"), dtype=torch.float32, device=q.device)
+        l = workspace((b, hq, nsplit), float("nan"), dtype=torch.float32, device=q.device)
+        acc = workspace((b, hq, nsplit, d), float("nan"), dtype=torch.float32, device=q.device)
         if merge_last:
             count = counters if counters is not None else new_counters(b * hkv, q.device)
             if count.numel() < b * hkv or count.dtype != torch.int32:
@@ -227,28 +284,34 @@ def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_sta
         out.stride(0), out.stride(2),
         hkv, nsplit, scale,
         GROUP=group, D=d, BLOCK_G=block_g, BLOCK_N=block_n, BLOCK_S=triton.next_power_of_2(nsplit),
-        FUSE_ROPE=fuse, SINGLE=single, IEEE=q.dtype == torch.float32, MERGE_LAST=merge_last,
-        num_warps=4, num_stages=1 if INTERPRET else 2,
+        FUSE_ROPE=fuse, SINGLE=single, IEEE=q.dtype == torch.float32, MERGE_LAST=merge_last, MERGE_S=MERGE_SPLITS,
+        num_warps=4, num_stages=stages or default_stages,
     )
     if not single and not merge_last:
-        _merge_kernel[(b * hq,)](m, l, acc, out, hq, nsplit, out.stride(0), out.stride(2), D=d,
-                                 BLOCK_S=triton.next_power_of_2(nsplit), num_warps=4)
+        _merge_kernel[(b * hq,)](m, l, acc, out, kv_start, kv_len, hq, nsplit, out.stride(0), out.stride(2),
+                                 FUSED=int(fuse), D=d, BLOCK_N=block_n, BLOCK_S=triton.next_power_of_2(nsplit),
+                                 MERGE_S=MERGE_SPLITS, num_warps=4)
     return out
 
 
 def attention_decode(q, k_cache, v_cache, kv_start: torch.Tensor, kv_len, num_splits: int | None = None,
-                     counters: torch.Tensor | None = None, merge: str = "last") -> torch.Tensor:
-    """Attention of q (already rotated, its k/v already in the cache) over the cache."""
-    return _launch(q, None, None, None, None, None, k_cache, v_cache, kv_start, kv_len, num_splits, counters, merge)
+                     counters: torch.Tensor | None = None, merge: str | None = None,
+                     stages: int | None = None) -> torch.Tensor:
+    """Attention of q (already rotated, its k/v already in the cache) over the cache. ``merge``
+    and ``stages`` (software-pipelining depth of the key loop) override the defaults, for A/B
+    timing."""
+    return _launch(q, None, None, None, None, None, k_cache, v_cache, kv_start, kv_len, num_splits, counters, merge,
+                   stages)
 
 
 def rope_attention_decode(q, k, v, positions, inv_freq, k_cache, v_cache, slots, kv_start: torch.Tensor, kv_len,
                           num_splits: int | None = None, counters: torch.Tensor | None = None,
-                          merge: str = "last") -> torch.Tensor:
+                          merge: str | None = None, stages: int | None = None) -> torch.Tensor:
     """RoPE on q and the new k, the cache write of k and v at ``slots`` (= kv_len - 1), and
     attention, in one launch. q [B,1,Hq,D], k/v [B,1,Hkv,D] (views of the fused qkv output are
     fine), positions [B,1] int64, inv_freq [D/2] fp32, slots [1] int64."""
     if positions.dim() != 2 or positions.shape[1] != 1:
         raise ValueError(f"positions must be [B, 1], got {tuple(positions.shape)}")
     positions = positions.expand(q.shape[0], 1)
-    return _launch(q, k, v, positions, inv_freq, slots, k_cache, v_cache, kv_start, kv_len, num_splits, counters, merge)
+    return _launch(q, k, v, positions, inv_freq, slots, k_cache, v_cache, kv_start, kv_len, num_splits, counters, merge,
+                   stages)

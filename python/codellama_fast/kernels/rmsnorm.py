@@ -5,9 +5,10 @@ x, residual: [N, C] rows (any leading dims flattened); w: [C]. Statistics in fp3
 the kernel also returns s (rounded to the input dtype, as an unfused add would be), so one pass
 reads x, residual and w once and writes y and s once.
 
-Each program normalises ROWS consecutive rows (w is loaded once for them). Many rows (prefill)
-tune ROWS and the warp count on the GPU; a few rows (decode) take a fixed shape, since there the
-launch latency is all there is to it.
+Each program normalises ROWS consecutive rows (w is loaded once for them); the launcher takes one
+row per program and its warps from the row length. No tuner: on an H200 this fixed shape timed
+82-93% of copy bandwidth at 8192 rows of 4096/8192 (benches/results/kernels-20261127T091810Z.json),
+the autotuned launch 32-94% (kernels-20261128T135229Z.json).
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ import triton
 import triton.language as tl
 
 from .reference import rms_norm as rms_norm_reference  # noqa: F401  (the oracle)
-from .tuning import tuned
-
-TUNE_FROM_ROWS = 1024
 
 
 @triton.jit
@@ -44,8 +42,8 @@ def _rmsnorm_kernel(X, R, W, Y, S, N, stride_x, stride_r, stride_y, stride_s, C,
         tl.store(Y + row * stride_y + cols, y, mask=mask)
 
 
-RMSNORM_CONFIGS = [triton.Config({"ROWS": rows}, num_warps=warps) for rows in (1, 2, 4) for warps in (4, 8, 16)]
-_TUNED = tuned(_rmsnorm_kernel, RMSNORM_CONFIGS, key=["C", "HAS_RESIDUAL", "BLOCK"])
+def num_warps(block: int) -> int:
+    return 4 if block <= 2048 else 8 if block <= 8192 else 16
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -55,8 +53,8 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
              rows_per_program: int | None = None):
-    """Returns y, or (y, x + residual) when a residual is given. ``rows_per_program`` fixes the
-    launch shape instead of tuning it."""
+    """Returns y, or (y, x + residual) when a residual is given. ``rows_per_program`` (default 1)
+    sets how many rows each program normalises."""
     shape = x.shape
     x2 = _rows(x)
     n, c = x2.shape
@@ -69,11 +67,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     else:
         s = None
         args = (x2, x2, weight, y, y, n, x2.stride(0), 0, y.stride(0), 0, c, eps)
-    if _TUNED is not None and x.is_cuda and n >= TUNE_FROM_ROWS and rows_per_program is None:
-        _TUNED[lambda meta: (triton.cdiv(n, meta["ROWS"]),)](*args, HAS_RESIDUAL=s is not None, BLOCK=block)
-    else:
-        rows = rows_per_program or 1
-        warps = 4 if block <= 2048 else 8 if block <= 8192 else 16
-        _rmsnorm_kernel[(triton.cdiv(n, rows),)](*args, HAS_RESIDUAL=s is not None, BLOCK=block, ROWS=rows, num_warps=warps)
+    rows = rows_per_program or 1
+    _rmsnorm_kernel[(triton.cdiv(n, rows),)](*args, HAS_RESIDUAL=s is not None, BLOCK=block, ROWS=rows,
+                                             num_warps=num_warps(block))
     y = y.view(shape)
     return y if s is None else (y, s.view(shape))
