@@ -1,6 +1,6 @@
 """Triton kernels vs torch baselines on one GPU (same run): prefill attention vs
-scaled_dot_product_attention (flash backend), decode attention vs SDPA, RMSNorm / SwiGLU / RoPE vs
-eager torch. Reports TFLOP/s or GB/s and the fraction of the ceilings measured in the same run
+scaled_dot_product_attention (flash backend), decode attention vs SDPA, the decode step's fused
+projections vs cuBLAS matmul + torch ops, RMSNorm / SwiGLU / RoPE vs eager torch. Reports TFLOP/s or GB/s and the fraction of the ceilings measured in the same run
 (device copy bandwidth, fp16 GEMM rate). JSON to benches/results/.
 
     python benches/bench_kernels.py [--quick] [--out DIR]
@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
-    ap.add_argument("--only", choices=["prefill", "decode", "elementwise"], default=None)
+    ap.add_argument("--only", choices=["prefill", "decode", "projection", "elementwise"], default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     smoke = args.smoke
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> Path:
     from codellama_fast.kernels import reference as R
     from codellama_fast.kernels.attention_decode import attention_decode, new_counters, num_splits, rope_attention_decode
     from codellama_fast.kernels.attention_prefill import attention_prefill
+    from codellama_fast.kernels.gemv import linear_residual, norm_linear, norm_linear_swiglu
     from codellama_fast.kernels.rmsnorm import rms_norm
     from codellama_fast.kernels.rope import rope_cache_update
     from codellama_fast.kernels.swiglu import swiglu
@@ -181,10 +183,13 @@ def main(argv: list[str] | None = None) -> Path:
             timing = "graph" if graph else "launch"
             add("decode_attn", "triton", shape, bench(lambda: attention_decode(q, kc, vc, kv_start, kv_len, counters=counters), smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
             add("decode_attn", "sdpa", shape, bench(lambda: F.scaled_dot_product_attention(qh, kc, vc, enable_gqa=hq != hkv), smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
-            # the A/B of the kernel's choices: the partials merged by a second launch (one program
-            # per query head) rather than by the last split of each KV head; a quarter of the splits
-            add("decode_attn", "triton_merge_kernel", shape, bench(lambda: attention_decode(q, kc, vc, kv_start, kv_len, merge="kernel"), smoke, graph),
-                kv_bytes, "GB/s", ceil["copy_GBps"], timing)
+            # the A/B of the kernel's choices (the default row above takes launch_defaults'): each
+            # merge (by the last split of each KV head / by a second launch) over each pipeline
+            # depth of the key loop; a quarter of the splits
+            for merge, stages in (("last", 2), ("last", 3), ("kernel", 2), ("kernel", 3)):
+                variant = partial(attention_decode, q, kc, vc, kv_start, kv_len, counters=counters, merge=merge, stages=stages)
+                add("decode_attn", f"triton_{merge}_s{stages}", shape, bench(variant, smoke, graph), kv_bytes, "GB/s",
+                    ceil["copy_GBps"], timing)
             add("decode_attn", "triton_quarter_splits", shape,
                 bench(lambda: attention_decode(q, kc, vc, kv_start, kv_len, num_splits=max(1, splits // 4), counters=counters), smoke, graph),
                 kv_bytes, "GB/s", ceil["copy_GBps"], timing)
@@ -192,6 +197,34 @@ def main(argv: list[str] | None = None) -> Path:
             add("decode_step", "triton_separate", shape, bench(step_separate, smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
             add("decode_step", "torch", shape, bench(step_torch, smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
         del q, kc, vc
+
+    # ---- the decode step's projections (a few rows against a whole weight, the norm / SwiGLU /
+    # residual fused in) vs torch (cuBLAS matmul + the reference ops). Bytes = the weight's (the
+    # activations are KBs). The step of a batch of 1-8 is mostly these reads.
+    proj_models = {"7B": (4096, 11008, 32, 32), "34B": (8192, 22016, 64, 8)}
+    proj_shapes = [("7B", 1)] if smoke else [(m, rows) for m in proj_models for rows in (1, 8)]
+    if args.only not in (None, "projection"):
+        proj_shapes = []
+    for model, m_rows in proj_shapes:
+        hidden, ffn, hq, hkv = (64, 96, 4, 2) if smoke else proj_models[model]
+        qkv_out = (hq + 2 * hkv) * (hidden // hq)
+        x = torch.randn(m_rows, hidden, dtype=dt, device=dev)
+        norm_w = torch.rand(hidden, dtype=dt, device=dev) + 0.5
+        for name, k_in, n_out in (("qkv", hidden, qkv_out), ("o", hidden, hidden), ("gate_up", hidden, 2 * ffn), ("down", ffn, hidden)):
+            w = torch.randn(n_out, k_in, dtype=dt, device=dev) * k_in**-0.5
+            xin = x if k_in == hidden else torch.randn(m_rows, k_in, dtype=dt, device=dev)
+            res = torch.randn(m_rows, n_out, dtype=dt, device=dev)
+            if name == "qkv":
+                ours, theirs = partial(norm_linear, xin, norm_w, w, 1e-5), partial(R.norm_linear, xin, norm_w, w, 1e-5)
+            elif name == "gate_up":
+                ours, theirs = partial(norm_linear_swiglu, xin, norm_w, w, 1e-5), partial(R.norm_linear_swiglu, xin, norm_w, w, 1e-5)
+            else:
+                ours, theirs = partial(linear_residual, xin, w, res), partial(R.linear_residual, xin, w, res)
+            shape = f"{model} {name} M{m_rows} K{k_in} N{n_out}"
+            for graph in ([False] if smoke else [False, True]):
+                timing = "graph" if graph else "launch"
+                add("projection", "triton", shape, bench(ours, smoke, graph), w.numel() * 2, "GB/s", ceil["copy_GBps"], timing)
+                add("projection", "torch", shape, bench(theirs, smoke, graph), w.numel() * 2, "GB/s", ceil["copy_GBps"], timing)
 
     # ---- memory-bound elementwise kernels (bytes = reads + writes)
     if args.only not in (None, "elementwise"):

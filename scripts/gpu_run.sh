@@ -3,8 +3,8 @@
 # in .gpu/, runs the GPU tests, the kernel benchmark and the end-to-end benchmark, and leaves logs
 # and results under $OUT. SMOKE=1 runs the same plumbing on a CPU with tiny shapes. PART=tests,
 # PART=kernels or PART=e2e (comma-separated) runs only those parts, e.g. to split the work over two
-# device calls; T_TESTS/T_KERNELS/T_E2E bound each part in seconds; E2E_ARGS adds bench_e2e options
-# (e.g. E2E_ARGS="--models 34B").
+# device calls; T_TESTS/T_KERNELS/T_E2E bound each part in seconds; KB_ARGS and E2E_ARGS add
+# bench_kernels / bench_e2e options (e.g. KB_ARGS="--only decode", E2E_ARGS="--models 34B").
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-out}
@@ -33,7 +33,7 @@ if want tests; then
   echo "== GPU tests"; timeout "${T_TESTS:-200}" $PY -m pytest -v -rfE --durations=10 -p no:cacheprovider $TESTS > "$OUT/tests.log" 2>&1; tail -n 40 "$OUT/tests.log"
 fi
 if want kernels; then
-  echo "== kernel benchmark"; timeout "${T_KERNELS:-100}" $PY benches/bench_kernels.py $KB --out "$OUT" > "$OUT/kernels.log" 2>&1; tail -n 40 "$OUT/kernels.log"
+  echo "== kernel benchmark"; timeout "${T_KERNELS:-100}" $PY benches/bench_kernels.py $KB ${KB_ARGS:-} --out "$OUT" > "$OUT/kernels.log" 2>&1; tail -n 40 "$OUT/kernels.log"
 fi
 if want e2e; then
   echo "== end-to-end benchmark"; timeout "${T_E2E:-270}" $PY benches/bench_e2e.py $E2E ${E2E_ARGS:-} --out "$OUT" --llama2-tokenizer .gpu/shared/tokenizers/llama2/tokenizer.model > "$OUT/e2e.log" 2>&1; tail -n 80 "$OUT/e2e.log"

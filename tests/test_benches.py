@@ -42,7 +42,7 @@ def test_bench_e2e_smoke(tmp_path):
 def test_bench_kernels_smoke(tmp_path):
     pytest.importorskip("triton")
     data = _run("bench_kernels.py", "--smoke", tmp=tmp_path)
-    assert {r["bench"] for r in data["rows"]} >= {"prefill_attn", "decode_attn", "rmsnorm", "swiglu", "rope_cache"}
+    assert {r["bench"] for r in data["rows"]} >= {"prefill_attn", "decode_attn", "projection", "rmsnorm", "swiglu", "rope_cache"}
 
 
 def test_bench_generate_tiny(tmp_path):
