@@ -219,13 +219,15 @@ MERGE_SPLITS = 2 if INTERPRET else 16
 
 
 def launch_defaults(group: int, batch_kv_heads: int) -> tuple[str, int]:
-    """(merge, pipeline stages of the key loop) where the caller names none, as measured on an
-    H200 (benches/results/kernels-*.json, graph replays): with one query head per KV head and few
-    programs (a 7B/13B batch of 1) the one-launch last-split merge over a 2-stage loop was ahead
-    (77% / 92% of copy bandwidth at 2k / 16k keys, against 65% / 86%); everywhere else (larger
-    batches, 34B's groups of 8 heads, which the last split would merge one after another) the
-    two-launch merge over a 3-stage loop was (MHA batch 8: 94% / 107% against 76% / 86%; GQA
-    batch 1: 29% / 65% against 14% / 39%). Neither changes the arithmetic: same bits either way."""
+    """(merge, pipeline stages of the key loop) where the caller names none. From two H200 runs
+    (graph replays) of two versions of this kernel: the last-split merge over a 2-stage loop
+    (kernels-20261128T135229Z.json) against the two-launch merge over a 3-stage loop
+    (kernels-20261127T092350Z.json). With one query head per KV head and few programs (a 7B/13B
+    batch of 1) the first was ahead: 77% / 92% of copy bandwidth at 2k / 16k keys, against 65% /
+    86%. Everywhere else the second was: MHA batch 8 94% / 107% against 76% / 86%; 34B's groups of
+    8 heads (which the last split merges one after another) at batch 1 29% / 65% against 14% /
+    39%. bench_kernels times all four pairings side by side. Neither choice changes the
+    arithmetic: same bits either way."""
     if INTERPRET:
         return ("last" if group == 1 else "kernel"), 1
     if group == 1 and batch_kv_heads <= 64:
@@ -308,7 +310,7 @@ def rope_attention_decode(q, k, v, positions, inv_freq, k_cache, v_cache, slots,
                           num_splits: int | None = None, counters: torch.Tensor | None = None,
                           merge: str | None = None, stages: int | None = None) -> torch.Tensor:
     """RoPE on q and the new k, the cache write of k and v at ``slots`` (= kv_len - 1), and
-    attention, in one launch. q [B,1,Hq,D], k/v [B,1,Hkv,D] (views of the fused qkv output are
+    attention, in one launch (plus the merge's, where the merge takes a second). q [B,1,Hq,D], k/v [B,1,Hkv,D] (views of the fused qkv output are
     fine), positions [B,1] int64, inv_freq [D/2] fp32, slots [1] int64."""
     if positions.dim() != 2 or positions.shape[1] != 1:
         raise ValueError(f"positions must be [B, 1], got {tuple(positions.shape)}")
