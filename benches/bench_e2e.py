@@ -1,7 +1,9 @@
 """End-to-end GPU speed: random weights in the exact Code Llama 7B/13B/34B shapes (whatever fits),
 batch × prompt grid, 128 new tokens; time to first token, decode tokens/s, achieved GB/s and % of
 the copy bandwidth measured in the same run, peak memory; at batch 1, the time to first token of a
-call at a new prompt length (with the kept decode state, and rebuilt); transformers `LlamaForCausalLM` (sdpa
+call at a new prompt length (with the kept decode state, and rebuilt); at batch 1 and 8 and the first
+prompt length, a profile of one replayed decode step (time per kernel, and between kernels);
+transformers `LlamaForCausalLM` (sdpa
 eager, and static cache + compile where it works) on the same shapes in the same run. A correctness
 gate runs first. Writes JSON and a PNG chart to benches/results/.
 
@@ -27,7 +29,8 @@ import torch  # noqa: E402
 
 from common import LiveRows, git_sha, machine, now, result_path, versions, write_results  # noqa: E402
 from llm_bench import (  # noqa: E402
-    correctness_gate, free, hf_model, measure_hf, measure_new_length, measure_ours, our_config, random_engine, weight_bytes,
+    correctness_gate, free, hf_model, measure_hf, measure_new_length, measure_ours, our_config, profile_decode_step, random_engine,
+    weight_bytes,
 )
 
 
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--no-step-ab", action="store_true",
                     help="batches up to 16: do not also measure the decode step the engine did not use (plain or fused)")
+    ap.add_argument("--no-profile", action="store_true",
+                    help="batches 1 and 8 at the first prompt length: do not profile where a decode step's time goes")
     ap.add_argument("--hf-static", nargs="*", default=["7B:1:512"], help="MODEL:BATCH:PROMPT cells that also run transformers static cache + compile")
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting new cells after this many seconds")
     ap.add_argument("--llama2-tokenizer", default=str(Path(__file__).resolve().parents[2] / "shared/tokenizers/llama2/tokenizer.model"))
@@ -152,6 +157,20 @@ def main(argv: list[str] | None = None) -> Path:
                 cells.append((b, p))
                 print(f"{shape:16s} ours: ttft {m.ttft_s * 1e3:8.1f} ms  decode {m.decode_tokens_per_s:9.1f} tok/s  "
                       f"{gbps:7.0f} GB/s ({100 * gbps / bw if bw == bw else float('nan'):.0f}% of copy bw)  peak {m.peak_memory_gib or 0:.1f} GiB  step {m.decode_step}", flush=True)
+                if b in (1, 8) and p == args.prompt[0] and not args.no_profile and not out_of_time():
+                    try:
+                        prof = profile_decode_step(engine, b, p)
+                    except Exception as exc:  # noqa: BLE001  (a profiler this machine lacks: recorded, the run goes on)
+                        prof = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+                    if prof is not None:
+                        rows.append({"bench": "e2e", "provider": "codellama-fast-step-profile", "model": name, "batch": b, "prompt": p,
+                                     "shape": shape, "metric": "decode_step_profile", "decode_step": m.decode_step, **prof,
+                                     "device": meta["machine"].get("gpu", "cpu"), "dtype": str(dtype), "git_sha": meta["git_sha"],
+                                     "timestamp": meta["timestamp"]})
+                        head = ", ".join(f"{k['name'][:40]} {k['ms_per_step']:.3f}" for k in prof.get("top", [])[:4])
+                        print(f"{shape:16s} ours, one decode step: {prof.get('span_ms_per_step', float('nan')):.3f} ms span, "
+                              f"{prof.get('busy_ms_per_step', float('nan')):.3f} ms in {prof.get('device_side', '?')}; top: {head}"
+                              + (f"  ({prof['error']})" if "error" in prof else ""), flush=True)
                 if b == 1 and not out_of_time():
                     n, kept, rebuilt = measure_new_length(engine, p, args.new)
                     rows.append({"bench": "e2e", "provider": "codellama-fast-new-length", "model": name, "batch": 1, "prompt": n,

@@ -138,6 +138,51 @@ def measure_new_length(engine, prompt_len: int, new_tokens: int) -> tuple[int, f
     return n, kept, rebuilt
 
 
+def profile_decode_step(engine, batch: int, prompt_len: int, steps: int = 8, top: int = 12) -> dict[str, Any] | None:
+    """Where one decode step's time goes: the captured step the engine kept for `batch` sequences
+    (after a generate call of that batch), replayed `steps` times from slot `prompt_len` under
+    torch.profiler. On CUDA: per kernel name, launches and milliseconds per step; the step's
+    span (first kernel start to last kernel end, per step) against the sum of its kernels' times:
+    the difference is the time between kernels (launch gaps, each kernel's ramp-up and drain).
+    Off CUDA (the eagerly run step): per operator, self time per step. None when the engine kept
+    no state of that batch."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    states = [s for s in engine._graphs._states if s.batch == batch]
+    if not states:
+        return None
+    dec = states[0].decoder
+    steps = max(1, min(steps, dec.capacity - prompt_len - 1))
+    on_cuda = dec.tok.device.type == "cuda"
+    dev = dec.tok.device
+    with torch.inference_mode():  # the step's buffers are inference tensors
+        dec.start(torch.zeros(batch, dtype=torch.long, device=dev), torch.full((batch,), prompt_len, dtype=torch.long, device=dev),
+                  prompt_len)
+    dec.replay()  # one step before the profile: nothing left to set up inside it
+    sync(str(dev))
+    with profile(activities=[ProfilerActivity.CUDA if on_cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            dec.replay()
+        sync(str(dev))
+    kind = DeviceType.CUDA if on_cuda else DeviceType.CPU
+    events = [e for e in prof.events() if e.device_type == kind]
+    per_name: dict[str, list[float]] = {}
+    for e in events:
+        us = e.time_range.elapsed_us() if on_cuda else e.self_cpu_time_total
+        per_name.setdefault(e.name, []).append(us)
+    busy_ms = sum(sum(v) for v in per_name.values()) / 1e3 / steps
+    out: dict[str, Any] = {"steps": steps, "device_side": "kernels" if on_cuda else "cpu operators",
+                           "busy_ms_per_step": busy_ms}
+    if on_cuda and events:
+        span_ms = (max(e.time_range.end for e in events) - min(e.time_range.start for e in events)) / 1e3 / steps
+        out.update(span_ms_per_step=span_ms, between_kernels_ms_per_step=span_ms - busy_ms,
+                   kernels_per_step=len(events) / steps)
+    ranked = sorted(per_name.items(), key=lambda kv: -sum(kv[1]))[:top]
+    out["top"] = [{"name": name[:120], "calls_per_step": len(v) / steps, "ms_per_step": sum(v) / 1e3 / steps} for name, v in ranked]
+    return out
+
+
 def measure_hf(model, batch: int, prompt_len: int, new_tokens: int, device: str, static: bool = False, repeats: int = 2,
                rules: dict[str, Any] | None = None) -> Measurement:
     """transformers `generate` (greedy, with `rules` as in measure_ours). TTFT = a 1-token

@@ -36,6 +36,10 @@ def test_bench_e2e_smoke(tmp_path):
     # batch 1: a call at a new prompt length, on the kept decode state and on a rebuilt one
     fresh = [r for r in data["rows"] if r["provider"] == "codellama-fast-new-length"]
     assert fresh and all(r["ttft_kept_ms"] > 0 and r["ttft_rebuilt_ms"] > 0 for r in fresh)
+    # batch 1: where one replayed decode step's time goes
+    (prof,) = [r for r in data["rows"] if r["provider"] == "codellama-fast-step-profile"]
+    assert "error" not in prof and prof["batch"] == 1 and prof["steps"] == 8, prof
+    assert prof["top"] and prof["busy_ms_per_step"] * (1 + 1e-9) >= sum(k["ms_per_step"] for k in prof["top"]) > 0
     assert list(tmp_path.glob("*.png"))
 
 
