@@ -1,7 +1,8 @@
 """Triton kernels vs torch baselines on one GPU (same run): prefill attention vs
 scaled_dot_product_attention (flash backend), decode attention vs SDPA, the decode step's fused
-projections vs cuBLAS matmul + torch ops, RMSNorm / SwiGLU / RoPE vs eager torch. Reports TFLOP/s or GB/s and the fraction of the ceilings measured in the same run
-(device copy bandwidth, fp16 GEMM rate). JSON to benches/results/.
+projections vs cuBLAS matmul + torch ops, RMSNorm / SwiGLU / RoPE vs eager torch. Reports TFLOP/s
+or GB/s and the fraction of the ceilings measured in the same run (device copy bandwidth, fp16
+GEMM rate). JSON to benches/results/.
 
     python benches/bench_kernels.py [--quick] [--out DIR]
     python benches/bench_kernels.py --smoke      # tiny shapes on CPU (Triton interpreter): checks the harness
