@@ -228,11 +228,8 @@ def launch_defaults(group: int, batch_kv_heads: int) -> tuple[str, int]:
     8 heads (which the last split merges one after another) at batch 1 29% / 65% against 14% /
     39%. bench_kernels times all four pairings side by side. Neither choice changes the
     arithmetic: same bits either way."""
-    if INTERPRET:
-        return ("last" if group == 1 else "kernel"), 1
-    if group == 1 and batch_kv_heads <= 64:
-        return "last", 2
-    return "kernel", 3
+    merge = "last" if group == 1 and batch_kv_heads <= 64 else "kernel"
+    return merge, 1 if INTERPRET else 2 if merge == "last" else 3
 
 
 def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_start, kv_len,
@@ -262,12 +259,12 @@ def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_sta
     if single:
         m = l = acc = count = out  # unused
     else:
-        # Under the interpreter (the tests) the workspace starts as NaN, so a merge that read a
-        # partial no split wrote would show; on the GPU it is left uninitialised.
-        workspace = torch.full if INTERPRET else (lambda shape, _fill, **kw: torch.empty(shape, **kw))
-        m = workspace((b, hq, nsplit), float("nan"), dtype=torch.float32, device=q.device)
-        l = workspace((b, hq, nsplit), float("nan"), dtype=torch.float32, device=q.device)
-        acc = workspace((b, hq, nsplit, d), float("nan"), dtype=torch.float32, device=q.device)
+        m = torch.empty((b, hq, nsplit), dtype=torch.float32, device=q.device)
+        l = torch.empty_like(m)
+        acc = torch.empty((b, hq, nsplit, d), dtype=torch.float32, device=q.device)
+        if INTERPRET:  # the tests: a merge that read a partial no split wrote would show as NaN
+            for buf in (m, l, acc):
+                buf.fill_(float("nan"))
         if merge_last:
             count = counters if counters is not None else new_counters(b * hkv, q.device)
             if count.numel() < b * hkv or count.dtype != torch.int32:
