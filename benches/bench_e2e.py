@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> Path:
                 row = {"bench": "e2e", "provider": m.provider, "model": name, "batch": b, "prompt": p, "shape": shape,
                        "metric": "decode_tokens_per_s", "unit": "tokens/s", "p50": m.decode_tokens_per_s,
                        "ttft_ms": m.ttft_s * 1e3, "achieved_GBps": gbps, "fraction_of_copy_bw": gbps / bw if bw == bw else None,
-                       "peak_memory_gib": m.peak_memory_gib, "decode_step": m.decode_step, "new_tokens": args.new, "device": meta["machine"].get("gpu", "cpu"),
+                       "peak_memory_gib": m.peak_memory_gib, "decode_step": m.decode_step,
+                       "decode_attention": getattr(engine, "decode_attention_used", None), "new_tokens": args.new, "device": meta["machine"].get("gpu", "cpu"),
                        "dtype": str(dtype), "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]}
                 rows.append(row)
                 cells.append((b, p))
@@ -193,6 +194,17 @@ def main(argv: list[str] | None = None) -> Path:
                                      peak_memory_gib=m2.peak_memory_gib, decode_step=other))
                     print(f"{shape:16s} ours, {other} step: decode {m2.decode_tokens_per_s:9.1f} tok/s  "
                           f"{gbps2:7.0f} GB/s ({100 * gbps2 / bw if bw == bw else float('nan'):.0f}% of copy bw)", flush=True)
+        launches = getattr(engine.model.ops, "decode_launches", None)
+        if launches is not None and launches.report():
+            # the decode attention's launch timings at each shape the states were built for
+            rows.append({"bench": "e2e", "provider": "codellama-fast-decode-attention-launch", "model": name,
+                         "metric": "decode_attention_launch_ms", "unit": "ms", "tuned": launches.report(),
+                         "device": meta["machine"].get("gpu", "cpu"), "dtype": str(dtype), "git_sha": meta["git_sha"],
+                         "timestamp": meta["timestamp"]})
+            for entry in launches.report():
+                times = "  ".join(f"{k} {v * 1e3:.1f} us" for k, v in entry["ms_per_launch"].items())
+                print(f"{name} decode attention, group {entry['group']}, {entry['batch_kv_heads']} seq x KV heads, "
+                      f"{entry['kv_len_from']}-{entry['kv_len_below']} keys: {entry['picked']}  ({times})", flush=True)
         del engine
         free(device)
         if args.no_hf or out_of_time():

@@ -24,7 +24,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   KB="--smoke"; E2E="--smoke"; TESTS="tests/test_gpu.py"
 else
   KB="--quick"; E2E="--budget-s ${E2E_BUDGET:-240}"
-  TESTS="tests/test_gpu.py tests/test_kernels.py tests/test_beam_search.py::test_beams_through_the_triton_kernels_equal_the_torch_path"
+  TESTS="tests/test_gpu.py tests/test_decode_tuning.py tests/test_kernels.py tests/test_beam_search.py::test_beams_through_the_triton_kernels_equal_the_torch_path"
 fi
 # Tests that failed or never ran on a GPU before run first, so a run cut by its limit still has
 # their full messages; the rest follow without them.

@@ -192,6 +192,13 @@ class Engine:
         # `decode_step_used` says which one the last graph runs.
         self.decode_step = "plain"
         self.decode_step_used: str | None = None
+        # Before a decode state's step is captured, time the decode attention's launches (how its
+        # splits merge, how deep its key loop pipelines) over the state's cache and capture the
+        # fastest (kernels.decode_tuning; CUDA with the Triton ops only). Every launch gives the
+        # same bits. Off, a shape timed before keeps its pick. `decode_attention_used` names the
+        # launch of the last state built (None: the kernel's defaults).
+        self.tune_decode_attention = True
+        self.decode_attention_used: str | None = None
         # Prefill runs in chunks of at most this many tokens (batch × length) to bound activations,
         # fewer when the free memory is short (engine.memory.prefill_chunk_tokens).
         self.prefill_chunk_tokens = 16384
@@ -351,6 +358,7 @@ class Engine:
             cache = KVCache.at_most(self.model.config, b, capacity, least, self.dtype, self.device)
         capacity = cache.max_len
         kv_start = torch.zeros(b, dtype=torch.long, device=self.device)
+        self._tune_decode_attention(cache)
 
         def decoder(kind: str) -> GraphDecoder:
             forward = (lambda tok, ctx, caches: fused_decode.fused_decode_forward(self.model, tok, ctx, caches)) if kind == "fused" else None
@@ -368,6 +376,26 @@ class Engine:
         else:
             chosen = decoder("fused" if self.decode_step == "fused" else "plain")
         return DecodeState(b, greedy, cache, kv_start, chosen)
+
+    def _tune_decode_attention(self, cache: KVCache) -> None:
+        """The decode attention launch for this cache's shape, timed at its full length (the
+        longest call it serves), where `tune_decode_attention` is on and the ops can time one;
+        `decode_attention_used` then names the launch the state's step captures."""
+        ops = self.model.ops
+        tune = getattr(ops, "tune_decode_attention", None)
+        self.decode_attention_used = None
+        if tune is None or not cache.layers:
+            return
+        heads = self.model.config.num_attention_heads
+        k_cache, v_cache = cache.layers[0]  # every layer's cache has the same shape
+        if self.tune_decode_attention:
+            try:
+                tune(heads, k_cache, v_cache, cache.max_len)
+            except Exception as exc:  # noqa: BLE001  (the launch picked before, or the kernel's default, still serves)
+                warnings.warn(f"timing the decode attention's launches failed: {type(exc).__name__}: {exc}",
+                              RuntimeWarning, stacklevel=3)
+        launch = ops.decode_launches.current(heads, k_cache)
+        self.decode_attention_used = f"{launch[0]}_s{launch[1]}" if launch else None
 
     def release_cache(self) -> None:
         """Frees the KV cache and captured decode step kept between calls (the next call that

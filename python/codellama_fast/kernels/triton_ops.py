@@ -7,6 +7,7 @@ import torch
 from . import gemv, reference
 from .attention_decode import attention_decode, new_counters, rope_attention_decode
 from .attention_prefill import attention_prefill
+from .decode_tuning import DecodeLaunches
 from .rmsnorm import rms_norm
 from .rope import rope_cache_update
 from .swiglu import swiglu
@@ -28,6 +29,8 @@ class TritonOps:
         # A larger batch gets a new buffer; old ones are kept, since captured graphs point at them.
         self._counters: dict[torch.device, torch.Tensor] = {}
         self._retired: list[torch.Tensor] = []
+        # the decode attention's launch per shape, where tune_decode_attention timed one
+        self.decode_launches = DecodeLaunches()
 
     def _decode_counters(self, n: int, device: torch.device) -> torch.Tensor:
         buf = self._counters.get(device)
@@ -36,6 +39,15 @@ class TritonOps:
                 self._retired.append(buf)
             buf = self._counters[device] = new_counters(max(n, 256), device)
         return buf
+
+    def tune_decode_attention(self, q_heads: int, k_cache: torch.Tensor, v_cache: torch.Tensor, kv_len: int):
+        """Times the decode attention's launches over this cache at `kv_len` keys and makes the
+        fastest the one its shape uses from now on (kernels.decode_tuning); returns it, or None
+        where nothing was timed. Every launch gives the same bits."""
+        if k_cache.shape[-1] not in SUPPORTED_HEAD_DIMS:
+            return None
+        counters = self._decode_counters(k_cache.shape[0] * k_cache.shape[1], k_cache.device)
+        return self.decode_launches.tune(q_heads, k_cache, v_cache, kv_len, counters)
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return rms_norm(x, weight, eps)
@@ -52,15 +64,17 @@ class TritonOps:
         if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
             return reference.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
         if q.shape[1] == 1:
-            return attention_decode(q, k_cache, v_cache, kv_start, kv_len)
+            merge, stages = self.decode_launches.current(q.shape[2], k_cache) or (None, None)
+            return attention_decode(q, k_cache, v_cache, kv_start, kv_len, merge=merge, stages=stages)
         return attention_prefill(q, k_cache, v_cache, int(q_start), kv_start, int(kv_len))
 
     def rope_attention(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len):
         # One new token per sequence (its slot is kv_len - 1): RoPE, cache write and attention in one launch.
         if q.shape[1] == 1 and q.shape[-1] in SUPPORTED_HEAD_DIMS:
             counters = self._decode_counters(q.shape[0] * k_cache.shape[1], q.device)
+            merge, stages = self.decode_launches.current(q.shape[2], k_cache) or (None, None)
             return rope_attention_decode(q, k, v, positions, inv_freq, k_cache, v_cache, slots, kv_start, kv_len,
-                                         counters=counters)
+                                         counters=counters, merge=merge, stages=stages)
         q_rot = self.rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
         return self.attention(q_rot, k_cache, v_cache, q_start, kv_start, kv_len)
 
