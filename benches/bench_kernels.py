@@ -1,6 +1,7 @@
 """Triton kernels vs torch baselines on one GPU (same run): prefill attention vs
 scaled_dot_product_attention (flash backend), decode attention vs SDPA, the decode step's fused
-projections vs cuBLAS matmul + torch ops, RMSNorm / SwiGLU / RoPE vs eager torch. Reports TFLOP/s
+projections vs cuBLAS matmul + torch ops, one layer of the fused decode step with and without
+programmatic dependent launch, RMSNorm / SwiGLU / RoPE vs eager torch. Reports TFLOP/s
 or GB/s and the fraction of the ceilings measured in the same run (device copy bandwidth, fp16
 GEMM rate). JSON to benches/results/.
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
-    ap.add_argument("--only", choices=["prefill", "decode", "projection", "elementwise"], default=None)
+    ap.add_argument("--only", choices=["prefill", "decode", "projection", "layer", "elementwise"], default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     smoke = args.smoke
@@ -88,6 +89,10 @@ def main(argv: list[str] | None = None) -> Path:
     from codellama_fast.kernels.rmsnorm import rms_norm
     from codellama_fast.kernels.rope import rope_cache_update
     from codellama_fast.kernels.swiglu import swiglu
+    from codellama_fast.kernels.triton_ops import TritonOps
+    from codellama_fast.engine.fused_decode import fused_decode_layer
+    from codellama_fast.engine.model import Block, LlamaModel, StepContext
+    from llm_bench import our_config
     import torch.nn.functional as F
 
     dt = torch.float16
@@ -226,6 +231,38 @@ def main(argv: list[str] | None = None) -> Path:
                 timing = "graph" if graph else "launch"
                 add("projection", "triton", shape, bench(ours, smoke, graph), w.numel() * 2, "GB/s", ceil["copy_GBps"], timing)
                 add("projection", "torch", shape, bench(theirs, smoke, graph), w.numel() * 2, "GB/s", ceil["copy_GBps"], timing)
+
+    # ---- one layer of the fused decode step (engine.fused_decode: the qkv projection with its
+    # RMSNorm, the attention step, o projection + residual, gate/up + SwiGLU, down + residual; five
+    # launches at one row), replayed from a CUDA graph as the engine runs it, with and without
+    # programmatic dependent launch (sm_90+: each kernel starts while the one before it ends).
+    # Bytes: the layer's weights and the keys and values read.
+    layer_cells = [("tiny", 1, 64)] if smoke else [("7B", 1, 2048), ("34B", 1, 2048), ("7B", 8, 2048)]
+    if args.only not in (None, "layer"):
+        layer_cells = []
+    for model_name, b, L in layer_cells:
+        cfg = our_config(model_name)
+        layer = Block(cfg).to(device=dev, dtype=dt)
+        with torch.no_grad():
+            for p in layer.parameters():
+                if p.dim() == 2:
+                    p.normal_(0, p.shape[1] ** -0.5)
+        hkv, d = cfg.num_key_value_heads, cfg.head_dim
+        kc = torch.randn(b, hkv, L, d, dtype=dt, device=dev)
+        vc = torch.randn_like(kc)
+        s_in = torch.randn(b, cfg.hidden_size, dtype=dt, device=dev)
+        ctx = StepContext(torch.full((b, 1), L - 1, device=dev), torch.tensor([L - 1], device=dev), L - 1,
+                          torch.zeros(b, dtype=torch.long, device=dev), torch.tensor([L], dtype=torch.int32, device=dev))
+        inv_freq = LlamaModel.rope_inv_freq(cfg, dev)
+        nbytes = sum(p.numel() for p in layer.parameters()) * 2 + kc.numel() * 2 * 2
+        shape = f"{model_name} B{b} L{L}"
+        ops = TritonOps()
+        for pdl in (False, True):
+            ops.pdl = pdl
+            step = partial(fused_decode_layer, layer, ops, s_in, ctx, inv_freq, (kc, vc), cfg.rms_norm_eps)
+            add("decode_layer", "triton_fused_pdl" if pdl else "triton_fused", shape, bench(step, smoke, not smoke), nbytes,
+                "GB/s", ceil["copy_GBps"], "launch" if smoke else "graph")
+        del layer, kc, vc
 
     # ---- memory-bound elementwise kernels (bytes = reads + writes)
     if args.only not in (None, "elementwise"):

@@ -65,8 +65,9 @@ def _types(fn, f16: set[str], i64p: set[str] = frozenset(), f32p: set[str] = fro
     return out
 
 
-def variants() -> list[Variant]:
-    """The configurations the launchers use on a GPU: the tuned candidates and the fixed ones."""
+def variants(arch: int = 90) -> list[Variant]:
+    """The configurations the launchers use on a GPU: the tuned candidates and the fixed ones (with
+    programmatic dependent launch, USE_GDC, on sm_90 and up)."""
     from codellama_fast.kernels import attention_decode, attention_prefill, gemv, rmsnorm, rope, swiglu
 
     out: list[Variant] = []
@@ -81,13 +82,16 @@ def variants() -> list[Variant]:
                f32p={"M_WS", "L_WS", "ACC_WS", "INV_FREQ"}, i32p={"KV_LEN", "COUNT"}, f32={"qk_scale"},
                constexpr={"GROUP", "D", "BLOCK_G", "BLOCK_N", "BLOCK_S", "FUSE_ROPE", "SINGLE", "IEEE", "MERGE_LAST",
                           "MERGE_S"})
+    gdc_options = (False, True) if arch >= 90 else (False,)
     for stages in (2, 3):
         for fuse in (True, False):
             for single, merge_last in ((True, True), (False, True), (False, False)):
                 for group in (1, 8):
-                    out.append(Variant(k, t, dict(GROUP=group, D=128, BLOCK_G=16, BLOCK_N=64, BLOCK_S=64, FUSE_ROPE=fuse,
-                                                  SINGLE=single, IEEE=False, MERGE_LAST=merge_last,
-                                                  MERGE_S=attention_decode.MERGE_SPLITS), 4, stages, _strides(fn)))
+                    for gdc in gdc_options if fuse else (False,):  # the engine's step is the fused one
+                        out.append(Variant(k, t, dict(GROUP=group, D=128, BLOCK_G=16, BLOCK_N=64, BLOCK_S=64, FUSE_ROPE=fuse,
+                                                      SINGLE=single, IEEE=False, MERGE_LAST=merge_last,
+                                                      MERGE_S=attention_decode.MERGE_SPLITS, USE_GDC=gdc), 4, stages,
+                                           _strides(fn)))
     k = "codellama_fast.kernels.attention_decode:_merge_kernel"
     fn = attention_decode._merge_kernel
     t = _types(fn, {"O"}, i64p={"KV_START"}, f32p={"M_WS", "L_WS", "ACC_WS"}, i32p={"KV_LEN"},
@@ -97,11 +101,13 @@ def variants() -> list[Variant]:
                            4, 2, _strides(fn)))
     k = "codellama_fast.kernels.gemv:_gemv_kernel"
     fn = gemv._gemv_kernel
-    t = _types(fn, {"X", "W", "Y", "RES", "NORM_W"}, f32={"eps"}, constexpr={"PRE_NORM", "SWIGLU", "ADD_RES", "BLOCK_N", "BLOCK_K"})
+    t = _types(fn, {"X", "W", "Y", "RES", "NORM_W"}, f32={"eps"},
+               constexpr={"PRE_NORM", "SWIGLU", "ADD_RES", "BLOCK_N", "BLOCK_K", "USE_GDC"})
     for flags in (dict(PRE_NORM=True, SWIGLU=False, ADD_RES=False), dict(PRE_NORM=True, SWIGLU=True, ADD_RES=False),
                   dict(PRE_NORM=False, SWIGLU=False, ADD_RES=True)):
-        for c in gemv.GEMV_CONFIGS:
-            out.append(Variant(k, t, dict(flags, **c.kwargs), c.num_warps, 3, _strides(fn) | {"K", "N"}))
+        for gdc in gdc_options:
+            for c in gemv.GEMV_CONFIGS:
+                out.append(Variant(k, t, dict(flags, **c.kwargs, USE_GDC=gdc), c.num_warps, 3, _strides(fn) | {"K", "N"}))
     k = "codellama_fast.kernels.gemv:_few_rows_kernel"
     fn = gemv._few_rows_kernel
     t = _types(fn, {"X", "W", "Y", "RES", "NORM_W"}, f32={"eps"},
@@ -165,11 +171,13 @@ def main(argv: list[str] | None = None) -> Path | None:
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("kernel_resources compiles for the GPU: run it without TRITON_INTERPRET=1")
     rows = []
-    for v in variants():
+    for v in variants(args.arch):
         row: dict[str, Any] = {"bench": "kernel_resources", "variant": v.label, "arch": f"sm_{args.arch}"}
         try:
             compiled = compile_variant(v, args.arch)
-            row.update(resources(compiled), mma="wgmma" if "wgmma" in compiled.asm["ptx"] else "mma.sync" if "mma.sync" in compiled.asm["ptx"] else None)
+            ptx = compiled.asm["ptx"]
+            row.update(resources(compiled), mma="wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else None,
+                       grid_dependency=[op for op in ("griddepcontrol.wait", "griddepcontrol.launch_dependents") if op in ptx])
             print(f"{v.label:110s} regs {row['registers']:3d}  spill stack {row['stack_bytes']:5d} B  shared {row['shared_bytes']:6d} B", flush=True)
         except Exception as exc:  # noqa: BLE001  (recorded per variant; the run goes on)
             row["error"] = f"{type(exc).__name__}: {str(exc)[-500:]}"

@@ -31,8 +31,11 @@ def test_bench_e2e_smoke(tmp_path):
     assert {"codellama-fast", "transformers-eager", "ratio"} <= providers
     # batch 1: the engine's decode step, and the other one measured beside it
     steps = {(r["provider"], r["decode_step"]) for r in data["rows"] if r.get("batch") == 1 and r["provider"].startswith("codellama-fast")
-             and r["metric"] == "decode_tokens_per_s"}
+             and r["metric"] == "decode_tokens_per_s" and not r.get("pdl")}
     assert len(steps) == 2 and {s for _, s in steps} == {"plain", "fused"}, steps
+    # batch 1, first prompt length: the fused step with programmatic dependent launch
+    (pdl,) = [r for r in data["rows"] if r["provider"] == "codellama-fast-fused-pdl"]
+    assert pdl["decode_step"] == "fused" and pdl["pdl"] is True and pdl["p50"] > 0
     # batch 1: a call at a new prompt length, on the kept decode state and on a rebuilt one
     fresh = [r for r in data["rows"] if r["provider"] == "codellama-fast-new-length"]
     assert fresh and all(r["ttft_kept_ms"] > 0 and r["ttft_rebuilt_ms"] > 0 for r in fresh)
@@ -46,7 +49,10 @@ def test_bench_e2e_smoke(tmp_path):
 def test_bench_kernels_smoke(tmp_path):
     pytest.importorskip("triton")
     data = _run("bench_kernels.py", "--smoke", tmp=tmp_path)
-    assert {r["bench"] for r in data["rows"]} >= {"prefill_attn", "decode_attn", "projection", "rmsnorm", "swiglu", "rope_cache"}
+    assert {r["bench"] for r in data["rows"]} >= {"prefill_attn", "decode_attn", "projection", "decode_layer", "rmsnorm", "swiglu",
+                                                  "rope_cache"}
+    layer = {r["provider"] for r in data["rows"] if r["bench"] == "decode_layer"}
+    assert layer == {"triton_fused", "triton_fused_pdl"}
 
 
 def test_bench_generate_tiny(tmp_path):

@@ -170,6 +170,40 @@ def test_graph_decode_batch1_fused_step(step):
     assert eng.generate(input_ids=prompt, max_new_tokens=40, stop_at_eos=False).token_ids == graphed
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="programmatic dependent launch needs sm_90+")
+def test_programmatic_dependent_launch_gives_the_same_bits():
+    """The one-row projections and the decode attention launched with programmatic dependent
+    launch equal the plain launches bit for bit, alone and in the captured fused decode step of
+    a 2-layer model with 7B's layer shapes (tokens of 40 greedy steps)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
+    from llm_bench import SHAPES, random_engine
+
+    from codellama_fast import CodeLlamaTokenizerFast
+
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.float16)
+    nw = (torch.rand(4096, device="cuda") + 0.5).half()
+    w = (torch.randn(11008 * 2, 4096, device="cuda") / 64).half()
+    res = torch.randn(1, 11008 * 2, device="cuda", dtype=torch.float16)
+    for fn in (lambda pdl: gemv.norm_linear(x, nw, w, 1e-5, pdl=pdl),
+               lambda pdl: gemv.norm_linear_swiglu(x, nw, w, 1e-5, pdl=pdl),
+               lambda pdl: gemv.linear_residual(x, w, res, pdl=pdl)):
+        assert torch.equal(fn(True), fn(False))
+    SHAPES["7B-2layers"] = dict(SHAPES["7B"], num_hidden_layers=2)
+    eng = random_engine("7B-2layers", "cuda", torch.float16, CodeLlamaTokenizerFast.from_pretrained())
+    eng.decode_step, eng.use_cuda_graph = "fused", True
+    prompt = [[1] + torch.randint(3, 32000, (300,)).tolist()]
+    tokens = []
+    for pdl in (False, True):
+        eng.model.ops.pdl = pdl
+        eng.release_cache()
+        tokens.append(eng.generate(input_ids=prompt, max_new_tokens=40, stop_at_eos=False).token_ids)
+    assert tokens[0] == tokens[1]
+
+
 def test_graph_decode_7b_layout_matches_eager():
     """A 2-layer model with 7B's layer shapes: graph-captured greedy decode == uncaptured loop."""
     import sys

@@ -40,10 +40,18 @@ def test_every_kernel_variant_compiles(tmp_path, arch):
     # keeps shapes that fit
     for kernel in {r["variant"].split()[0] for r in rows}:
         assert any(r["shared_bytes"] <= SHARED_LIMIT[arch] for r in rows if r["variant"].split()[0] == kernel), kernel
-        # the dots reach the tensor cores: Hopper's warpgroup MMA for prefill's 64/128-row tiles,
-        # the warp-level MMA for the 16-row tiles of decode and of the few-row projections (and
-        # everything on Ampere)
-        if "_prefill_kernel" in r["variant"]:
+    # the dots reach the tensor cores: Hopper's warpgroup MMA for prefill's 64/128-row tiles, the
+    # warp-level MMA for the 16-row tiles of decode and of the few-row projections (and everything
+    # on Ampere)
+    for r in rows:
+        if r["variant"].startswith("_prefill_kernel"):
             assert r["mma"] == ("wgmma" if arch == 90 else "mma.sync"), r
-        if "_decode_kernel" in r["variant"] or "_few_rows_kernel" in r["variant"]:
+        if r["variant"].startswith(("_decode_kernel", "_few_rows_kernel")):
             assert r["mma"] == "mma.sync", r
+    # programmatic dependent launch (sm_90+ only): the variants that use it wait for the kernel
+    # before them and let the next one launch; the others hold neither instruction
+    gdc = [r for r in rows if "USE_GDC=True" in r["variant"]]
+    assert bool(gdc) == (arch >= 90)
+    for r in rows:
+        want = ["griddepcontrol.wait", "griddepcontrol.launch_dependents"] if "USE_GDC=True" in r["variant"] else []
+        assert r["grid_dependency"] == want, r

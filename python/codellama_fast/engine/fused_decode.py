@@ -13,28 +13,36 @@ from __future__ import annotations
 
 import torch
 
-from .model import LlamaModel, StepContext
+from .model import Block, LlamaModel, StepContext
+from .ops import Ops
 
 
 def fused_decode_forward(model: LlamaModel, tokens: torch.Tensor, ctx: StepContext,
                          caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """tokens [B, 1] -> logits [B, V] in fp32, as ``model(tokens, ctx, caches)``."""
-    ops, cfg = model.ops, model.config
-    eps = cfg.rms_norm_eps
+    ops, eps = model.ops, model.config.rms_norm_eps
     b = tokens.shape[0]
-    hq, hkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    q_size, kv_size = hq * d, hkv * d
     s = model.embed(tokens).view(b, -1)  # the residual stream [B, C]
     inv_freq = model.rope_freqs(ctx)
     for i, layer in enumerate(model.layers):
-        qkv = ops.norm_linear(s, layer.attn_norm, layer.attn.wqkv.weight, eps)  # [B, (Hq + 2 Hkv) D]
-        q = qkv[:, :q_size].view(b, 1, hq, d)
-        k = qkv[:, q_size : q_size + kv_size].view(b, 1, hkv, d)
-        v = qkv[:, q_size + kv_size :].view(b, 1, hkv, d)
-        k_cache, v_cache = caches[i]
-        a = ops.rope_attention(q, k, v, ctx.positions, inv_freq, k_cache, v_cache, ctx.slots,
-                               ctx.q_start, ctx.kv_start, ctx.kv_len)  # [B, 1, Hq, D]
-        s = ops.linear_residual(a.reshape(b, q_size), layer.attn.wo.weight, s)
-        act = ops.norm_linear_swiglu(s, layer.mlp_norm, layer.mlp.w13.weight, eps)  # [B, F]
-        s = ops.linear_residual(act, layer.mlp.w2.weight, s)
+        s = fused_decode_layer(layer, ops, s, ctx, inv_freq, caches[i], eps)
     return model.lm_head(ops.rms_norm(s, model.norm, eps)).float()
+
+
+def fused_decode_layer(layer: Block, ops: Ops, s: torch.Tensor, ctx: StepContext, inv_freq: torch.Tensor,
+                       cache: tuple[torch.Tensor, torch.Tensor], eps: float) -> torch.Tensor:
+    """One layer of the fused step: the residual stream s [B, C] in, the layer's output stream out."""
+    b = s.shape[0]
+    attn = layer.attn
+    hq, hkv, d = attn.n_heads, attn.n_kv, attn.head_dim
+    q_size, kv_size = hq * d, hkv * d
+    qkv = ops.norm_linear(s, layer.attn_norm, attn.wqkv.weight, eps)  # [B, (Hq + 2 Hkv) D]
+    q = qkv[:, :q_size].view(b, 1, hq, d)
+    k = qkv[:, q_size : q_size + kv_size].view(b, 1, hkv, d)
+    v = qkv[:, q_size + kv_size :].view(b, 1, hkv, d)
+    k_cache, v_cache = cache
+    a = ops.rope_attention(q, k, v, ctx.positions, inv_freq, k_cache, v_cache, ctx.slots,
+                           ctx.q_start, ctx.kv_start, ctx.kv_len)  # [B, 1, Hq, D]
+    s = ops.linear_residual(a.reshape(b, q_size), attn.wo.weight, s)
+    act = ops.norm_linear_swiglu(s, layer.mlp_norm, layer.mlp.w13.weight, eps)  # [B, F]
+    return ops.linear_residual(act, layer.mlp.w2.weight, s)

@@ -30,7 +30,7 @@ import triton.language as tl
 from .layout import check_cache_layout
 from .reference import attention as attention_reference  # noqa: F401  (the oracle)
 from .reference import rope_attention as rope_attention_reference  # noqa: F401  (the oracle)
-from .tuning import INTERPRET
+from .tuning import INTERPRET, pdl_supported
 
 MAX_SPLITS = 64
 
@@ -43,8 +43,14 @@ def _decode_kernel(
     HKV, NSPLIT, qk_scale,
     GROUP: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
     FUSE_ROPE: tl.constexpr, SINGLE: tl.constexpr, IEEE: tl.constexpr, MERGE_LAST: tl.constexpr,
-    MERGE_S: tl.constexpr,
+    MERGE_S: tl.constexpr, USE_GDC: tl.constexpr = False,
 ):
+    if USE_GDC:
+        # Programmatic dependent launch (sm_90+): the program may start while the kernel before it
+        # (the projection that wrote q, k, v) finishes; it waits for that kernel before any load
+        # or store, and the next kernel may launch once every program has passed the wait.
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = (bh // HKV).to(tl.int64)
@@ -234,7 +240,7 @@ def launch_defaults(group: int, batch_kv_heads: int) -> tuple[str, int]:
 
 def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_start, kv_len,
             splits: int | None, counters: torch.Tensor | None, merge: str | None = None,
-            stages: int | None = None) -> torch.Tensor:
+            stages: int | None = None, pdl: bool = False) -> torch.Tensor:
     b, t, hq, d = q.shape
     if t != 1:
         raise ValueError(f"decode attention takes one new token per sequence, got {t}")
@@ -275,6 +281,7 @@ def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_sta
     if not fuse:
         k_new = v_new = positions = inv_freq = slot = q  # unused
     scale = (1.0 / d**0.5) * 1.4426950408889634  # log2(e): softmax via exp2
+    gdc = dict(USE_GDC=True, launch_pdl=True) if pdl and pdl_supported(q.device) else {}
     _decode_kernel[(b * hkv, nsplit)](
         q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_start, kv_len, m, l, acc, count, out,
         q.stride(0), q.stride(2),
@@ -284,7 +291,7 @@ def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_sta
         hkv, nsplit, scale,
         GROUP=group, D=d, BLOCK_G=block_g, BLOCK_N=block_n, BLOCK_S=triton.next_power_of_2(nsplit),
         FUSE_ROPE=fuse, SINGLE=single, IEEE=q.dtype == torch.float32, MERGE_LAST=merge_last, MERGE_S=MERGE_SPLITS,
-        num_warps=4, num_stages=stages or default_stages,
+        num_warps=4, num_stages=stages or default_stages, **gdc,
     )
     if not single and not merge_last:
         _merge_kernel[(b * hq,)](m, l, acc, out, kv_start, kv_len, hq, nsplit, out.stride(0), out.stride(2),
@@ -295,17 +302,18 @@ def _launch(q, k_new, v_new, positions, inv_freq, slot, k_cache, v_cache, kv_sta
 
 def attention_decode(q, k_cache, v_cache, kv_start: torch.Tensor, kv_len, num_splits: int | None = None,
                      counters: torch.Tensor | None = None, merge: str | None = None,
-                     stages: int | None = None) -> torch.Tensor:
+                     stages: int | None = None, pdl: bool = False) -> torch.Tensor:
     """Attention of q (already rotated, its k/v already in the cache) over the cache. ``merge``
     and ``stages`` (software-pipelining depth of the key loop) override the defaults, for A/B
-    timing."""
+    timing. ``pdl``: launch with programmatic dependent launch where the GPU has it (sm_90+), so
+    the kernel's start overlaps the end of the one before it; same bits."""
     return _launch(q, None, None, None, None, None, k_cache, v_cache, kv_start, kv_len, num_splits, counters, merge,
-                   stages)
+                   stages, pdl)
 
 
 def rope_attention_decode(q, k, v, positions, inv_freq, k_cache, v_cache, slots, kv_start: torch.Tensor, kv_len,
                           num_splits: int | None = None, counters: torch.Tensor | None = None,
-                          merge: str | None = None, stages: int | None = None) -> torch.Tensor:
+                          merge: str | None = None, stages: int | None = None, pdl: bool = False) -> torch.Tensor:
     """RoPE on q and the new k, the cache write of k and v at ``slots`` (= kv_len - 1), and
     attention, in one launch (plus the merge's, where the merge takes a second). q [B,1,Hq,D], k/v [B,1,Hkv,D] (views of the fused qkv output are
     fine), positions [B,1] int64, inv_freq [D/2] fp32, slots [1] int64."""
@@ -313,4 +321,4 @@ def rope_attention_decode(q, k, v, positions, inv_freq, k_cache, v_cache, slots,
         raise ValueError(f"positions must be [B, 1], got {tuple(positions.shape)}")
     positions = positions.expand(q.shape[0], 1)
     return _launch(q, k, v, positions, inv_freq, slots, k_cache, v_cache, kv_start, kv_len, num_splits, counters, merge,
-                   stages)
+                   stages, pdl)

@@ -22,17 +22,39 @@ import triton.language as tl
 from .reference import linear_residual as linear_residual_reference  # noqa: F401  (the oracles)
 from .reference import norm_linear as norm_linear_reference  # noqa: F401
 from .reference import norm_linear_swiglu as norm_linear_swiglu_reference  # noqa: F401
-from .tuning import INTERPRET, tuned
+from .tuning import INTERPRET, pdl_supported, tuned
+
+
+@triton.jit
+def _input_tile(X, NORM_W, kk, k_mask, rstd, PRE_NORM: tl.constexpr, OUT_DTYPE: tl.constexpr):
+    """x[kk] as fp32 [1, BLOCK_K], normalised (rounded as the unfused RMSNorm stores it) with PRE_NORM."""
+    x = tl.load(X + kk, mask=k_mask, other=0.0)
+    if PRE_NORM:
+        nw = tl.load(NORM_W + kk, mask=k_mask, other=0.0)
+        x = (x.to(tl.float32) * rstd).to(OUT_DTYPE) * nw.to(OUT_DTYPE)
+    return x.to(tl.float32)[None, :]
 
 
 @triton.jit
 def _gemv_kernel(X, W, Y, RES, NORM_W, K, N, eps, stride_w,
                  PRE_NORM: tl.constexpr, SWIGLU: tl.constexpr, ADD_RES: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_GDC: tl.constexpr = False):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     rows = offs_n.to(tl.int64)
     offs_k = tl.arange(0, BLOCK_K)
+    if USE_GDC:
+        # Programmatic dependent launch (sm_90+): this program may start while the kernel before
+        # it finishes. No kernel of a step writes the weights, so their first tile is read before
+        # the wait; the input, the residual and every store of this kernel come after it, and the
+        # next kernel may launch only once every program has passed it.
+        w_mask0 = n_mask[:, None] & (offs_k < K)[None, :]
+        w_first = tl.load(W + rows[:, None] * stride_w + offs_k[None, :], mask=w_mask0, other=0.0)
+        if SWIGLU:
+            wu_first = tl.load(W + (rows + N)[:, None] * stride_w + offs_k[None, :], mask=w_mask0, other=0.0)
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    rstd = 1.0
     if PRE_NORM:
         sq = tl.zeros([BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -43,14 +65,17 @@ def _gemv_kernel(X, W, Y, RES, NORM_W, K, N, eps, stride_w,
     # the end: no cross-thread reduction (and barrier) inside the streaming loop.
     acc2 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     acc2_up = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_start = 0
+    if USE_GDC:  # the first tile, read before the wait (same products, same order)
+        xf = _input_tile(X, NORM_W, offs_k, offs_k < K, rstd, PRE_NORM, Y.dtype.element_ty)
+        acc2 += w_first.to(tl.float32) * xf
+        if SWIGLU:
+            acc2_up += wu_first.to(tl.float32) * xf
+        k_start = BLOCK_K
+    for k0 in range(k_start, K, BLOCK_K):
         kk = k0 + offs_k
         k_mask = kk < K
-        x = tl.load(X + kk, mask=k_mask, other=0.0)
-        if PRE_NORM:
-            nw = tl.load(NORM_W + kk, mask=k_mask, other=0.0)
-            x = (x.to(tl.float32) * rstd).to(Y.dtype.element_ty) * nw.to(Y.dtype.element_ty)
-        xf = x.to(tl.float32)[None, :]
+        xf = _input_tile(X, NORM_W, kk, k_mask, rstd, PRE_NORM, Y.dtype.element_ty)
         w_mask = n_mask[:, None] & k_mask[None, :]
         w = tl.load(W + rows[:, None] * stride_w + kk[None, :], mask=w_mask, other=0.0)
         acc2 += w.to(tl.float32) * xf
@@ -128,7 +153,7 @@ GEMV_CONFIGS = [
     for bn, bk, w in ((4, 1024, 4), (4, 2048, 8), (8, 512, 4), (8, 1024, 8), (16, 256, 4), (16, 512, 8),
                       (32, 128, 4), (32, 256, 8))
 ]
-_TUNED = tuned(_gemv_kernel, GEMV_CONFIGS, key=["K", "N", "PRE_NORM", "SWIGLU", "ADD_RES"])
+_TUNED = tuned(_gemv_kernel, GEMV_CONFIGS, key=["K", "N", "PRE_NORM", "SWIGLU", "ADD_RES", "USE_GDC"])
 
 
 FEW_ROWS_CONFIGS = [
@@ -146,7 +171,7 @@ def _check(x: torch.Tensor, w: torch.Tensor) -> None:
         raise ValueError(f"input {tuple(x.shape)} does not match a row-major weight {tuple(w.shape)}")
 
 
-def _launch(x, w, n_out, res, norm_w, eps, pre_norm: bool, swiglu: bool, add_res: bool) -> torch.Tensor:
+def _launch(x, w, n_out, res, norm_w, eps, pre_norm: bool, swiglu: bool, add_res: bool, pdl: bool = False) -> torch.Tensor:
     _check(x, w)
     m, k = x.shape
     y = torch.empty((m, n_out), dtype=x.dtype, device=x.device)
@@ -155,6 +180,8 @@ def _launch(x, w, n_out, res, norm_w, eps, pre_norm: bool, swiglu: bool, add_res
     flags = dict(PRE_NORM=pre_norm, SWIGLU=swiglu, ADD_RES=add_res)
     if m == 1:
         args = (x, w, y, res, norm_w, k, n_out, float(eps), w.stride(0))
+        if pdl and pdl_supported(x.device):
+            flags.update(USE_GDC=True, launch_pdl=True)
         if _TUNED is not None and x.is_cuda:
             _TUNED[lambda meta: (triton.cdiv(n_out, meta["BLOCK_N"]),)](*args, **flags)
         else:
@@ -172,17 +199,21 @@ def _launch(x, w, n_out, res, norm_w, eps, pre_norm: bool, swiglu: bool, add_res
     return y
 
 
-def norm_linear(x: torch.Tensor, norm_w: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    return _launch(x, w, w.shape[0], None, norm_w, eps, True, False, False)
+# pdl=True: a one-row launch uses programmatic dependent launch where the GPU has it (sm_90+): it
+# may start while the kernel before it finishes, reading its first weight tile meanwhile. Same bits.
 
 
-def norm_linear_swiglu(x: torch.Tensor, norm_w: torch.Tensor, w13: torch.Tensor, eps: float) -> torch.Tensor:
+def norm_linear(x: torch.Tensor, norm_w: torch.Tensor, w: torch.Tensor, eps: float, pdl: bool = False) -> torch.Tensor:
+    return _launch(x, w, w.shape[0], None, norm_w, eps, True, False, False, pdl)
+
+
+def norm_linear_swiglu(x: torch.Tensor, norm_w: torch.Tensor, w13: torch.Tensor, eps: float, pdl: bool = False) -> torch.Tensor:
     if w13.shape[0] % 2:
         raise ValueError(f"the gate/up weight needs an even number of rows, got {w13.shape[0]}")
-    return _launch(x, w13, w13.shape[0] // 2, None, norm_w, eps, True, True, False)
+    return _launch(x, w13, w13.shape[0] // 2, None, norm_w, eps, True, True, False, pdl)
 
 
-def linear_residual(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def linear_residual(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, pdl: bool = False) -> torch.Tensor:
     if residual.shape != (x.shape[0], w.shape[0]) or residual.stride(-1) != 1:
         raise ValueError(f"the residual must be [{x.shape[0]}, {w.shape[0]}], got {tuple(residual.shape)}")
-    return _launch(x, w, w.shape[0], residual, None, 0.0, False, False, True)
+    return _launch(x, w, w.shape[0], residual, None, 0.0, False, False, True, pdl)

@@ -31,6 +31,11 @@ class TritonOps:
         self._retired: list[torch.Tensor] = []
         # the decode attention's launch per shape, where tune_decode_attention timed one
         self.decode_launches = DecodeLaunches()
+        # Programmatic dependent launch for the decode step's attention and one-row projections
+        # (sm_90+; elsewhere no effect): each may start while the kernel before it finishes, the
+        # projections reading their first weight tile meanwhile. Same bits. Off until GPU runs
+        # (bench_kernels' layer section) show it faster.
+        self.pdl = False
 
     def _decode_counters(self, n: int, device: torch.device) -> torch.Tensor:
         buf = self._counters.get(device)
@@ -74,7 +79,7 @@ class TritonOps:
             counters = self._decode_counters(q.shape[0] * k_cache.shape[1], q.device)
             merge, stages = self.decode_launches.current(q.shape[2], k_cache) or (None, None)
             return rope_attention_decode(q, k, v, positions, inv_freq, k_cache, v_cache, slots, kv_start, kv_len,
-                                         counters=counters, merge=merge, stages=stages)
+                                         counters=counters, merge=merge, stages=stages, pdl=self.pdl)
         q_rot = self.rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
         return self.attention(q_rot, k_cache, v_cache, q_start, kv_start, kv_len)
 
@@ -85,15 +90,15 @@ class TritonOps:
     # SwiGLU / residual add fused around the weight read. More rows: the composed ops (cuBLAS).
     def norm_linear(self, x, norm_w, w, eps):
         if x.shape[0] <= gemv.MAX_ROWS:
-            return gemv.norm_linear(x, norm_w, w, eps)
+            return gemv.norm_linear(x, norm_w, w, eps, pdl=self.pdl)
         return torch.nn.functional.linear(self.rms_norm(x, norm_w, eps), w)
 
     def norm_linear_swiglu(self, x, norm_w, w13, eps):
         if x.shape[0] <= gemv.MAX_ROWS:
-            return gemv.norm_linear_swiglu(x, norm_w, w13, eps)
+            return gemv.norm_linear_swiglu(x, norm_w, w13, eps, pdl=self.pdl)
         return self.swiglu(torch.nn.functional.linear(self.rms_norm(x, norm_w, eps), w13))
 
     def linear_residual(self, x, w, residual):
         if x.shape[0] <= gemv.MAX_ROWS:
-            return gemv.linear_residual(x, w, residual)
+            return gemv.linear_residual(x, w, residual, pdl=self.pdl)
         return residual + torch.nn.functional.linear(x, w)

@@ -26,3 +26,17 @@ def tuned(kernel: Any, configs: list[triton.Config], key: list[str]) -> Any | No
     if "cache_results" in inspect.signature(triton.autotune).parameters:
         options["cache_results"] = True
     return triton.autotune(configs=configs, key=key, **options)(kernel)
+
+
+_PDL: dict[int, bool] = {}
+
+
+def pdl_supported(device: torch.device) -> bool:
+    """Whether kernels on `device` can be launched with programmatic dependent launch (CUDA
+    compute capability 9.0 and up, compiled, not the interpreter)."""
+    if INTERPRET or device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _PDL:
+        _PDL[index] = torch.cuda.get_device_capability(index)[0] >= 9
+    return _PDL[index]
