@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> Path:
                     help="batch 1, first prompt length: do not also measure the fused step with programmatic dependent launch")
     ap.add_argument("--no-profile", action="store_true",
                     help="batches 1 and 8 at the first prompt length: do not profile where a decode step's time goes")
-    ap.add_argument("--hf-static", nargs="*", default=["7B:1:512"], help="MODEL:BATCH:PROMPT cells that also run transformers static cache + compile")
+    ap.add_argument("--hf-static", nargs="*", default=["7B:1:512", "7B:1:2048", "7B:8:2048"],
+                    help="MODEL:BATCH:PROMPT cells that also run transformers static cache + compile (minutes each)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting new cells after this many seconds")
     ap.add_argument("--llama2-tokenizer", default=str(Path(__file__).resolve().parents[2] / "shared/tokenizers/llama2/tokenizer.model"))
     ap.add_argument("--out", type=Path, default=None)

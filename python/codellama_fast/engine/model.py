@@ -55,6 +55,22 @@ class Attention(nn.Module):
                                  ctx.q_start, ctx.kv_start, ctx.kv_len)  # [B, T, Hq, D]
         return self.wo(out.reshape(b, t, q_size))
 
+    def forward_last(self, x: torch.Tensor, ctx: StepContext, inv_freq: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
+                     ops: Ops) -> torch.Tensor:
+        """As forward, for the last new position's output alone [B, 1, C]: every new position's
+        key and value still goes into the cache, but only the last query attends (it sits in slot
+        kv_len - 1) and only its output is projected."""
+        b, t, _ = x.shape
+        qkv = self.wqkv(x)  # [B, T, (Hq + 2 Hkv) D]: the keys and values of every position are needed
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        q = qkv[..., :q_size].view(b, t, self.n_heads, self.head_dim)
+        k = qkv[..., q_size : q_size + kv_size].view(b, t, self.n_kv, self.head_dim)
+        v = qkv[..., q_size + kv_size :].view(b, t, self.n_kv, self.head_dim)
+        k_cache, v_cache = cache
+        q_rot = ops.rope_cache_update(q, k, v, ctx.positions, inv_freq, k_cache, v_cache, ctx.slots)
+        out = ops.attention(q_rot[:, -1:], k_cache, v_cache, ctx.q_start + t - 1, ctx.kv_start, ctx.kv_len)  # [B, 1, Hq, D]
+        return self.wo(out.reshape(b, 1, q_size))
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: LlamaConfig) -> None:
@@ -117,7 +133,14 @@ class LlamaModel(nn.Module):
         n = len(self.layers)
         inv_freq = self.rope_freqs(ctx)
         for i, layer in enumerate(self.layers):
-            a = layer.attn(h, ctx, inv_freq, caches[i], ops)
+            if last_only and i == n - 1 and h.shape[1] > 1:
+                # Only the last position's logits are wanted (a prompt's prefill): the last layer
+                # writes every position's key and value but attends, projects and runs its MLP
+                # for the last position alone (a 1/layers share of a long prompt's work saved).
+                a = layer.attn.forward_last(h, ctx, inv_freq, caches[i], ops)  # [B, 1, C]
+                residual = residual[:, -1:]
+            else:
+                a = layer.attn(h, ctx, inv_freq, caches[i], ops)
             h, residual = ops.add_rms_norm(a, residual, layer.mlp_norm, eps)
             m = layer.mlp(h, ops)
             next_norm = self.layers[i + 1].attn_norm if i + 1 < n else self.norm
