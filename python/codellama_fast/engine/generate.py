@@ -8,7 +8,7 @@ import dataclasses
 import threading
 import time
 import warnings
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -397,10 +397,16 @@ class Engine:
         launch = ops.decode_launches.current(heads, k_cache)
         self.decode_attention_used = f"{launch[0]}_s{launch[1]}" if launch else None
 
+    def _on_device(self) -> Any:
+        """Model work runs with the model's GPU as the current CUDA device: Triton launches,
+        streams and graph captures follow the current device, not the tensors' (a model on
+        cuda:1 while the caller's current device is cuda:0)."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
+
     def release_cache(self) -> None:
         """Frees the KV cache and captured decode step kept between calls (the next call that
         needs one builds it again); a generation still running keeps its own until it ends."""
-        with self._run_lock:
+        with self._run_lock, self._on_device():
             self._graphs.clear()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -433,14 +439,14 @@ class Engine:
                                    first_allowed, log)
         try:
             while True:
-                with self._run_lock, torch.inference_mode():
+                with self._run_lock, torch.inference_mode(), self._on_device():
                     try:
                         host = next(steps)
                     except StopIteration:
                         return
                 yield host
         finally:
-            with self._run_lock, torch.inference_mode():
+            with self._run_lock, torch.inference_mode(), self._on_device():
                 steps.close()  # its clean-up (leases, caches) now, not whenever it is collected
 
     def _decode_steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float],
@@ -707,7 +713,7 @@ class Engine:
             settings = beam_search.BeamSettings(cfg.num_beams, cfg.length_penalty, cfg.early_stopping, n, cfg.sampling(),
                                                 cfg.renormalize_logits)
             ends = CandidateStops(tokens, cfg.stop, decoders, cfg.stopping_criteria or (), deadline)
-            with self._run_lock, torch.inference_mode():
+            with self._run_lock, torch.inference_mode(), self._on_device():
                 out = beam_search.beam_search(self.model, self._prefill, tokens, kv_start, cfg.max_new_tokens, settings, rules,
                                               stop_ids, len(self.tokenizer), self.dtype, self._generator(cfg.seed),
                                               ends if ends.active else None, output_scores or output_logits, return_logprobs,
@@ -969,7 +975,7 @@ class Engine:
         if not 0 <= top_logprobs <= self.model.config.vocab_size:
             raise ValueError(f"top_logprobs must be between 0 and the vocabulary size ({self.model.config.vocab_size}), got {top_logprobs}")
         rows = self.encode_prompts(texts) if input_ids is None else arguments.prompt_id_lists(input_ids, attention_mask)
-        with self._run_lock:
+        with self._run_lock, self._on_device():
             return score_rows(self, rows, top_logprobs)
 
     def chat(self, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> str:

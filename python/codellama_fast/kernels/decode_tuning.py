@@ -16,6 +16,7 @@ no call reads before a real step has written it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import warnings
@@ -115,7 +116,9 @@ class DecodeLaunches:
         with self._lock:
             known = self._picked.get(where)
         if known is None:
-            times = self._time_candidates(timer, q_heads, k_cache, v_cache, kv_len, counters)
+            # on the cache's GPU (streams and graphs are made on the current device)
+            with torch.cuda.device(k_cache.device) if k_cache.device.type == "cuda" else contextlib.nullcontext():
+                times = self._time_candidates(timer, q_heads, k_cache, v_cache, kv_len, counters)
             known = pick(times, launch_defaults(q_heads // hkv, b * hkv))
             with self._lock:
                 self._picked[where] = known
