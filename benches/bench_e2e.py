@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> Path:
                        "metric": "decode_tokens_per_s", "unit": "tokens/s", "p50": m.decode_tokens_per_s,
                        "ttft_ms": m.ttft_s * 1e3, "achieved_GBps": gbps, "fraction_of_copy_bw": gbps / bw if bw == bw else None,
                        "peak_memory_gib": m.peak_memory_gib, "decode_step": m.decode_step,
-                       "decode_attention": getattr(engine, "decode_attention_used", None), "new_tokens": args.new, "device": meta["machine"].get("gpu", "cpu"),
+                       "decode_attention": getattr(engine, "decode_attention_used", None), "new_tokens": args.new,
+                       "device": meta["machine"].get("gpu", "cpu"),
                        "dtype": str(dtype), "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]}
                 rows.append(row)
                 cells.append((b, p))
@@ -197,35 +198,31 @@ def main(argv: list[str] | None = None) -> Path:
                                      peak_memory_gib=m2.peak_memory_gib, decode_step=other))
                     print(f"{shape:16s} ours, {other} step: decode {m2.decode_tokens_per_s:9.1f} tok/s  "
                           f"{gbps2:7.0f} GB/s ({100 * gbps2 / bw if bw == bw else float('nan'):.0f}% of copy bw)", flush=True)
-        if 1 in args.batch and not args.no_pdl_ab and hasattr(engine.model.ops, "pdl") and not out_of_time():
-            # the fused step launched with programmatic dependent launch (sm_90+): the A/B of
-            # turning it on, at batch 1 and the first prompt length
-            p0 = args.prompt[0]
-            chosen, engine.decode_step, engine.model.ops.pdl = engine.decode_step, "fused", True
-            engine.release_cache()
-            try:
-                m3 = measure_ours(engine, 1, p0, args.new, device)
-            except Exception as exc:  # noqa: BLE001  (a launch this GPU or its driver cannot capture: recorded)
-                m3 = None
-                print(f"{name} B1 P{p0}: the fused step with programmatic dependent launch failed: {str(exc)[:200]}", flush=True)
-                rows.append({"bench": "e2e", "provider": "codellama-fast-fused-pdl", "model": name, "batch": 1, "prompt": p0,
-                             "shape": f"{name} B1 P{p0}", "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
-            finally:
-                engine.decode_step, engine.model.ops.pdl = chosen, False
-                engine.release_cache()
-            if m3 is not None:
-                kv = (p0 + args.new / 2) * cfg.kv_bytes_per_token(torch.empty((), dtype=dtype).element_size())
-                gbps3 = (wbytes + kv) * m3.decode_tokens_per_s / 1e9
-                rows.append({"bench": "e2e", "provider": "codellama-fast-fused-pdl", "model": name, "batch": 1, "prompt": p0,
-                             "shape": f"{name} B1 P{p0}", "metric": "decode_tokens_per_s", "unit": "tokens/s",
-                             "p50": m3.decode_tokens_per_s, "ttft_ms": m3.ttft_s * 1e3, "achieved_GBps": gbps3,
-                             "fraction_of_copy_bw": gbps3 / bw if bw == bw else None, "peak_memory_gib": m3.peak_memory_gib,
-                             "decode_step": "fused", "pdl": True, "new_tokens": args.new,
-                             "device": meta["machine"].get("gpu", "cpu"), "dtype": str(dtype), "git_sha": meta["git_sha"],
-                             "timestamp": meta["timestamp"]})
-                print(f"{name} B1 P{p0:<6d} ours, fused step with programmatic dependent launch: "
-                      f"decode {m3.decode_tokens_per_s:9.1f} tok/s  {gbps3:7.0f} GB/s "
-                      f"({100 * gbps3 / bw if bw == bw else float('nan'):.0f}% of copy bw)", flush=True)
+                pdl_ab = b == 1 and p == args.prompt[0] and not args.no_pdl_ab and hasattr(engine.model.ops, "pdl")
+                if pdl_ab and not out_of_time():
+                    # the fused step launched with programmatic dependent launch (sm_90+): the A/B
+                    # of turning it on
+                    chosen, engine.decode_step, engine.model.ops.pdl = engine.decode_step, "fused", True
+                    engine.release_cache()
+                    try:
+                        m3 = measure_ours(engine, b, p, args.new, device)
+                    except Exception as exc:  # noqa: BLE001  (a launch this GPU or its driver cannot capture: recorded)
+                        m3 = None
+                        print(f"{shape}: the fused step with programmatic dependent launch failed: {str(exc)[:200]}", flush=True)
+                        rows.append({"bench": "e2e", "provider": "codellama-fast-fused-pdl", "model": name, "batch": b,
+                                     "prompt": p, "shape": shape, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+                    finally:
+                        engine.decode_step, engine.model.ops.pdl = chosen, False
+                        engine.release_cache()
+                    if m3 is not None:
+                        gbps3 = (wbytes + kv) * (m3.decode_tokens_per_s / b) / 1e9
+                        rows.append(dict(row, provider="codellama-fast-fused-pdl", p50=m3.decode_tokens_per_s,
+                                         ttft_ms=m3.ttft_s * 1e3, achieved_GBps=gbps3,
+                                         fraction_of_copy_bw=gbps3 / bw if bw == bw else None,
+                                         peak_memory_gib=m3.peak_memory_gib, decode_step="fused", pdl=True))
+                        print(f"{shape:16s} ours, fused step with programmatic dependent launch: decode "
+                              f"{m3.decode_tokens_per_s:9.1f} tok/s  {gbps3:7.0f} GB/s "
+                              f"({100 * gbps3 / bw if bw == bw else float('nan'):.0f}% of copy bw)", flush=True)
         launches = getattr(engine.model.ops, "decode_launches", None)
         if launches is not None and launches.report():
             # the decode attention's launch timings at each shape the states were built for

@@ -244,9 +244,9 @@ def main(argv: list[str] | None = None) -> Path:
         cfg = our_config(model_name)
         layer = Block(cfg).to(device=dev, dtype=dt)
         with torch.no_grad():
-            for p in layer.parameters():
-                if p.dim() == 2:
-                    p.normal_(0, p.shape[1] ** -0.5)
+            for param in layer.parameters():
+                if param.dim() == 2:
+                    param.normal_(0, param.shape[1] ** -0.5)
         hkv, d = cfg.num_key_value_heads, cfg.head_dim
         kc = torch.randn(b, hkv, L, d, dtype=dt, device=dev)
         vc = torch.randn_like(kc)
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> Path:
         ctx = StepContext(torch.full((b, 1), L - 1, device=dev), torch.tensor([L - 1], device=dev), L - 1,
                           torch.zeros(b, dtype=torch.long, device=dev), torch.tensor([L], dtype=torch.int32, device=dev))
         inv_freq = LlamaModel.rope_inv_freq(cfg, dev)
-        nbytes = sum(p.numel() for p in layer.parameters()) * 2 + kc.numel() * 2 * 2
+        nbytes = sum(param.numel() for param in layer.parameters()) * 2 + kc.numel() * 2 * 2
         shape = f"{model_name} B{b} L{L}"
         ops = TritonOps()
         for pdl in (False, True):

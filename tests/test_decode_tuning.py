@@ -75,8 +75,10 @@ def test_tune_keeps_the_fastest_per_shape_and_length_class():
     assert tuner.current(hq, kc) == ("last", 3)
     # another shape (more query heads per KV head) has no pick
     assert tuner.current(2 * hq, kc) is None
-    assert set(tuner.timings[((kc.device, hq // hkv, b * hkv, d, kc.dtype), length_class(150))]) == {
-        f"{m}_s{st}" for m, st in CANDIDATES}
+    (entry,) = [e for e in tuner.report() if e["kv_len_from"] <= 150 < e["kv_len_below"]]
+    assert entry["picked"] == "last_s3"
+    assert (entry["group"], entry["batch_kv_heads"], entry["head_dim"]) == (hq // hkv, b * hkv, d)
+    assert set(entry["ms_per_launch"]) == {f"{m}_s{st}" for m, st in CANDIDATES}
     with pytest.raises(ValueError):
         tuner.tune(hq, kc, vc, s + 1, None)
 
@@ -188,7 +190,8 @@ def test_gpu_tune_picks_a_candidate_that_gives_the_default_bits():
         tuner = DecodeLaunches()
         picked = tuner.tune(hq, kc, vc, 4000, None)
         assert picked in CANDIDATES
-        assert len(next(iter(tuner.timings.values()))) == len(CANDIDATES)
+        (entry,) = tuner.report()
+        assert len(entry["ms_per_launch"]) == len(CANDIDATES) and entry["picked"] == f"{picked[0]}_s{picked[1]}"
         q = torch.randn(b, 1, hq, 128, dtype=torch.float16, device=DEVICE)
         kv_start = torch.zeros(b, dtype=torch.long, device=DEVICE)
         kv = torch.tensor([4000], dtype=torch.int32, device=DEVICE)

@@ -34,15 +34,11 @@ def fused_decode_layer(layer: Block, ops: Ops, s: torch.Tensor, ctx: StepContext
     """One layer of the fused step: the residual stream s [B, C] in, the layer's output stream out."""
     b = s.shape[0]
     attn = layer.attn
-    hq, hkv, d = attn.n_heads, attn.n_kv, attn.head_dim
-    q_size, kv_size = hq * d, hkv * d
     qkv = ops.norm_linear(s, layer.attn_norm, attn.wqkv.weight, eps)  # [B, (Hq + 2 Hkv) D]
-    q = qkv[:, :q_size].view(b, 1, hq, d)
-    k = qkv[:, q_size : q_size + kv_size].view(b, 1, hkv, d)
-    v = qkv[:, q_size + kv_size :].view(b, 1, hkv, d)
+    q, k, v = attn.split_qkv(qkv[:, None])  # [B, 1, H, D] each
     k_cache, v_cache = cache
     a = ops.rope_attention(q, k, v, ctx.positions, inv_freq, k_cache, v_cache, ctx.slots,
                            ctx.q_start, ctx.kv_start, ctx.kv_len)  # [B, 1, Hq, D]
-    s = ops.linear_residual(a.reshape(b, q_size), attn.wo.weight, s)
+    s = ops.linear_residual(a.reshape(b, -1), attn.wo.weight, s)
     act = ops.norm_linear_swiglu(s, layer.mlp_norm, layer.mlp.w13.weight, eps)  # [B, F]
     return ops.linear_residual(act, layer.mlp.w2.weight, s)

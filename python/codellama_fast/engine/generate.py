@@ -394,8 +394,10 @@ class Engine:
             except Exception as exc:  # noqa: BLE001  (the launch picked before, or the kernel's default, still serves)
                 warnings.warn(f"timing the decode attention's launches failed: {type(exc).__name__}: {exc}",
                               RuntimeWarning, stacklevel=3)
+        from ..kernels.decode_tuning import label  # Triton is there: these are the Triton ops
+
         launch = ops.decode_launches.current(heads, k_cache)
-        self.decode_attention_used = f"{launch[0]}_s{launch[1]}" if launch else None
+        self.decode_attention_used = label(launch) if launch else None
 
     def _on_device(self) -> Any:
         """Model work runs with the model's GPU as the current CUDA device: Triton launches,

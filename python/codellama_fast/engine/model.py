@@ -43,17 +43,23 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, bias=False)
         self.wo = nn.Linear(cfg.q_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, ctx: StepContext, inv_freq: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor], ops: Ops) -> torch.Tensor:
-        b, t, _ = x.shape
-        qkv = self.wqkv(x)  # [B, T, (Hq + 2 Hkv) D]
+    def split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The fused projection's output [B, T, (Hq + 2 Hkv) D] as views q [B, T, Hq, D], k and v
+        [B, T, Hkv, D]."""
+        b, t = qkv.shape[0], qkv.shape[1]
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         q = qkv[..., :q_size].view(b, t, self.n_heads, self.head_dim)
         k = qkv[..., q_size : q_size + kv_size].view(b, t, self.n_kv, self.head_dim)
         v = qkv[..., q_size + kv_size :].view(b, t, self.n_kv, self.head_dim)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, ctx: StepContext, inv_freq: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor], ops: Ops) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.split_qkv(self.wqkv(x))
         k_cache, v_cache = cache
         out = ops.rope_attention(q, k, v, ctx.positions, inv_freq, k_cache, v_cache, ctx.slots,
                                  ctx.q_start, ctx.kv_start, ctx.kv_len)  # [B, T, Hq, D]
-        return self.wo(out.reshape(b, t, q_size))
+        return self.wo(out.reshape(b, t, -1))
 
     def forward_last(self, x: torch.Tensor, ctx: StepContext, inv_freq: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
                      ops: Ops) -> torch.Tensor:
@@ -61,15 +67,11 @@ class Attention(nn.Module):
         key and value still goes into the cache, but only the last query attends (it sits in slot
         kv_len - 1) and only its output is projected."""
         b, t, _ = x.shape
-        qkv = self.wqkv(x)  # [B, T, (Hq + 2 Hkv) D]: the keys and values of every position are needed
-        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        q = qkv[..., :q_size].view(b, t, self.n_heads, self.head_dim)
-        k = qkv[..., q_size : q_size + kv_size].view(b, t, self.n_kv, self.head_dim)
-        v = qkv[..., q_size + kv_size :].view(b, t, self.n_kv, self.head_dim)
+        q, k, v = self.split_qkv(self.wqkv(x))  # the keys and values of every position are needed
         k_cache, v_cache = cache
         q_rot = ops.rope_cache_update(q, k, v, ctx.positions, inv_freq, k_cache, v_cache, ctx.slots)
         out = ops.attention(q_rot[:, -1:], k_cache, v_cache, ctx.q_start + t - 1, ctx.kv_start, ctx.kv_len)  # [B, 1, Hq, D]
-        return self.wo(out.reshape(b, 1, q_size))
+        return self.wo(out.reshape(b, 1, -1))
 
 
 class MLP(nn.Module):
