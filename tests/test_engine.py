@@ -338,6 +338,7 @@ def test_prefill_budget_shrinks_with_free_memory(checkpoints, monkeypatch):
         {"do_sample": False, "max_new_tokens": 7, "temperature": 0.7},
         # transformers' logits processors apply in greedy decoding too; its warpers only when sampling
         {"repetition_penalty": 1.1, "no_repeat_ngram_size": 3, "suppress_tokens": [5], "bad_words_ids": [[7, 8]], "min_p": 0.05},
+        {"encoder_repetition_penalty": 1.2, "encoder_no_repeat_ngram_size": 4},
         {"do_sample": True, "min_p": 0.05, "typical_p": 0.9, "eta_cutoff": 0.0, "sequence_bias": [[[9], -2.0]], "min_new_tokens": 3},
         {"num_beams": 3, "length_penalty": 0.8, "early_stopping": True, "max_new_tokens": 5},  # beam search by default
     ],
@@ -356,7 +357,8 @@ def test_generation_config_defaults_read_as_transformers_reads_them(checkpoints,
         want.update(temperature=ref.temperature, top_k=ref.top_k or None, top_p=ref.top_p if ref.top_p < 1.0 else None)
         want.update({k: getattr(ref, k) for k in ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
                      if getattr(ref, k) is not None and getattr(ref, k) != getattr(GenerationConfig(), k)})
-    want.update({k: getattr(ref, k) for k in ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "sequence_bias",
+    want.update({k: getattr(ref, k) for k in ("repetition_penalty", "no_repeat_ngram_size", "encoder_repetition_penalty",
+                                              "encoder_no_repeat_ngram_size", "bad_words_ids", "sequence_bias",
                                               "suppress_tokens", "begin_suppress_tokens", "min_new_tokens", "num_beams",
                                               "length_penalty", "early_stopping")
                  if getattr(ref, k) is not None and getattr(ref, k) != getattr(GenerationConfig(), k)})

@@ -1,7 +1,8 @@
 """transformers' generation rules beyond temperature/top-k/top-p: the sampling filters (min_p,
 typical_p, epsilon and eta cutoffs) against transformers' logits warpers on random logits; the
-per-step rules (no_repeat_ngram_size, bad_words_ids, sequence_bias, suppress_tokens,
-begin_suppress_tokens, forced_eos_token_id, exponential_decay_length_penalty) and the total
+per-step rules (no_repeat_ngram_size, the prompt-grounded encoder_repetition_penalty and
+encoder_no_repeat_ngram_size, bad_words_ids, sequence_bias, suppress_tokens, begin_suppress_tokens,
+forced_eos_token_id, exponential_decay_length_penalty) and the total
 lengths (max_length, min_length) against transformers' ``generate`` on tiny random checkpoints;
 and the aliases a transformers caller passes."""
 
@@ -103,6 +104,73 @@ def test_no_repeat_ngram_size_equals_transformers(model, tok, size):
         assert got != free
 
 
+def _prompt_grams(prompt: list[int], n: int) -> set[tuple[int, ...]]:
+    return {tuple(prompt[i : i + n]) for i in range(len(prompt) - n + 1)}
+
+
+def _echoing_prompt(hf, ids: list[int], beams: int = 1) -> list[int]:
+    """A prompt ending as `ids` does whose continuation by transformers (greedy, or the best of
+    `beams` beams over 10 tokens) starts with a token that completes a bigram already in it, so
+    that the prompt-grounded rules must act: pairs (ids[-1], t) for each first token t met so far
+    go after the BOS until the next one is among them."""
+    pairs: list[int] = []
+    for _ in range(40):
+        prompt = [ids[0], *pairs, *ids[1:]]
+        t = _hf_greedy(hf, prompt, 10 if beams > 1 else 1, num_beams=beams)[0]
+        if t in pairs[1::2]:
+            return prompt
+        pairs += [ids[-1], t]
+    raise AssertionError("no prompt whose next token repeats a bigram of it in 40 tries")
+
+
+@pytest.mark.parametrize("kw", [{"encoder_repetition_penalty": 3.0}, {"encoder_repetition_penalty": 0.3},
+                                {"encoder_no_repeat_ngram_size": 1}, {"encoder_no_repeat_ngram_size": 2},
+                                {"encoder_repetition_penalty": 2.0, "encoder_no_repeat_ngram_size": 3, "repetition_penalty": 1.3}])
+def test_prompt_grounded_rules_equal_transformers(model, tok, kw):
+    """transformers' encoder_repetition_penalty and encoder_no_repeat_ngram_size, whose encoder
+    input is a decoder-only model's prompt: the same tokens as transformers' generate, on a plain
+    prompt and on one whose free continuation repeats a bigram of it (where each rule must act)."""
+    hf, path = model
+    engine = _engine(path, tok)
+    plain = tok.encode(PROMPT)
+    for ids in (plain, _echoing_prompt(hf, plain)):
+        want = _hf_greedy(hf, ids, 30, **kw)
+        got = engine.generate(input_ids=[ids], max_new_tokens=30, stop_at_eos=False, **kw).token_ids[0]
+        assert got == want, (kw, ids)
+        n = kw.get("encoder_no_repeat_ngram_size")
+        if n:
+            seq = ids + got
+            assert not _prompt_grams(ids, n) & {tuple(seq[j - n + 1 : j + 1]) for j in range(len(ids), len(seq))}
+    assert got != _hf_greedy(hf, ids, 30), kw
+
+
+def test_prompt_grounded_rules_in_a_batch_and_with_beams(model, tok):
+    """Each row's own prompt (its padding left out) grounds the rules: a left-padded batch equals
+    each prompt alone, and beam search equals transformers' with every beam given its prompt
+    (transformers' own encoder_repetition_penalty holds one row of prompt ids per prompt and so
+    reaches only the first rows of the beams)."""
+    from transformers import EncoderRepetitionPenaltyLogitsProcessor, LogitsProcessorList
+
+    hf, path = model
+    engine = _engine(path, tok)
+    kw = {"encoder_repetition_penalty": 0.4, "encoder_no_repeat_ngram_size": 2}
+    short = tok.encode("x = 1")
+    prompts = [_echoing_prompt(hf, short), short]
+    alone = [engine.generate(input_ids=[p], max_new_tokens=12, stop_at_eos=False, **kw).token_ids[0] for p in prompts]
+    assert alone == [_hf_greedy(hf, p, 12, **kw) for p in prompts]
+    assert alone[0] != _hf_greedy(hf, prompts[0], 12)
+    assert engine.generate(input_ids=prompts, max_new_tokens=12, stop_at_eos=False, **kw).token_ids == alone
+    k = 3
+    x = torch.tensor([_echoing_prompt(hf, short, beams=k)])
+    per_beam = EncoderRepetitionPenaltyLogitsProcessor(kw["encoder_repetition_penalty"], x.repeat(k, 1))
+    out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=10, num_beams=k, num_return_sequences=k, do_sample=False,
+                      eos_token_id=None, pad_token_id=0, encoder_no_repeat_ngram_size=2, logits_processor=LogitsProcessorList([per_beam]))
+    got = engine.generate(input_ids=x.tolist(), max_new_tokens=10, num_beams=k, num_return_sequences=k, stop_at_eos=False, **kw)
+    assert got.token_ids == [row[x.shape[1]:] for row in out.tolist()]
+    plain = engine.generate(input_ids=x.tolist(), max_new_tokens=10, num_beams=k, num_return_sequences=k, stop_at_eos=False)
+    assert got.token_ids[0][0] != plain.token_ids[0][0]  # the best beam's first token completes a bigram of the prompt
+
+
 def test_no_repeat_bans_match_a_direct_count():
     """ngram_bans on random short sequences (left-padded rows) equals counting the n-grams in Python."""
     rnd = random.Random(random.SystemRandom().randrange(2**31))
@@ -122,6 +190,53 @@ def test_no_repeat_bans_match_a_direct_count():
             if t < size:
                 assert bans is None
             assert got == want, (row, size)
+
+
+def test_prompt_ngram_bans_match_a_direct_count():
+    """ngram_bans over the prompt alone (encoder_no_repeat_ngram_size), after a few chosen tokens,
+    on random left-padded rows, equals counting the prompt's n-grams in Python."""
+    rnd = random.Random(random.SystemRandom().randrange(2**31))
+    for _ in range(200):
+        vocab, size, chosen = rnd.randrange(2, 6), rnd.randrange(1, 4), rnd.randrange(0, 4)
+        rows = [[rnd.randrange(vocab) for _ in range(rnd.randrange(1, 12))] for _ in range(3)]
+        t = max(map(len, rows))
+        tokens = torch.tensor([[0] * (t - len(r)) + r for r in rows])
+        history = History(tokens, torch.tensor([t - len(r) for r in rows]), room=chosen)
+        picks = [[rnd.randrange(vocab) for _ in range(3)] for _ in range(chosen)]
+        for pick in picks:
+            history.append(torch.tensor(pick))
+        bans = ngram_bans(history, size, vocab, prompt_only=True)
+        for b, row in enumerate(rows):
+            seq = row + [pick[b] for pick in picks]
+            last = tuple(seq[len(seq) - size + 1 :]) if size > 1 else ()
+            want = {row[i + size - 1] for i in range(len(row) - size + 1) if tuple(row[i : i + size - 1]) == last}
+            got = set() if bans is None else set(torch.nonzero(bans[b]).flatten().tolist())
+            if t < size:
+                assert bans is None
+            assert got == want, (row, seq, size)
+
+
+def test_prompt_penalty_equals_transformers_processor_on_each_row_alone():
+    """The encoder_repetition_penalty step on random logits of a left-padded batch equals
+    transformers' EncoderRepetitionPenaltyLogitsProcessor given each row's own prompt: the padding
+    id (0, in no prompt here) is not a prompt token."""
+    from transformers import EncoderRepetitionPenaltyLogitsProcessor
+
+    from codellama_fast.engine.logits_rules import RuleState, TokenRules
+
+    rnd = random.Random(random.SystemRandom().randrange(2**31))
+    vocab = 40
+    for _ in range(50):
+        penalty = rnd.choice([0.3, 0.7, 1.5, 3.0])
+        rows = [[rnd.randrange(1, vocab) for _ in range(rnd.randrange(1, 9))] for _ in range(3)]
+        t = max(map(len, rows))
+        tokens = torch.tensor([[0] * (t - len(r)) + r for r in rows])
+        state = RuleState(TokenRules(encoder_repetition_penalty=penalty), tokens, torch.tensor([t - len(r) for r in rows]), vocab, room=1)
+        logits = torch.randn(3, vocab) * 4
+        got = state.apply(logits)
+        for b, row in enumerate(rows):
+            want = EncoderRepetitionPenaltyLogitsProcessor(penalty, torch.tensor([row]))(None, logits[b : b + 1])
+            assert torch.equal(got[b], want[0]), (penalty, row)
 
 
 def test_bad_words_sequence_bias_and_suppression_equal_transformers(model, tok):
@@ -256,6 +371,9 @@ def test_transformers_aliases_and_hints(model, tok):
         ({"epsilon_cutoff": "0.1"}, TypeError, "epsilon_cutoff must be a number"),
         ({"no_repeat_ngram_size": -1}, ValueError, "no_repeat_ngram_size must be >= 0"),
         ({"no_repeat_ngram_size": 2.0}, TypeError, "no_repeat_ngram_size must be an int"),
+        ({"encoder_no_repeat_ngram_size": -2}, ValueError, "encoder_no_repeat_ngram_size must be >= 0"),
+        ({"encoder_repetition_penalty": 0.0}, ValueError, "encoder_repetition_penalty must be > 0"),
+        ({"encoder_repetition_penalty": float("nan")}, ValueError, "encoder_repetition_penalty must be finite"),
         ({"bad_words_ids": [1, 2]}, TypeError, "bad_words_ids[0] must be a sequence of int token ids"),
         ({"bad_words_ids": [[]]}, ValueError, "bad_words_ids[0] is empty"),
         ({"bad_words_ids": [[5, 99999]]}, ValueError, "bad_words_ids holds token id 99999"),

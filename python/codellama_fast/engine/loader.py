@@ -278,7 +278,7 @@ def model_folder(path: str | Path, revision: str | None = None, cache_dir: str |
 
 def generation_defaults(path: str | Path) -> dict[str, Any]:
     """Generation defaults from the folder's ``generation_config.json``, read as transformers reads
-    it: ``max_new_tokens``, the logits rules (repetition penalty, n-gram and word bans, biases,
+    it: ``max_new_tokens``, the logits rules (repetition penalties, n-gram and word bans, biases,
     suppressed tokens, ``min_new_tokens``) and the beam settings always; the sampling settings only when ``do_sample`` is
     true (otherwise generation is greedy), with transformers' defaults for what the file leaves out
     (temperature 1.0, top_k 50, top_p 1.0; a top_k of 0 or a top_p of 1.0 filters nothing). The
@@ -290,8 +290,9 @@ def generation_defaults(path: str | Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if isinstance(gen.get("max_new_tokens"), int):
         out["max_new_tokens"] = gen["max_new_tokens"]
-    for key in ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "sequence_bias", "suppress_tokens",
-                "begin_suppress_tokens", "min_new_tokens", "num_beams", "length_penalty", "early_stopping"):
+    for key in ("repetition_penalty", "no_repeat_ngram_size", "encoder_repetition_penalty", "encoder_no_repeat_ngram_size",
+                "bad_words_ids", "sequence_bias", "suppress_tokens", "begin_suppress_tokens", "min_new_tokens", "num_beams",
+                "length_penalty", "early_stopping"):
         if gen.get(key) is not None and gen[key] != _NO_EFFECT.get(key):
             out[key] = gen[key]
     if gen.get("do_sample") is True:
@@ -307,5 +308,6 @@ def generation_defaults(path: str | Path) -> dict[str, Any]:
 
 
 # the values transformers writes for "not set" (GenerationConfig's defaults)
-_NO_EFFECT: dict[str, Any] = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0, "typical_p": 1.0,
+_NO_EFFECT: dict[str, Any] = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_repetition_penalty": 1.0,
+                              "encoder_no_repeat_ngram_size": 0, "min_new_tokens": 0, "typical_p": 1.0,
                               "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "num_beams": 1, "length_penalty": 1.0, "early_stopping": False}

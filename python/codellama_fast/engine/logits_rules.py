@@ -1,7 +1,7 @@
 """The rules that act on the logits before each choice, in transformers' order (its logits
-processors): ``sequence_bias``, ``repetition_penalty``, ``no_repeat_ngram_size``,
-``bad_words_ids``, ``min_new_tokens`` (stop ids held back), the caller's
-``prefix_allowed_tokens_fn``, ``forced_eos_token_id``, ``exponential_decay_length_penalty``,
+processors): ``sequence_bias``, ``encoder_repetition_penalty``, ``repetition_penalty``,
+``no_repeat_ngram_size``, ``encoder_no_repeat_ngram_size``, ``bad_words_ids``,
+``min_new_tokens`` (stop ids held back), the caller's ``prefix_allowed_tokens_fn``, ``forced_eos_token_id``, ``exponential_decay_length_penalty``,
 ``suppress_tokens``, ``begin_suppress_tokens``, token healing's limit on the first choice; ids
 past the tokenizer's pieces (padded embedding rows) are never chosen; then the caller's
 ``logits_processor``; and engine.sampling chooses. The built-in rules stay on the device: the
@@ -29,7 +29,9 @@ class TokenRules:
     """The per-step rules of one generation (names and meanings as in transformers' ``generate``).
     ``sequence_bias``: (token sequence, bias) pairs, the bias added to the sequence's last token
     when the tokens before it end the sequence so far; ``bad_words_ids``: sequences never completed;
-    ``held_back``: ids (the stop ids) not chosen for the first ``min_new_tokens`` choices."""
+    ``held_back``: ids (the stop ids) not chosen for the first ``min_new_tokens`` choices.
+    The ``encoder_*`` rules read transformers' encoder input as a decoder-only model has it: the
+    prompt (each sequence its own, padding left out)."""
 
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
@@ -52,10 +54,15 @@ class TokenRules:
     # exponential_decay_length_penalty (start, factor), acting on the decay_ids (the stop ids)
     length_decay: tuple[int, float] | None = None
     decay_ids: tuple[int, ...] = ()
+    # the prompt's tokens' logits under repetition_penalty's rule with 1 / this penalty (> 1: likelier)
+    encoder_repetition_penalty: float = 1.0
+    # no n-gram of this size that occurs in the prompt is completed
+    encoder_no_repeat_ngram_size: int = 0
 
     @property
     def active(self) -> bool:
         return bool(self.repetition_penalty != 1.0 or self.no_repeat_ngram_size or self.sequence_bias or self.bad_words_ids
+                    or self.encoder_repetition_penalty != 1.0 or self.encoder_no_repeat_ngram_size
                     or self.suppress_tokens or self.begin_suppress_tokens or (self.min_new_tokens and self.held_back)
                     or self.prefix_allowed_tokens_fn is not None or self.logits_processor
                     or any(a is not None for a in self.first_allowed) or bool(self.forced_eos)
@@ -64,10 +71,12 @@ class TokenRules:
 
 class History:
     """The sequence so far on the device: tokens [B, T + room] (left-padded prompt, then each
-    chosen token), real [B, T + room] (False on padding slots, which never match), length n (host)."""
+    chosen token), real [B, T + room] (False on padding slots, which never match), length n (host);
+    the first prompt_len = T slots hold the prompts."""
 
     def __init__(self, tokens: torch.Tensor, kv_start: torch.Tensor, room: int) -> None:
         b, t = tokens.shape
+        self.prompt_len = t
         self.tokens = torch.zeros(b, t + room, dtype=torch.long, device=tokens.device)
         self.tokens[:, :t] = tokens
         self.real = torch.ones(b, t + room, dtype=torch.bool, device=tokens.device)
@@ -86,15 +95,17 @@ class History:
         return ((window[:, None, :] == prefixes[None]) & real[:, None, :]).all(-1)
 
 
-def ngram_bans(history: History, size: int, vocab: int) -> torch.Tensor | None:
+def ngram_bans(history: History, size: int, vocab: int, prompt_only: bool = False) -> torch.Tensor | None:
     """transformers' no_repeat_ngram_size: [B, V] True for each token that would complete an n-gram
-    (n = size) already in the sequence, given its last n-1 tokens; None while it is shorter than n."""
-    if history.n < size:
+    (n = size) already in the sequence, given its last n-1 tokens; None while it is shorter than n.
+    ``prompt_only``: the n-grams of the prompt alone (encoder_no_repeat_ngram_size)."""
+    end = history.prompt_len if prompt_only else history.n
+    if end < size:
         return None
-    seq, real = history.tokens[:, : history.n], history.real[:, : history.n]
-    grams = seq.unfold(1, size, 1)  # [B, W, n]: every n-gram so far
+    seq, real = history.tokens[:, :end], history.real[:, :end]
+    grams = seq.unfold(1, size, 1)  # [B, W, n]: every n-gram so far (or of the prompt)
     valid = real.unfold(1, size, 1).all(-1)  # [B, W]: no padding in it
-    last = seq[:, history.n - size + 1 :]  # [B, n-1]
+    last = history.tokens[:, history.n - size + 1 : history.n]  # [B, n-1]
     hit = (grams[:, :, :-1] == last[:, None, :]).all(-1) & valid  # [B, W]
     # each hit bans its n-gram's last token; misses go to a spare column V, dropped
     target = torch.where(hit, grams[:, :, -1], vocab)
@@ -147,13 +158,17 @@ class RuleState:
         cut = allowed if allowed is not None and allowed < vocab else None
         multi = any(len(s) > 1 for s in rules.bad_words_ids) or any(len(s) > 1 for s, _ in rules.sequence_bias)
         callers = rules.prefix_allowed_tokens_fn is not None or bool(rules.logits_processor)
-        self.history = History(tokens, kv_start, room) if rules.no_repeat_ngram_size or multi or callers else None
-        self.seen = None
-        if rules.repetition_penalty != 1.0:
-            b, t = tokens.shape
-            real = torch.arange(t, device=device)[None, :] >= kv_start[:, None]  # [B, T], not padding
-            self.seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
-            self.seen.scatter_(1, torch.where(real, tokens, tokens[:, -1:]), True)  # padding slots repeat a real token
+        ngrams = rules.no_repeat_ngram_size or rules.encoder_no_repeat_ngram_size
+        self.history = History(tokens, kv_start, room) if ngrams or multi or callers else None
+        b, t = tokens.shape
+        real = torch.arange(t, device=device)[None, :] >= kv_start[:, None]  # [B, T], not padding
+
+        def prompt_tokens() -> torch.Tensor:  # [B, V] True for each token in the row's prompt
+            seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
+            return seen.scatter_(1, torch.where(real, tokens, tokens[:, -1:]), True)  # padding slots repeat a real token
+
+        self.seen = prompt_tokens() if rules.repetition_penalty != 1.0 else None  # grows with each choice
+        self.in_prompt = prompt_tokens() if rules.encoder_repetition_penalty != 1.0 else None
         self.bias = SequenceBias(rules.sequence_bias, vocab, device) if rules.sequence_bias else None
         self.bad = SequenceBias([(s, float("-inf")) for s in rules.bad_words_ids], vocab, device) if rules.bad_words_ids else None
 
@@ -186,12 +201,16 @@ class RuleState:
         logits = logits.float()
         if self.bias is not None:
             logits = self.bias(logits, self.history)
+        if self.in_prompt is not None:
+            # transformers' EncoderRepetitionPenaltyLogitsProcessor: repetition_penalty's rule, inverted
+            logits = apply_repetition_penalty(logits, self.in_prompt, 1 / rules.encoder_repetition_penalty)
         if self.seen is not None:
             logits = apply_repetition_penalty(logits, self.seen, rules.repetition_penalty)
-        if rules.no_repeat_ngram_size and self.history is not None:
-            bans = ngram_bans(self.history, rules.no_repeat_ngram_size, self.vocab)
-            if bans is not None:
-                logits = logits.masked_fill(bans, float("-inf"))
+        for size, prompt_only in ((rules.no_repeat_ngram_size, False), (rules.encoder_no_repeat_ngram_size, True)):
+            if size and self.history is not None:
+                bans = ngram_bans(self.history, size, self.vocab, prompt_only)
+                if bans is not None:
+                    logits = logits.masked_fill(bans, float("-inf"))
         if self.bad is not None:
             logits = self.bad(logits, self.history)
         if self.early is not None and self.chosen < rules.min_new_tokens:
@@ -259,6 +278,8 @@ class RuleState:
         """Row i continues the sequence of row rows[i] (int64 [B])."""
         if self.seen is not None:
             self.seen = self.seen[rows]
+        if self.in_prompt is not None:
+            self.in_prompt = self.in_prompt[rows]
         if self.first is not None:
             self.first = self.first[rows]
         if self.history is not None:

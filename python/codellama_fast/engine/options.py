@@ -41,6 +41,11 @@ class GenerationConfig:
     eta_cutoff: float | None = None
     # transformers' logits processors (engine.logits_rules)
     no_repeat_ngram_size: int = 0
+    # the prompt-grounded rules transformers names after an encoder's input, which for a model like
+    # this one is the prompt: prompt tokens' logits made likelier (> 1) or less likely (< 1) by the
+    # inverse of repetition_penalty's rule; no n-gram of this size from the prompt completed again
+    encoder_repetition_penalty: float = 1.0
+    encoder_no_repeat_ngram_size: int = 0
     bad_words_ids: Sequence[Sequence[int]] | None = None
     sequence_bias: Any = None
     suppress_tokens: Sequence[int] | None = None
@@ -107,7 +112,9 @@ class GenerationConfig:
                           tuple(held_back) if self.min_new_tokens else (), self.prefix_allowed_tokens_fn,
                           tuple(self.logits_processor or ()),
                           forced_eos=tuple(self.forced_eos_token_id or ()), forced_eos_at=self.max_new_tokens - 1,
-                          length_decay=self.exponential_decay_length_penalty, decay_ids=tuple(held_back))
+                          length_decay=self.exponential_decay_length_penalty, decay_ids=tuple(held_back),
+                          encoder_repetition_penalty=self.encoder_repetition_penalty,
+                          encoder_no_repeat_ngram_size=self.encoder_no_repeat_ngram_size)
 
     def for_prompt_length(self, t: int) -> GenerationConfig:
         """The settings for prompts padded to ``t`` tokens: transformers' ``max_length`` and
@@ -181,7 +188,13 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     cfg.repetition_penalty = arguments.check_real("repetition_penalty", cfg.repetition_penalty)
     if cfg.repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be > 0 (1.0 is none), got {cfg.repetition_penalty}")
-    cfg.no_repeat_ngram_size = _at_least("no_repeat_ngram_size", arguments.check_int("no_repeat_ngram_size", 0 if cfg.no_repeat_ngram_size is None else cfg.no_repeat_ngram_size), 0)
+    cfg.encoder_repetition_penalty = arguments.check_real("encoder_repetition_penalty", cfg.encoder_repetition_penalty)
+    if cfg.encoder_repetition_penalty <= 0:
+        raise ValueError(f"encoder_repetition_penalty must be > 0 (1.0 is none; > 1 favours the prompt's tokens), "
+                         f"got {cfg.encoder_repetition_penalty}")
+    for name in ("no_repeat_ngram_size", "encoder_no_repeat_ngram_size"):
+        value = getattr(cfg, name)
+        setattr(cfg, name, _at_least(name, arguments.check_int(name, 0 if value is None else value), 0))
     if cfg.bad_words_ids is not None:
         cfg.bad_words_ids = arguments.token_sequences("bad_words_ids", cfg.bad_words_ids)
     if cfg.sequence_bias is not None:
@@ -307,8 +320,7 @@ HF_HINTS = {
 # passed; any other value is refused (HF_HINTS says what to use instead)
 HF_INERT: dict[str, tuple[Any, ...]] = {
     "assistant_early_exit": (None,), "assistant_lookbehind": (10,), "constraints": (None,), "diversity_penalty": (0.0,),
-    "dola_layers": (None,), "encoder_no_repeat_ngram_size": (0,), "encoder_repetition_penalty": (1.0,),
-    "force_words_ids": (None,), "forced_bos_token_id": (None,), "low_memory": (None, False),
+    "dola_layers": (None,), "force_words_ids": (None,), "forced_bos_token_id": (None,), "low_memory": (None, False),
     "num_beam_groups": (1,), "output_attentions": (False,), "output_hidden_states": (False,), "output_logits": (None, False),
     "output_scores": (False,), "penalty_alpha": (None,), "prefill_chunk_size": (None,), "remove_invalid_values": (False,),
     "return_dict_in_generate": (False,), "target_lookbehind": (10,),
