@@ -1,8 +1,9 @@
 """The rules that act on the logits before each choice, in transformers' order (its logits
 processors): ``sequence_bias``, ``encoder_repetition_penalty``, ``repetition_penalty``,
 ``no_repeat_ngram_size``, ``encoder_no_repeat_ngram_size``, ``bad_words_ids``,
-``min_new_tokens`` (stop ids held back), the caller's ``prefix_allowed_tokens_fn``, ``forced_eos_token_id``, ``exponential_decay_length_penalty``,
-``suppress_tokens``, ``begin_suppress_tokens``, token healing's limit on the first choice; ids
+``min_new_tokens`` (stop ids held back), the caller's ``prefix_allowed_tokens_fn``,
+``forced_eos_token_id``, ``exponential_decay_length_penalty``, ``suppress_tokens``,
+``begin_suppress_tokens``, token healing's limit on the first choice; ids
 past the tokenizer's pieces (padded embedding rows) are never chosen; then the caller's
 ``logits_processor``; and engine.sampling chooses. The built-in rules stay on the device: the
 picker keeps the sequence so far there (prompt and chosen tokens) and never reads it back, so a
