@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> Path:
         qh = q.transpose(1, 2)
         counters = new_counters(b * hkv, dev)
         splits = num_splits(b * hkv, torch.device(dev))
+        sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev == "cuda" else 4
+        wave_splits = max(1, 3 * sms // (b * hkv))
         # The whole decode step of a layer (RoPE of q and the new k, cache write, attention), as the
         # engine runs it: one fused launch vs the separate RoPE kernel + attention kernel, and
         # vs torch (reference RoPE + SDPA).
@@ -199,6 +201,11 @@ def main(argv: list[str] | None = None) -> Path:
             add("decode_attn", "triton_quarter_splits", shape,
                 bench(lambda: attention_decode(q, kc, vc, kv_start, kv_len, num_splits=max(1, splits // 4), counters=counters), smoke, graph),
                 kv_bytes, "GB/s", ceil["copy_GBps"], timing)
+            # splits for one wave at 3 programs per SM (the 3-stage loop's occupancy), where the
+            # default's ~4 per SM makes 1.3 waves of it
+            one_wave = partial(attention_decode, q, kc, vc, kv_start, kv_len, num_splits=wave_splits, counters=counters)
+            add("decode_attn", "triton_one_wave_splits", shape, bench(one_wave, smoke, graph), kv_bytes, "GB/s",
+                ceil["copy_GBps"], timing)
             add("decode_step", "triton_fused", shape, bench(step_fused, smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
             add("decode_step", "triton_separate", shape, bench(step_separate, smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)
             add("decode_step", "torch", shape, bench(step_torch, smoke, graph), kv_bytes, "GB/s", ceil["copy_GBps"], timing)

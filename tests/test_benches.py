@@ -53,6 +53,8 @@ def test_bench_kernels_smoke(tmp_path):
     assert {r["bench"] for r in data["rows"]} >= benches
     layer = {r["provider"] for r in data["rows"] if r["bench"] == "decode_layer"}
     assert layer == {"triton_fused", "triton_fused_pdl"}
+    decode = {r["provider"] for r in data["rows"] if r["bench"] == "decode_attn"}
+    assert decode >= {"triton", "sdpa", "triton_quarter_splits", "triton_one_wave_splits"}
 
 
 def test_bench_generate_tiny(tmp_path):
