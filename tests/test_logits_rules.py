@@ -123,9 +123,11 @@ def _echoing_prompt(hf, ids: list[int], beams: int = 1) -> list[int]:
     raise AssertionError("no prompt whose next token repeats a bigram of it in 40 tries")
 
 
-@pytest.mark.parametrize("kw", [{"encoder_repetition_penalty": 3.0}, {"encoder_repetition_penalty": 0.3},
-                                {"encoder_no_repeat_ngram_size": 1}, {"encoder_no_repeat_ngram_size": 2},
-                                {"encoder_repetition_penalty": 2.0, "encoder_no_repeat_ngram_size": 3, "repetition_penalty": 1.3}])
+@pytest.mark.parametrize("kw", [
+    {"encoder_repetition_penalty": 3.0}, {"encoder_repetition_penalty": 0.3},
+    {"encoder_no_repeat_ngram_size": 1}, {"encoder_no_repeat_ngram_size": 2},
+    {"encoder_repetition_penalty": 2.0, "encoder_no_repeat_ngram_size": 3, "repetition_penalty": 1.3},
+])
 def test_prompt_grounded_rules_equal_transformers(model, tok, kw):
     """transformers' encoder_repetition_penalty and encoder_no_repeat_ngram_size, whose encoder
     input is a decoder-only model's prompt: the same tokens as transformers' generate, on a plain
@@ -163,11 +165,12 @@ def test_prompt_grounded_rules_in_a_batch_and_with_beams(model, tok):
     k = 3
     x = torch.tensor([_echoing_prompt(hf, short, beams=k)])
     per_beam = EncoderRepetitionPenaltyLogitsProcessor(kw["encoder_repetition_penalty"], x.repeat(k, 1))
-    out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=10, num_beams=k, num_return_sequences=k, do_sample=False,
-                      eos_token_id=None, pad_token_id=0, encoder_no_repeat_ngram_size=2, logits_processor=LogitsProcessorList([per_beam]))
-    got = engine.generate(input_ids=x.tolist(), max_new_tokens=10, num_beams=k, num_return_sequences=k, stop_at_eos=False, **kw)
+    beams = {"max_new_tokens": 10, "num_beams": k, "num_return_sequences": k}
+    out = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False, eos_token_id=None, pad_token_id=0,
+                      encoder_no_repeat_ngram_size=2, logits_processor=LogitsProcessorList([per_beam]), **beams)
+    got = engine.generate(input_ids=x.tolist(), stop_at_eos=False, **beams, **kw)
     assert got.token_ids == [row[x.shape[1]:] for row in out.tolist()]
-    plain = engine.generate(input_ids=x.tolist(), max_new_tokens=10, num_beams=k, num_return_sequences=k, stop_at_eos=False)
+    plain = engine.generate(input_ids=x.tolist(), stop_at_eos=False, **beams)
     assert got.token_ids[0][0] != plain.token_ids[0][0]  # the best beam's first token completes a bigram of the prompt
 
 
@@ -231,7 +234,8 @@ def test_prompt_penalty_equals_transformers_processor_on_each_row_alone():
         rows = [[rnd.randrange(1, vocab) for _ in range(rnd.randrange(1, 9))] for _ in range(3)]
         t = max(map(len, rows))
         tokens = torch.tensor([[0] * (t - len(r)) + r for r in rows])
-        state = RuleState(TokenRules(encoder_repetition_penalty=penalty), tokens, torch.tensor([t - len(r) for r in rows]), vocab, room=1)
+        kv_start = torch.tensor([t - len(r) for r in rows])
+        state = RuleState(TokenRules(encoder_repetition_penalty=penalty), tokens, kv_start, vocab, room=1)
         logits = torch.randn(3, vocab) * 4
         got = state.apply(logits)
         for b, row in enumerate(rows):
