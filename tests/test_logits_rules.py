@@ -584,6 +584,27 @@ def test_a_generation_config_object_reads_as_transformers_reads_it(tmp_path, tok
         engine.generate(PROMPT, generation_config={"max_new_tokens": 3})
 
 
+def test_each_refused_transformers_field_says_what_to_use_instead(model, tok):
+    """Every transformers field taken only at its default names, at any other value, the value
+    given and what to use instead; a name transformers does not have is called unknown."""
+    from codellama_fast.engine.options import HF_HINTS, HF_INERT
+
+    other = {"assistant_early_exit": 4, "assistant_lookbehind": 3, "constraints": [object()], "diversity_penalty": 0.5,
+             "dola_layers": "high", "force_words_ids": [[5]], "forced_bos_token_id": 5, "low_memory": True, "num_beam_groups": 2,
+             "output_attentions": True, "output_hidden_states": True, "output_logits": True, "output_scores": True,
+             "penalty_alpha": 0.6, "prefill_chunk_size": 512, "remove_invalid_values": True, "return_dict_in_generate": True,
+             "target_lookbehind": 3, "watermarking_config": {"greenlist_ratio": 0.25}, "cache_implementation": "quantized"}
+    assert set(other) == set(HF_INERT)
+    engine = _engine(model[1], tok)
+    for key, value in other.items():
+        assert value not in HF_INERT[key]
+        with pytest.raises(TypeError) as info:
+            list(engine.stream("x", max_new_tokens=2, **{key: value}))
+        assert f"{key}={value!r}" in str(info.value) and f"  {key}: {HF_HINTS[key]}" in str(info.value), key
+    with pytest.raises(TypeError, match=r"(?s)remove_invalid_values=True.*\nunknown generation arguments: max_tokens$"):
+        engine.generate("x", max_new_tokens=2, remove_invalid_values=True, max_tokens=3)
+
+
 def test_inert_transformers_fields_are_its_defaults():
     """The transformers fields accepted as changing nothing are accepted only at transformers'
     own defaults (so the table cannot drift from what transformers means by "not set")."""

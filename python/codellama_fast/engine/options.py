@@ -140,10 +140,9 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     overrides = _read_do_sample(defaults, _read_hf_aliases(_read_hf_token_ids(_drop_inert(overrides))))
     if not many and arguments.check_int("num_return_sequences", overrides.get("num_return_sequences", 1)) != 1:
         raise ValueError("num_return_sequences is for generate(); stream, infill and chat return one continuation")
-    unknown = set(overrides) - set(GenerationConfig.__dataclass_fields__)
-    if unknown:
-        hints = [f"{name}: {HF_HINTS[name]}" for name in sorted(unknown) if name in HF_HINTS]
-        raise TypeError(f"unknown generation arguments: {', '.join(sorted(unknown))}" + "".join(f"\n  {h}" for h in hints))
+    refused = set(overrides) - set(GenerationConfig.__dataclass_fields__)
+    if refused:
+        raise TypeError(_refusal(refused, overrides))
     cfg = GenerationConfig(**{**defaults, **overrides})
     cfg.max_new_tokens = _at_least("max_new_tokens", arguments.check_int("max_new_tokens", cfg.max_new_tokens), 0)
     cfg.temperature = arguments.check_real("temperature", cfg.temperature)
@@ -300,6 +299,7 @@ def _at_least(name: str, value: Any, low: int) -> int:
     return value
 
 
+_OTHER_TOKENIZER = "an assistant with another tokenizer is not provided; assistant_model must share this model's vocabulary"
 # transformers arguments this engine does not take, and what to use instead
 HF_HINTS = {
     "num_beam_groups": "diverse beam search is not provided; num_beams gives plain beam search",
@@ -312,7 +312,37 @@ HF_HINTS = {
     "output_logits": "only generate() returns each step's logits; engine.score(texts) scores finished texts",
     "return_dict_in_generate": "only generate() takes it (it always returns a GenerationResult)",
     "cache_implementation": "the KV cache is preallocated in the model's dtype; 'static' and 'dynamic' are accepted and change nothing",
+    "assistant_early_exit": "self-speculative decoding (a model's own early layers as assistant) is not provided; "
+                            "assistant_model (a smaller model) or prompt_lookup_num_tokens guess tokens",
+    "assistant_lookbehind": _OTHER_TOKENIZER,
+    "target_lookbehind": _OTHER_TOKENIZER,
+    "forced_bos_token_id": "it serves encoder-decoder models (transformers forces it only while the sequence is one token); "
+                           "prefix_allowed_tokens_fn limits any step's choice",
+    "low_memory": "sequential beam search is not provided; the beams of a prompt run as one batch",
+    "output_attentions": "attention weights are not returned: the attention kernels never form them",
+    "output_hidden_states": "hidden states are not returned",
+    "prefill_chunk_size": "the engine chunks long prompts itself: set engine.prefill_chunk_tokens "
+                          "(tokens per chunk, batch × length)",
+    "remove_invalid_values": "NaN or inf logits raise NonFiniteLogitsError here, naming the dtype to load instead, "
+                             "rather than being replaced",
+    "watermarking_config": "watermarking is not provided",
 }
+
+
+def _refusal(names: set[str], given: Mapping[str, Any]) -> str:
+    """The message for the arguments a call gave that this engine does not take: transformers'
+    own names (HF_HINTS, HF_INERT) with the value given and what to use instead, then any other
+    name as unknown."""
+    known = sorted(n for n in names if n in HF_HINTS or n in HF_INERT)
+    other = sorted(names - set(known))
+    lines = []
+    if known:
+        values = ", ".join(f"{n}={given[n]!r}" for n in known)
+        lines.append(f"transformers generation arguments this engine does not take at these values: {values}")
+        lines += [f"  {n}: {HF_HINTS[n]}" for n in known if n in HF_HINTS]
+    if other:
+        lines.append(f"unknown generation arguments: {', '.join(other)}")
+    return "\n".join(lines)
 
 
 # transformers GenerationConfig fields this engine does not take, at the values (its defaults) where
