@@ -123,6 +123,38 @@ def main(argv: list[str] | None = None) -> Path:
             hf = None
             free(device)
 
+    def measure_variant(engine: Any, row: dict[str, Any], cell_bytes: float, label: str, decode_step: str,
+                        pdl: bool = False) -> None:
+        """The A/B of one engine choice, in the same run: the cell of `row` measured again with the
+        decode step `decode_step` (and programmatic dependent launch where `pdl`), recorded as a row
+        derived from the cell's own; `cell_bytes`: weights + KV cache read per step. A failure is
+        recorded, not fatal (a launch this GPU or its driver cannot capture)."""
+        b, shape = row["batch"], row["shape"]
+        provider = "codellama-fast-fused-pdl" if pdl else f"codellama-fast-{decode_step}"
+        chosen = engine.decode_step
+        engine.decode_step = decode_step
+        if pdl:
+            engine.model.ops.pdl = True
+        engine.release_cache()
+        try:
+            m = measure_ours(engine, b, row["prompt"], args.new, device)
+        except Exception as exc:  # noqa: BLE001
+            print(f"{shape}: {label} failed: {str(exc)[:200]}", flush=True)
+            rows.append({"bench": "e2e", "provider": provider, "model": row["model"], "batch": b, "prompt": row["prompt"],
+                         "shape": shape, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            return
+        finally:
+            engine.decode_step = chosen
+            if pdl:
+                engine.model.ops.pdl = False
+            engine.release_cache()
+        gbps = cell_bytes * (m.decode_tokens_per_s / b) / 1e9
+        rows.append(dict(row, provider=provider, p50=m.decode_tokens_per_s, ttft_ms=m.ttft_s * 1e3, achieved_GBps=gbps,
+                         fraction_of_copy_bw=gbps / bw if bw == bw else None, peak_memory_gib=m.peak_memory_gib,
+                         decode_step=decode_step, **({"pdl": True} if pdl else {})))
+        print(f"{shape:16s} ours, {label}: decode {m.decode_tokens_per_s:9.1f} tok/s  {gbps:7.0f} GB/s "
+              f"({100 * gbps / bw if bw == bw else float('nan'):.0f}% of copy bw)", flush=True)
+
     for name in args.models:
         cfg = our_config(name)
         wbytes = weight_bytes(cfg, dtype)
@@ -185,44 +217,14 @@ def main(argv: list[str] | None = None) -> Path:
                     print(f"{name} B1 P{n:<6d} ours, new prompt length: ttft {kept * 1e3:8.1f} ms with the kept decode state, "
                           f"{rebuilt * 1e3:8.1f} ms with it rebuilt", flush=True)
                 if b <= 16 and m.decode_step in ("plain", "fused") and not args.no_step_ab and not out_of_time():
-                    # the step the engine did not use, measured in the same run: the A/B of the choice
+                    # the step the engine did not use: the A/B of the choice
                     other = "fused" if m.decode_step == "plain" else "plain"
-                    chosen, engine.decode_step = engine.decode_step, other
-                    engine.release_cache()
-                    m2 = measure_ours(engine, b, p, args.new, device)
-                    engine.decode_step = chosen
-                    engine.release_cache()
-                    gbps2 = (wbytes + kv) * (m2.decode_tokens_per_s / b) / 1e9
-                    rows.append(dict(row, provider=f"codellama-fast-{other}", p50=m2.decode_tokens_per_s, ttft_ms=m2.ttft_s * 1e3,
-                                     achieved_GBps=gbps2, fraction_of_copy_bw=gbps2 / bw if bw == bw else None,
-                                     peak_memory_gib=m2.peak_memory_gib, decode_step=other))
-                    print(f"{shape:16s} ours, {other} step: decode {m2.decode_tokens_per_s:9.1f} tok/s  "
-                          f"{gbps2:7.0f} GB/s ({100 * gbps2 / bw if bw == bw else float('nan'):.0f}% of copy bw)", flush=True)
+                    measure_variant(engine, row, wbytes + kv, f"{other} step", other)
                 pdl_ab = b == 1 and p == args.prompt[0] and not args.no_pdl_ab and hasattr(engine.model.ops, "pdl")
                 if pdl_ab and not out_of_time():
                     # the fused step launched with programmatic dependent launch (sm_90+): the A/B
                     # of turning it on
-                    chosen, engine.decode_step, engine.model.ops.pdl = engine.decode_step, "fused", True
-                    engine.release_cache()
-                    try:
-                        m3 = measure_ours(engine, b, p, args.new, device)
-                    except Exception as exc:  # noqa: BLE001  (a launch this GPU or its driver cannot capture: recorded)
-                        m3 = None
-                        print(f"{shape}: the fused step with programmatic dependent launch failed: {str(exc)[:200]}", flush=True)
-                        rows.append({"bench": "e2e", "provider": "codellama-fast-fused-pdl", "model": name, "batch": b,
-                                     "prompt": p, "shape": shape, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
-                    finally:
-                        engine.decode_step, engine.model.ops.pdl = chosen, False
-                        engine.release_cache()
-                    if m3 is not None:
-                        gbps3 = (wbytes + kv) * (m3.decode_tokens_per_s / b) / 1e9
-                        rows.append(dict(row, provider="codellama-fast-fused-pdl", p50=m3.decode_tokens_per_s,
-                                         ttft_ms=m3.ttft_s * 1e3, achieved_GBps=gbps3,
-                                         fraction_of_copy_bw=gbps3 / bw if bw == bw else None,
-                                         peak_memory_gib=m3.peak_memory_gib, decode_step="fused", pdl=True))
-                        print(f"{shape:16s} ours, fused step with programmatic dependent launch: decode "
-                              f"{m3.decode_tokens_per_s:9.1f} tok/s  {gbps3:7.0f} GB/s "
-                              f"({100 * gbps3 / bw if bw == bw else float('nan'):.0f}% of copy bw)", flush=True)
+                    measure_variant(engine, row, wbytes + kv, "fused step with programmatic dependent launch", "fused", pdl=True)
         launches = getattr(engine.model.ops, "decode_launches", None)
         if launches is not None and launches.report():
             # the decode attention's launch timings at each shape the states were built for
