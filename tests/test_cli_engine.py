@@ -100,6 +100,38 @@ def test_engine_errors_are_one_line_with_exit_code_2(tmp_path):
     assert not_json.returncode == 2 and f"{dialog} is not valid JSON" in not_json.stderr and "Traceback" not in not_json.stderr
 
 
+def test_bad_options_are_errors_before_the_weights_are_read(tmp_path):
+    """Generation options are checked over the model's generation_config.json before its weights
+    load: in a folder whose weights are unreadable, a bad option is the error, and a good one
+    reaches the weights."""
+    import shutil
+
+    from codellama_fast.data import DEMO_MODEL_DIR
+
+    folder = tmp_path / "broken"
+    shutil.copytree(DEMO_MODEL_DIR, folder)
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    # the model samples by default, so that several sequences need no --temperature
+    (folder / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.7}))
+    m = ("--model", str(folder))
+    cases = [
+        (("generate", "x", "--top-p", "0", *m), "top_p must be in (0, 1]"),
+        (("generate", "x", "--negative-prompt", "y", *m), "negative_prompt_ids needs guidance_scale"),
+        (("generate", "x", "--num-beams", "2", "--stream", *m), "does not stream"),
+        (("generate", "x", "--json", "-n", "3", "--num-beams", "2", *m), "num_return_sequences (3) must be <= num_beams (2)"),
+        (("chat", "hi", "--num-beams", "2", "--stream", *m), "does not stream"),
+        (("infill", "a<FILL_ME>b", "--max-time", "0", *m), "max_time must be"),
+        (("score", "x", "--top-logprobs", "2", *m), "--top-logprobs lists alternatives per token"),
+    ]
+    for args, message in cases:
+        res = _cli(*args)
+        assert res.returncode == 2 and message in res.stderr and "model.safetensors" not in res.stderr, (args, res.stderr)
+    # good options (n samples: the model's own do_sample) get as far as the weights
+    for args in (("generate", "x", "--json", "-n", "3", *m), ("generate", "x", "--negative-prompt", "y", "--guidance-scale", "1.5", *m)):
+        res = _cli(*args)
+        assert res.returncode == 2 and "model.safetensors" in res.stderr, (args, res.stderr)
+
+
 def test_chat_runs_on_a_message():
     res = _cli("chat", "Tell me a story", "--max-new-tokens", "8")
     assert res.returncode == 0, res.stderr

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from .data import DEMO_MODEL_DIR
 
@@ -71,21 +71,48 @@ def _assistant(args: argparse.Namespace) -> Any:
     return args.assistant_engine
 
 
-def _gen_kwargs(args: argparse.Namespace, engine: Any) -> dict[str, Any]:
+def _given(args: argparse.Namespace, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The generation options the command line sets, as the engine's keywords, over the model's
+    generation_config.json `defaults`; the assistant and the negative prompt, which need a loaded
+    model, are the callers'."""
     if args.assistant_tokens is not None and args.assistant is None:
         raise ValueError("--assistant-tokens needs --assistant MODEL")
     given = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                  repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, num_beams=args.num_beams, seed=args.seed, prompt_lookup_num_tokens=args.prompt_lookup,
-                 assistant_model=_assistant(args), num_assistant_tokens=args.assistant_tokens, max_time=args.max_time)
+                 num_assistant_tokens=args.assistant_tokens, max_time=args.max_time, guidance_scale=args.guidance_scale)
     out: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    if "max_new_tokens" not in out and "max_new_tokens" not in engine.defaults:
+    if "max_new_tokens" not in out and "max_new_tokens" not in defaults:
         out["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
     out["stop"] = tuple(args.stop)
-    if args.guidance_scale is not None:
-        out["guidance_scale"] = args.guidance_scale
+    return out
+
+
+def _gen_kwargs(args: argparse.Namespace, engine: Any) -> dict[str, Any]:
+    out = _given(args, engine.defaults)
+    if args.assistant is not None:
+        out["assistant_model"] = _assistant(args)
     if args.negative_prompt is not None:
         out["negative_prompt_ids"] = engine.tokenizer.encode(args.negative_prompt)
     return out
+
+
+def _check_before_loading(args: argparse.Namespace, many: bool = False, streams: bool = False, **extra: Any) -> None:
+    """The command's generation options checked as the engine checks them at the call, over the
+    model's generation_config.json, before any weight is read: a bad value is an error in a moment
+    instead of after a model load (a minute and more for 34B). `many`/`streams`: as the engine
+    method the command calls; `extra`: the call's other keywords."""
+    from .engine import options
+    from .engine.loader import generation_defaults, model_folder
+
+    defaults = generation_defaults(model_folder(args.model or str(DEMO_MODEL_DIR), args.revision))
+    kwargs = _given(args, defaults)
+    # stand-ins for what needs a loaded model, valid where the real values are: the checks read
+    # only whether they are there (an encoded text always has a token, its BOS)
+    if args.assistant is not None:
+        kwargs["assistant_model"] = object()
+    if args.negative_prompt is not None:
+        kwargs["negative_prompt_ids"] = [[1]]
+    options.resolve(defaults, {**kwargs, **extra}, many, streams)
 
 
 def _prompt(args: argparse.Namespace) -> str:
@@ -111,13 +138,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError("--json prints the whole result at the end; leave out --stream")
     if args.top_logprobs and not args.json:
         raise ValueError("--top-logprobs goes with --json")
+    healing = {"token_healing": True} if args.token_healing else {}
+    n = {"num_return_sequences": args.num_return_sequences} if args.json and args.num_return_sequences is not None else {}
+    _check_before_loading(args, many=not args.stream, streams=args.stream, **healing, **n)
     engine = _load(args)
     prompt = _prompt(args)
-    healing = {"token_healing": True} if args.token_healing else {}
     if args.json:
-        kwargs = {**_gen_kwargs(args, engine), **healing}
-        if args.num_return_sequences is not None:
-            kwargs["num_return_sequences"] = args.num_return_sequences
+        kwargs = {**_gen_kwargs(args, engine), **healing, **n}
         result = engine.generate(prompt, top_logprobs=args.top_logprobs, **kwargs)
         out = {"texts": result.texts, "token_ids": result.token_ids, "finish_reasons": result.finish_reasons,
                "prompt_tokens": result.prompt_tokens[0], "time_to_first_token_s": result.time_to_first_token_s,
@@ -161,7 +188,6 @@ def _write_stream(deltas: Iterator[str]) -> str:
 
 
 def cmd_infill(args: argparse.Namespace) -> int:
-    engine = _load(args)
     text = _prompt(args)
     if args.suffix is not None:
         prefix, suffix = text, args.suffix
@@ -172,6 +198,8 @@ def cmd_infill(args: argparse.Namespace) -> int:
         if count != 1:
             raise ValueError(f"the text must contain exactly one {FILL_MARKER} (found {count}), or pass --suffix")
         prefix, _, suffix = text.partition(FILL_MARKER)
+    _check_before_loading(args, many=not args.stream, streams=args.stream)
+    engine = _load(args)
     if args.stream:
         ids = engine.infill_prompt_ids(prefix, suffix, args.suffix_first)
         if args.full:
@@ -197,6 +225,7 @@ def _answer(engine: Any, messages: list[dict[str, str]], args: argparse.Namespac
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    _check_before_loading(args, streams=args.stream)
     engine = _load(args)
     messages: list[dict[str, str]] = []
     if args.system:
@@ -230,10 +259,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     perplexity (and each token's log-probability with --tokens)."""
     from .cli import _read_text
 
-    text = _read_text(args)
-    engine = _load(args)
     if args.top_logprobs and not args.tokens:
         raise ValueError("--top-logprobs lists alternatives per token: add --tokens")
+    text = _read_text(args)
+    engine = _load(args)
     result = engine.score(text, top_logprobs=args.top_logprobs)
     ids, logprobs = result.token_ids[0], result.token_logprobs[0]
     out: dict[str, Any] = {"tokens": len(ids), "logprob": result.logprob[0], "perplexity": result.perplexity[0]}

@@ -670,9 +670,7 @@ class Engine:
         `per_prompt` rows (its num_return_sequences, or its beams) come together. Negative
         prompts: one for every row, or one per prompt (repeated over its rows); without them, each
         row's last prompt token."""
-        if cfg.guidance_scale in (None, 1.0):
-            if cfg.negative_prompt_ids is not None:
-                raise ValueError("negative_prompt_ids needs guidance_scale (transformers' classifier-free guidance; 1 is none)")
+        if cfg.guidance_scale in (None, 1.0):  # (negative prompts without it: refused by options.resolve)
             return None
         negative = cfg.negative_prompt_ids or [list(p[-1:]) for p in prompts]
         distinct = len(prompts) // per_prompt

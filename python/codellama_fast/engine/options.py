@@ -217,6 +217,8 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
         if any(not n for n in cfg.negative_prompt_ids):
             raise ValueError("negative_prompt_ids needs at least one token in each negative prompt")
         cfg.negative_prompt_attention_mask = None  # read into the lists
+        if cfg.guidance_scale in (None, 1.0):
+            raise ValueError("negative_prompt_ids needs guidance_scale (transformers' classifier-free guidance; 1 is none)")
     elif cfg.negative_prompt_attention_mask is not None:
         raise ValueError("negative_prompt_attention_mask goes with negative_prompt_ids")
     cfg.max_time = arguments.check_real("max_time", cfg.max_time, optional=True)
