@@ -122,6 +122,7 @@ def test_bad_options_are_errors_before_the_weights_are_read(tmp_path):
         (("chat", "hi", "--num-beams", "2", "--stream", *m), "does not stream"),
         (("infill", "a<FILL_ME>b", "--max-time", "0", *m), "max_time must be"),
         (("score", "x", "--top-logprobs", "2", *m), "--top-logprobs lists alternatives per token"),
+        (("generate", "x", "--assistant", str(tmp_path / "absent"), *m), "absent does not exist"),
     ]
     for args, message in cases:
         res = _cli(*args)

@@ -109,6 +109,7 @@ def _check_before_loading(args: argparse.Namespace, many: bool = False, streams:
     # stand-ins for what needs a loaded model, valid where the real values are: the checks read
     # only whether they are there (an encoded text always has a token, its BOS)
     if args.assistant is not None:
+        model_folder(args.assistant)  # there (or in the cache), before the main model loads
         kwargs["assistant_model"] = object()
     if args.negative_prompt is not None:
         kwargs["negative_prompt_ids"] = [[1]]
