@@ -16,6 +16,18 @@ def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "codellama_fast.cli", *args], input=stdin, capture_output=True, text=True, timeout=300)
 
 
+def _cli_all(*calls: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
+    """Several independent commands, run at the same time (each spends its first seconds importing
+    torch); results in the order given."""
+    procs = [subprocess.Popen([sys.executable, "-m", "codellama_fast.cli", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args in calls]
+    out = []
+    for args, proc in zip(calls, procs):
+        stdout, stderr = proc.communicate(timeout=300)
+        out.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    return out
+
+
 def test_generate_stream_and_plain_agree():
     plain = _cli("generate", "Lily", "--max-new-tokens", "24")
     stream = _cli("generate", "Lily", "--max-new-tokens", "24", "--stream")
@@ -78,26 +90,21 @@ def test_unset_options_follow_the_models_generation_config(tmp_path):
 
 
 def test_engine_errors_are_one_line_with_exit_code_2(tmp_path):
-    infill = _cli("infill", "a<FILL_ME>b", "--max-new-tokens", "4")
-    assert infill.returncode == 2 and "no infilling pieces" in infill.stderr
-    missing = _cli("generate", "x", "--model", str(tmp_path / "absent"))
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
-    bad = _cli("generate", "x", "--top-p", "0")
-    assert bad.returncode == 2 and "top_p" in bad.stderr
-    lonely = _cli("generate", "x", "--assistant-tokens", "4")
-    assert lonely.returncode == 2 and "--assistant-tokens needs --assistant" in lonely.stderr
-    no_time = _cli("generate", "x", "--max-time", "0")
-    assert no_time.returncode == 2 and "max_time must be" in no_time.stderr
-    unguided = _cli("generate", "x", "--negative-prompt", "y")
-    assert unguided.returncode == 2 and "negative_prompt_ids needs guidance_scale" in unguided.stderr
-    no_marker = _cli("infill", "abc")
-    assert no_marker.returncode == 2 and "exactly one <FILL_ME>" in no_marker.stderr
-    none = _cli("generate", "x", "-n", "0")
-    assert none.returncode == 2 and "--num-return-sequences must be >= 1, got 0" in none.stderr
     dialog = tmp_path / "dialog.json"
     dialog.write_text("nope")
-    not_json = _cli("chat", "--messages-json", str(dialog))
-    assert not_json.returncode == 2 and f"{dialog} is not valid JSON" in not_json.stderr and "Traceback" not in not_json.stderr
+    cases = [
+        (("infill", "a<FILL_ME>b", "--max-new-tokens", "4"), "no infilling pieces"),
+        (("generate", "x", "--model", str(tmp_path / "absent")), "does not exist"),
+        (("generate", "x", "--top-p", "0"), "top_p"),
+        (("generate", "x", "--assistant-tokens", "4"), "--assistant-tokens needs --assistant"),
+        (("generate", "x", "--max-time", "0"), "max_time must be"),
+        (("generate", "x", "--negative-prompt", "y"), "negative_prompt_ids needs guidance_scale"),
+        (("infill", "abc"), "exactly one <FILL_ME>"),
+        (("generate", "x", "-n", "0"), "--num-return-sequences must be >= 1, got 0"),
+        (("chat", "--messages-json", str(dialog)), f"{dialog} is not valid JSON"),
+    ]
+    for (args, message), res in zip(cases, _cli_all(*(args for args, _ in cases))):
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
 
 
 def test_bad_options_are_errors_before_the_weights_are_read(tmp_path):
@@ -124,12 +131,12 @@ def test_bad_options_are_errors_before_the_weights_are_read(tmp_path):
         (("score", "x", "--top-logprobs", "2", *m), "--top-logprobs lists alternatives per token"),
         (("generate", "x", "--assistant", str(tmp_path / "absent"), *m), "absent does not exist"),
     ]
-    for args, message in cases:
-        res = _cli(*args)
-        assert res.returncode == 2 and message in res.stderr and "model.safetensors" not in res.stderr, (args, res.stderr)
     # good options (n samples: the model's own do_sample) get as far as the weights
-    for args in (("generate", "x", "--json", "-n", "3", *m), ("generate", "x", "--negative-prompt", "y", "--guidance-scale", "1.5", *m)):
-        res = _cli(*args)
+    good = [("generate", "x", "--json", "-n", "3", *m), ("generate", "x", "--negative-prompt", "y", "--guidance-scale", "1.5", *m)]
+    results = _cli_all(*(args for args, _ in cases), *good)
+    for (args, message), res in zip(cases, results):
+        assert res.returncode == 2 and message in res.stderr and "model.safetensors" not in res.stderr, (args, res.stderr)
+    for args, res in zip(good, results[len(cases):]):
         assert res.returncode == 2 and "model.safetensors" in res.stderr, (args, res.stderr)
 
 
