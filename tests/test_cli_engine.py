@@ -29,17 +29,15 @@ def _cli_all(*calls: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
 
 
 def test_generate_stream_and_plain_agree():
-    plain = _cli("generate", "Lily", "--max-new-tokens", "24")
-    stream = _cli("generate", "Lily", "--max-new-tokens", "24", "--stream")
+    from codellama_fast.data import DEMO_MODEL_DIR
+
+    base = ("generate", "Lily", "--max-new-tokens", "24")
+    plain, stream, lookup, assisted = _cli_all(base, (*base, "--stream"), (*base, "--prompt-lookup", "4"),
+                                               (*base, "--assistant", str(DEMO_MODEL_DIR), "--assistant-tokens", "3", "--stream"))
     assert plain.returncode == stream.returncode == 0, plain.stderr + stream.stderr
     assert plain.stdout == stream.stdout and plain.stdout.strip()
     assert "tokens/s" in plain.stderr and "tokens/s" not in plain.stdout
-    lookup = _cli("generate", "Lily", "--max-new-tokens", "24", "--prompt-lookup", "4")
     assert lookup.returncode == 0 and lookup.stdout == plain.stdout, lookup.stderr
-    from codellama_fast.data import DEMO_MODEL_DIR
-
-    demo = str(DEMO_MODEL_DIR)
-    assisted = _cli("generate", "Lily", "--max-new-tokens", "24", "--assistant", demo, "--assistant-tokens", "3", "--stream")
     assert assisted.returncode == 0 and assisted.stdout == plain.stdout, assisted.stderr
 
 
@@ -48,8 +46,8 @@ def test_generate_token_healing_prints_what_follows_the_prompt():
     from codellama_fast.data import DEMO_MODEL_DIR
 
     want = Engine.from_pretrained(DEMO_MODEL_DIR).generate("Once upon a ti", max_new_tokens=12, token_healing=True).text
-    for extra in ((), ("--stream",), ("--json",)):
-        res = _cli("generate", "Once upon a ti", "--max-new-tokens", "12", "--token-healing", *extra)
+    extras = ((), ("--stream",), ("--json",))
+    for extra, res in zip(extras, _cli_all(*(("generate", "Once upon a ti", "--max-new-tokens", "12", "--token-healing", *e) for e in extras))):
         assert res.returncode == 0, res.stderr
         assert (json.loads(res.stdout)["texts"][0] if extra == ("--json",) else res.stdout) == (want if extra == ("--json",) else want + "\n")
 
@@ -74,18 +72,17 @@ def test_unset_options_follow_the_models_generation_config(tmp_path):
     shutil.copytree(DEMO_MODEL_DIR, folder)
     (folder / "generation_config.json").write_text(json.dumps({"do_sample": False, "max_new_tokens": 9}))
     engine = Engine.from_pretrained(folder)
-    res = _cli("generate", "Lily", "--model", str(folder))
+    base = ("generate", "Lily", "--model", str(folder))
+    res, penalised, banned, beams, min_p = _cli_all(
+        base, (*base, "--repetition-penalty", "1.5", "--max-new-tokens", "30"), (*base, "--no-repeat-ngram-size", "1", "--max-new-tokens", "30"),
+        (*base, "--num-beams", "3", "--max-new-tokens", "30"), (*base, "--temperature", "1", "--min-p", "0.2", "--seed", "4", "--max-new-tokens", "30"))
     assert res.returncode == 0, res.stderr
     assert res.stdout == engine.generate("Lily").text + "\n"
     assert len(engine.generate("Lily").token_ids[0]) == 9
-    penalised = _cli("generate", "Lily", "--model", str(folder), "--repetition-penalty", "1.5", "--max-new-tokens", "30")
     assert penalised.stdout == engine.generate("Lily", repetition_penalty=1.5, max_new_tokens=30).text + "\n"
-    banned = _cli("generate", "Lily", "--model", str(folder), "--no-repeat-ngram-size", "1", "--max-new-tokens", "30")
     assert banned.stdout == engine.generate("Lily", no_repeat_ngram_size=1, max_new_tokens=30).text + "\n"
     assert banned.stdout != engine.generate("Lily", max_new_tokens=30).text + "\n"  # a 30-token story repeats a token
-    beams = _cli("generate", "Lily", "--model", str(folder), "--num-beams", "3", "--max-new-tokens", "30")
     assert beams.stdout == engine.generate("Lily", num_beams=3, max_new_tokens=30).text + "\n"
-    min_p = _cli("generate", "Lily", "--model", str(folder), "--temperature", "1", "--min-p", "0.2", "--seed", "4", "--max-new-tokens", "30")
     assert min_p.stdout == engine.generate("Lily", temperature=1.0, min_p=0.2, seed=4, max_new_tokens=30).text + "\n"
 
 
@@ -242,15 +239,14 @@ def test_chat_and_infill_stream_print_what_the_plain_commands_print(tmp_path):
     pytest.importorskip("transformers")
     from tests.engine_helpers import make_hf_model, save
 
-    chat = [_cli("chat", "Tell me a story", "--max-new-tokens", "24", *extra) for extra in ((), ("--stream",))]
-    assert chat[0].returncode == chat[1].returncode == 0, chat[0].stderr + chat[1].stderr
-    assert chat[0].stdout == chat[1].stdout and chat[0].stdout.strip()
     folder = save(make_hf_model("mha", seed=2), tmp_path / "codellama-vocab")  # a 32016-piece model: infilling works
-    for extra in ((), ("--full",)):
-        runs = [_cli("infill", "def f(x):\n    <FILL_ME>\n    return y\n", "--model", str(folder), "--max-new-tokens", "12", *extra, *s)
-                for s in ((), ("--stream",))]
-        assert runs[0].returncode == runs[1].returncode == 0, runs[0].stderr + runs[1].stderr
-        assert runs[0].stdout == runs[1].stdout and runs[0].stdout.strip()
+    infill = ("infill", "def f(x):\n    <FILL_ME>\n    return y\n", "--model", str(folder), "--max-new-tokens", "12")
+    # (plain, streamed) pairs: a chat answer, an infilled middle, a whole filled text
+    pairs = [("chat", "Tell me a story", "--max-new-tokens", "24"), infill, (*infill, "--full")]
+    results = _cli_all(*(c for pair in pairs for c in (pair, (*pair, "--stream"))))
+    for plain, streamed in zip(results[::2], results[1::2]):
+        assert plain.returncode == streamed.returncode == 0, plain.stderr + streamed.stderr
+        assert plain.stdout == streamed.stdout and plain.stdout.strip()
 
 
 def test_generate_json_gives_the_python_result():
@@ -258,29 +254,31 @@ def test_generate_json_gives_the_python_result():
     from codellama_fast.data import DEMO_MODEL_DIR
 
     engine = Engine.from_pretrained(DEMO_MODEL_DIR)
-    res = _cli("generate", "Lily", "--json", "-n", "2", "--num-beams", "3", "--max-new-tokens", "12")
+    j = ("generate", "Lily", "--json")
+    res, beam_sample, sampled, tops, guided, rushed = _cli_all(
+        (*j, "-n", "2", "--num-beams", "3", "--max-new-tokens", "12"),
+        (*j, "-n", "2", "--num-beams", "3", "--temperature", "1.3", "--seed", "5", "--max-new-tokens", "12"),
+        (*j, "-n", "3", "--temperature", "1", "--seed", "2", "--max-new-tokens", "9"),
+        (*j, "--top-logprobs", "3", "--max-new-tokens", "6"),
+        (*j, "--guidance-scale", "3", "--negative-prompt", "Tom was sad", "--max-new-tokens", "12"),
+        (*j, "--max-time", "1e-6", "--max-new-tokens", "12"))
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout)
     want = engine.generate("Lily", num_beams=3, num_return_sequences=2, max_new_tokens=12)
     assert (got["texts"], got["token_ids"], got["finish_reasons"]) == (want.texts, want.token_ids, want.finish_reasons)
     assert got["sequence_scores"] == pytest.approx(want.sequence_scores, rel=1e-5)
-    beam_sample = json.loads(_cli("generate", "Lily", "--json", "-n", "2", "--num-beams", "3", "--temperature", "1.3", "--seed", "5",
-                                  "--max-new-tokens", "12").stdout)
-    assert beam_sample["token_ids"] == engine.generate("Lily", num_beams=3, num_return_sequences=2, temperature=1.3, seed=5,
-                                                       max_new_tokens=12).token_ids
-    sampled = json.loads(_cli("generate", "Lily", "--json", "-n", "3", "--temperature", "1", "--seed", "2", "--max-new-tokens", "9").stdout)
-    assert sampled["texts"] == engine.generate("Lily", num_return_sequences=3, temperature=1.0, seed=2, max_new_tokens=9).texts
-    tops = json.loads(_cli("generate", "Lily", "--json", "--top-logprobs", "3", "--max-new-tokens", "6").stdout)
+    assert json.loads(beam_sample.stdout)["token_ids"] == engine.generate("Lily", num_beams=3, num_return_sequences=2, temperature=1.3,
+                                                                         seed=5, max_new_tokens=12).token_ids
+    assert json.loads(sampled.stdout)["texts"] == engine.generate("Lily", num_return_sequences=3, temperature=1.0, seed=2, max_new_tokens=9).texts
+    tops = json.loads(tops.stdout)
     ref = engine.generate("Lily", top_logprobs=3, max_new_tokens=6)
     assert [[[e["id"] for e in pairs] for pairs in row] for row in tops["top_logprobs"]] == \
         [[[i for i, _ in pairs] for pairs in row] for row in ref.top_logprobs]
     assert tops["top_logprobs"][0][0][0]["token"] == engine.tokenizer.convert_ids_to_tokens(ref.top_logprobs[0][0][0][0])
     assert tops["token_logprobs"][0] == pytest.approx(ref.token_logprobs[0], rel=1e-5)
-    guided = json.loads(_cli("generate", "Lily", "--json", "--guidance-scale", "3", "--negative-prompt", "Tom was sad",
-                             "--max-new-tokens", "12").stdout)
     want = engine.generate("Lily", guidance_scale=3.0, negative_prompt_ids=engine.tokenizer.encode("Tom was sad"), max_new_tokens=12)
-    assert guided["token_ids"] == want.token_ids != engine.generate("Lily", max_new_tokens=12).token_ids
-    rushed = json.loads(_cli("generate", "Lily", "--json", "--max-time", "1e-6", "--max-new-tokens", "12").stdout)
+    assert json.loads(guided.stdout)["token_ids"] == want.token_ids != engine.generate("Lily", max_new_tokens=12).token_ids
+    rushed = json.loads(rushed.stdout)
     assert rushed["finish_reasons"] == ["time"] and len(rushed["token_ids"][0]) == 1
     lonely = _cli("generate", "Lily", "-n", "2")
     assert lonely.returncode == 2 and "add --json" in lonely.stderr
