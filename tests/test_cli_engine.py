@@ -19,10 +19,10 @@ def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 def _cli_all(*calls: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
     """Several independent commands, run at the same time (each spends its first seconds importing
     torch); results in the order given."""
-    procs = [subprocess.Popen([sys.executable, "-m", "codellama_fast.cli", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for args in calls]
+    procs = [subprocess.Popen([sys.executable, "-m", "codellama_fast.cli", *args], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in calls]
     out = []
-    for args, proc in zip(calls, procs):
+    for proc in procs:
         stdout, stderr = proc.communicate(timeout=300)
         out.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
     return out
@@ -47,7 +47,8 @@ def test_generate_token_healing_prints_what_follows_the_prompt():
 
     want = Engine.from_pretrained(DEMO_MODEL_DIR).generate("Once upon a ti", max_new_tokens=12, token_healing=True).text
     extras = ((), ("--stream",), ("--json",))
-    for extra, res in zip(extras, _cli_all(*(("generate", "Once upon a ti", "--max-new-tokens", "12", "--token-healing", *e) for e in extras))):
+    healed = _cli_all(*(("generate", "Once upon a ti", "--max-new-tokens", "12", "--token-healing", *e) for e in extras))
+    for extra, res in zip(extras, healed, strict=True):
         assert res.returncode == 0, res.stderr
         assert (json.loads(res.stdout)["texts"][0] if extra == ("--json",) else res.stdout) == (want if extra == ("--json",) else want + "\n")
 
@@ -74,8 +75,9 @@ def test_unset_options_follow_the_models_generation_config(tmp_path):
     engine = Engine.from_pretrained(folder)
     base = ("generate", "Lily", "--model", str(folder))
     res, penalised, banned, beams, min_p = _cli_all(
-        base, (*base, "--repetition-penalty", "1.5", "--max-new-tokens", "30"), (*base, "--no-repeat-ngram-size", "1", "--max-new-tokens", "30"),
-        (*base, "--num-beams", "3", "--max-new-tokens", "30"), (*base, "--temperature", "1", "--min-p", "0.2", "--seed", "4", "--max-new-tokens", "30"))
+        base, (*base, "--repetition-penalty", "1.5", "--max-new-tokens", "30"),
+        (*base, "--no-repeat-ngram-size", "1", "--max-new-tokens", "30"), (*base, "--num-beams", "3", "--max-new-tokens", "30"),
+        (*base, "--temperature", "1", "--min-p", "0.2", "--seed", "4", "--max-new-tokens", "30"))
     assert res.returncode == 0, res.stderr
     assert res.stdout == engine.generate("Lily").text + "\n"
     assert len(engine.generate("Lily").token_ids[0]) == 9
@@ -100,7 +102,7 @@ def test_engine_errors_are_one_line_with_exit_code_2(tmp_path):
         (("generate", "x", "-n", "0"), "--num-return-sequences must be >= 1, got 0"),
         (("chat", "--messages-json", str(dialog)), f"{dialog} is not valid JSON"),
     ]
-    for (args, message), res in zip(cases, _cli_all(*(args for args, _ in cases))):
+    for (args, message), res in zip(cases, _cli_all(*(args for args, _ in cases)), strict=True):
         assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
 
 
@@ -129,11 +131,12 @@ def test_bad_options_are_errors_before_the_weights_are_read(tmp_path):
         (("generate", "x", "--assistant", str(tmp_path / "absent"), *m), "absent does not exist"),
     ]
     # good options (n samples: the model's own do_sample) get as far as the weights
-    good = [("generate", "x", "--json", "-n", "3", *m), ("generate", "x", "--negative-prompt", "y", "--guidance-scale", "1.5", *m)]
+    good = [("generate", "x", "--json", "-n", "3", *m),
+            ("generate", "x", "--negative-prompt", "y", "--guidance-scale", "1.5", *m)]
     results = _cli_all(*(args for args, _ in cases), *good)
-    for (args, message), res in zip(cases, results):
+    for (args, message), res in zip(cases, results[: len(cases)], strict=True):
         assert res.returncode == 2 and message in res.stderr and "model.safetensors" not in res.stderr, (args, res.stderr)
-    for args, res in zip(good, results[len(cases):]):
+    for args, res in zip(good, results[len(cases):], strict=True):
         assert res.returncode == 2 and "model.safetensors" in res.stderr, (args, res.stderr)
 
 
@@ -244,7 +247,7 @@ def test_chat_and_infill_stream_print_what_the_plain_commands_print(tmp_path):
     # (plain, streamed) pairs: a chat answer, an infilled middle, a whole filled text
     pairs = [("chat", "Tell me a story", "--max-new-tokens", "24"), infill, (*infill, "--full")]
     results = _cli_all(*(c for pair in pairs for c in (pair, (*pair, "--stream"))))
-    for plain, streamed in zip(results[::2], results[1::2]):
+    for plain, streamed in zip(results[::2], results[1::2], strict=True):
         assert plain.returncode == streamed.returncode == 0, plain.stderr + streamed.stderr
         assert plain.stdout == streamed.stdout and plain.stdout.strip()
 
@@ -267,16 +270,18 @@ def test_generate_json_gives_the_python_result():
     want = engine.generate("Lily", num_beams=3, num_return_sequences=2, max_new_tokens=12)
     assert (got["texts"], got["token_ids"], got["finish_reasons"]) == (want.texts, want.token_ids, want.finish_reasons)
     assert got["sequence_scores"] == pytest.approx(want.sequence_scores, rel=1e-5)
-    assert json.loads(beam_sample.stdout)["token_ids"] == engine.generate("Lily", num_beams=3, num_return_sequences=2, temperature=1.3,
-                                                                         seed=5, max_new_tokens=12).token_ids
-    assert json.loads(sampled.stdout)["texts"] == engine.generate("Lily", num_return_sequences=3, temperature=1.0, seed=2, max_new_tokens=9).texts
+    assert json.loads(beam_sample.stdout)["token_ids"] == engine.generate(
+        "Lily", num_beams=3, num_return_sequences=2, temperature=1.3, seed=5, max_new_tokens=12).token_ids
+    assert json.loads(sampled.stdout)["texts"] == engine.generate(
+        "Lily", num_return_sequences=3, temperature=1.0, seed=2, max_new_tokens=9).texts
     tops = json.loads(tops.stdout)
     ref = engine.generate("Lily", top_logprobs=3, max_new_tokens=6)
     assert [[[e["id"] for e in pairs] for pairs in row] for row in tops["top_logprobs"]] == \
         [[[i for i, _ in pairs] for pairs in row] for row in ref.top_logprobs]
     assert tops["top_logprobs"][0][0][0]["token"] == engine.tokenizer.convert_ids_to_tokens(ref.top_logprobs[0][0][0][0])
     assert tops["token_logprobs"][0] == pytest.approx(ref.token_logprobs[0], rel=1e-5)
-    want = engine.generate("Lily", guidance_scale=3.0, negative_prompt_ids=engine.tokenizer.encode("Tom was sad"), max_new_tokens=12)
+    want = engine.generate("Lily", guidance_scale=3.0, negative_prompt_ids=engine.tokenizer.encode("Tom was sad"),
+                           max_new_tokens=12)
     assert json.loads(guided.stdout)["token_ids"] == want.token_ids != engine.generate("Lily", max_new_tokens=12).token_ids
     rushed = json.loads(rushed.stdout)
     assert rushed["finish_reasons"] == ["time"] and len(rushed["token_ids"][0]) == 1

@@ -353,9 +353,10 @@ def test_static_buffer_decode_step_matches_plain_loop(tmp_path, greedy):
     extra = dict(return_logprobs=True) if greedy in (True, "penalty") else dict(top_logprobs=3)
     a, b = graphed.generate(prompts, **extra, **kw), plain.generate(prompts, **extra, **kw)
     assert a.token_ids == b.token_ids == want
-    assert all(logprobs_close(ra, rb, 1e-4) for ra, rb in zip(a.token_logprobs, b.token_logprobs))
+    assert all(logprobs_close(ra, rb, 1e-4) for ra, rb in zip(a.token_logprobs, b.token_logprobs, strict=True))
     if "top_logprobs" in extra:
-        assert [[[i for i, _ in pairs] for pairs in row] for row in a.top_logprobs] == [[[i for i, _ in pairs] for pairs in row] for row in b.top_logprobs]
+        ids = [[[[i for i, _ in pairs] for pairs in row] for row in r.top_logprobs] for r in (a, b)]
+        assert ids[0] == ids[1]
 
 
 def test_interleaved_streams_of_one_shape_do_not_share_a_cache(tmp_path):
