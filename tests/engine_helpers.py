@@ -75,7 +75,7 @@ def fresh_seed() -> int:
     import random
 
     seed = random.SystemRandom().randrange(2**31)
-    print(f"model seed {seed}")
+    print(f"random seed {seed}")
     return seed
 
 

@@ -152,10 +152,10 @@ def test_engine_times_the_launch_before_it_builds_a_decode_state(tmp_path):
     from codellama_fast.engine import Engine, load_model
     from codellama_fast.kernels.decode_tuning import DecodeLaunches
     from codellama_fast.kernels.triton_ops import TritonOps
-    from tests.engine_helpers import make_hf_model, save
+    from tests.engine_helpers import fresh_seed, make_hf_model, save
 
     # head_dim 16: the attention kernels take it
-    folder = save(make_hf_model("gqa4-d16", seed=int(torch.randint(0, 2**31, ()))), tmp_path / "m")
+    folder = save(make_hf_model("gqa4-d16", seed=fresh_seed()), tmp_path / "m")
     tok = CodeLlamaTokenizerFast.from_pretrained()
     engines = []
     for tune in (False, True):

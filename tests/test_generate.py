@@ -14,7 +14,7 @@ from codellama_fast import CodeLlamaTokenizerFast, InfillingUnsupported  # noqa:
 from codellama_fast.engine import Engine, load_model  # noqa: E402
 from codellama_fast.engine.sampling import SamplingParams, filter_logits, sample  # noqa: E402
 from tests.conftest import LLAMA2_MODEL  # noqa: E402
-from tests.engine_helpers import make_hf_model, save, scripted  # noqa: E402
+from tests.engine_helpers import fresh_seed, make_hf_model, save, scripted  # noqa: E402
 from tests.meta_reference import meta_chat_reference  # noqa: E402
 
 
@@ -115,7 +115,7 @@ def test_repetition_penalty_equals_transformers_processor():
 
     from codellama_fast.engine.sampling import apply_repetition_penalty
 
-    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    g = torch.Generator().manual_seed(fresh_seed())
     for penalty in (1.3, 0.7, 2.0):
         logits = torch.randn(3, 500, generator=g) * 4
         ids = torch.randint(0, 500, (3, 40), generator=g)
@@ -135,7 +135,7 @@ def test_filters_keep_what_transformers_warpers_keep():
         out = TopKLogitsWarper(k)(None, out) if k is not None else out
         return TopPLogitsWarper(p)(None, out) if p is not None else out
 
-    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    g = torch.Generator().manual_seed(fresh_seed())
     for _ in range(200):
         v = int(torch.randint(2, 300, (), generator=g))
         logits = torch.randn(3, v, generator=g, dtype=torch.float64) * float(torch.rand((), generator=g) * 6)
@@ -451,11 +451,17 @@ def test_max_time_stops_where_transformers_does_and_keeps_the_tokens(model_dir, 
 def test_output_scores_and_logits_equal_transformers(model_dir, tok, kw):
     """transformers' output_scores (after its processors and, when sampling, its warpers) and
     output_logits, step by step, for a batch whose first row ends early at an end token: each
-    row's entries up to its end (the step that chose the end token included)."""
+    row's entries up to its end (the step that chose the end token included).
+
+    The two models' fp32 logits differ in their last bits, so a sampled draw, an argmax or a
+    filter's cut that sits on an edge can fall the other way (rarely: one of 2,950 seeds tried
+    with min_p, where transformers' logits tied two tokens at top_k's 50th place and ours put
+    one of them an ulp lower); that row is compared up to that step, where its scores must still
+    agree but for at most two tokens on a filter's edge. A bug would part every row; one may part."""
     hf = make_hf_model("gqa4", seed=7)
     engine = Engine(load_model(model_dir, dtype="float32", device="cpu"), tok)
     rows = [r[:6] for r in (tok.encode("def fib(n):\n    "), tok.encode("import sys\nimport os\n"))]
-    seed = torch.seed() % 2**31
+    seed = fresh_seed()
     free = engine.generate(input_ids=rows, max_new_tokens=12, stop_at_eos=False, seed=seed, **kw).token_ids
     end = free[0][5]
     x = torch.tensor(rows)
@@ -464,17 +470,26 @@ def test_output_scores_and_logits_equal_transformers(model_dir, tok, kw):
                       output_scores=True, output_logits=True, return_dict_in_generate=True, **kw)
     got = engine.generate(input_ids=rows, max_new_tokens=12, eos_token_id=end, seed=seed, output_scores=True, output_logits=True,
                           return_dict_in_generate=True, **kw)
-    assert len(got.scores) == len(got.logits) == len(out.scores)  # until every row has ended
-    assert got.finish_reasons[0] == "eos" and len(got.token_ids[0]) <= 5
+    parted = []  # (row, step) where a row's tokens went apart on an edge
     for row, ids in enumerate(got.token_ids):
-        assert ids == out.sequences[row, 6 : 6 + len(ids)].tolist()
+        want = out.sequences[row, 6:].tolist()
         steps = len(ids) + (got.finish_reasons[row] == "eos")
-        for step in range(steps):
+        for step in range(min(steps, len(out.scores))):
+            assert torch.allclose(got.logits[step][row], out.logits[step][row], atol=1e-4, rtol=1e-4), (row, step)
             mine, theirs = got.scores[step][row], out.scores[step][row]
-            assert torch.equal(torch.isinf(mine), torch.isinf(theirs)), (row, step)
-            finite = torch.isfinite(theirs)
-            assert torch.allclose(mine[finite], theirs[finite], atol=1e-4, rtol=1e-4), (row, step)
-            assert torch.allclose(got.logits[step][row], out.logits[step][row], atol=1e-4, rtol=1e-4)
+            cut = torch.isinf(mine) != torch.isinf(theirs)  # tokens one side's filters cut and the other's kept
+            finite = torch.isfinite(mine) & torch.isfinite(theirs)
+            assert int(cut.sum()) <= 2 and torch.allclose(mine[finite], theirs[finite], atol=1e-4, rtol=1e-4), (row, step)
+            if cut.any() or (step < len(ids) and ids[step] != want[step]):
+                parted.append((row, step))
+                break
+        else:
+            assert ids == want[: len(ids)] and steps <= len(out.scores), row
+    assert len(parted) <= 1, parted
+    if not parted:
+        assert len(got.scores) == len(got.logits) == len(out.scores)  # until every row has ended
+    if all(row != 0 for row, _ in parted):
+        assert got.finish_reasons[0] == "eos" and len(got.token_ids[0]) <= 5
     one = got.row(1)
     assert len(one.scores) == len(got.scores) and torch.equal(one.scores[0][0], got.scores[0][1])
 

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tests.engine_helpers import fp32_engine, hf_beams, random_checkpoint
+from tests.engine_helpers import fp32_engine, fresh_seed, hf_beams, random_checkpoint
 
 PROMPTS = ["def quicksort(items):\n    ", "import os\nimport sys\nx = 1"]
 
@@ -44,7 +44,7 @@ def test_guidance_equals_transformers(model, tok, kw):
         neg = [tok.encode(n) for n in negative]
         assert len({len(n) for n in neg}) == 1  # transformers takes them as one unpadded tensor
         kw["negative_prompt_ids"] = neg
-    seed = torch.seed() % 2**31
+    seed = fresh_seed()
     x = torch.tensor(rows)
     torch.manual_seed(seed)
     hf_kw = {k: torch.tensor(v) if k == "negative_prompt_ids" else v for k, v in kw.items()}
@@ -136,7 +136,7 @@ def test_guidance_with_beams_follows_each_beam(model, tok, kw):
     negative = [tok.encode(n) for n in kw.pop("negative", [])] or None
     k, scale = kw["num_beams"], 2.0
     per_row = [(negative[i % len(negative)] if negative else [rows[i][-1]]) for i in range(len(rows)) for _ in range(k)]
-    seed = torch.seed() % 2**31
+    seed = fresh_seed()
     torch.manual_seed(seed)
     want, want_scores = hf_beams(hf, rows, 8, None, logits_processor=LogitsProcessorList([_FreshUnconditional(hf, per_row, 7, scale)]),
                                  **kw)

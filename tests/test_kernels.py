@@ -17,6 +17,7 @@ from codellama_fast.kernels.attention_prefill import attention_prefill  # noqa: 
 from codellama_fast.kernels.rmsnorm import rms_norm  # noqa: E402
 from codellama_fast.kernels.rope import rope_cache_update  # noqa: E402
 from codellama_fast.kernels.swiglu import swiglu  # noqa: E402
+from tests.engine_helpers import fresh_seed  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
@@ -239,7 +240,7 @@ def test_engine_with_triton_ops_matches_torch_path(tmp_path, name):
     from codellama_fast.kernels.triton_ops import TritonOps
     from tests.engine_helpers import logprobs_close, make_hf_model, save
 
-    folder = save(make_hf_model(name, seed=torch.randint(0, 2**31, ()).item()), tmp_path / "m")
+    folder = save(make_hf_model(name, seed=fresh_seed()), tmp_path / "m")
     tok = CodeLlamaTokenizerFast.from_pretrained()
     ref = Engine(load_model(folder, dtype="float32", device=DEVICE, backend="torch"), tok)
     fast = Engine(load_model(folder, dtype="float32", device=DEVICE, backend="torch"), tok)
@@ -534,7 +535,7 @@ def test_fused_decode_step_matches_model(tmp_path, ops_name, b):
     from codellama_fast.kernels.triton_ops import TritonOps
     from tests.engine_helpers import make_hf_model, save
 
-    folder = save(make_hf_model("gqa4", seed=int(torch.randint(0, 2**31, ()))), tmp_path / "m")
+    folder = save(make_hf_model("gqa4", seed=fresh_seed()), tmp_path / "m")
     model = load_model(folder, dtype="float32", device=DEVICE, backend="torch")
     if ops_name == "triton":
         model.ops = TritonOps()
@@ -580,10 +581,10 @@ def test_kept_graph_state_serves_calls_of_other_lengths(tmp_path):
     pytest.importorskip("transformers")
     from tests.engine_helpers import make_hf_model, save
 
-    hf = make_hf_model("gqa4-d16", seed=int(torch.randint(0, 2**31, ())))
+    hf = make_hf_model("gqa4-d16", seed=fresh_seed())
     eng = _triton_engine(save(hf, tmp_path / "m"), graph=True, decode_step="plain")
     hf = hf.to(DEVICE)
-    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    gen = torch.Generator().manual_seed(fresh_seed())
     for lengths in ((9, 5), (3, 7), (14, 2)):
         rows = [[1] + torch.randint(259, 32000, (n - 1,), generator=gen).tolist() for n in lengths]
         t = max(lengths)
@@ -601,9 +602,9 @@ def test_a_calls_bits_do_not_depend_on_what_ran_before(tmp_path):
     pytest.importorskip("transformers")
     from tests.engine_helpers import make_hf_model, save
 
-    hf = make_hf_model("gqa4-d16", seed=int(torch.randint(0, 2**31, ())))
+    hf = make_hf_model("gqa4-d16", seed=fresh_seed())
     folder = save(hf, tmp_path / "m")
-    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    gen = torch.Generator().manual_seed(fresh_seed())
 
     def prompt(n):
         return [1] + torch.randint(259, 32000, (n - 1,), generator=gen).tolist()

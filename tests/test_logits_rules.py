@@ -20,7 +20,7 @@ from codellama_fast.engine.logits_rules import History, ngram_bans
 from codellama_fast.engine.sampling import filter_logits
 
 from tests.engine_helpers import fp32_engine as _engine
-from tests.engine_helpers import random_checkpoint, scripted
+from tests.engine_helpers import fresh_seed, random_checkpoint, scripted
 
 PROMPT = "def quicksort(items):\n    "
 
@@ -52,7 +52,7 @@ def test_sampling_filters_keep_what_transformers_warpers_keep():
     token than it has stop ids)."""
     from transformers.generation import logits_process as lp
 
-    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    g = torch.Generator().manual_seed(fresh_seed())
     rnd = random.Random(int(torch.randint(0, 2**31, (), generator=g)))
     acted = dict.fromkeys(["min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"], 0)
     for _ in range(300):
@@ -423,7 +423,7 @@ def test_prefix_allowed_tokens_fn_and_logits_processor_equal_transformers(model,
 
     hf, path = model
     engine = _engine(path, tok)
-    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    g = torch.Generator().manual_seed(fresh_seed())
     rows = torch.randint(3, 32000, (2, 6), generator=g)
     rows[:, 0] = 1
     pool = torch.randint(3, 32000, (2, 40), generator=g).tolist()
@@ -484,7 +484,7 @@ def test_forced_eos_and_length_decay_equal_transformers(model, tok, kw):
     batch of random prompts with two end tokens the free run never reaches, greedy and beams."""
     hf, path = model
     engine = _engine(path, tok)
-    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    g = torch.Generator().manual_seed(fresh_seed())
     rows = torch.randint(3, 32000, (2, 6), generator=g)
     rows[:, 0] = 1
     free = engine.generate(input_ids=rows.tolist(), max_new_tokens=30, stop_at_eos=False).token_ids
@@ -542,7 +542,7 @@ def test_a_generation_config_object_reads_as_transformers_reads_it(tmp_path, tok
     from codellama_fast.engine.options import GenerationConfig
     from transformers import GenerationConfig as HFGenerationConfig
 
-    from tests.engine_helpers import fresh_seed, make_hf_model, save
+    from tests.engine_helpers import make_hf_model, save
 
     def pair(sampling: bool):
         hf = make_hf_model("mha", fresh_seed())
@@ -553,7 +553,7 @@ def test_a_generation_config_object_reads_as_transformers_reads_it(tmp_path, tok
         return hf, Engine(load_model(path, dtype="float32", device="cpu"), tok, defaults=generation_defaults(path))
 
     ids = torch.tensor([tok.encode(PROMPT)])
-    seed = torch.seed() % 2**31
+    seed = fresh_seed()
     for sampling, cases in ((True, [(HFGenerationConfig(repetition_penalty=1.3), {}), (HFGenerationConfig(temperature=0.0), {}),
                                     (HFGenerationConfig(max_new_tokens=4), {"top_k": 2}), (HFGenerationConfig(num_beams=2), {}),
                                     (HFGenerationConfig(), {"max_new_tokens": 3})]),

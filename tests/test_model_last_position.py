@@ -17,9 +17,9 @@ def test_last_position_forward_matches_the_full_one(tmp_path, backend, name):
     from codellama_fast.engine import load_model
     from codellama_fast.engine.cache import KVCache
     from codellama_fast.engine.model import StepContext
-    from tests.engine_helpers import make_hf_model, save
+    from tests.engine_helpers import fresh_seed, make_hf_model, save
 
-    hf = make_hf_model(name, seed=int(torch.randint(0, 2**31, ())))
+    hf = make_hf_model(name, seed=fresh_seed())
     model = load_model(save(hf, tmp_path / "m"), dtype="float32", device=DEVICE, backend="torch")
     if backend == "triton":
         from codellama_fast.kernels.triton_ops import TritonOps
