@@ -159,10 +159,38 @@ def test_rules_that_leave_one_row_no_token_raise_in_a_batch(folder, tok):
 
     with pytest.raises(NoTokenAllowedError):
         engine.generate([PROMPT, "import os"], max_new_tokens=4, logits_processor=ban_row_1)
-    # one allowed id a row may take is enough; beams leave such a prompt's beams empty instead (docs/generation.md)
+    # one allowed id a row may take is enough
 
     ok = engine.generate(PROMPT, max_new_tokens=4, stop_at_eos=False, suppress_tokens=list(range(1, vocab)))
     assert ok.token_ids == [[0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("sampling", [{}, {"do_sample": True, "seed": 5}])
+def test_beams_that_the_rules_leave_no_token_raise(tmp_path, tok, sampling):
+    """Beam search (and beam sample) raises as greedy decoding does when the rules leave none of a
+    prompt's beams a token, naming the prompt: here two allowed ids, neither of which may repeat,
+    run out at the third token (transformers returns beams of arbitrary tokens scored -1e9). A
+    prompt with fewer possible sequences than beams is not stuck: its beams equal transformers'."""
+    hf = make_hf_model("mha", 4)
+    engine = fp32_engine(save(hf, tmp_path / "beams"), tok)
+    rows = [tok.encode(PROMPT), tok.encode("import os")]
+    wide = list(range(100, 3000))
+
+    def two_for(stuck: int):
+        return lambda batch_id, ids: [42, 43] if batch_id == stuck else wide
+
+    kw = {"max_new_tokens": 6, "stop_at_eos": False, "num_beams": 3, "no_repeat_ngram_size": 1, **sampling}
+    for stuck in (0, 1):
+        with pytest.raises(NoTokenAllowedError, match=f"for any beam of prompt {stuck} at generated token 3"):
+            engine.generate(input_ids=rows, prefix_allowed_tokens_fn=two_for(stuck), **kw)
+    # one id allowed, with repeats: one possible sequence for three beams
+    x = torch.tensor([rows[0]])
+    one = {"max_new_tokens": 4, "num_beams": 3, "num_return_sequences": 3}
+    out = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False, eos_token_id=None, pad_token_id=0,
+                      prefix_allowed_tokens_fn=lambda batch_id, ids: [42], output_scores=True, return_dict_in_generate=True, **one)
+    got = engine.generate(input_ids=[rows[0]], stop_at_eos=False, prefix_allowed_tokens_fn=lambda batch_id, ids: [42], **one)
+    assert got.token_ids == [row[x.shape[1]:] for row in out.sequences.tolist()] == [[42] * 4] * 3
+    assert got.sequence_scores == pytest.approx(out.sequences_scores.tolist(), rel=1e-5)
 
 
 def test_a_sequence_that_has_ended_is_not_asked_for_a_token(folder, tok):

@@ -12,7 +12,8 @@ Rules are built from tokens the model generates freely, so that they act. The dr
 what docs/generation.md lists as differing from transformers on purpose: the length decay on an
 end token already at -inf (transformers' NaN), ``encoder_repetition_penalty`` with beams (its
 processor reaches the first beam rows only), and rules that ban every token at a step
-(``NoTokenAllowedError`` here, or with beams empty beams scored -1e9; such a draw is skipped)."""
+(``NoTokenAllowedError`` here; such a draw is skipped, as is one whose lesser beams the rules
+left no token: empty here, scored -1e9, and arbitrary tokens in transformers)."""
 
 from __future__ import annotations
 
@@ -133,9 +134,9 @@ def test_random_rule_combinations_equal_transformers(model, mode):
         try:
             result = engine.generate(input_ids=rows, max_new_tokens=n, **stop, **kw)
         except NoTokenAllowedError:
-            continue  # transformers returns id 0 there (see the module's docstring)
+            continue  # transformers returns id 0 or arbitrary beams there (see the module's docstring)
         if mode == "beams" and min(result.sequence_scores) <= -1e9:
-            continue  # beams the rules left no token: empty here, arbitrary tokens in transformers
+            continue  # lesser beams the rules left no token (see the module's docstring)
         got = result.token_ids
         if mode == "sampled":
             torch.manual_seed(kw.pop("seed"))

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .cache import KVCache
-from .finite import FiniteWatch
+from .finite import FiniteWatch, no_token_error
 from .guidance import Guidance
 from .logits_rules import RuleState, TokenRules, renormalized
 from .model import LlamaModel, StepContext
@@ -142,6 +142,9 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
 
     logits = first.repeat_interleave(k, dim=0)  # [B k, V]
     watch = FiniteWatch(device)  # NaN/inf logits end the search and raise (engine.finite)
+    # per prompt, the first step at which the rules left none of its beams a token (-1: none yet);
+    # such a prompt can never finish a beam, and the search raises NoTokenAllowedError for it
+    stuck_at = torch.full((b,), -1, dtype=torch.long, device=device)
     steps = 0
     for step in range(max_new):
         steps = step + 1
@@ -163,6 +166,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
             top_index = _draw_without_replacement(totals, width, generator)
             top_scores = totals.gather(1, top_index)
         parent, token = top_index // vocab, top_index % vocab
+        stuck_at = torch.where((stuck_at < 0) & torch.isneginf(top_scores).all(dim=-1), step, stuck_at)
         new = {"seq": token, "rows": batch_base + parent}
         if token_logprobs:
             new["logprob"] = raw.view(b, k * vocab).gather(1, top_index)
@@ -228,6 +232,11 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     seqs, lens, scores = fin["seq"][:, :n_out].tolist(), fin_len[:, :n_out].tolist(), fin_scores[:, :n_out].tolist()
     decode_s = time.perf_counter() - start - prefill_s
     done = fin_done[:, :n_out].tolist()
+    # a prompt whose best beam never finished had every candidate banned at some step: no sequence
+    # to return (greedy decoding and sampling raise there too; transformers returns arbitrary beams)
+    for p, (row_done, at) in enumerate(zip(done, stuck_at.tolist())):
+        if not row_done[0]:
+            raise no_token_error(f"for any beam of prompt {p} at generated token {at + 1 if at >= 0 else steps}")
     out_tokens = [seq[:n] if ok else [] for row_s, row_n, row_d in zip(seqs, lens, done) for seq, n, ok in zip(row_s, row_n, row_d)]
     out_scores = [s for row in scores for s in row]
     out_reasons = [REASONS.get(c, "length") for row in fin_code[:, :n_out].tolist() for c in row]
