@@ -109,7 +109,7 @@ def test_engine_errors_are_one_line_with_exit_code_2(tmp_path):
 def test_bad_options_are_errors_before_the_weights_are_read(tmp_path):
     """Generation options are checked over the model's generation_config.json before its weights
     load: in a folder whose weights are unreadable, a bad option is the error, and a good one
-    reaches the weights."""
+    reaches the weights. The check needs no torch: a bad option is refused before it is imported."""
     import shutil
 
     from codellama_fast.data import DEMO_MODEL_DIR
@@ -138,6 +138,12 @@ def test_bad_options_are_errors_before_the_weights_are_read(tmp_path):
         assert res.returncode == 2 and message in res.stderr and "model.safetensors" not in res.stderr, (args, res.stderr)
     for args, res in zip(good, results[len(cases):], strict=True):
         assert res.returncode == 2 and "model.safetensors" in res.stderr, (args, res.stderr)
+    probe = ("import json, sys\nfrom codellama_fast.cli import main\n"
+             "codes = [main(args) for args in json.loads(sys.argv[1])]\n"
+             "print(json.dumps({'codes': codes, 'torch imported': 'torch' in sys.modules}))")
+    res = subprocess.run([sys.executable, "-c", probe, json.dumps([list(args) for args, _ in cases])], capture_output=True,
+                         text=True, timeout=300)
+    assert json.loads(res.stdout.splitlines()[-1]) == {"codes": [2] * len(cases), "torch imported": False}, res.stderr
 
 
 def test_chat_runs_on_a_message():

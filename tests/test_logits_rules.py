@@ -538,7 +538,7 @@ def test_a_generation_config_object_reads_as_transformers_reads_it(tmp_path, tok
     call's own arguments win, and with no max_new_tokens anywhere 20 new tokens are made. Seeded
     alike, the tokens equal transformers'. This package's GenerationConfig works the same way."""
     from codellama_fast.engine import Engine, load_model
-    from codellama_fast.engine.loader import generation_defaults
+    from codellama_fast.engine.folders import generation_defaults
     from codellama_fast.engine.options import GenerationConfig
     from transformers import GenerationConfig as HFGenerationConfig
 

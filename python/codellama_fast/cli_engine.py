@@ -102,7 +102,7 @@ def _check_before_loading(args: argparse.Namespace, many: bool = False, streams:
     instead of after a model load (a minute and more for 34B). `many`/`streams`: as the engine
     method the command calls; `extra`: the call's other keywords."""
     from .engine import options
-    from .engine.loader import generation_defaults, model_folder
+    from .engine.folders import generation_defaults, model_folder
 
     defaults = generation_defaults(model_folder(args.model or str(DEMO_MODEL_DIR), args.revision))
     kwargs = _given(args, defaults)

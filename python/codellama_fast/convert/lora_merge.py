@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from ..engine.config import LlamaConfig
-from ..engine.loader import WeightSource, model_folder, parse_dtype, validate
+from ..engine.folders import model_folder
+from ..engine.loader import WeightSource, parse_dtype, validate
 from ..engine.lora import LoraAdapter
 from .hf_folder import finish_output, hf_plan, prepare_output, write_model
 

@@ -10,7 +10,6 @@ import numbers
 import warnings
 from typing import Any, Sequence
 
-import torch
 
 
 def _is_int(x: Any) -> bool:
@@ -43,7 +42,7 @@ def check_real(name: str, value: Any, *, optional: bool = False) -> float | None
 
 def _array_as_list(name: str, value: Any, ndims: tuple[int, ...]) -> Any:
     """A tensor or numpy array of one of `ndims` dimensions as nested lists; anything else as given."""
-    if isinstance(value, torch.Tensor) or hasattr(value, "tolist") and hasattr(value, "ndim"):
+    if hasattr(value, "tolist") and hasattr(value, "ndim"):  # a torch tensor or a numpy array
         if value.ndim not in ndims:
             raise ValueError(f"{name} must be {' or '.join(f'{n}-D' for n in ndims)}, got a {value.ndim}-D {type(value).__name__}")
         return value.tolist()

@@ -28,9 +28,10 @@ import torch
 from .cache import KVCache
 from .finite import FiniteWatch, no_token_error
 from .guidance import Guidance
-from .logits_rules import RuleState, TokenRules, renormalized
+from .logits_rules import RuleState, renormalized
 from .model import LlamaModel, StepContext
-from .sampling import SamplingParams, filter_logits
+from .params import SamplingParams, TokenRules
+from .sampling import filter_logits
 from .stopping import EOS, LENGTH, REASONS
 
 # transformers' stand-in for "impossible": added to scores, so that arithmetic stays finite

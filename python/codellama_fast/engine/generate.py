@@ -23,8 +23,9 @@ from .assisted import DraftGuesser, check_vocabularies
 from .cuda_graph import GraphDecoder, pick_faster
 from .decode_states import DecodeState, DecodeStates
 from .finite import NO_TOKEN, FiniteWatch, no_token_error
+from .folders import generation_defaults, model_folder
 from .hf_load_args import read_load_args
-from .loader import generation_defaults, load_model, model_folder
+from .loader import load_model
 from .model import LlamaModel, StepContext
 from .options import GenerationConfig, logits_rules_for
 from .prompt_lookup import NgramIndex

@@ -13,61 +13,16 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from .finite import NO_TOKEN
-from .sampling import SamplingParams, apply_repetition_penalty, filter_logits, sample
+from .params import SamplingParams, TokenRules
+from .sampling import apply_repetition_penalty, filter_logits, sample
 
 if TYPE_CHECKING:
     from .guidance import Guidance
-
-
-@dataclass(frozen=True)
-class TokenRules:
-    """The per-step rules of one generation (names and meanings as in transformers' ``generate``).
-    ``sequence_bias``: (token sequence, bias) pairs, the bias added to the sequence's last token
-    when the tokens before it end the sequence so far; ``bad_words_ids``: sequences never completed;
-    ``held_back``: ids (the stop ids) not chosen for the first ``min_new_tokens`` choices.
-    The ``encoder_*`` rules read transformers' encoder input as a decoder-only model has it: the
-    prompt (each sequence its own, padding left out)."""
-
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    sequence_bias: tuple[tuple[tuple[int, ...], float], ...] = ()
-    bad_words_ids: tuple[tuple[int, ...], ...] = ()
-    suppress_tokens: tuple[int, ...] = ()
-    begin_suppress_tokens: tuple[int, ...] = ()
-    min_new_tokens: int = 0
-    held_back: tuple[int, ...] = ()
-    # the caller's own, as transformers takes them: prefix_allowed_tokens_fn(batch_id, ids [T]) ->
-    # the ids allowed next; logits_processor: callables (ids [B, T], scores [B, V]) -> scores, run
-    # after every rule above. Both read the sequence so far on the host's request (a sync per step).
-    prefix_allowed_tokens_fn: Callable[[int, torch.Tensor], Sequence[int]] | None = None
-    logits_processor: tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...] = ()
-    # token healing (engine.token_healing): per prompt, the ids its first choice may be (None: any)
-    first_allowed: tuple[tuple[int, ...] | None, ...] = ()
-    # forced_eos_token_id: the ids choice number forced_eos_at (0-based: the last one) may be
-    forced_eos: tuple[int, ...] = ()
-    forced_eos_at: int = -1
-    # exponential_decay_length_penalty (start, factor), acting on the decay_ids (the stop ids)
-    length_decay: tuple[int, float] | None = None
-    decay_ids: tuple[int, ...] = ()
-    # the prompt's tokens' logits under repetition_penalty's rule with 1 / this penalty (> 1: likelier)
-    encoder_repetition_penalty: float = 1.0
-    # no n-gram of this size that occurs in the prompt is completed
-    encoder_no_repeat_ngram_size: int = 0
-
-    @property
-    def active(self) -> bool:
-        return bool(self.repetition_penalty != 1.0 or self.no_repeat_ngram_size or self.sequence_bias or self.bad_words_ids
-                    or self.encoder_repetition_penalty != 1.0 or self.encoder_no_repeat_ngram_size
-                    or self.suppress_tokens or self.begin_suppress_tokens or (self.min_new_tokens and self.held_back)
-                    or self.prefix_allowed_tokens_fn is not None or self.logits_processor
-                    or any(a is not None for a in self.first_allowed) or bool(self.forced_eos)
-                    or (self.length_decay is not None and bool(self.decay_ids)))
 
 
 class History:

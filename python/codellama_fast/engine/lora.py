@@ -20,7 +20,8 @@ import torch
 
 from ..errors import CheckpointError, UnsupportedConfigError
 from ..jsonfile import read_json_object
-from .loader import load_state_dict, model_folder
+from .folders import model_folder
+from .loader import load_state_dict
 
 _PREFIX = "base_model.model."
 # PEFT settings that change the merged weights in ways this merge does not follow

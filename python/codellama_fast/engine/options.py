@@ -12,8 +12,7 @@ from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from . import arguments
-from .logits_rules import TokenRules
-from .sampling import SamplingParams
+from .params import SamplingParams, TokenRules
 
 # transformers' GenerationConfig defaults for sampling settings nobody set
 HF_TEMPERATURE, HF_TOP_K, HF_TOP_P = 1.0, 50, 1.0

@@ -7,43 +7,10 @@ engine.logits_rules."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    typical_p: float | None = None
-    epsilon_cutoff: float | None = None
-    eta_cutoff: float | None = None
-
-    def __post_init__(self) -> None:
-        # `not (x >= 0)` so that NaN fails too.
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be finite and >= 0 (0 is greedy), got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1] (a fraction of the likeliest token's probability), got {self.min_p}")
-        if self.typical_p is not None and not 0.0 < self.typical_p <= 1.0:
-            raise ValueError(f"typical_p must be in (0, 1], got {self.typical_p}")
-        for name in ("epsilon_cutoff", "eta_cutoff"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1) (0 is none), got {value}")
-
-    @property
-    def greedy(self) -> bool:
-        # A temperature that rounds to 0 in the fp32 logits (at most 2^-150) would divide by zero:
-        # it is greedy too.
-        return self.temperature <= 2.0**-150
+from .params import SamplingParams
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None, min_p: float | None = None,
