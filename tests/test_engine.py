@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -870,3 +872,13 @@ def test_repr_gives_the_checkpoints_shape(checkpoints, tok, name):
     assert f"{hf.num_parameters() / 1e6:.1f}M parameters" in text
     assert (f"{c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads / {c.num_key_value_heads} "
             f"KV heads, vocabulary {c.vocab_size}, float32 on cpu, torch ops") in text
+
+
+def test_the_engine_package_imports_torch_only_when_a_name_is_used():
+    """codellama_fast.engine's torch-free parts (options, params, folders) load without torch, and
+    each public name resolves on first use to the object of that name."""
+    code = ("import sys, codellama_fast.engine as e\nfrom codellama_fast.engine import folders, options, params\n"
+            "before = 'torch' in sys.modules\nnames = [getattr(e, n).__name__ for n in e.__all__]\n"
+            "print(before, 'torch' in sys.modules, names == e.__all__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "True"]

@@ -27,7 +27,6 @@ __all__ = [
     "Engine", "GenerationConfig", "GenerationResult", "InfillResult", "LlamaConfig", "LlamaModel",
     "Ops", "ScoreResult", "StepContext", "TorchOps", "load_model", "select_ops",
 ]
-assert sorted(__all__) == sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,6 @@ import warnings
 from typing import Any, Sequence
 
 
-
 def _is_int(x: Any) -> bool:
     # bool is an Integral, but True as a token id or a token count is a mistake, not a choice.
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
