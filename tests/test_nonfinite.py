@@ -186,9 +186,10 @@ def test_beams_that_the_rules_leave_no_token_raise(tmp_path, tok, sampling):
     # one id allowed, with repeats: one possible sequence for three beams
     x = torch.tensor([rows[0]])
     one = {"max_new_tokens": 4, "num_beams": 3, "num_return_sequences": 3}
+    only_42 = lambda batch_id, ids: [42]  # noqa: E731
     out = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False, eos_token_id=None, pad_token_id=0,
-                      prefix_allowed_tokens_fn=lambda batch_id, ids: [42], output_scores=True, return_dict_in_generate=True, **one)
-    got = engine.generate(input_ids=[rows[0]], stop_at_eos=False, prefix_allowed_tokens_fn=lambda batch_id, ids: [42], **one)
+                      prefix_allowed_tokens_fn=only_42, output_scores=True, return_dict_in_generate=True, **one)
+    got = engine.generate(input_ids=[rows[0]], stop_at_eos=False, prefix_allowed_tokens_fn=only_42, **one)
     assert got.token_ids == [row[x.shape[1]:] for row in out.sequences.tolist()] == [[42] * 4] * 3
     assert got.sequence_scores == pytest.approx(out.sequences_scores.tolist(), rel=1e-5)
 

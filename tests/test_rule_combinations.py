@@ -24,9 +24,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from codellama_fast import NoTokenAllowedError
+from codellama_fast import NoTokenAllowedError  # noqa: E402
 
-from tests.engine_helpers import fp32_engine, fresh_seed, random_checkpoint
+from tests.engine_helpers import fp32_engine, fresh_seed, random_checkpoint  # noqa: E402
 
 TRIALS = {"greedy": 40, "beams": 25, "sampled": 30}
 
