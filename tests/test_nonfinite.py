@@ -169,27 +169,35 @@ def test_rules_that_leave_one_row_no_token_raise_in_a_batch(folder, tok):
 def test_beams_that_the_rules_leave_no_token_raise(tmp_path, tok, sampling):
     """Beam search (and beam sample) raises as greedy decoding does when the rules leave none of a
     prompt's beams a token, naming the prompt: here two allowed ids, neither of which may repeat,
-    run out at the third token (transformers returns beams of arbitrary tokens scored -1e9). A
-    prompt with fewer possible sequences than beams is not stuck: its beams equal transformers'."""
-    hf = make_hf_model("mha", 4)
-    engine = fp32_engine(save(hf, tmp_path / "beams"), tok)
+    run out at the third token (transformers returns beams of arbitrary tokens scored -1e9). The
+    search stops there instead of running to max_new_tokens."""
+    engine = fp32_engine(save(make_hf_model("mha", 4), tmp_path / "beams"), tok)
     rows = [tok.encode(PROMPT), tok.encode("import os")]
     wide = list(range(100, 3000))
-
-    def two_for(stuck: int):
-        return lambda batch_id, ids: [42, 43] if batch_id == stuck else wide
-
-    kw = {"max_new_tokens": 6, "stop_at_eos": False, "num_beams": 3, "no_repeat_ngram_size": 1, **sampling}
+    kw = {"max_new_tokens": 40, "stop_at_eos": False, "num_beams": 3, "no_repeat_ngram_size": 1, **sampling}
     for stuck in (0, 1):
+        lengths: list[int] = []  # of the sequences the constraint is asked about
+
+        def two_for_the_stuck_one(batch_id, ids):
+            lengths.append(int(ids.shape[-1]))
+            return [42, 43] if batch_id == stuck else wide
+
         with pytest.raises(NoTokenAllowedError, match=f"for any beam of prompt {stuck} at generated token 3"):
-            engine.generate(input_ids=rows, prefix_allowed_tokens_fn=two_for(stuck), **kw)
-    # one id allowed, with repeats: one possible sequence for three beams
-    x = torch.tensor([rows[0]])
+            engine.generate(input_ids=rows, prefix_allowed_tokens_fn=two_for_the_stuck_one, **kw)
+        assert max(lengths) - min(lengths) == 2  # asked for the first three tokens only
+
+
+def test_beams_of_a_prompt_with_fewer_possible_sequences_equal_transformers(tmp_path, tok):
+    """One id allowed, with repeats: one possible sequence for three beams. The prompt is not
+    stuck, and its beams (the duplicates transformers makes too) equal transformers'."""
+    hf = make_hf_model("mha", 4)
+    engine = fp32_engine(save(hf, tmp_path / "beams"), tok)
+    x = torch.tensor([tok.encode(PROMPT)])
     one = {"max_new_tokens": 4, "num_beams": 3, "num_return_sequences": 3}
     only_42 = lambda batch_id, ids: [42]  # noqa: E731
     out = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False, eos_token_id=None, pad_token_id=0,
                       prefix_allowed_tokens_fn=only_42, output_scores=True, return_dict_in_generate=True, **one)
-    got = engine.generate(input_ids=[rows[0]], stop_at_eos=False, prefix_allowed_tokens_fn=only_42, **one)
+    got = engine.generate(input_ids=x.tolist(), stop_at_eos=False, prefix_allowed_tokens_fn=only_42, **one)
     assert got.token_ids == [row[x.shape[1]:] for row in out.sequences.tolist()] == [[42] * 4] * 3
     assert got.sequence_scores == pytest.approx(out.sequences_scores.tolist(), rel=1e-5)
 

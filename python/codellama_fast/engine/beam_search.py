@@ -144,7 +144,8 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     logits = first.repeat_interleave(k, dim=0)  # [B k, V]
     watch = FiniteWatch(device)  # NaN/inf logits end the search and raise (engine.finite)
     # per prompt, the first step at which the rules left none of its beams a token (-1: none yet);
-    # such a prompt can never finish a beam, and the search raises NoTokenAllowedError for it
+    # from then on its beams score -inf and can never finish, so a prompt with no finished beam by
+    # then ends the search, which raises NoTokenAllowedError for it
     stuck_at = torch.full((b,), -1, dtype=torch.long, device=device)
     steps = 0
     for step in range(max_new):
@@ -212,7 +213,9 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         best_possible = run_scores[:, :1] / float(best_len) ** settings.length_penalty
         worst = torch.where(fin_done, fin_scores.min(dim=1, keepdim=True).values, -_NEVER)
         improvable = improvable & (best_possible > worst).any(dim=1, keepdim=True)
-        go_on = improvable.any() & ~(fin_done.all() & (settings.early_stopping is True)) & ~ends.all() & watch.all_finite()
+        doomed = (stuck_at >= 0) & ~fin_done[:, 0]
+        go_on = (improvable.any() & ~(fin_done.all() & (settings.early_stopping is True)) & ~ends.all() & watch.all_finite()
+                 & ~doomed.any())
         if step + 1 == max_new or not bool(go_on):  # the one host read per step
             break
 
@@ -233,11 +236,11 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     seqs, lens, scores = fin["seq"][:, :n_out].tolist(), fin_len[:, :n_out].tolist(), fin_scores[:, :n_out].tolist()
     decode_s = time.perf_counter() - start - prefill_s
     done = fin_done[:, :n_out].tolist()
-    # a prompt whose best beam never finished had every candidate banned at some step: no sequence
-    # to return (greedy decoding and sampling raise there too; transformers returns arbitrary beams)
+    # a prompt with no finished beam when the rules left it none (the doomed above): no sequence to
+    # return (greedy decoding and sampling raise there too; transformers returns arbitrary beams)
     for p, (row_done, at) in enumerate(zip(done, stuck_at.tolist())):
-        if not row_done[0]:
-            raise no_token_error(f"for any beam of prompt {p} at generated token {at + 1 if at >= 0 else steps}")
+        if at >= 0 and not row_done[0]:
+            raise no_token_error(f"for any beam of prompt {p} at generated token {at + 1}")
     out_tokens = [seq[:n] if ok else [] for row_s, row_n, row_d in zip(seqs, lens, done) for seq, n, ok in zip(row_s, row_n, row_d)]
     out_scores = [s for row in scores for s in row]
     out_reasons = [REASONS.get(c, "length") for row in fin_code[:, :n_out].tolist() for c in row]
