@@ -178,7 +178,7 @@ def test_beams_that_the_rules_leave_no_token_raise(tmp_path, tok, sampling):
     for stuck in (0, 1):
         lengths: list[int] = []  # of the sequences the constraint is asked about
 
-        def two_for_the_stuck_one(batch_id, ids):
+        def two_for_the_stuck_one(batch_id, ids, lengths=lengths, stuck=stuck):
             lengths.append(int(ids.shape[-1]))
             return [42, 43] if batch_id == stuck else wide
 

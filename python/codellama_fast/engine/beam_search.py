@@ -238,7 +238,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     done = fin_done[:, :n_out].tolist()
     # a prompt with no finished beam when the rules left it none (the doomed above): no sequence to
     # return (greedy decoding and sampling raise there too; transformers returns arbitrary beams)
-    for p, (row_done, at) in enumerate(zip(done, stuck_at.tolist())):
+    for p, (row_done, at) in enumerate(zip(done, stuck_at.tolist(), strict=True)):
         if at >= 0 and not row_done[0]:
             raise no_token_error(f"for any beam of prompt {p} at generated token {at + 1}")
     out_tokens = [seq[:n] if ok else [] for row_s, row_n, row_d in zip(seqs, lens, done) for seq, n, ok in zip(row_s, row_n, row_d)]
