@@ -41,6 +41,8 @@ def engine(model_dir, tok):
         ({"top_k": -1, "temperature": 1.0}, ValueError, "top_k must be >= 0 .0 filters nothing"),
         ({"top_p": float("nan"), "temperature": 1.0}, ValueError, "top_p must be finite"),
         ({"seed": "1"}, TypeError, "seed must be an int"),
+        ({"seed": 2**64, "temperature": 1.0}, ValueError, r"seed must be between -2\*\*63 and 2\*\*64 - 1, got 184467"),
+        ({"seed": -(2**63) - 1, "temperature": 1.0}, ValueError, "seed must be between"),
         ({"stop": 3}, TypeError, "stop must be a str"),
         ({"stop": ["x", None]}, TypeError, "stop must contain only str"),
         ({"stop_token_ids": [2.0]}, TypeError, r"stop_token_ids\[0\] must be an int"),
@@ -72,6 +74,13 @@ def test_bad_generation_arguments_are_named(engine, kwargs, error, words):
     for call in (lambda: engine.generate("x", **kwargs), lambda: list(engine.stream("x", **kwargs))):
         with pytest.raises(error, match=words):
             call()
+
+
+@pytest.mark.parametrize("seed", [2**64 - 1, -(2**63)])
+def test_seeds_at_the_ends_of_torchs_range_are_taken(engine, seed):
+    torch.Generator().manual_seed(seed)  # the range torch itself takes
+    out = engine.generate("x", max_new_tokens=3, stop_at_eos=False, temperature=1.0, seed=seed).token_ids
+    assert out == engine.generate("x", max_new_tokens=3, stop_at_eos=False, temperature=1.0, seed=seed).token_ids
 
 
 def test_sampling_params_refuse_nan():

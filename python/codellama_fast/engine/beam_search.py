@@ -103,6 +103,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     sync()
     prefill_s = time.perf_counter() - start
     cache = KVCache(cfg, rows, t + max_new, dtype, device)
+    cache.reserve(t)
     for (kc, vc), (pk, pv) in zip(cache.layers, prompt_cache.layers):
         kc[:, :, :t].copy_(pk.repeat_interleave(k, dim=0))
         vc[:, :, :t].copy_(pv.repeat_interleave(k, dim=0))

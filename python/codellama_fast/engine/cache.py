@@ -1,6 +1,12 @@
-"""Static, preallocated KV cache: one [B, Hkv, S, D] key and value tensor per layer, sized from
-batch × max length and checked against the device's free memory before allocation. A generation
-whose whole cache does not fit may take as much as fits (`at_most`) and end there."""
+"""KV cache: one [B, Hkv, S, D] key and value tensor per layer, sized from batch × max length
+and checked against the device's free memory before allocation. A generation whose whole cache
+does not fit may take as much as fits (`at_most`) and end there.
+
+On CUDA the whole cache is allocated at once (captured decode steps and the tuned attention
+launches need fixed addresses and shapes). On the CPU it grows as it fills, so that the memory
+held follows the tokens held (as transformers' dynamic cache does) rather than max_new_tokens:
+it starts at `INITIAL_SLOTS` slots and at least doubles when a step needs more (the model asks
+through `layers.reserve` before it writes), never past the `max_len` checked up front."""
 
 from __future__ import annotations
 
@@ -18,9 +24,27 @@ def _gib(n: float) -> str:
 # the share of the free memory a KV cache may take (the rest: activations, logits)
 HEADROOM = 0.9
 
+# slots a growing (CPU) cache starts with
+INITIAL_SLOTS = 256
+
+
+class CacheLayers(list):
+    """The per-layer (key, value) pairs the model reads and writes, plus `reserve(n)`: make every
+    layer hold at least n slots (n <= the cache's max_len) before a step writes up to slot n - 1.
+    A pair may be replaced by a longer one there: hold the list, not its pairs, across steps."""
+
+    def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], cache: KVCache) -> None:
+        super().__init__(pairs)
+        self._cache = cache
+
+    def reserve(self, n: int) -> None:
+        self._cache.reserve(n)
+
 
 class KVCache:
-    def __init__(self, cfg: LlamaConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, cfg: LlamaConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device,
+                 grow: bool | None = None) -> None:
+        """`grow`: start small and grow as the steps need (default: on the CPU only)."""
         if batch <= 0 or max_len <= 0:
             raise ValueError(f"KV cache needs a positive batch and length, got batch={batch}, max_len={max_len}")
         self.cfg, self.batch, self.max_len, self.dtype, self.device = cfg, batch, max_len, dtype, torch.device(device)
@@ -33,11 +57,45 @@ class KVCache:
                 f"{cfg.num_key_value_heads} KV heads × {cfg.head_dim} dims × 2 × {elem} bytes) but {self.device} has "
                 f"{_gib(free)} free; lower max_new_tokens, the prompt length or the batch size"
             )
-        shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
-        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = [
-            (torch.zeros(shape, dtype=dtype, device=self.device), torch.zeros(shape, dtype=dtype, device=self.device))
-            for _ in range(cfg.num_hidden_layers)
-        ]
+        grow = self.device.type == "cpu" if grow is None else grow
+        self.allocated = min(max_len, INITIAL_SLOTS) if grow else max_len  # slots each layer holds now
+        self.layers = CacheLayers([(self._zeros(self.allocated), self._zeros(self.allocated))
+                                   for _ in range(cfg.num_hidden_layers)], self)
+
+    def _shape(self, slots: int) -> tuple[int, int, int, int]:
+        return (self.batch, self.cfg.num_key_value_heads, slots, self.cfg.head_dim)
+
+    def _zeros(self, slots: int) -> torch.Tensor:
+        """One layer's key or value tensor of `slots` slots; the allocator's failure (a RuntimeError
+        on the CPU, torch.OutOfMemoryError on CUDA) as an OutOfMemoryError."""
+        try:
+            return torch.zeros(self._shape(slots), dtype=self.dtype, device=self.device)
+        except RuntimeError as exc:
+            raise OutOfMemoryError(
+                f"the KV cache could not take {slots} slots per sequence ({_gib(self.nbytes * slots / self.max_len)} in all) "
+                f"on {self.device}: {exc}; lower max_new_tokens, the prompt length or the batch size") from exc
+
+    def reserve(self, n: int) -> None:
+        """Every layer holds at least min(n, max_len) slots: a cache that holds fewer grows to the
+        larger of n and twice its slots (at most max_len), keeping what it holds. One tensor at a
+        time is copied and the old one dropped, so the peak is the new cache plus one old tensor."""
+        if n <= self.allocated:
+            return
+        slots = min(self.max_len, max(n, 2 * self.allocated))
+        for i in range(len(self.layers)):
+            for j in (0, 1):
+                pair = list(self.layers[i])
+                longer = self._zeros(slots)  # on failure every layer still holds its first `allocated` slots
+                longer[:, :, : self.allocated].copy_(pair[j][:, :, : self.allocated])
+                pair[j] = longer
+                self.layers[i] = (pair[0], pair[1])
+                del pair, longer  # the old tensor's last reference was the replaced pair
+        self.allocated = slots
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes the layers hold now (`nbytes`: what the whole max_len takes)."""
+        return sum(k.nbytes + v.nbytes for k, v in self.layers)
 
     def reorder_rows(self, order: torch.Tensor, filled: int) -> None:
         """Row i becomes row order[i] ([B] int64) in the first `filled` slots of every layer (the
@@ -53,14 +111,15 @@ class KVCache:
         return int(HEADROOM * free_memory_bytes(torch.device(device)) // per_slot)
 
     @classmethod
-    def at_most(cls, cfg: LlamaConfig, batch: int, needed: int, least: int, dtype: torch.dtype, device: torch.device) -> KVCache:
+    def at_most(cls, cfg: LlamaConfig, batch: int, needed: int, least: int, dtype: torch.dtype, device: torch.device,
+                grow: bool | None = None) -> KVCache:
         """A cache of `needed` slots where they fit in memory, else of as many as fit when that is
         at least `least` (the generation then ends at the end of the cache); else the
         OutOfMemoryError for `needed`."""
         try:
-            return cls(cfg, batch, needed, dtype, device)
+            return cls(cfg, batch, needed, dtype, device, grow)
         except OutOfMemoryError:
             fit = min(needed, cls.slots_that_fit(cfg, batch, dtype, device))
             if fit < least:
                 raise
-        return cls(cfg, batch, fit, dtype, device)
+        return cls(cfg, batch, fit, dtype, device, grow)

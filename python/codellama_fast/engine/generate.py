@@ -277,10 +277,12 @@ class Engine:
         for `b` sequences and the decode step captured over it: the plain or fused step as
         `decode_step` says ("auto": both, where the fused kernels take the batch, keeping the
         faster of the two that agree)."""
+        # held whole on any device: the decode step (captured or not) moves its slot on the device,
+        # where the cache cannot see it to grow
         if least is None:
-            cache = KVCache(self.model.config, b, capacity, self.dtype, self.device)
+            cache = KVCache(self.model.config, b, capacity, self.dtype, self.device, grow=False)
         else:
-            cache = KVCache.at_most(self.model.config, b, capacity, least, self.dtype, self.device)
+            cache = KVCache.at_most(self.model.config, b, capacity, least, self.dtype, self.device, grow=False)
         capacity = cache.max_len
         kv_start = torch.zeros(b, dtype=torch.long, device=self.device)
         self._tune_decode_attention(cache)
@@ -343,6 +345,7 @@ class Engine:
         budget: `prefill_chunk_tokens`, or fewer when their activations would not fit in half the
         free memory (engine.memory); returns the last position's logits [B, V]."""
         b, t = tokens.shape
+        cache.reserve(t)  # a growing cache takes the prompt's slots before the free memory sizes the chunks
         budget = memory.prefill_chunk_tokens(self.model.config, self.dtype, self.device, self.prefill_chunk_tokens)
         chunk = max(1, budget // b)
         positions = (torch.arange(t, device=self.device)[None, :] - kv_start[:, None]).clamp_min(0)

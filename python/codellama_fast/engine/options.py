@@ -153,6 +153,8 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any], many: boo
     for name in ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"):
         setattr(cfg, name, arguments.check_real(name, getattr(cfg, name), optional=True))
     cfg.seed = arguments.check_int("seed", cfg.seed, optional=True)
+    if cfg.seed is not None and not -(2**63) <= cfg.seed < 2**64:  # torch.Generator's seeds (a negative one wraps)
+        raise ValueError(f"seed must be between -2**63 and 2**64 - 1, got {cfg.seed}")
     cfg.stop = arguments.stop_strings(cfg.stop)
     cfg.stop_token_ids = arguments.stop_ids(cfg.stop_token_ids)
     if not isinstance(cfg.stop_at_eos, bool):

@@ -1,0 +1,189 @@
+"""A KV cache on the CPU grows as it fills: it keeps what it holds across growth, never grows past
+its max_len, frees the shorter tensors, and a generation that ends early holds only a little of
+the cache its max_new_tokens would take. With every cache starting at one slot (so that each
+decoding path grows it many times, in the prefill and between steps), greedy decoding of a padded
+batch, beam search, classifier-free guidance and prompt lookup still equal transformers' generate
+on a tiny random checkpoint in fp32."""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from codellama_fast.engine import cache as cache_module  # noqa: E402
+from codellama_fast.engine.cache import KVCache  # noqa: E402
+from codellama_fast.engine.config import LlamaConfig  # noqa: E402
+from tests.engine_helpers import fp32_engine, hf_beams, hf_config, random_checkpoint  # noqa: E402
+
+PROMPTS = ["def quicksort(items):\n    ", "import os\nx = 1"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    _, hf, path = random_checkpoint(tmp_path_factory, "gqa4", "growth")
+    return hf, path
+
+
+@pytest.fixture
+def caches(monkeypatch):
+    """Every KVCache the engine builds in the test, recorded with the largest slot count asked of it."""
+    made: list[KVCache] = []
+    init, reserve = KVCache.__init__, KVCache.reserve
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.most_asked = 0
+        made.append(self)
+
+    def recording_reserve(self, n):
+        self.most_asked = max(self.most_asked, n)
+        reserve(self, n)
+
+    monkeypatch.setattr(KVCache, "__init__", recording_init)
+    monkeypatch.setattr(KVCache, "reserve", recording_reserve)
+    return made
+
+
+@pytest.fixture
+def one_slot(monkeypatch):
+    monkeypatch.setattr(cache_module, "INITIAL_SLOTS", 1)
+
+
+def test_a_growing_cache_keeps_what_it_holds(tmp_path):
+    hf_config("gqa4").save_pretrained(tmp_path)
+    cfg = LlamaConfig.from_file(tmp_path / "config.json")
+    kv, d, layers = cfg.num_key_value_heads, cfg.head_dim, cfg.num_hidden_layers
+    per_slot = 2 * layers * 2 * kv * d * 4  # batch 2, key and value, fp32
+
+    cache = KVCache(cfg, 2, 5000, torch.float32, torch.device("cpu"))
+    assert cache.allocated == cache_module.INITIAL_SLOTS == 256
+    assert cache.held_bytes == 256 * per_slot and cache.nbytes == 5000 * per_slot
+    cache.layers.reserve(300)  # more than twice: the slots asked; less: twice
+    assert cache.allocated == 512 and all(k.shape == (2, kv, 512, d) == v.shape for k, v in cache.layers)
+    data = [(torch.randn(2, kv, 300, d), torch.randn(2, kv, 300, d)) for _ in range(layers)]
+    for (k, v), (dk, dv) in zip(cache.layers, data, strict=True):
+        k[:, :, :300], v[:, :, :300] = dk, dv
+    del k, v
+    old = [weakref.ref(x) for pair in cache.layers for x in pair]
+    cache.layers.reserve(513)
+    assert cache.allocated == 1024
+    assert all(r() is None for r in old)  # the shorter tensors are freed
+    cache.layers.reserve(10**6)
+    assert cache.allocated == 5000 and cache.held_bytes == cache.nbytes  # never past max_len
+    cache.layers.reserve(10)
+    assert cache.allocated == 5000
+    for (k, v), (dk, dv) in zip(cache.layers, data, strict=True):
+        assert torch.equal(k[:, :, :300], dk) and torch.equal(v[:, :, :300], dv)
+        assert not k[:, :, 300:].any() and not v[:, :, 300:].any()
+
+    whole = KVCache(cfg, 2, 5000, torch.float32, torch.device("cpu"), grow=False)  # as on CUDA
+    assert whole.allocated == 5000 and whole.held_bytes == whole.nbytes
+
+
+def test_a_cache_that_cannot_grow_raises_and_keeps_what_it_holds(tmp_path, monkeypatch):
+    from codellama_fast.errors import OutOfMemoryError
+
+    hf_config("odd").save_pretrained(tmp_path)
+    cfg = LlamaConfig.from_file(tmp_path / "config.json")
+    cache = KVCache(cfg, 1, 1000, torch.float32, torch.device("cpu"))
+    data = [torch.randn(x.shape) for pair in cache.layers for x in pair]
+    for x, want in zip((x for pair in cache.layers for x in pair), data, strict=True):
+        x.copy_(want)
+    zeros, calls = torch.zeros, []
+
+    def failing_zeros(*args, **kwargs):  # the allocator fails on the third tensor
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+        return zeros(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "zeros", failing_zeros)
+    with pytest.raises(OutOfMemoryError, match="the KV cache could not take 512 slots per sequence .* can't allocate memory"):
+        cache.layers.reserve(300)
+    monkeypatch.setattr(torch, "zeros", zeros)
+    assert cache.allocated == 256
+    for x, want in zip((x for pair in cache.layers for x in pair), data, strict=True):
+        assert torch.equal(x[:, :, :256], want)
+    cache.layers.reserve(300)  # once memory frees up, it grows
+    assert cache.allocated == 512 and all(x.shape[2] == 512 for pair in cache.layers for x in pair)
+    for x, want in zip((x for pair in cache.layers for x in pair), data, strict=True):
+        assert torch.equal(x[:, :, :256], want)
+
+
+def test_a_generation_that_ends_early_holds_little_of_its_cache(model, tok, caches):
+    _, path = model
+    engine = fp32_engine(path, tok)
+    steps = []
+    with pytest.warns(RuntimeWarning, match="max_position_embeddings"):
+        out = engine.generate(PROMPTS, max_new_tokens=20000, stop_at_eos=False,
+                              stopping_criteria=[lambda ids, scores: steps.append(1) or len(steps) >= 10])
+    assert [len(r) for r in out.token_ids] == [10, 10]
+    (cache,) = caches
+    assert cache.max_len >= 20000 and cache.allocated == cache_module.INITIAL_SLOTS
+    assert cache.held_bytes * 50 < cache.nbytes
+
+
+def _left_padded(rows):
+    t = max(map(len, rows))
+    x = torch.tensor([[0] * (t - len(r)) + r for r in rows])
+    mask = (torch.arange(t)[None, :] >= torch.tensor([t - len(r) for r in rows])[:, None]).long()
+    return x, mask, t
+
+
+def _grew(caches, beyond: int) -> bool:
+    """Some cache was asked for more than `beyond` slots: past the prompt's, which (starting
+    from one slot) it held after the prefill, so it grew between steps too."""
+    return any(c.most_asked > beyond and c.allocated >= c.most_asked for c in caches)
+
+
+def test_greedy_padded_batch_equals_transformers_while_the_cache_grows(model, tok, caches, one_slot):
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    rows = [tok.encode(p) for p in PROMPTS]
+    x, mask, t = _left_padded(rows)
+    assert len(set(map(len, rows))) == 2  # a padded batch
+    want = hf.generate(x, attention_mask=mask, max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=0)
+    got = engine.generate(input_ids=rows, max_new_tokens=40, stop_at_eos=False).token_ids
+    assert got == want[:, t:].tolist()
+    assert _grew(caches, 2 * t)
+
+
+def test_beam_search_equals_transformers_while_the_cache_grows(model, tok, caches, one_slot):
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    rows = [tok.encode(p) for p in PROMPTS]
+    want, scores = hf_beams(hf, rows, 24, None, num_beams=3, num_return_sequences=2)
+    got = engine.generate(input_ids=rows, max_new_tokens=24, num_beams=3, num_return_sequences=2, stop_at_eos=False)
+    assert got.token_ids == want
+    assert got.sequence_scores == pytest.approx(scores, rel=1e-4)
+    assert _grew(caches, max(map(len, rows)) + 8)
+
+
+def test_guidance_equals_transformers_while_the_cache_grows(model, tok, caches, one_slot):
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    row = tok.encode(PROMPTS[0])
+    negative = tok.encode("# slow code")
+    x = torch.tensor([row])
+    want = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=24, do_sample=False, eos_token_id=None,
+                       pad_token_id=0, guidance_scale=2.0, negative_prompt_ids=torch.tensor([negative]))
+    got = engine.generate(input_ids=[row], max_new_tokens=24, stop_at_eos=False, guidance_scale=2.0,
+                          negative_prompt_ids=[negative]).token_ids
+    assert got == want[:, len(row):].tolist()
+    assert _grew(caches, len(negative) + 8)  # the unconditional side's own cache grows too
+
+
+def test_prompt_lookup_equals_transformers_while_the_cache_grows(model, tok, caches, one_slot):
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    row = tok.encode("x = [1, 2, 3]\ny = [1, 2, 3]\nz = [1, 2, 3]\n")
+    x = torch.tensor([row])
+    want = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=30, do_sample=False, eos_token_id=None,
+                       pad_token_id=0)
+    got = engine.generate(input_ids=[row], max_new_tokens=30, stop_at_eos=False, prompt_lookup_num_tokens=4).token_ids
+    assert got == want[:, len(row):].tolist()
+    assert _grew(caches, len(row) + 8)
