@@ -98,7 +98,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     start = time.perf_counter()
     # The prompt once per prompt, then its cache copied to each of its k beams.
-    prompt_cache = KVCache(cfg, b, t, dtype, device)
+    prompt_cache = KVCache(cfg, b, t, dtype, device, grow=False)  # the prompt only: held whole
     first = prefill(tokens, kv_start, prompt_cache)  # [B, V]
     sync()
     prefill_s = time.perf_counter() - start

@@ -5,8 +5,9 @@ does not fit may take as much as fits (`at_most`) and end there.
 On CUDA the whole cache is allocated at once (captured decode steps and the tuned attention
 launches need fixed addresses and shapes). On the CPU it grows as it fills, so that the memory
 held follows the tokens held (as transformers' dynamic cache does) rather than max_new_tokens:
-it starts at `INITIAL_SLOTS` slots and at least doubles when a step needs more (the model asks
-through `layers.reserve` before it writes), never past the `max_len` checked up front."""
+it starts at `INITIAL_SLOTS` slots and grows to twice the slots a step needs when that step needs
+more (the model asks through `layers.reserve` before it writes), never past the `max_len` checked
+up front."""
 
 from __future__ import annotations
 
@@ -76,12 +77,14 @@ class KVCache:
                 f"on {self.device}: {exc}; lower max_new_tokens, the prompt length or the batch size") from exc
 
     def reserve(self, n: int) -> None:
-        """Every layer holds at least min(n, max_len) slots: a cache that holds fewer grows to the
-        larger of n and twice its slots (at most max_len), keeping what it holds. One tensor at a
-        time is copied and the old one dropped, so the peak is the new cache plus one old tensor."""
+        """Every layer holds at least min(n, max_len) slots: a cache that holds fewer grows to
+        2n slots (at most max_len), keeping what it holds, so that a long prompt's prefill leaves
+        room for as many new tokens before the next growth and the memory held stays within twice
+        what is used. One tensor at a time is copied and the old one dropped, so the peak is the
+        new cache plus one old tensor."""
         if n <= self.allocated:
             return
-        slots = min(self.max_len, max(n, 2 * self.allocated))
+        slots = min(self.max_len, 2 * n)
         for i in range(len(self.layers)):
             for j in (0, 1):
                 pair = list(self.layers[i])

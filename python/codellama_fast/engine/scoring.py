@@ -54,8 +54,7 @@ def score_rows(engine: Engine, rows: Sequence[Sequence[int]], top_logprobs: int 
     tokens, kv_start, t = engine._prepare(rows)  # [B, T] left-padded, [B] padding per row
     b = tokens.shape[0]
     cfg = engine.model.config
-    cache = KVCache(cfg, b, t, engine.dtype, engine.device)
-    cache.reserve(t)  # the whole text's slots before the free memory sizes the chunks
+    cache = KVCache(cfg, b, t, engine.dtype, engine.device, grow=False)  # every slot is written at once
     budget = memory.prefill_chunk_tokens(cfg, engine.dtype, engine.device, engine.prefill_chunk_tokens)
     budget = min(budget, max(1, SCORE_LOGITS_BYTES // (2 * 4 * cfg.vocab_size)))
     chunk = max(1, budget // b)
