@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import subprocess
 import sys
@@ -496,6 +497,39 @@ def test_kv_cache_memory_check_refuses_impossible_sizes(checkpoints):
     cfg = LlamaConfig.from_file(checkpoints["mha"][1] / "config.json")
     with pytest.raises(OutOfMemoryError, match="needs .* GiB .* free"):
         KVCache(cfg, batch=4096, max_len=10**9, dtype=torch.float16, device=torch.device("cpu"))
+
+
+def test_weights_that_do_not_fit_are_refused_before_any_is_read(checkpoints, monkeypatch):
+    """A model whose weights in the asked dtype exceed the free memory (on the CPU, plus the free
+    swap) is an OutOfMemoryError naming both sizes, raised before any weight is read."""
+    from safetensors import safe_open
+
+    from codellama_fast.engine import loader, memory
+
+    path = checkpoints["gqa4"][1]
+    with safe_open(str(path / "model.safetensors"), "pt") as f:  # the file's own header
+        elements = sum(math.prod(f.get_slice(n).get_shape()) for n in f.keys())
+    need32 = 4 * elements
+    read = []
+    get = loader.WeightSource.get
+    monkeypatch.setattr(loader.WeightSource, "get", lambda self, name: read.append(name) or get(self, name))
+
+    def machine(free: int, swap: int) -> None:
+        monkeypatch.setattr(memory, "free_memory_bytes", lambda device: free)
+        monkeypatch.setattr(memory, "swap_free_bytes", lambda: swap)
+
+    machine(need32 - 1, 0)
+    with pytest.raises(OutOfMemoryError, match=rf"weights need {need32 / 2**30:.2f} GiB in float32 but cpu has "
+                                                rf"{(need32 - 1) / 2**30:.2f} GiB free; dtype='bfloat16' takes half"):
+        load_model(path, dtype="float32", device="cpu")
+    assert read == []
+    load_model(path, dtype="bfloat16", device="cpu")  # half the bytes fit
+    machine(need32 // 4, need32 // 2)
+    with pytest.raises(OutOfMemoryError, match=r"GiB free \(and .* GiB of swap\)"):
+        load_model(path, dtype="float32", device="cpu")
+    machine(need32 // 2, need32 - need32 // 2)
+    load_model(path, dtype="float32", device="cpu")  # memory and swap together hold them
+    assert read
 
 
 @pytest.mark.parametrize("chunk", [16384, 5])  # one prefill chunk, and many (a chunk ends mid-text)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from . import memory
 from .config import LlamaConfig
 from .folders import model_folder
 from .model import LlamaModel
@@ -211,6 +212,7 @@ def load_model(
     validate(cfg, src)
     stored = src.dtypes["model.embed_tokens.weight"]
     target = parse_dtype(dtype, device, stored)
+    memory.check_weights_fit(sum(_numel(src.shapes[n]) for n in src.names()) * _size(target), device, target, folder.name)
     with torch.device("meta"):
         model = LlamaModel(cfg)
     total = sum(_numel(src.shapes[n]) * _size(src.dtypes[n]) for n in src.names())

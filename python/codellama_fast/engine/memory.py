@@ -1,10 +1,11 @@
-"""Memory budgets: the device's free memory, and the prompt tokens one prefill chunk may hold so
-that its activations fit in it."""
+"""Memory budgets: the device's free memory, whether a model's weights fit in it, and the prompt
+tokens one prefill chunk may hold so that its activations fit in it."""
 
 from __future__ import annotations
 
 import torch
 
+from ..errors import OutOfMemoryError
 from .config import LlamaConfig
 
 
@@ -27,6 +28,34 @@ def free_memory_bytes(device: torch.device) -> int:
         return int(psutil.virtual_memory().available)
     except ImportError:
         return 1 << 62
+
+
+def swap_free_bytes() -> int:
+    """The kernel's SwapFree (0 where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("SwapFree:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def check_weights_fit(nbytes: int, device: torch.device, dtype: torch.dtype, name: str) -> None:
+    """Refuses, before any weight is read, a model whose weights in `dtype` (`nbytes`) exceed what
+    `device` can still allocate: on CUDA its free memory, on the CPU the available memory plus the
+    free swap (past both, the process would be killed partway through the load)."""
+    free = free_memory_bytes(device)
+    room = free + (swap_free_bytes() if device.type == "cpu" else 0)
+    if nbytes <= room:
+        return
+    gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+    where = f"{gib(free)} free" + (f" (and {gib(room - free)} of swap)" if room > free else "")
+    hint = ("; dtype='bfloat16' takes half the memory" if dtype == torch.float32
+            else "; use a machine with more memory")
+    raise OutOfMemoryError(f"{name}'s weights need {gib(nbytes)} in {str(dtype).replace('torch.', '')} but "
+                           f"{device} has {where}{hint}")
 
 
 def prefill_bytes_per_token(cfg: LlamaConfig, dtype: torch.dtype) -> int:
