@@ -1,9 +1,10 @@
 """A KV cache on the CPU grows as it fills: it keeps what it holds across growth, never grows past
 its max_len, frees the shorter tensors, and a generation that ends early holds only a little of
-the cache its max_new_tokens would take. With every cache starting at one slot (so that each
-decoding path grows it many times, in the prefill and between steps), greedy decoding of a padded
-batch, beam search, classifier-free guidance and prompt lookup still equal transformers' generate
-on a tiny random checkpoint in fp32."""
+the cache its max_new_tokens would take; a growth that fails ends plain decoding with what it
+made. With every cache starting at one slot (so that each decoding path grows it many times, in
+the prefill and between steps), greedy decoding of a padded batch, beam search, classifier-free
+guidance and prompt lookup still equal transformers' generate on a tiny random checkpoint in
+fp32."""
 
 from __future__ import annotations
 
@@ -189,3 +190,30 @@ def test_prompt_lookup_equals_transformers_while_the_cache_grows(model, tok, cac
     got = engine.generate(input_ids=[row], max_new_tokens=30, stop_at_eos=False, prompt_lookup_num_tokens=4).token_ids
     assert got == want[:, len(row):].tolist()
     assert _grew(caches, 2 * len(row))
+
+
+def test_a_cache_that_cannot_grow_mid_generation_ends_the_call_keeping_its_tokens(model, tok, monkeypatch):
+    """Memory taken by something else during a call: the growth that fails ends the call there,
+    with its tokens (transformers' own, so far) and finish reason "length", and a warning."""
+    from codellama_fast.errors import OutOfMemoryError
+
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    row = tok.encode(PROMPTS[0])
+    t = len(row)
+    x = torch.tensor([row])
+    want = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=20, do_sample=False, eos_token_id=None,
+                       pad_token_id=0)[0, t:].tolist()
+    reserve = KVCache.reserve
+
+    def short_of_memory(self, n):
+        if n > t + 5:
+            raise OutOfMemoryError("DefaultCPUAllocator: can't allocate memory")
+        reserve(self, n)
+
+    monkeypatch.setattr(KVCache, "reserve", short_of_memory)
+    with pytest.warns(RuntimeWarning, match=f"could not grow past {t + 5} tokens, so this call ends after 6 generated tokens"):
+        out = engine.generate(input_ids=[row], max_new_tokens=20, stop_at_eos=False)
+    assert out.token_ids == [want[:6]] and out.finish_reasons == ["length"]
+    with pytest.warns(RuntimeWarning, match="could not grow"):
+        assert "".join(engine.stream(row, max_new_tokens=20, stop_at_eos=False)) == out.texts[0]

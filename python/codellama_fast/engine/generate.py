@@ -530,6 +530,12 @@ class Engine:
                 return
             for step in range(1, max_new):
                 slot = t + step - 1
+                try:
+                    cache.reserve(slot + 1)  # a growing (CPU) cache's room for this step
+                except OutOfMemoryError as exc:  # memory taken since the call checked the whole cache: keep what is made
+                    warnings.warn(f"the KV cache could not grow past {slot} tokens, so this call ends after {step} generated "
+                                  f"tokens (finish reason 'length'): {exc}", RuntimeWarning, stacklevel=warn_stacklevel)
+                    break
                 ctx = StepContext((lengths + step - 1)[:, None], torch.tensor([slot], device=self.device), slot, kv_start, slot + 1)
                 logits = self.model(nxt.clamp_min(0)[:, None], ctx, cache.layers)
                 nxt = watched_pick(logits)
