@@ -77,14 +77,17 @@ def test_a_growing_cache_keeps_what_it_holds(tmp_path):
     assert all(r() is None for r in old)  # the shorter tensors are freed
     cache.layers.reserve(10**6)
     assert cache.allocated == 5000 and cache.held_bytes == cache.nbytes  # never past max_len
+    whole = [weakref.ref(x) for pair in cache.layers for x in pair]
+    cache.layers.reserve(10**7)  # a full cache is not copied again
+    assert all(r() is x for r, x in zip(whole, (x for pair in cache.layers for x in pair), strict=True))
     cache.layers.reserve(10)
     assert cache.allocated == 5000
     for (k, v), (dk, dv) in zip(cache.layers, data, strict=True):
         assert torch.equal(k[:, :, :300], dk) and torch.equal(v[:, :, :300], dv)
         assert not k[:, :, 300:].any() and not v[:, :, 300:].any()
 
-    whole = KVCache(cfg, 2, 5000, torch.float32, torch.device("cpu"), grow=False)  # as on CUDA
-    assert whole.allocated == 5000 and whole.held_bytes == whole.nbytes
+    held = KVCache(cfg, 2, 5000, torch.float32, torch.device("cpu"), grow=False)  # as on CUDA
+    assert held.allocated == 5000 and held.held_bytes == held.nbytes
 
 
 def test_a_cache_that_cannot_grow_raises_and_keeps_what_it_holds(tmp_path, monkeypatch):

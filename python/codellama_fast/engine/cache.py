@@ -82,8 +82,8 @@ class KVCache:
         room for as many new tokens before the next growth and the memory held stays within twice
         what is used. One tensor at a time is copied and the old one dropped, so the peak is the
         new cache plus one old tensor."""
-        if n <= self.allocated:
-            return
+        if n <= self.allocated or self.allocated == self.max_len:
+            return  # (past max_len: the step's own write reports it)
         slots = min(self.max_len, 2 * n)
         for i in range(len(self.layers)):
             for j in (0, 1):
