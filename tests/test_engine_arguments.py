@@ -77,10 +77,18 @@ def test_bad_generation_arguments_are_named(engine, kwargs, error, words):
 
 
 @pytest.mark.parametrize("seed", [2**64 - 1, -(2**63)])
-def test_seeds_at_the_ends_of_torchs_range_are_taken(engine, seed):
-    torch.Generator().manual_seed(seed)  # the range torch itself takes
-    out = engine.generate("x", max_new_tokens=3, stop_at_eos=False, temperature=1.0, seed=seed).token_ids
-    assert out == engine.generate("x", max_new_tokens=3, stop_at_eos=False, temperature=1.0, seed=seed).token_ids
+def test_seeds_at_the_ends_of_torchs_range_sample_as_transformers_does(engine, model_dir, tok, seed):
+    """The ends of the range torch.manual_seed takes: the same tokens as transformers' sampling
+    after torch.manual_seed(seed)."""
+    from transformers import LlamaForCausalLM
+
+    hf = LlamaForCausalLM.from_pretrained(model_dir).eval()
+    ids = tok.encode("def f(")
+    torch.manual_seed(seed)
+    want = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), do_sample=True,
+                       max_new_tokens=6, eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
+    got = engine.generate(input_ids=[ids], max_new_tokens=6, stop_at_eos=False, do_sample=True, seed=seed).token_ids
+    assert got == [want]
 
 
 def test_sampling_params_refuse_nan():

@@ -9,19 +9,27 @@ from ..errors import OutOfMemoryError
 from .config import LlamaConfig
 
 
+def _meminfo_bytes(field: str) -> int | None:
+    """A /proc/meminfo field (e.g. "MemAvailable") in bytes; None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def free_memory_bytes(device: torch.device) -> int:
     """Bytes that can still be allocated on `device` (on CUDA: free on the device plus what
     PyTorch's allocator holds unused; on the CPU: the kernel's MemAvailable)."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free) + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    available = _meminfo_bytes("MemAvailable")
+    if available is not None:
+        return available
     try:
         import psutil
 
@@ -32,14 +40,7 @@ def free_memory_bytes(device: torch.device) -> int:
 
 def swap_free_bytes() -> int:
     """The kernel's SwapFree (0 where it cannot be read)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("SwapFree:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _meminfo_bytes("SwapFree") or 0
 
 
 def check_weights_fit(nbytes: int, device: torch.device, dtype: torch.dtype, name: str) -> None:
