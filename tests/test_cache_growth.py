@@ -1,10 +1,11 @@
-"""A KV cache on the CPU grows as it fills: it keeps what it holds across growth, never grows past
-its max_len, frees the shorter tensors, and a generation that ends early holds only a little of
-the cache its max_new_tokens would take; a growth that fails ends plain decoding with what it
-made. With every cache starting at one slot (so that each decoding path grows it many times, in
-the prefill and between steps), greedy decoding of a padded batch, beam search, classifier-free
+"""A KV cache grows as it fills: it keeps what it holds across growth, never grows past its
+max_len, frees the shorter tensors, and a generation that ends early holds only a little of the
+cache its max_new_tokens would take; a growth that fails ends plain decoding with what it made.
+With every cache starting at one slot (so that each decoding path grows it many times, in the
+prefill and between steps), greedy decoding of a padded batch, beam search, classifier-free
 guidance and prompt lookup still equal transformers' generate on a tiny random checkpoint in
-fp32."""
+fp32, on the torch ops and on the Triton kernels (compiled on a GPU, the interpreter elsewhere),
+whose launches see the cache's shape and strides change between steps."""
 
 from __future__ import annotations
 
@@ -37,12 +38,16 @@ def caches(monkeypatch):
 
     def recording_init(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        self.most_asked = 0
+        self.asked, self.most_asked, self.grown_for = [], 0, []  # grown_for: the n of each reserve(n) that grew it
         made.append(self)
 
     def recording_reserve(self, n):
+        self.asked.append(n)
         self.most_asked = max(self.most_asked, n)
+        held = self.allocated
         reserve(self, n)
+        if self.allocated > held:
+            self.grown_for.append(n)
 
     monkeypatch.setattr(KVCache, "__init__", recording_init)
     monkeypatch.setattr(KVCache, "reserve", recording_reserve)
@@ -86,7 +91,7 @@ def test_a_growing_cache_keeps_what_it_holds(tmp_path):
         assert torch.equal(k[:, :, :300], dk) and torch.equal(v[:, :, :300], dv)
         assert not k[:, :, 300:].any() and not v[:, :, 300:].any()
 
-    held = KVCache(cfg, 2, 5000, torch.float32, torch.device("cpu"), grow=False)  # as on CUDA
+    held = KVCache(cfg, 2, 5000, torch.float32, torch.device("cpu"), grow=False)  # as a decode state's
     assert held.allocated == 5000 and held.held_bytes == held.nbytes
 
 
@@ -141,9 +146,15 @@ def _left_padded(rows):
 
 
 def _grew(caches, beyond: int) -> bool:
-    """Some cache was asked for more than `beyond` slots: past twice the prompt's, which (starting
-    from one slot) it held after the prefill, so it grew between steps too."""
-    return any(c.most_asked > beyond and c.allocated >= c.most_asked for c in caches)
+    """Some cache grew for more than `beyond` slots: past twice the prompt's, which (starting from
+    one slot) it held after the prefill, so it grew between steps too."""
+    return any(any(n > beyond for n in c.grown_for) and c.allocated >= c.most_asked for c in caches)
+
+
+def _unconditional(caches, negative, prompt):
+    """Guidance's cache of the unconditional side: the one whose first fill was the negative prompt."""
+    assert len(negative) != len(prompt)
+    return [c for c in caches if c.asked[:1] == [len(negative)]]
 
 
 def test_greedy_padded_batch_equals_transformers_while_the_cache_grows(model, tok, caches, one_slot):
@@ -180,7 +191,7 @@ def test_guidance_equals_transformers_while_the_cache_grows(model, tok, caches, 
     got = engine.generate(input_ids=[row], max_new_tokens=24, stop_at_eos=False, guidance_scale=2.0,
                           negative_prompt_ids=[negative]).token_ids
     assert got == want[:, len(row):].tolist()
-    assert _grew(caches, 2 * len(negative))  # the unconditional side's own cache grows too
+    assert _grew(_unconditional(caches, negative, row), 2 * len(negative))  # the unconditional side's own cache grows too
 
 
 def test_prompt_lookup_equals_transformers_while_the_cache_grows(model, tok, caches, one_slot):
@@ -220,3 +231,39 @@ def test_a_cache_that_cannot_grow_mid_generation_ends_the_call_keeping_its_token
     assert out.token_ids == [want[:6]] and out.finish_reasons == ["length"]
     with pytest.warns(RuntimeWarning, match="could not grow"):
         assert "".join(engine.stream(row, max_new_tokens=20, stop_at_eos=False)) == out.texts[0]
+
+
+def test_the_triton_kernels_equal_transformers_while_the_cache_grows(model, tok, caches, one_slot):
+    """The uncaptured paths through the Triton kernels: plain greedy decoding of a padded batch,
+    beam search and guidance, every cache growing from one slot."""
+    from codellama_fast.engine import Engine, load_model
+    from codellama_fast.kernels.triton_ops import TritonOps
+
+    hf, path = model  # transformers on the CPU: the reference
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled kernels on a GPU, else the interpreter
+    engine = Engine(load_model(path, dtype="float32", device=device, backend="torch"), tok)
+    engine.model.ops = TritonOps()
+    engine.use_cuda_graph = False  # the plain loop on a cache of its own, as without a free decode state
+    rows = [tok.encode(p) for p in PROMPTS]
+    x, mask, t = _left_padded(rows)
+    want = hf.generate(x, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=None,
+                       pad_token_id=0)
+    assert engine.generate(input_ids=rows, max_new_tokens=20, stop_at_eos=False).token_ids == want[:, t:].tolist()
+    assert _grew(caches, 2 * t) and all(c.device.type == device for c in caches)
+
+    caches.clear()
+    want, scores = hf_beams(hf, rows, 16, None, num_beams=3, num_return_sequences=2)
+    got = engine.generate(input_ids=rows, max_new_tokens=16, num_beams=3, num_return_sequences=2, stop_at_eos=False)
+    assert got.token_ids == want
+    assert got.sequence_scores == pytest.approx(scores, rel=1e-4)
+    assert _grew(caches, 2 * t)
+
+    caches.clear()
+    negative = tok.encode("# slow")
+    row = torch.tensor([rows[0]])
+    want = hf.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=16, do_sample=False, eos_token_id=None,
+                       pad_token_id=0, guidance_scale=2.0, negative_prompt_ids=torch.tensor([negative]))
+    got = engine.generate(input_ids=[rows[0]], max_new_tokens=16, stop_at_eos=False, guidance_scale=2.0,
+                          negative_prompt_ids=[negative]).token_ids
+    assert got == want[:, len(rows[0]):].tolist()
+    assert _grew(_unconditional(caches, negative, rows[0]), 2 * len(negative))

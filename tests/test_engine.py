@@ -310,7 +310,7 @@ def test_prefill_activation_estimate_bounds_the_tracked_peak(checkpoints, name, 
     b, t = len(pads), 512
     ids = torch.randint(3, model.config.vocab_size, (b, t))
     kv_start = torch.tensor(pads)
-    cache = KVCache(model.config, b, t, torch.float32, torch.device("cpu"), grow=False)  # held whole, as on CUDA
+    cache = KVCache(model.config, b, t, torch.float32, torch.device("cpu"), grow=False)  # held whole, as a decode state
     positions = (torch.arange(t)[None] - kv_start[:, None]).clamp_min(0)
     ctx = StepContext(positions, torch.arange(t), 0, kv_start, t)
     with torch.inference_mode(), LiveTensorPeak(ignore=[x for kv in cache.layers for x in kv] + list(model.parameters())) as m:

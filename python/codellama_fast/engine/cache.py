@@ -2,12 +2,14 @@
 and checked against the device's free memory before allocation. A generation whose whole cache
 does not fit may take as much as fits (`at_most`) and end there.
 
-On CUDA the whole cache is allocated at once (captured decode steps and the tuned attention
-launches need fixed addresses and shapes). On the CPU it grows as it fills, so that the memory
-held follows the tokens held (as transformers' dynamic cache does) rather than max_new_tokens:
-it starts at `INITIAL_SLOTS` slots and grows to twice the slots a step needs when that step needs
-more (the model asks through `layers.reserve` before it writes), never past the `max_len` checked
-up front."""
+A cache grows as it fills, so that the memory held follows the tokens held (as transformers'
+dynamic cache does) rather than max_new_tokens: it starts at `INITIAL_SLOTS` slots and grows to
+twice the slots a step needs when that step needs more (the model asks through `layers.reserve`
+before it writes), never past the `max_len` checked up front. A caller whose steps move the write
+slot on the device (a captured or kept decode state: its step and the attention launches tuned for
+it need fixed addresses and shapes) or that writes every slot at once asks for the whole cache
+(`grow=False`). On CUDA the growth runs outside any graph capture, and the kernels take the cache
+by its strides, so a grown cache needs no new kernel."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def _gib(n: float) -> str:
 # the share of the free memory a KV cache may take (the rest: activations, logits)
 HEADROOM = 0.9
 
-# slots a growing (CPU) cache starts with
+# slots a growing cache starts with
 INITIAL_SLOTS = 256
 
 
@@ -44,8 +46,8 @@ class CacheLayers(list):
 
 class KVCache:
     def __init__(self, cfg: LlamaConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device,
-                 grow: bool | None = None) -> None:
-        """`grow`: start small and grow as the steps need (default: on the CPU only)."""
+                 grow: bool = True) -> None:
+        """`grow`: start small and grow as the steps need (default); False: allocate all of max_len now."""
         if batch <= 0 or max_len <= 0:
             raise ValueError(f"KV cache needs a positive batch and length, got batch={batch}, max_len={max_len}")
         self.cfg, self.batch, self.max_len, self.dtype, self.device = cfg, batch, max_len, dtype, torch.device(device)
@@ -58,7 +60,6 @@ class KVCache:
                 f"{cfg.num_key_value_heads} KV heads × {cfg.head_dim} dims × 2 × {elem} bytes) but {self.device} has "
                 f"{_gib(free)} free; lower max_new_tokens, the prompt length or the batch size"
             )
-        grow = self.device.type == "cpu" if grow is None else grow
         self.allocated = min(max_len, INITIAL_SLOTS) if grow else max_len  # slots each layer holds now
         self.layers = CacheLayers([(self._zeros(self.allocated), self._zeros(self.allocated))
                                    for _ in range(cfg.num_hidden_layers)], self)
@@ -115,7 +116,7 @@ class KVCache:
 
     @classmethod
     def at_most(cls, cfg: LlamaConfig, batch: int, needed: int, least: int, dtype: torch.dtype, device: torch.device,
-                grow: bool | None = None) -> KVCache:
+                grow: bool = True) -> KVCache:
         """A cache of `needed` slots where they fit in memory, else of as many as fit when that is
         at least `least` (the generation then ends at the end of the cache); else the
         OutOfMemoryError for `needed`."""

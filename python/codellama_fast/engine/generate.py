@@ -531,7 +531,7 @@ class Engine:
             for step in range(1, max_new):
                 slot = t + step - 1
                 try:
-                    cache.reserve(slot + 1)  # a growing (CPU) cache's room for this step
+                    cache.reserve(slot + 1)  # a growing cache's room for this step
                 except OutOfMemoryError as exc:  # memory taken since the call checked the whole cache: keep what is made
                     warnings.warn(f"the KV cache could not grow past {slot} tokens, so this call ends after {step} generated "
                                   f"tokens (finish reason 'length'): {exc}", RuntimeWarning, stacklevel=warn_stacklevel)

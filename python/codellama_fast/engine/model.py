@@ -131,7 +131,7 @@ class LlamaModel(nn.Module):
         """tokens [B, T] -> logits [B, V] (last position) or [B, T, V], in fp32."""
         reserve = getattr(caches, "reserve", None)
         if reserve is not None and isinstance(ctx.kv_len, int):
-            reserve(ctx.kv_len)  # a growing (CPU) cache makes room for the slots this step writes
+            reserve(ctx.kv_len)  # a growing cache makes room for the slots this step writes
         ops, eps = self.ops, self.config.rms_norm_eps
         residual = self.embed(tokens)  # [B, T, C]
         h = ops.rms_norm(residual, self.layers[0].attn_norm, eps)
