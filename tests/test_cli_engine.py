@@ -94,6 +94,7 @@ def test_engine_errors_are_one_line_with_exit_code_2(tmp_path):
     cases = [
         (("infill", "a<FILL_ME>b", "--max-new-tokens", "4"), "no infilling pieces"),
         (("generate", "x", "--model", str(tmp_path / "absent")), "does not exist"),
+        (("generate", "x", "--model", str(dialog)), "is a file, not a folder"),
         (("generate", "x", "--top-p", "0"), "top_p"),
         (("generate", "x", "--assistant-tokens", "4"), "--assistant-tokens needs --assistant"),
         (("generate", "x", "--max-time", "0"), "max_time must be"),

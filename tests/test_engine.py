@@ -477,6 +477,11 @@ def test_bad_checkpoints_raise_clear_errors(checkpoints, tmp_path):
 
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "absent", device="cpu")
+    # a file of the folder given for the folder
+    with pytest.raises(CheckpointError, match=f"is a file, not a folder: .*; its folder {nokeys} holds config.json"):
+        load_model(nokeys / "model.safetensors", device="cpu")
+    with pytest.raises(CheckpointError, match="is a file, not a folder: pass the folder that holds the model's config.json and weights$"):
+        load_model(__file__, device="cpu")  # (tests/ holds no config.json)
 
 
 def test_pickled_objects_in_bin_are_refused(tmp_path, checkpoints):

@@ -16,6 +16,11 @@ def model_folder(path: str | Path, revision: str | None = None, cache_dir: str |
     """The local folder of a model (or an adapter, ``kind``): ``path`` itself, or a repository
     name's cached snapshot."""
     folder = local_folder(path, revision, cache_dir)
+    if folder.is_file():
+        holder, config = folder.resolve().parent, "adapter_config.json" if kind == "adapter" else "config.json"
+        hint = f"; its folder {holder} holds {config}" if (holder / config).is_file() else ""
+        raise CheckpointError(f"{kind} folder {path} is a file, not a folder: pass the folder that holds the {kind}'s "
+                              f"{config} and weights{hint}")
     if not folder.is_dir():
         raise CheckpointError(f"{kind} folder {path} does not exist{not_found_hint(path, revision, cache_dir)} "
                               "(this package never downloads)")
