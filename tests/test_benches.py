@@ -89,3 +89,13 @@ def test_bench_lookup_small(tmp_path):
     runs = {(r["provider"], r["method"], r["prompt_lookup_num_tokens"]) for r in data["rows"]}
     assert runs == {(p, m, k) for p in ("codellama-fast", "transformers") for m, k in (("plain", None), ("prompt_lookup", 4), ("assistant", None))}
     assert data["meta"]["assistant"] == "stories260K"
+
+
+def test_bench_small_matmul_tiny(tmp_path):
+    data = _run("bench_small_matmul.py", "--shapes", "tiny", "--rows", "1", "9", "--dtype", "float32", "bfloat16",
+                "--budget-mb", "1", tmp=tmp_path)
+    ours = [r for r in data["rows"] if r["provider"] == "codellama-fast"]
+    assert {(r["rows"], r["dtype"], r["small_path"]) for r in ours} == {
+        (1, "float32", True), (9, "float32", False), (1, "bfloat16", False), (9, "bfloat16", False)}
+    assert len([r for r in data["rows"] if r["provider"] == "ratio"]) == len(ours) == 2 * 2 * 2  # 2 shapes × 2 row counts × 2 dtypes
+    assert all(r["p50"] > 0 for r in data["rows"])

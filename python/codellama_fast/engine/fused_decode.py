@@ -26,7 +26,7 @@ def fused_decode_forward(model: LlamaModel, tokens: torch.Tensor, ctx: StepConte
     inv_freq = model.rope_freqs(ctx)
     for i, layer in enumerate(model.layers):
         s = fused_decode_layer(layer, ops, s, ctx, inv_freq, caches[i], eps)
-    return model.lm_head(ops.rms_norm(s, model.norm, eps)).float()
+    return ops.linear(ops.rms_norm(s, model.norm, eps), model.lm_head.weight).float()
 
 
 def fused_decode_layer(layer: Block, ops: Ops, s: torch.Tensor, ctx: StepContext, inv_freq: torch.Tensor,

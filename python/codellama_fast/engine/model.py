@@ -55,11 +55,11 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: StepContext, inv_freq: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor], ops: Ops) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = self.split_qkv(self.wqkv(x))
+        q, k, v = self.split_qkv(ops.linear(x, self.wqkv.weight))
         k_cache, v_cache = cache
         out = ops.rope_attention(q, k, v, ctx.positions, inv_freq, k_cache, v_cache, ctx.slots,
                                  ctx.q_start, ctx.kv_start, ctx.kv_len)  # [B, T, Hq, D]
-        return self.wo(out.reshape(b, t, -1))
+        return ops.linear(out.reshape(b, t, -1), self.wo.weight)
 
     def forward_last(self, x: torch.Tensor, ctx: StepContext, inv_freq: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
                      ops: Ops) -> torch.Tensor:
@@ -67,11 +67,11 @@ class Attention(nn.Module):
         key and value still goes into the cache, but only the last query attends (it sits in slot
         kv_len - 1) and only its output is projected."""
         b, t, _ = x.shape
-        q, k, v = self.split_qkv(self.wqkv(x))  # the keys and values of every position are needed
+        q, k, v = self.split_qkv(ops.linear(x, self.wqkv.weight))  # the keys and values of every position are needed
         k_cache, v_cache = cache
         q_rot = ops.rope_cache_update(q, k, v, ctx.positions, inv_freq, k_cache, v_cache, ctx.slots)
         out = ops.attention(q_rot[:, -1:], k_cache, v_cache, ctx.q_start + t - 1, ctx.kv_start, ctx.kv_len)  # [B, 1, Hq, D]
-        return self.wo(out.reshape(b, 1, -1))
+        return ops.linear(out.reshape(b, 1, -1), self.wo.weight)
 
 
 class MLP(nn.Module):
@@ -81,7 +81,7 @@ class MLP(nn.Module):
         self.w2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, ops: Ops) -> torch.Tensor:
-        return self.w2(ops.swiglu(self.w13(x)))
+        return ops.linear(ops.swiglu(ops.linear(x, self.w13.weight)), self.w2.weight)
 
 
 class Block(nn.Module):
@@ -152,7 +152,7 @@ class LlamaModel(nn.Module):
             h, residual = ops.add_rms_norm(m, residual, next_norm, eps)
         if last_only:
             h = h[:, -1]
-        return self.lm_head(h).float()
+        return ops.linear(h, self.lm_head.weight).float()
 
 
 def dynamic_ntk_inv_freq(cfg: LlamaConfig, default: torch.Tensor, seq_len: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ Shapes (B batch, T new tokens, S cache slots, Hq/Hkv query/KV heads, D head dim)
       the layer's whole attention step: rope_cache_update, then attention of the rotated q
       (an implementation may fuse them, e.g. in one launch for decode).
   swiglu(gate_up [..., 2F]) -> silu(gate) * up, [..., F]   (gate is the first half)
+  linear(x [..., K], w [N, K]) -> x @ w.T [..., N]   (the model's projections)
   norm_linear(x [M,K], norm_w [K], w [N,K], eps) -> rms_norm(x) @ w.T [M,N]
   norm_linear_swiglu(x [M,K], norm_w [K], w13 [2F,K], eps) -> swiglu(rms_norm(x) @ w13.T) [M,F]
   linear_residual(x [M,K], w [N,K], residual [M,N]) -> residual + x @ w.T
@@ -32,6 +33,7 @@ import torch
 
 from ..errors import DeviceError
 from ..kernels import reference
+from . import small_matmul
 
 
 class Ops(Protocol):
@@ -52,6 +54,8 @@ class Ops(Protocol):
                        kv_start: torch.Tensor, kv_len: int | torch.Tensor) -> torch.Tensor: ...
 
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor: ...
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor: ...
 
     def norm_linear(self, x: torch.Tensor, norm_w: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor: ...
 
@@ -98,6 +102,9 @@ class TorchOps:
 
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
         return reference.swiglu(gate_up)
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return small_matmul.linear(x, w)  # F.linear, or on the CPU for few rows the layout MKL streams fastest
 
     def norm_linear(self, x, norm_w, w, eps):
         return reference.norm_linear(x, norm_w, w, eps)

@@ -86,6 +86,9 @@ class TritonOps:
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
         return swiglu(gate_up)
 
+    def linear(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, w)  # cuBLAS (the interpreter's CPU tensors: the same call)
+
     # Up to gemv.MAX_ROWS rows (the decode step of a small batch): one launch each, the norm /
     # SwiGLU / residual add fused around the weight read. More rows: the composed ops (cuBLAS).
     def norm_linear(self, x, norm_w, w, eps):
