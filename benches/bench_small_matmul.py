@@ -1,6 +1,7 @@
 """The decode step's projections on the CPU: ``F.linear(x, w)`` against the engine's
-``small_matmul.linear`` (``w @ x.T`` for few rows) at the weight shapes of the 110M benchmark
-model and of Code Llama 7B, for 1-16 rows, fp32 (and bf16, where both are F.linear's kernels).
+``small_matmul.linear`` (``w @ x.T`` for few fp32 rows, else F.linear) at the weight shapes of the
+110M benchmark model and of Code Llama 7B, for 1-16 rows, fp32 and bf16; and ``w @ x.T`` itself
+at every row count and dtype ("weight_first"), which shows where the engine's choice holds.
 
 Each timed call reads a different copy of the weight (copies cycled over more memory than the
 CPU caches hold), as a decode step reads every weight once from memory.
@@ -76,18 +77,22 @@ def main(argv: list[str] | None = None) -> Path:
                     x = torch.randn(m, k).to(dtype)
                     shape = f"{model} {name} M{m} N{n} K{k}"
                     times = {}
-                    for provider, fn in (("torch_linear", F.linear), ("codellama-fast", small_matmul.linear)):
+                    # "weight_first" is the w @ x.T formulation at every row count and dtype, the
+                    # engine's ("codellama-fast") only where small_matmul.uses_small_rows
+                    for provider, fn in (("torch_linear", F.linear), ("codellama-fast", small_matmul.linear),
+                                         ("weight_first", small_matmul.weight_first)):
                         t = percentiles(time_cycling(fn, weights, x, calls))
                         times[provider] = t["p50"]
                         rows.append({"bench": "small_matmul", "provider": provider, "metric": "weight_read_rate", "unit": "GB/s",
                                      "shape": shape, "rows": m, "dtype": dtype_name, "p50": nbytes / t["p50"] / 1e9,
                                      "p20": nbytes / t["p80"] / 1e9, "p80": nbytes / t["p20"] / 1e9, "us_p50": t["p50"] * 1e6,
-                                     "small_path": small_matmul.uses_small_rows(x)})
+                                     "small_path": provider == "weight_first" or provider == "codellama-fast" and small_matmul.uses_small_rows(x)})
                     ratio = times["torch_linear"] / times["codellama-fast"]
                     rows.append({"bench": "small_matmul", "provider": "ratio", "metric": "ours_over_torch_linear", "unit": "x",
                                  "shape": shape, "rows": m, "dtype": dtype_name, "p50": ratio})
                     print(f"{dtype_name:9s} {shape:36s} F.linear {times['torch_linear'] * 1e6:9.0f} us   ours "
-                          f"{times['codellama-fast'] * 1e6:9.0f} us   {ratio:5.2f}x", flush=True)
+                          f"{times['codellama-fast'] * 1e6:9.0f} us   {ratio:5.2f}x   (w @ x.T {times['weight_first'] * 1e6:9.0f} us)",
+                          flush=True)
                 del weights
     path = write_results("small-matmul-cpu", meta, rows, args.out)
     print(f"wrote {path}")

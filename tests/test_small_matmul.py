@@ -31,9 +31,9 @@ def test_linear_is_an_fp32_product_at_any_row_count(n, k, m):
     g = torch.Generator().manual_seed(fresh_seed())
     w = torch.randn(n, k, generator=g)
     x = torch.randn(m, k, generator=g)
-    got = small_matmul.linear(x, w)
-    assert got.shape == (m, n) and got.dtype == torch.float32 and got.is_contiguous()
-    _check_within_fp32_bound(got, x, w)
+    for got in (small_matmul.linear(x, w), small_matmul.weight_first(x, w)):
+        assert got.shape == (m, n) and got.dtype == torch.float32 and got.is_contiguous()
+        _check_within_fp32_bound(got, x, w)
     assert small_matmul.uses_small_rows(x) == (m <= small_matmul.SMALL_ROWS)
 
 

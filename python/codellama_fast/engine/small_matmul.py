@@ -30,9 +30,12 @@ def uses_small_rows(x: torch.Tensor) -> bool:
 
 
 def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x [..., K] @ w.T (w [N, K]) -> [..., N], contiguous."""
-    if not uses_small_rows(x):
-        return F.linear(x, w)
+    """x [..., K] @ w.T (w [N, K]) -> [..., N]: ``weight_first`` where ``uses_small_rows``, else F.linear."""
+    return weight_first(x, w) if uses_small_rows(x) else F.linear(x, w)
+
+
+def weight_first(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ w.T (w [N, K]) computed as w @ x.T, a single row doubled -> [..., N], contiguous."""
     k = x.shape[-1]
     rows = x.reshape(-1, k).contiguous()  # [M, K]: the layout the fast path needs (x.T read by column)
     m = rows.shape[0]
