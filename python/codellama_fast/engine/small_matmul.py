@@ -2,14 +2,14 @@
 
 A decode step multiplies each weight by only a handful of rows (batch × 1 new token, or a beam
 group, or a few guessed tokens), so its time is how fast the BLAS reads the weights. With torch's
-MKL in fp32, ``F.linear(x, w)`` (x [M, K] times w.T) reads a weight that is not in cache at a
-third to a fifth of the rate that ``w @ x.T`` reaches for M <= 4, and its one-row path (gemv) is
-as slow: on the 2-core AMD EPYC test machines, per call, ``w @ x.T`` took 1/1.1 to 1/5.5 of the
-time for M = 1 (as two rows) to 4 over the 110M and 7B weight shapes, about the same to 1/1.6 at
-M = 8, and no gain past that. So on the CPU in fp32, up to ``SMALL_ROWS`` rows go through
-``w @ x.T``, a single row doubled (the second copy's products are dropped); more rows, another
-device or another dtype (bf16 on the CPU runs oneDNN's kernels, where F.linear's layout is the
-faster) take ``F.linear``.
+MKL in fp32, ``w @ x.T`` reads a weight that is not in cache faster than ``F.linear(x, w)`` does
+(x [M, K] times w.T): on the 2-core AMD EPYC machines, over the 110M benchmark model's and Code
+Llama 7B's weight shapes, a median 2.3× at M = 2-4, 0.78-2.45× at M = 6-8, 0.76-1.63× past that
+(benches/results/small-matmul-cpu-20261207T015302Z.json). One row takes F.linear's
+matrix-vector path, which streams as slowly, so it is doubled (the copy's products are dropped):
+0.87-2.8× on the 110M shapes, 0.65-1.03× on 7B's, where fp32 on a CPU is rare. So on the CPU in
+fp32, up to ``SMALL_ROWS`` rows go through ``weight_first``; more rows, another device or another
+dtype take ``F.linear`` (in bf16, oneDNN's kernels, ``w @ x.T`` was 0.30-1.15× F.linear).
 
 The sum is the same mathematically but not in order: the rows differ from F.linear's in the last
 bits, as F.linear's own rows differ between batch sizes.
