@@ -27,17 +27,19 @@ def _check_within_fp32_bound(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor
 
 @pytest.mark.parametrize("n,k", [(96, 64), (257, 33), (1000, 300)])
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 17])
-def test_linear_is_an_fp32_product_at_any_row_count(n, k, m):
+def test_linear_is_an_fp32_product_at_any_row_count(n, k, m, monkeypatch):
+    monkeypatch.setattr(small_matmul, "MIN_WEIGHT_ELEMENTS", 0)  # these small weights too
     g = torch.Generator().manual_seed(fresh_seed())
     w = torch.randn(n, k, generator=g)
     x = torch.randn(m, k, generator=g)
     for got in (small_matmul.linear(x, w), small_matmul.weight_first(x, w)):
         assert got.shape == (m, n) and got.dtype == torch.float32 and got.is_contiguous()
         _check_within_fp32_bound(got, x, w)
-    assert small_matmul.uses_small_rows(x) == (m <= small_matmul.SMALL_ROWS)
+    assert small_matmul.uses_small_rows(x, w) == (m <= small_matmul.SMALL_ROWS)
 
 
-def test_linear_takes_any_leading_shape_and_layout():
+def test_linear_takes_any_leading_shape_and_layout(monkeypatch):
+    monkeypatch.setattr(small_matmul, "MIN_WEIGHT_ELEMENTS", 0)
     g = torch.Generator().manual_seed(fresh_seed())
     w = torch.randn(70, 48, generator=g)
     cases = {
@@ -53,26 +55,26 @@ def test_linear_takes_any_leading_shape_and_layout():
         _check_within_fp32_bound(got.reshape(-1, 70), x.reshape(-1, 48), w)
 
 
-def test_other_dtypes_devices_and_row_counts_are_f_linear():
+def test_other_dtypes_devices_sizes_and_row_counts_are_f_linear():
     g = torch.Generator().manual_seed(fresh_seed())
-    w = torch.randn(64, 32, generator=g)
+    w = torch.randn(small_matmul.MIN_WEIGHT_ELEMENTS // 32, 32, generator=g)  # the smallest weight that takes the path
     x = torch.randn(2, 32, generator=g)
-    assert small_matmul.uses_small_rows(x)
-    assert not small_matmul.uses_small_rows(x.to(torch.bfloat16))
-    assert not small_matmul.uses_small_rows(x.double())
-    assert not small_matmul.uses_small_rows(torch.randn(small_matmul.SMALL_ROWS + 1, 32))
-    assert not small_matmul.uses_small_rows(torch.randn(0, 32))
-    wb, xb = w.to(torch.bfloat16), x.to(torch.bfloat16)
-    assert torch.equal(small_matmul.linear(xb, wb), torch.nn.functional.linear(xb, wb))
-    many = torch.randn(12, 32, generator=g)
-    assert torch.equal(small_matmul.linear(many, w), torch.nn.functional.linear(many, w))
-    assert small_matmul.linear(torch.randn(0, 32), w).shape == (0, 64)
+    assert small_matmul.uses_small_rows(x, w)
+    assert not small_matmul.uses_small_rows(x, w[:-1])
+    assert not small_matmul.uses_small_rows(x.to(torch.bfloat16), w.to(torch.bfloat16))
+    assert not small_matmul.uses_small_rows(x.double(), w.double())
+    assert not small_matmul.uses_small_rows(torch.randn(small_matmul.SMALL_ROWS + 1, 32), w)
+    assert not small_matmul.uses_small_rows(torch.randn(0, 32), w)
+    for xs, ws in ((x.to(torch.bfloat16), w.to(torch.bfloat16)), (torch.randn(12, 32, generator=g), w), (x, w[:-1])):
+        assert torch.equal(small_matmul.linear(xs, ws), torch.nn.functional.linear(xs, ws))
+    assert small_matmul.linear(torch.randn(0, 32), w).shape == (0, w.shape[0])
 
 
 def test_the_models_cpu_decode_projections_take_the_small_path(monkeypatch, tmp_path):
     """Every projection of a CPU fp32 decode step (batch 2: qkv, o, gate/up, down per layer and the
     LM head) goes through w @ x.T; the prompt's prefill (more rows) through F.linear, but for the
-    projections of its last position alone."""
+    projections of its last position alone. (The test model's layer weights are below the size
+    that takes the path, which is lowered to take them; at the default size only its LM head does.)"""
     pytest.importorskip("transformers")
     from codellama_fast import CodeLlamaTokenizerFast
     from codellama_fast.engine import Engine, load_model
@@ -81,15 +83,26 @@ def test_the_models_cpu_decode_projections_take_the_small_path(monkeypatch, tmp_
     folder = save(make_hf_model("gqa4", seed=fresh_seed()), tmp_path / "m")
     engine = Engine(load_model(folder, dtype="float32", device="cpu"), CodeLlamaTokenizerFast.from_pretrained())
     seen: list[tuple[int, bool]] = []
+    vocab = engine.model.config.vocab_size
+    heads: list[bool] = []  # per small call: its weight is the LM head's
     uses = small_matmul.uses_small_rows
 
-    def recording(x):
-        small = uses(x)
+    def recording(x, w):
+        small = uses(x, w)
         seen.append((x.numel() // x.shape[-1], small))
+        if small:
+            heads.append(w.shape[0] == vocab)
         return small
 
     monkeypatch.setattr(small_matmul, "uses_small_rows", recording)
-    engine.generate(["def f(x):", "import os"], max_new_tokens=4, stop_at_eos=False)
+    prompts = ["def f(x):", "import os"]
+    engine.generate(prompts, max_new_tokens=4, stop_at_eos=False)
+    # at the default size only the LM head ([vocab, C]) is large enough: the prefill's and 3 steps'
+    assert heads == [True] * 4 and engine.model.lm_head.weight.numel() >= small_matmul.MIN_WEIGHT_ELEMENTS
+    assert engine.model.layers[0].mlp.w13.weight.numel() < small_matmul.MIN_WEIGHT_ELEMENTS
+    seen.clear()
+    monkeypatch.setattr(small_matmul, "MIN_WEIGHT_ELEMENTS", 0)
+    engine.generate(prompts, max_new_tokens=4, stop_at_eos=False)
     layers = engine.model.config.num_hidden_layers
     small = [rows for rows, fast in seen if fast]
     # 3 decode steps (the first token comes from the prefill) of 4 projections per layer and the LM
