@@ -267,3 +267,26 @@ def test_the_triton_kernels_equal_transformers_while_the_cache_grows(model, tok,
                           negative_prompt_ids=[negative]).token_ids
     assert got == want[:, len(rows[0]):].tolist()
     assert _grew(_unconditional(caches, negative, rows[0]), 2 * len(negative))
+
+
+def test_the_fused_decode_step_grows_the_cache_it_writes(model, one_slot):
+    """engine.fused_decode's step asks a growing cache for its slot, as the model's forward does:
+    token by token from one slot, its logits equal the model's over a whole cache."""
+    from codellama_fast.engine import load_model
+    from codellama_fast.engine.fused_decode import fused_decode_forward
+    from codellama_fast.engine.model import StepContext
+
+    _, path = model
+    m = load_model(path, dtype="float32", device="cpu")
+    ids = torch.randint(3, m.config.vocab_size, (2, 9))
+    kv_start = torch.zeros(2, dtype=torch.long)
+    growing = KVCache(m.config, 2, 9, torch.float32, torch.device("cpu"))
+    whole = KVCache(m.config, 2, 9, torch.float32, torch.device("cpu"), grow=False)
+    assert growing.allocated == 1
+    with torch.inference_mode():
+        for s in range(9):
+            ctx = StepContext(torch.full((2, 1), s), torch.tensor([s]), s, kv_start, s + 1)
+            got = fused_decode_forward(m, ids[:, s:s + 1], ctx, growing.layers)
+            want = m(ids[:, s:s + 1], ctx, whole.layers)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert growing.allocated == 9
