@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 3, 4, 6, 8, 12, 16])
     ap.add_argument("--shapes", nargs="+", default=["110M", "7B"], choices=sorted(SHAPES))
     ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
-    ap.add_argument("--budget-mb", type=float, default=600, help="memory the weight copies of one shape take (more than the caches)")
+    ap.add_argument("--budget-mb", type=float, default=600,
+                    help="memory the weight copies of one shape take (more than the caches)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -86,12 +87,14 @@ def main(argv: list[str] | None = None) -> Path:
                         rows.append({"bench": "small_matmul", "provider": provider, "metric": "weight_read_rate", "unit": "GB/s",
                                      "shape": shape, "rows": m, "dtype": dtype_name, "p50": nbytes / t["p50"] / 1e9,
                                      "p20": nbytes / t["p80"] / 1e9, "p80": nbytes / t["p20"] / 1e9, "us_p50": t["p50"] * 1e6,
-                                     "small_path": provider == "weight_first" or provider == "codellama-fast" and small_matmul.uses_small_rows(x, weights[0])})
+                                     "small_path": provider == "weight_first"
+                                     or provider == "codellama-fast" and small_matmul.uses_small_rows(x, weights[0])})
                     ratio = times["torch_linear"] / times["codellama-fast"]
                     rows.append({"bench": "small_matmul", "provider": "ratio", "metric": "ours_over_torch_linear", "unit": "x",
                                  "shape": shape, "rows": m, "dtype": dtype_name, "p50": ratio})
                     print(f"{dtype_name:9s} {shape:36s} F.linear {times['torch_linear'] * 1e6:9.0f} us   ours "
-                          f"{times['codellama-fast'] * 1e6:9.0f} us   {ratio:5.2f}x   (w @ x.T {times['weight_first'] * 1e6:9.0f} us)",
+                          f"{times['codellama-fast'] * 1e6:9.0f} us   {ratio:5.2f}x   "
+                          f"(w @ x.T {times['weight_first'] * 1e6:9.0f} us)",
                           flush=True)
                 del weights
     path = write_results("small-matmul-cpu", meta, rows, args.out)

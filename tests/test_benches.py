@@ -97,6 +97,7 @@ def test_bench_small_matmul_tiny(tmp_path):
     ours = [r for r in data["rows"] if r["provider"] == "codellama-fast"]
     assert {(r["rows"], r["dtype"], r["small_path"]) for r in ours} == {
         (1, "float32", True), (9, "float32", False), (1, "bfloat16", False), (9, "bfloat16", False)}
-    assert len([r for r in data["rows"] if r["provider"] == "ratio"]) == len(ours) == 2 * 2 * 2  # 2 shapes × 2 row counts × 2 dtypes
+    # 2 shapes × 2 row counts × 2 dtypes
+    assert len([r for r in data["rows"] if r["provider"] == "ratio"]) == len(ours) == 2 * 2 * 2
     assert len([r for r in data["rows"] if r["provider"] == "weight_first"]) == len(ours)
     assert all(r["p50"] > 0 for r in data["rows"])

@@ -480,7 +480,8 @@ def test_bad_checkpoints_raise_clear_errors(checkpoints, tmp_path):
     # a file of the folder given for the folder
     with pytest.raises(CheckpointError, match=f"is a file, not a folder: .*; its folder {nokeys} holds config.json"):
         load_model(nokeys / "model.safetensors", device="cpu")
-    with pytest.raises(CheckpointError, match="is a file, not a folder: pass the folder that holds the model's config.json and weights$"):
+    with pytest.raises(CheckpointError, match="is a file, not a folder: pass the folder that holds the model's config.json "
+                                              "and weights$"):
         load_model(__file__, device="cpu")  # (tests/ holds no config.json)
 
 

@@ -324,7 +324,8 @@ def test_prefill_activation_estimate_bounds_the_measured_peak(shape):
     eng = random_engine(shape + "-1layer", "cuda", torch.float16, tok)
     t = 4096
     ids = torch.randint(3, 32000, (1, t), device="cuda")
-    cache = KVCache(eng.model.config, 1, t, torch.float16, torch.device("cuda"), grow=False)  # held whole: the peak is the prefill's own
+    # held whole: the peak is the prefill's own
+    cache = KVCache(eng.model.config, 1, t, torch.float16, torch.device("cuda"), grow=False)
     zero = torch.zeros(1, dtype=torch.long, device="cuda")
     ctx = StepContext(torch.arange(t, device="cuda")[None], torch.arange(t, device="cuda"), 0, zero, t)
     with torch.inference_mode():

@@ -94,7 +94,8 @@ def test_adapter_errors_are_named(base, tok, tmp_path):
 
     with pytest.raises(CheckpointError, match="does not exist"):
         load(tmp_path / "absent")
-    with pytest.raises(CheckpointError, match=f"adapter folder .* is a file, not a folder: .*; its folder {tmp_path / 'ok'} holds adapter_config.json"):
+    holder = f"its folder {tmp_path / 'ok'} holds adapter_config.json"
+    with pytest.raises(CheckpointError, match=f"adapter folder .* is a file, not a folder: .*; {holder}"):
         load(tmp_path / "ok" / "adapter_config.json")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no adapter_config.json"):

@@ -9,7 +9,8 @@ Llama 7B's weight shapes, a median 2.3× at M = 2-4, 0.78-2.45× at M = 6-8, 0.7
 matrix-vector path, which streams as slowly, so it is doubled (the copy's products are dropped):
 0.87-2.8× on the 110M shapes, 0.65-1.03× on 7B's, where fp32 on a CPU is rare. So on the CPU in
 fp32, up to ``SMALL_ROWS`` rows times a weight of at least ``MIN_WEIGHT_ELEMENTS`` go through
-``weight_first``; more rows, a smaller weight, another device or another dtype take ``F.linear`` (in bf16, oneDNN's kernels, ``w @ x.T`` was 0.30-1.15× F.linear).
+``weight_first``; more rows, a smaller weight, another device or another dtype take ``F.linear``
+(in bf16, oneDNN's kernels, ``w @ x.T`` was 0.30-1.15× F.linear).
 
 The sum is the same mathematically but not in order: the rows differ from F.linear's in the last
 bits, as F.linear's own rows differ between batch sizes.
