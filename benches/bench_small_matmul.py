@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common import git_sha, machine, now, percentiles, versions, write_results  # noqa: E402
+from common import git_sha, machine, now, percentiles, time_call, versions, write_results  # noqa: E402
 
 # (name, N, K) of each model's projections: fused qkv, o, fused gate/up, down, lm_head
 SHAPES = {
@@ -34,17 +34,11 @@ SHAPES = {
 def time_cycling(fn, weights: list[torch.Tensor], x: torch.Tensor, calls: int) -> list[float]:
     """Seconds per call of fn(x, w) over `calls` calls, each on the next weight copy; 3 samples
     after one warm-up pass."""
-    import time
-
-    for w in weights:
-        fn(x, w)
-    samples = []
-    for _ in range(3):
-        t0 = time.perf_counter()
+    def run() -> None:
         for i in range(calls):
             fn(x, weights[i % len(weights)])
-        samples.append((time.perf_counter() - t0) / calls)
-    return samples
+
+    return [s / calls for s in time_call(run, repeats=3)]
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import torch
 
-from .model import Block, LlamaModel, StepContext
+from .model import Block, LlamaModel, StepContext, reserve_step
 from .ops import Ops
 
 
 def fused_decode_forward(model: LlamaModel, tokens: torch.Tensor, ctx: StepContext,
                          caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """tokens [B, 1] -> logits [B, V] in fp32, as ``model(tokens, ctx, caches)``."""
-    reserve = getattr(caches, "reserve", None)
-    if reserve is not None and isinstance(ctx.kv_len, int):
-        reserve(ctx.kv_len)  # a growing cache makes room for the slot this step writes, as in LlamaModel.forward
+    reserve_step(caches, ctx)
     ops, eps = model.ops, model.config.rms_norm_eps
     b = tokens.shape[0]
     s = model.embed(tokens).view(b, -1)  # the residual stream [B, C]

@@ -36,6 +36,14 @@ class StepContext:
     rope_len: int | None = None
 
 
+def reserve_step(caches: list[tuple[torch.Tensor, torch.Tensor]], ctx: StepContext) -> None:
+    """A growing cache (``KVCache.layers``) makes room for the slots a step writes before it writes
+    them; a step whose kv_len is a device tensor (a captured one) runs on a whole cache."""
+    reserve = getattr(caches, "reserve", None)
+    if reserve is not None and isinstance(ctx.kv_len, int):
+        reserve(ctx.kv_len)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
@@ -129,9 +137,7 @@ class LlamaModel(nn.Module):
         last_only: bool = True,
     ) -> torch.Tensor:
         """tokens [B, T] -> logits [B, V] (last position) or [B, T, V], in fp32."""
-        reserve = getattr(caches, "reserve", None)
-        if reserve is not None and isinstance(ctx.kv_len, int):
-            reserve(ctx.kv_len)  # a growing cache makes room for the slots this step writes
+        reserve_step(caches, ctx)
         ops, eps = self.ops, self.config.rms_norm_eps
         residual = self.embed(tokens)  # [B, T, C]
         h = ops.rms_norm(residual, self.layers[0].attn_norm, eps)
