@@ -78,22 +78,29 @@ def attention(q, k_cache, v_cache, q_start, kv_start, kv_len) -> torch.Tensor:
     b, t, hq, d = q.shape
     hkv = k_cache.shape[1]
     q_start, kv_len = int(q_start), int(kv_len)
-    k = k_cache[:, :, :kv_len]
+    k = k_cache[:, :, :kv_len]  # [B, Hkv, L, D]
     v = v_cache[:, :, :kv_len]
     group = hq // hkv
-    if group > 1:  # GQA: KV head h serves query heads h*group .. h*group+group-1
-        k = k[:, :, None].expand(b, hkv, group, kv_len, d).reshape(b, hq, kv_len, d)
-        v = v[:, :, None].expand(b, hkv, group, kv_len, d).reshape(b, hq, kv_len, d)
-    qh = q.transpose(1, 2)
+    qh = q.transpose(1, 2)  # [B, Hq, T, D]
     # Without padding the mask is plain causal (prefill) or empty (one query at the end): let SDPA
     # pick its fused kernels instead of reading a materialised mask.
-    if not bool(kv_start.any()):
-        if t == 1 and q_start == kv_len - 1:
-            return F.scaled_dot_product_attention(qh, k, v).transpose(1, 2)
-        if q_start == 0 and t == kv_len:
-            return F.scaled_dot_product_attention(qh, k, v, is_causal=True).transpose(1, 2)
-    mask = attention_mask(q_start, t, kv_len, kv_start)
-    return F.scaled_dot_product_attention(qh, k, v, attn_mask=mask).transpose(1, 2)
+    padded = bool(kv_start.any())
+    if not padded and q_start == 0 and t == kv_len and t > 1:
+        if group > 1:  # GQA: KV head h serves query heads h*group .. h*group+group-1
+            k = k[:, :, None].expand(b, hkv, group, kv_len, d).reshape(b, hq, kv_len, d)
+            v = v[:, :, None].expand(b, hkv, group, kv_len, d).reshape(b, hq, kv_len, d)
+        return F.scaled_dot_product_attention(qh, k, v, is_causal=True).transpose(1, 2)
+    mask = None if not padded and t == 1 and q_start == kv_len - 1 else attention_mask(q_start, t, kv_len, kv_start)
+    if group > 1:
+        # GQA without copying K/V: a KV head's query heads ride along the query axis, [B, Hkv,
+        # group*T, D] against [B, Hkv, L, D], each row with its own query's mask row. (Repeating
+        # K/V per query head instead copies the cache group times: in a CPU decode step that
+        # copy took 40x the attention itself.)
+        qh = qh.reshape(b, hkv, group * t, d)
+        if mask is not None and t > 1:
+            mask = mask[:, :, None].expand(b, 1, group, t, kv_len).reshape(b, 1, group * t, kv_len)
+    out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask)  # [B, Hkv or Hq, group*T or T, D]
+    return out.reshape(b, hq, t, d).transpose(1, 2)
 
 
 def rope_attention(q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len) -> torch.Tensor:
