@@ -22,6 +22,9 @@ SHAPES: dict[str, dict[str, Any]] = {
     # tiny: harness checks
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96, vocab_size=32016),
 }
+# One layer of 34B (its attention and MLP; the bundled tokenizer's 32016 pieces, 16 more than 34B's):
+# a CPU run of a 34B step's per-layer work, where the whole model does not fit
+SHAPES["34B-1L"] = dict(SHAPES["34B"], num_hidden_layers=1, vocab_size=32016)
 COMMON = dict(rms_norm_eps=1e-5, rope_theta=1e6, max_position_embeddings=16384)
 
 

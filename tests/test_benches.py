@@ -101,3 +101,20 @@ def test_bench_small_matmul_tiny(tmp_path):
     assert len([r for r in data["rows"] if r["provider"] == "ratio"]) == len(ours) == 2 * 2 * 2
     assert len([r for r in data["rows"] if r["provider"] == "weight_first"]) == len(ours)
     assert all(r["p50"] > 0 for r in data["rows"])
+
+
+def test_bench_cpu_attention_tiny(tmp_path):
+    torch = pytest.importorskip("torch")
+    data = _run("bench_cpu_attention.py", "--layouts", "tiny", "--keys", "40", "--batch", "1", "3", "--dtype", "float32", "bfloat16",
+                "--budget-mb", "1", tmp=tmp_path)
+    gqa = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+    providers = {"codellama-fast", "repeat_kv"} | ({"sdpa_enable_gqa"} if gqa else set())
+    timed = [r for r in data["rows"] if r["provider"] != "ratio"]
+    # 2 batches × 2 dtypes, each provider
+    assert sorted((r["provider"], r["batch"], r["dtype"]) for r in timed) == sorted(
+        (p, b, dt) for p in providers for b in (1, 3) for dt in ("float32", "bfloat16"))
+    assert len([r for r in data["rows"] if r["provider"] == "ratio"]) == 4 * (len(providers) - 1)
+    assert all(r["p50"] > 0 for r in data["rows"])
+    # the three ways compute the same attention (fp32 rounding; bf16 rounds the outputs, ~3 digits)
+    for r in timed:
+        assert r["max_abs_diff_from_engine"] <= (1e-5 if r["dtype"] == "float32" else 2e-2), r

@@ -1,0 +1,135 @@
+"""A CPU decode step's attention: the engine's (``kernels.reference.attention``, which runs GQA
+with each KV head's query heads along the query axis) against the two ways transformers' SDPA
+attention runs it: K/V repeated for every query head (``repeat_kv``, its path when it passes a
+mask) and SDPA's ``enable_gqa`` (its path without one, torch >= 2.5). Head layouts of Code Llama
+7B (MHA) and 34B (8 query heads per KV head), the 110M CPU benchmark model's, and a tiny one for
+the harness's own test; one new token per sequence over 512-4096 cached keys, batch 1 (no mask)
+and batch 4 with a left-padded row (a mask), fp32 and bf16.
+
+Each timed call reads the next of several layers' caches (cycled over more memory than the CPU
+caches hold), as a decode step reads each layer's keys once from memory. Rates are K+V bytes of
+the visible keys per second; each row also records the largest difference from the engine's
+output.
+
+    python benches/bench_cpu_attention.py [--layouts 7B 34B] [--keys 512 2048 4096] [--batch 1 4] [--dtype float32 bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from common import git_sha, machine, now, percentiles, time_call, versions, write_results  # noqa: E402
+
+# (query heads, KV heads, head dim)
+LAYOUTS = {"7B": (32, 32, 128), "34B": (64, 8, 128), "110M": (12, 12, 64), "tiny": (8, 2, 16)}
+
+
+def repeat_kv(q, k_cache, v_cache, kv_start, kv_len):
+    """transformers' SDPA path with a mask: K/V repeated per query head, then SDPA."""
+    from codellama_fast.kernels.reference import attention_mask
+
+    b, _, hq, d = q.shape
+    hkv = k_cache.shape[1]
+    g = hq // hkv
+    k = k_cache[:, :, None, :kv_len].expand(b, hkv, g, kv_len, d).reshape(b, hq, kv_len, d)
+    v = v_cache[:, :, None, :kv_len].expand(b, hkv, g, kv_len, d).reshape(b, hq, kv_len, d)
+    mask = attention_mask(kv_len - 1, 1, kv_len, kv_start) if bool(kv_start.any()) else None
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask).transpose(1, 2)
+
+
+def enable_gqa(q, k_cache, v_cache, kv_start, kv_len):
+    """transformers' SDPA path without a mask (torch >= 2.5): SDPA's own GQA."""
+    from codellama_fast.kernels.reference import attention_mask
+
+    mask = attention_mask(kv_len - 1, 1, kv_len, kv_start) if bool(kv_start.any()) else None
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], attn_mask=mask,
+                                          enable_gqa=True).transpose(1, 2)
+
+
+def engine(q, k_cache, v_cache, kv_start, kv_len):
+    from codellama_fast.kernels.reference import attention
+
+    return attention(q, k_cache, v_cache, kv_len - 1, kv_start, kv_len)
+
+
+def time_cycling(fn: Callable, caches: list[tuple[torch.Tensor, torch.Tensor]], q, kv_start, kv_len: int) -> list[float]:
+    """Seconds per call, each call on the next layer's cache; 3 samples after a warm-up pass."""
+    calls = max(8, len(caches))
+
+    def run() -> None:
+        for i in range(calls):
+            k, v = caches[i % len(caches)]
+            fn(q, k, v, kv_start, kv_len)
+
+    return [s / calls for s in time_call(run, repeats=3)]
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layouts", nargs="+", default=["7B", "34B", "110M"], choices=sorted(LAYOUTS))
+    ap.add_argument("--keys", type=int, nargs="+", default=[512, 2048, 4096])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--budget-mb", type=float, default=400, help="memory the layers' caches of one shape take (more than the caches)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    has_gqa = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # SDPA's enable_gqa
+    providers: dict[str, Callable] = {"codellama-fast": engine, "repeat_kv": repeat_kv}
+    if has_gqa:
+        providers["sdpa_enable_gqa"] = enable_gqa
+    meta = {"bench": "cpu_attention", "machine": machine(), "versions": versions("torch", "codellama-fast"), "git_sha": git_sha(),
+            "timestamp": now(), "torch_threads": torch.get_num_threads(), "budget_mb": args.budget_mb}
+    rows: list[dict[str, Any]] = []
+    for dtype_name in args.dtype:
+        dtype = getattr(torch, dtype_name)
+        for layout in args.layouts:
+            hq, hkv, d = LAYOUTS[layout]
+            for b in args.batch:
+                for kv_len in args.keys:
+                    capacity = kv_len + 256  # a cache with room left, as the engine's
+                    layer_bytes = 2 * b * hkv * capacity * d * dtype.itemsize
+                    layers = max(2, int(args.budget_mb * 2**20 // layer_bytes))
+                    caches = [(torch.randn(b, hkv, capacity, d).to(dtype), torch.randn(b, hkv, capacity, d).to(dtype)) for _ in range(layers)]
+                    q = (torch.randn(b, 1, hq, d) * d**-0.5).to(dtype)
+                    # batch 4: one row left-padded by a quarter of the keys (the engine then masks)
+                    kv_start = torch.tensor([0] * (b - 1) + [kv_len // 4] if b > 1 else [0])
+                    visible = (kv_start.neg() + kv_len).sum().item()  # keys the batch sees
+                    read = 2 * hkv * visible * d * dtype.itemsize
+                    want = engine(q, *caches[0], kv_start, kv_len).float()
+                    shape = f"{layout} B{b} L{kv_len} Hq{hq} Hkv{hkv} D{d}"
+                    times = {}
+                    for provider, fn in providers.items():
+                        t = percentiles(time_cycling(fn, caches, q, kv_start, kv_len))
+                        times[provider] = t["p50"]
+                        diff = (fn(q, *caches[0], kv_start, kv_len).float() - want).abs().max().item()
+                        rows.append({"bench": "cpu_attention", "provider": provider, "metric": "kv_read_rate", "unit": "GB/s",
+                                     "shape": shape, "layout": layout, "batch": b, "keys": kv_len, "dtype": dtype_name,
+                                     "p50": read / t["p50"] / 1e9, "p20": read / t["p80"] / 1e9, "p80": read / t["p20"] / 1e9,
+                                     "us_p50": t["p50"] * 1e6, "max_abs_diff_from_engine": diff})
+                    for base in providers:
+                        if base != "codellama-fast":
+                            rows.append({"bench": "cpu_attention", "provider": "ratio", "metric": f"ours_over_{base}", "unit": "x",
+                                         "shape": shape, "dtype": dtype_name, "p50": times[base] / times["codellama-fast"]})
+                    others = "   ".join(f"{p} {times[p] * 1e6:9.0f} us ({times[p] / times['codellama-fast']:5.2f}x)"
+                                       for p in providers if p != "codellama-fast")
+                    print(f"{dtype_name:9s} {shape:34s} ours {times['codellama-fast'] * 1e6:9.0f} us "
+                          f"({read / times['codellama-fast'] / 1e9:5.1f} GB/s)   {others}", flush=True)
+                    del caches
+    path = write_results("cpu-attention", meta, rows, args.out)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
