@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--keys", type=int, nargs="+", default=[512, 2048, 4096])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
-    ap.add_argument("--budget-mb", type=float, default=400, help="memory the layers' caches of one shape take (more than the caches)")
+    ap.add_argument("--budget-mb", type=float, default=400,
+                    help="memory the layers' caches of one shape take (more than the caches)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> Path:
                     capacity = kv_len + 256  # a cache with room left, as the engine's
                     layer_bytes = 2 * b * hkv * capacity * d * dtype.itemsize
                     layers = max(2, int(args.budget_mb * 2**20 // layer_bytes))
-                    caches = [(torch.randn(b, hkv, capacity, d).to(dtype), torch.randn(b, hkv, capacity, d).to(dtype)) for _ in range(layers)]
+                    caches = [(torch.randn(b, hkv, capacity, d).to(dtype), torch.randn(b, hkv, capacity, d).to(dtype))
+                              for _ in range(layers)]
                     q = (torch.randn(b, 1, hq, d) * d**-0.5).to(dtype)
                     # batch 4: one row left-padded by a quarter of the keys (the engine then masks)
                     kv_start = torch.tensor([0] * (b - 1) + [kv_len // 4] if b > 1 else [0])
@@ -119,8 +121,9 @@ def main(argv: list[str] | None = None) -> Path:
                                      "us_p50": t["p50"] * 1e6, "max_abs_diff_from_engine": diff})
                     for base in providers:
                         if base != "codellama-fast":
-                            rows.append({"bench": "cpu_attention", "provider": "ratio", "metric": f"ours_over_{base}", "unit": "x",
-                                         "shape": shape, "dtype": dtype_name, "p50": times[base] / times["codellama-fast"]})
+                            rows.append({"bench": "cpu_attention", "provider": "ratio", "metric": f"ours_over_{base}",
+                                         "unit": "x", "shape": shape, "dtype": dtype_name,
+                                         "p50": times[base] / times["codellama-fast"]})
                     others = "   ".join(f"{p} {times[p] * 1e6:9.0f} us ({times[p] / times['codellama-fast']:5.2f}x)"
                                        for p in providers if p != "codellama-fast")
                     print(f"{dtype_name:9s} {shape:34s} ours {times['codellama-fast'] * 1e6:9.0f} us "

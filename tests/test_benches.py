@@ -105,8 +105,8 @@ def test_bench_small_matmul_tiny(tmp_path):
 
 def test_bench_cpu_attention_tiny(tmp_path):
     torch = pytest.importorskip("torch")
-    data = _run("bench_cpu_attention.py", "--layouts", "tiny", "--keys", "40", "--batch", "1", "3", "--dtype", "float32", "bfloat16",
-                "--budget-mb", "1", tmp=tmp_path)
+    data = _run("bench_cpu_attention.py", "--layouts", "tiny", "--keys", "40", "--batch", "1", "3",
+                "--dtype", "float32", "bfloat16", "--budget-mb", "1", tmp=tmp_path)
     gqa = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
     providers = {"codellama-fast", "repeat_kv"} | ({"sdpa_enable_gqa"} if gqa else set())
     timed = [r for r in data["rows"] if r["provider"] != "ratio"]

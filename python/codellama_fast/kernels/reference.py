@@ -93,9 +93,11 @@ def attention(q, k_cache, v_cache, q_start, kv_start, kv_len) -> torch.Tensor:
     mask = None if not padded and t == 1 and q_start == kv_len - 1 else attention_mask(q_start, t, kv_len, kv_start)
     if group > 1:
         # GQA without copying K/V: a KV head's query heads ride along the query axis, [B, Hkv,
-        # group*T, D] against [B, Hkv, L, D], each row with its own query's mask row. (Repeating
-        # K/V per query head instead copies the cache group times: in a CPU decode step that
-        # copy took 40x the attention itself.)
+        # group*T, D] against [B, Hkv, L, D], each row with its own query's mask row. Repeating
+        # K/V per query head copies the cache group times: on the CPU, 34B's decode attention
+        # took 9-35x as long that way (benches/bench_cpu_attention.py). A whole prompt's causal
+        # prefill (above) keeps the copy and SDPA's causal kernel: folded, it would need a
+        # materialised [group*T, T] mask per sequence.
         qh = qh.reshape(b, hkv, group * t, d)
         if mask is not None and t > 1:
             mask = mask[:, :, None].expand(b, 1, group, t, kv_len).reshape(b, 1, group * t, kv_len)
