@@ -43,6 +43,8 @@ CASES = [
     (2, 9, 8, 2, 16, 0, 9, [0, 0], "GQA 4 causal prefill"),
     (2, 9, 8, 2, 16, 0, 9, [0, 4], "GQA 4 prefill, left padded (padding queries see themselves)"),
     (1, 1, 4, 2, 16, 0, 1, [0], "the first token alone"),
+    # fp32: more than 2*Hkv*D*4 = 64 queries, so the K/V copy (fp64: 128, so still folded)
+    (2, 70, 4, 1, 8, 5, 75, [0, 9], "GQA 4, a long chunk after earlier keys, padded"),
 ]
 
 
@@ -64,20 +66,31 @@ def test_attention_equals_the_masking_rule_key_by_key(dtype, b, t, hq, hkv, d, q
     assert err <= tol * max(1.0, want.abs().max().item()), f"{what}: max error {err}"
 
 
-@pytest.mark.parametrize("t,q_start,kv_len,pads", [(1, 40, 41, [0, 0]), (1, 40, 41, [0, 9]), (3, 38, 41, [0, 9])])
-def test_gqa_attention_reads_the_cache_without_repeating_it(monkeypatch, t, q_start, kv_len, pads):
-    """Decode and guessed tokens hand SDPA the cache's own KV heads (each KV head's query heads
-    along the query axis), not a copy repeated for every query head."""
+@pytest.mark.parametrize("t,q_start,kv_len,pads,folded", [
+    (1, 40, 41, [0, 0], True), (1, 40, 41, [0, 9], True), (3, 38, 41, [0, 9], True),
+    (256, 40, 296, [0, 9], True),    # 2*Hkv*D*4 bytes = 256 queries: the repeated mask rows weigh what the copy would
+    (257, 40, 297, [0, 9], False),  # one more: the copy
+])
+def test_gqa_attention_reads_the_cache_without_repeating_it(monkeypatch, t, q_start, kv_len, pads, folded):
+    """Decode, guessed tokens and chunks hand SDPA the cache's own KV heads (each KV head's query
+    heads along the query axis), not a copy repeated for every query head; a chunk whose repeated
+    mask rows would outweigh that copy takes the copy."""
     seen = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def spy(q, k, v, *args, **kwargs):
-        seen.append((tuple(q.shape), tuple(k.shape)))
+        mask = kwargs.get("attn_mask")
+        seen.append((tuple(q.shape), tuple(k.shape), None if mask is None else tuple(mask.shape)))
         return sdpa(q, k, v, *args, **kwargs)
 
     monkeypatch.setattr(R.F, "scaled_dot_product_attention", spy)
     b, hq, hkv, d = 2, 8, 2, 16
     q = torch.randn(b, t, hq, d)
-    kc, vc = torch.randn(b, hkv, 64, d), torch.randn(b, hkv, 64, d)
+    kc, vc = torch.randn(b, hkv, kv_len + 8, d), torch.randn(b, hkv, kv_len + 8, d)
     R.attention(q, kc, vc, q_start, torch.tensor(pads), kv_len)
-    assert seen == [((b, hkv, hq // hkv * t, d), (b, hkv, kv_len, d))]
+    group = hq // hkv
+    mask = None if t == 1 and not any(pads) else (b, 1, group * t if folded and t > 1 else t, kv_len)
+    if folded:
+        assert seen == [((b, hkv, group * t, d), (b, hkv, kv_len, d), mask)]
+    else:
+        assert seen == [((b, hq, t, d), (b, hq, kv_len, d), mask)]

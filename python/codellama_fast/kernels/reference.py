@@ -74,6 +74,15 @@ def attention_mask(q_start: int, t: int, kv_len: int, kv_start: torch.Tensor) ->
     return ((causal[None] & not_pad) | own)[:, None]
 
 
+def _repeat_heads(x: torch.Tensor, group: int) -> torch.Tensor:
+    """[B, Hkv, L, D] -> [B, Hkv*group, L, D], KV head h serving query heads h*group .. h*group+group-1
+    (a copy where group > 1)."""
+    if group == 1:
+        return x
+    b, hkv, n, d = x.shape
+    return x[:, :, None].expand(b, hkv, group, n, d).reshape(b, hkv * group, n, d)
+
+
 def attention(q, k_cache, v_cache, q_start, kv_start, kv_len) -> torch.Tensor:
     b, t, hq, d = q.shape
     hkv = k_cache.shape[1]
@@ -86,21 +95,21 @@ def attention(q, k_cache, v_cache, q_start, kv_start, kv_len) -> torch.Tensor:
     # pick its fused kernels instead of reading a materialised mask.
     padded = bool(kv_start.any())
     if not padded and q_start == 0 and t == kv_len and t > 1:
-        if group > 1:  # GQA: KV head h serves query heads h*group .. h*group+group-1
-            k = k[:, :, None].expand(b, hkv, group, kv_len, d).reshape(b, hq, kv_len, d)
-            v = v[:, :, None].expand(b, hkv, group, kv_len, d).reshape(b, hq, kv_len, d)
+        k, v = _repeat_heads(k, group), _repeat_heads(v, group)
         return F.scaled_dot_product_attention(qh, k, v, is_causal=True).transpose(1, 2)
     mask = None if not padded and t == 1 and q_start == kv_len - 1 else attention_mask(q_start, t, kv_len, kv_start)
-    if group > 1:
-        # GQA without copying K/V: a KV head's query heads ride along the query axis, [B, Hkv,
-        # group*T, D] against [B, Hkv, L, D], each row with its own query's mask row. Repeating
-        # K/V per query head copies the cache group times: on the CPU, 34B's decode attention
-        # took 9-35x as long that way (benches/bench_cpu_attention.py). A whole prompt's causal
-        # prefill (above) keeps the copy and SDPA's causal kernel: folded, it would need a
-        # materialised [group*T, T] mask per sequence.
+    # GQA without copying K/V: a KV head's query heads ride along the query axis, [B, Hkv, group*T,
+    # D] against [B, Hkv, L, D], each row with its own query's mask row. Repeating K/V per query
+    # head copies the cache group times: on the CPU, 34B's decode attention took 9-35x as long
+    # that way (benches/bench_cpu_attention.py). The mask's rows are repeated instead, so a long
+    # prompt's later chunk (T > 2*Hkv*D*bytes per element, where those rows would outweigh the
+    # copy) keeps the copy, as does a whole prompt's causal prefill (above, SDPA's causal kernel).
+    if group > 1 and t <= 2 * hkv * d * k.element_size():
         qh = qh.reshape(b, hkv, group * t, d)
         if mask is not None and t > 1:
             mask = mask[:, :, None].expand(b, 1, group, t, kv_len).reshape(b, 1, group * t, kv_len)
+    else:
+        k, v = _repeat_heads(k, group), _repeat_heads(v, group)
     out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask)  # [B, Hkv or Hq, group*T or T, D]
     return out.reshape(b, hq, t, d).transpose(1, 2)
 
