@@ -26,50 +26,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common import git_sha, machine, now, percentiles, time_call, versions, write_results  # noqa: E402
+from common import git_sha, machine, now, percentiles, time_cycling, versions, write_results  # noqa: E402
 
 # (query heads, KV heads, head dim)
 LAYOUTS = {"7B": (32, 32, 128), "34B": (64, 8, 128), "110M": (12, 12, 64), "tiny": (8, 2, 16)}
 
 
-def repeat_kv(q, k_cache, v_cache, kv_start, kv_len):
-    """transformers' SDPA path with a mask: K/V repeated per query head, then SDPA."""
+def _mask(kv_start, kv_len):
+    """The one new query's mask [B, 1, 1, L] where a row is padded, else None (as the engine's)."""
     from codellama_fast.kernels.reference import attention_mask
 
-    b, _, hq, d = q.shape
-    hkv = k_cache.shape[1]
-    g = hq // hkv
-    k = k_cache[:, :, None, :kv_len].expand(b, hkv, g, kv_len, d).reshape(b, hq, kv_len, d)
-    v = v_cache[:, :, None, :kv_len].expand(b, hkv, g, kv_len, d).reshape(b, hq, kv_len, d)
-    mask = attention_mask(kv_len - 1, 1, kv_len, kv_start) if bool(kv_start.any()) else None
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask).transpose(1, 2)
+    return attention_mask(kv_len - 1, 1, kv_len, kv_start) if bool(kv_start.any()) else None
+
+
+def repeat_kv(q, k_cache, v_cache, kv_start, kv_len):
+    """transformers' SDPA path with a mask: K/V repeated per query head, then SDPA."""
+    from codellama_fast.kernels.reference import repeat_heads
+
+    g = q.shape[2] // k_cache.shape[1]
+    k, v = repeat_heads(k_cache[:, :, :kv_len], g), repeat_heads(v_cache[:, :, :kv_len], g)
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=_mask(kv_start, kv_len)).transpose(1, 2)
 
 
 def enable_gqa(q, k_cache, v_cache, kv_start, kv_len):
     """transformers' SDPA path without a mask (torch >= 2.5): SDPA's own GQA."""
-    from codellama_fast.kernels.reference import attention_mask
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k_cache[:, :, :kv_len], v_cache[:, :, :kv_len],
+                                          attn_mask=_mask(kv_start, kv_len), enable_gqa=True).transpose(1, 2)
 
-    mask = attention_mask(kv_len - 1, 1, kv_len, kv_start) if bool(kv_start.any()) else None
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], attn_mask=mask,
-                                          enable_gqa=True).transpose(1, 2)
+
+def _on_layer(fn: Callable, q, kv_start, kv_len: int) -> Callable:
+    """fn's call on one layer's (k_cache, v_cache)."""
+    return lambda kv: fn(q, kv[0], kv[1], kv_start, kv_len)
 
 
 def engine(q, k_cache, v_cache, kv_start, kv_len):
     from codellama_fast.kernels.reference import attention
 
     return attention(q, k_cache, v_cache, kv_len - 1, kv_start, kv_len)
-
-
-def time_cycling(fn: Callable, caches: list[tuple[torch.Tensor, torch.Tensor]], q, kv_start, kv_len: int) -> list[float]:
-    """Seconds per call, each call on the next layer's cache; 3 samples after a warm-up pass."""
-    calls = max(8, len(caches))
-
-    def run() -> None:
-        for i in range(calls):
-            k, v = caches[i % len(caches)]
-            fn(q, k, v, kv_start, kv_len)
-
-    return [s / calls for s in time_call(run, repeats=3)]
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -112,7 +105,7 @@ def main(argv: list[str] | None = None) -> Path:
                     shape = f"{layout} B{b} L{kv_len} Hq{hq} Hkv{hkv} D{d}"
                     times = {}
                     for provider, fn in providers.items():
-                        t = percentiles(time_cycling(fn, caches, q, kv_start, kv_len))
+                        t = percentiles(time_cycling(_on_layer(fn, q, kv_start, kv_len), caches, max(8, len(caches))))
                         times[provider] = t["p50"]
                         diff = (fn(q, *caches[0], kv_start, kv_len).float() - want).abs().max().item()
                         rows.append({"bench": "cpu_attention", "provider": provider, "metric": "kv_read_rate", "unit": "GB/s",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common import git_sha, machine, now, percentiles, time_call, versions, write_results  # noqa: E402
+from common import git_sha, machine, now, percentiles, time_cycling, versions, write_results  # noqa: E402
 
 # (name, N, K) of each model's projections: fused qkv, o, fused gate/up, down, lm_head
 SHAPES = {
@@ -29,16 +30,6 @@ SHAPES = {
     "7B": [("qkv", 12288, 4096), ("o", 4096, 4096), ("gate_up", 22016, 4096), ("down", 4096, 11008), ("lm_head", 32016, 4096)],
     "tiny": [("qkv", 1024, 256), ("lm_head", 2048, 256)],  # (the harness's own test: the smallest weights the path takes)
 }
-
-
-def time_cycling(fn, weights: list[torch.Tensor], x: torch.Tensor, calls: int) -> list[float]:
-    """Seconds per call of fn(x, w) over `calls` calls, each on the next weight copy; 3 samples
-    after one warm-up pass."""
-    def run() -> None:
-        for i in range(calls):
-            fn(x, weights[i % len(weights)])
-
-    return [s / calls for s in time_call(run, repeats=3)]
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -76,7 +67,7 @@ def main(argv: list[str] | None = None) -> Path:
                     # engine's ("codellama-fast") only where small_matmul.uses_small_rows
                     for provider, fn in (("torch_linear", F.linear), ("codellama-fast", small_matmul.linear),
                                          ("weight_first", small_matmul.weight_first)):
-                        t = percentiles(time_cycling(fn, weights, x, calls))
+                        t = percentiles(time_cycling(partial(fn, x), weights, calls))
                         times[provider] = t["p50"]
                         rows.append({"bench": "small_matmul", "provider": provider, "metric": "weight_read_rate", "unit": "GB/s",
                                      "shape": shape, "rows": m, "dtype": dtype_name, "p50": nbytes / t["p50"] / 1e9,

@@ -84,6 +84,17 @@ def time_call(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[floa
     return out
 
 
+def time_cycling(call: Callable[[Any], Any], items: list[Any], calls: int, repeats: int = 3) -> list[float]:
+    """Seconds per call of call(item) over `calls` calls, each on the next of `items` (copies spread
+    over more memory than the CPU caches hold, so each call reads from memory, as a decode step
+    reads each weight or layer's cache once); `repeats` samples after one warm-up pass."""
+    def run() -> None:
+        for i in range(calls):
+            call(items[i % len(items)])
+
+    return [s / calls for s in time_call(run, repeats=repeats)]
+
+
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 

@@ -74,7 +74,7 @@ def attention_mask(q_start: int, t: int, kv_len: int, kv_start: torch.Tensor) ->
     return ((causal[None] & not_pad) | own)[:, None]
 
 
-def _repeat_heads(x: torch.Tensor, group: int) -> torch.Tensor:
+def repeat_heads(x: torch.Tensor, group: int) -> torch.Tensor:
     """[B, Hkv, L, D] -> [B, Hkv*group, L, D], KV head h serving query heads h*group .. h*group+group-1
     (a copy where group > 1)."""
     if group == 1:
@@ -95,7 +95,7 @@ def attention(q, k_cache, v_cache, q_start, kv_start, kv_len) -> torch.Tensor:
     # pick its fused kernels instead of reading a materialised mask.
     padded = bool(kv_start.any())
     if not padded and q_start == 0 and t == kv_len and t > 1:
-        k, v = _repeat_heads(k, group), _repeat_heads(v, group)
+        k, v = repeat_heads(k, group), repeat_heads(v, group)
         return F.scaled_dot_product_attention(qh, k, v, is_causal=True).transpose(1, 2)
     mask = None if not padded and t == 1 and q_start == kv_len - 1 else attention_mask(q_start, t, kv_len, kv_start)
     # GQA without copying K/V: a KV head's query heads ride along the query axis, [B, Hkv, group*T,
@@ -109,7 +109,7 @@ def attention(q, k_cache, v_cache, q_start, kv_start, kv_len) -> torch.Tensor:
         if mask is not None and t > 1:
             mask = mask[:, :, None].expand(b, 1, group, t, kv_len).reshape(b, 1, group * t, kv_len)
     else:
-        k, v = _repeat_heads(k, group), _repeat_heads(v, group)
+        k, v = repeat_heads(k, group), repeat_heads(v, group)
     out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask)  # [B, Hkv or Hq, group*T or T, D]
     return out.reshape(b, hq, t, d).transpose(1, 2)
 
