@@ -1,7 +1,8 @@
-"""A CPU decode step's attention: the engine's (``kernels.reference.attention``, which runs GQA
-with each KV head's query heads along the query axis) against the two ways transformers' SDPA
-attention runs it: K/V repeated for every query head (``repeat_kv``, its path when it passes a
-mask) and SDPA's ``enable_gqa`` (its path without one, torch >= 2.5). Head layouts of Code Llama
+"""A CPU decode step's attention: the engine's (``TorchOps.attention``: for MHA heads
+``engine/cpu_attention.py``, for GQA ``kernels.reference.attention``, which runs each KV head's
+query heads along the query axis) against the two ways transformers' SDPA attention runs it: K/V
+repeated for every query head (``repeat_kv``, its path when it passes a mask; for MHA heads plain
+SDPA) and SDPA's ``enable_gqa`` (its path without one, torch >= 2.5). Head layouts of Code Llama
 7B (MHA) and 34B (8 query heads per KV head), the 110M CPU benchmark model's, and a tiny one for
 the harness's own test; one new token per sequence over 512-4096 cached keys, batch 1 (no mask)
 and batch 4 with a left-padded row (a mask), fp32 and bf16.
@@ -60,9 +61,10 @@ def _on_layer(fn: Callable, q, kv_start, kv_len: int) -> Callable:
 
 
 def engine(q, k_cache, v_cache, kv_start, kv_len):
-    from codellama_fast.kernels.reference import attention
+    """The engine's CPU attention (``TorchOps.attention``)."""
+    from codellama_fast.engine.ops import TorchOps
 
-    return attention(q, k_cache, v_cache, kv_len - 1, kv_start, kv_len)
+    return TorchOps().attention(q, k_cache, v_cache, kv_len - 1, kv_start, kv_len)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -25,6 +25,8 @@ SHAPES: dict[str, dict[str, Any]] = {
 # One layer of 34B (its attention and MLP; the bundled tokenizer's 32016 pieces, 16 more than 34B's):
 # a CPU run of a 34B step's per-layer work, where the whole model does not fit
 SHAPES["34B-1L"] = dict(SHAPES["34B"], num_hidden_layers=1, vocab_size=32016)
+# One layer of 7B (its 32 MHA heads and MLP, and the output head): a CPU decode step's per-layer work
+SHAPES["7B-1L"] = dict(SHAPES["7B"], num_hidden_layers=1)
 COMMON = dict(rms_norm_eps=1e-5, rope_theta=1e6, max_position_embeddings=16384)
 
 

@@ -33,7 +33,7 @@ import torch
 
 from ..errors import DeviceError
 from ..kernels import reference
-from . import small_matmul
+from . import cpu_attention, small_matmul
 
 
 class Ops(Protocol):
@@ -94,6 +94,8 @@ class TorchOps:
         return q_rot
 
     def attention(self, q, k_cache, v_cache, q_start, kv_start, kv_len):
+        if cpu_attention.applies(q, k_cache, kv_len):  # a CPU MHA decode step: the layouts MKL streams fastest
+            return cpu_attention.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
         return reference.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
 
     def rope_attention(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len):

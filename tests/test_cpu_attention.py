@@ -1,0 +1,147 @@
+"""The CPU decode attention for one query per KV head (engine/cpu_attention.py) against the masking
+rule applied key by key in float64, in fp32 and bf16; which calls take it; and an MHA model with
+128-wide heads that decodes through it generating what transformers generates."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from codellama_fast.engine import cpu_attention as CA  # noqa: E402
+from codellama_fast.engine.ops import TorchOps  # noqa: E402
+from tests.engine_helpers import fresh_seed  # noqa: E402
+from tests.test_reference_attention import _loop_attention  # noqa: E402
+
+# (batch, heads, head dim, the query's slot, keys, left padding)
+CASES = [
+    (1, 4, 128, 40, 41, [0], "one sequence at the end of its cache"),
+    (3, 2, 128, 30, 31, [0, 7, 30], "padded rows; one sees only its own key"),
+    (2, 3, 64, 20, 33, [0, 4], "a query before the cache's end (keys past it unseen)"),
+    (5, 3, 32, 52, 53, [0, 0, 1, 9, 50], "more heads than a widening block holds (bf16 blocks of 2 heads)"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("b,h,d,q_start,kv_len,pads,what", CASES, ids=[c[-1] for c in CASES])
+def test_attention_equals_the_masking_rule_key_by_key(monkeypatch, dtype, b, h, d, q_start, kv_len, pads, what):
+    monkeypatch.setattr(CA, "WIDEN_BLOCK_ELEMENTS", 2 * kv_len * d)  # bf16: blocks of 2 heads, a remainder where h is odd
+    torch.manual_seed(fresh_seed())
+    q = torch.randn(b, 1, h, d).to(dtype)
+    kc = torch.randn(b, h, kv_len + 5, d).to(dtype)  # slots past kv_len hold keys no query may see
+    vc = torch.randn(b, h, kv_len + 5, d).to(dtype)
+    kv_start = torch.tensor(pads)
+    got = CA.attention(q, kc, vc, q_start, kv_start, kv_len)
+    want = _loop_attention(q, kc, vc, q_start, kv_start, kv_len)  # float64 over the same stored values
+    assert got.shape == (b, 1, h, d) and got.dtype == dtype
+    err = (got.double() - want).abs()
+    if dtype == torch.float32:
+        # each output is a convex mix of values of size ~3: a few fp32 ulps of that
+        assert err.max().item() <= 2e-5 * max(1.0, want.abs().max().item()), f"{what}: max error {err.max().item()}"
+    else:
+        # everything runs in fp32 and is rounded to bf16 once: half a bf16 ulp (at most 2^-8 of
+        # each output), plus the fp32 sums' few ulps
+        assert bool((err <= want.abs() * 2.0**-8 + 1e-5).all()), f"{what}: max error {err.max().item()}"
+
+
+def test_bf16_is_at_least_as_close_as_sdpa():
+    """bf16 SDPA rounds the probabilities to bf16 before they meet V; this path does not, so over a
+    long cache its output is no further from the float64 attention than SDPA's."""
+    torch.manual_seed(fresh_seed())
+    b, h, d, n = 2, 8, 128, 1500
+    q = torch.randn(b, 1, h, d).bfloat16()
+    kc, vc = torch.randn(b, h, n, d).bfloat16(), torch.randn(b, h, n, d).bfloat16()
+    kv_start = torch.tensor([0, 100])
+    exact = _loop_attention(q, kc, vc, n - 1, kv_start, n)
+    from codellama_fast.kernels import reference
+
+    ours = (CA.attention(q, kc, vc, n - 1, kv_start, n).double() - exact).abs().mean().item()
+    sdpa = (reference.attention(q, kc, vc, n - 1, kv_start, n).double() - exact).abs().mean().item()
+    assert ours <= sdpa * 1.05, (ours, sdpa)
+
+
+def _spy(monkeypatch):
+    calls = []
+    real = CA.attention
+
+    def spy(*args, **kwargs):
+        calls.append(tuple(args[0].shape))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(CA, "attention", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype,b,t,hq,hkv,d,kv_len,taken", [
+    (torch.float32, 1, 1, 32, 32, 128, 128, True),     # 7B heads: 2^19 elements of K
+    (torch.float32, 1, 1, 32, 32, 128, 127, False),    # one key fewer: SDPA
+    (torch.bfloat16, 4, 1, 12, 12, 64, 256, True),     # bf16 takes 64-wide heads too
+    (torch.float32, 4, 1, 12, 12, 64, 4096, False),    # fp32 64-wide heads: parity, SDPA kept
+    (torch.float32, 1, 2, 32, 32, 128, 4096, False),   # two queries (guessed tokens): SDPA
+    (torch.bfloat16, 1, 1, 64, 8, 128, 4096, False),   # GQA: the folded SDPA call
+    (torch.float16, 1, 1, 32, 32, 128, 4096, False),   # fp16: SDPA
+])
+def test_which_calls_take_it(monkeypatch, dtype, b, t, hq, hkv, d, kv_len, taken):
+    calls = _spy(monkeypatch)
+    q = torch.randn(b, t, hq, d).to(dtype)
+    kc, vc = torch.randn(b, hkv, kv_len + 2, d).to(dtype), torch.randn(b, hkv, kv_len + 2, d).to(dtype)
+    TorchOps().attention(q, kc, vc, kv_len - t, torch.zeros(b, dtype=torch.long), kv_len)
+    assert CA.applies(q, kc, kv_len) == taken
+    assert calls == ([(b, t, hq, d)] if taken else [])
+
+
+@pytest.fixture(scope="module")
+def wide_heads(tmp_path_factory):
+    """An MHA model with two 128-wide heads (Code Llama's head dim), written by transformers."""
+    from tests.engine_helpers import make_hf_model, save
+
+    hf = make_hf_model("mha", fresh_seed(), hidden_size=256, num_attention_heads=2, num_key_value_heads=2)
+    return hf, save(hf, tmp_path_factory.mktemp("wide-heads"))
+
+
+def test_a_model_decoding_through_it_generates_what_transformers_generates(monkeypatch, wide_heads, tok):
+    """Greedy decoding of a batch with a padded row, every decode step's attention on this path
+    (the size floor lowered for the tiny model), equals transformers' fp32 greedy for each prompt.
+    (The prefill's last layer, which runs for the last position alone, takes it too.)"""
+    from tests.engine_helpers import fp32_engine
+
+    monkeypatch.setattr(CA, "MIN_CACHE_ELEMENTS", 0)
+    calls = _spy(monkeypatch)
+    hf, path = wide_heads
+    engine = fp32_engine(path, tok)
+    prompts = ["def quicksort(items):\n    ", "x = 1"]
+    got = engine.generate(prompts, max_new_tokens=24, stop_at_eos=False)
+    # every decode step after the prefill's token, and the prefill's last layer for its last position
+    assert len(calls) == 23 * hf.config.num_hidden_layers + 1
+    for prompt, ids in zip(prompts, got.token_ids):
+        x = torch.tensor([tok.encode(prompt)])
+        want = hf.generate(x, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)[0, x.shape[1]:]
+        assert ids == want.tolist()
+
+
+def test_bf16_decode_logits_stay_near_transformers_fp32(monkeypatch, wide_heads):
+    """A bf16 model decoding through this path: each step's logits within bf16's reach of
+    transformers' fp32 logits for the same sequence (the same bound as the bf16 prefill's)."""
+    from codellama_fast.engine import load_model
+    from codellama_fast.engine.cache import KVCache
+    from codellama_fast.engine.model import StepContext
+
+    monkeypatch.setattr(CA, "MIN_CACHE_ELEMENTS", 0)
+    calls = _spy(monkeypatch)
+    hf, path = wide_heads
+    model = load_model(path, dtype="bfloat16", device="cpu")
+    t0, steps = 12, 6
+    ids = torch.randint(0, hf.config.vocab_size, (1, t0 + steps))
+    with torch.no_grad():
+        ref = hf(ids).logits[0, t0 - 1: t0 + steps - 1]
+    cache = KVCache(model.config, 1, t0 + steps, torch.bfloat16, torch.device("cpu"))
+    kv_start = torch.zeros(1, dtype=torch.long)
+    got = []
+    with torch.no_grad():
+        got.append(model(ids[:, :t0], StepContext(torch.arange(t0)[None], torch.arange(t0), 0, kv_start, t0), cache.layers)[0])
+        for s in range(t0, t0 + steps - 1):
+            ctx = StepContext(torch.tensor([[s]]), torch.tensor([s]), s, kv_start, s + 1)
+            got.append(model(ids[:, s: s + 1], ctx, cache.layers)[0])
+    assert len(calls) == (steps - 1) * hf.config.num_hidden_layers + 1  # and the prefill's last position
+    rel = ((torch.stack(got).float() - ref).abs().max() / ref.abs().max()).item()
+    assert rel < 6e-2
