@@ -18,11 +18,11 @@ CASES = [
     (1, 4, 128, 40, 41, [0], "one sequence at the end of its cache"),
     (3, 2, 128, 30, 31, [0, 7, 30], "padded rows; one sees only its own key"),
     (2, 3, 64, 20, 33, [0, 4], "a query before the cache's end (keys past it unseen)"),
-    (5, 3, 32, 52, 53, [0, 0, 1, 9, 50], "more heads than a widening block holds (bf16 blocks of 2 heads)"),
+    (5, 3, 32, 52, 53, [0, 0, 1, 9, 50], "more heads than a widening block holds (bf16/fp16: blocks of 1-2 heads)"),
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("b,h,d,q_start,kv_len,pads,what", CASES, ids=[c[-1] for c in CASES])
 def test_attention_equals_the_masking_rule_key_by_key(monkeypatch, dtype, b, h, d, q_start, kv_len, pads, what):
     monkeypatch.setattr(CA, "WIDEN_BLOCK_ELEMENTS", 2 * kv_len * d)  # bf16: blocks of 2 heads, a remainder where h is odd
@@ -39,9 +39,10 @@ def test_attention_equals_the_masking_rule_key_by_key(monkeypatch, dtype, b, h, 
         # each output is a convex mix of values of size ~3: a few fp32 ulps of that
         assert err.max().item() <= 2e-5 * max(1.0, want.abs().max().item()), f"{what}: max error {err.max().item()}"
     else:
-        # everything runs in fp32 and is rounded to bf16 once: half a bf16 ulp (at most 2^-8 of
-        # each output), plus the fp32 sums' few ulps
-        assert bool((err <= want.abs() * 2.0**-8 + 1e-5).all()), f"{what}: max error {err.max().item()}"
+        # everything runs in fp32 and is rounded to bf16 / fp16 once: half an ulp (at most 2^-8 / 2^-11
+        # of each output), plus the fp32 sums' few ulps
+        half_ulp = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+        assert bool((err <= want.abs() * half_ulp + 1e-5).all()), f"{what}: max error {err.max().item()}"
 
 
 def test_bf16_is_at_least_as_close_as_sdpa():
@@ -79,7 +80,7 @@ def _spy(monkeypatch):
     (torch.float32, 4, 1, 12, 12, 64, 4096, False),    # fp32 64-wide heads: parity, SDPA kept
     (torch.float32, 1, 2, 32, 32, 128, 4096, False),   # two queries (guessed tokens): SDPA
     (torch.bfloat16, 1, 1, 64, 8, 128, 4096, False),   # GQA: the folded SDPA call
-    (torch.float16, 1, 1, 32, 32, 128, 4096, False),   # fp16: SDPA
+    (torch.float16, 1, 1, 32, 32, 128, 4096, True),    # fp16, as bf16
 ])
 def test_which_calls_take_it(monkeypatch, dtype, b, t, hq, hkv, d, kv_len, taken):
     calls = _spy(monkeypatch)
@@ -88,6 +89,18 @@ def test_which_calls_take_it(monkeypatch, dtype, b, t, hq, hkv, d, kv_len, taken
     TorchOps().attention(q, kc, vc, kv_len - t, torch.zeros(b, dtype=torch.long), kv_len)
     assert CA.applies(q, kc, kv_len) == taken
     assert calls == ([(b, t, hq, d)] if taken else [])
+
+
+@pytest.mark.parametrize("heads,per", [(40, 3), (32, 5), (3, 2), (64, 64)])
+def test_widening_blocks_cover_every_head_once_and_avoid_single_heads(monkeypatch, heads, per):
+    n, d = 10, 4
+    monkeypatch.setattr(CA, "WIDEN_BLOCK_ELEMENTS", per * n * d)
+    x = torch.randn(heads, n, d).bfloat16()
+    blocks = [(s, e, blk.clone()) for s, e, blk in CA._fp32_blocks(x)]
+    assert [s for s, _, _ in blocks] == [0] + [e for _, e, _ in blocks[:-1]] and blocks[-1][1] == heads
+    assert all(torch.equal(blk, x[s:e].float()) for s, e, blk in blocks)
+    assert all(e - s <= max(2, per) for s, e, _ in blocks)
+    assert all(e - s >= 2 for s, e, _ in blocks) or heads < 2 * 2  # 3 heads in blocks of 2: one of 1
 
 
 @pytest.fixture(scope="module")

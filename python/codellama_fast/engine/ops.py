@@ -33,7 +33,7 @@ import torch
 
 from ..errors import DeviceError
 from ..kernels import reference
-from . import cpu_attention, small_matmul
+from . import cpu_attention, small_matmul, widened_linear
 
 
 class Ops(Protocol):
@@ -106,6 +106,8 @@ class TorchOps:
         return reference.swiglu(gate_up)
 
     def linear(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if widened_linear.applies(x, w):  # fp16 on the CPU, many rows: through fp32 blocks
+            return widened_linear.linear(x, w)
         return small_matmul.linear(x, w)  # F.linear, or on the CPU for few rows the layout MKL streams fastest
 
     def norm_linear(self, x, norm_w, w, eps):
