@@ -45,9 +45,10 @@ def test_attention_equals_the_masking_rule_key_by_key(monkeypatch, dtype, b, h, 
         assert bool((err <= want.abs() * half_ulp + 1e-5).all()), f"{what}: max error {err.max().item()}"
 
 
-def test_bf16_is_at_least_as_close_as_sdpa():
+def test_bf16_is_closer_than_sdpa():
     """bf16 SDPA rounds the probabilities to bf16 before they meet V; this path does not, so over a
-    long cache its output is no further from the float64 attention than SDPA's."""
+    long cache its output is closer to the float64 attention than SDPA's (about two thirds of
+    SDPA's mean error here; the bound leaves room for the random draw)."""
     torch.manual_seed(fresh_seed())
     b, h, d, n = 2, 8, 128, 1500
     q = torch.randn(b, 1, h, d).bfloat16()
@@ -58,7 +59,7 @@ def test_bf16_is_at_least_as_close_as_sdpa():
 
     ours = (CA.attention(q, kc, vc, n - 1, kv_start, n).double() - exact).abs().mean().item()
     sdpa = (reference.attention(q, kc, vc, n - 1, kv_start, n).double() - exact).abs().mean().item()
-    assert ours <= sdpa * 1.05, (ours, sdpa)
+    assert ours <= sdpa * 0.9, (ours, sdpa)
 
 
 def _spy(monkeypatch):

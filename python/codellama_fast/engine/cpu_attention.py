@@ -4,12 +4,12 @@
 SDPA's CPU kernel multiplies the one query by the cache as ``q @ K^T``. The scores here are
 ``K @ q^T`` (each key's dot product with the query, read along the key), which torch's MKL streams
 from memory several times as fast in fp32; the weighted sum ``p @ V`` has no faster orientation.
-In bf16, SDPA's one-query kernel reads the cache at about a third of its fp32 speed, and a bf16
-product over a cache slice with spare slots (the engine's caches keep some) copies the slice
-first; here each block of heads' keys and values is widened to fp32 into one reused buffer that
-stays in the L3 cache, and the scores, softmax and weighted sum run in fp32, rounded to bf16 once
-at the end (SDPA rounds the probabilities to bf16 before they meet V). Timings:
-benches/bench_cpu_attention.py.
+In bf16, SDPA's one-query kernel reads the cache at about a third of its fp32 speed (in fp16,
+slower still), and a bf16 product over a cache slice with spare slots (the engine's caches keep
+some) copies the slice first; here each block of heads' keys and values is widened to fp32 into
+one reused buffer that stays in the L3 cache, and the scores, softmax and weighted sum run in
+fp32, rounded to the cache's dtype once at the end (SDPA rounds the probabilities to bf16 before
+they meet V). Timings: benches/bench_cpu_attention.py.
 
 The same attention as ``reference.attention`` (query i sees slot j when j <= its slot and j >=
 kv_start[b], and its own slot) up to rounding: the sums run in another order.
@@ -31,8 +31,8 @@ MIN_CACHE_ELEMENTS = 2**19
 # In fp32 the gain is SDPA's slower reading of 128-wide (and wider) heads, every Code Llama's;
 # over 64-wide heads (the 110M benchmark model's) the two run at parity.
 MIN_FP32_HEAD_DIM = 128
-# Elements widened to fp32 per block in bf16 (8 MiB): small enough to stay in the L3 cache between
-# the widening and the product that reads it.
+# Elements widened to fp32 per block in bf16 and fp16 (8 MiB): small enough to stay in the L3 cache
+# between the widening and the product that reads it.
 WIDEN_BLOCK_ELEMENTS = 2**21
 
 
@@ -55,8 +55,8 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_s
     bh = b * h
     keys = k_cache[:, :, :n].reshape(bh, n, d)  # a view of the cache: [B*H, L, D]
     values = v_cache[:, :, :n].reshape(bh, n, d)
-    # [B*H, D, 1] as the transpose of a contiguous [B*H, 1, D]: MKL streams K @ q^T at the read
-    # ceiling in this layout and several times slower with q^T contiguous (the same numbers).
+    # [B*H, D, 1] as the transpose of a contiguous [B*H, 1, D]: MKL streams K @ q^T as fast as it
+    # reads memory in this layout, and several times slower with q^T contiguous (the same numbers).
     query = (q.reshape(bh, 1, d).to(torch.float32) * (1.0 / math.sqrt(d))).transpose(1, 2)
     scores = torch.empty(bh, n, 1, dtype=torch.float32)  # [B*H, L, 1]
     for s, e, block in _fp32_blocks(keys):

@@ -2,7 +2,7 @@
 
 torch's CPU matmul has no fast fp16 kernel on CPUs without native fp16 arithmetic: 256 rows times
 Code Llama 7B's MLP weight took 3.6x as long in fp16 as through fp32 on the 2-core AMD EPYC
-machines (8.5x bf16's time). Loading with ``torch_dtype=torch.float16``, as the model cards write
+machines (about 8.5x bf16's time). Loading with ``torch_dtype=torch.float16``, as the model cards write
 it, puts a CPU user on that path. Here each block of the weight's rows is widened to fp32 in a
 buffer that stays in cache, multiplied by a block of x's rows in fp32, and rounded to fp16 once:
 fp16 products are exact in fp32, so this is what an fp16 matmul that accumulates in fp32 gives,
@@ -17,8 +17,9 @@ import threading
 import torch
 
 # The fewest rows (the product of x's leading dims) that take the fp32 blocks. The blocks gain by
-# staying in the L3 cache, which this machine's neighbours share: 64 rows gained 2.6x when the cache
-# was ours and 1.4x when it was not, 16 rows 1.3x and 0.55x.
+# staying in the L3 cache, and on the shared 2-core machines that gain came and went (as if other
+# work took the cache): over 7B's MLP weight, 64 rows gained 2.7x and, in the slow spells, 1.4x;
+# 16 rows 1.3x and 0.55x.
 MIN_ROWS = 64
 # fp32 elements per block of the weight's rows, of x's rows, and of their product (8, 16 and 8 MiB
 # at most): blocks that stay in the L3 cache while the product reads them
