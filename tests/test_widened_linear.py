@@ -13,8 +13,10 @@ from codellama_fast.engine.ops import TorchOps  # noqa: E402
 from tests.engine_helpers import fresh_seed  # noqa: E402
 
 
+@pytest.mark.parametrize("weight_first", [True, False])
 @pytest.mark.parametrize("lead,k,n", [((70,), 96, 50), ((2, 33), 40, 129), ((64,), 8, 7)])
-def test_equals_the_float64_product_rounded_once(monkeypatch, lead, k, n):
+def test_equals_the_float64_product_rounded_once(monkeypatch, lead, k, n, weight_first):
+    monkeypatch.setattr(WL, "WEIGHT_FIRST_BELOW", 10**9 if weight_first else 0)  # each orientation
     # small blocks, so the rows and the weight both split, each with a remainder
     monkeypatch.setattr(WL, "WEIGHT_BLOCK_ELEMENTS", 16 * k)
     monkeypatch.setattr(WL, "ROW_BLOCK_ELEMENTS", 24 * k)

@@ -1,4 +1,5 @@
-"""x @ w.T for fp16 weights on the CPU with many rows (a prompt's prefill), through fp32 blocks.
+"""x @ w.T for fp16 weights on the CPU with many rows (a prompt's prefill, a large batch's decode
+step), through fp32 blocks.
 
 torch's CPU matmul has no fast fp16 kernel on CPUs without native fp16 arithmetic: 256 rows times
 Code Llama 7B's MLP weight took 3.6x as long in fp16 as through fp32 on the 2-core AMD EPYC
@@ -18,9 +19,14 @@ import torch
 
 # The fewest rows (the product of x's leading dims) that take the fp32 blocks. The blocks gain by
 # staying in the L3 cache, and on the shared 2-core machines that gain came and went (as if other
-# work took the cache): over 7B's MLP weight, 64 rows gained 2.7x and, in the slow spells, 1.4x;
-# 16 rows 1.3x and 0.55x.
-MIN_ROWS = 64
+# work took the cache). Over 7B's MLP weight: 32 rows 2.9x F.linear, 16 rows 1.9x; in a slow
+# spell the x-first product's 1.3x at 16 rows turned into 0.55x and its 2.7x at 64 into 1.4x, so
+# 16 rows (a batch or beams decoding together) keep F.linear.
+MIN_ROWS = 32
+# Below this many rows the product runs as w_block @ x_block.T, the orientation in which torch's
+# MKL streams a block for few rows fastest (as engine/small_matmul.py finds in fp32): 1.2-1.5x the
+# x-first product at 32-128 rows, parity at 256, 0.96x at 1024.
+WEIGHT_FIRST_BELOW = 256
 # fp32 elements per block of the weight's rows, of x's rows, and of their product (8, 16 and 8 MiB
 # at most): blocks that stay in the L3 cache while the product reads them
 WEIGHT_BLOCK_ELEMENTS = 2**21
@@ -50,9 +56,14 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         for c0 in range(0, n, per_w):
             c1 = min(n, c0 + per_w)
             wb = wide_w[: (c1 - c0) * k].view(c1 - c0, k).copy_(w[c0:c1])  # [cols, K] fp32
-            prod = partial[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
-            torch.mm(xb, wb.t(), out=prod)
-            out[r0:r1, c0:c1].copy_(prod)  # rounded to fp16 once
+            if m < WEIGHT_FIRST_BELOW:  # few rows: the weight block first, [cols, rows]
+                prod = partial[: (c1 - c0) * (r1 - r0)].view(c1 - c0, r1 - r0)
+                torch.mm(wb, xb.t(), out=prod)
+                out[r0:r1, c0:c1].copy_(prod.t())  # rounded to fp16 once
+            else:
+                prod = partial[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
+                torch.mm(xb, wb.t(), out=prod)
+                out[r0:r1, c0:c1].copy_(prod)
     return out.view(*x.shape[:-1], n)
 
 
