@@ -127,7 +127,7 @@ def test_a_model_decoding_through_it_generates_what_transformers_generates(monke
     got = engine.generate(prompts, max_new_tokens=24, stop_at_eos=False)
     # every decode step after the prefill's token, and the prefill's last layer for its last position
     assert len(calls) == 23 * hf.config.num_hidden_layers + 1
-    for prompt, ids in zip(prompts, got.token_ids):
+    for prompt, ids in zip(prompts, got.token_ids, strict=True):
         x = torch.tensor([tok.encode(prompt)])
         want = hf.generate(x, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)[0, x.shape[1]:]
         assert ids == want.tolist()

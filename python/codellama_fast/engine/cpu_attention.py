@@ -84,7 +84,7 @@ def _fp32_blocks(x: torch.Tensor):
     count = -(-bh // max(2, WIDEN_BLOCK_ELEMENTS // (n * d)))
     bounds = [bh * i // count for i in range(count + 1)]
     wide = _widening_buffer(-(-bh // count) * n * d)
-    for s, e in zip(bounds, bounds[1:]):
+    for s, e in zip(bounds[:-1], bounds[1:], strict=True):
         yield s, e, wide[: (e - s) * n * d].view(e - s, n, d).copy_(x[s:e])
 
 
