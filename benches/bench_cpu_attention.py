@@ -35,9 +35,9 @@ LAYOUTS = {"7B": (32, 32, 128), "34B": (64, 8, 128), "110M": (12, 12, 64), "tiny
 
 def _mask(kv_start, kv_len):
     """The one new query's mask [B, 1, 1, L] where a row is padded, else None (as the engine's)."""
-    from codellama_fast.kernels.reference import attention_mask
+    from codellama_fast.kernels.reference import attention_mask_or_none
 
-    return attention_mask(kv_len - 1, 1, kv_len, kv_start) if bool(kv_start.any()) else None
+    return attention_mask_or_none(kv_len - 1, 1, kv_len, kv_start, bool(kv_start.any()))
 
 
 def repeat_kv(q, k_cache, v_cache, kv_start, kv_len):

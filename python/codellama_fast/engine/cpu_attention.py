@@ -18,11 +18,11 @@ kv_start[b], and its own slot) up to rounding: the sums run in another order.
 from __future__ import annotations
 
 import math
-import threading
 
 import torch
 
 from ..kernels import reference
+from .scratch import fp32_buffer
 
 # The fewest cache elements (B x H x L x D, of K alone) that take this path: its extra steps (the
 # scaled query, a softmax of its own, the mask's layout) cost tens of microseconds a call, which a
@@ -61,10 +61,9 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_s
     scores = torch.empty(bh, n, 1, dtype=torch.float32)  # [B*H, L, 1]
     for s, e, block in _fp32_blocks(keys):
         torch.bmm(block, query[s:e], out=scores[s:e])
-    padded = bool(kv_start.any())
-    if padded or q_start != n - 1:
-        hidden = ~reference.attention_mask(q_start, 1, n, kv_start)  # [B, 1, 1, L]
-        scores.view(b, h, n).masked_fill_(hidden.view(b, 1, n), float("-inf"))
+    mask = reference.attention_mask_or_none(q_start, 1, n, kv_start, bool(kv_start.any()))  # [B, 1, 1, L]
+    if mask is not None:
+        scores.view(b, h, n).masked_fill_(~mask.view(b, 1, n), float("-inf"))
     probs = torch.softmax(scores, dim=1).view(bh, 1, n)  # [B*H, 1, L] (the same memory as [B*H, L, 1])
     out = torch.empty(bh, 1, d, dtype=torch.float32)
     for s, e, block in _fp32_blocks(values):
@@ -83,18 +82,7 @@ def _fp32_blocks(x: torch.Tensor):
     # product of a single head streams it about 4x slower than a batch of 2 or more.
     count = -(-bh // max(2, WIDEN_BLOCK_ELEMENTS // (n * d)))
     bounds = [bh * i // count for i in range(count + 1)]
-    wide = _widening_buffer(-(-bh // count) * n * d)
+    wide = fp32_buffer("attention", -(-bh // count) * n * d, reserve=WIDEN_BLOCK_ELEMENTS)
     for s, e in zip(bounds[:-1], bounds[1:], strict=True):
         yield s, e, wide[: (e - s) * n * d].view(e - s, n, d).copy_(x[s:e])
 
-
-_local = threading.local()
-
-
-def _widening_buffer(elements: int) -> torch.Tensor:
-    """This thread's fp32 buffer of at least ``elements``, kept between calls: a fresh block of a few
-    MiB each call comes from the system zeroed page by page, which cost as much as the product."""
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.numel() < elements:
-        buf = _local.buf = torch.empty(max(elements, WIDEN_BLOCK_ELEMENTS), dtype=torch.float32)
-    return buf[:elements]

@@ -13,9 +13,9 @@ weight is then as fast or faster.
 
 from __future__ import annotations
 
-import threading
-
 import torch
+
+from .scratch import fp32_buffer
 
 # The fewest rows (the product of x's leading dims) that take the fp32 blocks. The blocks gain by
 # staying in the L3 cache, and on the shared 2-core machines that gain came and went (as if other
@@ -47,9 +47,9 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     out = torch.empty(m, n, dtype=x.dtype)
     per_w = max(1, WEIGHT_BLOCK_ELEMENTS // k)  # weight rows per block
     per_x = max(1, min(ROW_BLOCK_ELEMENTS // k, PRODUCT_BLOCK_ELEMENTS // min(per_w, n)))  # x rows per block
-    wide_w = _buffer("w", min(per_w, n) * k)
-    wide_x = _buffer("x", min(per_x, m) * k)
-    partial = _buffer("out", min(per_x, m) * min(per_w, n))
+    wide_w = fp32_buffer("linear-w", min(per_w, n) * k)
+    wide_x = fp32_buffer("linear-x", min(per_x, m) * k)
+    partial = fp32_buffer("linear-out", min(per_x, m) * min(per_w, n))
     for r0 in range(0, m, per_x):
         r1 = min(m, r0 + per_x)
         xb = wide_x[: (r1 - r0) * k].view(r1 - r0, k).copy_(rows[r0:r1])  # [rows, K] fp32
@@ -66,15 +66,3 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
                 out[r0:r1, c0:c1].copy_(prod)
     return out.view(*x.shape[:-1], n)
 
-
-_local = threading.local()
-
-
-def _buffer(name: str, elements: int) -> torch.Tensor:
-    """This thread's fp32 buffer ``name`` of at least ``elements``, kept between calls (a fresh one of
-    several MiB each call would come from the system zeroed page by page)."""
-    bufs = _local.__dict__.setdefault("bufs", {})
-    buf = bufs.get(name)
-    if buf is None or buf.numel() < elements:
-        buf = bufs[name] = torch.empty(elements, dtype=torch.float32)
-    return buf[:elements]

@@ -74,6 +74,12 @@ def attention_mask(q_start: int, t: int, kv_len: int, kv_start: torch.Tensor) ->
     return ((causal[None] & not_pad) | own)[:, None]
 
 
+def attention_mask_or_none(q_start: int, t: int, kv_len: int, kv_start: torch.Tensor, padded: bool) -> torch.Tensor | None:
+    """``attention_mask``, or None where it would hide nothing: no row padded (``padded``, i.e.
+    ``kv_start.any()``, which the caller has read) and one query at the cache's end."""
+    return None if not padded and t == 1 and q_start == kv_len - 1 else attention_mask(q_start, t, kv_len, kv_start)
+
+
 def repeat_heads(x: torch.Tensor, group: int) -> torch.Tensor:
     """[B, Hkv, L, D] -> [B, Hkv*group, L, D], KV head h serving query heads h*group .. h*group+group-1
     (a copy where group > 1)."""
@@ -97,7 +103,7 @@ def attention(q, k_cache, v_cache, q_start, kv_start, kv_len) -> torch.Tensor:
     if not padded and q_start == 0 and t == kv_len and t > 1:
         k, v = repeat_heads(k, group), repeat_heads(v, group)
         return F.scaled_dot_product_attention(qh, k, v, is_causal=True).transpose(1, 2)
-    mask = None if not padded and t == 1 and q_start == kv_len - 1 else attention_mask(q_start, t, kv_len, kv_start)
+    mask = attention_mask_or_none(q_start, t, kv_len, kv_start, padded)
     # GQA without copying K/V: a KV head's query heads ride along the query axis, [B, Hkv, group*T,
     # D] against [B, Hkv, L, D], each row with its own query's mask row. Repeating K/V per query
     # head copies the cache group times: on the CPU, 34B's decode attention took 9-35x as long
