@@ -2,7 +2,7 @@
 prompts, in the same run. CPU default: a ~110M-parameter random model in fp32.
 
     python benches/bench_generate.py [--model 110M] [--device cpu] [--batch 1 4] [--prompt 128 512] [--new 64]
-        [--rules '{"no_repeat_ngram_size": 3, "repetition_penalty": 1.2}']
+        [--rules '{"no_repeat_ngram_size": 3, "repetition_penalty": 1.2}'] [--ragged]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import git_sha, machine, now, versions, write_results  # noqa: E402
-from llm_bench import free, hf_model, measure_hf, measure_ours, random_engine  # noqa: E402
+from llm_bench import free, hf_model, measure_hf, measure_ours, prompts, random_engine  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--rules", type=json.loads, default={},
                     help="generation arguments (transformers' names, JSON) given to both sides, e.g. logits rules")
+    ap.add_argument("--ragged", action="store_true",
+                    help="prompts of different lengths in a batch (row i shorter by i/(2*batch) of the prompt length), left padded")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -44,26 +46,27 @@ def main(argv: list[str] | None = None) -> Path:
     tok = CodeLlamaTokenizerFast.from_pretrained()
     meta = {"bench": "generate", "machine": machine(), "versions": versions("torch", "transformers", "codellama-fast"),
             "git_sha": git_sha(), "timestamp": now(), "model": args.model, "device": args.device, "dtype": str(dtype),
-            "torch_threads": torch.get_num_threads(), "rules": args.rules}
+            "torch_threads": torch.get_num_threads(), "rules": args.rules, "ragged": args.ragged}
     rows: list[dict[str, Any]] = []
     ours = random_engine(args.model, args.device, dtype, tok)
     hf = hf_model(args.model, args.device, dtype)
     for b in args.batch:
         for p in args.prompt:
-            shape = f"{args.model} B{b} P{p} N{args.new}"
-            res = [measure_ours(ours, b, p, args.new, args.device, repeats=args.repeats, rules=args.rules),
-                   measure_hf(hf, b, p, args.new, args.device, repeats=args.repeats, rules=args.rules)]
+            shape = f"{args.model} B{b} P{p} N{args.new}" + (" ragged" if args.ragged else "")
+            tokens = sum(map(len, prompts(b, p, 32000, ragged=args.ragged)))  # the prompts' tokens, padding not counted
+            res = [measure_ours(ours, b, p, args.new, args.device, repeats=args.repeats, rules=args.rules, ragged=args.ragged),
+                   measure_hf(hf, b, p, args.new, args.device, repeats=args.repeats, rules=args.rules, ragged=args.ragged)]
             for m in res:
-                rows.append({"bench": "generate", "provider": m.provider, "shape": shape, "batch": b, "prompt": p,
+                rows.append({"bench": "generate", "provider": m.provider, "shape": shape, "batch": b, "prompt": p, "prompt_tokens": tokens,
                              "new_tokens": args.new, "rules": args.rules, "metric": "decode_tokens_per_s", "unit": "tokens/s",
-                             "p50": m.decode_tokens_per_s, "ttft_s": m.ttft_s, "prefill_tokens_per_s": b * p / m.ttft_s,
+                             "p50": m.decode_tokens_per_s, "ttft_s": m.ttft_s, "prefill_tokens_per_s": tokens / m.ttft_s,
                              "device": args.device, "dtype": str(dtype), "git_sha": meta["git_sha"], "timestamp": meta["timestamp"]})
             ratio = res[0].decode_tokens_per_s / res[1].decode_tokens_per_s
             pre = res[1].ttft_s / res[0].ttft_s
             rows.append({"bench": "generate", "provider": "ratio", "shape": shape, "rules": args.rules, "metric": "ours_over_transformers",
                          "decode": ratio, "prefill": pre, "unit": "x"})
             print(f"{shape:26s} decode ours {res[0].decode_tokens_per_s:8.1f} tok/s  transformers {res[1].decode_tokens_per_s:8.1f}  "
-                  f"({ratio:.2f}x); prefill {b * p / res[0].ttft_s:8.0f} vs {b * p / res[1].ttft_s:8.0f} tok/s ({pre:.2f}x)", flush=True)
+                  f"({ratio:.2f}x); prefill {tokens / res[0].ttft_s:8.0f} vs {tokens / res[1].ttft_s:8.0f} tok/s ({pre:.2f}x)", flush=True)
     del ours, hf
     free(args.device)
     path = write_results(f"generate-{args.device}", meta, rows, args.out)

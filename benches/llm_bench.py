@@ -106,16 +106,28 @@ class Measurement:
     decode_step: str | None = None  # our engine: the captured decode step it kept ("plain"/"fused")
 
 
-def prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+def prompts(batch: int, length: int, vocab: int, seed: int = 0, ragged: bool = False) -> list[list[int]]:
+    """`batch` random prompts of `length` tokens (BOS first); `ragged`: row i shorter by i/(2*batch) of
+    `length`, so a batch is left padded, as a batch of different prompts is (row 0 keeps `length`)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, min(vocab, 32000), (batch, length - 1), generator=g)
-    return [[1] + row for row in ids.tolist()]
+    rows = [[1] + row for row in ids.tolist()]
+    return [row[: length - i * length // (2 * batch)] for i, row in enumerate(rows)] if ragged else rows
+
+
+def left_padded(rows: list[list[int]], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention_mask) [B, max length] for transformers: each row left padded with 0."""
+    n = max(len(r) for r in rows)
+    ids = torch.tensor([[0] * (n - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (n - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, mask
 
 
 def measure_ours(engine, batch: int, prompt_len: int, new_tokens: int, device: str, repeats: int | None = None,
-                 rules: dict[str, Any] | None = None) -> Measurement:
-    """Greedy generation; `rules`: more generation arguments (transformers' names), given to both sides."""
-    ids = prompts(batch, prompt_len, engine.model.config.vocab_size)
+                 rules: dict[str, Any] | None = None, ragged: bool = False) -> Measurement:
+    """Greedy generation; `rules`: more generation arguments (transformers' names), given to both sides;
+    `ragged`: prompts of different lengths (``prompts``)."""
+    ids = prompts(batch, prompt_len, engine.model.config.vocab_size, ragged=ragged)
     # three runs where they are short: in the 2026-11-28 H200 run the time to first token of the
     # same 7B prefill differed by 7-18 ms between the two decode steps' measurements
     repeats = repeats or (1 if batch * prompt_len >= 16384 else 3)
@@ -189,11 +201,10 @@ def profile_decode_step(engine, batch: int, prompt_len: int, steps: int = 8, top
 
 
 def measure_hf(model, batch: int, prompt_len: int, new_tokens: int, device: str, static: bool = False, repeats: int = 2,
-               rules: dict[str, Any] | None = None) -> Measurement:
-    """transformers `generate` (greedy, with `rules` as in measure_ours). TTFT = a 1-token
+               rules: dict[str, Any] | None = None, ragged: bool = False) -> Measurement:
+    """transformers `generate` (greedy, with `rules` and `ragged` as in measure_ours). TTFT = a 1-token
     generate; the decode rate is taken from the difference between an N-token and a 1-token generate."""
-    ids = torch.tensor(prompts(batch, prompt_len, model.config.vocab_size), device=device)
-    mask = torch.ones_like(ids)
+    ids, mask = left_padded(prompts(batch, prompt_len, model.config.vocab_size, ragged=ragged), device)
     kw: dict[str, Any] = dict(do_sample=False, pad_token_id=0, eos_token_id=None, **(rules or {}))
     if static:
         kw["cache_implementation"] = "static"

@@ -65,6 +65,20 @@ def test_bench_generate_tiny(tmp_path):
     assert data["meta"]["rules"] == {"no_repeat_ngram_size": 2}
 
 
+def test_bench_generate_ragged_batch(tmp_path):
+    """Prompts of different lengths: both sides run the left-padded batch, and the prefill rate counts
+    the prompts' own tokens (12 + 10 + 8), not the padding."""
+    pytest.importorskip("transformers")
+    data = _run("bench_generate.py", "--model", "tiny", "--batch", "3", "--prompt", "12", "--new", "4", "--repeats", "1", "--ragged",
+                tmp=tmp_path)
+    assert data["meta"]["ragged"] is True
+    measured = [r for r in data["rows"] if r["provider"] != "ratio"]
+    assert {r["provider"] for r in measured} == {"codellama-fast", "transformers-eager"}
+    for r in measured:
+        assert r["prompt_tokens"] == 30 and r["shape"].endswith("ragged")
+        assert abs(r["prefill_tokens_per_s"] * r["ttft_s"] - 30) < 1e-6
+
+
 @pytest.mark.parametrize("stop", [[], ["@@never@@", "§§"]])
 def test_bench_beams_tiny(tmp_path, stop):
     """The harness runs both sides on the same weights (and stop strings): their beams agree on a
