@@ -33,7 +33,7 @@ import torch
 
 from ..errors import DeviceError
 from ..kernels import reference
-from . import cpu_attention, small_matmul, widened_linear
+from . import cpu_attention, cpu_prefill_attention, small_matmul, widened_linear
 
 
 class Ops(Protocol):
@@ -96,6 +96,8 @@ class TorchOps:
     def attention(self, q, k_cache, v_cache, q_start, kv_start, kv_len):
         if cpu_attention.applies(q, k_cache, kv_len):  # a CPU MHA decode step: the layouts MKL streams fastest
             return cpu_attention.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
+        if cpu_prefill_attention.applies(q, q_start, kv_len):  # a CPU prefill of whole prompts: a padded batch row by row
+            return cpu_prefill_attention.attention(q, k_cache, v_cache, kv_start)
         return reference.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
 
     def rope_attention(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len):
