@@ -27,6 +27,9 @@ SHAPES: dict[str, dict[str, Any]] = {
 SHAPES["34B-1L"] = dict(SHAPES["34B"], num_hidden_layers=1, vocab_size=32016)
 # One layer of 7B (its 32 MHA heads and MLP, and the output head): a CPU decode step's per-layer work
 SHAPES["7B-1L"] = dict(SHAPES["7B"], num_hidden_layers=1)
+# Two layers of 7B: the last layer attends for the last position alone, so a prefill's whole-prompt
+# attention runs in the first
+SHAPES["7B-2L"] = dict(SHAPES["7B"], num_hidden_layers=2)
 COMMON = dict(rms_norm_eps=1e-5, rope_theta=1e6, max_position_embeddings=16384)
 
 
