@@ -105,6 +105,20 @@ def test_bench_lookup_small(tmp_path):
     assert data["meta"]["assistant"] == "stories260K"
 
 
+def test_bench_cpu_prefill_attention_tiny(tmp_path):
+    """Both providers for each shape and dtype, the padded batch's rate counting its rows' own tokens
+    (16 + 14 + 11), and the two attentions the same within rounding."""
+    data = _run("bench_cpu_prefill_attention.py", "--layouts", "tiny", "--prompt", "16", "--batch", "1", "3",
+                "--dtype", "float32", "float16", "--repeats", "1", tmp=tmp_path)
+    measured = [r for r in data["rows"] if r["provider"] != "ratio"]
+    assert {(r["provider"], r["batch"], r["dtype"]) for r in measured} == {
+        (p, b, d) for p in ("codellama-fast", "sdpa") for b in (1, 3) for d in ("float32", "float16")}
+    for r in measured:
+        assert r["prompt_tokens"] == (16 if r["batch"] == 1 else 41) and r["padded"] == (r["batch"] > 1)
+        assert r["max_abs_diff_from_sdpa"] < (1e-5 if r["dtype"] == "float32" else 1e-2)
+    assert len([r for r in data["rows"] if r["provider"] == "ratio"]) == 4
+
+
 def test_bench_small_matmul_tiny(tmp_path):
     data = _run("bench_small_matmul.py", "--shapes", "tiny", "--rows", "1", "9", "--dtype", "float32", "bfloat16",
                 "--budget-mb", "1", tmp=tmp_path)
