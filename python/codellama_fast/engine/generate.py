@@ -28,6 +28,7 @@ from .hf_load_args import read_load_args
 from .loader import load_model
 from .model import LlamaModel, StepContext
 from .options import GenerationConfig, logits_rules_for
+from .packing import rows_without_padding
 from .prompt_lookup import NgramIndex
 from .results import GenerationResult, InfillResult
 from .guidance import Guidance
@@ -349,10 +350,12 @@ class Engine:
         budget = memory.prefill_chunk_tokens(self.model.config, self.dtype, self.device, self.prefill_chunk_tokens)
         chunk = max(1, budget // b)
         positions = (torch.arange(t, device=self.device)[None, :] - kv_start[:, None]).clamp_min(0)
+        starts = kv_start.tolist()
         logits = None
         for c0 in range(0, t, chunk):
             c1 = min(t, c0 + chunk)
-            ctx = StepContext(positions[:, c0:c1], torch.arange(c0, c1, device=self.device), c0, kv_start, c1, rope_len=t)
+            ctx = StepContext(positions[:, c0:c1], torch.arange(c0, c1, device=self.device), c0, kv_start, c1, rope_len=t,
+                              rows=rows_without_padding(starts, c0, c1, self.device))  # prompts of different lengths: packed
             logits = self.model(tokens[:, c0:c1], ctx, cache.layers)
         assert logits is not None
         return logits

@@ -13,6 +13,7 @@ from torch import nn
 
 from .config import LlamaConfig
 from .ops import Ops, TorchOps
+from .packing import pack, unpack
 
 
 @dataclass
@@ -26,6 +27,10 @@ class StepContext:
     kv_len: number of cache slots holding data after this step (int or 0-d tensor).
     rope_len: the sequence length dynamic RoPE scaling sees (the whole prompt while it is
     prefilled in chunks, as transformers prefills it at once); None: the last position + 1.
+    rows [N] int64 on the device, or None: where the caller packs a padded call (engine.packing),
+    the flat indices (b * T + i, in order) of its N positions that are not padding; projections,
+    norms and the MLP then run on those rows alone, [1, N, C], and the cache's padding slots hold
+    zeros. None: every position.
     """
 
     positions: torch.Tensor
@@ -34,6 +39,7 @@ class StepContext:
     kv_start: torch.Tensor
     kv_len: int | torch.Tensor
     rope_len: int | None = None
+    rows: torch.Tensor | None = None
 
 
 def reserve_step(caches: list[tuple[torch.Tensor, torch.Tensor]], ctx: StepContext) -> None:
@@ -61,21 +67,28 @@ class Attention(nn.Module):
         v = qkv[..., q_size + kv_size :].view(b, t, self.n_kv, self.head_dim)
         return q, k, v
 
+    def qkv(self, x: torch.Tensor, ctx: StepContext, ops: Ops) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, C] (or packed [1, N, C], ctx.rows) -> q [B, T, Hq, D], k and v [B, T, Hkv, D]."""
+        qkv = ops.linear(x, self.wqkv.weight)
+        if ctx.rows is not None:
+            qkv = unpack(qkv, ctx.rows, ctx.positions.shape[0], ctx.positions.shape[1])
+        return self.split_qkv(qkv)
+
     def forward(self, x: torch.Tensor, ctx: StepContext, inv_freq: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor], ops: Ops) -> torch.Tensor:
-        b, t, _ = x.shape
-        q, k, v = self.split_qkv(ops.linear(x, self.wqkv.weight))
+        q, k, v = self.qkv(x, ctx, ops)
+        b, t = q.shape[0], q.shape[1]
         k_cache, v_cache = cache
         out = ops.rope_attention(q, k, v, ctx.positions, inv_freq, k_cache, v_cache, ctx.slots,
-                                 ctx.q_start, ctx.kv_start, ctx.kv_len)  # [B, T, Hq, D]
-        return ops.linear(out.reshape(b, t, -1), self.wo.weight)
+                                 ctx.q_start, ctx.kv_start, ctx.kv_len).reshape(b, t, -1)  # [B, T, Hq*D]
+        return ops.linear(out if ctx.rows is None else pack(out, ctx.rows), self.wo.weight)
 
     def forward_last(self, x: torch.Tensor, ctx: StepContext, inv_freq: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
                      ops: Ops) -> torch.Tensor:
         """As forward, for the last new position's output alone [B, 1, C]: every new position's
         key and value still goes into the cache, but only the last query attends (it sits in slot
         kv_len - 1) and only its output is projected."""
-        b, t, _ = x.shape
-        q, k, v = self.split_qkv(ops.linear(x, self.wqkv.weight))  # the keys and values of every position are needed
+        q, k, v = self.qkv(x, ctx, ops)  # the keys and values of every position are needed
+        b, t = q.shape[0], q.shape[1]
         k_cache, v_cache = cache
         q_rot = ops.rope_cache_update(q, k, v, ctx.positions, inv_freq, k_cache, v_cache, ctx.slots)
         out = ops.attention(q_rot[:, -1:], k_cache, v_cache, ctx.q_start + t - 1, ctx.kv_start, ctx.kv_len)  # [B, 1, Hq, D]
@@ -139,23 +152,30 @@ class LlamaModel(nn.Module):
         """tokens [B, T] -> logits [B, V] (last position) or [B, T, V], in fp32."""
         reserve_step(caches, ctx)
         ops, eps = self.ops, self.config.rms_norm_eps
-        residual = self.embed(tokens)  # [B, T, C]
+        b, t = tokens.shape
+        rows = ctx.rows
+        residual = self.embed(tokens if rows is None else tokens.reshape(1, -1)[:, rows])  # [B, T, C], or packed [1, N, C]
         h = ops.rms_norm(residual, self.layers[0].attn_norm, eps)
         n = len(self.layers)
         inv_freq = self.rope_freqs(ctx)
         for i, layer in enumerate(self.layers):
-            if last_only and i == n - 1 and h.shape[1] > 1:
+            if last_only and i == n - 1 and t > 1:
                 # Only the last position's logits are wanted (a prompt's prefill): the last layer
                 # writes every position's key and value but attends, projects and runs its MLP
                 # for the last position alone (a 1/layers share of a long prompt's work saved).
                 a = layer.attn.forward_last(h, ctx, inv_freq, caches[i], ops)  # [B, 1, C]
-                residual = residual[:, -1:]
+                # (packed: a row of padding alone in an early chunk has a zero residual there; its
+                # logits are a chunk's, which the caller drops)
+                residual = residual[:, -1:] if rows is None else unpack(residual, rows, b, t)[:, -1:]
+                rows = None
             else:
                 a = layer.attn(h, ctx, inv_freq, caches[i], ops)
             h, residual = ops.add_rms_norm(a, residual, layer.mlp_norm, eps)
             m = layer.mlp(h, ops)
             next_norm = self.layers[i + 1].attn_norm if i + 1 < n else self.norm
             h, residual = ops.add_rms_norm(m, residual, next_norm, eps)
+        if rows is not None:  # every position's logits of a packed call: zeros' at the padding
+            h = unpack(h, rows, b, t)
         if last_only:
             h = h[:, -1]
         return ops.linear(h, self.lm_head.weight).float()
