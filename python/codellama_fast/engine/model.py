@@ -174,7 +174,7 @@ class LlamaModel(nn.Module):
             m = layer.mlp(h, ops)
             next_norm = self.layers[i + 1].attn_norm if i + 1 < n else self.norm
             h, residual = ops.add_rms_norm(m, residual, next_norm, eps)
-        if rows is not None:  # every position's logits of a packed call: zeros' at the padding
+        if rows is not None:  # every position's logits of a packed call: a zero state's (zero logits) at the padding
             h = unpack(h, rows, b, t)
         if last_only:
             h = h[:, -1]
