@@ -124,3 +124,19 @@ def test_packed_logits_equal_transformers_for_each_prompt(model_pair, tok, last_
             assert (mine - want).abs().max().item() <= 1e-4 * want.abs().max().item()
             if not last_only:
                 assert not got[b, : starts[b]].any()
+
+
+def test_scoring_texts_of_different_lengths_packs_and_equals_transformers(monkeypatch, model_pair, tok):
+    """engine.score over texts of different lengths runs packed and gives each token transformers'
+    log-probability for its text alone."""
+    from tests.engine_helpers import fp32_engine
+
+    seen = _spy_rows(monkeypatch)
+    hf, path = model_pair
+    result = fp32_engine(path, tok).score(PROMPTS)
+    assert len(seen) == 1 and seen[0][2] == sum(len(tok.encode(p)) - 1 for p in PROMPTS)  # inputs 0..len-2 of each text
+    for ids, got in zip(result.token_ids, result.token_logprobs, strict=True):
+        with torch.no_grad():
+            ref = hf(torch.tensor([ids])).logits[0].log_softmax(-1)
+        want = torch.tensor([ref[k, ids[k + 1]].item() for k in range(len(ids) - 1)])
+        assert (torch.tensor(got) - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())

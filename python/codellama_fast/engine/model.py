@@ -174,8 +174,9 @@ class LlamaModel(nn.Module):
             m = layer.mlp(h, ops)
             next_norm = self.layers[i + 1].attn_norm if i + 1 < n else self.norm
             h, residual = ops.add_rms_norm(m, residual, next_norm, eps)
-        if rows is not None:  # every position's logits of a packed call: a zero state's (zero logits) at the padding
-            h = unpack(h, rows, b, t)
+        if rows is not None:  # a packed call's logits, its rows' alone projected: zeros at the padding
+            logits = unpack(ops.linear(h, self.lm_head.weight).float(), rows, b, t)  # [B, T, V]
+            return logits[:, -1] if last_only else logits
         if last_only:
             h = h[:, -1]
         return ops.linear(h, self.lm_head.weight).float()

@@ -14,6 +14,7 @@ from . import memory
 from .cache import KVCache
 from .finite import nonfinite_error
 from .model import StepContext
+from .packing import rows_without_padding
 
 if TYPE_CHECKING:
     from .generate import Engine
@@ -59,6 +60,7 @@ def score_rows(engine: Engine, rows: Sequence[Sequence[int]], top_logprobs: int 
     budget = min(budget, max(1, SCORE_LOGITS_BYTES // (2 * 4 * cfg.vocab_size)))
     chunk = max(1, budget // b)
     positions = (torch.arange(t, device=engine.device)[None, :] - kv_start[:, None]).clamp_min(0)
+    starts = kv_start.tolist()
     logprobs = torch.zeros(b, t, dtype=torch.float32, device=engine.device)  # [B, T]: of the token at each slot
     k = top_logprobs
     top_values = torch.zeros(b, t, k, dtype=torch.float32, device=engine.device) if k else None  # [B, T, k]
@@ -67,15 +69,15 @@ def score_rows(engine: Engine, rows: Sequence[Sequence[int]], top_logprobs: int 
         # inputs 0..T-2 predict tokens 1..T-1; the last token is only a target
         for c0 in range(0, t - 1, chunk):
             c1 = min(t - 1, c0 + chunk)
-            ctx = StepContext(positions[:, c0:c1], torch.arange(c0, c1, device=engine.device), c0, kv_start, c1, rope_len=t)
-            logits = engine.model(tokens[:, c0:c1], ctx, cache.layers, last_only=False)  # [B, c, V] fp32
+            ctx = StepContext(positions[:, c0:c1], torch.arange(c0, c1, device=engine.device), c0, kv_start, c1, rope_len=t,
+                              rows=rows_without_padding(starts, c0, c1, engine.device))  # texts of different lengths: packed
+            logits = engine.model(tokens[:, c0:c1], ctx, cache.layers, last_only=False)  # [B, c, V] fp32 (zeros at packed padding)
             targets = tokens[:, c0 + 1 : c1 + 1, None]  # [B, c, 1]
             logp = logits.log_softmax(-1)
             logprobs[:, c0 + 1 : c1 + 1] = logp.gather(-1, targets)[..., 0]
             if top_values is not None and top_ids is not None:
                 top_values[:, c0 + 1 : c1 + 1], top_ids[:, c0 + 1 : c1 + 1] = logp.topk(k, dim=-1)
     host = logprobs.tolist()
-    starts = kv_start.tolist()
     for i in range(b):
         if not all(math.isfinite(v) for v in host[i][starts[i] + 1 :]):  # finite logits give finite log-probabilities
             raise nonfinite_error(engine.dtype, f"in text {i}")
