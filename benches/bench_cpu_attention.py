@@ -18,6 +18,7 @@ output.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -28,9 +29,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from common import git_sha, machine, now, percentiles, time_cycling, versions, write_results  # noqa: E402
-
-# (query heads, KV heads, head dim)
-LAYOUTS = {"7B": (32, 32, 128), "34B": (64, 8, 128), "110M": (12, 12, 64), "tiny": (8, 2, 16)}
+from llm_bench import SHAPES, head_layout  # noqa: E402
 
 
 def _mask(kv_start, kv_len):
@@ -69,7 +68,7 @@ def engine(q, k_cache, v_cache, kv_start, kv_len):
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layouts", nargs="+", default=["7B", "34B", "110M"], choices=sorted(LAYOUTS))
+    ap.add_argument("--layouts", nargs="+", default=["7B", "34B", "110M"], choices=sorted(SHAPES), help="head layouts of these model shapes")
     ap.add_argument("--keys", type=int, nargs="+", default=[512, 2048, 4096])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
@@ -87,43 +86,40 @@ def main(argv: list[str] | None = None) -> Path:
     meta = {"bench": "cpu_attention", "machine": machine(), "versions": versions("torch", "codellama-fast"), "git_sha": git_sha(),
             "timestamp": now(), "torch_threads": torch.get_num_threads(), "budget_mb": args.budget_mb}
     rows: list[dict[str, Any]] = []
-    for dtype_name in args.dtype:
+    for dtype_name, layout, b, kv_len in itertools.product(args.dtype, args.layouts, args.batch, args.keys):
         dtype = getattr(torch, dtype_name)
-        for layout in args.layouts:
-            hq, hkv, d = LAYOUTS[layout]
-            for b in args.batch:
-                for kv_len in args.keys:
-                    capacity = kv_len + 256  # a cache with room left, as the engine's
-                    layer_bytes = 2 * b * hkv * capacity * d * dtype.itemsize
-                    layers = max(2, int(args.budget_mb * 2**20 // layer_bytes))
-                    caches = [(torch.randn(b, hkv, capacity, d).to(dtype), torch.randn(b, hkv, capacity, d).to(dtype))
-                              for _ in range(layers)]
-                    q = (torch.randn(b, 1, hq, d) * d**-0.5).to(dtype)
-                    # batch 4: one row left-padded by a quarter of the keys (the engine then masks)
-                    kv_start = torch.tensor([0] * (b - 1) + [kv_len // 4] if b > 1 else [0])
-                    visible = (kv_start.neg() + kv_len).sum().item()  # keys the batch sees
-                    read = 2 * hkv * visible * d * dtype.itemsize
-                    want = engine(q, *caches[0], kv_start, kv_len).float()
-                    shape = f"{layout} B{b} L{kv_len} Hq{hq} Hkv{hkv} D{d}"
-                    times = {}
-                    for provider, fn in providers.items():
-                        t = percentiles(time_cycling(_on_layer(fn, q, kv_start, kv_len), caches, max(8, len(caches))))
-                        times[provider] = t["p50"]
-                        diff = (fn(q, *caches[0], kv_start, kv_len).float() - want).abs().max().item()
-                        rows.append({"bench": "cpu_attention", "provider": provider, "metric": "kv_read_rate", "unit": "GB/s",
-                                     "shape": shape, "layout": layout, "batch": b, "keys": kv_len, "dtype": dtype_name,
-                                     "p50": read / t["p50"] / 1e9, "p20": read / t["p80"] / 1e9, "p80": read / t["p20"] / 1e9,
-                                     "us_p50": t["p50"] * 1e6, "max_abs_diff_from_engine": diff})
-                    for base in providers:
-                        if base != "codellama-fast":
-                            rows.append({"bench": "cpu_attention", "provider": "ratio", "metric": f"ours_over_{base}",
-                                         "unit": "x", "shape": shape, "dtype": dtype_name,
-                                         "p50": times[base] / times["codellama-fast"]})
-                    others = "   ".join(f"{p} {times[p] * 1e6:9.0f} us ({times[p] / times['codellama-fast']:5.2f}x)"
-                                       for p in providers if p != "codellama-fast")
-                    print(f"{dtype_name:9s} {shape:34s} ours {times['codellama-fast'] * 1e6:9.0f} us "
-                          f"({read / times['codellama-fast'] / 1e9:5.1f} GB/s)   {others}", flush=True)
-                    del caches
+        hq, hkv, d = head_layout(layout)
+        capacity = kv_len + 256  # a cache with room left, as the engine's
+        layer_bytes = 2 * b * hkv * capacity * d * dtype.itemsize
+        layers = max(2, int(args.budget_mb * 2**20 // layer_bytes))
+        caches = [(torch.randn(b, hkv, capacity, d).to(dtype), torch.randn(b, hkv, capacity, d).to(dtype))
+                  for _ in range(layers)]
+        q = (torch.randn(b, 1, hq, d) * d**-0.5).to(dtype)
+        # batch 4: one row left-padded by a quarter of the keys (the engine then masks)
+        kv_start = torch.tensor([0] * (b - 1) + [kv_len // 4] if b > 1 else [0])
+        visible = (kv_start.neg() + kv_len).sum().item()  # keys the batch sees
+        read = 2 * hkv * visible * d * dtype.itemsize
+        want = engine(q, *caches[0], kv_start, kv_len).float()
+        shape = f"{layout} B{b} L{kv_len} Hq{hq} Hkv{hkv} D{d}"
+        times = {}
+        for provider, fn in providers.items():
+            t = percentiles(time_cycling(_on_layer(fn, q, kv_start, kv_len), caches, max(8, len(caches))))
+            times[provider] = t["p50"]
+            diff = (fn(q, *caches[0], kv_start, kv_len).float() - want).abs().max().item()
+            rows.append({"bench": "cpu_attention", "provider": provider, "metric": "kv_read_rate", "unit": "GB/s",
+                         "shape": shape, "layout": layout, "batch": b, "keys": kv_len, "dtype": dtype_name,
+                         "p50": read / t["p50"] / 1e9, "p20": read / t["p80"] / 1e9, "p80": read / t["p20"] / 1e9,
+                         "us_p50": t["p50"] * 1e6, "max_abs_diff_from_engine": diff})
+        for base in providers:
+            if base != "codellama-fast":
+                rows.append({"bench": "cpu_attention", "provider": "ratio", "metric": f"ours_over_{base}",
+                             "unit": "x", "shape": shape, "dtype": dtype_name,
+                             "p50": times[base] / times["codellama-fast"]})
+        others = "   ".join(f"{p} {times[p] * 1e6:9.0f} us ({times[p] / times['codellama-fast']:5.2f}x)"
+                           for p in providers if p != "codellama-fast")
+        print(f"{dtype_name:9s} {shape:34s} ours {times['codellama-fast'] * 1e6:9.0f} us "
+              f"({read / times['codellama-fast'] / 1e9:5.1f} GB/s)   {others}", flush=True)
+        del caches
     path = write_results("cpu-attention", meta, rows, args.out)
     print(f"wrote {path}")
     return path

@@ -18,6 +18,7 @@ the largest difference from the SDPA output.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -27,10 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import git_sha, machine, now, versions, write_results  # noqa: E402
-
-# (query heads, KV heads, head dim)
-LAYOUTS = {"7B": (32, 32, 128), "34B": (64, 8, 128), "110M": (12, 12, 64), "tiny": (4, 2, 16)}
+from common import git_sha, machine, now, percentiles, versions, write_results  # noqa: E402
+from llm_bench import SHAPES, head_layout, prompt_lengths  # noqa: E402
 
 
 def engine(q, k_cache, v_cache, kv_start):
@@ -50,11 +49,6 @@ def sdpa(q, k_cache, v_cache, kv_start):
 PROVIDERS: dict[str, Callable] = {"codellama-fast": engine, "sdpa": sdpa}
 
 
-def left_padding(batch: int, length: int) -> torch.Tensor:
-    """kv_start [B]: row i holds length - i*length//(2*batch) tokens, left padded to `length`."""
-    return torch.tensor([i * length // (2 * batch) for i in range(batch)])
-
-
 def time_in_turns(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
     """Seconds per call of each, after one warm-up call each, the calls taking turns each repeat."""
     for call in calls.values():
@@ -68,9 +62,39 @@ def time_in_turns(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str
     return samples
 
 
+def measure(dtype: torch.dtype, layout: str, b: int, t: int, repeats: int) -> list[dict[str, Any]]:
+    """Both providers' rows and their ratio for one shape: b prompts (``prompt_lengths``, ragged where
+    b > 1) left padded to t tokens over `layout`'s heads."""
+    hq, hkv, d = head_layout(layout)
+    capacity = t + 256  # a cache with room left, as the engine's
+    q = torch.randn(b, t, hq * d).to(dtype).view(b, t, hq, d)  # as the projection leaves it
+    k_cache = torch.randn(b, hkv, capacity, d).to(dtype)
+    v_cache = torch.randn(b, hkv, capacity, d).to(dtype)
+    lengths = prompt_lengths(b, t, ragged=True)
+    kv_start = torch.tensor([t - n for n in lengths])
+    tokens = sum(lengths)
+    calls = {name: (lambda fn=fn: fn(q, k_cache, v_cache, kv_start)) for name, fn in PROVIDERS.items()}
+    samples = time_in_turns(calls, repeats)
+    want = calls["sdpa"]().float()
+    dtype_name = str(dtype).removeprefix("torch.")
+    shape = f"{layout} B{b} T{t} Hq{hq} Hkv{hkv} D{d}"
+    median = {name: percentiles(s)["p50"] for name, s in samples.items()}
+    rows = [{"bench": "cpu_prefill_attention", "provider": name, "metric": "prompt_tokens_per_s", "unit": "tokens/s",
+             "shape": shape, "layout": layout, "batch": b, "prompt": t, "prompt_tokens": tokens, "padded": bool(kv_start.any()),
+             "dtype": dtype_name, "p50": tokens / median[name], "ms_p50": median[name] * 1e3, "ms_all": [x * 1e3 for x in s],
+             "max_abs_diff_from_sdpa": (calls[name]().float() - want).abs().max().item()}
+            for name, s in samples.items()]
+    ratio = median["sdpa"] / median["codellama-fast"]
+    rows.append({"bench": "cpu_prefill_attention", "provider": "ratio", "metric": "ours_over_sdpa", "unit": "x",
+                 "shape": shape, "dtype": dtype_name, "padded": bool(kv_start.any()), "p50": ratio})
+    print(f"{dtype_name:9s} {shape:34s} ours {median['codellama-fast'] * 1e3:9.1f} ms   "
+          f"sdpa {median['sdpa'] * 1e3:9.1f} ms ({ratio:5.2f}x)", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layouts", nargs="+", default=["7B", "34B", "110M"], choices=sorted(LAYOUTS))
+    ap.add_argument("--layouts", nargs="+", default=["7B", "34B", "110M"], choices=sorted(SHAPES), help="head layouts of these model shapes")
     ap.add_argument("--prompt", type=int, nargs="+", default=[512, 2048])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16", "float16"])
@@ -84,36 +108,9 @@ def main(argv: list[str] | None = None) -> Path:
             "git_sha": git_sha(), "timestamp": now(), "torch_threads": torch.get_num_threads(), "repeats": args.repeats}
     rows: list[dict[str, Any]] = []
     path = None
-    for dtype_name in args.dtype:
-        dtype = getattr(torch, dtype_name)
-        for layout in args.layouts:
-            hq, hkv, d = LAYOUTS[layout]
-            for b in args.batch:
-                for t in args.prompt:
-                    capacity = t + 256  # a cache with room left, as the engine's
-                    q = torch.randn(b, t, hq * d).to(dtype).view(b, t, hq, d)  # as the projection leaves it
-                    k_cache = torch.randn(b, hkv, capacity, d).to(dtype)
-                    v_cache = torch.randn(b, hkv, capacity, d).to(dtype)
-                    kv_start = left_padding(b, t)
-                    tokens = int((t - kv_start).sum())
-                    calls = {name: (lambda fn=fn: fn(q, k_cache, v_cache, kv_start)) for name, fn in PROVIDERS.items()}
-                    samples = time_in_turns(calls, args.repeats)
-                    want = calls["sdpa"]().float()
-                    shape = f"{layout} B{b} T{t} Hq{hq} Hkv{hkv} D{d}"
-                    median = {name: sorted(s)[len(s) // 2] for name, s in samples.items()}
-                    for name, s in samples.items():
-                        diff = (calls[name]().float() - want).abs().max().item()
-                        rows.append({"bench": "cpu_prefill_attention", "provider": name, "metric": "prompt_tokens_per_s",
-                                     "unit": "tokens/s", "shape": shape, "layout": layout, "batch": b, "prompt": t,
-                                     "prompt_tokens": tokens, "padded": bool(kv_start.any()), "dtype": dtype_name,
-                                     "p50": tokens / median[name], "ms_p50": median[name] * 1e3, "ms_all": [x * 1e3 for x in s],
-                                     "max_abs_diff_from_sdpa": diff})
-                    ratio = median["sdpa"] / median["codellama-fast"]
-                    rows.append({"bench": "cpu_prefill_attention", "provider": "ratio", "metric": "ours_over_sdpa", "unit": "x",
-                                 "shape": shape, "dtype": dtype_name, "padded": bool(kv_start.any()), "p50": ratio})
-                    print(f"{dtype_name:9s} {shape:34s} ours {median['codellama-fast'] * 1e3:9.1f} ms   "
-                          f"sdpa {median['sdpa'] * 1e3:9.1f} ms ({ratio:5.2f}x)", flush=True)
-                    path = write_results("cpu-prefill-attention", meta, rows, args.out, path)
+    for dtype_name, layout, b, t in itertools.product(args.dtype, args.layouts, args.batch, args.prompt):
+        rows += measure(getattr(torch, dtype_name), layout, b, t, args.repeats)
+        path = write_results("cpu-prefill-attention", meta, rows, args.out, path)
     assert path is not None
     print(f"wrote {path}")
     return path

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import git_sha, machine, now, versions, write_results  # noqa: E402
-from llm_bench import free, hf_model, measure_hf, measure_ours, prompts, random_engine  # noqa: E402
+from llm_bench import free, hf_model, measure_hf, measure_ours, prompt_lengths, random_engine  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> Path:
     for b in args.batch:
         for p in args.prompt:
             shape = f"{args.model} B{b} P{p} N{args.new}" + (" ragged" if args.ragged else "")
-            tokens = sum(map(len, prompts(b, p, 32000, ragged=args.ragged)))  # the prompts' tokens, padding not counted
+            tokens = sum(prompt_lengths(b, p, args.ragged))  # the prompts' tokens, padding not counted
             res = [measure_ours(ours, b, p, args.new, args.device, repeats=args.repeats, rules=args.rules, ragged=args.ragged),
                    measure_hf(hf, b, p, args.new, args.device, repeats=args.repeats, rules=args.rules, ragged=args.ragged)]
             for m in res:

@@ -33,6 +33,12 @@ SHAPES["7B-2L"] = dict(SHAPES["7B"], num_hidden_layers=2)
 COMMON = dict(rms_norm_eps=1e-5, rope_theta=1e6, max_position_embeddings=16384)
 
 
+def head_layout(name: str) -> tuple[int, int, int]:
+    """(query heads, KV heads, head dim) of a SHAPES entry."""
+    shape = SHAPES[name]
+    return shape["num_attention_heads"], shape["num_key_value_heads"], shape["hidden_size"] // shape["num_attention_heads"]
+
+
 def our_config(name: str):
     from codellama_fast.engine import LlamaConfig
 
@@ -109,13 +115,17 @@ class Measurement:
     decode_step: str | None = None  # our engine: the captured decode step it kept ("plain"/"fused")
 
 
+def prompt_lengths(batch: int, length: int, ragged: bool = False) -> list[int]:
+    """Each prompt's length: `length`; `ragged`: row i shorter by i/(2*batch) of it, so a batch is left
+    padded, as a batch of different prompts is (row 0 keeps `length`)."""
+    return [length - i * length // (2 * batch) if ragged else length for i in range(batch)]
+
+
 def prompts(batch: int, length: int, vocab: int, seed: int = 0, ragged: bool = False) -> list[list[int]]:
-    """`batch` random prompts of `length` tokens (BOS first); `ragged`: row i shorter by i/(2*batch) of
-    `length`, so a batch is left padded, as a batch of different prompts is (row 0 keeps `length`)."""
+    """`batch` random prompts (BOS first) of ``prompt_lengths``."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, min(vocab, 32000), (batch, length - 1), generator=g)
-    rows = [[1] + row for row in ids.tolist()]
-    return [row[: length - i * length // (2 * batch)] for i, row in enumerate(rows)] if ragged else rows
+    return [([1] + row)[:n] for row, n in zip(ids.tolist(), prompt_lengths(batch, length, ragged), strict=True)]
 
 
 def left_padded(rows: list[list[int]], device: str) -> tuple[torch.Tensor, torch.Tensor]:

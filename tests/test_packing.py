@@ -31,7 +31,7 @@ def test_rows_without_padding_are_the_non_padding_positions_in_order(monkeypatch
     assert rows.tolist() == [b * t + i for b, i in _kept(starts, c0, c1)]
     x = torch.randn(len(starts), t, 5)
     packed = packing.pack(x, rows)
-    assert torch.equal(packed[0], torch.stack([x[b, i] for b, i in _kept(starts, c0, c1)]) if rows.numel() else packed[0])
+    assert torch.equal(packed[0], torch.stack([x[b, i] for b, i in _kept(starts, c0, c1)]))
     back = packing.unpack(packed, rows, len(starts), t)
     keep = torch.zeros(len(starts), t, dtype=torch.bool)
     for b, i in _kept(starts, c0, c1):

@@ -35,7 +35,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kv_
     """q [B, T, Hq, D] against k_cache, v_cache [B, Hkv, S, D] (slots < T; row b's tokens from slot
     kv_start[b]) -> [B, T, Hq, D]; see ``applies``."""
     b, t, hq, d = q.shape
-    starts = [int(s) for s in kv_start.tolist()]
+    starts = kv_start.tolist()
     keys, values = k_cache[:, :, :t], v_cache[:, :, :t]  # [B, Hkv, T, D] views
     if not any(starts) or t * hq * d < MIN_ROW_ELEMENTS:  # one call: causal, or with the mask
         return _widened_attention(q, keys, values, kv_start)
