@@ -1,18 +1,21 @@
-"""A CPU decode step's attention: the engine's (``TorchOps.attention``: for MHA heads
-``engine/cpu_attention.py``, for GQA ``kernels.reference.attention``, which runs each KV head's
-query heads along the query axis) against the two ways transformers' SDPA attention runs it: K/V
-repeated for every query head (``repeat_kv``, its path when it passes a mask; for MHA heads plain
-SDPA) and SDPA's ``enable_gqa`` (its path without one, torch >= 2.5). Head layouts of Code Llama
-7B (MHA) and 34B (8 query heads per KV head), the 110M CPU benchmark model's, and a tiny one for
-the harness's own test; one new token per sequence over 512-4096 cached keys, batch 1 (no mask)
-and batch 4 with a left-padded row (a mask), fp32 and bf16.
+"""A CPU decode step's attention: the engine's (``TorchOps.attention``: ``engine/cpu_attention.py``
+for MHA heads and in fp16 for few queries per KV head, else ``kernels.reference.attention``, which
+runs each KV head's query heads along the query axis) against the two ways transformers' SDPA
+attention runs it: K/V repeated for every query head (``repeat_kv``, its path when it passes a
+mask; for MHA heads plain SDPA) and SDPA's ``enable_gqa`` (its path without one, torch >= 2.5).
+Head layouts of Code Llama 7B (MHA) and 34B (8 query heads per KV head), the 110M CPU benchmark
+model's, and a tiny one for the harness's own test; one new token per sequence (``--queries``:
+more, as guessed tokens checked against the cache, each seeing the ones before it) over 512-4096
+cached keys, batch 1 and batch 4 with a left-padded row (a mask), fp32 and bf16 (``--dtype``:
+fp16 too).
 
 Each timed call reads the next of several layers' caches (cycled over more memory than the CPU
 caches hold), as a decode step reads each layer's keys once from memory. Rates are K+V bytes of
 the visible keys per second; each row also records the largest difference from the engine's
 output.
 
-    python benches/bench_cpu_attention.py [--layouts 7B 34B] [--keys 512 2048 4096] [--batch 1 4] [--dtype float32 bfloat16]
+    python benches/bench_cpu_attention.py [--layouts 7B 34B] [--keys 512 2048 4096] [--batch 1 4] [--queries 1 11]
+                                          [--dtype float32 bfloat16 float16]
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from common import git_sha, machine, now, percentiles, time_cycling, versions, w
 from llm_bench import SHAPES, head_layout  # noqa: E402
 
 
-def _mask(kv_start, kv_len):
-    """The one new query's mask [B, 1, 1, L] where a row is padded, else None (as the engine's)."""
+def _mask(t, kv_start, kv_len):
+    """The T new queries' mask [B, 1, T, L] (the last T slots): for one query None where no row is
+    padded (as the engine's)."""
     from codellama_fast.kernels.reference import attention_mask_or_none
 
-    return attention_mask_or_none(kv_len - 1, 1, kv_len, kv_start, bool(kv_start.any()))
+    return attention_mask_or_none(kv_len - t, t, kv_len, kv_start, bool(kv_start.any()))
 
 
 def repeat_kv(q, k_cache, v_cache, kv_start, kv_len):
@@ -45,13 +49,13 @@ def repeat_kv(q, k_cache, v_cache, kv_start, kv_len):
 
     g = q.shape[2] // k_cache.shape[1]
     k, v = repeat_heads(k_cache[:, :, :kv_len], g), repeat_heads(v_cache[:, :, :kv_len], g)
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=_mask(kv_start, kv_len)).transpose(1, 2)
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=_mask(q.shape[1], kv_start, kv_len)).transpose(1, 2)
 
 
 def enable_gqa(q, k_cache, v_cache, kv_start, kv_len):
     """transformers' SDPA path without a mask (torch >= 2.5): SDPA's own GQA."""
     return F.scaled_dot_product_attention(q.transpose(1, 2), k_cache[:, :, :kv_len], v_cache[:, :, :kv_len],
-                                          attn_mask=_mask(kv_start, kv_len), enable_gqa=True).transpose(1, 2)
+                                          attn_mask=_mask(q.shape[1], kv_start, kv_len), enable_gqa=True).transpose(1, 2)
 
 
 def _on_layer(fn: Callable, q, kv_start, kv_len: int) -> Callable:
@@ -63,7 +67,7 @@ def engine(q, k_cache, v_cache, kv_start, kv_len):
     """The engine's CPU attention (``TorchOps.attention``)."""
     from codellama_fast.engine.ops import TorchOps
 
-    return TorchOps().attention(q, k_cache, v_cache, kv_len - 1, kv_start, kv_len)
+    return TorchOps().attention(q, k_cache, v_cache, kv_len - q.shape[1], kv_start, kv_len)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -71,7 +75,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--layouts", nargs="+", default=["7B", "34B", "110M"], choices=sorted(SHAPES), help="head layouts of these model shapes")
     ap.add_argument("--keys", type=int, nargs="+", default=[512, 2048, 4096])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--queries", type=int, nargs="+", default=[1], help="new tokens per sequence, in the cache's last slots")
+    ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--budget-mb", type=float, default=400,
                     help="memory the layers' caches of one shape take (more than the caches)")
     ap.add_argument("--threads", type=int, default=None)
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> Path:
     meta = {"bench": "cpu_attention", "machine": machine(), "versions": versions("torch", "codellama-fast"), "git_sha": git_sha(),
             "timestamp": now(), "torch_threads": torch.get_num_threads(), "budget_mb": args.budget_mb}
     rows: list[dict[str, Any]] = []
-    for dtype_name, layout, b, kv_len in itertools.product(args.dtype, args.layouts, args.batch, args.keys):
+    for dtype_name, layout, queries, b, kv_len in itertools.product(args.dtype, args.layouts, args.queries, args.batch, args.keys):
         dtype = getattr(torch, dtype_name)
         hq, hkv, d = head_layout(layout)
         capacity = kv_len + 256  # a cache with room left, as the engine's
@@ -94,20 +99,20 @@ def main(argv: list[str] | None = None) -> Path:
         layers = max(2, int(args.budget_mb * 2**20 // layer_bytes))
         caches = [(torch.randn(b, hkv, capacity, d).to(dtype), torch.randn(b, hkv, capacity, d).to(dtype))
                   for _ in range(layers)]
-        q = (torch.randn(b, 1, hq, d) * d**-0.5).to(dtype)
+        q = (torch.randn(b, queries, hq, d) * d**-0.5).to(dtype)
         # batch 4: one row left-padded by a quarter of the keys (the engine then masks)
         kv_start = torch.tensor([0] * (b - 1) + [kv_len // 4] if b > 1 else [0])
         visible = (kv_start.neg() + kv_len).sum().item()  # keys the batch sees
         read = 2 * hkv * visible * d * dtype.itemsize
         want = engine(q, *caches[0], kv_start, kv_len).float()
-        shape = f"{layout} B{b} L{kv_len} Hq{hq} Hkv{hkv} D{d}"
+        shape = f"{layout} B{b} T{queries} L{kv_len} Hq{hq} Hkv{hkv} D{d}"
         times = {}
         for provider, fn in providers.items():
             t = percentiles(time_cycling(_on_layer(fn, q, kv_start, kv_len), caches, max(8, len(caches))))
             times[provider] = t["p50"]
             diff = (fn(q, *caches[0], kv_start, kv_len).float() - want).abs().max().item()
             rows.append({"bench": "cpu_attention", "provider": provider, "metric": "kv_read_rate", "unit": "GB/s",
-                         "shape": shape, "layout": layout, "batch": b, "keys": kv_len, "dtype": dtype_name,
+                         "shape": shape, "layout": layout, "batch": b, "queries": queries, "keys": kv_len, "dtype": dtype_name,
                          "p50": read / t["p50"] / 1e9, "p20": read / t["p80"] / 1e9, "p80": read / t["p20"] / 1e9,
                          "us_p50": t["p50"] * 1e6, "max_abs_diff_from_engine": diff})
         for base in providers:
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> Path:
                              "p50": times[base] / times["codellama-fast"]})
         others = "   ".join(f"{p} {times[p] * 1e6:9.0f} us ({times[p] / times['codellama-fast']:5.2f}x)"
                            for p in providers if p != "codellama-fast")
-        print(f"{dtype_name:9s} {shape:34s} ours {times['codellama-fast'] * 1e6:9.0f} us "
+        print(f"{dtype_name:9s} {shape:38s} ours {times['codellama-fast'] * 1e6:9.0f} us "
               f"({read / times['codellama-fast'] / 1e9:5.1f} GB/s)   {others}", flush=True)
         del caches
     path = write_results("cpu-attention", meta, rows, args.out)

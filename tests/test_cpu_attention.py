@@ -1,6 +1,8 @@
-"""The CPU decode attention for one query per KV head (engine/cpu_attention.py) against the masking
-rule applied key by key in float64, in fp32 and bf16; which calls take it; and an MHA model with
-128-wide heads that decodes through it generating what transformers generates."""
+"""The CPU attention against the KV cache (engine/cpu_attention.py: one query per KV head, and in
+fp16 a few queries per KV head) against the masking rule applied key by key in float64, in fp32,
+bf16 and fp16; which calls take it; and models decoding through it (MHA, and GQA checking guessed
+tokens) generating what transformers generates.
+"""
 
 from __future__ import annotations
 
@@ -13,27 +15,31 @@ from codellama_fast.engine.ops import TorchOps  # noqa: E402
 from tests.engine_helpers import fresh_seed  # noqa: E402
 from tests.test_reference_attention import _loop_attention  # noqa: E402
 
-# (batch, heads, head dim, the query's slot, keys, left padding)
+# (batch, new tokens, query heads, KV heads, head dim, the first query's slot, keys, left padding)
 CASES = [
-    (1, 4, 128, 40, 41, [0], "one sequence at the end of its cache"),
-    (3, 2, 128, 30, 31, [0, 7, 30], "padded rows; one sees only its own key"),
-    (2, 3, 64, 20, 33, [0, 4], "a query before the cache's end (keys past it unseen)"),
-    (5, 3, 32, 52, 53, [0, 0, 1, 9, 50], "more heads than a widening block holds (bf16/fp16: blocks of 1-2 heads)"),
+    (1, 1, 4, 4, 128, 40, 41, [0], "one sequence at the end of its cache"),
+    (3, 1, 2, 2, 128, 30, 31, [0, 7, 30], "padded rows; one sees only its own key"),
+    (2, 1, 3, 3, 64, 20, 33, [0, 4], "a query before the cache's end (keys past it unseen)"),
+    (5, 1, 3, 3, 32, 52, 53, [0, 0, 1, 9, 50], "more heads than a widening block holds (bf16/fp16: blocks of 1-2 heads)"),
+    (3, 1, 8, 2, 64, 30, 31, [0, 5, 30], "GQA 4 decode, padded; one row sees only its own key"),
+    (2, 5, 8, 2, 32, 17, 22, [0, 3], "GQA 4, guessed tokens checked at the end of the cache, padded"),
+    (1, 4, 8, 1, 16, 6, 15, [0], "GQA 8, queries before the cache's end (keys past them unseen)"),
+    (3, 7, 3, 3, 32, 40, 47, [0, 10, 44], "MHA guessed tokens over blocks of 2 heads; a row padded into the guesses"),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("b,h,d,q_start,kv_len,pads,what", CASES, ids=[c[-1] for c in CASES])
-def test_attention_equals_the_masking_rule_key_by_key(monkeypatch, dtype, b, h, d, q_start, kv_len, pads, what):
+@pytest.mark.parametrize("b,t,hq,hkv,d,q_start,kv_len,pads,what", CASES, ids=[c[-1] for c in CASES])
+def test_attention_equals_the_masking_rule_key_by_key(monkeypatch, dtype, b, t, hq, hkv, d, q_start, kv_len, pads, what):
     monkeypatch.setattr(CA, "WIDEN_BLOCK_ELEMENTS", 2 * kv_len * d)  # bf16: blocks of 2 heads, a remainder where h is odd
     torch.manual_seed(fresh_seed())
-    q = torch.randn(b, 1, h, d).to(dtype)
-    kc = torch.randn(b, h, kv_len + 5, d).to(dtype)  # slots past kv_len hold keys no query may see
-    vc = torch.randn(b, h, kv_len + 5, d).to(dtype)
+    q = torch.randn(b, t, hq, d).to(dtype)
+    kc = torch.randn(b, hkv, kv_len + 5, d).to(dtype)  # slots past kv_len hold keys no query may see
+    vc = torch.randn(b, hkv, kv_len + 5, d).to(dtype)
     kv_start = torch.tensor(pads)
     got = CA.attention(q, kc, vc, q_start, kv_start, kv_len)
     want = _loop_attention(q, kc, vc, q_start, kv_start, kv_len)  # float64 over the same stored values
-    assert got.shape == (b, 1, h, d) and got.dtype == dtype
+    assert got.shape == (b, t, hq, d) and got.dtype == dtype
     err = (got.double() - want).abs()
     if dtype == torch.float32:
         # each output is a convex mix of values of size ~3: a few fp32 ulps of that
@@ -80,8 +86,15 @@ def _spy(monkeypatch):
     (torch.bfloat16, 4, 1, 12, 12, 64, 256, True),     # bf16 takes 64-wide heads too
     (torch.float32, 4, 1, 12, 12, 64, 4096, False),    # fp32 64-wide heads: parity, SDPA kept
     (torch.float32, 1, 2, 32, 32, 128, 4096, False),   # two queries (guessed tokens): SDPA
-    (torch.bfloat16, 1, 1, 64, 8, 128, 4096, False),   # GQA: the folded SDPA call
+    (torch.bfloat16, 1, 2, 32, 32, 128, 4096, False),  # bf16 too
+    (torch.bfloat16, 1, 1, 64, 8, 128, 4096, False),   # bf16 GQA: the folded SDPA call
+    (torch.float32, 1, 1, 64, 8, 128, 4096, False),    # fp32 GQA too
     (torch.float16, 1, 1, 32, 32, 128, 4096, True),    # fp16, as bf16
+    (torch.float16, 1, 1, 64, 8, 128, 1024, True),     # fp16 GQA (34B heads): 2^20 elements of K
+    (torch.float16, 1, 11, 32, 32, 128, 4096, True),   # fp16, 10 guessed tokens and the last one checked
+    (torch.float16, 1, 8, 64, 8, 128, 1024, True),     # fp16 GQA: 8 x 8 = 64 queries per KV head
+    (torch.float16, 1, 9, 64, 8, 128, 1024, False),    # 72 queries per KV head: SDPA
+    (torch.float16, 1, 11, 32, 32, 128, 127, False),   # fp16 over fewer than 2^19 elements: SDPA
 ])
 def test_which_calls_take_it(monkeypatch, dtype, b, t, hq, hkv, d, kv_len, taken):
     calls = _spy(monkeypatch)
@@ -90,6 +103,22 @@ def test_which_calls_take_it(monkeypatch, dtype, b, t, hq, hkv, d, kv_len, taken
     TorchOps().attention(q, kc, vc, kv_len - t, torch.zeros(b, dtype=torch.long), kv_len)
     assert CA.applies(q, kc, kv_len) == taken
     assert calls == ([(b, t, hq, d)] if taken else [])
+
+
+def test_a_whole_prompts_prefill_keeps_its_own_path(monkeypatch):
+    """An fp16 prefill of whole prompts (queries in slots 0..T-1) whose shape this path would take
+    runs on engine/cpu_prefill_attention.py, which runs padded rows alone."""
+    from codellama_fast.engine import cpu_prefill_attention as CPA
+
+    calls, prefills = _spy(monkeypatch), []
+    real = CPA.attention
+    monkeypatch.setattr(CPA, "attention", lambda *a: prefills.append(a[0].shape) or real(*a))
+    b, t, h, d = 8, 32, 32, 128
+    q = torch.randn(b, t, h, d).half()
+    kc, vc = torch.randn(b, h, t, d).half(), torch.randn(b, h, t, d).half()
+    assert CA.applies(q, kc, t)
+    TorchOps().attention(q, kc, vc, 0, torch.zeros(b, dtype=torch.long), t)
+    assert calls == [] and prefills == [(b, t, h, d)]
 
 
 @pytest.mark.parametrize("heads,per", [(40, 3), (32, 5), (3, 2), (64, 64)])
@@ -159,3 +188,62 @@ def test_bf16_decode_logits_stay_near_transformers_fp32(monkeypatch, wide_heads)
     assert len(calls) == (steps - 1) * hf.config.num_hidden_layers + 1  # and the prefill's last position
     rel = ((torch.stack(got).float() - ref).abs().max() / ref.abs().max()).item()
     assert rel < 6e-2
+
+
+@pytest.fixture(scope="module")
+def gqa_model(tmp_path_factory):
+    """A GQA model (8 query heads of 32, 4 per KV head; 2 layers) written by transformers."""
+    from tests.engine_helpers import make_hf_model, save
+
+    hf = make_hf_model("gqa4", fresh_seed(), hidden_size=256)
+    return hf, save(hf, tmp_path_factory.mktemp("gqa-guesses"))
+
+
+def test_assisted_decoding_through_it_generates_what_transformers_generates(monkeypatch, gqa_model, tok):
+    """Assisted greedy decoding of a GQA model, every attention call but the prefills' on this path
+    (taken in fp32 here, as fp16 takes it), equals transformers' greedy: the guessed tokens' queries,
+    their causal mask among themselves and the GQA fold meet the cache as the masking rule says. The
+    draft has the model's own weights, so each check holds 4 guesses and the model's next token."""
+    from tests.engine_helpers import fp32_engine
+
+    monkeypatch.setattr(CA, "applies", lambda q, k_cache, kv_len: q.device.type == "cpu")
+    calls = _spy(monkeypatch)
+    hf, path = gqa_model
+    engine, draft = fp32_engine(path, tok), fp32_engine(path, tok)
+    prompts = ["def quicksort(items):\n    ", "import os\n"]
+    for prompt in prompts:
+        ids = torch.tensor([tok.encode(prompt)])
+        want = hf.generate(ids, max_new_tokens=21, do_sample=False, eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:]
+        got = engine.generate(prompt, max_new_tokens=21, stop_at_eos=False, assistant_model=draft,
+                              num_assistant_tokens=4, assistant_confidence_threshold=0.0)
+        assert got.token_ids[0] == want.tolist()
+    checks = [c for c in calls if c[1] == 5]
+    assert len(checks) == 2 * 4 * hf.config.num_hidden_layers  # per prompt 4 checks of 4 guesses + 1, each layer
+
+
+def test_fp16_guessed_tokens_logits_stay_near_transformers_fp32(monkeypatch, gqa_model):
+    """An fp16 GQA model checking 6 guessed tokens against its cache through this path (as fp16
+    takes it): each position's logits within fp16's reach of transformers' fp32 logits."""
+    from codellama_fast.engine import load_model
+    from codellama_fast.engine.cache import KVCache
+    from codellama_fast.engine.model import StepContext
+
+    monkeypatch.setattr(CA, "MIN_CACHE_ELEMENTS", 0)
+    calls = _spy(monkeypatch)
+    hf, path = gqa_model
+    model = load_model(path, dtype="float16", device="cpu")
+    t0, guesses = 20, 6
+    ids = torch.randint(0, hf.config.vocab_size, (1, t0 + guesses))
+    with torch.no_grad():
+        ref = hf(ids).logits[0, t0:]
+    cache = KVCache(model.config, 1, t0 + guesses, torch.float16, torch.device("cpu"))
+    kv_start = torch.zeros(1, dtype=torch.long)
+    with torch.no_grad():
+        model(ids[:, :t0], StepContext(torch.arange(t0)[None], torch.arange(t0), 0, kv_start, t0), cache.layers)
+        slots = torch.arange(t0, t0 + guesses)
+        got = model(ids[:, t0:], StepContext(slots[None], slots, t0, kv_start, t0 + guesses), cache.layers,
+                    last_only=False)[0]  # [guesses, vocab]
+    layers = hf.config.num_hidden_layers
+    assert calls.count((1, guesses, 8, 32)) == layers  # the guesses' call in every layer
+    rel = ((got.float() - ref).abs().amax(-1) / ref.abs().amax(-1)).max().item()
+    assert rel < 2e-2, rel

@@ -94,10 +94,10 @@ class TorchOps:
         return q_rot
 
     def attention(self, q, k_cache, v_cache, q_start, kv_start, kv_len):
-        if cpu_attention.applies(q, k_cache, kv_len):  # a CPU MHA decode step: the layouts MKL streams fastest
-            return cpu_attention.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
         if cpu_prefill_attention.applies(q, q_start, kv_len):  # a CPU prefill of whole prompts: a padded batch row by row
             return cpu_prefill_attention.attention(q, k_cache, v_cache, kv_start)
+        if cpu_attention.applies(q, k_cache, kv_len):  # a CPU decode step (fp16: few queries): the layouts MKL streams fastest
+            return cpu_attention.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
         return reference.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
 
     def rope_attention(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len):
