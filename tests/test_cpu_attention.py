@@ -92,8 +92,8 @@ def _spy(monkeypatch):
     (torch.float16, 1, 1, 32, 32, 128, 4096, True),    # fp16, as bf16
     (torch.float16, 1, 1, 64, 8, 128, 1024, True),     # fp16 GQA (34B heads): 2^20 elements of K
     (torch.float16, 1, 11, 32, 32, 128, 4096, True),   # fp16, 10 guessed tokens and the last one checked
-    (torch.float16, 1, 8, 64, 8, 128, 1024, True),     # fp16 GQA: 8 x 8 = 64 queries per KV head
-    (torch.float16, 1, 9, 64, 8, 128, 1024, False),    # 72 queries per KV head: SDPA
+    (torch.float16, 1, 16, 64, 8, 128, 1024, True),    # fp16 GQA: 8 x 16 = 128 queries per KV head
+    (torch.float16, 1, 17, 64, 8, 128, 1024, False),   # 136 queries per KV head: SDPA
     (torch.float16, 1, 11, 32, 32, 128, 127, False),   # fp16 over fewer than 2^19 elements: SDPA
 ])
 def test_which_calls_take_it(monkeypatch, dtype, b, t, hq, hkv, d, kv_len, taken):

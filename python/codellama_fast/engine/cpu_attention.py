@@ -9,8 +9,8 @@ MKL streams from memory several times as fast in fp32 for one query; the weighte
 has no faster orientation. In bf16, SDPA's one-query kernel reads the cache at about a third of
 its fp32 speed, and a bf16 product over a cache slice with spare slots (the engine's caches keep
 some) copies the slice first. In fp16, SDPA is slow in every form (a CPU without fp16 arithmetic):
-over 7B's and 34B's heads, 2048 cached keys, it took 1.7-2.8x as long as this path for 1-16
-queries per KV head, and still 1.2-1.4x at 64-128. Here each block of heads' keys and values is
+over 7B's and 34B's heads at 2048-4096 cached keys it took about twice as long as this path for up
+to 88 queries per KV head, 1.3x at 128, and ran at parity from 256. Here each block of heads' keys and values is
 widened to fp32 into one reused buffer that stays in the L3 cache, and the scores, softmax and
 weighted sum run in fp32, rounded to the cache's dtype once at the end (SDPA rounds the
 probabilities to bf16 before they meet V). A KV head's queries (its query heads' new tokens) ride
@@ -37,9 +37,9 @@ MIN_CACHE_ELEMENTS = 2**19
 # over 64-wide heads (the 110M benchmark model's) the two run at parity.
 MIN_FP32_HEAD_DIM = 128
 # The most queries per KV head (query heads per KV head x new tokens) an fp16 call may hold: the
-# gain over SDPA shrinks as they grow (34B's heads, 2048 keys: 1.7x at 64 queries, 1.4x at 128; at
-# 256 over 4096 keys parity). Longer fp16 chunks keep SDPA.
-MAX_FP16_QUERIES_PER_KV_HEAD = 64
+# gain over SDPA shrinks as they grow (at 2048 keys, 34B's heads: 2.0x at 88 and 128 queries, 1.5x
+# at 192, parity at 256; 7B's: 1.9x at 64, 1.3x at 128, parity at 256). Longer fp16 chunks keep SDPA.
+MAX_FP16_QUERIES_PER_KV_HEAD = 128
 # Elements widened to fp32 per block in bf16 and fp16 (8 MiB): small enough to stay in the L3 cache
 # between the widening and the product that reads it.
 WIDEN_BLOCK_ELEMENTS = 2**21
