@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels import reference
+from . import widened_attention
 
 # The fewest elements of one row's queries (T x Hq x D) for which the padded batch runs row by row:
 # a call costs tens of microseconds, which a short prompt over few heads does not win back (16 rows
@@ -57,5 +58,4 @@ def _widened_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     t = q.shape[1]
     if q.dtype != torch.float16:
         return reference.attention(q, keys, values, 0, kv_start, t)
-    wide = reference.attention(q.float(), keys.float(), values.float(), 0, kv_start, t)
-    return wide.to(torch.float16)
+    return widened_attention.attention(q, keys, values, 0, kv_start, t)

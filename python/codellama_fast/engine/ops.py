@@ -33,7 +33,7 @@ import torch
 
 from ..errors import DeviceError
 from ..kernels import reference
-from . import cpu_attention, cpu_prefill_attention, small_matmul, widened_linear
+from . import cpu_attention, cpu_prefill_attention, small_matmul, widened_attention, widened_linear
 
 
 class Ops(Protocol):
@@ -98,6 +98,8 @@ class TorchOps:
             return cpu_prefill_attention.attention(q, k_cache, v_cache, kv_start)
         if cpu_attention.applies(q, k_cache, kv_len):  # a CPU decode step (fp16: few queries): the layouts MKL streams fastest
             return cpu_attention.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
+        if widened_attention.applies(q, k_cache, kv_len):  # any other fp16 call on the CPU: SDPA in fp32
+            return widened_attention.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
         return reference.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
 
     def rope_attention(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len):
