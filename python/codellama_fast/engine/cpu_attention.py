@@ -10,11 +10,12 @@ has no faster orientation. In bf16, SDPA's one-query kernel reads the cache at a
 its fp32 speed, and a bf16 product over a cache slice with spare slots (the engine's caches keep
 some) copies the slice first. In fp16, SDPA is slow in every form (a CPU without fp16 arithmetic):
 over 7B's and 34B's heads at 2048-4096 cached keys it took about twice as long as this path for up
-to 88 queries per KV head, 1.3x at 128, and ran at parity from 256. Here each block of heads' keys and values is
-widened to fp32 into one reused buffer that stays in the L3 cache, and the scores, softmax and
-weighted sum run in fp32, rounded to the cache's dtype once at the end (SDPA rounds the
-probabilities to bf16 before they meet V). A KV head's queries (its query heads' new tokens) ride
-along one product, as ``reference.attention`` folds them. Timings: benches/bench_cpu_attention.py.
+to 88 queries per KV head, 1.3x at 128, and ran at parity from 256. Here each block of heads' keys
+and values is widened to fp32 into one reused buffer that stays in the L3 cache, and the scores,
+softmax and weighted sum run in fp32, rounded to the cache's dtype once at the end (SDPA rounds
+the probabilities to bf16 before they meet V). A KV head's queries (its query heads' new tokens)
+ride along one product, as ``reference.attention`` folds them. Timings:
+benches/bench_cpu_attention.py.
 
 The same attention as ``reference.attention`` (query i sees slot j when j <= its slot and j >=
 kv_start[b], and its own slot) up to rounding: the sums run in another order.
