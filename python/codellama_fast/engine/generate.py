@@ -29,6 +29,7 @@ from .loader import load_model
 from .model import LlamaModel, StepContext
 from .options import GenerationConfig, logits_rules_for
 from .packing import rows_without_padding
+from .prompt_cache import PromptCache, move_slots
 from .prompt_lookup import NgramIndex
 from .results import GenerationResult, InfillResult
 from .guidance import Guidance
@@ -128,6 +129,11 @@ class Engine:
         # Prefill runs in chunks of at most this many tokens (batch × length) to bound activations,
         # fewer when the free memory is short (engine.memory.prefill_chunk_tokens).
         self.prefill_chunk_tokens = 16384
+        # A single-sequence generation's KV cache is kept for the next call whose prompt begins with
+        # the same tokens (a chat's next turn): that call prefills only the rest (engine.prompt_cache;
+        # GenerationResult.prompt_tokens_reused). Off: every call prefills its whole prompt.
+        self.reuse_prompt_cache = True
+        self._prompt_cache = PromptCache()
         # captured decode states (KV cache + graph) kept between calls, and their leases
         self._graphs = DecodeStates(lambda b: KVCache.slots_that_fit(self.model.config, b, self.dtype, self.device))
         # Model work (each step of a generation or stream, a whole beam search, a score) runs
@@ -334,17 +340,20 @@ class Engine:
         return torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
 
     def release_cache(self) -> None:
-        """Frees the KV cache and captured decode step kept between calls (the next call that
-        needs one builds it again); a generation still running keeps its own until it ends."""
+        """Frees the KV caches and captured decode steps kept between calls (the next call that
+        needs one builds it again; the next prompt is prefilled whole); a generation still running
+        keeps its own until it ends. Call it after changing the model's weights in place."""
         with self._run_lock, self._on_device():
             self._graphs.clear()
+            self._prompt_cache.clear()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _prefill(self, tokens: torch.Tensor, kv_start: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def _prefill(self, tokens: torch.Tensor, kv_start: torch.Tensor, cache: KVCache, start: int = 0) -> torch.Tensor:
         """Runs the prompt through the model, in chunks when batch × length exceeds the prefill
         budget: `prefill_chunk_tokens`, or fewer when their activations would not fit in half the
-        free memory (engine.memory); returns the last position's logits [B, V]."""
+        free memory (engine.memory); returns the last position's logits [B, V]. `start`: the
+        cache already holds the keys and values of the first `start` tokens (a kept prompt's)."""
         b, t = tokens.shape
         cache.reserve(t)  # a growing cache takes the prompt's slots before the free memory sizes the chunks
         budget = memory.prefill_chunk_tokens(self.model.config, self.dtype, self.device, self.prefill_chunk_tokens)
@@ -352,7 +361,7 @@ class Engine:
         positions = (torch.arange(t, device=self.device)[None, :] - kv_start[:, None]).clamp_min(0)
         starts = kv_start.tolist()
         logits = None
-        for c0 in range(0, t, chunk):
+        for c0 in range(start, t, chunk):
             c1 = min(t, c0 + chunk)
             ctx = StepContext(positions[:, c0:c1], torch.arange(c0, c1, device=self.device), c0, kv_start, c1, rope_len=t,
                               rows=rows_without_padding(starts, c0, c1, self.device))  # prompts of different lengths: packed
@@ -447,12 +456,32 @@ class Engine:
             least = max_len if guessing else min(max_len, t + LEAST_ROOM)
             state = stack.enter_context(self._decode_state(b, max_len, graph_greedy, self._use_graph() and cfg.max_new_tokens > 1, least))
             graph = None
+            # one sequence on the uncaptured loop: a kept cache whose tokens begin this prompt
+            # gives their keys and values, and this call's cache is kept when it ends (however it ends:
+            # slots 0..filled-1 always hold the keys and values of seq[:filled])
+            reusable = (self.reuse_prompt_cache and state is None and b == 1 and not guessing and guidance is None
+                        and self.model.config.rope_scaling_type != "dynamic")  # dynamic RoPE: keys depend on the length
+            reused, filled, seq = 0, 0, []
             if state is not None:
                 cache, kv_start, graph = state.cache, state.kv_start, state.decoder
                 kv_start.copy_(kv_start_now)
             else:
-                cache = KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device)
-                kv_start = kv_start_now
+                cache, kv_start = None, kv_start_now
+                seq = tokens[0].tolist() if reusable else []  # the tokens in the cache's slots, in order
+                kept, reused = self._prompt_cache.take(seq) if reusable else (None, 0)
+                if kept is not None:
+                    try:
+                        cache = KVCache(self.model.config, b, max_len, self.dtype, self.device)
+                        move_slots(kept.cache, cache, reused)
+                    except OutOfMemoryError:  # the kept cache's memory is needed: the whole prompt is prefilled
+                        cache, reused = None, 0
+                    kept = None  # its tensors now belong to `cache`, or are freed
+                if cache is None:
+                    cache = KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device)
+                if reusable:
+                    filled = reused
+                    stack.callback(lambda: self._prompt_cache.keep(seq[:filled], cache))
+            stats["prompt_tokens_reused"] = reused
             # generating k tokens writes the first k - 1 into the cache after the prompt
             max_new = min(cfg.max_new_tokens, cache.max_len - t + 1)
             if max_new < cfg.max_new_tokens:
@@ -461,9 +490,11 @@ class Engine:
                               f"{self.device} has free: this call generates at most {max_new} tokens (finish reason 'length' "
                               "past them)", RuntimeWarning, stacklevel=warn_stacklevel)
             sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-            first = self._prefill(tokens, kv_start, cache)
+            first = self._prefill(tokens, kv_start, cache, start=reused)
+            filled = t
             nxt = watched_pick(first)
             host = nxt.tolist()
+            seq += host[:1] if reusable else []
             watch.check(self.dtype, "at the first generated token")
             stats["prefill_s"] = time.perf_counter() - start
             if logprobs is not None:
@@ -541,8 +572,10 @@ class Engine:
                     break
                 ctx = StepContext((lengths + step - 1)[:, None], torch.tensor([slot], device=self.device), slot, kv_start, slot + 1)
                 logits = self.model(nxt.clamp_min(0)[:, None], ctx, cache.layers)
+                filled = slot + 1  # seq[slot], the last token chosen, is in the cache now
                 nxt = watched_pick(logits)
                 host = nxt.tolist()
+                seq += host[:1] if reusable else []
                 watch.check(self.dtype, f"at generated token {step + 1}")
                 stats["decode_tokens"] += b
                 stats["decode_s"] = time.perf_counter() - decode_start
@@ -603,7 +636,7 @@ class Engine:
         finally:
             if streamer is not None:
                 streamer.end()  # also on an error, so that a TextIteratorStreamer's reader is not left waiting
-        prompt_tokens = sum(len(p) for p in prompts)
+        prompt_tokens, reused = sum(len(p) for p in prompts), int(stats.get("prompt_tokens_reused", 0))
         token_logprobs, tops = [list(lp) for lp in tracker.logprobs], None
         if top_logprobs:  # each entry: own log-probability, k values, k ids
             k = top_logprobs
@@ -616,7 +649,7 @@ class Engine:
             prompt_tokens=[len(p) for p in prompts],
             time_to_first_token_s=stats["prefill_s"],
             decode_tokens_per_s=stats["decode_tokens"] / stats["decode_s"] if stats["decode_s"] > 0 else 0.0,
-            prefill_tokens_per_s=prompt_tokens / stats["prefill_s"] if stats["prefill_s"] > 0 else 0.0,
+            prefill_tokens_per_s=(prompt_tokens - reused) / stats["prefill_s"] if stats["prefill_s"] > 0 else 0.0,
             total_s=stats["prefill_s"] + stats["decode_s"],
             token_logprobs=token_logprobs if return_logprobs or top_logprobs else None,
             top_logprobs=tops,
@@ -624,6 +657,7 @@ class Engine:
             logits=None if log is None or log.logits is None else tuple(log.logits[:taken]),
             guesses_made=int(stats.get("guesses_made", 0)),
             guesses_kept=int(stats.get("guesses_kept", 0)),
+            prompt_tokens_reused=reused,
         )
 
     def _run_beams(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stop_ids: Sequence[set[int]],

@@ -31,6 +31,10 @@ class GenerationResult:
     # kept guess is a decode pass saved); 0 for plain decoding
     guesses_made: int = 0
     guesses_kept: int = 0
+    # tokens at the start of the prompt whose keys and values came from the engine's previous
+    # single-sequence call (its prompt and output began this one): not prefilled again, and not
+    # counted in prefill_tokens_per_s (Engine.reuse_prompt_cache)
+    prompt_tokens_reused: int = 0
     # beam search: each returned beam's score (summed log-probability / length ** length_penalty,
     # transformers' sequences_scores), best first within each prompt
     sequence_scores: list[float] | None = None
@@ -72,6 +76,8 @@ class GenerationResult:
         if self.guesses_made:
             kept = 100 * self.guesses_kept / self.guesses_made
             out += f"; guesses kept {self.guesses_kept} of {self.guesses_made} ({kept:.0f}%)"
+        if self.prompt_tokens_reused:
+            out += f"; {self.prompt_tokens_reused} prompt tokens reused from the last call"
         return out
 
 

@@ -1,0 +1,80 @@
+"""The KV cache of the engine's last single-sequence generation, kept for the next one whose prompt
+begins with the same tokens: a chat's next turn (the whole dialog again, with a new message at its
+end), a longer version of the same file, a second completion of one prompt. That call takes the
+kept keys and values of the common tokens into its own cache and prefills only the rest.
+
+A slot's key and value depend only on the tokens in the slots up to it (one sequence, no padding,
+positions equal to slots), so the reused slots hold what a new prefill would compute, up to the
+rounding of a prefill split in other chunks. The weights must be the ones the kept cache was made
+with: ``Engine.release_cache`` drops it (as it drops the captured decode steps) after weights change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .cache import KVCache
+
+
+@dataclass
+class KeptPrompt:
+    ids: list[int]  # the tokens whose keys and values fill the cache's slots 0..len(ids)-1, in order
+    cache: KVCache
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens a and b share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PromptCache:
+    """Holds at most one ``KeptPrompt``. A generation takes it (no other call can use it meanwhile:
+    two open streams never share a cache) and hands its own cache back when it ends."""
+
+    def __init__(self) -> None:
+        self._kept: KeptPrompt | None = None
+
+    def take(self, prompt: Sequence[int]) -> tuple[KeptPrompt | None, int]:
+        """(the kept prompt, how many of `prompt`'s leading tokens it holds), taken out of the cache;
+        at most len(prompt) - 1 (the last token is fed again for its logits); (None, 0) where none
+        is kept or it shares no token with `prompt` (it is dropped then)."""
+        kept, self._kept = self._kept, None
+        if kept is None:
+            return None, 0
+        n = min(common_prefix(kept.ids, prompt), len(prompt) - 1)
+        return (kept, n) if n > 0 else (None, 0)
+
+    def keep(self, ids: list[int], cache: KVCache) -> None:
+        self._kept = KeptPrompt(list(ids), cache)
+
+    def clear(self) -> None:
+        self._kept = None
+
+    @property
+    def kept_tokens(self) -> int:
+        """Tokens the kept cache holds (0: none kept)."""
+        return 0 if self._kept is None else len(self._kept.ids)
+
+
+def move_slots(kept: KVCache, cache: KVCache, n: int) -> None:
+    """`cache` (batch 1, the same model, dtype and device as `kept`) takes over slots 0..n-1 of
+    every layer of `kept`, which is spent: where kept's tensors fit in `cache` (its slots, at most
+    `cache.max_len`) they become cache's own, with no copy (the slots past n hold stale keys, which
+    every step writes before it reads them); else their first n slots are copied."""
+    if kept.allocated <= cache.max_len:
+        cache.layers[:] = list(kept.layers)  # CacheLayers stays bound to `cache`; its own first tensors are dropped
+        cache.allocated = kept.allocated
+    else:
+        cache.reserve(n)
+        for k_new, v_new in cache.layers:
+            k_old, v_old = kept.layers.pop(0)  # each of kept's layers goes once copied
+            k_new[:, :, :n].copy_(k_old[:, :, :n])  # [1, Hkv, n, D]
+            v_new[:, :, :n].copy_(v_old[:, :, :n])
+            del k_old, v_old
+    kept.layers.clear()

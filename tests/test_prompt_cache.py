@@ -1,0 +1,214 @@
+"""A single-sequence generation's KV cache kept for the next call whose prompt begins with its
+tokens (engine/prompt_cache.py): the next call prefills only the rest, and generates what
+transformers generates for the whole prompt; which calls take and keep it."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from codellama_fast.engine import prompt_cache as PC  # noqa: E402
+from codellama_fast.engine.cache import KVCache  # noqa: E402
+from tests.engine_helpers import fresh_seed  # noqa: E402
+
+
+def test_take_shares_the_common_prefix_and_keeps_one_token_to_feed():
+    cfg = _config()
+    cache = PC.PromptCache()
+    assert cache.take([1, 2, 3]) == (None, 0)
+    kept = KVCache(cfg, 1, 8, torch.float32, torch.device("cpu"))
+    cache.keep([1, 5, 6, 7], kept)
+    assert cache.kept_tokens == 4
+    got, n = cache.take([1, 5, 6, 9, 9])
+    assert got is not None and got.cache is kept and n == 3 and cache.kept_tokens == 0  # taken out
+    cache.keep([1, 5, 6, 7], kept)
+    assert cache.take([1, 5])[1] == 1  # the whole prompt is kept: its last token is fed again for its logits
+    cache.keep([1, 5, 6, 7], kept)
+    assert cache.take([2, 5, 6]) == (None, 0) and cache.kept_tokens == 0  # nothing shared: dropped
+    assert PC.common_prefix([1, 2, 3], [1, 2]) == 2 and PC.common_prefix([], [1]) == 0
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_move_slots_hands_over_the_kept_slots(fits):
+    cfg = _config()
+    kept = KVCache(cfg, 1, 40, torch.float32, torch.device("cpu"))
+    kept.reserve(30)  # 40 slots held (a growing cache takes twice what it is asked, at most its length)
+    for k, v in kept.layers:
+        k.normal_(), v.normal_()
+    want = [(k[:, :, :25].clone(), v[:, :, :25].clone()) for k, v in kept.layers]
+    cache = KVCache(cfg, 1, 100 if fits else 32, torch.float32, torch.device("cpu"))
+    PC.move_slots(kept, cache, 25)
+    assert len(kept.layers) == 0 and len(cache.layers) == cfg.num_hidden_layers
+    assert cache.allocated >= 25 and all(k.shape[2] == cache.allocated for k, _ in cache.layers)
+    for (k, v), (wk, wv) in zip(cache.layers, want, strict=True):
+        assert torch.equal(k[:, :, :25], wk) and torch.equal(v[:, :, :25], wv)
+    cache.reserve(cache.max_len)  # and it grows on as its own
+    assert all(torch.equal(k[:, :, :25], wk) for (k, _), (wk, _) in zip(cache.layers, want, strict=True))
+
+
+def _config():
+    from codellama_fast.engine import LlamaConfig
+
+    return LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       intermediate_size=48)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from tests.engine_helpers import make_hf_model, save
+
+    hf = make_hf_model("gqa4", fresh_seed())
+    return hf, save(hf, tmp_path_factory.mktemp("prompt-cache"))
+
+
+def _forwards(engine):
+    """The number of tokens of each forward pass from now on (a call's first: its prefill)."""
+    original, calls = engine.model.forward, []
+    engine.model.forward = lambda tokens, *a, **k: calls.append(tokens.shape[1]) or original(tokens, *a, **k)  # type: ignore[method-assign]
+    return calls
+
+
+def _greedy(hf, ids, n):
+    x = torch.tensor([ids])
+    return hf.generate(x, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
+
+
+def test_a_longer_prompt_prefills_only_its_new_tokens(model, tok):
+    """A prompt that continues the last call's prompt and output: its keys and values come from
+    the kept cache (the last generated token was never fed, so it is prefilled with the new ones),
+    and the tokens are transformers' greedy ones for the whole prompt."""
+    from tests.engine_helpers import fp32_engine
+
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    first_ids = tok.encode("def quicksort(items):\n    ")
+    first = engine.generate(input_ids=[first_ids], max_new_tokens=10, stop_at_eos=False)
+    assert first.prompt_tokens_reused == 0
+    assert first.token_ids[0] == _greedy(hf, first_ids, 10)
+    calls = _forwards(engine)
+    longer = first_ids + first.token_ids[0] + tok.encode("\n# sort a list", add_special_tokens=False)
+    second = engine.generate(input_ids=[longer], max_new_tokens=12, stop_at_eos=False)
+    reused = len(first_ids) + 10 - 1
+    assert second.prompt_tokens_reused == reused and "prompt tokens reused" in second.summary()
+    assert calls[0] == len(longer) - reused
+    assert second.token_ids[0] == _greedy(hf, longer, 12)
+
+
+def test_the_same_prompt_again_and_another_prompt(model, tok):
+    """The same prompt again feeds its last token alone and generates the same tokens; a prompt
+    sharing only BOS reuses that one slot; both equal transformers' greedy."""
+    from tests.engine_helpers import fp32_engine
+
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    ids = tok.encode("import os\nimport sys\n")
+    first = engine.generate(input_ids=[ids], max_new_tokens=8, stop_at_eos=False)
+    calls = _forwards(engine)
+    again = engine.generate(input_ids=[ids], max_new_tokens=8, stop_at_eos=False)
+    assert again.prompt_tokens_reused == len(ids) - 1 and calls[0] == 1
+    assert again.token_ids == first.token_ids and first.token_ids[0] == _greedy(hf, ids, 8)
+    other = tok.encode("class Stack:\n")
+    calls.clear()
+    got = engine.generate(input_ids=[other], max_new_tokens=8, stop_at_eos=False)
+    assert got.prompt_tokens_reused == 1 and calls[0] == len(other) - 1  # BOS alone is shared
+    assert got.token_ids[0] == _greedy(hf, other, 8)
+
+
+def test_a_chats_next_turn_prefills_only_the_new_message(model, tok):
+    """The CLI's chat loop: the dialog so far, the answer, and a new message. The second turn's
+    prompt begins with the first turn's prompt (at least), so only the rest is prefilled; both
+    answers are transformers' greedy ones for the whole dialog's ids."""
+    from tests.engine_helpers import fp32_engine
+
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    messages = [{"role": "user", "content": "Write a function that reverses a list."}]
+    ids = tok.chat_prompt_ids(messages)
+    answer = engine.chat(messages, max_new_tokens=12, stop_at_eos=False)
+    assert tok.encode(answer, add_special_tokens=False)  # something was answered
+    want = tok.decode(_greedy(hf, ids, 12), skip_special_tokens=True).strip()
+    assert answer == want
+    messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": "Now in place."}]
+    next_ids = tok.chat_prompt_ids(messages)
+    assert next_ids[: len(ids)] == ids
+    calls = _forwards(engine)
+    answer2 = engine.chat(messages, max_new_tokens=12, stop_at_eos=False)
+    assert calls[0] <= len(next_ids) - len(ids)
+    assert answer2 == tok.decode(_greedy(hf, next_ids, 12), skip_special_tokens=True).strip()
+
+
+def test_which_calls_take_and_keep_it(model, tok):
+    """A batch of two neither takes nor replaces the kept cache; prompt lookup (guessed tokens
+    written ahead) leaves it too; release_cache drops it; reuse_prompt_cache=False turns it off."""
+    from tests.engine_helpers import fp32_engine
+
+    _, path = model
+    engine = fp32_engine(path, tok)
+    ids = tok.encode("def add(a, b):\n    return a + b\n\ndef add")
+    engine.generate(input_ids=[ids], max_new_tokens=6, stop_at_eos=False)
+    kept = engine._prompt_cache.kept_tokens
+    assert kept == len(ids) + 5
+    assert engine.generate(input_ids=[ids, ids[:5]], max_new_tokens=4, stop_at_eos=False).prompt_tokens_reused == 0
+    assert engine._prompt_cache.kept_tokens == kept
+    looked = engine.generate(input_ids=[ids], max_new_tokens=6, stop_at_eos=False, prompt_lookup_num_tokens=3)
+    assert looked.prompt_tokens_reused == 0 and engine._prompt_cache.kept_tokens == kept
+    assert engine.generate(input_ids=[ids], max_new_tokens=2).prompt_tokens_reused == len(ids) - 1
+    engine.release_cache()
+    assert engine._prompt_cache.kept_tokens == 0
+    assert engine.generate(input_ids=[ids], max_new_tokens=2).prompt_tokens_reused == 0
+    engine.reuse_prompt_cache = False
+    assert engine.generate(input_ids=[ids], max_new_tokens=2).prompt_tokens_reused == 0
+
+
+def test_a_stream_closed_early_keeps_what_it_fed(model, tok):
+    """A stream closed after a few tokens keeps the prompt and the tokens fed before its last one;
+    the next call on that text reuses them and generates transformers' greedy tokens."""
+    from tests.engine_helpers import fp32_engine
+
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    ids = tok.encode("for i in range(10):\n")
+    stream = engine.stream(ids, max_new_tokens=20, stop_at_eos=False)
+    for _ in range(3):
+        next(stream)
+    stream.close()
+    fed = engine._prompt_cache.kept_tokens
+    assert len(ids) <= fed < len(ids) + 20
+    want = _greedy(hf, ids, 20)
+    longer = ids + want[: fed - len(ids) + 1]  # the prompt and the tokens the stream chose
+    got = engine.generate(input_ids=[longer], max_new_tokens=8, stop_at_eos=False)
+    assert got.prompt_tokens_reused == fed
+    assert got.token_ids[0] == _greedy(hf, longer, 8)
+
+
+def test_no_memory_for_both_caches_prefills_the_whole_prompt(model, tok, monkeypatch):
+    """Where the new cache cannot be had beside the kept one, the kept one is dropped and the whole
+    prompt prefilled."""
+    from codellama_fast.engine import generate as G
+    from codellama_fast.errors import OutOfMemoryError
+    from tests.engine_helpers import fp32_engine
+
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    ids = tok.encode("x = [1, 2, 3]\n")
+    engine.generate(input_ids=[ids], max_new_tokens=4, stop_at_eos=False)
+
+    def no_room(kept, cache, n):
+        raise OutOfMemoryError("no room for both")
+
+    monkeypatch.setattr(G, "move_slots", no_room)
+    got = engine.generate(input_ids=[ids + [13]], max_new_tokens=6, stop_at_eos=False)
+    assert got.prompt_tokens_reused == 0 and got.token_ids[0] == _greedy(hf, ids + [13], 6)
+
+
+def test_dynamic_rope_scaling_prefills_every_prompt_whole(tmp_path, tok):
+    """With dynamic NTK scaling a key depends on the sequence's length, so nothing is reused."""
+    from tests.engine_helpers import fp32_engine, make_hf_model, save
+
+    hf = make_hf_model("gqa4", fresh_seed(), rope_scaling={"type": "dynamic", "factor": 2.0}, max_position_embeddings=16)
+    engine = fp32_engine(save(hf, tmp_path / "m"), tok)
+    ids = tok.encode("def f(x):\n    return x * 2\n")
+    engine.generate(input_ids=[ids], max_new_tokens=4, stop_at_eos=False)
+    got = engine.generate(input_ids=[ids + [13]], max_new_tokens=4, stop_at_eos=False)
+    assert got.prompt_tokens_reused == 0 and engine._prompt_cache.kept_tokens == 0
