@@ -73,7 +73,11 @@ def random_engine(name: str, device: str, dtype: torch.dtype, tokenizer, backend
     model.inv_freq = LlamaModel.rope_inv_freq(cfg, device)
     model.ops = select_ops(torch.device(device), backend)
     model.eval()
-    return Engine(model, tokenizer)
+    engine = Engine(model, tokenizer)
+    # the benchmarks time whole prompts: a prompt repeated would be prefilled from the kept cache
+    # (bench_prompt_cache.py times that)
+    engine.reuse_prompt_cache = False
+    return engine
 
 
 def hf_model(name: str, device: str, dtype: torch.dtype, attn: str = "sdpa"):

@@ -79,6 +79,21 @@ def test_bench_generate_ragged_batch(tmp_path):
         assert abs(r["prefill_tokens_per_s"] * r["ttft_s"] - 30) < 1e-6
 
 
+def test_bench_prompt_cache_tiny(tmp_path):
+    """Turn 2 timed three ways for each prompt length: with the kept cache (turn 1's prompt and all
+    but its last generated token reused), with the whole prompt prefilled, and transformers."""
+    pytest.importorskip("transformers")
+    data = _run("bench_prompt_cache.py", "--model", "tiny", "--prompt", "10", "20", "--answer", "5", "--message", "4",
+                "--repeats", "1", tmp=tmp_path)
+    timed = [r for r in data["rows"] if r["provider"] != "ratio"]
+    assert sorted((r["provider"], r["shape"]) for r in timed) == sorted(
+        (p, f"tiny P{n} A5 M4") for p in ("codellama-fast-kept", "codellama-fast-whole", "transformers-eager") for n in (10, 20))
+    for r in timed:
+        assert r["prompt_tokens"] == int(r["shape"].split()[1][1:]) + 9 and r["p50"] > 0
+        assert r["reused"] == ((r["prompt_tokens"] - 9 + 4) if r["provider"] == "codellama-fast-kept" else 0)
+    assert len([r for r in data["rows"] if r["provider"] == "ratio"]) == 4
+
+
 @pytest.mark.parametrize("stop", [[], ["@@never@@", "§§"]])
 def test_bench_beams_tiny(tmp_path, stop):
     """The harness runs both sides on the same weights (and stop strings): their beams agree on a

@@ -1,0 +1,105 @@
+"""A chat's next turn: the time to first token of a prompt that begins with the last call's prompt
+and output (the dialog so far) followed by a new message, with the engine's kept prompt cache
+(only the new tokens are prefilled), without it (``reuse_prompt_cache = False``: the whole prompt),
+and transformers' ``generate`` on the same ids, in the same run. Random weights in the shapes of
+``--model``; turn 1 is a ``--prompt``-token prompt answered with ``--answer`` greedy tokens, turn 2
+adds ``--message`` tokens. The first token of turn 2 must be the same with and without the kept
+cache (checked).
+
+    python benches/bench_prompt_cache.py [--model 110M] [--prompt 512 2048] [--answer 32] [--message 32] [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from common import git_sha, machine, now, percentiles, versions, write_results  # noqa: E402
+from llm_bench import SHAPES, free, hf_model, prompts, random_engine, sync  # noqa: E402
+
+
+def next_turn(engine, first: list[int], answer: int, message: list[int], reuse: bool) -> tuple[float, int, int]:
+    """(seconds to the first token of turn 2, that token, prompt tokens reused) after a fresh turn 1."""
+    engine.release_cache()
+    engine.reuse_prompt_cache = reuse
+    reply = engine.generate(input_ids=[first], max_new_tokens=answer, stop_at_eos=False).token_ids[0]
+    second = engine.generate(input_ids=[first + reply + message], max_new_tokens=1, stop_at_eos=False)
+    return second.time_to_first_token_s, second.token_ids[0][0], second.prompt_tokens_reused
+
+
+def transformers_ttft(model, ids: list[int], device: str) -> float:
+    x = torch.tensor([ids], device=device)
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=1, do_sample=False, pad_token_id=0, eos_token_id=None)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="110M", choices=sorted(SHAPES))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="float32 (CPU default) or float16 (GPU default)")
+    ap.add_argument("--prompt", type=int, nargs="+", default=[512, 2048], help="turn 1's prompt tokens")
+    ap.add_argument("--answer", type=int, default=32, help="turn 1's generated tokens")
+    ap.add_argument("--message", type=int, default=32, help="turn 2's new tokens")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if args.device == "cuda" else torch.float32)
+
+    from codellama_fast import CodeLlamaTokenizerFast
+
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    meta = {"bench": "prompt_cache", "machine": machine(), "versions": versions("torch", "transformers", "codellama-fast"),
+            "git_sha": git_sha(), "timestamp": now(), "model": args.model, "device": args.device, "dtype": str(dtype),
+            "torch_threads": torch.get_num_threads(), "answer": args.answer, "message": args.message}
+    ours = random_engine(args.model, args.device, dtype, tok)
+    hf = hf_model(args.model, args.device, dtype)
+    vocab = ours.model.config.vocab_size
+    rows: list[dict[str, Any]] = []
+    for p in args.prompt:
+        first = prompts(1, p, vocab, seed=p)[0]
+        message = prompts(1, args.message + 1, vocab, seed=p + 1)[0][1:]  # no BOS inside the dialog
+        shape = f"{args.model} P{p} A{args.answer} M{args.message}"
+        kept = [next_turn(ours, first, args.answer, message, True) for _ in range(args.repeats)]
+        whole = [next_turn(ours, first, args.answer, message, False) for _ in range(args.repeats)]
+        assert {k[1] for k in kept} == {w[1] for w in whole}, "turn 2's first token differs with the kept cache"
+        reply = ours.generate(input_ids=[first], max_new_tokens=args.answer, stop_at_eos=False).token_ids[0]
+        transformers_ttft(hf, first + reply + message, args.device)  # warm-up
+        theirs = [transformers_ttft(hf, first + reply + message, args.device) for _ in range(args.repeats)]
+        times = {"codellama-fast-kept": [k[0] for k in kept], "codellama-fast-whole": [w[0] for w in whole],
+                 "transformers-eager": theirs}
+        total = p + args.answer + args.message
+        for provider, samples in times.items():
+            t = percentiles(samples)
+            rows.append({"bench": "prompt_cache", "provider": provider, "metric": "ttft_ms", "unit": "ms", "shape": shape,
+                         "prompt_tokens": total, "reused": kept[0][2] if provider.endswith("kept") else 0,
+                         "p50": t["p50"] * 1e3, "p20": t["p20"] * 1e3, "p80": t["p80"] * 1e3,
+                         "device": args.device, "dtype": str(dtype)})
+        p50 = {name: percentiles(s)["p50"] for name, s in times.items()}
+        for base in ("codellama-fast-whole", "transformers-eager"):
+            rows.append({"bench": "prompt_cache", "provider": "ratio", "metric": f"kept_over_{base}", "unit": "x", "shape": shape,
+                         "p50": p50[base] / p50["codellama-fast-kept"]})
+        print(f"{shape:24s} turn 2 of {total} tokens ({kept[0][2]} reused): kept {p50['codellama-fast-kept'] * 1e3:8.1f} ms   "
+              f"whole {p50['codellama-fast-whole'] * 1e3:8.1f} ms ({p50['codellama-fast-whole'] / p50['codellama-fast-kept']:.2f}x)   "
+              f"transformers {p50['transformers-eager'] * 1e3:8.1f} ms ({p50['transformers-eager'] / p50['codellama-fast-kept']:.2f}x)",
+              flush=True)
+    del ours, hf
+    free(args.device)
+    path = write_results(f"prompt-cache-{args.device}", meta, rows, args.out)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
