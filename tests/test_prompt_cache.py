@@ -212,3 +212,18 @@ def test_dynamic_rope_scaling_prefills_every_prompt_whole(tmp_path, tok):
     engine.generate(input_ids=[ids], max_new_tokens=4, stop_at_eos=False)
     got = engine.generate(input_ids=[ids + [13]], max_new_tokens=4, stop_at_eos=False)
     assert got.prompt_tokens_reused == 0 and engine._prompt_cache.kept_tokens == 0
+
+
+def test_the_decode_state_path_neither_takes_nor_keeps_it(model, tok):
+    """A call on a decode state (the captured step's static buffers, run uncaptured here) prefills
+    its whole prompt and frees the kept cache, which those calls never use."""
+    from tests.engine_helpers import fp32_engine
+
+    _, path = model
+    engine = fp32_engine(path, tok)
+    engine.use_cuda_graph = "eager"
+    ids = tok.encode("while True:\n    pass\n")
+    engine.generate(input_ids=[ids], max_new_tokens=1, stop_at_eos=False)  # one token: no decode state
+    assert engine._prompt_cache.kept_tokens == len(ids)
+    got = engine.generate(input_ids=[ids], max_new_tokens=4, stop_at_eos=False)
+    assert got.prompt_tokens_reused == 0 and engine._prompt_cache.kept_tokens == 0

@@ -465,6 +465,7 @@ class Engine:
             if state is not None:
                 cache, kv_start, graph = state.cache, state.kv_start, state.decoder
                 kv_start.copy_(kv_start_now)
+                self._prompt_cache.clear()  # the captured steps never take it: its device memory is freed
             else:
                 cache, kv_start = None, kv_start_now
                 seq = tokens[0].tolist() if reusable else []  # the tokens in the cache's slots, in order
