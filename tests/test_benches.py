@@ -83,11 +83,11 @@ def test_bench_prompt_cache_tiny(tmp_path):
     """Turn 2 timed three ways for each prompt length: with the kept cache (turn 1's prompt and all
     but its last generated token reused), with the whole prompt prefilled, and transformers."""
     pytest.importorskip("transformers")
-    data = _run("bench_prompt_cache.py", "--model", "tiny", "--prompt", "10", "20", "--answer", "5", "--message", "4",
+    data = _run("bench_prompt_cache.py", "--model", "tiny", "--prompt", "40", "60", "--answer", "5", "--message", "4",
                 "--repeats", "1", tmp=tmp_path)
     timed = [r for r in data["rows"] if r["provider"] != "ratio"]
     assert sorted((r["provider"], r["shape"]) for r in timed) == sorted(
-        (p, f"tiny P{n} A5 M4") for p in ("codellama-fast-kept", "codellama-fast-whole", "transformers-eager") for n in (10, 20))
+        (p, f"tiny P{n} A5 M4") for p in ("codellama-fast-kept", "codellama-fast-whole", "transformers-eager") for n in (40, 60))
     for r in timed:
         assert r["prompt_tokens"] == int(r["shape"].split()[1][1:]) + 9 and r["p50"] > 0
         assert r["reused"] == ((r["prompt_tokens"] - 9 + 4) if r["provider"] == "codellama-fast-kept" else 0)

@@ -48,9 +48,11 @@ def _hf_greedy(hf, rows: list[list[int]], n: int) -> list[list[int]]:
 
 def _scribble(engine) -> None:
     """Fills every kept cache with NaN: what a state holds between calls must never be read (a
-    NaN read anywhere, even in a masked slot, reaches the logits)."""
+    NaN read anywhere, even in a masked slot, reaches the logits), but for the tokens it notes
+    (engine.prompt_cache), which the NaN replaces: the note goes too."""
     with torch.inference_mode():  # the caches are inference tensors
         for state in engine._graphs._states:
+            state.ids = []
             for kc, vc in state.cache.layers:
                 kc.fill_(float("nan"))
                 vc.fill_(float("nan"))

@@ -230,6 +230,36 @@ def test_graph_decode_7b_layout_matches_eager():
     assert graphed == eager
 
 
+def test_a_chats_next_turn_on_the_captured_state_prefills_only_its_new_tokens():
+    """7B layer shapes, 2 layers, fp16, the captured step: a prompt that begins with the last call's
+    prompt and output takes their keys and values from the state's cache and prefills the rest;
+    its first step's logits are the whole prompt's (an engine prefilling it whole, uncaptured)
+    within fp16 rounding."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
+    from llm_bench import SHAPES, random_engine
+
+    from codellama_fast import CodeLlamaTokenizerFast
+
+    SHAPES["7B-2layers"] = dict(SHAPES["7B"], num_hidden_layers=2)
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    eng = random_engine("7B-2layers", "cuda", torch.float16, tok)
+    eng.reuse_prompt_cache, eng.use_cuda_graph = True, True
+    first = [1] + torch.randint(3, 32000, (299,)).tolist()
+    kw = {"stop_at_eos": False, "output_logits": True}  # both turns on the state without the captured argmax
+    reply = eng.generate(input_ids=[first], max_new_tokens=20, **kw).token_ids[0]
+    turn2 = first + reply + torch.randint(3, 32000, (40,)).tolist()
+    got = eng.generate(input_ids=[turn2], max_new_tokens=6, **kw)
+    assert got.prompt_tokens_reused == 300 + 19 and eng._graphs.builds == 1
+    whole = random_engine("7B-2layers", "cuda", torch.float16, tok)  # the same weights
+    whole.use_cuda_graph = False
+    want = whole.generate(input_ids=[turn2], max_new_tokens=6, **kw)
+    a, b = got.logits[0].float(), want.logits[0].float()
+    assert (a - b).abs().max().item() < 2e-2 * max(1.0, b.abs().max().item())
+
+
 def test_kept_captured_state_serves_calls_of_other_lengths():
     """7B layer shapes, 2 layers, fp16: calls of other prompt lengths and token budgets replay one
     kept captured state (its cache larger than they need and holding the last call's keys), with

@@ -13,6 +13,22 @@ from codellama_fast.engine.cache import KVCache  # noqa: E402
 from tests.engine_helpers import fresh_seed  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def short_prompts_share(monkeypatch):
+    """The tests' prompts are short: any shared token counts (the floor has its own test)."""
+    monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 1)
+
+
+def test_a_prompt_sharing_fewer_than_the_floor_prefills_whole(monkeypatch):
+    monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 4)
+    assert PC.reusable_slots([1, 2, 3, 9], [1, 2, 3, 4, 5]) == 0
+    assert PC.reusable_slots([1, 2, 3, 4], [1, 2, 3, 4, 5]) == 4
+    assert PC.reusable_slots([1, 2, 3, 4, 5], [1, 2, 3, 4]) == 0  # 3 left to reuse: the last is fed again
+    cache = PC.PromptCache()
+    cache.keep([1, 2, 3, 9], KVCache(_config(), 1, 8, torch.float32, torch.device("cpu")))
+    assert cache.take([1, 2, 3, 4, 5]) == (None, 0) and cache.kept_tokens == 0
+
+
 def test_take_shares_the_common_prefix_and_keeps_one_token_to_feed():
     cfg = _config()
     cache = PC.PromptCache()
@@ -214,9 +230,10 @@ def test_dynamic_rope_scaling_prefills_every_prompt_whole(tmp_path, tok):
     assert got.prompt_tokens_reused == 0 and engine._prompt_cache.kept_tokens == 0
 
 
-def test_the_decode_state_path_neither_takes_nor_keeps_it(model, tok):
-    """A call on a decode state (the captured step's static buffers, run uncaptured here) prefills
-    its whole prompt and frees the kept cache, which those calls never use."""
+def test_a_decode_state_call_frees_the_kept_cache(model, tok):
+    """A call on a decode state (the captured step's static buffers, run uncaptured here) frees the
+    uncaptured loop's kept cache, which those calls never use (their state's cache holds its own
+    tokens: a new state holds none)."""
     from tests.engine_helpers import fp32_engine
 
     _, path = model
@@ -227,3 +244,58 @@ def test_the_decode_state_path_neither_takes_nor_keeps_it(model, tok):
     assert engine._prompt_cache.kept_tokens == len(ids)
     got = engine.generate(input_ids=[ids], max_new_tokens=4, stop_at_eos=False)
     assert got.prompt_tokens_reused == 0 and engine._prompt_cache.kept_tokens == 0
+
+
+@pytest.mark.parametrize("every", [1, 3, 16])
+def test_a_decode_state_reuses_what_its_last_call_fed(model, tok, every):
+    """On a decode state (run uncaptured here) the cache outlives the call: the next call of one
+    sequence whose prompt begins with the last one's prompt and output prefills only the rest, the
+    fed tokens counted block by block (`every` tokens read back at a time); the tokens equal
+    transformers' greedy ones."""
+    from tests.engine_helpers import fp32_engine
+
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    engine.use_cuda_graph, engine.check_every = "eager", every
+    ids = tok.encode("def quicksort(items):\n    ")
+    first = engine.generate(input_ids=[ids], max_new_tokens=11, stop_at_eos=False)
+    assert first.token_ids[0] == _greedy(hf, ids, 11) and first.prompt_tokens_reused == 0
+    longer = ids + first.token_ids[0] + tok.encode("\n# sort", add_special_tokens=False)
+    calls = _forwards(engine)
+    second = engine.generate(input_ids=[longer], max_new_tokens=9, stop_at_eos=False)
+    reused = len(ids) + 10
+    assert second.prompt_tokens_reused == reused and calls[0] == len(longer) - reused
+    assert second.token_ids[0] == _greedy(hf, longer, 9)
+    assert engine.generate(input_ids=[longer], max_new_tokens=3).prompt_tokens_reused == len(longer) - 1
+    # prompt lookup writes guesses ahead into the state's cache: the tokens it held are forgotten
+    # (the calls around it on the same state as its own: with log-probabilities the step is not the
+    # captured argmax's)
+    kw = {"max_new_tokens": 4, "stop_at_eos": False, "return_logprobs": True}
+    engine.generate(input_ids=[longer], **kw)
+    builds = engine._graphs.builds
+    engine.generate(input_ids=[longer], max_new_tokens=5, stop_at_eos=False, prompt_lookup_num_tokens=2)
+    again = engine.generate(input_ids=[longer], **kw)
+    assert engine._graphs.builds == builds  # all on one state
+    assert again.prompt_tokens_reused == 0 and again.token_ids[0] == _greedy(hf, longer, 4)
+    # a batch's call builds a state of its own shape, which replaces the one kept (engine.decode_states)
+    assert engine.generate(input_ids=[longer, ids], max_new_tokens=3, stop_at_eos=False).prompt_tokens_reused == 0
+    assert engine.generate(input_ids=[longer], max_new_tokens=3).prompt_tokens_reused == 0
+
+
+def test_a_decode_state_used_by_an_assistant_forgets_its_tokens(model, tok):
+    """An engine's decode state lent to another engine's guesses (as its assistant) is overwritten:
+    the engine's next call prefills its whole prompt and still generates transformers' tokens."""
+    from tests.engine_helpers import fp32_engine
+
+    hf, path = model
+    engine, target = fp32_engine(path, tok), fp32_engine(path, tok)
+    engine.use_cuda_graph = "eager"
+    ids = tok.encode("import os\n")
+    kw = {"max_new_tokens": 6, "stop_at_eos": False, "return_logprobs": True}  # the state the guesses lease too (not the argmax one)
+    engine.generate(input_ids=[ids], **kw)
+    builds = engine._graphs.builds
+    target.generate(input_ids=[tok.encode("x = 1\n")], max_new_tokens=6, stop_at_eos=False, assistant_model=engine,
+                    num_assistant_tokens=3)
+    got = engine.generate(input_ids=[ids + [13]], **kw)
+    assert engine._graphs.builds == builds  # all on one state
+    assert got.prompt_tokens_reused == 0 and got.token_ids[0] == _greedy(hf, ids + [13], 6)

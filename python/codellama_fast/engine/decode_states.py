@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
@@ -59,6 +59,9 @@ class DecodeState:
     kv_start: torch.Tensor  # [batch] int64: padding slots per row, set by each generation
     decoder: GraphDecoder
     short: bool = False  # holds fewer slots than the call that built it asked: as many as fitted
+    # the tokens whose keys and values the cache's slots 0..len(ids)-1 hold, set by the one-sequence
+    # generation that used it last ([]: none known); each lease starts by taking it away
+    ids: list[int] = field(default_factory=list)
 
     @property
     def capacity(self) -> int:

@@ -29,7 +29,7 @@ from .loader import load_model
 from .model import LlamaModel, StepContext
 from .options import GenerationConfig, logits_rules_for
 from .packing import rows_without_padding
-from .prompt_cache import PromptCache, move_slots
+from .prompt_cache import PromptCache, move_slots, reusable_slots
 from .prompt_lookup import NgramIndex
 from .results import GenerationResult, InfillResult
 from .guidance import Guidance
@@ -456,19 +456,25 @@ class Engine:
             least = max_len if guessing else min(max_len, t + LEAST_ROOM)
             state = stack.enter_context(self._decode_state(b, max_len, graph_greedy, self._use_graph() and cfg.max_new_tokens > 1, least))
             graph = None
-            # one sequence on the uncaptured loop: a kept cache whose tokens begin this prompt
-            # gives their keys and values, and this call's cache is kept when it ends (however it ends:
-            # slots 0..filled-1 always hold the keys and values of seq[:filled])
-            reusable = (self.reuse_prompt_cache and state is None and b == 1 and not guessing and guidance is None
+            # one sequence: the keys and values of the tokens this prompt begins with come from a
+            # kept cache (the uncaptured loop's) or the decode state's own (which holds what its last
+            # such call fed), and the cache is kept, or its tokens noted, when the call ends
+            # (however it ends: slots 0..filled-1 always hold the keys and values of seq[:filled])
+            reusable = (self.reuse_prompt_cache and b == 1 and not guessing and guidance is None
                         and self.model.config.rope_scaling_type != "dynamic")  # dynamic RoPE: keys depend on the length
-            reused, filled, seq = 0, 0, []
+            reused, filled = 0, 0
+            seq = tokens[0].tolist() if reusable else []  # the tokens in the cache's slots, in order
             if state is not None:
                 cache, kv_start, graph = state.cache, state.kv_start, state.decoder
                 kv_start.copy_(kv_start_now)
-                self._prompt_cache.clear()  # the captured steps never take it: its device memory is freed
+                self._prompt_cache.clear()  # decode states never take it: its memory is freed
+                held, state.ids = state.ids, []  # this call writes the cache: what it held is known here alone
+                if reusable:
+                    reused = reusable_slots(held, seq)
+                    filled = reused
+                    stack.callback(lambda: setattr(state, "ids", seq[:filled]))
             else:
                 cache, kv_start = None, kv_start_now
-                seq = tokens[0].tolist() if reusable else []  # the tokens in the cache's slots, in order
                 kept, reused = self._prompt_cache.take(seq) if reusable else (None, 0)
                 if kept is not None:
                     try:
@@ -553,6 +559,9 @@ class Engine:
                             if lp_out is not None:
                                 lp_out[:, done - 1 + i] = logprob_of(logits, nxt.clamp_min(0))
                     block = graph.out[:, done - 1 : done - 1 + n].tolist()  # the one sync per block
+                    if reusable:  # the block's replays fed tokens done-1 .. done+n-2 into slots t+done-1 ..
+                        seq += block[0]
+                        filled = t + done + n - 1
                     graph.watch.check(self.dtype, f"among generated tokens {done + 1} to {done + n}")
                     lp_block = lp_out[:, done - 1 : done - 1 + n].tolist() if lp_out is not None else None
                     stats["decode_tokens"] += b * n
@@ -596,6 +605,7 @@ class Engine:
             if state is not None:
                 cache, kv_start, graph = state.cache, state.kv_start, state.decoder
                 kv_start.zero_()
+                state.ids = []  # the guesses overwrite its cache: the tokens it held are gone
             else:
                 cache = KVCache(draft.model.config, 1, max_len, draft.dtype, draft.device)
                 kv_start = torch.zeros(1, dtype=torch.long, device=draft.device)

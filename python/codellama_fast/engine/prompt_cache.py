@@ -16,6 +16,12 @@ from typing import Sequence
 
 from .cache import KVCache
 
+# The fewest leading tokens a prompt must share with the kept ones to take them. A reused slot's
+# key and value round as the earlier call's prefill computed them, so a call's last bits depend on
+# the call before it; a few shared tokens (BOS alone, a common import line) save too little
+# prefill to be worth that. A chat's dialog, a grown file or a repeated prompt shares far more.
+MIN_SHARED_TOKENS = 32
+
 
 @dataclass
 class KeptPrompt:
@@ -33,6 +39,14 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def reusable_slots(held: Sequence[int], prompt: Sequence[int]) -> int:
+    """How many of `prompt`'s leading tokens a cache holding the keys and values of `held` gives:
+    the tokens they share, at most len(prompt) - 1 (the last is fed again for its logits); 0 under
+    MIN_SHARED_TOKENS."""
+    n = min(common_prefix(held, prompt), len(prompt) - 1)
+    return n if n >= MIN_SHARED_TOKENS else 0
+
+
 class PromptCache:
     """Holds at most one ``KeptPrompt``. A generation takes it (no other call can use it meanwhile:
     two open streams never share a cache) and hands its own cache back when it ends."""
@@ -41,13 +55,12 @@ class PromptCache:
         self._kept: KeptPrompt | None = None
 
     def take(self, prompt: Sequence[int]) -> tuple[KeptPrompt | None, int]:
-        """(the kept prompt, how many of `prompt`'s leading tokens it holds), taken out of the cache;
-        at most len(prompt) - 1 (the last token is fed again for its logits); (None, 0) where none
-        is kept or it shares no token with `prompt` (it is dropped then)."""
+        """(the kept prompt, ``reusable_slots`` of `prompt` it gives), taken out of the cache;
+        (None, 0) where none is kept or it gives none (it is dropped then)."""
         kept, self._kept = self._kept, None
         if kept is None:
             return None, 0
-        n = min(common_prefix(kept.ids, prompt), len(prompt) - 1)
+        n = reusable_slots(kept.ids, prompt)
         return (kept, n) if n > 0 else (None, 0)
 
     def keep(self, ids: list[int], cache: KVCache) -> None:
