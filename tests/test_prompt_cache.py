@@ -299,3 +299,13 @@ def test_a_decode_state_used_by_an_assistant_forgets_its_tokens(model, tok):
     got = engine.generate(input_ids=[ids + [13]], **kw)
     assert engine._graphs.builds == builds  # all on one state
     assert got.prompt_tokens_reused == 0 and got.token_ids[0] == _greedy(hf, ids + [13], 6)
+
+
+def test_too_few_tokens_are_not_kept(monkeypatch):
+    monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 4)
+    cache = PC.PromptCache()
+    kv = KVCache(_config(), 1, 8, torch.float32, torch.device("cpu"))
+    cache.keep([1, 2, 3, 4], kv)
+    assert cache.kept_tokens == 4
+    cache.keep([1, 2, 3], kv)  # replaces it, and is itself too short to keep
+    assert cache.kept_tokens == 0

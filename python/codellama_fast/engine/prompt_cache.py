@@ -64,7 +64,9 @@ class PromptCache:
         return (kept, n) if n > 0 else (None, 0)
 
     def keep(self, ids: list[int], cache: KVCache) -> None:
-        self._kept = KeptPrompt(list(ids), cache)
+        """Keeps `cache`, whose slots hold the keys and values of `ids`: where they are too few to
+        be reused (a call that ended early), nothing is kept and the memory goes."""
+        self._kept = KeptPrompt(list(ids), cache) if len(ids) >= MIN_SHARED_TOKENS else None
 
     def clear(self) -> None:
         self._kept = None
