@@ -961,7 +961,9 @@ class Engine:
             return score_rows(self, rows, top_logprobs)
 
     def chat(self, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> str:
-        """The assistant's next message for a Code Llama Instruct dialog."""
+        """The assistant's next message for a Code Llama Instruct dialog. The next turn (these
+        messages, the answer and a new message) prefills only what follows the tokens they share
+        with this call's (``reuse_prompt_cache``)."""
         ids = self.tokenizer.chat_prompt_ids(messages)
         cfg = self._config(kwargs)
         decode = lambda new: self.tokenizer._native.decode(new, True)  # noqa: E731
