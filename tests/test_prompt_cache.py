@@ -309,3 +309,31 @@ def test_too_few_tokens_are_not_kept(monkeypatch):
     assert cache.kept_tokens == 4
     cache.keep([1, 2, 3], kv)  # replaces it, and is itself too short to keep
     assert cache.kept_tokens == 0
+
+
+def test_an_editors_next_infill_reuses_the_suffix_first_prompt(model, tok, monkeypatch):
+    """Infilling as an editor calls it while the user types (the same suffix, the prefix grown at
+    the cursor). Suffix first (SPM: the suffix, then the prefix) the next call reuses all but the
+    typed text's tokens; prefix first (PSM) the suffix follows the edit and is prefilled again.
+    The middles are transformers' greedy tokens for the new prompt."""
+    from tests.engine_helpers import fp32_engine
+
+    monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 32)  # the engine's own floor: these prompts pass it
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    prefix = "def mean(values):\n    "
+    suffix = "\n    return total / len(values)\n\n\ndef median(values):\n    ordered = sorted(values)\n    middle = len(ordered) // 2\n"
+    typed = prefix + "total = sum("
+    reused = {}
+    for spm in (True, False):
+        engine.release_cache()
+        old = engine.infill_prompt_ids(prefix, suffix, spm)
+        first = engine.infill(prefix, suffix, suffix_first=spm, max_new_tokens=5, stop_at_eos=False).generation
+        new = engine.infill_prompt_ids(typed, suffix, spm)
+        got = engine.infill(typed, suffix, suffix_first=spm, max_new_tokens=5, stop_at_eos=False).generation
+        shared = PC.common_prefix(old + first.token_ids[0][:-1], new)
+        assert got.prompt_tokens_reused == (shared if shared >= 32 else 0)
+        assert got.token_ids[0] == _greedy(hf, new, 5)
+        reused[spm] = got.prompt_tokens_reused
+    suffix_tokens = len(tok.encode(suffix, add_special_tokens=False))
+    assert reused[True] > suffix_tokens and reused[False] < len(engine.infill_prompt_ids(prefix, "", False))
