@@ -337,3 +337,36 @@ def test_an_editors_next_infill_reuses_the_suffix_first_prompt(model, tok, monke
         reused[spm] = got.prompt_tokens_reused
     suffix_tokens = len(tok.encode(suffix, add_special_tokens=False))
     assert reused[True] > suffix_tokens and reused[False] < len(engine.infill_prompt_ids(prefix, "", False))
+
+
+@pytest.mark.parametrize("lack", ["none", "shorter"])
+def test_a_call_short_of_memory_frees_the_kept_cache_first(model, tok, monkeypatch, lack):
+    """A batch (which never takes the kept cache) whose cache the free memory would not hold whole
+    while the kept one is held: the kept one goes and the batch gets its whole cache, generating
+    every token asked for (no warning)."""
+    import warnings
+
+    from codellama_fast.engine import generate as G
+    from codellama_fast.errors import OutOfMemoryError
+    from tests.engine_helpers import fp32_engine
+
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    ids = tok.encode("def quicksort(items):\n    ")
+    engine.generate(input_ids=[ids], max_new_tokens=4, stop_at_eos=False)
+    assert engine._prompt_cache.kept_tokens > 0
+    real = KVCache.at_most.__func__
+
+    def at_most(cls, cfg, batch, needed, least, dtype, device, grow=True):
+        if engine._prompt_cache.kept_tokens:  # the kept cache holds the memory this one needs
+            if lack == "none":
+                raise OutOfMemoryError("no room beside the kept cache")
+            needed -= 10  # as many slots as fit: fewer than asked
+        return real(cls, cfg, batch, needed, least, dtype, device, grow)
+
+    monkeypatch.setattr(G.KVCache, "at_most", classmethod(at_most))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = engine.generate(input_ids=[ids, ids[:5]], max_new_tokens=40, stop_at_eos=False)
+    assert engine._prompt_cache.kept_tokens == 0 and [len(r) for r in got.token_ids] == [40, 40]
+    assert got.token_ids[0] == _greedy(hf, ids, 40)

@@ -349,6 +349,22 @@ class Engine:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
+    def _new_cache(self, b: int, max_len: int, least: int) -> KVCache:
+        """A growing cache for a call of `b` sequences (KVCache.at_most). Where the memory the kept
+        prompt cache holds is what it lacks (it would be shorter than `max_len`, or none), the kept
+        cache goes and the cache is sized again."""
+        try:
+            cache = KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device)
+        except OutOfMemoryError:
+            if not self._prompt_cache.kept_tokens:
+                raise
+            cache = None
+        if cache is not None and (cache.max_len == max_len or not self._prompt_cache.kept_tokens):
+            return cache
+        self._prompt_cache.clear()
+        del cache
+        return KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device)
+
     def _prefill(self, tokens: torch.Tensor, kv_start: torch.Tensor, cache: KVCache, start: int = 0) -> torch.Tensor:
         """Runs the prompt through the model, in chunks when batch × length exceeds the prefill
         budget: `prefill_chunk_tokens`, or fewer when their activations would not fit in half the
@@ -454,7 +470,10 @@ class Engine:
             # the whole cache where it fits, else as much as fits (the guessing paths write
             # several slots ahead: they need all of it)
             least = max_len if guessing else min(max_len, t + LEAST_ROOM)
-            state = stack.enter_context(self._decode_state(b, max_len, graph_greedy, self._use_graph() and cfg.max_new_tokens > 1, least))
+            wanted = self._use_graph() and cfg.max_new_tokens > 1
+            if wanted:  # decode states never take the kept cache: its memory goes before a state is built
+                self._prompt_cache.clear()
+            state = stack.enter_context(self._decode_state(b, max_len, graph_greedy, wanted, least))
             graph = None
             # one sequence: the keys and values of the tokens this prompt begins with come from a
             # kept cache (the uncaptured loop's) or the decode state's own (which holds what its last
@@ -467,7 +486,6 @@ class Engine:
             if state is not None:
                 cache, kv_start, graph = state.cache, state.kv_start, state.decoder
                 kv_start.copy_(kv_start_now)
-                self._prompt_cache.clear()  # decode states never take it: its memory is freed
                 held, state.ids = state.ids, []  # this call writes the cache: what it held is known here alone
                 if reusable:
                     reused = reusable_slots(held, seq)
@@ -484,7 +502,7 @@ class Engine:
                         cache, reused = None, 0
                     kept = None  # its tensors now belong to `cache`, or are freed
                 if cache is None:
-                    cache = KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device)
+                    cache = self._new_cache(b, max_len, least)
                 if reusable:
                     filled = reused
                     stack.callback(lambda: self._prompt_cache.keep(seq[:filled], cache))
