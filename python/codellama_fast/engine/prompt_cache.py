@@ -1,7 +1,9 @@
 """The KV cache of the engine's last single-sequence generation, kept for the next one whose prompt
 begins with the same tokens: a chat's next turn (the whole dialog again, with a new message at its
 end), a longer version of the same file, a second completion of one prompt. That call takes the
-kept keys and values of the common tokens into its own cache and prefills only the rest.
+kept keys and values of the common tokens into its own cache and prefills only the rest. A decode
+state's cache (engine.decode_states) outlives its calls too: it notes the tokens its last call of
+one sequence fed (``DecodeState.ids``), and ``reusable_slots`` says how many the next call takes.
 
 A slot's key and value depend only on the tokens in the slots up to it (one sequence, no padding,
 positions equal to slots), so the reused slots hold what a new prefill would compute, up to the
