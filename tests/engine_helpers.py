@@ -109,3 +109,17 @@ def fp32_engine(path, tokenizer):
     from codellama_fast.engine import Engine, load_model
 
     return Engine(load_model(path, dtype="float32", device="cpu"), tokenizer)
+
+
+def spy_shapes(monkeypatch, owner, name: str) -> list[tuple[int, ...]]:
+    """Replaces owner.name (a function taking a tensor first) with a wrapper that records that
+    tensor's shape before each call; returns the list it fills."""
+    calls: list[tuple[int, ...]] = []
+    real = getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        calls.append(tuple(args[0].shape))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls

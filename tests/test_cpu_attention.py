@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from codellama_fast.engine import cpu_attention as CA  # noqa: E402
 from codellama_fast.engine.ops import TorchOps  # noqa: E402
-from tests.engine_helpers import fresh_seed  # noqa: E402
+from tests.engine_helpers import fresh_seed, spy_shapes  # noqa: E402
 from tests.test_reference_attention import _loop_attention  # noqa: E402
 
 # (batch, new tokens, query heads, KV heads, head dim, the first query's slot, keys, left padding)
@@ -68,18 +68,6 @@ def test_bf16_is_closer_than_sdpa():
     assert ours <= sdpa * 0.9, (ours, sdpa)
 
 
-def _spy(monkeypatch):
-    calls = []
-    real = CA.attention
-
-    def spy(*args, **kwargs):
-        calls.append(tuple(args[0].shape))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(CA, "attention", spy)
-    return calls
-
-
 @pytest.mark.parametrize("dtype,b,t,hq,hkv,d,kv_len,taken", [
     (torch.float32, 1, 1, 32, 32, 128, 128, True),     # 7B heads: 2^19 elements of K
     (torch.float32, 1, 1, 32, 32, 128, 127, False),    # one key fewer: SDPA
@@ -97,7 +85,7 @@ def _spy(monkeypatch):
     (torch.float16, 1, 11, 32, 32, 128, 127, False),   # fp16 over fewer than 2^19 elements: SDPA
 ])
 def test_which_calls_take_it(monkeypatch, dtype, b, t, hq, hkv, d, kv_len, taken):
-    calls = _spy(monkeypatch)
+    calls = spy_shapes(monkeypatch, CA, "attention")
     q = torch.randn(b, t, hq, d).to(dtype)
     kc, vc = torch.randn(b, hkv, kv_len + 2, d).to(dtype), torch.randn(b, hkv, kv_len + 2, d).to(dtype)
     TorchOps().attention(q, kc, vc, kv_len - t, torch.zeros(b, dtype=torch.long), kv_len)
@@ -110,9 +98,7 @@ def test_a_whole_prompts_prefill_keeps_its_own_path(monkeypatch):
     runs on engine/cpu_prefill_attention.py, which runs padded rows alone."""
     from codellama_fast.engine import cpu_prefill_attention as CPA
 
-    calls, prefills = _spy(monkeypatch), []
-    real = CPA.attention
-    monkeypatch.setattr(CPA, "attention", lambda *a: prefills.append(a[0].shape) or real(*a))
+    calls, prefills = spy_shapes(monkeypatch, CA, "attention"), spy_shapes(monkeypatch, CPA, "attention")
     b, t, h, d = 8, 32, 32, 128
     q = torch.randn(b, t, h, d).half()
     kc, vc = torch.randn(b, h, t, d).half(), torch.randn(b, h, t, d).half()
@@ -149,7 +135,7 @@ def test_a_model_decoding_through_it_generates_what_transformers_generates(monke
     from tests.engine_helpers import fp32_engine
 
     monkeypatch.setattr(CA, "MIN_CACHE_ELEMENTS", 0)
-    calls = _spy(monkeypatch)
+    calls = spy_shapes(monkeypatch, CA, "attention")
     hf, path = wide_heads
     engine = fp32_engine(path, tok)
     prompts = ["def quicksort(items):\n    ", "x = 1"]
@@ -162,15 +148,25 @@ def test_a_model_decoding_through_it_generates_what_transformers_generates(monke
         assert ids == want.tolist()
 
 
+def _run_slots(model, ids, cache, s0: int, s1: int, last_only: bool = True) -> torch.Tensor:
+    """One sequence's tokens ids[:, s0:s1] through the model in slots s0..s1-1 of `cache` (earlier
+    slots filled): its logits, the last position's or (last_only=False) every one's."""
+    from codellama_fast.engine.model import StepContext
+
+    slots = torch.arange(s0, s1)
+    ctx = StepContext(slots[None], slots, s0, torch.zeros(1, dtype=torch.long), s1)
+    with torch.no_grad():
+        return model(ids[:, s0:s1], ctx, cache.layers, last_only=last_only)
+
+
 def test_bf16_decode_logits_stay_near_transformers_fp32(monkeypatch, wide_heads):
     """A bf16 model decoding through this path: each step's logits within bf16's reach of
     transformers' fp32 logits for the same sequence (the same bound as the bf16 prefill's)."""
     from codellama_fast.engine import load_model
     from codellama_fast.engine.cache import KVCache
-    from codellama_fast.engine.model import StepContext
 
     monkeypatch.setattr(CA, "MIN_CACHE_ELEMENTS", 0)
-    calls = _spy(monkeypatch)
+    calls = spy_shapes(monkeypatch, CA, "attention")
     hf, path = wide_heads
     model = load_model(path, dtype="bfloat16", device="cpu")
     t0, steps = 12, 6
@@ -178,13 +174,8 @@ def test_bf16_decode_logits_stay_near_transformers_fp32(monkeypatch, wide_heads)
     with torch.no_grad():
         ref = hf(ids).logits[0, t0 - 1: t0 + steps - 1]
     cache = KVCache(model.config, 1, t0 + steps, torch.bfloat16, torch.device("cpu"))
-    kv_start = torch.zeros(1, dtype=torch.long)
-    got = []
-    with torch.no_grad():
-        got.append(model(ids[:, :t0], StepContext(torch.arange(t0)[None], torch.arange(t0), 0, kv_start, t0), cache.layers)[0])
-        for s in range(t0, t0 + steps - 1):
-            ctx = StepContext(torch.tensor([[s]]), torch.tensor([s]), s, kv_start, s + 1)
-            got.append(model(ids[:, s: s + 1], ctx, cache.layers)[0])
+    got = [_run_slots(model, ids, cache, 0, t0)[0]]
+    got += [_run_slots(model, ids, cache, s, s + 1)[0] for s in range(t0, t0 + steps - 1)]
     assert len(calls) == (steps - 1) * hf.config.num_hidden_layers + 1  # and the prefill's last position
     rel = ((torch.stack(got).float() - ref).abs().max() / ref.abs().max()).item()
     assert rel < 6e-2
@@ -207,7 +198,7 @@ def test_assisted_decoding_through_it_generates_what_transformers_generates(monk
     from tests.engine_helpers import fp32_engine
 
     monkeypatch.setattr(CA, "applies", lambda q, k_cache, kv_len: q.device.type == "cpu")
-    calls = _spy(monkeypatch)
+    calls = spy_shapes(monkeypatch, CA, "attention")
     hf, path = gqa_model
     engine, draft = fp32_engine(path, tok), fp32_engine(path, tok)
     prompts = ["def quicksort(items):\n    ", "import os\n"]
@@ -226,10 +217,9 @@ def test_fp16_guessed_tokens_logits_stay_near_transformers_fp32(monkeypatch, gqa
     takes it): each position's logits within fp16's reach of transformers' fp32 logits."""
     from codellama_fast.engine import load_model
     from codellama_fast.engine.cache import KVCache
-    from codellama_fast.engine.model import StepContext
 
     monkeypatch.setattr(CA, "MIN_CACHE_ELEMENTS", 0)
-    calls = _spy(monkeypatch)
+    calls = spy_shapes(monkeypatch, CA, "attention")
     hf, path = gqa_model
     model = load_model(path, dtype="float16", device="cpu")
     t0, guesses = 20, 6
@@ -237,12 +227,8 @@ def test_fp16_guessed_tokens_logits_stay_near_transformers_fp32(monkeypatch, gqa
     with torch.no_grad():
         ref = hf(ids).logits[0, t0:]
     cache = KVCache(model.config, 1, t0 + guesses, torch.float16, torch.device("cpu"))
-    kv_start = torch.zeros(1, dtype=torch.long)
-    with torch.no_grad():
-        model(ids[:, :t0], StepContext(torch.arange(t0)[None], torch.arange(t0), 0, kv_start, t0), cache.layers)
-        slots = torch.arange(t0, t0 + guesses)
-        got = model(ids[:, t0:], StepContext(slots[None], slots, t0, kv_start, t0 + guesses), cache.layers,
-                    last_only=False)[0]  # [guesses, vocab]
+    _run_slots(model, ids, cache, 0, t0)
+    got = _run_slots(model, ids, cache, t0, t0 + guesses, last_only=False)[0]  # [guesses, vocab]
     layers = hf.config.num_hidden_layers
     assert calls.count((1, guesses, 8, 32)) == layers  # the guesses' call in every layer
     rel = ((got.float() - ref).abs().amax(-1) / ref.abs().amax(-1)).max().item()

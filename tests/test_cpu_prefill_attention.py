@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from codellama_fast.engine import cpu_prefill_attention as CPA  # noqa: E402
 from codellama_fast.engine.ops import TorchOps  # noqa: E402
-from tests.engine_helpers import fresh_seed  # noqa: E402
+from tests.engine_helpers import fresh_seed, spy_shapes  # noqa: E402
 from tests.test_reference_attention import _loop_attention  # noqa: E402
 
 # (batch, tokens, query heads, KV heads, head dim, left padding)
@@ -61,18 +61,6 @@ def test_the_one_masked_call_below_the_row_floor_is_the_same_attention(dtype):
     assert bool(((got.double() - want).abs() <= want.abs() * bound + 1e-5).all())
 
 
-def _spy(monkeypatch, name):
-    calls = []
-    real = getattr(CPA, name)
-
-    def spy(*args, **kwargs):
-        calls.append(tuple(args[0].shape))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(CPA, name, spy)
-    return calls
-
-
 @pytest.mark.parametrize("t,q_start,kv_len,pads,calls_expected", [
     (16, 0, 16, [0, 5], [(1, 16, 32, 128), (1, 11, 32, 128)]),  # padded prompts: one call a row, over its own tokens
     (16, 0, 16, [0, 0], [(2, 16, 32, 128)]),                    # no padding: one causal call
@@ -81,8 +69,8 @@ def _spy(monkeypatch, name):
     (1, 16, 17, [0, 5], None),                                  # a decode step
 ])
 def test_which_calls_take_it(monkeypatch, t, q_start, kv_len, pads, calls_expected):
-    taken = _spy(monkeypatch, "attention")
-    inner = _spy(monkeypatch, "_widened_attention")
+    taken = spy_shapes(monkeypatch, CPA, "attention")
+    inner = spy_shapes(monkeypatch, CPA, "_widened_attention")
     q = torch.randn(2, t, 32, 128)
     kc, vc = torch.randn(2, 32, kv_len + 2, 128), torch.randn(2, 32, kv_len + 2, 128)
     TorchOps().attention(q, kc, vc, q_start, torch.tensor(pads), kv_len)
@@ -106,7 +94,7 @@ def test_a_padded_batch_prefilled_row_by_row_generates_what_transformers_generat
     from tests.engine_helpers import fp32_engine
 
     monkeypatch.setattr(CPA, "MIN_ROW_ELEMENTS", 0)
-    inner = _spy(monkeypatch, "_widened_attention")
+    inner = spy_shapes(monkeypatch, CPA, "_widened_attention")
     hf, path = padded_model
     engine = fp32_engine(path, tok)
     prompts = ["def quicksort(items):\n    ", "x = 1", "import os\nimport sys\n\ndef main():"]
@@ -128,7 +116,7 @@ def test_fp16_prefill_logits_stay_near_transformers_fp32(monkeypatch, padded_mod
     from codellama_fast.engine.model import StepContext
 
     monkeypatch.setattr(CPA, "MIN_ROW_ELEMENTS", 0)
-    inner = _spy(monkeypatch, "_widened_attention")
+    inner = spy_shapes(monkeypatch, CPA, "_widened_attention")
     hf, path = padded_model
     model = load_model(path, dtype="float16", device="cpu")
     rows = [tok.encode("def add(a, b):\n    return a + b"), tok.encode("# hi")]

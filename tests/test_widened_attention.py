@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from codellama_fast.engine import widened_attention as WA  # noqa: E402
 from codellama_fast.engine.ops import TorchOps  # noqa: E402
-from tests.engine_helpers import fresh_seed  # noqa: E402
+from tests.engine_helpers import fresh_seed, spy_shapes  # noqa: E402
 from tests.test_reference_attention import CASES, _loop_attention  # noqa: E402
 
 
@@ -29,18 +29,6 @@ def test_attention_equals_the_masking_rule_key_by_key(b, t, hq, hkv, d, q_start,
     assert bool((err <= want.abs() * 2.0**-11 + 1e-5).all()), f"{what}: max error {err.max().item()}"
 
 
-def _spy(monkeypatch):
-    calls = []
-    real = WA.attention
-
-    def spy(*args, **kwargs):
-        calls.append(tuple(args[0].shape))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(WA, "attention", spy)
-    return calls
-
-
 @pytest.mark.parametrize("dtype,b,t,hq,hkv,d,q_start,kv_len,fits,taken", [
     (torch.float16, 1, 300, 64, 8, 128, 724, 1024, True, True),    # a long chunk over 34B's heads (too many queries for cpu_attention)
     (torch.float16, 1, 1, 32, 32, 128, 63, 64, True, True),        # a short cache, under cpu_attention's floor
@@ -52,7 +40,7 @@ def _spy(monkeypatch):
     (torch.float32, 1, 300, 64, 8, 128, 724, 1024, False, False),
 ])
 def test_which_calls_take_it(monkeypatch, dtype, b, t, hq, hkv, d, q_start, kv_len, fits, taken):
-    calls = _spy(monkeypatch)
+    calls = spy_shapes(monkeypatch, WA, "attention")
     q = torch.randn(b, t, hq, d).to(dtype)
     kc, vc = torch.randn(b, hkv, kv_len + 2, d).to(dtype), torch.randn(b, hkv, kv_len + 2, d).to(dtype)
     TorchOps().attention(q, kc, vc, q_start, torch.zeros(b, dtype=torch.long), kv_len)
@@ -68,7 +56,7 @@ def test_fp16_chunked_scoring_stays_near_transformers_fp32(monkeypatch, tmp_path
     from tests.engine_helpers import make_hf_model, save
 
     monkeypatch.setattr(WA, "MIN_KEY_ELEMENTS", 0)
-    calls = _spy(monkeypatch)
+    calls = spy_shapes(monkeypatch, WA, "attention")
     hf = make_hf_model("gqa4", fresh_seed(), hidden_size=256, num_hidden_layers=3)
     engine = Engine(load_model(save(hf, tmp_path / "m"), dtype="float16", device="cpu"), tok)
     engine.prefill_chunk_tokens = 8

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from codellama_fast.engine import widened_linear as WL  # noqa: E402
 from codellama_fast.engine.ops import TorchOps  # noqa: E402
-from tests.engine_helpers import fresh_seed  # noqa: E402
+from tests.engine_helpers import fresh_seed, spy_shapes  # noqa: E402
 
 
 @pytest.mark.parametrize("weight_first", [True, False])
@@ -32,24 +32,12 @@ def test_equals_the_float64_product_rounded_once(monkeypatch, lead, k, n, weight
     assert bool(((got.double() - want).abs() <= bound).all())
 
 
-def _spy(monkeypatch):
-    calls = []
-    real = WL.linear
-
-    def spy(x, w):
-        calls.append(tuple(x.shape))
-        return real(x, w)
-
-    monkeypatch.setattr(WL, "linear", spy)
-    return calls
-
-
 @pytest.mark.parametrize("dtype,rows,taken", [
     (torch.float16, WL.MIN_ROWS, True), (torch.float16, WL.MIN_ROWS - 1, False),  # a decode step keeps F.linear
     (torch.bfloat16, 256, False), (torch.float32, 256, False),
 ])
 def test_which_calls_take_it(monkeypatch, dtype, rows, taken):
-    calls = _spy(monkeypatch)
+    calls = spy_shapes(monkeypatch, WL, "linear")
     x, w = torch.randn(rows, 32).to(dtype), torch.randn(48, 32).to(dtype)
     out = TorchOps().linear(x, w)
     assert calls == ([(rows, 32)] if taken else [])
@@ -67,7 +55,7 @@ def test_an_fp16_model_prefills_through_it_near_transformers_fp32(monkeypatch, t
 
     hf = make_hf_model("mha", fresh_seed())
     path = save(hf, tmp_path / "m")
-    calls = _spy(monkeypatch)
+    calls = spy_shapes(monkeypatch, WL, "linear")
     model = load_model(path, dtype="float16", device="cpu")
     ids = torch.randint(0, hf.config.vocab_size, (2, 40))
     with torch.no_grad():
