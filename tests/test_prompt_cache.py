@@ -53,8 +53,12 @@ def test_move_slots_hands_over_the_kept_slots(fits):
     for k, v in kept.layers:
         k.normal_(), v.normal_()
     want = [(k[:, :, :25].clone(), v[:, :, :25].clone()) for k, v in kept.layers]
+    # what the new cache takes over with no copy: all 40 slots × 2 layers × (K, V) × 2 KV heads × 8 dims × 4 bytes
+    assert PC.adoptable_bytes(kept, 100 if fits else 32) == (40 * 2 * 2 * 2 * 8 * 4 if fits else 0)
+    pointers = {k.data_ptr() for k, _ in kept.layers}
     cache = KVCache(cfg, 1, 100 if fits else 32, torch.float32, torch.device("cpu"))
     PC.move_slots(kept, cache, 25)
+    assert ({k.data_ptr() for k, _ in cache.layers} == pointers) == fits  # adopted, or copied
     assert len(kept.layers) == 0 and len(cache.layers) == cfg.num_hidden_layers
     assert cache.allocated >= 25 and all(k.shape[2] == cache.allocated for k, _ in cache.layers)
     for (k, v), (wk, wv) in zip(cache.layers, want, strict=True):
@@ -216,6 +220,32 @@ def test_no_memory_for_both_caches_prefills_the_whole_prompt(model, tok, monkeyp
     monkeypatch.setattr(G, "move_slots", no_room)
     got = engine.generate(input_ids=[ids + [13]], max_new_tokens=6, stop_at_eos=False)
     assert got.prompt_tokens_reused == 0 and got.token_ids[0] == _greedy(hf, ids + [13], 6)
+
+
+def test_the_kept_tensors_a_call_adopts_count_as_memory_it_has(model, tok, monkeypatch):
+    """A reusing call whose whole cache the free memory would not hold beside the kept one, but
+    would once the kept tensors it adopts (no copy) are counted as its own: it reuses them and
+    generates every token asked for, with no warning."""
+    import warnings
+
+    from codellama_fast.engine import cache as C
+    from tests.engine_helpers import fp32_engine
+
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    ids = tok.encode("def quicksort(items):\n    ")
+    first = engine.generate(input_ids=[ids], max_new_tokens=6, stop_at_eos=False)
+    held = engine._prompt_cache._kept.cache.held_bytes
+    longer = ids + first.token_ids[0] + tok.encode("\n# sort", add_special_tokens=False)
+    whole = engine.model.config.kv_bytes_per_token(4) * (len(longer) + 12)  # the second call's cache, fp32
+    assert held < whole
+    # free memory for the whole cache less half what the kept one holds
+    monkeypatch.setattr(C, "free_memory_bytes", lambda device: int((whole - held / 2) / C.HEADROOM))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = engine.generate(input_ids=[longer], max_new_tokens=12, stop_at_eos=False)
+    assert got.prompt_tokens_reused == len(ids) + 6 - 1
+    assert got.token_ids[0] == _greedy(hf, longer, 12)
 
 
 def test_dynamic_rope_scaling_prefills_every_prompt_whole(tmp_path, tok):

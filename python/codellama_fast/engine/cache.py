@@ -46,15 +46,17 @@ class CacheLayers(list):
 
 class KVCache:
     def __init__(self, cfg: LlamaConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device,
-                 grow: bool = True) -> None:
-        """`grow`: start small and grow as the steps need (default); False: allocate all of max_len now."""
+                 grow: bool = True, adopting_bytes: int = 0) -> None:
+        """`grow`: start small and grow as the steps need (default); False: allocate all of max_len now.
+        `adopting_bytes`: memory already held by tensors this cache will take over as its own (a
+        kept prompt's, engine/prompt_cache.py): only the rest must be free."""
         if batch <= 0 or max_len <= 0:
             raise ValueError(f"KV cache needs a positive batch and length, got batch={batch}, max_len={max_len}")
         self.cfg, self.batch, self.max_len, self.dtype, self.device = cfg, batch, max_len, dtype, torch.device(device)
         elem = torch.empty((), dtype=dtype).element_size()
         self.nbytes = batch * max_len * cfg.kv_bytes_per_token(elem)
         free = free_memory_bytes(self.device)
-        if self.nbytes > HEADROOM * free:
+        if self.nbytes - adopting_bytes > HEADROOM * free:
             raise OutOfMemoryError(
                 f"the KV cache needs {_gib(self.nbytes)} (batch {batch} × {max_len} tokens × {cfg.num_hidden_layers} layers × "
                 f"{cfg.num_key_value_heads} KV heads × {cfg.head_dim} dims × 2 × {elem} bytes) but {self.device} has "

@@ -29,7 +29,7 @@ from .loader import load_model
 from .model import LlamaModel, StepContext
 from .options import GenerationConfig, logits_rules_for
 from .packing import rows_without_padding
-from .prompt_cache import PromptCache, move_slots, reusable_slots
+from .prompt_cache import PromptCache, adoptable_bytes, move_slots, reusable_slots
 from .prompt_lookup import NgramIndex
 from .results import GenerationResult, InfillResult
 from .guidance import Guidance
@@ -496,7 +496,9 @@ class Engine:
                 kept, reused = self._prompt_cache.take(seq) if reusable else (None, 0)
                 if kept is not None:
                     try:
-                        cache = KVCache(self.model.config, b, max_len, self.dtype, self.device)
+                        # the kept tensors it adopts need no new memory: only the rest must be free
+                        cache = KVCache(self.model.config, b, max_len, self.dtype, self.device,
+                                        adopting_bytes=adoptable_bytes(kept.cache, max_len))
                         move_slots(kept.cache, cache, reused)
                     except OutOfMemoryError:  # the kept cache's memory is needed: the whole prompt is prefilled
                         cache, reused = None, 0

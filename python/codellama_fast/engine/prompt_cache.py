@@ -79,12 +79,24 @@ class PromptCache:
         return 0 if self._kept is None else len(self._kept.ids)
 
 
+def adopts(kept: KVCache, max_len: int) -> bool:
+    """Whether a cache of `max_len` slots takes `kept`'s tensors as its own in ``move_slots`` (else
+    it copies their slots)."""
+    return kept.allocated <= max_len
+
+
+def adoptable_bytes(kept: KVCache, max_len: int) -> int:
+    """The memory `kept` holds that a cache of `max_len` slots takes over with no copy in
+    ``move_slots`` (0 where its slots are copied instead)."""
+    return kept.held_bytes if adopts(kept, max_len) else 0
+
+
 def move_slots(kept: KVCache, cache: KVCache, n: int) -> None:
     """`cache` (batch 1, the same model, dtype and device as `kept`) takes over slots 0..n-1 of
     every layer of `kept`, which is spent: where kept's tensors fit in `cache` (its slots, at most
     `cache.max_len`) they become cache's own, with no copy (the slots past n hold stale keys, which
     every step writes before it reads them); else their first n slots are copied."""
-    if kept.allocated <= cache.max_len:
+    if adopts(kept, cache.max_len):
         cache.layers[:] = list(kept.layers)  # CacheLayers stays bound to `cache`; its own first tensors are dropped
         cache.allocated = kept.allocated
     else:
