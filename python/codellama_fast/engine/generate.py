@@ -29,7 +29,7 @@ from .loader import load_model
 from .model import LlamaModel, StepContext
 from .options import GenerationConfig, logits_rules_for
 from .packing import rows_without_padding
-from .prompt_cache import PromptCache, adoptable_bytes, move_slots, reusable_slots
+from .prompt_cache import FedTokens, PromptCache, adoptable_bytes, move_slots, reusable_slots
 from .prompt_lookup import NgramIndex
 from .results import GenerationResult, InfillResult
 from .guidance import Guidance
@@ -365,6 +365,36 @@ class Engine:
         del cache
         return KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device)
 
+    def _call_cache(self, stack: ExitStack, state: DecodeState | None, b: int, max_len: int, least: int,
+                    kv_start_now: torch.Tensor, fed: FedTokens) -> tuple[KVCache, torch.Tensor, GraphDecoder | None, int]:
+        """(cache, kv_start, captured decoder or None, slots reused) for one call of `b` sequences:
+        the decode state's, or a new cache of `max_len` slots (at least `least`), taking a kept
+        prompt's slots where `fed` tracks a prompt that begins with its tokens. When the call ends
+        (`stack` closes, however it ends) the new cache is kept, or the state notes ``fed.ids``."""
+        if state is not None:
+            state.kv_start.copy_(kv_start_now)
+            held, state.ids = state.ids, []  # this call writes the cache: what it held is known here alone
+            if not fed.tracking:
+                return state.cache, state.kv_start, state.decoder, 0
+            stack.callback(lambda: setattr(state, "ids", fed.ids))
+            return state.cache, state.kv_start, state.decoder, reusable_slots(held, fed.seq)
+        cache = None
+        kept, reused = self._prompt_cache.take(fed.seq) if fed.tracking else (None, 0)
+        if kept is not None:
+            try:
+                # the kept tensors it adopts need no new memory: only the rest must be free
+                cache = KVCache(self.model.config, b, max_len, self.dtype, self.device,
+                                adopting_bytes=adoptable_bytes(kept.cache, max_len))
+                move_slots(kept.cache, cache, reused)
+            except OutOfMemoryError:  # the kept cache's memory is needed: the whole prompt is prefilled
+                cache, reused = None, 0
+            kept = None  # its tensors now belong to `cache`, or are freed before a new cache is sized
+        if cache is None:
+            cache = self._new_cache(b, max_len, least)
+        if fed.tracking:
+            stack.callback(lambda: self._prompt_cache.keep(fed.ids, cache))
+        return cache, kv_start_now, None, reused
+
     def _prefill(self, tokens: torch.Tensor, kv_start: torch.Tensor, cache: KVCache, start: int = 0) -> torch.Tensor:
         """Runs the prompt through the model, in chunks when batch × length exceeds the prefill
         budget: `prefill_chunk_tokens`, or fewer when their activations would not fit in half the
@@ -474,40 +504,13 @@ class Engine:
             if wanted:  # decode states never take the kept cache: its memory goes before a state is built
                 self._prompt_cache.clear()
             state = stack.enter_context(self._decode_state(b, max_len, graph_greedy, wanted, least))
-            graph = None
             # one sequence: the keys and values of the tokens this prompt begins with come from a
-            # kept cache (the uncaptured loop's) or the decode state's own (which holds what its last
-            # such call fed), and the cache is kept, or its tokens noted, when the call ends
-            # (however it ends: slots 0..filled-1 always hold the keys and values of seq[:filled])
+            # kept cache or the decode state's own, and what the cache holds is kept when it ends
             reusable = (self.reuse_prompt_cache and b == 1 and not guessing and guidance is None
                         and self.model.config.rope_scaling_type != "dynamic")  # dynamic RoPE: keys depend on the length
-            reused, filled = 0, 0
-            seq = tokens[0].tolist() if reusable else []  # the tokens in the cache's slots, in order
-            if state is not None:
-                cache, kv_start, graph = state.cache, state.kv_start, state.decoder
-                kv_start.copy_(kv_start_now)
-                held, state.ids = state.ids, []  # this call writes the cache: what it held is known here alone
-                if reusable:
-                    reused = reusable_slots(held, seq)
-                    filled = reused
-                    stack.callback(lambda: setattr(state, "ids", seq[:filled]))
-            else:
-                cache, kv_start = None, kv_start_now
-                kept, reused = self._prompt_cache.take(seq) if reusable else (None, 0)
-                if kept is not None:
-                    try:
-                        # the kept tensors it adopts need no new memory: only the rest must be free
-                        cache = KVCache(self.model.config, b, max_len, self.dtype, self.device,
-                                        adopting_bytes=adoptable_bytes(kept.cache, max_len))
-                        move_slots(kept.cache, cache, reused)
-                    except OutOfMemoryError:  # the kept cache's memory is needed: the whole prompt is prefilled
-                        cache, reused = None, 0
-                    kept = None  # its tensors now belong to `cache`, or are freed
-                if cache is None:
-                    cache = self._new_cache(b, max_len, least)
-                if reusable:
-                    filled = reused
-                    stack.callback(lambda: self._prompt_cache.keep(seq[:filled], cache))
+            fed = FedTokens(tokens[0].tolist() if reusable else [], reusable)
+            cache, kv_start, graph, reused = self._call_cache(stack, state, b, max_len, least, kv_start_now, fed)
+            fed.filled = reused
             stats["prompt_tokens_reused"] = reused
             # generating k tokens writes the first k - 1 into the cache after the prompt
             max_new = min(cfg.max_new_tokens, cache.max_len - t + 1)
@@ -518,10 +521,10 @@ class Engine:
                               "past them)", RuntimeWarning, stacklevel=warn_stacklevel)
             sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
             first = self._prefill(tokens, kv_start, cache, start=reused)
-            filled = t
+            fed.filled = t
             nxt = watched_pick(first)
             host = nxt.tolist()
-            seq += host[:1] if reusable else []
+            fed.chosen(host)
             watch.check(self.dtype, "at the first generated token")
             stats["prefill_s"] = time.perf_counter() - start
             if logprobs is not None:
@@ -579,9 +582,8 @@ class Engine:
                             if lp_out is not None:
                                 lp_out[:, done - 1 + i] = logprob_of(logits, nxt.clamp_min(0))
                     block = graph.out[:, done - 1 : done - 1 + n].tolist()  # the one sync per block
-                    if reusable:  # the block's replays fed tokens done-1 .. done+n-2 into slots t+done-1 ..
-                        seq += block[0]
-                        filled = t + done + n - 1
+                    fed.chosen(block[0])  # the block's replays fed tokens done-1 .. done+n-2 into slots t+done-1 ..
+                    fed.filled = t + done + n - 1
                     graph.watch.check(self.dtype, f"among generated tokens {done + 1} to {done + n}")
                     lp_block = lp_out[:, done - 1 : done - 1 + n].tolist() if lp_out is not None else None
                     stats["decode_tokens"] += b * n
@@ -602,10 +604,10 @@ class Engine:
                     break
                 ctx = StepContext((lengths + step - 1)[:, None], torch.tensor([slot], device=self.device), slot, kv_start, slot + 1)
                 logits = self.model(nxt.clamp_min(0)[:, None], ctx, cache.layers)
-                filled = slot + 1  # seq[slot], the last token chosen, is in the cache now
+                fed.filled = slot + 1  # the last token chosen is in the cache now
                 nxt = watched_pick(logits)
                 host = nxt.tolist()
-                seq += host[:1] if reusable else []
+                fed.chosen(host)
                 watch.check(self.dtype, f"at generated token {step + 1}")
                 stats["decode_tokens"] += b
                 stats["decode_s"] = time.perf_counter() - decode_start

@@ -49,6 +49,27 @@ def reusable_slots(held: Sequence[int], prompt: Sequence[int]) -> int:
     return n if n >= MIN_SHARED_TOKENS else 0
 
 
+class FedTokens:
+    """One call's record of the tokens whose keys and values its cache's slots 0..filled-1 hold
+    (``ids``): the prompt, then each chosen token, counted as held once a step has fed it. The
+    call moves ``filled`` as its steps run, so that however it ends (a stream closed early, an
+    error) ``ids`` is exact. Records nothing where the call's cache is not reused (``tracking``)."""
+
+    def __init__(self, prompt: Sequence[int], tracking: bool) -> None:
+        self.tracking = tracking
+        self.seq: list[int] = list(prompt) if tracking else []  # the prompt and the tokens chosen so far
+        self.filled = 0  # leading tokens of `seq` whose keys and values are in the cache
+
+    def chosen(self, tokens: Sequence[int]) -> None:
+        """The call chose `tokens` (one sequence's, in order), to be fed by its next steps."""
+        if self.tracking:
+            self.seq += tokens
+
+    @property
+    def ids(self) -> list[int]:
+        return self.seq[: self.filled]
+
+
 class PromptCache:
     """Holds at most one ``KeptPrompt``. A generation takes it (no other call can use it meanwhile:
     two open streams never share a cache) and hands its own cache back when it ends."""
