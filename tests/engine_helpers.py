@@ -70,6 +70,14 @@ def logprobs_close(got, want, rel: float) -> bool:
     return len(got) == len(want) and all(abs(a - b) <= rel * max(1.0, abs(b)) for a, b in zip(got, want))
 
 
+def hf_logprobs(hf, prompt: list[int], generated: list[int]) -> list[float]:
+    """transformers' log-probabilities (fp32) of `generated` after `prompt`, the whole sequence in one pass."""
+    with torch.no_grad():
+        logits = hf(torch.tensor([prompt + generated])).logits[0].float()
+    logp = logits[len(prompt) - 1 : -1].log_softmax(-1)
+    return logp.gather(1, torch.tensor(generated)[:, None])[:, 0].tolist()
+
+
 def fresh_seed() -> int:
     """A new random seed each run, printed so that a failure can be replayed."""
     import random

@@ -268,6 +268,28 @@ def test_engine_with_triton_ops_matches_torch_path(tmp_path, name):
     _close(outs[1], outs[0], torch.float32)
 
 
+@pytest.mark.parametrize("graph", [False, True])
+def test_samples_of_a_prompt_through_the_kernels_prefill_it_once(tmp_path, graph):
+    """num_return_sequences=2 of two prompts of different lengths: the kernels prefill one row per
+    prompt through views of every other cache row, the copies fill the rest, and each sample's
+    log-probabilities are transformers' for its own prompt and tokens (the graph-decode step and
+    the plain loop)."""
+    pytest.importorskip("transformers")
+    from tests.engine_helpers import hf_logprobs, logprobs_close, make_hf_model, save
+
+    hf = make_hf_model("mha", seed=fresh_seed())
+    eng = _triton_engine(save(hf, tmp_path / "m"), graph)
+    prompts = ["def f(x):\n    return", "import os"]
+    batches = []
+    real = eng.model.forward
+    eng.model.forward = lambda tokens, *a, **k: batches.append(tokens.shape[0]) or real(tokens, *a, **k)  # type: ignore[method-assign]
+    got = eng.generate(prompts, num_return_sequences=2, max_new_tokens=6, temperature=1.0, seed=3, stop_at_eos=False,
+                       return_logprobs=True)
+    assert batches[0] == 2
+    for row, (ids, lps) in enumerate(zip(got.token_ids, got.token_logprobs)):
+        assert logprobs_close(lps, hf_logprobs(hf, eng.tokenizer.encode(prompts[row // 2]), ids), 1e-4)
+
+
 def test_prompt_lookup_through_the_kernels_equals_plain_decoding(tmp_path, monkeypatch):
     """Prompt-lookup steps give the tokens of the plain graph-decode loop: steps with guesses run
     several new tokens against the cache (the prefill kernel at an offset), steps without replay

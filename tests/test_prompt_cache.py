@@ -45,6 +45,20 @@ def test_take_shares_the_common_prefix_and_keeps_one_token_to_feed():
     assert PC.common_prefix([1, 2, 3], [1, 2]) == 2 and PC.common_prefix([], [1]) == 0
 
 
+def test_fed_tokens_are_the_prompt_and_choices_the_steps_have_fed():
+    fed = PC.FedTokens([1, 5, 7], tracking=True)
+    assert fed.ids == []
+    fed.filled = 3
+    fed.chosen([9])  # chosen, not yet fed
+    assert fed.ids == [1, 5, 7]
+    fed.filled = 4
+    assert fed.ids == [1, 5, 7, 9]
+    off = PC.FedTokens([1, 5, 7], tracking=False)
+    off.chosen([9])
+    off.filled = 4
+    assert off.ids == [] and off.seq == []
+
+
 @pytest.mark.parametrize("fits", [True, False])
 def test_move_slots_hands_over_the_kept_slots(fits):
     cfg = _config()

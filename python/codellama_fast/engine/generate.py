@@ -18,7 +18,7 @@ from ..data import BUNDLED_VOCAB_SIZE
 from ..errors import CheckpointError, InfillingUnsupported, OutOfMemoryError
 from ..tokenizer import FILL_MARKER, CodeLlamaTokenizerFast
 from .cache import KVCache
-from . import arguments, beam_search, fused_decode, memory, options, speculative
+from . import arguments, beam_search, fused_decode, memory, options, repeated_rows, speculative
 from .assisted import DraftGuesser, check_vocabularies
 from .cuda_graph import GraphDecoder, pick_faster
 from .decode_states import DecodeState, DecodeStates
@@ -395,15 +395,21 @@ class Engine:
             stack.callback(lambda: self._prompt_cache.keep(fed.ids, cache))
         return cache, kv_start_now, None, reused
 
-    def _prefill(self, tokens: torch.Tensor, kv_start: torch.Tensor, cache: KVCache, start: int = 0) -> torch.Tensor:
+    def _prefill(self, tokens: torch.Tensor, kv_start: torch.Tensor, cache: KVCache, start: int = 0,
+                 stats: dict[str, float] | None = None) -> torch.Tensor:
         """Runs the prompt through the model, in chunks when batch × length exceeds the prefill
         budget: `prefill_chunk_tokens`, or fewer when their activations would not fit in half the
         free memory (engine.memory); returns the last position's logits [B, V]. `start`: the
-        cache already holds the keys and values of the first `start` tokens (a kept prompt's)."""
+        cache already holds the keys and values of the first `start` tokens (a kept prompt's).
+        Rows that repeat in runs (num_return_sequences) are prefilled once per run
+        (engine.repeated_rows); `stats["prompt_tokens_shared"]` counts the tokens that saved."""
         b, t = tokens.shape
         cache.reserve(t)  # a growing cache takes the prompt's slots before the free memory sizes the chunks
+        n = repeated_rows.run_length(tokens, kv_start) if start == 0 else 1
+        layers = cache.layers if n == 1 else repeated_rows.distinct_rows(cache.layers, n)
+        tokens, kv_start = tokens[::n].contiguous(), kv_start[::n].contiguous()  # [B / n, T], [B / n]
         budget = memory.prefill_chunk_tokens(self.model.config, self.dtype, self.device, self.prefill_chunk_tokens)
-        chunk = max(1, budget // b)
+        chunk = max(1, budget // tokens.shape[0])
         positions = (torch.arange(t, device=self.device)[None, :] - kv_start[:, None]).clamp_min(0)
         starts = kv_start.tolist()
         logits = None
@@ -411,8 +417,13 @@ class Engine:
             c1 = min(t, c0 + chunk)
             ctx = StepContext(positions[:, c0:c1], torch.arange(c0, c1, device=self.device), c0, kv_start, c1, rope_len=t,
                               rows=rows_without_padding(starts, c0, c1, self.device))  # prompts of different lengths: packed
-            logits = self.model(tokens[:, c0:c1], ctx, cache.layers)
+            logits = self.model(tokens[:, c0:c1], ctx, layers)
         assert logits is not None
+        if n > 1:
+            repeated_rows.copy_to_repeats(cache.layers, n, t)
+            logits = logits.repeat_interleave(n, dim=0)  # [B, V]
+            if stats is not None:
+                stats["prompt_tokens_shared"] = (n - 1) * sum(t - s for s in starts)
         return logits
 
     def _steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float],
@@ -520,7 +531,7 @@ class Engine:
                               f"{self.device} has free: this call generates at most {max_new} tokens (finish reason 'length' "
                               "past them)", RuntimeWarning, stacklevel=warn_stacklevel)
             sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-            first = self._prefill(tokens, kv_start, cache, start=reused)
+            first = self._prefill(tokens, kv_start, cache, start=reused, stats=stats)
             fed.filled = t
             nxt = watched_pick(first)
             host = nxt.tolist()
@@ -670,6 +681,7 @@ class Engine:
             if streamer is not None:
                 streamer.end()  # also on an error, so that a TextIteratorStreamer's reader is not left waiting
         prompt_tokens, reused = sum(len(p) for p in prompts), int(stats.get("prompt_tokens_reused", 0))
+        prefilled = prompt_tokens - reused - int(stats.get("prompt_tokens_shared", 0))  # each repeated row's tokens once
         token_logprobs, tops = [list(lp) for lp in tracker.logprobs], None
         if top_logprobs:  # each entry: own log-probability, k values, k ids
             k = top_logprobs
@@ -682,7 +694,7 @@ class Engine:
             prompt_tokens=[len(p) for p in prompts],
             time_to_first_token_s=stats["prefill_s"],
             decode_tokens_per_s=stats["decode_tokens"] / stats["decode_s"] if stats["decode_s"] > 0 else 0.0,
-            prefill_tokens_per_s=(prompt_tokens - reused) / stats["prefill_s"] if stats["prefill_s"] > 0 else 0.0,
+            prefill_tokens_per_s=prefilled / stats["prefill_s"] if stats["prefill_s"] > 0 else 0.0,
             total_s=stats["prefill_s"] + stats["decode_s"],
             token_logprobs=token_logprobs if return_logprobs or top_logprobs else None,
             top_logprobs=tops,

@@ -19,7 +19,7 @@ class GenerationResult:
     prompt_tokens: list[int]
     time_to_first_token_s: float
     decode_tokens_per_s: float
-    prefill_tokens_per_s: float
+    prefill_tokens_per_s: float  # the tokens prefilled (a prompt repeated in the batch counts once) per second
     total_s: float
     # with return_logprobs: each generated token's log-probability under the model (its raw
     # logits' log-softmax, before temperature, filtering or penalties), aligned with token_ids
