@@ -222,7 +222,9 @@ def measure_hf(model, batch: int, prompt_len: int, new_tokens: int, device: str,
     """transformers `generate` (greedy, with `rules` and `ragged` as in measure_ours). TTFT = a 1-token
     generate; the decode rate is taken from the difference between an N-token and a 1-token generate."""
     ids, mask = left_padded(prompts(batch, prompt_len, model.config.vocab_size, ragged=ragged), device)
-    kw: dict[str, Any] = dict(do_sample=False, pad_token_id=0, eos_token_id=None, **(rules or {}))
+    kw: dict[str, Any] = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+    kw.update(rules or {})  # e.g. {"do_sample": true, "num_return_sequences": 4}: samples of each prompt
+    rows = batch * int(kw.get("num_return_sequences", 1))
     if static:
         kw["cache_implementation"] = "static"
 
@@ -241,7 +243,7 @@ def measure_hf(model, batch: int, prompt_len: int, new_tokens: int, device: str,
     t1 = min(run(1) for _ in range(repeats))
     tn = min(run(new_tokens) for _ in range(repeats))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-    rate = batch * (new_tokens - 1) / max(tn - t1, 1e-9)
+    rate = rows * (new_tokens - 1) / max(tn - t1, 1e-9)
     return Measurement("transformers-static-compile" if static else "transformers-eager", t1, rate, new_tokens, peak)
 
 

@@ -65,6 +65,19 @@ def test_bench_generate_tiny(tmp_path):
     assert data["meta"]["rules"] == {"no_repeat_ngram_size": 2}
 
 
+def test_bench_generate_samples_of_each_prompt(tmp_path):
+    """Rules that sample several sequences per prompt reach both sides: they override the harness's
+    greedy default for transformers (which refuses num_return_sequences > 1 when greedy)."""
+    pytest.importorskip("transformers")
+    rules = '{"do_sample": true, "num_return_sequences": 3, "temperature": 1.0}'
+    data = _run("bench_generate.py", "--model", "tiny", "--batch", "2", "--prompt", "8", "--new", "4", "--repeats", "1",
+                "--rules", rules, tmp=tmp_path)
+    assert data["meta"]["rules"]["num_return_sequences"] == 3
+    measured = {r["provider"]: r for r in data["rows"] if r["provider"] != "ratio"}
+    assert set(measured) == {"codellama-fast", "transformers-eager"}
+    assert all(r["p50"] > 0 for r in measured.values())
+
+
 def test_bench_generate_ragged_batch(tmp_path):
     """Prompts of different lengths: both sides run the left-padded batch, and the prefill rate counts
     the prompts' own tokens (12 + 10 + 8), not the padding."""
