@@ -2,7 +2,7 @@
 prompts, in the same run. CPU default: a ~110M-parameter random model in fp32.
 
     python benches/bench_generate.py [--model 110M] [--device cpu] [--batch 1 4] [--prompt 128 512] [--new 64]
-        [--rules '{"no_repeat_ngram_size": 3, "repetition_penalty": 1.2}'] [--ragged]
+        [--rules '{"no_repeat_ngram_size": 3, "repetition_penalty": 1.2}'] [--ragged] [--shared-prefix N]
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> Path:
                     help="generation arguments (transformers' names, JSON) given to both sides, e.g. logits rules")
     ap.add_argument("--ragged", action="store_true",
                     help="prompts of different lengths in a batch (row i shorter by i/(2*batch) of the prompt length), left padded")
+    ap.add_argument("--shared-prefix", type=int, default=0,
+                    help="the prompts' first N tokens are the same (a system prompt, few-shot examples)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,16 +48,18 @@ def main(argv: list[str] | None = None) -> Path:
     tok = CodeLlamaTokenizerFast.from_pretrained()
     meta = {"bench": "generate", "machine": machine(), "versions": versions("torch", "transformers", "codellama-fast"),
             "git_sha": git_sha(), "timestamp": now(), "model": args.model, "device": args.device, "dtype": str(dtype),
-            "torch_threads": torch.get_num_threads(), "rules": args.rules, "ragged": args.ragged}
+            "torch_threads": torch.get_num_threads(), "rules": args.rules, "ragged": args.ragged,
+            "shared_prefix": args.shared_prefix}
     rows: list[dict[str, Any]] = []
     ours = random_engine(args.model, args.device, dtype, tok)
     hf = hf_model(args.model, args.device, dtype)
     for b in args.batch:
         for p in args.prompt:
-            shape = f"{args.model} B{b} P{p} N{args.new}" + (" ragged" if args.ragged else "")
+            shape = (f"{args.model} B{b} P{p} N{args.new}" + (" ragged" if args.ragged else "")
+                     + (f" shared{args.shared_prefix}" if args.shared_prefix else ""))
             tokens = sum(prompt_lengths(b, p, args.ragged))  # the prompts' tokens, padding not counted
-            res = [measure_ours(ours, b, p, args.new, args.device, repeats=args.repeats, rules=args.rules, ragged=args.ragged),
-                   measure_hf(hf, b, p, args.new, args.device, repeats=args.repeats, rules=args.rules, ragged=args.ragged)]
+            kw = dict(repeats=args.repeats, rules=args.rules, ragged=args.ragged, shared=args.shared_prefix)
+            res = [measure_ours(ours, b, p, args.new, args.device, **kw), measure_hf(hf, b, p, args.new, args.device, **kw)]
             for m in res:
                 rows.append({"bench": "generate", "provider": m.provider, "shape": shape, "batch": b, "prompt": p, "prompt_tokens": tokens,
                              "new_tokens": args.new, "rules": args.rules, "metric": "decode_tokens_per_s", "unit": "tokens/s",

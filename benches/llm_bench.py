@@ -125,10 +125,12 @@ def prompt_lengths(batch: int, length: int, ragged: bool = False) -> list[int]:
     return [length - i * length // (2 * batch) if ragged else length for i in range(batch)]
 
 
-def prompts(batch: int, length: int, vocab: int, seed: int = 0, ragged: bool = False) -> list[list[int]]:
-    """`batch` random prompts (BOS first) of ``prompt_lengths``."""
+def prompts(batch: int, length: int, vocab: int, seed: int = 0, ragged: bool = False, shared: int = 0) -> list[list[int]]:
+    """`batch` random prompts (BOS first) of ``prompt_lengths``; `shared`: their first `shared`
+    tokens (BOS included) are the same (a system prompt, few-shot examples)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, min(vocab, 32000), (batch, length - 1), generator=g)
+    ids[:, : max(shared - 1, 0)] = ids[0, : max(shared - 1, 0)]
     return [([1] + row)[:n] for row, n in zip(ids.tolist(), prompt_lengths(batch, length, ragged), strict=True)]
 
 
@@ -141,10 +143,10 @@ def left_padded(rows: list[list[int]], device: str) -> tuple[torch.Tensor, torch
 
 
 def measure_ours(engine, batch: int, prompt_len: int, new_tokens: int, device: str, repeats: int | None = None,
-                 rules: dict[str, Any] | None = None, ragged: bool = False) -> Measurement:
+                 rules: dict[str, Any] | None = None, ragged: bool = False, shared: int = 0) -> Measurement:
     """Greedy generation; `rules`: more generation arguments (transformers' names), given to both sides;
-    `ragged`: prompts of different lengths (``prompts``)."""
-    ids = prompts(batch, prompt_len, engine.model.config.vocab_size, ragged=ragged)
+    `ragged`: prompts of different lengths, `shared`: their leading tokens alike (``prompts``)."""
+    ids = prompts(batch, prompt_len, engine.model.config.vocab_size, ragged=ragged, shared=shared)
     # three runs where they are short: in the 2026-11-28 H200 run the time to first token of the
     # same 7B prefill differed by 7-18 ms between the two decode steps' measurements
     repeats = repeats or (1 if batch * prompt_len >= 16384 else 3)
@@ -218,10 +220,10 @@ def profile_decode_step(engine, batch: int, prompt_len: int, steps: int = 8, top
 
 
 def measure_hf(model, batch: int, prompt_len: int, new_tokens: int, device: str, static: bool = False, repeats: int = 2,
-               rules: dict[str, Any] | None = None, ragged: bool = False) -> Measurement:
-    """transformers `generate` (greedy, with `rules` and `ragged` as in measure_ours). TTFT = a 1-token
-    generate; the decode rate is taken from the difference between an N-token and a 1-token generate."""
-    ids, mask = left_padded(prompts(batch, prompt_len, model.config.vocab_size, ragged=ragged), device)
+               rules: dict[str, Any] | None = None, ragged: bool = False, shared: int = 0) -> Measurement:
+    """transformers `generate` (greedy, with `rules`, `ragged` and `shared` as in measure_ours). TTFT = a
+    1-token generate; the decode rate is taken from the difference between an N-token and a 1-token generate."""
+    ids, mask = left_padded(prompts(batch, prompt_len, model.config.vocab_size, ragged=ragged, shared=shared), device)
     kw: dict[str, Any] = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
     kw.update(rules or {})  # e.g. {"do_sample": true, "num_return_sequences": 4}: samples of each prompt
     rows = batch * int(kw.get("num_return_sequences", 1))

@@ -78,6 +78,20 @@ def test_bench_generate_samples_of_each_prompt(tmp_path):
     assert all(r["p50"] > 0 for r in measured.values())
 
 
+def test_bench_generate_prompts_with_a_shared_prefix(tmp_path):
+    """--shared-prefix: the prompts' first N tokens alike, the rest their own, on both sides."""
+    pytest.importorskip("transformers")
+    sys.path.insert(0, str(ROOT / "benches"))
+    from llm_bench import prompts
+
+    rows = prompts(3, 20, 512, shared=8, ragged=True)
+    assert all(r[:8] == rows[0][:8] for r in rows) and len({tuple(r[8:12]) for r in rows}) == 3
+    data = _run("bench_generate.py", "--model", "tiny", "--batch", "3", "--prompt", "20", "--new", "4", "--repeats", "1",
+                "--ragged", "--shared-prefix", "8", tmp=tmp_path)
+    assert data["meta"]["shared_prefix"] == 8
+    assert {r["shape"] for r in data["rows"]} == {"tiny B3 P20 N4 ragged shared8"}
+
+
 def test_bench_generate_ragged_batch(tmp_path):
     """Prompts of different lengths: both sides run the left-padded batch, and the prefill rate counts
     the prompts' own tokens (12 + 10 + 8), not the padding."""

@@ -269,25 +269,31 @@ def test_engine_with_triton_ops_matches_torch_path(tmp_path, name):
 
 
 @pytest.mark.parametrize("graph", [False, True])
-def test_samples_of_a_prompt_through_the_kernels_prefill_it_once(tmp_path, graph):
-    """num_return_sequences=2 of two prompts of different lengths: the kernels prefill one row per
-    prompt through views of every other cache row, the copies fill the rest, and each sample's
+def test_shared_prompt_tokens_through_the_kernels_are_prefilled_once(tmp_path, monkeypatch, graph):
+    """Two samples each of two prompts of different lengths that begin with the same preamble: the
+    kernels prefill the preamble in one row, then one row per prompt from the slot after it
+    (through views of every other cache row); the copies fill the rest, and each sample's
     log-probabilities are transformers' for its own prompt and tokens (the graph-decode step and
     the plain loop)."""
     pytest.importorskip("transformers")
+    from codellama_fast.engine import shared_prompts
     from tests.engine_helpers import hf_logprobs, logprobs_close, make_hf_model, save
+    from tests.test_shared_prompts import PREAMBLE
 
+    monkeypatch.setattr(shared_prompts, "MIN_SAVED_TOKENS", 1)
     hf = make_hf_model("mha", seed=fresh_seed())
     eng = _triton_engine(save(hf, tmp_path / "m"), graph)
-    prompts = ["def f(x):\n    return", "import os"]
+    prompts = [PREAMBLE + "reverse a list", PREAMBLE + "sum"]
+    ids = [eng.tokenizer.encode(p) for p in prompts]
     batches = []
     real = eng.model.forward
-    eng.model.forward = lambda tokens, *a, **k: batches.append(tokens.shape[0]) or real(tokens, *a, **k)  # type: ignore[method-assign]
+    eng.model.forward = lambda tokens, *a, **k: batches.append(tuple(tokens.shape)) or real(tokens, *a, **k)  # type: ignore[method-assign]
     got = eng.generate(prompts, num_return_sequences=2, max_new_tokens=6, temperature=1.0, seed=3, stop_at_eos=False,
                        return_logprobs=True)
-    assert batches[0] == 2
-    for row, (ids, lps) in enumerate(zip(got.token_ids, got.token_logprobs)):
-        assert logprobs_close(lps, hf_logprobs(hf, eng.tokenizer.encode(prompts[row // 2]), ids), 1e-4)
+    shared = batches[0][1]
+    assert batches[0][0] == 1 and shared >= 32 and batches[1] == (2, max(map(len, ids)) - shared)
+    for row, (out, lps) in enumerate(zip(got.token_ids, got.token_logprobs)):
+        assert logprobs_close(lps, hf_logprobs(hf, ids[row // 2], out), 1e-4)
 
 
 def test_prompt_lookup_through_the_kernels_equals_plain_decoding(tmp_path, monkeypatch):

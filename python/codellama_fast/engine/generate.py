@@ -18,7 +18,7 @@ from ..data import BUNDLED_VOCAB_SIZE
 from ..errors import CheckpointError, InfillingUnsupported, OutOfMemoryError
 from ..tokenizer import FILL_MARKER, CodeLlamaTokenizerFast
 from .cache import KVCache
-from . import arguments, beam_search, fused_decode, memory, options, repeated_rows, speculative
+from . import arguments, beam_search, fused_decode, memory, options, shared_prompts, speculative
 from .assisted import DraftGuesser, check_vocabularies
 from .cuda_graph import GraphDecoder, pick_faster
 from .decode_states import DecodeState, DecodeStates
@@ -401,29 +401,44 @@ class Engine:
         budget: `prefill_chunk_tokens`, or fewer when their activations would not fit in half the
         free memory (engine.memory); returns the last position's logits [B, V]. `start`: the
         cache already holds the keys and values of the first `start` tokens (a kept prompt's).
-        Rows that repeat in runs (num_return_sequences) are prefilled once per run
-        (engine.repeated_rows); `stats["prompt_tokens_shared"]` counts the tokens that saved."""
+        Rows that repeat (num_return_sequences), and the tokens all rows begin with, are prefilled
+        once (engine.shared_prompts); `stats["prompt_tokens_shared"]` counts the tokens that saved."""
         b, t = tokens.shape
         cache.reserve(t)  # a growing cache takes the prompt's slots before the free memory sizes the chunks
-        n = repeated_rows.run_length(tokens, kv_start) if start == 0 else 1
-        layers = cache.layers if n == 1 else repeated_rows.distinct_rows(cache.layers, n)
+        n = shared_prompts.run_length(tokens, kv_start) if start == 0 else 1
+        layers = cache.layers if n == 1 else shared_prompts.distinct_rows(cache.layers, n)
         tokens, kv_start = tokens[::n].contiguous(), kv_start[::n].contiguous()  # [B / n, T], [B / n]
+        starts = kv_start.tolist()
+        prefix = shared_prompts.shared_prefix(tokens, kv_start) if start == 0 else 0
+        if prefix:  # the tokens every row begins with, in one row without padding, then copied
+            head = starts.index(0)
+            self._prefill_chunks(tokens[head : head + 1], kv_start[head : head + 1],
+                                 [(k[head : head + 1], v[head : head + 1]) for k, v in layers], 0, prefix, t)
+            shared_prompts.copy_prefix(layers, head, starts, prefix)
+        logits = self._prefill_chunks(tokens, kv_start, layers, max(start, prefix), t, t)
+        if n > 1:
+            shared_prompts.copy_to_repeats(cache.layers, n, t)
+            logits = logits.repeat_interleave(n, dim=0)  # [B, V]
+        if stats is not None and start == 0:
+            whole = n * sum(t - s for s in starts)  # every row's own tokens
+            stats["prompt_tokens_shared"] = whole - sum(t - max(s, prefix) for s in starts) - prefix
+        return logits
+
+    def _prefill_chunks(self, tokens: torch.Tensor, kv_start: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]],
+                        c_start: int, c_end: int, t: int) -> torch.Tensor:
+        """Slots c_start..c_end-1 of the prompts tokens [B, T] (T = t) through the model into `layers`, in
+        chunks of the prefill budget; the last position's logits [B, V]."""
         budget = memory.prefill_chunk_tokens(self.model.config, self.dtype, self.device, self.prefill_chunk_tokens)
         chunk = max(1, budget // tokens.shape[0])
         positions = (torch.arange(t, device=self.device)[None, :] - kv_start[:, None]).clamp_min(0)
         starts = kv_start.tolist()
         logits = None
-        for c0 in range(start, t, chunk):
-            c1 = min(t, c0 + chunk)
+        for c0 in range(c_start, c_end, chunk):
+            c1 = min(c_end, c0 + chunk)
             ctx = StepContext(positions[:, c0:c1], torch.arange(c0, c1, device=self.device), c0, kv_start, c1, rope_len=t,
                               rows=rows_without_padding(starts, c0, c1, self.device))  # prompts of different lengths: packed
             logits = self.model(tokens[:, c0:c1], ctx, layers)
         assert logits is not None
-        if n > 1:
-            repeated_rows.copy_to_repeats(cache.layers, n, t)
-            logits = logits.repeat_interleave(n, dim=0)  # [B, V]
-            if stats is not None:
-                stats["prompt_tokens_shared"] = (n - 1) * sum(t - s for s in starts)
         return logits
 
     def _steps(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, stats: dict[str, float],

@@ -1,5 +1,5 @@
 """Rows that repeat in a batch (num_return_sequences, or one prompt given several times) are
-prefilled once per run (engine/repeated_rows.py): which batches share, the cache views and copies,
+prefilled once per run (engine/shared_prompts.py): which batches share, the cache views and copies,
 and each row's tokens and log-probabilities against transformers on the whole sequence."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from codellama_fast.engine import repeated_rows as R  # noqa: E402
+from codellama_fast.engine import shared_prompts as R  # noqa: E402
 from tests.engine_helpers import fp32_engine, hf_logprobs, logprobs_close, random_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    _, hf, path = random_checkpoint(tmp_path_factory, "gqa4", "repeated-rows")
+    _, hf, path = random_checkpoint(tmp_path_factory, "gqa4", "shared-prompts")
     return hf, path
 
 
@@ -109,3 +109,79 @@ def test_the_prefill_rate_counts_each_repeated_prompt_once(model, tok):
     engine = fp32_engine(path, tok)
     got = engine.generate("def f(x):", num_return_sequences=4, max_new_tokens=2, temperature=1.0, seed=1)
     assert got.prefill_tokens_per_s * got.time_to_first_token_s == pytest.approx(len(tok.encode("def f(x):")))
+
+
+# ---------------------------------------------------------------- a prefix every row begins with
+
+# a 40-odd-token preamble, then questions of different lengths (left padded)
+PREAMBLE = ("# You are a careful Python programmer. Answer with code only, no prose.\n"
+            "# Write one function with type hints and a docstring; handle empty input.\n# Task: ")
+QUESTIONS = ["reverse a list", "count the vowels in a string of text", "sum"]
+
+
+def test_shared_prefix_and_its_floors(monkeypatch):
+    rows = [[1] + list(range(100, 140)) + tail for tail in ([7, 8, 9], [5], [7, 8])]
+    t = max(map(len, rows))
+    tokens = torch.tensor([[0] * (t - len(r)) + r for r in rows])
+    kv_start = torch.tensor([t - len(r) for r in rows])
+    monkeypatch.setattr(R, "MIN_SAVED_TOKENS", 1)
+    assert R.shared_prefix(tokens, kv_start) == 41  # BOS and the 40 tokens; the second row's last token is its own
+    monkeypatch.setattr(R, "MIN_PREFIX_TOKENS", 42)
+    assert R.shared_prefix(tokens, kv_start) == 0
+    monkeypatch.setattr(R, "MIN_PREFIX_TOKENS", 32)
+    # saved: rows start at slots 0, 2, 1: 41 + 39 + 40 - 41 (the extra pass) = 79 tokens
+    monkeypatch.setattr(R, "MIN_SAVED_TOKENS", 79)
+    assert R.shared_prefix(tokens, kv_start) == 41
+    monkeypatch.setattr(R, "MIN_SAVED_TOKENS", 80)
+    assert R.shared_prefix(tokens, kv_start) == 0
+    monkeypatch.setattr(R, "MIN_SAVED_TOKENS", 1)
+    same = torch.tensor([[1] + list(range(100, 140))] * 2)  # whole rows alike: all but the last token
+    assert R.shared_prefix(same, torch.zeros(2, dtype=torch.long)) == 40
+    assert R.shared_prefix(tokens[:1], kv_start[:1]) == 0  # one row shares with no other
+
+
+def test_copy_prefix_puts_the_head_rows_slots_after_each_rows_padding():
+    layers = [(torch.randn(3, 2, 10, 4), torch.randn(3, 2, 10, 4))]
+    before = [(k.clone(), v.clone()) for k, v in layers]
+    R.copy_prefix(layers, 0, [0, 3, 1], 5)
+    for (k, v), (k0, v0) in zip(layers, before):
+        for x, x0 in ((k, k0), (v, v0)):
+            assert torch.equal(x[0], x0[0])  # the head row is the source
+            assert torch.equal(x[1, :, 3:8], x0[0, :, :5]) and torch.equal(x[2, :, 1:6], x0[0, :, :5])
+            assert torch.equal(x[1, :, :3], x0[1, :, :3]) and torch.equal(x[1, :, 8:], x0[1, :, 8:])  # the rest untouched
+            assert torch.equal(x[2, :, :1], x0[2, :, :1]) and torch.equal(x[2, :, 6:], x0[2, :, 6:])
+
+
+@pytest.mark.parametrize("samples", [1, 2])
+def test_prompts_that_begin_alike_prefill_the_preamble_once(model, tok, monkeypatch, samples):
+    """Three prompts sharing a preamble, of different lengths: the preamble is prefilled in one row,
+    then the batch from the slot after it; every row's log-probabilities (sampled, with
+    num_return_sequences too) are transformers' for its own prompt and tokens, and greedy rows
+    are transformers' greedy tokens."""
+    monkeypatch.setattr(R, "MIN_SAVED_TOKENS", 1)
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    prompts = [PREAMBLE + q for q in QUESTIONS]
+    ids = [tok.encode(p) for p in prompts]
+    t = max(map(len, ids))
+    shared = R.shared_prefix(*_padded(ids))
+    assert shared >= 32
+    calls = _prefill_batches(engine)
+    got = engine.generate(prompts, num_return_sequences=samples, max_new_tokens=8, temperature=1.0, seed=2,
+                          stop_at_eos=False, return_logprobs=True)
+    assert calls[:2] == [(1, shared), (3, t - shared)] and calls[2][0] == 3 * samples
+    for row, (out, lps) in enumerate(zip(got.token_ids, got.token_logprobs)):
+        assert logprobs_close(lps, hf_logprobs(hf, ids[row // samples], out), 1e-4)
+    if samples == 1:
+        greedy = engine.generate(prompts, max_new_tokens=8, stop_at_eos=False)
+        for p, out in zip(ids, greedy.token_ids):
+            x = torch.tensor([p])
+            want = hf.generate(x, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)[0, x.shape[1]:]
+            assert out == want.tolist()
+    rate_tokens = got.prefill_tokens_per_s * got.time_to_first_token_s  # the tokens the prefill ran
+    assert rate_tokens == pytest.approx(shared + sum(t - max(t - len(i), shared) for i in ids))
+
+
+def _padded(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    t = max(map(len, ids))
+    return torch.tensor([[0] * (t - len(r)) + r for r in ids]), torch.tensor([t - len(r) for r in ids])
