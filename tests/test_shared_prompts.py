@@ -185,3 +185,25 @@ def test_prompts_that_begin_alike_prefill_the_preamble_once(model, tok, monkeypa
 def _padded(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     t = max(map(len, ids))
     return torch.tensor([[0] * (t - len(r)) + r for r in ids]), torch.tensor([t - len(r) for r in ids])
+
+
+def test_scoring_candidates_after_one_prompt_runs_the_prompt_once(model, tok, monkeypatch):
+    """score() of three candidates after the same preamble (different lengths, left padded): the
+    preamble runs in one row, the batch after it; every text's log-probabilities, and the 3 likeliest
+    tokens at each position, are transformers' for the whole text."""
+    monkeypatch.setattr(R, "MIN_SAVED_TOKENS", 1)
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    texts = [PREAMBLE + q for q in QUESTIONS]
+    ids = [tok.encode(x) for x in texts]
+    t = max(map(len, ids))
+    shared = R.shared_prefix(*_padded(ids))
+    calls = _prefill_batches(engine)
+    got = engine.score(texts, top_logprobs=3)
+    assert calls == [(1, shared), (3, t - 1 - shared)]
+    for row, lps, tops in zip(ids, got.token_logprobs, got.top_logprobs):
+        assert logprobs_close(lps, hf_logprobs(hf, row[:1], row[1:]), 1e-4)
+        with torch.no_grad():
+            want = hf(torch.tensor([row])).logits[0, :-1].float().log_softmax(-1).topk(3)
+        assert [[i for i, _ in pos] for pos in tops] == want.indices.tolist()
+        assert all(logprobs_close([v for _, v in pos], ref, 1e-4) for pos, ref in zip(tops, want.values.tolist()))
