@@ -30,7 +30,7 @@ else
 fi
 # Tests that failed or never ran on a GPU before run first, so a run cut by its limit still has
 # their full messages; the rest follow without them.
-FIRST=${FIRST-"tests/test_gpu.py::test_programmatic_dependent_launch_gives_the_same_bits tests/test_decode_tuning.py::test_gpu_tune_picks_a_candidate_that_gives_the_default_bits tests/test_gpu.py::test_threads_sharing_an_engine_on_the_captured_paths tests/test_kernels.py::test_prompt_lookup_through_the_kernels_equals_plain_decoding tests/test_kernels.py::test_assisted_decoding_through_the_kernels_equals_plain_decoding tests/test_cache_growth.py::test_the_triton_kernels_equal_transformers_while_the_cache_grows tests/test_gpu.py::test_a_chats_next_turn_on_the_captured_state_prefills_only_its_new_tokens"}
+FIRST=${FIRST-"tests/test_gpu.py::test_programmatic_dependent_launch_gives_the_same_bits tests/test_decode_tuning.py::test_gpu_tune_picks_a_candidate_that_gives_the_default_bits tests/test_gpu.py::test_threads_sharing_an_engine_on_the_captured_paths tests/test_kernels.py::test_prompt_lookup_through_the_kernels_equals_plain_decoding tests/test_kernels.py::test_assisted_decoding_through_the_kernels_equals_plain_decoding tests/test_cache_growth.py::test_the_triton_kernels_equal_transformers_while_the_cache_grows tests/test_gpu.py::test_a_chats_next_turn_on_the_captured_state_prefills_only_its_new_tokens tests/test_gpu.py::test_shared_prompt_tokens_on_the_captured_state tests/test_kernels.py::test_shared_prompt_tokens_through_the_kernels_are_prefilled_once"}
 [ "${SMOKE:-0}" = 1 ] && FIRST=""
 DESELECT=""
 for t in $FIRST; do DESELECT="$DESELECT --deselect $t"; done

@@ -260,6 +260,42 @@ def test_a_chats_next_turn_on_the_captured_state_prefills_only_its_new_tokens():
     assert (a - b).abs().max().item() < 2e-2 * max(1.0, b.abs().max().item())
 
 
+def test_shared_prompt_tokens_on_the_captured_state(monkeypatch):
+    """7B layer shapes, 2 layers, fp16, the captured step: 3 samples each of two prompts that begin
+    with the same 300 tokens. The shared tokens run in one row, then one row per prompt (through
+    views of every third cache row), the copies fill the rest; every row's first logits are its
+    prompt's own (each prompt prefilled alone, uncaptured) within fp16 rounding."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
+    from llm_bench import SHAPES, random_engine
+
+    from codellama_fast import CodeLlamaTokenizerFast
+    from codellama_fast.engine import shared_prompts
+
+    monkeypatch.setattr(shared_prompts, "MIN_SAVED_TOKENS", 1)
+    SHAPES["7B-2layers"] = dict(SHAPES["7B"], num_hidden_layers=2)
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    eng = random_engine("7B-2layers", "cuda", torch.float16, tok)
+    eng.use_cuda_graph = True
+    shared = [1] + torch.randint(3, 32000, (299,)).tolist()
+    prompts = [shared + torch.randint(3, 32000, (40,)).tolist(), shared + torch.randint(3, 32000, (77,)).tolist()]
+    batches = []
+    real = eng.model.forward
+    eng.model.forward = lambda tokens, *a, **k: batches.append(tuple(tokens.shape)) or real(tokens, *a, **k)
+    got = eng.generate(input_ids=prompts, num_return_sequences=3, max_new_tokens=4, temperature=1.0, seed=0,
+                       stop_at_eos=False, output_logits=True)
+    assert [x for x in batches if x[1] > 1] == [(1, 300), (2, 77)]  # the prefill's passes (the captures run one token)
+    alone = random_engine("7B-2layers", "cuda", torch.float16, tok)  # the same weights
+    alone.use_cuda_graph = False
+    for i, p in enumerate(prompts):
+        want = alone.generate(input_ids=[p], max_new_tokens=1, stop_at_eos=False, output_logits=True).logits[0][0].float()
+        for row in range(3 * i, 3 * i + 3):
+            a = got.logits[0][row].float()
+            assert (a - want).abs().max().item() < 2e-2 * max(1.0, want.abs().max().item())
+
+
 def test_kept_captured_state_serves_calls_of_other_lengths():
     """7B layer shapes, 2 layers, fp16: calls of other prompt lengths and token budgets replay one
     kept captured state (its cache larger than they need and holding the last call's keys), with
