@@ -620,6 +620,9 @@ class Engine:
                             logprobs.append([row[i] for row in lp_block])
                         yield [row[i] for row in block]
                 return
+            # samples of one prompt: every row of a run holds the prompt's keys and values in slots < t
+            runs = shared_prompts.run_length(tokens, kv_start) if b > 1 else 1
+            shared = (runs, t) if runs > 1 else None
             for step in range(1, max_new):
                 slot = t + step - 1
                 try:
@@ -628,7 +631,8 @@ class Engine:
                     warnings.warn(f"the KV cache could not grow past {slot} tokens, so this call ends after {step} generated "
                                   f"tokens (finish reason 'length'): {exc}", RuntimeWarning, stacklevel=warn_stacklevel)
                     break
-                ctx = StepContext((lengths + step - 1)[:, None], torch.tensor([slot], device=self.device), slot, kv_start, slot + 1)
+                ctx = StepContext((lengths + step - 1)[:, None], torch.tensor([slot], device=self.device), slot, kv_start, slot + 1,
+                                  shared_prompt=shared)
                 logits = self.model(nxt.clamp_min(0)[:, None], ctx, cache.layers)
                 fed.filled = slot + 1  # the last token chosen is in the cache now
                 nxt = watched_pick(logits)

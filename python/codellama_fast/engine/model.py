@@ -31,6 +31,9 @@ class StepContext:
     the flat indices (b * T + i, in order) of its N positions that are not padding; projections,
     norms and the MLP then run on those rows alone, [1, N, C], and the cache's padding slots hold
     zeros. None: every position.
+    shared_prompt (runs, slots), or None: the batch's rows come in runs of `runs` whose first
+    `slots` slots hold the same keys and values (samples of one prompt, engine.shared_prompts); an
+    attention that knows it may read them once per run.
     """
 
     positions: torch.Tensor
@@ -40,6 +43,7 @@ class StepContext:
     kv_len: int | torch.Tensor
     rope_len: int | None = None
     rows: torch.Tensor | None = None
+    shared_prompt: tuple[int, int] | None = None
 
 
 def reserve_step(caches: list[tuple[torch.Tensor, torch.Tensor]], ctx: StepContext) -> None:
@@ -78,8 +82,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x, ctx, ops)
         b, t = q.shape[0], q.shape[1]
         k_cache, v_cache = cache
-        out = ops.rope_attention(q, k, v, ctx.positions, inv_freq, k_cache, v_cache, ctx.slots,
-                                 ctx.q_start, ctx.kv_start, ctx.kv_len).reshape(b, t, -1)  # [B, T, Hq*D]
+        out = ops.rope_attention(q, k, v, ctx.positions, inv_freq, k_cache, v_cache, ctx.slots, ctx.q_start, ctx.kv_start,
+                                 ctx.kv_len, shared_prompt=ctx.shared_prompt).reshape(b, t, -1)  # [B, T, Hq*D]
         return ops.linear(out if ctx.rows is None else pack(out, ctx.rows), self.wo.weight)
 
     def forward_last(self, x: torch.Tensor, ctx: StepContext, inv_freq: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],

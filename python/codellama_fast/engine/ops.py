@@ -8,7 +8,9 @@ Shapes (B batch, T new tokens, S cache slots, Hq/Hkv query/KV heads, D head dim)
                     rotated k and v are written into the cache at `slots`.
   attention(q [B,T,Hq,D], k_cache, v_cache, q_start, kv_start [B], kv_len) -> [B,T,Hq,D]
       query i sits in slot q_start + i; it sees cache slots j < kv_len with j <= q_start + i and
-      j >= kv_start[b] (left padding before kv_start), and always its own slot.
+      j >= kv_start[b] (left padding before kv_start), and always its own slot. shared_prompt
+      (runs, slots), optional: rows come in runs whose first `slots` slots hold the same keys and
+      values, which an implementation may read once per run (the result is the same).
   rope_attention(q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len) -> [B,T,Hq,D]
       the layer's whole attention step: rope_cache_update, then attention of the rotated q
       (an implementation may fuse them, e.g. in one launch for decode).
@@ -33,7 +35,7 @@ import torch
 
 from ..errors import DeviceError
 from ..kernels import reference
-from . import cpu_attention, cpu_prefill_attention, small_matmul, widened_attention, widened_linear
+from . import cpu_attention, cpu_prefill_attention, shared_prompt_attention, small_matmul, widened_attention, widened_linear
 
 
 class Ops(Protocol):
@@ -47,11 +49,11 @@ class Ops(Protocol):
                           k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor: ...
 
     def attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_start: int | torch.Tensor,
-                  kv_start: torch.Tensor, kv_len: int | torch.Tensor) -> torch.Tensor: ...
+                  kv_start: torch.Tensor, kv_len: int | torch.Tensor, shared_prompt: tuple[int, int] | None = None) -> torch.Tensor: ...
 
     def rope_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
                        k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor, q_start: int | torch.Tensor,
-                       kv_start: torch.Tensor, kv_len: int | torch.Tensor) -> torch.Tensor: ...
+                       kv_start: torch.Tensor, kv_len: int | torch.Tensor, shared_prompt: tuple[int, int] | None = None) -> torch.Tensor: ...
 
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor: ...
 
@@ -93,7 +95,9 @@ class TorchOps:
         v_cache.index_copy_(2, slots, v.transpose(1, 2).to(v_cache.dtype))
         return q_rot
 
-    def attention(self, q, k_cache, v_cache, q_start, kv_start, kv_len):
+    def attention(self, q, k_cache, v_cache, q_start, kv_start, kv_len, shared_prompt=None):
+        if shared_prompt is not None and shared_prompt_attention.applies(q, k_cache, q_start, *shared_prompt):
+            return shared_prompt_attention.attention(q, k_cache, v_cache, q_start, kv_start, kv_len, *shared_prompt)  # samples' prompt read once
         if cpu_prefill_attention.applies(q, q_start, kv_len):  # a CPU prefill of whole prompts: a padded batch row by row
             return cpu_prefill_attention.attention(q, k_cache, v_cache, kv_start)
         if cpu_attention.applies(q, k_cache, kv_len):  # a CPU decode step (fp16: few queries): the layouts MKL streams fastest
@@ -102,9 +106,9 @@ class TorchOps:
             return widened_attention.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
         return reference.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
 
-    def rope_attention(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len):
+    def rope_attention(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len, shared_prompt=None):
         q_rot = self.rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
-        return self.attention(q_rot, k_cache, v_cache, q_start, kv_start, kv_len)
+        return self.attention(q_rot, k_cache, v_cache, q_start, kv_start, kv_len, shared_prompt)
 
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
         return reference.swiglu(gate_up)

@@ -65,7 +65,8 @@ class TritonOps:
             return reference.rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
         return rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
 
-    def attention(self, q, k_cache, v_cache, q_start, kv_start, kv_len):
+    def attention(self, q, k_cache, v_cache, q_start, kv_start, kv_len, shared_prompt=None):
+        # shared_prompt is not used: the kernels read each row's own cache (a shared prompt's rows hold copies)
         if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
             return reference.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
         if q.shape[1] == 1:
@@ -73,7 +74,7 @@ class TritonOps:
             return attention_decode(q, k_cache, v_cache, kv_start, kv_len, merge=merge, stages=stages)
         return attention_prefill(q, k_cache, v_cache, int(q_start), kv_start, int(kv_len))
 
-    def rope_attention(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len):
+    def rope_attention(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len, shared_prompt=None):
         # One new token per sequence (its slot is kv_len - 1): RoPE, cache write and attention in one launch.
         if q.shape[1] == 1 and q.shape[-1] in SUPPORTED_HEAD_DIMS:
             counters = self._decode_counters(q.shape[0] * k_cache.shape[1], q.device)

@@ -1,0 +1,71 @@
+"""Decode attention that reads a run's shared prompt slots once (engine/shared_prompt_attention.py)
+against the float64 key-by-key rule of ``reference.attention``, and samples of a prompt decoded
+through it against transformers."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from codellama_fast.engine import shared_prompt_attention as SPA  # noqa: E402
+from codellama_fast.kernels import reference as R  # noqa: E402
+
+TOL = {torch.float32: 2e-6, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("runs_of, hq, hkv, prompt, own, t, pads", [
+    ((1, 4), 8, 2, 40, 5, 1, [0]),       # one prompt, 4 samples, GQA 4
+    ((2, 3), 4, 4, 33, 7, 2, [0, 5]),    # two prompts (the second padded), MHA, two new tokens
+    ((2, 2), 6, 3, 20, 1, 1, [3, 0]),    # the first prompt padded; one generated token so far
+    ((3, 2), 16, 2, 17, 9, 1, [0, 2, 9]),  # GQA 8
+])
+def test_equals_the_key_by_key_rule(dtype, runs_of, hq, hkv, prompt, own, t, pads):
+    u, runs = runs_of
+    b, d, spare = u * runs, 16, 6
+    k = torch.randn(b, hkv, prompt + own + t + spare, d).to(dtype)
+    v = torch.randn_like(k)
+    for r in range(u):  # a run's rows hold the same prompt slots, as the prefill's copies leave them
+        k[r * runs : (r + 1) * runs, :, :prompt] = k[r * runs, :, :prompt]
+        v[r * runs : (r + 1) * runs, :, :prompt] = v[r * runs, :, :prompt]
+    kv_start = torch.tensor([p for p in pads for _ in range(runs)])
+    q = torch.randn(b, t, hq, d).to(dtype)
+    q_start = prompt + own
+    assert SPA.applies(q, k, q_start, runs, prompt) == (b * prompt * hkv * d >= SPA.MIN_SHARED_ELEMENTS)
+    got = SPA.attention(q, k, v, q_start, kv_start, q_start + t, runs, prompt)
+    want = R.attention(q.double(), k.double(), v.double(), q_start, kv_start, q_start + t)
+    assert got.dtype == dtype and got.shape == q.shape
+    assert (got.double() - want).abs().max().item() <= TOL[dtype] * max(1.0, want.abs().max().item())
+
+
+def test_which_calls_take_it():
+    q = torch.zeros(4, 1, 32, 128)
+    k = torch.zeros(4, 32, 300, 128)
+    assert SPA.applies(q, k, 256, 4, 256)  # 4 x 256 x 32 x 128 = 2^22 elements
+    assert not SPA.applies(q, k, 256, 1, 256)  # no runs
+    assert not SPA.applies(q, k, 255, 4, 256)  # a query inside the prompt (a prefill)
+    assert not SPA.applies(q, k, 256, 4, 0)
+    assert not SPA.applies(q.half(), k, 256, 4, 256)  # dtypes differ
+    small = torch.zeros(4, 1, 32, 128), torch.zeros(4, 32, 40, 128)
+    assert SPA.applies(*small, 32, 4, 32) == (4 * 32 * 32 * 128 >= SPA.MIN_SHARED_ELEMENTS)
+
+
+def test_samples_decoded_through_it_equal_transformers(tok, tmp_path_factory, monkeypatch):
+    """Three samples each of two prompts of different lengths: every decode step's attention takes
+    this path (counted), and each sample's log-probabilities are transformers' for its prompt and
+    tokens."""
+    pytest.importorskip("transformers")
+    from tests.engine_helpers import fp32_engine, hf_logprobs, logprobs_close, random_checkpoint, spy_shapes
+
+    monkeypatch.setattr(SPA, "MIN_SHARED_ELEMENTS", 0)
+    _, hf, path = random_checkpoint(tmp_path_factory, "gqa4", "shared-prompt-attention")
+    engine = fp32_engine(path, tok)
+    calls = spy_shapes(monkeypatch, SPA, "attention")
+    prompts = ["def quicksort(items):\n    ", "x = ["]
+    got = engine.generate(prompts, num_return_sequences=3, max_new_tokens=8, temperature=1.0, seed=7, stop_at_eos=False,
+                          return_logprobs=True)
+    layers = engine.model.config.num_hidden_layers
+    assert calls == [(6, 1, 8, 8)] * (7 * layers)  # every step after the first (the prefill chose it), every layer
+    for row, (ids, lps) in enumerate(zip(got.token_ids, got.token_logprobs)):
+        assert logprobs_close(lps, hf_logprobs(hf, tok.encode(prompts[row // 3]), ids), 1e-4)
