@@ -14,8 +14,13 @@ caches hold), as a decode step reads each layer's keys once from memory. Rates a
 the visible keys per second; each row also records the largest difference from the engine's
 output.
 
+``--samples N``: the batch's rows come in runs of N samples of one prompt (all but the last 32
+slots, the same keys and values in every row of a run, as the engine's prefill leaves them): the
+engine reads a run's prompt once (``engine/shared_prompt_attention.py``), and is also timed as it
+reads every row (``codellama-fast-per-row``).
+
     python benches/bench_cpu_attention.py [--layouts 7B 34B] [--keys 512 2048 4096] [--batch 1 4] [--queries 1 11]
-                                          [--dtype float32 bfloat16 float16]
+                                          [--dtype float32 bfloat16 float16] [--samples 4]
 """
 
 from __future__ import annotations
@@ -63,11 +68,15 @@ def _on_layer(fn: Callable, q, kv_start, kv_len: int) -> Callable:
     return lambda kv: fn(q, kv[0], kv[1], kv_start, kv_len)
 
 
-def engine(q, k_cache, v_cache, kv_start, kv_len):
+def engine(q, k_cache, v_cache, kv_start, kv_len, shared_prompt=None):
     """The engine's CPU attention (``TorchOps.attention``)."""
     from codellama_fast.engine.ops import TorchOps
 
-    return TorchOps().attention(q, k_cache, v_cache, kv_len - q.shape[1], kv_start, kv_len)
+    return TorchOps().attention(q, k_cache, v_cache, kv_len - q.shape[1], kv_start, kv_len, shared_prompt)
+
+
+# --samples: the slots after the prompt, each row's own (its generated tokens, the new ones last)
+OWN_SLOTS = 32
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -77,6 +86,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--queries", type=int, nargs="+", default=[1], help="new tokens per sequence, in the cache's last slots")
     ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--samples", type=int, default=1, help="rows in runs of this many samples of one prompt (divides each batch)")
     ap.add_argument("--budget-mb", type=float, default=400,
                     help="memory the layers' caches of one shape take (more than the caches)")
     ap.add_argument("--threads", type=int, default=None)
@@ -86,10 +96,12 @@ def main(argv: list[str] | None = None) -> Path:
         torch.set_num_threads(args.threads)
     has_gqa = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # SDPA's enable_gqa
     providers: dict[str, Callable] = {"codellama-fast": engine, "repeat_kv": repeat_kv}
+    if args.samples > 1:
+        providers["codellama-fast-per-row"] = engine
     if has_gqa:
         providers["sdpa_enable_gqa"] = enable_gqa
     meta = {"bench": "cpu_attention", "machine": machine(), "versions": versions("torch", "codellama-fast"), "git_sha": git_sha(),
-            "timestamp": now(), "torch_threads": torch.get_num_threads(), "budget_mb": args.budget_mb}
+            "timestamp": now(), "torch_threads": torch.get_num_threads(), "budget_mb": args.budget_mb, "samples": args.samples}
     rows: list[dict[str, Any]] = []
     for dtype_name, layout, queries, b, kv_len in itertools.product(args.dtype, args.layouts, args.queries, args.batch, args.keys):
         dtype = getattr(torch, dtype_name)
@@ -102,12 +114,22 @@ def main(argv: list[str] | None = None) -> Path:
         q = (torch.randn(b, queries, hq, d) * d**-0.5).to(dtype)
         # batch 4: one row left-padded by a quarter of the keys (the engine then masks)
         kv_start = torch.tensor([0] * (b - 1) + [kv_len // 4] if b > 1 else [0])
+        runs = args.samples
+        fns = dict(providers)
+        if runs > 1:  # runs of samples: a run's rows hold the same prompt slots and padding (the last run padded)
+            assert b % runs == 0 and kv_len > OWN_SLOTS, "--samples must divide the batch and leave the prompt slots"
+            prompt = kv_len - OWN_SLOTS
+            for kc, vc in caches:
+                for x in (kc, vc):
+                    x[:, :, :prompt] = x[::runs, :, :prompt].repeat_interleave(runs, dim=0)
+            kv_start = torch.tensor([0] * (b - runs) + [kv_len // 4] * runs)
+            fns["codellama-fast"] = lambda q, k, v, s, n: engine(q, k, v, s, n, (runs, prompt))
         visible = (kv_start.neg() + kv_len).sum().item()  # keys the batch sees
         read = 2 * hkv * visible * d * dtype.itemsize
         want = engine(q, *caches[0], kv_start, kv_len).float()
-        shape = f"{layout} B{b} T{queries} L{kv_len} Hq{hq} Hkv{hkv} D{d}"
+        shape = f"{layout} B{b} T{queries} L{kv_len} Hq{hq} Hkv{hkv} D{d}" + (f" runs{runs}" if runs > 1 else "")
         times = {}
-        for provider, fn in providers.items():
+        for provider, fn in fns.items():
             t = percentiles(time_cycling(_on_layer(fn, q, kv_start, kv_len), caches, max(8, len(caches))))
             times[provider] = t["p50"]
             diff = (fn(q, *caches[0], kv_start, kv_len).float() - want).abs().max().item()

@@ -173,6 +173,20 @@ def test_bench_small_matmul_tiny(tmp_path):
     assert all(r["p50"] > 0 for r in data["rows"])
 
 
+def test_bench_cpu_attention_samples_of_a_prompt(tmp_path):
+    """--samples 2: runs of two rows sharing their prompt slots; the engine timed reading a run's
+    prompt once and reading every row, both the same attention as the per-row engine's."""
+    pytest.importorskip("torch")
+    data = _run("bench_cpu_attention.py", "--layouts", "tiny", "--keys", "48", "--batch", "4", "--samples", "2",
+                "--dtype", "float32", "bfloat16", "--budget-mb", "1", tmp=tmp_path)
+    assert data["meta"]["samples"] == 2
+    timed = [r for r in data["rows"] if r["provider"] != "ratio"]
+    assert {"codellama-fast", "codellama-fast-per-row", "repeat_kv"} <= {r["provider"] for r in timed}
+    assert all(r["shape"].endswith(" runs2") for r in timed)
+    for r in timed:
+        assert r["max_abs_diff_from_engine"] <= {"float32": 1e-5, "bfloat16": 2e-2}[r["dtype"]], r
+
+
 def test_bench_cpu_attention_tiny(tmp_path):
     torch = pytest.importorskip("torch")
     dtypes = ("float32", "bfloat16", "float16")
