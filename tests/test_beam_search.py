@@ -21,16 +21,20 @@ PROMPT = "def quicksort(items):\n    "
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    _, hf, path = random_checkpoint(tmp_path_factory, "gqa4", "beams")
+    seed, hf, path = random_checkpoint(tmp_path_factory, "gqa4", "beams")
+    MODEL_SEED[0] = seed  # named by the comparisons' messages: a failure can be replayed
     return hf, path
+
+
+MODEL_SEED = [0]
 
 
 def _same(engine, hf, rows, n, ends, **kw):
     want, want_scores = hf_beams(hf, rows, n, ends, **kw)
     stop = {"eos_token_id": ends} if ends else {"stop_at_eos": False}
     got = engine.generate(input_ids=rows, max_new_tokens=n, **stop, **kw)
-    assert got.token_ids == want, kw
-    assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (got.sequence_scores, want_scores)
+    assert got.token_ids == want, ("model seed", MODEL_SEED[0], kw)
+    assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (MODEL_SEED[0], got.sequence_scores, want_scores)
     return got
 
 
@@ -84,8 +88,8 @@ def test_beam_sample_equals_transformers_with_the_same_seed(model, tok, kw):
         torch.manual_seed(s)
         want, want_scores = hf_beams(hf, rows, 10, ends, do_sample=True, **kw)
         got = engine.generate(input_ids=rows, max_new_tokens=10, eos_token_id=ends, do_sample=True, seed=s, **kw)
-        assert got.token_ids == want, (s, kw)
-        assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (got.sequence_scores, want_scores)
+        assert got.token_ids == want, ("model seed", MODEL_SEED[0], "sampling seed", s, kw)
+        assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (MODEL_SEED[0], got.sequence_scores, want_scores)
 
 
 def test_beam_sample_draws_differ_across_seeds_and_repeat_with_one(model, tok):
