@@ -112,7 +112,7 @@ def test_widening_blocks_cover_every_head_once_and_avoid_single_heads(monkeypatc
     n, d = 10, 4
     monkeypatch.setattr(CA, "WIDEN_BLOCK_ELEMENTS", per * n * d)
     x = torch.randn(heads, n, d).bfloat16()
-    blocks = [(s, e, blk.clone()) for s, e, blk in CA._fp32_blocks(x)]
+    blocks = [(s, e, blk.clone()) for s, e, blk in CA.fp32_blocks(x)]
     assert [s for s, _, _ in blocks] == [0] + [e for _, e, _ in blocks[:-1]] and blocks[-1][1] == heads
     assert all(torch.equal(blk, x[s:e].float()) for s, e, blk in blocks)
     assert all(e - s <= max(2, per) for s, e, _ in blocks)

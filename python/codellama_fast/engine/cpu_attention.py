@@ -77,7 +77,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_s
     heads_first = q.transpose(1, 2).reshape(bh, per_head, d)  # [B, Hq, T, D] -> [B*Hkv, G*T, D]
     query = (heads_first.to(torch.float32) * (1.0 / math.sqrt(d))).transpose(1, 2)
     scores = torch.empty(bh, n, per_head, dtype=torch.float32)  # [B*Hkv, L, G*T]
-    for s, e, block in _fp32_blocks(keys):
+    for s, e, block in fp32_blocks(keys):
         torch.bmm(block, query[s:e], out=scores[s:e])
     mask = reference.attention_mask_or_none(q_start, t, n, kv_start, bool(kv_start.any()))  # [B, 1, T, L]
     if mask is not None:  # token i's mask row, for every KV head and each of its query heads
@@ -85,12 +85,12 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_s
         scores.view(b, hkv, n, group, t).masked_fill_(hidden, float("-inf"))
     probs = torch.softmax(scores, dim=1).transpose(1, 2)  # [B*Hkv, G*T, L] (a view; for G*T == 1 contiguous)
     out = torch.empty(bh, per_head, d, dtype=torch.float32)
-    for s, e, block in _fp32_blocks(values):
+    for s, e, block in fp32_blocks(values):
         torch.bmm(probs[s:e], block, out=out[s:e])
     return out.view(b, hq, t, d).transpose(1, 2).to(q.dtype)
 
 
-def _fp32_blocks(x: torch.Tensor):
+def fp32_blocks(x: torch.Tensor):
     """(start, end, x[start:end] in fp32) over x [B*H, L, D]'s heads: x itself in fp32; otherwise blocks of
     about WIDEN_BLOCK_ELEMENTS, each widened into the same buffer."""
     bh, n, d = x.shape

@@ -22,7 +22,7 @@ import math
 import torch
 
 from ..kernels import reference
-from .cpu_attention import _fp32_blocks
+from .cpu_attention import fp32_blocks
 
 # The fewest prompt key elements a run must share (n x P x Hkv x D over the batch, of K alone) for
 # this path: it costs a few small copies of the scores and probabilities per call.
@@ -53,14 +53,14 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_s
     # The prompt's slots, read once per run: scores [U, Hkv, P, runs*G*T] (padding slots at -inf).
     shared = torch.empty(u, hkv, prompt, runs * per_head, dtype=torch.float32)
     for r in range(u):
-        for s, e, block in _fp32_blocks(k_cache[r * runs, :, :prompt]):  # the run's first row, [Hkv, P, D] views
+        for s, e, block in fp32_blocks(k_cache[r * runs, :, :prompt]):  # the run's first row, [Hkv, P, D] views
             torch.bmm(block, run_queries[r, s:e].transpose(1, 2), out=shared[r, s:e])
         shared[r, :, : min(starts[r], prompt)] = float("-inf")
     # Each row's own slots (its generated tokens, and the new ones causally): [B*Hkv, L-P, G*T].
     own_keys = k_cache[:, :, prompt:n].reshape(b * hkv, n - prompt, d)
     own = torch.empty(b * hkv, n - prompt, per_head, dtype=torch.float32)
     queries = heads_first.reshape(b * hkv, per_head, d)
-    for s, e, block in _fp32_blocks(own_keys):
+    for s, e, block in fp32_blocks(own_keys):
         torch.bmm(block, queries[s:e].transpose(1, 2), out=own[s:e])
     mask = reference.attention_mask(int(q_start), t, n, kv_start)[..., prompt:]  # [B, 1, T, L-P]
     own.view(b, hkv, n - prompt, per_head // t, t).masked_fill_(~mask.transpose(2, 3)[:, :, :, None, :], float("-inf"))
@@ -79,12 +79,12 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_s
     # Weighted sums: the prompt's values once per run for all its rows, then each row's own.
     out = torch.empty(u, hkv, runs * per_head, d, dtype=torch.float32)
     for r in range(u):
-        for s, e, block in _fp32_blocks(v_cache[r * runs, :, :prompt]):
+        for s, e, block in fp32_blocks(v_cache[r * runs, :, :prompt]):
             torch.bmm(shared[r, s:e].transpose(1, 2), block, out=out[r, s:e])
     out.div_(total[..., None])
     rows_out = out.view(u, hkv, runs, per_head, d).transpose(1, 2).reshape(b * hkv, per_head, d)  # a copy, [B*Hkv, G*T, D]
     own_values = v_cache[:, :, prompt:n].reshape(b * hkv, n - prompt, d)
     rows_total = total.view(u, hkv, runs, per_head).transpose(1, 2).reshape(b * hkv, per_head, 1)
-    for s, e, block in _fp32_blocks(own_values):
+    for s, e, block in fp32_blocks(own_values):
         rows_out[s:e] += torch.bmm(own[s:e].transpose(1, 2), block) / rows_total[s:e]
     return rows_out.view(b, hq, t, d).transpose(1, 2).to(q.dtype)
