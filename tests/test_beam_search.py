@@ -341,3 +341,42 @@ def test_beams_through_the_triton_kernels_equal_the_torch_path(model, tok):
     assert a.token_ids == b.token_ids
     assert logprobs_close(a.sequence_scores, b.sequence_scores, 1e-4)
     assert [[[i for i, _ in pos] for pos in row] for row in a.top_logprobs] == [[[i for i, _ in pos] for pos in row] for row in b.top_logprobs]
+
+
+def test_reordering_skips_the_prompt_slots_a_prompts_beams_share():
+    """reorder_rows(start=t): rows regrouped within each prompt's beams, whose prompt slots (< t)
+    are alike, equal a regrouping of every slot."""
+    from codellama_fast.engine import LlamaConfig
+    from codellama_fast.engine.cache import KVCache
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=48)
+    b, k, t, filled = 2, 3, 5, 9
+    cache = KVCache(cfg, b * k, 12, torch.float32, torch.device("cpu"))
+    for kc, vc in cache.layers:
+        for x in (kc, vc):
+            x.normal_()
+            x[:, :, :t] = x[::k, :, :t].repeat_interleave(k, dim=0)  # the prompt copied to its beams
+    want = [(kc.clone(), vc.clone()) for kc, vc in cache.layers]
+    order = torch.tensor([2, 2, 0, 4, 3, 3])  # each row's parent among its own prompt's beams
+    for kc, vc in want:
+        kc[:, :, :filled], vc[:, :, :filled] = kc[:, :, :filled][order], vc[:, :, :filled][order]
+    cache.reorder_rows(order, filled, start=t)
+    for (kc, vc), (wk, wv) in zip(cache.layers, want):
+        assert torch.equal(kc, wk) and torch.equal(vc, wv)
+
+
+def test_beams_read_their_prompt_once_per_step(model, tok, monkeypatch):
+    """Each prompt's beams hold the same prompt slots: every step's attention reads them once per
+    prompt (engine/shared_prompt_attention.py, counted), and the beams are transformers'."""
+    from codellama_fast.engine import shared_prompt_attention as SPA
+    from tests.engine_helpers import spy_shapes
+
+    monkeypatch.setattr(SPA, "MIN_SHARED_ELEMENTS", 0)
+    hf, path = model
+    engine = _engine(path, tok)
+    calls = spy_shapes(monkeypatch, SPA, "attention")
+    rows = [tok.encode(PROMPT), tok.encode("x = [")]
+    got = _same(engine, hf, rows, 8, None, num_beams=3, num_return_sequences=2)
+    assert len(got.token_ids) == 4
+    assert calls and all(shape[0] == 6 and shape[1] == 1 for shape in calls)  # 2 prompts x 3 beams, one token each

@@ -222,7 +222,8 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
 
         # regroup the beams' caches and rule state by parent, then run the chosen tokens
         order = (batch_base + beam_parent).view(-1)  # [B k]
-        cache.reorder_rows(order, t + step)  # the slots written so far
+        # the slots written so far; a prompt's beams hold the same prompt slots, which stay as they are
+        cache.reorder_rows(order, t + step, start=t)
         state.reorder(order)
         fed = run["seq"][:, :, step].reshape(rows)
         state.advance(fed)
@@ -230,7 +231,8 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
             guidance.reorder(order)
             guidance.advance(fed)
         slot = t + step
-        ctx = StepContext((lengths + step)[:, None], torch.tensor([slot], device=device), slot, beam_kv_start, slot + 1)
+        ctx = StepContext((lengths + step)[:, None], torch.tensor([slot], device=device), slot, beam_kv_start, slot + 1,
+                          shared_prompt=(k, t) if k > 1 else None)  # each prompt's k beams share its slots
         logits = model(fed[:, None], ctx, cache.layers)
 
     watch.check(dtype, f"at beam search step {steps}")

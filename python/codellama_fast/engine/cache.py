@@ -103,12 +103,13 @@ class KVCache:
         """Bytes the layers hold now (`nbytes`: what the whole max_len takes)."""
         return sum(k.nbytes + v.nbytes for k, v in self.layers)
 
-    def reorder_rows(self, order: torch.Tensor, filled: int) -> None:
-        """Row i becomes row order[i] ([B] int64) in the first `filled` slots of every layer (the
-        rest is empty in every row): beam search's regrouping of the beams by parent."""
+    def reorder_rows(self, order: torch.Tensor, filled: int, start: int = 0) -> None:
+        """Row i becomes row order[i] ([B] int64) in slots start..filled-1 of every layer (the
+        rest is empty in every row, or, before `start`, the same in row i and row order[i]): beam
+        search's regrouping of the beams by parent."""
         for kc, vc in self.layers:
-            kc[:, :, :filled] = kc[:, :, :filled].index_select(0, order)
-            vc[:, :, :filled] = vc[:, :, :filled].index_select(0, order)
+            kc[:, :, start:filled] = kc[:, :, start:filled].index_select(0, order)
+            vc[:, :, start:filled] = vc[:, :, start:filled].index_select(0, order)
 
     @staticmethod
     def slots_that_fit(cfg: LlamaConfig, batch: int, dtype: torch.dtype, device: torch.device) -> int:
