@@ -121,9 +121,7 @@ QUESTIONS = ["reverse a list", "count the vowels in a string of text", "sum"]
 
 def test_shared_prefix_and_its_floors(monkeypatch):
     rows = [[1] + list(range(100, 140)) + tail for tail in ([7, 8, 9], [5], [7, 8])]
-    t = max(map(len, rows))
-    tokens = torch.tensor([[0] * (t - len(r)) + r for r in rows])
-    kv_start = torch.tensor([t - len(r) for r in rows])
+    tokens, kv_start = _padded(rows)
     monkeypatch.setattr(R, "MIN_SAVED_TOKENS", 1)
     assert R.shared_prefix(tokens, kv_start) == 41  # BOS and the 40 tokens; the second row's last token is its own
     monkeypatch.setattr(R, "MIN_PREFIX_TOKENS", 42)
@@ -158,15 +156,7 @@ def test_prompts_that_begin_alike_prefill_the_preamble_once(model, tok, monkeypa
     then the batch from the slot after it; every row's log-probabilities (sampled, with
     num_return_sequences too) are transformers' for its own prompt and tokens, and greedy rows
     are transformers' greedy tokens."""
-    monkeypatch.setattr(R, "MIN_SAVED_TOKENS", 1)
-    hf, path = model
-    engine = fp32_engine(path, tok)
-    prompts = [PREAMBLE + q for q in QUESTIONS]
-    ids = [tok.encode(p) for p in prompts]
-    t = max(map(len, ids))
-    shared = R.shared_prefix(*_padded(ids))
-    assert shared >= 32
-    calls = _prefill_batches(engine)
+    hf, engine, prompts, ids, t, shared, calls = _preamble_batch(model, tok, monkeypatch)
     got = engine.generate(prompts, num_return_sequences=samples, max_new_tokens=8, temperature=1.0, seed=2,
                           stop_at_eos=False, return_logprobs=True)
     assert calls[:2] == [(1, shared), (3, t - shared)] and calls[2][0] == 3 * samples
@@ -183,22 +173,29 @@ def test_prompts_that_begin_alike_prefill_the_preamble_once(model, tok, monkeypa
 
 
 def _padded(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [B, T] left-padded with 0, kv_start [B]) for rows of ids."""
     t = max(map(len, ids))
     return torch.tensor([[0] * (t - len(r)) + r for r in ids]), torch.tensor([t - len(r) for r in ids])
+
+
+def _preamble_batch(model, tok, monkeypatch):
+    """(transformers model, fp32 engine whose passes are counted, the texts PREAMBLE + each of
+    QUESTIONS, their ids, the longest length, the tokens they share, the passes' list)."""
+    monkeypatch.setattr(R, "MIN_SAVED_TOKENS", 1)
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    texts = [PREAMBLE + q for q in QUESTIONS]
+    ids = [tok.encode(x) for x in texts]
+    shared = R.shared_prefix(*_padded(ids))
+    assert shared >= 32
+    return hf, engine, texts, ids, max(map(len, ids)), shared, _prefill_batches(engine)
 
 
 def test_scoring_candidates_after_one_prompt_runs_the_prompt_once(model, tok, monkeypatch):
     """score() of three candidates after the same preamble (different lengths, left padded): the
     preamble runs in one row, the batch after it; every text's log-probabilities, and the 3 likeliest
     tokens at each position, are transformers' for the whole text."""
-    monkeypatch.setattr(R, "MIN_SAVED_TOKENS", 1)
-    hf, path = model
-    engine = fp32_engine(path, tok)
-    texts = [PREAMBLE + q for q in QUESTIONS]
-    ids = [tok.encode(x) for x in texts]
-    t = max(map(len, ids))
-    shared = R.shared_prefix(*_padded(ids))
-    calls = _prefill_batches(engine)
+    hf, engine, texts, ids, t, shared, calls = _preamble_batch(model, tok, monkeypatch)
     got = engine.score(texts, top_logprobs=3)
     assert calls == [(1, shared), (3, t - 1 - shared)]
     for row, lps, tops in zip(ids, got.token_logprobs, got.top_logprobs):

@@ -63,7 +63,8 @@ def test_healed_generation_equals_transformers_with_the_first_choice_limited(mod
     assert want[0] in allowed
     # the text is what follows the original prompt: prompt + text is the whole healed sequence's
     # text, special tokens skipped (a random model may pick an infilling token, e.g. ▁<EOT>)
-    assert prompt + got.text == sp_codellama.decode([i for i in trimmed[1:] + want if i not in _special_ids(sp_codellama)])
+    special = _special_ids(sp_codellama)
+    assert prompt + got.text == sp_codellama.decode([i for i in trimmed[1:] + want if i not in special])
 
 
 def test_stream_and_stop_strings_see_only_the_new_text(model, tok):
