@@ -102,3 +102,68 @@ def test_shared_decode_checks_its_arguments():
         attention_shared_decode(torch.randn(6, 2, 4, 32, device=DEVICE), kc, vc, kv_start, 20, 3, 10)
     with pytest.raises(ValueError, match="head_dim"):
         attention_shared_decode(q[..., :24].contiguous(), kc[..., :24].contiguous(), vc[..., :24].contiguous(), kv_start, 20, 3, 10)
+
+
+@pytest.mark.parametrize("graph", [False, True, "fused"])
+def test_samples_through_the_kernels_read_their_prompt_once(tmp_path, monkeypatch, graph):
+    """3 samples each of two prompts on the Triton ops: every decode step's attention of every layer
+    is the shared-prompt kernel (the graph-decode step, captured on CUDA and run eagerly here, and
+    the plain loop; the fused step too), and each sample's log-probabilities are transformers' for its own prompt and
+    tokens. The graph's state is built for runs of 3; a call whose rows do not repeat builds a state
+    of its own rather than take that one."""
+    pytest.importorskip("transformers")
+    from codellama_fast.kernels import attention_shared_decode as shared_kernel
+    from codellama_fast.kernels import triton_ops
+    from tests.engine_helpers import fresh_seed, hf_logprobs, logprobs_close, make_hf_model, save
+    from tests.test_kernels import _triton_engine
+
+    monkeypatch.setattr(shared_kernel, "MIN_SAVED_BYTES", 1)
+    calls = []
+    real = triton_ops.attention_shared_decode
+    monkeypatch.setattr(triton_ops, "attention_shared_decode",
+                        lambda *a, **k: calls.append(a[5:7]) or real(*a, **k))  # (runs, prompt slots) of each call
+    hf = make_hf_model("gqa4-d16", seed=fresh_seed())  # GQA 4, heads of 16 (the kernels' smallest)
+    eng = _triton_engine(save(hf, tmp_path / "m"), bool(graph), **({"decode_step": "fused"} if graph == "fused" else {}))
+    prompts = ["def reverse(items):\n    return", "import os"]
+    ids = [eng.tokenizer.encode(p) for p in prompts]
+    new = 6
+    got = eng.generate(prompts, num_return_sequences=3, max_new_tokens=new, temperature=1.0, seed=4, stop_at_eos=False,
+                       return_logprobs=True)
+    layers = eng.model.config.num_hidden_layers
+    t = max(map(len, ids))
+    steps = [c for c in calls if int(c[1]) == t]  # the graph's warm-up and timing steps (prompt slots 0) aside
+    assert len(steps) == (new - 1) * layers and all(c[0] == 3 for c in steps), calls
+    for row, (out, lps) in enumerate(zip(got.token_ids, got.token_logprobs)):
+        assert logprobs_close(lps, hf_logprobs(hf, ids[row // 3], out), 1e-4), row
+    if graph:
+        assert eng.decode_step_used == ("fused" if graph == "fused" else "plain")
+        assert [s.runs for s in eng._graphs._states] == [3]
+        calls.clear()
+        other = ["x = 1", "y = 2", "z = 3", "w = 4", "v = 5", "u = 6"]  # six rows, none alike
+        eng.generate(other, max_new_tokens=3, temperature=1.0, seed=1, stop_at_eos=False)
+        assert [s.runs for s in eng._graphs._states] == [1] and not calls
+
+
+def test_beams_through_the_kernels_read_their_prompt_once(tmp_path, monkeypatch):
+    """A prompt's beams hold the same prompt slots (regrouping moves only the later ones): every beam
+    step's attention on the Triton ops is the shared-prompt kernel, one run per prompt, and the
+    beams and their scores are transformers'."""
+    pytest.importorskip("transformers")
+    from codellama_fast.kernels import attention_shared_decode as shared_kernel
+    from codellama_fast.kernels import triton_ops
+    from tests.engine_helpers import fresh_seed, hf_beams, logprobs_close, make_hf_model, save
+    from tests.test_kernels import _triton_engine
+
+    monkeypatch.setattr(shared_kernel, "MIN_SAVED_BYTES", 1)
+    calls = []
+    real = triton_ops.attention_shared_decode
+    monkeypatch.setattr(triton_ops, "attention_shared_decode", lambda *a, **k: calls.append((a[0].shape[0], a[5])) or real(*a, **k))
+    seed = fresh_seed()
+    hf = make_hf_model("gqa4-d16", seed=seed)
+    eng = _triton_engine(save(hf, tmp_path / "m"), graph=False)
+    rows = [eng.tokenizer.encode("def quicksort(items):\n    "), eng.tokenizer.encode("x = [")]
+    want, want_scores = hf_beams(hf, rows, 6, None, num_beams=3, num_return_sequences=2)
+    got = eng.generate(input_ids=rows, max_new_tokens=6, stop_at_eos=False, num_beams=3, num_return_sequences=2)
+    assert got.token_ids == want, seed
+    assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (seed, got.sequence_scores, want_scores)
+    assert calls and all(c == (6, 3) for c in calls), calls  # 2 prompts x 3 beams, runs of 3

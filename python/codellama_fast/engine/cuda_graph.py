@@ -4,7 +4,9 @@ positions/slots), with no per-token Python or launch overhead and no host synchr
 host reads the generated ids (and the note) only every few steps.
 
 All inputs live in static device buffers that the graph updates in place:
-  tok [B, 1] next input ids, pos [B, 1] rotary positions, slot [1] cache slot, kv_len [1].
+  tok [B, 1] next input ids, pos [B, 1] rotary positions, slot [1] cache slot, kv_len [1], and,
+  for a step built for runs of rows that share their prompt (samples of a prompt), prompt_slots
+  [1]: the slots the runs share (the first decode slot of the call), read once per run.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ Forward = Callable[[torch.Tensor, StepContext, list], torch.Tensor]
 class GraphDecoder:
     def __init__(self, model: LlamaModel, caches: list[tuple[torch.Tensor, torch.Tensor]], kv_start: torch.Tensor,
                  max_steps: int, greedy: bool, forward: Forward | None = None, name: str = "plain",
-                 capture: bool | None = None) -> None:
+                 capture: bool | None = None, shared_runs: int = 1) -> None:
         # `forward(tokens, ctx, caches) -> logits` is the step to capture: the model itself, or an
         # equivalent written for fewer launches (engine.fused_decode).
         # Off CUDA (or with capture=False) the same static-buffer step runs eagerly on replay():
@@ -41,6 +43,10 @@ class GraphDecoder:
         self.slot = torch.zeros(1, dtype=torch.long, device=dev)
         self.kv_len = torch.zeros(1, dtype=torch.int32, device=dev)
         self.step = torch.zeros(1, dtype=torch.long, device=dev)
+        # rows in runs of `shared_runs` share slots < prompt_slots (1: no sharing); the ops' decode
+        # attention may read those once per run (Ops.attention's shared_prompt)
+        self.shared_runs = shared_runs
+        self.prompt_slots = torch.zeros(1, dtype=torch.int32, device=dev)
         self.out = torch.zeros(b, max_steps, dtype=torch.long, device=dev)  # ids written by the graph
         self.kv_start = kv_start
         # steps that fit from slot 0: the cache's slots and the output buffer's columns
@@ -56,7 +62,8 @@ class GraphDecoder:
         # by the tensor's identity (TorchOps' RoPE angles), which the in-place advance below would
         # leave stale. A captured step replays its kernels on the buffer itself.
         pos = self.pos if self.captured else self.pos.clone()
-        ctx = StepContext(pos, self.slot, self.slot, self.kv_start, self.kv_len)
+        shared = (self.shared_runs, self.prompt_slots) if self.shared_runs > 1 else None
+        ctx = StepContext(pos, self.slot, self.slot, self.kv_start, self.kv_len, shared_prompt=shared)
         self.logits = self.forward(self.tok, ctx, self.caches)  # [B, V] fp32
         self.watch.see(self.logits)
         if self.greedy:
@@ -83,10 +90,12 @@ class GraphDecoder:
             self._body()
 
     def start(self, first_tokens: torch.Tensor, positions: torch.Tensor, slot: int) -> None:
-        """first_tokens/positions [B]: the token sampled after prefill and its rotary position."""
+        """first_tokens/positions [B]: the token sampled after prefill and its rotary position;
+        `slot`: the first decode slot (the prompt's slots are those before it)."""
         self.tok.copy_(first_tokens[:, None])
         self.pos.copy_(positions[:, None])
         self.slot.fill_(slot)
+        self.prompt_slots.fill_(slot)
         self.kv_len.fill_(slot + 1)
         self.step.zero_()
         self.watch.reset()

@@ -13,7 +13,9 @@ only where that much is free; else the state is sized to the call, or, where eve
 fit, holds as many slots as fit (a "short" state: the generation ends at its end). Later calls
 that would not fit either reuse a short state rather than build the same again.
 
-A state serves calls of its own batch size only. A step over more rows multiplies the weights
+A state serves calls of its own batch size, and of its own runs of rows that share their prompt
+(engine.shared_prompts; 1 where the ops' decode attention reads every row's copy at that size): a
+step built to read a prompt once per run of n rows is another step. A step over more rows multiplies the weights
 by a matrix of another shape, whose products the GPU may sum in another order: a call replayed on
 a state of more rows could round differently from the same call alone, and greedy tokens would
 depend on what ran before. Together with decode attention that sums the keys in an order set by
@@ -62,15 +64,16 @@ class DecodeState:
     # the tokens whose keys and values the cache's slots 0..len(ids)-1 hold, set by the one-sequence
     # generation that used it last ([]: none known); each lease starts by taking it away
     ids: list[int] = field(default_factory=list)
+    runs: int = 1  # rows come in runs of this many sharing their prompt's slots, read once per run (1: none)
 
     @property
     def capacity(self) -> int:
         return self.cache.max_len
 
 
-# (batch, capacity, greedy, least) -> a new state: the cache and the chosen decode step over it;
-# with `least`, a cache of fewer slots (as many as fit, at least `least`) rather than none
-Builder = Callable[[int, int, bool, "int | None"], DecodeState]
+# (batch, capacity, greedy, least, runs) -> a new state: the cache and the chosen decode step over
+# it; with `least`, a cache of fewer slots (as many as fit, at least `least`) rather than none
+Builder = Callable[[int, int, bool, "int | None", int], DecodeState]
 
 
 class DecodeStates:
@@ -97,16 +100,17 @@ class DecodeStates:
 
     @contextmanager
     def lease(self, batch: int, needed: int, greedy: bool, build: Builder,
-              least: int | None = None) -> Iterator[DecodeState | None]:
+              least: int | None = None, runs: int = 1) -> Iterator[DecodeState | None]:
         """A state for one generation of `batch` sequences holding up to `needed` tokens, held until
         the block ends: the smallest free one of `batch` rows that fits, else a new one
         (`build`), or None when every one that fits is in use (the caller then runs uncaptured on
         a cache of its own). With `least`, a short state of at least `least` slots will do where
-        `needed` does not fit in memory (the caller ends its generation at the state's end)."""
+        `needed` does not fit in memory (the caller ends its generation at the state's end). `runs`:
+        the runs of rows sharing their prompt that the state's step reads once per run (1: none)."""
         state: DecodeState | None = None
 
         def serves(s: DecodeState) -> bool:
-            return s.batch == batch and s.greedy == greedy
+            return s.batch == batch and s.greedy == greedy and s.runs == runs
 
         with self._lock:
             fitting = [s for s in self._states if serves(s) and s.capacity >= needed]
@@ -126,7 +130,7 @@ class DecodeStates:
             yield None
             return
         if state is None:
-            state = self._build(batch, needed, greedy, build, least)
+            state = self._build(batch, needed, greedy, build, least, runs)
             with self._lock:
                 self._states.append(state)
                 self._leased.add(id(state))
@@ -136,16 +140,16 @@ class DecodeStates:
             with self._lock:
                 self._leased.discard(id(state))
 
-    def _build(self, batch: int, needed: int, greedy: bool, build: Builder, least: int | None) -> DecodeState:
+    def _build(self, batch: int, needed: int, greedy: bool, build: Builder, least: int | None, runs: int) -> DecodeState:
         capacity = cache_capacity(needed)
         state = None
         if capacity > needed:
             try:
-                state = build(batch, capacity, greedy, None)
+                state = build(batch, capacity, greedy, None, runs)
             except OutOfMemoryError:
                 pass  # the bucket does not fit: what the call needs, or as much of it as fits
         if state is None:
-            state = build(batch, needed, greedy, least)
+            state = build(batch, needed, greedy, least, runs)
             state.short = state.capacity < needed
         self.builds += 1
         return state

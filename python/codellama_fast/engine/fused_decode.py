@@ -39,7 +39,7 @@ def fused_decode_layer(layer: Block, ops: Ops, s: torch.Tensor, ctx: StepContext
     q, k, v = attn.split_qkv(qkv[:, None])  # [B, 1, H, D] each
     k_cache, v_cache = cache
     a = ops.rope_attention(q, k, v, ctx.positions, inv_freq, k_cache, v_cache, ctx.slots,
-                           ctx.q_start, ctx.kv_start, ctx.kv_len)  # [B, 1, Hq, D]
+                           ctx.q_start, ctx.kv_start, ctx.kv_len, shared_prompt=ctx.shared_prompt)  # [B, 1, Hq, D]
     s = ops.linear_residual(a.reshape(b, -1), attn.wo.weight, s)
     act = ops.norm_linear_swiglu(s, layer.mlp_norm, layer.mlp.w13.weight, eps)  # [B, F]
     return ops.linear_residual(act, layer.mlp.w2.weight, s)

@@ -260,11 +260,12 @@ class Engine:
 
     @contextmanager
     def _decode_state(self, b: int, needed: int, greedy: bool, wanted: bool,
-                      least: int | None = None) -> Iterator[DecodeState | None]:
+                      least: int | None = None, runs: int = 1) -> Iterator[DecodeState | None]:
         """A captured decode state (KV cache + decode graph) for one generation of `b` sequences
         holding up to `needed` tokens (with `least`: or as many as fit, at least `least`), kept
         for later calls of `b` sequences that fit in it (engine.decode_states); None when not
-        `wanted` or when another generation is using the one that fits."""
+        `wanted` or when another generation is using the one that fits. `runs` > 1: its step reads
+        the prompt's slots once per run of that many rows (``_graph_runs``)."""
         if self.decode_step not in ("auto", "plain", "fused"):
             raise ValueError(f"decode_step must be 'auto', 'plain' or 'fused', got {self.decode_step!r}")
         if not wanted:
@@ -272,18 +273,19 @@ class Engine:
             return
         with ExitStack() as lease:
             try:
-                state = lease.enter_context(self._graphs.lease(b, needed, greedy, self._build_decode_state, least))
+                state = lease.enter_context(self._graphs.lease(b, needed, greedy, self._build_decode_state, least, runs))
             except OutOfMemoryError:
                 state = None  # the uncaptured loop's own cache raises it again, with the sizes
             if state is not None:
                 self.decode_step_used = state.decoder.name
             yield state
 
-    def _build_decode_state(self, b: int, capacity: int, greedy: bool, least: int | None = None) -> DecodeState:
+    def _build_decode_state(self, b: int, capacity: int, greedy: bool, least: int | None = None, runs: int = 1) -> DecodeState:
         """A new KV cache of `capacity` slots (with `least`: or as many as fit, at least `least`)
         for `b` sequences and the decode step captured over it: the plain or fused step as
         `decode_step` says ("auto": both, where the fused kernels take the batch, keeping the
-        faster of the two that agree)."""
+        faster of the two that agree); with `runs` > 1, a step for rows in runs of that many sharing
+        their prompt's slots."""
         # held whole on any device: the decode step (captured or not) moves its slot on the device,
         # where the cache cannot see it to grow
         if least is None:
@@ -297,7 +299,7 @@ class Engine:
         def decoder(kind: str) -> GraphDecoder:
             forward = (lambda tok, ctx, caches: fused_decode.fused_decode_forward(self.model, tok, ctx, caches)) if kind == "fused" else None
             return GraphDecoder(self.model, cache.layers, kv_start, capacity, greedy, forward=forward, name=kind,
-                                capture=self.use_cuda_graph is True)
+                                capture=self.use_cuda_graph is True, shared_runs=runs)
 
         if self.decode_step == "auto" and b <= getattr(self.model.ops, "fused_max_rows", 0):
             candidates = [decoder("plain")]
@@ -309,7 +311,18 @@ class Engine:
             chosen = pick_faster(candidates)
         else:
             chosen = decoder("fused" if self.decode_step == "fused" else "plain")
-        return DecodeState(b, greedy, cache, kv_start, chosen)
+        return DecodeState(b, greedy, cache, kv_start, chosen, runs=runs)
+
+    def _graph_runs(self, b: int, runs: int, prompt_slots: int) -> int:
+        """The runs of rows sharing their prompt that a captured decode step for this call reads
+        once per run: `runs` where the ops' decode attention does so at this size
+        (``shared_decode_runs``), else 1. Set by the call alone, so its tokens never depend on
+        which state served it."""
+        choose = getattr(self.model.ops, "shared_decode_runs", None)
+        if runs <= 1 or choose is None:
+            return 1
+        cfg = self.model.config
+        return choose(b, runs, prompt_slots, cfg.num_key_value_heads, cfg.head_dim, self.dtype.itemsize)
 
     def _tune_decode_attention(self, cache: KVCache) -> None:
         """The decode attention launch for this cache's shape, timed at its full length (the
@@ -529,7 +542,10 @@ class Engine:
             wanted = self._use_graph() and cfg.max_new_tokens > 1
             if wanted:  # decode states never take the kept cache: its memory goes before a state is built
                 self._prompt_cache.clear()
-            state = stack.enter_context(self._decode_state(b, max_len, graph_greedy, wanted, least))
+            # samples of one prompt: every row of a run holds the prompt's keys and values in slots < t
+            runs = shared_prompts.run_length(tokens, kv_start_now) if b > 1 else 1
+            state = stack.enter_context(self._decode_state(b, max_len, graph_greedy, wanted, least,
+                                                           self._graph_runs(b, runs, t) if wanted else 1))
             # one sequence: the keys and values of the tokens this prompt begins with come from a
             # kept cache or the decode state's own, and what the cache holds is kept when it ends
             reusable = (self.reuse_prompt_cache and b == 1 and not guessing and guidance is None
@@ -620,8 +636,6 @@ class Engine:
                             logprobs.append([row[i] for row in lp_block])
                         yield [row[i] for row in block]
                 return
-            # samples of one prompt: every row of a run holds the prompt's keys and values in slots < t
-            runs = shared_prompts.run_length(tokens, kv_start) if b > 1 else 1
             shared = (runs, t) if runs > 1 else None
             for step in range(1, max_new):
                 slot = t + step - 1

@@ -33,7 +33,8 @@ class StepContext:
     zeros. None: every position.
     shared_prompt (runs, slots), or None: the batch's rows come in runs of `runs` whose first
     `slots` slots hold the same keys and values (samples of one prompt, engine.shared_prompts); an
-    attention that knows it may read them once per run.
+    attention that knows it may read them once per run. `slots` is a 1-element device tensor in a
+    captured step (engine.cuda_graph).
     """
 
     positions: torch.Tensor
@@ -43,7 +44,7 @@ class StepContext:
     kv_len: int | torch.Tensor
     rope_len: int | None = None
     rows: torch.Tensor | None = None
-    shared_prompt: tuple[int, int] | None = None
+    shared_prompt: tuple[int, int | torch.Tensor] | None = None
 
 
 def reserve_step(caches: list[tuple[torch.Tensor, torch.Tensor]], ctx: StepContext) -> None:

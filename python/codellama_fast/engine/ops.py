@@ -9,8 +9,9 @@ Shapes (B batch, T new tokens, S cache slots, Hq/Hkv query/KV heads, D head dim)
   attention(q [B,T,Hq,D], k_cache, v_cache, q_start, kv_start [B], kv_len) -> [B,T,Hq,D]
       query i sits in slot q_start + i; it sees cache slots j < kv_len with j <= q_start + i and
       j >= kv_start[b] (left padding before kv_start), and always its own slot. shared_prompt
-      (runs, slots), optional: rows come in runs whose first `slots` slots hold the same keys and
-      values, which an implementation may read once per run (the result is the same).
+      (runs, slots), optional: rows come in runs whose first `slots` slots (an int, or a 1-element
+      device tensor in a captured step) hold the same keys and values, which an implementation may
+      read once per run (the result is the same up to rounding).
   rope_attention(q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len) -> [B,T,Hq,D]
       the layer's whole attention step: rope_cache_update, then attention of the rotated q
       (an implementation may fuse them, e.g. in one launch for decode).
@@ -49,11 +50,11 @@ class Ops(Protocol):
                           k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor: ...
 
     def attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_start: int | torch.Tensor,
-                  kv_start: torch.Tensor, kv_len: int | torch.Tensor, shared_prompt: tuple[int, int] | None = None) -> torch.Tensor: ...
+                  kv_start: torch.Tensor, kv_len: int | torch.Tensor, shared_prompt: tuple[int, int | torch.Tensor] | None = None) -> torch.Tensor: ...
 
     def rope_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
                        k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor, q_start: int | torch.Tensor,
-                       kv_start: torch.Tensor, kv_len: int | torch.Tensor, shared_prompt: tuple[int, int] | None = None) -> torch.Tensor: ...
+                       kv_start: torch.Tensor, kv_len: int | torch.Tensor, shared_prompt: tuple[int, int | torch.Tensor] | None = None) -> torch.Tensor: ...
 
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor: ...
 

@@ -41,6 +41,20 @@ from .tuning import INTERPRET
 
 MAX_QUERY_TILE = 64  # rows of queries a program scores a key block against (runs x group, tiled)
 
+# The fewest bytes of keys and values per layer that reading the prompt once must save: the path
+# takes about three launches more than the one-launch decode attention (RoPE and the cache write
+# apart, the second part, the merge), a few microseconds each, in which an H100 reads tens of MiB.
+# By that arithmetic, not yet timed: 7B at 8 samples from ~300 prompt tokens, at 2 from ~2048;
+# 34B (8 KV heads) at 8 samples from ~1200.
+MIN_SAVED_BYTES = 32 * 2**20
+
+
+def saves_enough(batch: int, runs: int, prompt_slots: int, kv_heads: int, head_dim: int, element_size: int) -> bool:
+    """Whether reading `prompt_slots` slots once per run of `runs` rows (of `batch`) instead of once
+    per row saves at least MIN_SAVED_BYTES of keys and values per layer."""
+    copies_skipped = batch - batch // max(runs, 1)
+    return copies_skipped * prompt_slots * kv_heads * head_dim * 2 * element_size >= MIN_SAVED_BYTES
+
 
 @triton.jit
 def _part_kernel(
@@ -50,7 +64,8 @@ def _part_kernel(
     GROUP: tl.constexpr, D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
     """Partials of the keys in [max(kv_start, LO), HI) for the RUNS rows of a run: the cache of
-    the run's first row is read. LO, HI: 1-element device tensors; LO null-like (< 0) never."""
+    the run's first row is read. LO, HI: 1-element device tensors (the prompt's part: 0 and P;
+    each row's own, a run of one: P and kv_len)."""
     rh = tl.program_id(0)  # (run, KV head)
     split = tl.program_id(1)
     tile = tl.program_id(2)
@@ -198,8 +213,10 @@ def attention_shared_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                                                         (1, prompt_t, kv_len_t, n_own, n_prompt)):
         tile = query_tile(rows_per_run, group)
         grid = (b // rows_per_run * hkv, n_splits, triton.cdiv(rows_per_run * group, tile))
+        # 8 warps for 64 query rows: 123 registers a thread on sm_90 against 178 with 4, no spills
+        # either way (benches/kernel_resources.py)
         _part_kernel[grid](q, k_cache, v_cache, kv_start, lo, hi, *common, rows_per_run, n_splits, n_all, first_split,
-                           scale, GROUP=group, D=d, BLOCK_Q=tile, BLOCK_N=block_n, IEEE=ieee, num_warps=4,
+                           scale, GROUP=group, D=d, BLOCK_Q=tile, BLOCK_N=block_n, IEEE=ieee, num_warps=8 if tile >= 64 else 4,
                            num_stages=1 if INTERPRET else 2)
     _merge_kernel[(b * hq,)](m, l, acc, out, hq, n_all, out.stride(0), out.stride(2), D=d,
                              BLOCK_S=triton.next_power_of_2(n_all), MERGE_S=MERGE_SPLITS, num_warps=4)

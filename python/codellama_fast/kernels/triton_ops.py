@@ -7,6 +7,7 @@ import torch
 from . import gemv, reference
 from .attention_decode import attention_decode, new_counters, rope_attention_decode
 from .attention_prefill import attention_prefill
+from .attention_shared_decode import attention_shared_decode, saves_enough
 from .decode_tuning import DecodeLaunches
 from .rmsnorm import rms_norm
 from .rope import rope_cache_update
@@ -65,24 +66,47 @@ class TritonOps:
             return reference.rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
         return rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
 
+    def shared_decode_runs(self, batch: int, runs: int, prompt_slots: int, kv_heads: int, head_dim: int,
+                           element_size: int) -> int:
+        """`runs` where a decode step of `batch` rows in runs of `runs` sharing `prompt_slots` slots
+        reads them once per run (attention_shared_decode: enough saved for its extra launches),
+        else 1: what a captured decode step for such a call is built for."""
+        shares = (runs > 1 and head_dim in SUPPORTED_HEAD_DIMS
+                  and saves_enough(batch, runs, prompt_slots, kv_heads, head_dim, element_size))
+        return runs if shares else 1
+
+    def _reads_prompt_once(self, q: torch.Tensor, k_cache: torch.Tensor, shared_prompt) -> bool:
+        """A decode step over runs of rows sharing their prompt's slots, worth reading them once. A
+        captured step passes the slots as a device tensor: its engine chose the path for the call
+        (shared_decode_runs)."""
+        if shared_prompt is None or q.shape[1] != 1 or q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+            return False
+        runs, slots = shared_prompt
+        if isinstance(slots, torch.Tensor):
+            return runs > 1
+        b, hkv, _, d = k_cache.shape
+        return self.shared_decode_runs(b, runs, int(slots), hkv, d, k_cache.element_size()) > 1
+
     def attention(self, q, k_cache, v_cache, q_start, kv_start, kv_len, shared_prompt=None):
-        # shared_prompt is not used: the kernels read each row's own cache (a shared prompt's rows hold copies)
         if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
             return reference.attention(q, k_cache, v_cache, q_start, kv_start, kv_len)
+        if self._reads_prompt_once(q, k_cache, shared_prompt):  # samples' or beams' prompt slots read once per run
+            return attention_shared_decode(q, k_cache, v_cache, kv_start, kv_len, *shared_prompt)
         if q.shape[1] == 1:
             merge, stages = self.decode_launches.current(q.shape[2], k_cache) or (None, None)
             return attention_decode(q, k_cache, v_cache, kv_start, kv_len, merge=merge, stages=stages)
         return attention_prefill(q, k_cache, v_cache, int(q_start), kv_start, int(kv_len))
 
     def rope_attention(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len, shared_prompt=None):
-        # One new token per sequence (its slot is kv_len - 1): RoPE, cache write and attention in one launch.
-        if q.shape[1] == 1 and q.shape[-1] in SUPPORTED_HEAD_DIMS:
+        # One new token per sequence (its slot is kv_len - 1): RoPE, cache write and attention in one
+        # launch, unless the rows share a prompt read once (RoPE and the cache write first, then that).
+        if q.shape[1] == 1 and q.shape[-1] in SUPPORTED_HEAD_DIMS and not self._reads_prompt_once(q, k_cache, shared_prompt):
             counters = self._decode_counters(q.shape[0] * k_cache.shape[1], q.device)
             merge, stages = self.decode_launches.current(q.shape[2], k_cache) or (None, None)
             return rope_attention_decode(q, k, v, positions, inv_freq, k_cache, v_cache, slots, kv_start, kv_len,
                                          counters=counters, merge=merge, stages=stages, pdl=self.pdl)
         q_rot = self.rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
-        return self.attention(q_rot, k_cache, v_cache, q_start, kv_start, kv_len)
+        return self.attention(q_rot, k_cache, v_cache, q_start, kv_start, kv_len, shared_prompt)
 
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
         return swiglu(gate_up)
