@@ -1,7 +1,8 @@
 """Triton kernels vs torch baselines on one GPU (same run): prefill attention vs
 scaled_dot_product_attention (flash backend), decode attention vs SDPA, the decode step's fused
 projections vs cuBLAS matmul + torch ops, one layer of the fused decode step with and without
-programmatic dependent launch, RMSNorm / SwiGLU / RoPE vs eager torch. Reports TFLOP/s
+programmatic dependent launch, the decode step of samples of one prompt reading its slots once per
+step vs every row's copy, RMSNorm / SwiGLU / RoPE vs eager torch. Reports TFLOP/s
 or GB/s and the fraction of the ceilings measured in the same run (device copy bandwidth, fp16
 GEMM rate). JSON to benches/results/.
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
-    ap.add_argument("--only", choices=["prefill", "decode", "projection", "layer", "elementwise"], default=None)
+    ap.add_argument("--only", choices=["prefill", "shared", "decode", "projection", "layer", "elementwise"], default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     smoke = args.smoke
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> Path:
     from codellama_fast.kernels import reference as R
     from codellama_fast.kernels.attention_decode import attention_decode, new_counters, num_splits, rope_attention_decode
     from codellama_fast.kernels.attention_prefill import attention_prefill
+    from codellama_fast.kernels.attention_shared_decode import attention_shared_decode
     from codellama_fast.kernels.gemv import linear_residual, norm_linear, norm_linear_swiglu
     from codellama_fast.kernels.rmsnorm import rms_norm
     from codellama_fast.kernels.rope import rope_cache_update
@@ -145,6 +147,51 @@ def main(argv: list[str] | None = None) -> Path:
 
         add("prefill_attn", "sdpa_flash", shape, bench(sdpa, smoke), flops, "TFLOP/s", None)
         del q, kc, vc, qh, kh, vh
+
+    # ---- the decode step of samples of one prompt (num_return_sequences, beams): rows in runs of
+    # n that share their first P slots, each with 128 slots of its own. The one-launch step reads
+    # every row's copy; the shared one (RoPE + cache write, then the prompt read once per run)
+    # reads one. Both rates count every row's bytes (what the one-launch step reads), so their
+    # ratio is the speed-up.
+    shared_shapes = [(4, 2, 4, 2, 64, 32)] if smoke else [
+        (8, 8, 32, 32, 2048, 128), (8, 8, 32, 32, 8192, 128), (32, 8, 32, 32, 2048, 128), (2, 2, 32, 32, 4096, 128),
+        (8, 8, 64, 8, 8192, 128)]
+    if args.quick and not smoke:
+        shared_shapes = shared_shapes[:1] + shared_shapes[3:]
+    if args.only not in (None, "shared"):
+        shared_shapes = []
+    for b, runs, hq, hkv, prompt, own in shared_shapes:
+        length = prompt + own
+        kc = torch.randn(b, hkv, length, d, dtype=dt, device=dev)
+        vc = torch.randn_like(kc)
+        kc[:, :, :prompt] = kc[::runs, :, :prompt].repeat_interleave(runs, dim=0)
+        vc[:, :, :prompt] = vc[::runs, :, :prompt].repeat_interleave(runs, dim=0)
+        kv_start = torch.zeros(b, dtype=torch.long, device=dev)
+        kv_len = torch.tensor([length], dtype=torch.int32, device=dev)
+        prompt_slots = torch.tensor([prompt], dtype=torch.int32, device=dev)
+        qkv = torch.randn(b, 1, (hq + 2 * hkv) * d, dtype=dt, device=dev)
+        qn, kn, vn = qkv[..., : hq * d].view(b, 1, hq, d), qkv[..., hq * d : (hq + hkv) * d].view(b, 1, hkv, d), qkv[..., (hq + hkv) * d :].view(b, 1, hkv, d)
+        pos = torch.full((b, 1), length - 1, dtype=torch.long, device=dev)
+        inv_freq = 1.0 / (1e6 ** (torch.arange(0, d, 2, device=dev).float() / d))
+        slots = torch.tensor([length - 1], device=dev)
+        counters = new_counters(b * hkv, dev)
+        every_row_bytes = 2 * b * hkv * length * d * 2
+        shape = f"B{b} runs{runs} Hq{hq} Hkv{hkv} P{prompt}+{own} D{d}"
+
+        def every_row():
+            return rope_attention_decode(qn, kn, vn, pos, inv_freq, kc, vc, slots, kv_start, kv_len, counters=counters)
+
+        def prompt_once():
+            q_rot = rope_cache_update(qn, kn, vn, pos, inv_freq, kc, vc, slots)
+            return attention_shared_decode(q_rot, kc, vc, kv_start, kv_len, runs, prompt_slots)
+
+        for graph in ([False] if smoke else [False, True]):
+            timing = "graph" if graph else "launch"
+            add("shared_decode_step", "triton_every_row", shape, bench(every_row, smoke, graph), every_row_bytes, "GB/s",
+                ceil["copy_GBps"], timing)
+            add("shared_decode_step", "triton_prompt_once", shape, bench(prompt_once, smoke, graph), every_row_bytes, "GB/s",
+                ceil["copy_GBps"], timing)
+        del kc, vc
 
     # ---- decode attention: one query per sequence against a full cache
     decode_shapes = [(2, 8, 2, 64)] if smoke else [(b, hq, hkv, L) for (hq, hkv) in ((32, 32), (64, 8)) for b in (1, 8, 32) for L in (2048, 8192, 16384)]

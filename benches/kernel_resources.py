@@ -68,7 +68,7 @@ def _types(fn, f16: set[str], i64p: set[str] = frozenset(), f32p: set[str] = fro
 def variants(arch: int = 90) -> list[Variant]:
     """The configurations the launchers use on a GPU: the tuned candidates and the fixed ones (with
     programmatic dependent launch, USE_GDC, on sm_90 and up)."""
-    from codellama_fast.kernels import attention_decode, attention_prefill, gemv, rmsnorm, rope, swiglu
+    from codellama_fast.kernels import attention_decode, attention_prefill, attention_shared_decode, gemv, rmsnorm, rope, swiglu
 
     out: list[Variant] = []
     k = "codellama_fast.kernels.attention_prefill:_prefill_kernel"
@@ -99,6 +99,18 @@ def variants(arch: int = 90) -> list[Variant]:
     for fused in (1, 0):
         out.append(Variant(k, t, dict(FUSED=fused, D=128, BLOCK_N=64, BLOCK_S=64, MERGE_S=attention_decode.MERGE_SPLITS),
                            4, 2, _strides(fn)))
+    k = "codellama_fast.kernels.attention_shared_decode:_part_kernel"
+    fn = attention_shared_decode._part_kernel
+    t = _types(fn, {"Q", "KC", "VC"}, i64p={"KV_START"}, f32p={"M_WS", "L_WS", "ACC_WS"}, i32p={"LO", "HI"}, f32={"qk_scale"},
+               constexpr={"GROUP", "D", "BLOCK_Q", "BLOCK_N", "IEEE"})
+    for group in (1, 8):
+        for tile in (16, 32, 64):
+            for warps in (4, 8):  # the launcher takes 8 for 64 rows, else 4
+                out.append(Variant(k, t, dict(GROUP=group, D=128, BLOCK_Q=tile, BLOCK_N=64, IEEE=False), warps, 2, _strides(fn)))
+    k = "codellama_fast.kernels.attention_shared_decode:_merge_kernel"
+    fn = attention_shared_decode._merge_kernel
+    t = _types(fn, {"O"}, f32p={"M_WS", "L_WS", "ACC_WS"}, constexpr={"D", "BLOCK_S", "MERGE_S"})
+    out.append(Variant(k, t, dict(D=128, BLOCK_S=128, MERGE_S=attention_shared_decode.MERGE_SPLITS), 4, 2, _strides(fn)))
     k = "codellama_fast.kernels.gemv:_gemv_kernel"
     fn = gemv._gemv_kernel
     t = _types(fn, {"X", "W", "Y", "RES", "NORM_W"}, f32={"eps"},

@@ -49,8 +49,10 @@ def test_bench_e2e_smoke(tmp_path):
 def test_bench_kernels_smoke(tmp_path):
     pytest.importorskip("triton")
     data = _run("bench_kernels.py", "--smoke", tmp=tmp_path)
-    benches = {"prefill_attn", "decode_attn", "projection", "decode_layer", "rmsnorm", "swiglu", "rope_cache"}
+    benches = {"prefill_attn", "shared_decode_step", "decode_attn", "projection", "decode_layer", "rmsnorm", "swiglu", "rope_cache"}
     assert {r["bench"] for r in data["rows"]} >= benches
+    shared = {r["provider"] for r in data["rows"] if r["bench"] == "shared_decode_step"}
+    assert shared == {"triton_every_row", "triton_prompt_once"}
     layer = {r["provider"] for r in data["rows"] if r["bench"] == "decode_layer"}
     assert layer == {"triton_fused", "triton_fused_pdl"}
     decode = {r["provider"] for r in data["rows"] if r["bench"] == "decode_attn"}

@@ -109,6 +109,39 @@ def test_fused_rope_decode_real_sizes(dtype, b, hq, hkv, L):
     assert torch.equal(vc[:, :, L - 1].float(), ref_vc[:, :, L - 1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("b,runs,hq,hkv,prompt,L", [(8, 8, 32, 32, 4000, 4099), (8, 4, 64, 8, 8000, 8192), (16, 2, 32, 32, 2048, 2100)])
+def test_shared_decode_real_sizes(dtype, b, runs, hq, hkv, prompt, L):
+    """The decode attention that reads a run's shared prompt slots once (7B and 34B heads, 2-8
+    samples per prompt) vs exact fp32 attention over each row's whole cache. Every row but each
+    run's first holds NaN in the prompt slots: a kernel that read a copy would return NaN."""
+    from codellama_fast.kernels.attention_shared_decode import attention_shared_decode
+
+    d = 128
+    q = torch.randn(b, 1, hq, d, device="cuda", dtype=dtype)
+    kc = torch.randn(b, hkv, L + 64, d, device="cuda", dtype=dtype)
+    vc = torch.randn_like(kc)
+    pads = [int(x) for x in torch.randint(0, prompt // 2, (b // runs,))]
+    kv_start = torch.tensor([p for p in pads for _ in range(runs)], device="cuda")
+    poisoned_k, poisoned_v = kc.clone(), vc.clone()
+    for row in range(b):
+        if row % runs:
+            poisoned_k[row, :, :prompt] = float("nan")
+            poisoned_v[row, :, :prompt] = float("nan")
+    out = attention_shared_decode(q, poisoned_k, poisoned_v, kv_start, torch.tensor([L], device="cuda", dtype=torch.int32), runs,
+                                  torch.tensor([prompt], device="cuda", dtype=torch.int32))
+    assert torch.isfinite(out).all()
+    for i in range(b):
+        first, p = i - i % runs, int(kv_start[i])
+        # the run's first row's prompt slots, then the row's own
+        keys = torch.cat([kc[first, :, p:prompt], kc[i, :, prompt:L]], dim=1).float().repeat_interleave(hq // hkv, dim=0)
+        values = torch.cat([vc[first, :, p:prompt], vc[i, :, prompt:L]], dim=1).float().repeat_interleave(hq // hkv, dim=0)
+        s = torch.einsum("hd,hnd->hn", q[i, 0].float(), keys) / d**0.5
+        ref = torch.einsum("hn,hnd->hd", torch.softmax(s, -1), values)
+        err = (out[i, 0].float() - ref).abs().max().item()
+        assert err < TOL[dtype], (i, err)
+
+
 @pytest.mark.parametrize("m", [1, 8])
 @pytest.mark.parametrize("k,n", [(4096, 12288), (4096, 4096), (11008, 4096), (8192, 8192)])
 def test_fused_gemv_real_sizes(m, k, n):
@@ -294,6 +327,33 @@ def test_shared_prompt_tokens_on_the_captured_state(monkeypatch):
         for row in range(3 * i, 3 * i + 3):
             a = got.logits[0][row].float()
             assert (a - want).abs().max().item() < 2e-2 * max(1.0, want.abs().max().item())
+
+
+def test_samples_read_their_prompt_once_on_the_captured_state():
+    """7B layer shapes, 2 layers, fp16: 4 samples of a 1100-token prompt decode on a captured step
+    built for runs of 4 (its attention reads the prompt's slots once per step), and each sample's
+    log-probabilities equal those of its whole text scored in one prefill (another kernel) within
+    fp16 rounding."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
+    from llm_bench import SHAPES, random_engine
+
+    from codellama_fast import CodeLlamaTokenizerFast
+
+    SHAPES["7B-2layers"] = dict(SHAPES["7B"], num_hidden_layers=2)
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    eng = random_engine("7B-2layers", "cuda", torch.float16, tok)
+    eng.use_cuda_graph = True
+    prompt = [1] + torch.randint(3, 32000, (1099,)).tolist()
+    got = eng.generate(input_ids=[prompt], num_return_sequences=4, max_new_tokens=8, temperature=1.0, seed=0,
+                       stop_at_eos=False, return_logprobs=True)
+    assert [s.runs for s in eng._graphs._states] == [4]
+    scored = eng.score(input_ids=[prompt + row for row in got.token_ids])
+    for row, lps in enumerate(got.token_logprobs):
+        want = scored.token_logprobs[row][-len(lps):]
+        assert all(abs(a - b) <= 3e-2 * max(1.0, abs(b)) for a, b in zip(lps, want)), (row, lps, want)
 
 
 def test_kept_captured_state_serves_calls_of_other_lengths():
