@@ -64,7 +64,11 @@ class GraphDecoder:
         pos = self.pos if self.captured else self.pos.clone()
         shared = (self.shared_runs, self.prompt_slots) if self.shared_runs > 1 else None
         ctx = StepContext(pos, self.slot, self.slot, self.kv_start, self.kv_len, shared_prompt=shared)
-        self.logits = self.forward(self.tok, ctx, self.caches)  # [B, V] fp32
+        logits = self.forward(self.tok, ctx, self.caches)  # [B, V] fp32
+        if self.captured or self.logits is None:
+            self.logits = logits
+        else:  # uncaptured, each step still leaves its logits in one buffer, as a replay does
+            self.logits.copy_(logits)
         self.watch.see(self.logits)
         if self.greedy:
             nxt = self.logits.argmax(dim=-1, keepdim=True)
