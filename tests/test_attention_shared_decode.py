@@ -144,10 +144,12 @@ def test_samples_through_the_kernels_read_their_prompt_once(tmp_path, monkeypatc
         assert [s.runs for s in eng._graphs._states] == [1] and not calls
 
 
-def test_beams_through_the_kernels_read_their_prompt_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("graph", [False, True])
+def test_beams_through_the_kernels_read_their_prompt_once(tmp_path, monkeypatch, graph):
     """A prompt's beams hold the same prompt slots (regrouping moves only the later ones): every beam
-    step's attention on the Triton ops is the shared-prompt kernel, one run per prompt, and the
-    beams and their scores are transformers'."""
+    step's attention on the Triton ops is the shared-prompt kernel, one run per prompt (the plain
+    loop, and the decode state's step, captured on CUDA), and the beams and their scores are
+    transformers'."""
     pytest.importorskip("transformers")
     from codellama_fast.kernels import attention_shared_decode as shared_kernel
     from codellama_fast.kernels import triton_ops
@@ -160,10 +162,12 @@ def test_beams_through_the_kernels_read_their_prompt_once(tmp_path, monkeypatch)
     monkeypatch.setattr(triton_ops, "attention_shared_decode", lambda *a, **k: calls.append((a[0].shape[0], a[5])) or real(*a, **k))
     seed = fresh_seed()
     hf = make_hf_model("gqa4-d16", seed=seed)
-    eng = _triton_engine(save(hf, tmp_path / "m"), graph=False)
+    eng = _triton_engine(save(hf, tmp_path / "m"), graph=graph)
     rows = [eng.tokenizer.encode("def quicksort(items):\n    "), eng.tokenizer.encode("x = [")]
     want, want_scores = hf_beams(hf, rows, 6, None, num_beams=3, num_return_sequences=2)
     got = eng.generate(input_ids=rows, max_new_tokens=6, stop_at_eos=False, num_beams=3, num_return_sequences=2)
     assert got.token_ids == want, seed
     assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (seed, got.sequence_scores, want_scores)
     assert calls and all(c == (6, 3) for c in calls), calls  # 2 prompts x 3 beams, runs of 3
+    if graph:
+        assert [(s.batch, s.runs) for s in eng._graphs._states] == [(6, 3)]

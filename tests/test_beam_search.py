@@ -380,3 +380,35 @@ def test_beams_read_their_prompt_once_per_step(model, tok, monkeypatch):
     got = _same(engine, hf, rows, 8, None, num_beams=3, num_return_sequences=2)
     assert len(got.token_ids) == 4
     assert calls and all(shape[0] == 6 and shape[1] == 1 for shape in calls)  # 2 prompts x 3 beams, one token each
+
+
+@pytest.mark.parametrize("kw", [{"num_beams": 3, "num_return_sequences": 2},
+                                {"num_beams": 4, "num_return_sequences": 3, "do_sample": True, "temperature": 0.8, "top_k": 5}])
+def test_beams_on_the_decode_states_step_equal_the_uncaptured_loop(model, tok, monkeypatch, kw):
+    """With the graph-decode step (captured on CUDA, run eagerly here) every beam step replays the
+    decode state's step over its cache, the beams regrouped there in place: the beams, their scores
+    and each step's logits (kept per step, not the step's reused buffer) are the uncaptured loop's,
+    and beam search's are transformers'; the state is kept for the next call of as many rows."""
+    from codellama_fast.engine.cuda_graph import GraphDecoder
+
+    hf, path = model
+    engine = _engine(path, tok)
+    engine.use_cuda_graph = "eager"
+    replays = []
+    real = GraphDecoder.replay
+    monkeypatch.setattr(GraphDecoder, "replay", lambda self: replays.append(self.tok.shape[0]) or real(self))
+    rows = [tok.encode(PROMPT), tok.encode("x = [")]
+    seed = fresh_seed()
+    args = dict(input_ids=rows, max_new_tokens=8, stop_at_eos=False, seed=seed, output_logits=True, **kw)
+    got = engine.generate(**args)
+    k = kw["num_beams"]
+    assert replays and set(replays) == {2 * k} and len(replays) == len(got.logits) - 1  # every step after the prefill's
+    plain = _engine(path, tok).generate(**args)
+    assert got.token_ids == plain.token_ids, ("model seed", MODEL_SEED[0], seed)
+    assert logprobs_close(got.sequence_scores, plain.sequence_scores, 1e-5)
+    assert len(plain.logits) == len(got.logits)
+    for ours, theirs in zip(got.logits, plain.logits):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    if "do_sample" not in kw:
+        _same(engine, hf, rows, 8, None, **kw)
+    assert [s.batch for s in engine._graphs._states] == [2 * k]

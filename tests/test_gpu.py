@@ -356,6 +356,34 @@ def test_samples_read_their_prompt_once_on_the_captured_state():
         assert all(abs(a - b) <= 3e-2 * max(1.0, abs(b)) for a, b in zip(lps, want)), (row, lps, want)
 
 
+def test_beams_on_the_captured_state():
+    """7B layer shapes, 2 layers, fp16: 4 beams of an 1100-token prompt on a captured step built for
+    runs of 4 (the prompt's slots read once per step): each beam's score (summed log-probabilities,
+    length_penalty 0) equals that of its text scored in one prefill within fp16 rounding, and the
+    logits kept per step are each step's own (the step's buffer is rewritten by every replay)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
+    from llm_bench import SHAPES, random_engine
+
+    from codellama_fast import CodeLlamaTokenizerFast
+
+    SHAPES["7B-2layers"] = dict(SHAPES["7B"], num_hidden_layers=2)
+    tok = CodeLlamaTokenizerFast.from_pretrained()
+    eng = random_engine("7B-2layers", "cuda", torch.float16, tok)
+    eng.use_cuda_graph = True
+    prompt = [1] + torch.randint(3, 32000, (1099,)).tolist()
+    got = eng.generate(input_ids=[prompt], num_beams=4, num_return_sequences=4, max_new_tokens=8, length_penalty=0.0,
+                       stop_at_eos=False, output_logits=True)
+    assert [(s.batch, s.runs) for s in eng._graphs._states] == [(4, 4)]
+    assert not torch.equal(got.logits[1], got.logits[2])
+    scored = eng.score(input_ids=[prompt + row for row in got.token_ids])
+    for row, total in enumerate(got.sequence_scores):
+        want = sum(scored.token_logprobs[row][-len(got.token_ids[row]):])
+        assert abs(total - want) <= 3e-2 * max(1.0, abs(want)), (row, total, want)
+
+
 def test_kept_captured_state_serves_calls_of_other_lengths():
     """7B layer shapes, 2 layers, fp16: calls of other prompt lengths and token budgets replay one
     kept captured state (its cache larger than they need and holding the last call's keys), with

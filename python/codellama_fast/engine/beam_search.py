@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from .cache import KVCache
+from .cuda_graph import GraphDecoder
 from .finite import FiniteWatch, no_token_error
 from .guidance import Guidance
 from .logits_rules import RuleState, renormalized
@@ -78,7 +79,8 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
                 allowed: int | None, dtype: torch.dtype, generator: torch.Generator | None = None,
                 candidate_ends: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                 log_steps: bool = False, token_logprobs: bool = False, guidance: Guidance | None = None,
-                top_logprobs: int = 0) -> BeamOutput:
+                top_logprobs: int = 0, captured: tuple[KVCache, GraphDecoder] | None = None,
+                started: float | None = None) -> BeamOutput:
     """tokens [B, T] left-padded prompts (row b's first real slot kv_start[b]); ``prefill(tokens,
     kv_start, cache)`` runs them into a cache and returns the last logits [B, V]; ``stop_ids``:
     each prompt's; ``allowed``: ids from it on are never chosen; ``generator``: beam sample's
@@ -88,7 +90,11 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     step's scores and logits and each beam's rows (BeamOutput.step_scores, ...);
     ``token_logprobs``: each beam's tokens' log-probabilities under the raw logits;
     ``top_logprobs=K``: also the K likeliest ids at each of its positions, with theirs; ``guidance``:
-    classifier-free guidance over the B k beam rows (engine.guidance), regrouped with them."""
+    classifier-free guidance over the B k beam rows (engine.guidance), regrouped with them;
+    ``captured``: a decode state's cache of at least B k rows x (T + max_new) slots and its decode
+    step (engine.cuda_graph), which then runs every step (a CUDA graph replay on CUDA), the beams
+    regrouped in its cache in place; ``started``: when the call's model work began (a state built
+    for it counts towards the time to first token; default: now)."""
     b, t = tokens.shape
     k, n_out = settings.num_beams, settings.num_return_sequences
     device, cfg = tokens.device, model.config
@@ -96,19 +102,24 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     rows = b * k
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    start = time.perf_counter()
+    start = time.perf_counter() if started is None else started
     # The prompt once per prompt, then its cache copied to each of its k beams.
     prompt_cache = KVCache(cfg, b, t, dtype, device, grow=False)  # the prompt only: held whole
     first = prefill(tokens, kv_start, prompt_cache)  # [B, V]
     sync()
     prefill_s = time.perf_counter() - start
-    cache = KVCache(cfg, rows, t + max_new, dtype, device)
+    beam_kv_start = kv_start.repeat_interleave(k)  # [B k]
+    if captured is None:
+        cache, graph = KVCache(cfg, rows, t + max_new, dtype, device), None
+    else:
+        cache, graph = captured
+        graph.kv_start.copy_(beam_kv_start)  # the buffer its step reads
+        beam_kv_start = graph.kv_start
     cache.reserve(t)
     for (kc, vc), (pk, pv) in zip(cache.layers, prompt_cache.layers):
         kc[:, :, :t].copy_(pk.repeat_interleave(k, dim=0))
         vc[:, :, :t].copy_(pv.repeat_interleave(k, dim=0))
     del prompt_cache
-    beam_kv_start = kv_start.repeat_interleave(k)  # [B k]
     lengths = t - beam_kv_start  # real prompt lengths
     state = RuleState(rules, tokens.repeat_interleave(k, dim=0), beam_kv_start, vocab, max_new, allowed, rows_per_prompt=k)
 
@@ -230,10 +241,17 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         if guidance is not None:
             guidance.reorder(order)
             guidance.advance(fed)
-        slot = t + step
-        ctx = StepContext((lengths + step)[:, None], torch.tensor([slot], device=device), slot, beam_kv_start, slot + 1,
-                          shared_prompt=(k, t) if k > 1 else None)  # each prompt's k beams share its slots
-        logits = model(fed[:, None], ctx, cache.layers)
+        if graph is None:
+            slot = t + step
+            ctx = StepContext((lengths + step)[:, None], torch.tensor([slot], device=device), slot, beam_kv_start, slot + 1,
+                              shared_prompt=(k, t) if k > 1 else None)  # each prompt's k beams share its slots
+            logits = model(fed[:, None], ctx, cache.layers)
+        else:  # the decode state's step: it advances its position, slot and length itself
+            if step == 0:
+                graph.start(fed, lengths, t)  # its prompt slots: those before t, alike in a prompt's beams
+            else:
+                graph.tok.copy_(fed[:, None])
+            logits = graph.replay().clone()  # its buffer: the next replay rewrites it, and the logs keep this one
 
     watch.check(dtype, f"at beam search step {steps}")
     seqs, lens, scores = fin["seq"][:, :n_out].tolist(), fin_len[:, :n_out].tolist(), fin_scores[:, :n_out].tolist()

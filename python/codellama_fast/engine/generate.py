@@ -764,12 +764,23 @@ class Engine:
             settings = beam_search.BeamSettings(cfg.num_beams, cfg.length_penalty, cfg.early_stopping, n, cfg.sampling(),
                                                 cfg.renormalize_logits)
             ends = CandidateStops(tokens, cfg.stop, decoders, cfg.stopping_criteria or (), deadline)
-            with self._run_lock, torch.inference_mode(), self._on_device():
+            k, rows_run = cfg.num_beams, len(prompts) * cfg.num_beams
+            with self._run_lock, torch.inference_mode(), self._on_device(), ExitStack() as stack:
+                started = time.perf_counter()
+                # every step on a captured decode state's step, as plain decoding's: its cache holds
+                # all of the beams' slots (a prompt's beams share its slots, read once per step)
+                wanted = self._use_graph() and cfg.max_new_tokens > 1
+                if wanted:  # decode states never take the kept cache: its memory goes before a state is built
+                    self._prompt_cache.clear()
+                state = stack.enter_context(self._decode_state(rows_run, t + cfg.max_new_tokens, False, wanted, None,
+                                                               self._graph_runs(rows_run, k, t) if wanted else 1))
+                if state is not None:
+                    state.ids = []  # the beams overwrite its cache: the tokens it held are gone
                 out = beam_search.beam_search(self.model, self._prefill, tokens, kv_start, cfg.max_new_tokens, settings, rules,
                                               stop_ids, len(self.tokenizer), self.dtype, self._generator(cfg.seed),
                                               ends if ends.active else None, output_scores or output_logits, return_logprobs,
-                                              self._guidance(cfg, [p for p in prompts for _ in range(cfg.num_beams)], cfg.num_beams),
-                                              top_logprobs)
+                                              self._guidance(cfg, [p for p in prompts for _ in range(k)], k),
+                                              top_logprobs, None if state is None else (state.cache, state.decoder), started)
         rows = [k for k in range(len(prompts)) for _ in range(n)]
         ids = [seq[:-1] if reason == "eos" else seq for seq, reason in zip(out.tokens, out.reasons)]
         logprobs = None if out.token_logprobs is None else [lp[: len(i)] for lp, i in zip(out.token_logprobs, ids)]
