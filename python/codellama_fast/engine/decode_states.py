@@ -15,12 +15,13 @@ that would not fit either reuse a short state rather than build the same again.
 
 A state serves calls of its own batch size, and of its own runs of rows that share their prompt
 (engine.shared_prompts; 1 where the ops' decode attention reads every row's copy at that size): a
-step built to read a prompt once per run of n rows is another step. A step over more rows multiplies the weights
-by a matrix of another shape, whose products the GPU may sum in another order: a call replayed on
-a state of more rows could round differently from the same call alone, and greedy tokens would
-depend on what ran before. Together with decode attention that sums the keys in an order set by
-the batch alone (never by the cache's size), this makes a call's tokens the same whichever state,
-or cache of its own, serves it.
+step built to read a prompt once per run of n rows is another step. A step over more rows
+multiplies the weights by a matrix of another shape, whose products the GPU may sum in another
+order: a call replayed on a state of more rows could round differently from the same call alone,
+and greedy tokens would depend on what ran before. Together with decode attention that sums the
+keys in an order set by the batch alone (never by the cache's size), this makes a call's tokens
+the same whichever state, or cache of its own, serves it. Beam search runs its steps on a state
+of prompts x beams rows too (the beams regrouped in its cache in place).
 
 A state serves one generation at a time (a lease): a generation that overlaps one using it
 (interleaved streams, a generate while a stream is open, another thread's call) gets none and runs
