@@ -50,4 +50,11 @@ fi
 if want e2e; then
   echo "== end-to-end benchmark"; timeout "${T_E2E:-220}" $PY benches/bench_e2e.py $E2E ${E2E_ARGS:-} --out "$OUT" --llama2-tokenizer .gpu/shared/tokenizers/llama2/tokenizer.model > "$OUT/e2e.log" 2>&1; tail -n 80 "$OUT/e2e.log"
 fi
+if want extras; then  # not in the default run: 8 samples of a 2048-token prompt and 4 beams of one, 7B, vs transformers
+  echo "== samples and beams"
+  timeout "${T_EXTRAS:-300}" bash -c "$PY benches/bench_generate.py --model 7B --batch 1 --prompt 2048 --new 64 --repeats 2 \
+      --rules '{\"do_sample\": true, \"num_return_sequences\": 8}' --out '$OUT' && \
+    $PY benches/bench_beams.py --model 7B --beams 4 --batch 1 --prompt 2048 --new 32 --repeats 2 --out '$OUT'" > "$OUT/extras.log" 2>&1
+  tail -n 40 "$OUT/extras.log"
+fi
 ls -la "$OUT"
