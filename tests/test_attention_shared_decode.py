@@ -22,8 +22,8 @@ def _shared_cache(b, runs, hkv, s, d, prompt, pads, dtype):
     vc = torch.randn_like(kc)
     for r in range(b // runs):
         rows = slice(r * runs, (r + 1) * runs)
-        kc[rows, :, :prompt] = kc[r * runs, :, :prompt]
-        vc[rows, :, :prompt] = vc[r * runs, :, :prompt]
+        kc[rows, :, :prompt] = kc[r * runs, :, :prompt].clone()  # the run's first row is among those written
+        vc[rows, :, :prompt] = vc[r * runs, :, :prompt].clone()
     kv_start = torch.tensor([p for p in pads for _ in range(runs)], device=DEVICE)
     return kc, vc, kv_start
 
