@@ -383,11 +383,13 @@ def test_an_editors_next_infill_reuses_the_suffix_first_prompt(model, tok, monke
     assert reused[True] > suffix_tokens and reused[False] < len(engine.infill_prompt_ids(prefix, "", False))
 
 
+@pytest.mark.parametrize("samples", [False, True])
 @pytest.mark.parametrize("lack", ["none", "shorter"])
-def test_a_call_short_of_memory_frees_the_kept_cache_first(model, tok, monkeypatch, lack):
-    """A batch (which never takes the kept cache) whose cache the free memory would not hold whole
-    while the kept one is held: the kept one goes and the batch gets its whole cache, generating
-    every token asked for (no warning)."""
+def test_a_call_short_of_memory_frees_the_kept_cache_first(model, tok, monkeypatch, lack, samples):
+    """A batch (which never takes the kept cache; with `samples`, the samples of the kept prompt,
+    which would copy its slots) whose cache the free memory would not hold whole while the kept one
+    is held: the kept one goes and the batch gets its whole cache, generating every token asked for
+    (no warning)."""
     import warnings
 
     from codellama_fast.engine import generate as G
@@ -411,6 +413,42 @@ def test_a_call_short_of_memory_frees_the_kept_cache_first(model, tok, monkeypat
     monkeypatch.setattr(G.KVCache, "at_most", classmethod(at_most))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        got = engine.generate(input_ids=[ids, ids[:5]], max_new_tokens=40, stop_at_eos=False)
+        if samples:
+            got = engine.generate(input_ids=[ids], num_return_sequences=2, temperature=1.0, max_new_tokens=40, stop_at_eos=False)
+            assert got.prompt_tokens_reused == 0
+        else:
+            got = engine.generate(input_ids=[ids, ids[:5]], max_new_tokens=40, stop_at_eos=False)
+            assert got.token_ids[0] == _greedy(hf, ids, 40)
     assert engine._prompt_cache.kept_tokens == 0 and [len(r) for r in got.token_ids] == [40, 40]
-    assert got.token_ids[0] == _greedy(hf, ids, 40)
+
+
+def test_samples_of_a_longer_prompt_copy_the_kept_slots(model, tok):
+    """A chat's next turn sampled 3 times (num_return_sequences): the kept prompt's slots are copied
+    into the first row, the rest of the prompt is prefilled there once and copied to the other rows,
+    each sample's log-probabilities are transformers' for the whole prompt and its own tokens, and
+    the kept prompt stays for the next call of one sequence. Prompts that differ reuse nothing."""
+    from tests.engine_helpers import fp32_engine, hf_logprobs, logprobs_close
+
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    first_ids = tok.encode("def quicksort(items):\n    ")
+    first = engine.generate(input_ids=[first_ids], max_new_tokens=10, stop_at_eos=False)
+    shapes = []
+    original = engine.model.forward
+    engine.model.forward = lambda tokens, *a, **k: shapes.append(tuple(tokens.shape)) or original(tokens, *a, **k)  # type: ignore[method-assign]
+    longer = first_ids + first.token_ids[0] + tok.encode("\n# sort a list", add_special_tokens=False)
+    got = engine.generate(input_ids=[longer], num_return_sequences=3, max_new_tokens=6, temperature=1.0, seed=fresh_seed(),
+                          stop_at_eos=False, return_logprobs=True)
+    reused = len(first_ids) + 10 - 1
+    assert got.prompt_tokens_reused == reused
+    assert shapes[0] == (1, len(longer) - reused) and all(s == (3, 1) for s in shapes[1:])  # then the rows' steps
+    assert got.prefill_tokens_per_s > 0
+    for out, lps in zip(got.token_ids, got.token_logprobs, strict=True):
+        assert logprobs_close(lps, hf_logprobs(hf, longer, out), 1e-4)
+    assert engine._prompt_cache.kept_tokens == reused  # still kept: the samples copied it
+    again = engine.generate(input_ids=[longer], max_new_tokens=4, stop_at_eos=False)
+    assert again.prompt_tokens_reused == reused
+    shapes.clear()
+    two = [longer, tok.encode("class Stack:\n")]  # rows that differ: each prompt prefilled whole
+    assert engine.generate(input_ids=two, max_new_tokens=2, stop_at_eos=False).prompt_tokens_reused == 0
+    assert shapes[0][0] == 2

@@ -29,7 +29,7 @@ from .loader import load_model
 from .model import LlamaModel, StepContext
 from .options import GenerationConfig, logits_rules_for
 from .packing import rows_without_padding
-from .prompt_cache import FedTokens, PromptCache, adoptable_bytes, move_slots, reusable_slots
+from .prompt_cache import FedTokens, PromptCache, adoptable_bytes, copy_slots, move_slots, reusable_slots
 from .prompt_lookup import NgramIndex
 from .results import GenerationResult, InfillResult
 from .guidance import Guidance
@@ -379,11 +379,15 @@ class Engine:
         return KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device)
 
     def _call_cache(self, stack: ExitStack, state: DecodeState | None, b: int, max_len: int, least: int,
-                    kv_start_now: torch.Tensor, fed: FedTokens) -> tuple[KVCache, torch.Tensor, GraphDecoder | None, int]:
+                    kv_start_now: torch.Tensor, fed: FedTokens,
+                    samples_of: Sequence[int] | None = None) -> tuple[KVCache, torch.Tensor, GraphDecoder | None, int]:
         """(cache, kv_start, captured decoder or None, slots reused) for one call of `b` sequences:
         the decode state's, or a new cache of `max_len` slots (at least `least`), taking a kept
         prompt's slots where `fed` tracks a prompt that begins with its tokens. When the call ends
-        (`stack` closes, however it ends) the new cache is kept, or the state notes ``fed.ids``."""
+        (`stack` closes, however it ends) the new cache is kept, or the state notes ``fed.ids``.
+        `samples_of`: every row is this one prompt (its samples); a new cache then copies the kept
+        prompt's slots for the tokens it begins with into row 0 (the prefill copies them on to the
+        others), and the kept prompt stays for a later call."""
         if state is not None:
             state.kv_start.copy_(kv_start_now)
             held, state.ids = state.ids, []  # this call writes the cache: what it held is known here alone
@@ -391,6 +395,12 @@ class Engine:
                 return state.cache, state.kv_start, state.decoder, 0
             stack.callback(lambda: setattr(state, "ids", fed.ids))
             return state.cache, state.kv_start, state.decoder, reusable_slots(held, fed.seq)
+        if samples_of is not None:
+            cache = self._new_cache(b, max_len, least)  # it drops the kept prompt where that memory is needed
+            shown, reused = self._prompt_cache.peek(samples_of)
+            if shown is not None:
+                copy_slots(shown.cache, cache, reused)
+            return cache, kv_start_now, None, reused
         cache = None
         kept, reused = self._prompt_cache.take(fed.seq) if fed.tracking else (None, 0)
         if kept is not None:
@@ -413,12 +423,14 @@ class Engine:
         """Runs the prompt through the model, in chunks when batch × length exceeds the prefill
         budget: `prefill_chunk_tokens`, or fewer when their activations would not fit in half the
         free memory (engine.memory); returns the last position's logits [B, V]. `start`: the
-        cache already holds the keys and values of the first `start` tokens (a kept prompt's).
+        cache already holds the keys and values of the first `start` tokens (a kept prompt's), in
+        the first row of each run of rows that repeat.
         Rows that repeat (num_return_sequences), and the tokens all rows begin with, are prefilled
         once (engine.shared_prompts); `stats["prompt_tokens_shared"]` counts the tokens that saved."""
         b, t = tokens.shape
         cache.reserve(t)  # a growing cache takes the prompt's slots before the free memory sizes the chunks
-        n = shared_prompts.run_length(tokens, kv_start) if start == 0 else 1
+        # (with `start`, every run's first row holds the first `start` slots: the copies fill the rest)
+        n = shared_prompts.run_length(tokens, kv_start)
         layers = cache.layers if n == 1 else shared_prompts.distinct_rows(cache.layers, n)
         tokens, kv_start = tokens[::n].contiguous(), kv_start[::n].contiguous()  # [B / n, T], [B / n]
         starts = kv_start.tolist()
@@ -432,9 +444,10 @@ class Engine:
         if n > 1:
             shared_prompts.copy_to_repeats(cache.layers, n, t)
             logits = logits.repeat_interleave(n, dim=0)  # [B, V]
-        if stats is not None and start == 0:
+        if stats is not None:  # the tokens neither prefilled nor reused (those of the first `start` slots)
             whole = n * sum(t - s for s in starts)  # every row's own tokens
-            stats["prompt_tokens_shared"] = whole - sum(t - max(s, prefix) for s in starts) - prefix
+            done = max(start, prefix)
+            stats["prompt_tokens_shared"] = whole - sum(t - max(s, done) for s in starts) - done
         return logits
 
     def _prefill_chunks(self, tokens: torch.Tensor, kv_start: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]],
@@ -548,10 +561,12 @@ class Engine:
                                                            self._graph_runs(b, runs, t) if wanted else 1))
             # one sequence: the keys and values of the tokens this prompt begins with come from a
             # kept cache or the decode state's own, and what the cache holds is kept when it ends
-            reusable = (self.reuse_prompt_cache and b == 1 and not guessing and guidance is None
+            reusable = (self.reuse_prompt_cache and not guessing and guidance is None
                         and self.model.config.rope_scaling_type != "dynamic")  # dynamic RoPE: keys depend on the length
-            fed = FedTokens(tokens[0].tolist() if reusable else [], reusable)
-            cache, kv_start, graph, reused = self._call_cache(stack, state, b, max_len, least, kv_start_now, fed)
+            fed = FedTokens(tokens[0].tolist() if reusable and b == 1 else [], reusable and b == 1)
+            # the samples of one prompt (every row alike) copy a kept prompt's slots, where it is kept
+            samples_of = tokens[0].tolist() if reusable and b > 1 and runs == b and state is None else None
+            cache, kv_start, graph, reused = self._call_cache(stack, state, b, max_len, least, kv_start_now, fed, samples_of)
             fed.filled = reused
             stats["prompt_tokens_reused"] = reused
             # generating k tokens writes the first k - 1 into the cache after the prompt

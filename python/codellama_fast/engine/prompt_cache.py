@@ -86,6 +86,14 @@ class PromptCache:
         n = reusable_slots(kept.ids, prompt)
         return (kept, n) if n > 0 else (None, 0)
 
+    def peek(self, prompt: Sequence[int]) -> tuple[KeptPrompt | None, int]:
+        """As ``take``, but the kept prompt stays kept: for a call that copies its slots (the
+        samples of one prompt) and keeps nothing of its own."""
+        if self._kept is None:
+            return None, 0
+        n = reusable_slots(self._kept.ids, prompt)
+        return (self._kept, n) if n > 0 else (None, 0)
+
     def keep(self, ids: list[int], cache: KVCache) -> None:
         """Keeps `cache`, whose slots hold the keys and values of `ids`: where they are too few to
         be reused (a call that ended early), nothing is kept and the memory goes."""
@@ -110,6 +118,15 @@ def adoptable_bytes(kept: KVCache, max_len: int) -> int:
     """The memory `kept` holds that a cache of `max_len` slots takes over with no copy in
     ``move_slots`` (0 where its slots are copied instead)."""
     return kept.held_bytes if adopts(kept, max_len) else 0
+
+
+def copy_slots(kept: KVCache, cache: KVCache, n: int) -> None:
+    """Copies slots 0..n-1 of every layer of `kept` (batch 1, the same model, dtype and device)
+    into row 0 of `cache`, leaving `kept` as it is."""
+    cache.reserve(n)
+    for (k_new, v_new), (k_old, v_old) in zip(cache.layers, kept.layers):
+        k_new[:1, :, :n].copy_(k_old[:, :, :n])  # [1, Hkv, n, D]
+        v_new[:1, :, :n].copy_(v_old[:, :, :n])
 
 
 def move_slots(kept: KVCache, cache: KVCache, n: int) -> None:
