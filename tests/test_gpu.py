@@ -329,11 +329,8 @@ def test_shared_prompt_tokens_on_the_captured_state(monkeypatch):
             assert (a - want).abs().max().item() < 2e-2 * max(1.0, want.abs().max().item())
 
 
-def test_samples_read_their_prompt_once_on_the_captured_state():
-    """7B layer shapes, 2 layers, fp16: 4 samples of a 1100-token prompt decode on a captured step
-    built for runs of 4 (its attention reads the prompt's slots once per step), and each sample's
-    log-probabilities equal those of its whole text scored in one prefill (another kernel) within
-    fp16 rounding."""
+def _captured_7b_two_layers():
+    """An fp16 engine with random weights in 7B's layer shapes, 2 layers, on captured decode steps."""
     import sys
     from pathlib import Path
 
@@ -343,9 +340,17 @@ def test_samples_read_their_prompt_once_on_the_captured_state():
     from codellama_fast import CodeLlamaTokenizerFast
 
     SHAPES["7B-2layers"] = dict(SHAPES["7B"], num_hidden_layers=2)
-    tok = CodeLlamaTokenizerFast.from_pretrained()
-    eng = random_engine("7B-2layers", "cuda", torch.float16, tok)
+    eng = random_engine("7B-2layers", "cuda", torch.float16, CodeLlamaTokenizerFast.from_pretrained())
     eng.use_cuda_graph = True
+    return eng
+
+
+def test_samples_read_their_prompt_once_on_the_captured_state():
+    """7B layer shapes, 2 layers, fp16: 4 samples of a 1100-token prompt decode on a captured step
+    built for runs of 4 (its attention reads the prompt's slots once per step), and each sample's
+    log-probabilities equal those of its whole text scored in one prefill (another kernel) within
+    fp16 rounding."""
+    eng = _captured_7b_two_layers()
     prompt = [1] + torch.randint(3, 32000, (1099,)).tolist()
     got = eng.generate(input_ids=[prompt], num_return_sequences=4, max_new_tokens=8, temperature=1.0, seed=0,
                        stop_at_eos=False, return_logprobs=True)
@@ -361,18 +366,7 @@ def test_beams_on_the_captured_state():
     runs of 4 (the prompt's slots read once per step): each beam's score (summed log-probabilities,
     length_penalty 0) equals that of its text scored in one prefill within fp16 rounding, and the
     logits kept per step are each step's own (the step's buffer is rewritten by every replay)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
-    from llm_bench import SHAPES, random_engine
-
-    from codellama_fast import CodeLlamaTokenizerFast
-
-    SHAPES["7B-2layers"] = dict(SHAPES["7B"], num_hidden_layers=2)
-    tok = CodeLlamaTokenizerFast.from_pretrained()
-    eng = random_engine("7B-2layers", "cuda", torch.float16, tok)
-    eng.use_cuda_graph = True
+    eng = _captured_7b_two_layers()
     prompt = [1] + torch.randint(3, 32000, (1099,)).tolist()
     got = eng.generate(input_ids=[prompt], num_beams=4, num_return_sequences=4, max_new_tokens=8, length_penalty=0.0,
                        stop_at_eos=False, output_logits=True)

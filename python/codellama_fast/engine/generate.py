@@ -419,18 +419,19 @@ class Engine:
         return cache, kv_start_now, None, reused
 
     def _prefill(self, tokens: torch.Tensor, kv_start: torch.Tensor, cache: KVCache, start: int = 0,
-                 stats: dict[str, float] | None = None) -> torch.Tensor:
+                 stats: dict[str, float] | None = None, runs: int | None = None) -> torch.Tensor:
         """Runs the prompt through the model, in chunks when batch × length exceeds the prefill
         budget: `prefill_chunk_tokens`, or fewer when their activations would not fit in half the
         free memory (engine.memory); returns the last position's logits [B, V]. `start`: the
         cache already holds the keys and values of the first `start` tokens (a kept prompt's), in
         the first row of each run of rows that repeat.
         Rows that repeat (num_return_sequences), and the tokens all rows begin with, are prefilled
-        once (engine.shared_prompts); `stats["prompt_tokens_shared"]` counts the tokens that saved."""
+        once (engine.shared_prompts); `stats["prompt_tokens_shared"]` counts the tokens that saved.
+        `runs`: ``shared_prompts.run_length`` of the rows, where the caller has it."""
         b, t = tokens.shape
         cache.reserve(t)  # a growing cache takes the prompt's slots before the free memory sizes the chunks
         # (with `start`, every run's first row holds the first `start` slots: the copies fill the rest)
-        n = shared_prompts.run_length(tokens, kv_start)
+        n = shared_prompts.run_length(tokens, kv_start) if runs is None else runs
         layers = cache.layers if n == 1 else shared_prompts.distinct_rows(cache.layers, n)
         tokens, kv_start = tokens[::n].contiguous(), kv_start[::n].contiguous()  # [B / n, T], [B / n]
         starts = kv_start.tolist()
@@ -577,7 +578,7 @@ class Engine:
                               f"{self.device} has free: this call generates at most {max_new} tokens (finish reason 'length' "
                               "past them)", RuntimeWarning, stacklevel=warn_stacklevel)
             sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-            first = self._prefill(tokens, kv_start, cache, start=reused, stats=stats)
+            first = self._prefill(tokens, kv_start, cache, start=reused, stats=stats, runs=runs)
             fed.filled = t
             nxt = watched_pick(first)
             host = nxt.tolist()

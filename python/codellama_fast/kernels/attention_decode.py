@@ -60,7 +60,6 @@ def _decode_kernel(
 
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, D)
-    offs_n = tl.arange(0, BLOCK_N)
     heads = hk * GROUP + offs_g  # query heads of this group
     g_mask = offs_g < GROUP
     q_ptrs = Q + b * sqb + heads[:, None] * sqh
@@ -103,26 +102,7 @@ def _decode_kernel(
     hi = tl.minimum(lo + chunk, cache_hi)
     k_base = KC + b * skb + hk * skh
     v_base = VC + b * svb + hk * svh
-    for start_n in range(lo, hi, BLOCK_N):
-        k_slot = start_n + offs_n
-        valid = k_slot < hi
-        k = tl.load(k_base + k_slot[None, :] * sks + offs_d[:, None], mask=valid[None, :], other=0.0)
-        v = tl.load(v_base + k_slot[:, None] * svs + offs_d[None, :], mask=valid[:, None], other=0.0)
-        if IEEE:
-            s = tl.dot(q, k, input_precision="ieee")
-        else:
-            s = tl.dot(q, k)
-        s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+    m_i, l_i, acc = _attend_keys(q, m_i, l_i, acc, k_base, v_base, sks, svs, lo, hi, qk_scale, D, BLOCK_N, IEEE)
 
     if SINGLE:
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -148,6 +128,38 @@ def _decode_kernel(
                     _merge_head(M_WS, L_WS, ACC_WS, O, b, hk * GROUP + g, hq_total, NSPLIT, used, sob, soh, D,
                                 BLOCK_S, MERGE_S)
                 tl.atomic_xchg(COUNT + bh, 0)  # ready for the next launch (or graph replay)
+
+
+@triton.jit
+def _attend_keys(q, m_i, l_i, acc, k_base, v_base, sks, svs, lo, hi, qk_scale, D: tl.constexpr, BLOCK_N: tl.constexpr,
+                 IEEE: tl.constexpr):
+    """The online softmax of the query rows q [R, D] over the keys and values in slots lo..hi-1
+    (k_base / v_base: one sequence's KV head, slot stride sks / svs), BLOCK_N slots at a time,
+    carried on from the running max m_i [R], sum l_i [R] and weighted sum acc [R, D] (fp32);
+    returns them updated."""
+    offs_d = tl.arange(0, D)
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        k_slot = start_n + offs_n
+        valid = k_slot < hi
+        k = tl.load(k_base + k_slot[None, :] * sks + offs_d[:, None], mask=valid[None, :], other=0.0)
+        v = tl.load(v_base + k_slot[:, None] * svs + offs_d[None, :], mask=valid[:, None], other=0.0)
+        if IEEE:
+            s = tl.dot(q, k, input_precision="ieee")
+        else:
+            s = tl.dot(q, k)
+        s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    return m_i, l_i, acc
 
 
 @triton.jit

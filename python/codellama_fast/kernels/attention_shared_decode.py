@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_decode import _chunk, num_splits
+from .attention_decode import _attend_keys, _chunk, num_splits
 from .layout import check_cache_layout
 from .reference import attention as attention_reference  # noqa: F401  (the oracle)
 from .tuning import INTERPRET
@@ -86,7 +86,6 @@ def _part_kernel(
     rows = first + (offs_i // GROUP).to(tl.int64)
     heads = hk * GROUP + (offs_i % GROUP).to(tl.int64)
     offs_d = tl.arange(0, D)
-    offs_n = tl.arange(0, BLOCK_N)
     q = tl.load(Q + rows[:, None] * sqb + heads[:, None] * sqh + offs_d[None, :], mask=i_mask[:, None], other=0.0)
 
     m_i = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
@@ -94,26 +93,7 @@ def _part_kernel(
     acc = tl.zeros([BLOCK_Q, D], dtype=tl.float32)
     k_base = KC + first * skb + hk * skh
     v_base = VC + first * svb + hk * svh
-    for start_n in range(lo, hi, BLOCK_N):
-        k_slot = start_n + offs_n
-        valid = k_slot < hi
-        k = tl.load(k_base + k_slot[None, :] * sks + offs_d[:, None], mask=valid[None, :], other=0.0)
-        v = tl.load(v_base + k_slot[:, None] * svs + offs_d[None, :], mask=valid[:, None], other=0.0)
-        if IEEE:
-            s = tl.dot(q, k, input_precision="ieee")
-        else:
-            s = tl.dot(q, k)
-        s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+    m_i, l_i, acc = _attend_keys(q, m_i, l_i, acc, k_base, v_base, sks, svs, lo, hi, qk_scale, D, BLOCK_N, IEEE)
 
     # partials [B, Hq, NSPLIT_ALL] and [B, Hq, NSPLIT_ALL, D]: this part's splits from SPLIT0. Every
     # split writes its max (-inf where it holds no keys); only those with keys write the rest.

@@ -100,13 +100,16 @@ class TritonOps:
     def rope_attention(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len, shared_prompt=None):
         # One new token per sequence (its slot is kv_len - 1): RoPE, cache write and attention in one
         # launch, unless the rows share a prompt read once (RoPE and the cache write first, then that).
-        if q.shape[1] == 1 and q.shape[-1] in SUPPORTED_HEAD_DIMS and not self._reads_prompt_once(q, k_cache, shared_prompt):
+        once = self._reads_prompt_once(q, k_cache, shared_prompt)
+        if q.shape[1] == 1 and q.shape[-1] in SUPPORTED_HEAD_DIMS and not once:
             counters = self._decode_counters(q.shape[0] * k_cache.shape[1], q.device)
             merge, stages = self.decode_launches.current(q.shape[2], k_cache) or (None, None)
             return rope_attention_decode(q, k, v, positions, inv_freq, k_cache, v_cache, slots, kv_start, kv_len,
                                          counters=counters, merge=merge, stages=stages, pdl=self.pdl)
         q_rot = self.rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
-        return self.attention(q_rot, k_cache, v_cache, q_start, kv_start, kv_len, shared_prompt)
+        if once:
+            return attention_shared_decode(q_rot, k_cache, v_cache, kv_start, kv_len, *shared_prompt)
+        return self.attention(q_rot, k_cache, v_cache, q_start, kv_start, kv_len)
 
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
         return swiglu(gate_up)
