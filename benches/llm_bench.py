@@ -151,6 +151,7 @@ def measure_ours(engine, batch: int, prompt_len: int, new_tokens: int, device: s
     # same 7B prefill differed by 7-18 ms between the two decode steps' measurements
     repeats = repeats or (1 if batch * prompt_len >= 16384 else 3)
     rules = rules or {}
+    engine.release_cache()  # the decode states earlier cells kept go: the peak memory below is this cell's
     engine.generate(input_ids=ids, max_new_tokens=new_tokens, stop_at_eos=False, **rules)  # compile / capture
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

@@ -141,7 +141,7 @@ def test_samples_through_the_kernels_read_their_prompt_once(tmp_path, monkeypatc
         calls.clear()
         other = ["x = 1", "y = 2", "z = 3", "w = 4", "v = 5", "u = 6"]  # six rows, none alike
         eng.generate(other, max_new_tokens=3, temperature=1.0, seed=1, stop_at_eos=False)
-        assert [s.runs for s in eng._graphs._states] == [1] and not calls
+        assert [(s.batch, s.runs) for s in eng._graphs._states] == [(6, 3), (6, 1)] and not calls  # a state of its own
 
 
 @pytest.mark.parametrize("graph", [False, True])

@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from codellama_fast.engine.decode_states import MIN_BUCKET, cache_capacity  # noqa: E402
+from codellama_fast.engine.decode_states import MAX_STATES, MIN_BUCKET, cache_capacity  # noqa: E402
 from tests.engine_helpers import fp32_engine, logprobs_close, random_checkpoint  # noqa: E402
 
 
@@ -74,30 +74,64 @@ def _prompt(rng: random.Random, n: int) -> list[int]:
     return [1] + [rng.randrange(3, 32000) for _ in range(n - 1)]
 
 
-def test_calls_of_other_lengths_reuse_the_state_and_give_transformers_tokens(model, tok):
+# (prompt lengths, max_new_tokens, states built once the call is done: with memory to spare, under
+# memory where no second state fits beside a new one)
+CALLS = [
+    ([40], 20, 1, 1),  # needs 60 slots: a state of 256
+    ([7], 5, 1, 1),  # fits: reused
+    ([200], 100, 2, 2),  # 300 slots: past 256, a state of 512 (the 256 one goes: the new one serves its calls)
+    ([40], 20, 2, 2),  # fits the 512 state
+    ([211], 45, 2, 2),  # 256 slots: still the 512 state
+    ([3, 25], 8, 3, 3),  # another batch size: a new state
+    ([30, 9], 12, 3, 3),  # fits the batch-2 state, other left padding
+    ([5], 3, 3, 4),  # batch 1: the 512 state again (a step over more rows may round otherwise), or a new one
+    ([4, 8, 9], 6, 4, 5),  # batch 3: a new state
+    ([6, 7], 5, 4, 6),  # batch 2: not the batch-3 state
+    ([6, 7, 8, 9], 5, 5, 7),  # a fourth shape: kept with the other three
+    ([6, 7, 8, 9, 10], 5, 6, 8),  # a fifth: past MAX_STATES, the one used least recently (batch 1) goes
+    ([9], 5, 7, 9),  # so batch 1 builds again, and batch 3 (now the least recent) goes
+    ([6, 17], 5, 7, 10),  # batch 2 is still there
+    ([4, 8, 12], 6, 8, 11),  # batch 3 is not
+]
+
+
+@pytest.mark.parametrize("memory", ["plenty", "short"])
+def test_calls_of_other_lengths_and_shapes_reuse_the_states_and_give_transformers_tokens(model, tok, monkeypatch, memory):
+    """Calls of other prompt lengths and budgets reuse a state whose cache holds them; calls of other
+    batch sizes alternate between states of their own, at most MAX_STATES of them, the least
+    recently used going first; where memory holds a new state but not as much again beside it, it
+    is the only one kept. Every call gives transformers' greedy tokens, whatever the state held."""
+    assert MAX_STATES == 4  # the calls above are written for it
     hf, path = model
     engine = _engine(path, tok)
+    if memory == "short":  # the free memory holds each new state, never as much again (below: the real sizes)
+        monkeypatch.setattr(engine._graphs, "_spare_slots", lambda batch: 0)
     rng = random.Random()
-    # (prompt lengths, max_new_tokens, states built once the call is done)
-    calls = [
-        ([40], 20, 1),  # needs 60 slots: a state of 256
-        ([7], 5, 1),  # fits: reused
-        ([200], 100, 2),  # 300 slots: past 256, a state of 512
-        ([40], 20, 2),  # fits the 512 state
-        ([211], 45, 2),  # 256 slots: still the 512 state
-        ([3, 25], 8, 3),  # another batch size: a new state
-        ([30, 9], 12, 3),  # fits the batch-2 state, other left padding
-        ([5], 3, 4),  # batch 1: a state of its own (a step over more rows may round otherwise)
-        ([4, 8, 9], 6, 5),  # batch 3: a new state (the batch-1 state was dropped to make room)
-        ([6, 7], 5, 6),  # batch 2: not the batch-3 state
-    ]
-    for lengths, new, builds in calls:
+    for lengths, new, plenty, short in CALLS:
         rows = [_prompt(rng, n) for n in lengths]
         _scribble(engine)
         got = engine.generate(input_ids=rows, max_new_tokens=new, stop_at_eos=False).token_ids
         assert got == _hf_greedy(hf, rows, new), (lengths, new)
-        assert engine._graphs.builds == builds, (lengths, new)
-        assert len(engine._graphs) == 1  # one shape at a time
+        assert engine._graphs.builds == (plenty if memory == "plenty" else short), (lengths, new)
+        batches = [s.batch for s in engine._graphs._states]
+        assert batches[-1] == len(lengths)  # the state this call used, the most recent
+        assert len(batches) == len(set(batches)) and len(batches) <= (MAX_STATES if memory == "plenty" else 1), batches
+    if memory == "plenty":
+        assert [s.batch for s in engine._graphs._states] == [5, 1, 2, 3]
+
+
+@pytest.mark.parametrize("room, kept", [(1040, [1, 2]), (1000, [2])])
+def test_a_state_stays_beside_a_new_one_where_the_free_memory_holds_that_twice(model, tok, monkeypatch, room, kept):
+    """A batch-2 state of 256 slots (512 slots of one sequence) after a batch-1 state: the batch-1
+    state stays where the free memory (as the KV cache's check sees it) holds 1024 such slots,
+    and goes where it holds fewer."""
+    hf, path = model
+    engine = _engine(path, tok)
+    _free_memory_for(monkeypatch, room, _per_token(engine))
+    rng = random.Random()
+    for rows in ([_prompt(rng, 20)], [_prompt(rng, 12), _prompt(rng, 30)]):
+        assert engine.generate(input_ids=rows, max_new_tokens=5, stop_at_eos=False).token_ids == _hf_greedy(hf, rows, 5)
+    assert [(s.batch, s.capacity) for s in engine._graphs._states] == [(b, 256) for b in kept]
 
 
 def test_the_non_greedy_step_has_its_own_state(model, tok):
@@ -118,6 +152,11 @@ def test_the_non_greedy_step_has_its_own_state(model, tok):
         assert engine._graphs.builds == builds
     plain = engine.generate(input_ids=[row], max_new_tokens=10, stop_at_eos=False).token_ids
     assert plain == res.token_ids and engine._graphs.builds == 2  # the greedy step: another state
+    # calls alternating between the two modes replay the two states kept
+    for _ in range(2):
+        assert engine.generate(input_ids=[row], max_new_tokens=10, stop_at_eos=False, return_logprobs=True).token_ids == plain
+        assert engine.generate(input_ids=[row], max_new_tokens=10, stop_at_eos=False).token_ids == plain
+    assert engine._graphs.builds == 2 and sorted(s.greedy for s in engine._graphs._states) == [False, True]
 
 
 def test_a_call_overlapping_a_stream_runs_on_its_own_cache(model, tok):

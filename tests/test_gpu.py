@@ -346,15 +346,20 @@ def _captured_7b_two_layers():
 
 
 def test_samples_read_their_prompt_once_on_the_captured_state():
-    """7B layer shapes, 2 layers, fp16: 4 samples of a 1100-token prompt decode on a captured step
-    built for runs of 4 (its attention reads the prompt's slots once per step), and each sample's
-    log-probabilities equal those of its whole text scored in one prefill (another kernel) within
-    fp16 rounding."""
+    """7B layer shapes, 2 layers, fp16: a chat's next turn, a 1100-token prompt, sampled 4 times
+    after its first 1000 tokens and 20 greedy ones: the samples' captured step, built for runs of 4
+    (its attention reads the prompt's slots once per step), beside the one-sequence state, whose
+    slots it copies (1019 reused); each sample's log-probabilities equal those of its whole text
+    scored in one prefill (another kernel) within fp16 rounding."""
     eng = _captured_7b_two_layers()
-    prompt = [1] + torch.randint(3, 32000, (1099,)).tolist()
+    eng.reuse_prompt_cache = True
+    first = [1] + torch.randint(3, 32000, (999,)).tolist()
+    reply = eng.generate(input_ids=[first], max_new_tokens=20, stop_at_eos=False).token_ids[0]
+    prompt = first + reply + torch.randint(3, 32000, (80,)).tolist()
     got = eng.generate(input_ids=[prompt], num_return_sequences=4, max_new_tokens=8, temperature=1.0, seed=0,
                        stop_at_eos=False, return_logprobs=True)
-    assert [s.runs for s in eng._graphs._states] == [4]
+    assert [(s.batch, s.runs) for s in eng._graphs._states] == [(1, 1), (4, 4)]
+    assert got.prompt_tokens_reused == 1000 + 19
     scored = eng.score(input_ids=[prompt + row for row in got.token_ids])
     for row, lps in enumerate(got.token_logprobs):
         want = scored.token_logprobs[row][-len(lps):]
@@ -382,7 +387,7 @@ def test_kept_captured_state_serves_calls_of_other_lengths():
     """7B layer shapes, 2 layers, fp16: calls of other prompt lengths and token budgets replay one
     kept captured state (its cache larger than they need and holding the last call's keys), with
     the uncaptured loop's tokens; one state is built for them all, a call past its cache builds a
-    larger one, and another batch size builds its own."""
+    larger one, and another batch size builds its own, both kept for the calls after."""
     import sys
     from pathlib import Path
 
@@ -393,10 +398,10 @@ def test_kept_captured_state_serves_calls_of_other_lengths():
 
     SHAPES["7B-2layers"] = dict(SHAPES["7B"], num_hidden_layers=2)
     eng = random_engine("7B-2layers", "cuda", torch.float16, CodeLlamaTokenizerFast.from_pretrained())
-    # the last three: a batch of 2 (a new state), a batch of 1 (a state of its own again), and a
-    # batch of 2 of other lengths
+    # the last three: a batch of 2 (a new state), a batch of 1 (its state, kept beside the new one),
+    # and a batch of 2 of other lengths (its state)
     for lengths, new, builds in (((700,), 60, 1), ((90,), 40, 1), ((410,), 300, 1), ((1200,), 80, 2), ((30,), 16, 2),
-                                 ((300, 77), 16, 3), ((150,), 16, 4), ((40, 120), 30, 5)):
+                                 ((300, 77), 16, 3), ((150,), 16, 3), ((40, 120), 30, 3)):
         ids = [[1] + torch.randint(3, 32000, (n - 1,)).tolist() for n in lengths]
         eng.use_cuda_graph = False
         eager = eng.generate(input_ids=ids, max_new_tokens=new, stop_at_eos=False).token_ids

@@ -318,12 +318,50 @@ def test_a_decode_state_reuses_what_its_last_call_fed(model, tok, every):
     engine.generate(input_ids=[longer], **kw)
     builds = engine._graphs.builds
     engine.generate(input_ids=[longer], max_new_tokens=5, stop_at_eos=False, prompt_lookup_num_tokens=2)
+    for state in engine._graphs._states:  # the greedy step's state would give its slots (copied)
+        if state.greedy:
+            state.ids = []
     again = engine.generate(input_ids=[longer], **kw)
     assert engine._graphs.builds == builds  # all on one state
     assert again.prompt_tokens_reused == 0 and again.token_ids[0] == _greedy(hf, longer, 4)
-    # a batch's call builds a state of its own shape, which replaces the one kept (engine.decode_states)
+    # a batch's call builds a state of its own shape; the one-sequence states stay (engine.decode_states)
     assert engine.generate(input_ids=[longer, ids], max_new_tokens=3, stop_at_eos=False).prompt_tokens_reused == 0
-    assert engine.generate(input_ids=[longer], max_new_tokens=3).prompt_tokens_reused == 0
+    assert engine.generate(input_ids=[longer], max_new_tokens=3).prompt_tokens_reused == len(longer) - 1
+
+
+def test_a_next_turn_in_another_decode_mode_copies_the_other_states_slots(model, tok, monkeypatch):
+    """Decode states (run uncaptured here): a chat's next turn that wants log-probabilities runs on
+    the state of the step without the argmax, built for it; it copies the slots the greedy turn
+    before left in the greedy step's state and prefills only the rest; its tokens and
+    log-probabilities are transformers'. A state that holds more of the prompt itself copies
+    nothing (its own slots serve), and the greedy state keeps its tokens for the turn after."""
+    from tests.engine_helpers import fp32_engine, hf_logprobs, logprobs_close
+
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    engine.use_cuda_graph = "eager"
+    ids = tok.encode("def quicksort(items):\n    ")
+    first = engine.generate(input_ids=[ids], max_new_tokens=10, stop_at_eos=False)
+    longer = ids + first.token_ids[0] + tok.encode("\n# sort", add_special_tokens=False)
+    calls = _forwards(engine)
+    second = engine.generate(input_ids=[longer], max_new_tokens=6, stop_at_eos=False, return_logprobs=True)
+    reused = len(ids) + 9
+    assert second.prompt_tokens_reused == reused and engine._graphs.builds == 2
+    assert [c for c in calls if c > 1] == [len(longer) - reused]  # the prefill of the rest alone
+    assert second.token_ids[0] == _greedy(hf, longer, 6)
+    assert logprobs_close(second.token_logprobs[0], hf_logprobs(hf, longer, second.token_ids[0]), 1e-4)
+    greedy_state = next(s for s in engine._graphs._states if s.greedy)
+    assert greedy_state.ids == (ids + first.token_ids[0])[:reused]  # copied from, not taken
+    # the turn after, in the second mode again: its own state holds the longer prompt's slots
+    third = longer + second.token_ids[0] + tok.encode("\n", add_special_tokens=False)
+    greedy_state.ids = greedy_state.ids[: len(ids)]  # holds less than the state's own: nothing copied
+    from codellama_fast.engine import decode_states
+
+    copies = []
+    monkeypatch.setattr(decode_states, "copy_slots", lambda *a: copies.append(a[2]) or PC.copy_slots(*a))
+    got = engine.generate(input_ids=[third], max_new_tokens=4, stop_at_eos=False, return_logprobs=True)
+    assert got.prompt_tokens_reused == len(longer) + 5 and not copies
+    assert got.token_ids[0] == _greedy(hf, third, 4) and engine._graphs.builds == 2
 
 
 def test_a_decode_state_used_by_an_assistant_forgets_its_tokens(model, tok):
@@ -422,15 +460,18 @@ def test_a_call_short_of_memory_frees_the_kept_cache_first(model, tok, monkeypat
     assert engine._prompt_cache.kept_tokens == 0 and [len(r) for r in got.token_ids] == [40, 40]
 
 
-def test_samples_of_a_longer_prompt_copy_the_kept_slots(model, tok):
-    """A chat's next turn sampled 3 times (num_return_sequences): the kept prompt's slots are copied
-    into the first row, the rest of the prompt is prefilled there once and copied to the other rows,
-    each sample's log-probabilities are transformers' for the whole prompt and its own tokens, and
-    the kept prompt stays for the next call of one sequence. Prompts that differ reuse nothing."""
+@pytest.mark.parametrize("graph", [False, "eager"])
+def test_samples_of_a_longer_prompt_copy_the_kept_slots(model, tok, graph):
+    """A chat's next turn sampled 3 times (num_return_sequences): the kept prompt's slots (the kept
+    cache's, or on decode states the one-sequence state's) are copied into the first row, the rest
+    of the prompt is prefilled there once and copied to the other rows, each sample's
+    log-probabilities are transformers' for the whole prompt and its own tokens, and the kept prompt
+    stays for the next call of one sequence. Prompts that differ reuse nothing."""
     from tests.engine_helpers import fp32_engine, hf_logprobs, logprobs_close
 
     hf, path = model
     engine = fp32_engine(path, tok)
+    engine.use_cuda_graph = graph
     first_ids = tok.encode("def quicksort(items):\n    ")
     first = engine.generate(input_ids=[first_ids], max_new_tokens=10, stop_at_eos=False)
     shapes = []
@@ -441,14 +482,21 @@ def test_samples_of_a_longer_prompt_copy_the_kept_slots(model, tok):
                           stop_at_eos=False, return_logprobs=True)
     reused = len(first_ids) + 10 - 1
     assert got.prompt_tokens_reused == reused
-    assert shapes[0] == (1, len(longer) - reused) and all(s == (3, 1) for s in shapes[1:])  # then the rows' steps
+    # one prefill (a decode state's warm-up steps come before it), then the rows' steps
+    prefills = [i for i, shape in enumerate(shapes) if shape[1] > 1]
+    assert prefills and shapes[prefills[0]] == (1, len(longer) - reused) and all(s == (3, 1) for s in shapes[prefills[0] + 1 :])
+    assert len(prefills) == 1 and (not graph or engine._graphs.builds == 2)
     assert got.prefill_tokens_per_s > 0
     for out, lps in zip(got.token_ids, got.token_logprobs, strict=True):
         assert logprobs_close(lps, hf_logprobs(hf, longer, out), 1e-4)
-    assert engine._prompt_cache.kept_tokens == reused  # still kept: the samples copied it
+    if graph:  # the one-sequence state still holds the first call's tokens: the samples copied them
+        assert [s.ids for s in engine._graphs._states if s.batch == 1] == [(first_ids + first.token_ids[0])[:reused]]
+    else:  # still kept: the samples copied it
+        assert engine._prompt_cache.kept_tokens == reused
     again = engine.generate(input_ids=[longer], max_new_tokens=4, stop_at_eos=False)
     assert again.prompt_tokens_reused == reused
     shapes.clear()
     two = [longer, tok.encode("class Stack:\n")]  # rows that differ: each prompt prefilled whole
     assert engine.generate(input_ids=two, max_new_tokens=2, stop_at_eos=False).prompt_tokens_reused == 0
+    shapes = [shape for shape in shapes if shape[1] > 1]
     assert shapes[0][0] == 2

@@ -23,6 +23,13 @@ keys in an order set by the batch alone (never by the cache's size), this makes 
 the same whichever state, or cache of its own, serves it. Beam search runs its steps on a state
 of prompts x beams rows too (the beams regrouped in its cache in place).
 
+The engine keeps states of several shapes (a batch size, a decode mode, runs of rows), so that
+calls that alternate between them (greedy and sampled calls, one sequence and a few samples of it)
+capture each shape once rather than at every switch: at most `MAX_STATES`, and only while the
+memory left after a new state is at least as large as that state. Past either, the states used
+least recently go first (all of them where memory is short, as they must for a long call). A state
+of the same shape too small for the call goes at once: the new one serves its calls.
+
 A state serves one generation at a time (a lease): a generation that overlaps one using it
 (interleaved streams, a generate while a stream is open, another thread's call) gets none and runs
 uncaptured on a cache of its own, rather than overwriting the first one's cache.
@@ -33,15 +40,20 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from ..errors import OutOfMemoryError
 from .cache import KVCache
 from .cuda_graph import GraphDecoder
+from .prompt_cache import copy_slots, reusable_slots
 
 MIN_BUCKET = 256  # cache slots: the finest capacity step
+
+# The most states kept at once. Each holds a cache sized to its calls plus its captured step's
+# buffers; a handful covers an application's kinds of call (greedy, sampled, samples, beams).
+MAX_STATES = 4
 
 
 def cache_capacity(needed: int) -> int:
@@ -78,12 +90,12 @@ Builder = Callable[[int, int, bool, "int | None", int], DecodeState]
 
 
 class DecodeStates:
-    """The states an Engine keeps (one shape at a time: a cache may be large) and their leases."""
+    """The states an Engine keeps (several shapes while memory allows) and their leases."""
 
     def __init__(self, spare_slots: Callable[[int], int]) -> None:
         # cache slots for a batch of this many sequences that the free memory holds now
         self._spare_slots = spare_slots
-        self._states: list[DecodeState] = []
+        self._states: list[DecodeState] = []  # least recently leased first
         self._leased: set[int] = set()  # id() of the states a generation is using now
         # bookkeeping only, never held while a state is built; reentrant: a dropped stream's clean-up
         # (its lease's release) may run from the garbage collector inside this bookkeeping
@@ -124,9 +136,12 @@ class DecodeStates:
             if free:
                 state = min(free, key=lambda s: s.capacity)
                 self._leased.add(id(state))
+                self._states.remove(state)
+                self._states.append(state)  # the most recently leased last
             elif not fitting:
                 # make room before allocating: generations using a dropped state keep it until they end
-                self._states.clear()
+                self._states = [s for s in self._states if not serves(s)]  # too small: the new one serves their calls
+                self._make_room(batch, cache_capacity(needed))
         if state is None and fitting:
             yield None
             return
@@ -140,6 +155,33 @@ class DecodeStates:
         finally:
             with self._lock:
                 self._leased.discard(id(state))
+
+    def copy_prompt(self, prompt: Sequence[int], cache: KVCache, more_than: int = 0) -> int:
+        """Copies into row 0 of `cache` the slots of `prompt`'s leading tokens that a kept state of
+        one sequence holds (``DecodeState.ids``), where one free now gives more than `more_than`
+        (``reusable_slots``); returns how many it copied (0: none). For a call on a state of another
+        shape: the samples of a chat's next turn, or its next turn in another decode mode. The
+        state copied from is leased meanwhile and keeps what it holds."""
+        with self._lock:
+            kept = [(reusable_slots(s.ids, prompt), s) for s in self._states if s.batch == 1 and id(s) not in self._leased]
+            n, donor = max(kept, key=lambda k: k[0], default=(0, None))
+            if donor is None or n <= more_than:
+                return 0
+            self._leased.add(id(donor))
+        try:
+            copy_slots(donor.cache, cache, n)
+        finally:
+            with self._lock:
+                self._leased.discard(id(donor))
+        return n
+
+    def _make_room(self, batch: int, capacity: int) -> None:
+        """Drops the states used least recently until one more fits under MAX_STATES and the free
+        memory holds twice a cache of `capacity` slots for `batch` sequences (the new state's, and
+        as much again left free after it): all of them where it does not. A dropped state's memory is
+        free once no generation holds it."""
+        while self._states and (len(self._states) >= MAX_STATES or self._spare_slots(batch) < 2 * capacity):
+            self._states.pop(0)
 
     def _build(self, batch: int, needed: int, greedy: bool, build: Builder, least: int | None, runs: int) -> DecodeState:
         capacity = cache_capacity(needed)

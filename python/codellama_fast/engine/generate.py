@@ -387,14 +387,22 @@ class Engine:
         (`stack` closes, however it ends) the new cache is kept, or the state notes ``fed.ids``.
         `samples_of`: every row is this one prompt (its samples); a new cache then copies the kept
         prompt's slots for the tokens it begins with into row 0 (the prefill copies them on to the
-        others), and the kept prompt stays for a later call."""
+        others), and the kept prompt stays for a later call. On a decode state, the samples (and a
+        sequence whose state holds less of it) copy them from a kept state of one sequence
+        (``DecodeStates.copy_prompt``)."""
         if state is not None:
             state.kv_start.copy_(kv_start_now)
             held, state.ids = state.ids, []  # this call writes the cache: what it held is known here alone
-            if not fed.tracking:
+            prompt = fed.seq if fed.tracking else samples_of
+            if prompt is None:
                 return state.cache, state.kv_start, state.decoder, 0
-            stack.callback(lambda: setattr(state, "ids", fed.ids))
-            return state.cache, state.kv_start, state.decoder, reusable_slots(held, fed.seq)
+            own = reusable_slots(held, prompt) if fed.tracking else 0
+            # a kept state of another shape may hold more of the prompt (the dialog a chat's samples
+            # continue, or its last turn in another decode mode): its slots are copied into row 0
+            reused = max(own, self._graphs.copy_prompt(prompt, state.cache, more_than=own))
+            if fed.tracking:
+                stack.callback(lambda: setattr(state, "ids", fed.ids))
+            return state.cache, state.kv_start, state.decoder, reused
         if samples_of is not None:
             cache = self._new_cache(b, max_len, least)  # it drops the kept prompt where that memory is needed
             shown, reused = self._prompt_cache.peek(samples_of)
@@ -566,7 +574,7 @@ class Engine:
                         and self.model.config.rope_scaling_type != "dynamic")  # dynamic RoPE: keys depend on the length
             fed = FedTokens(tokens[0].tolist() if reusable and b == 1 else [], reusable and b == 1)
             # the samples of one prompt (every row alike) copy a kept prompt's slots, where it is kept
-            samples_of = tokens[0].tolist() if reusable and b > 1 and runs == b and state is None else None
+            samples_of = tokens[0].tolist() if reusable and b > 1 and runs == b else None
             cache, kv_start, graph, reused = self._call_cache(stack, state, b, max_len, least, kv_start_now, fed, samples_of)
             fed.filled = reused
             stats["prompt_tokens_reused"] = reused
