@@ -136,6 +136,19 @@ def test_bench_prompt_cache_samples(tmp_path):
     assert timed["codellama-fast-kept"]["reused"] == 44 and timed["codellama-fast-whole"]["reused"] == 0
 
 
+def test_bench_prompt_cache_beams(tmp_path):
+    """Turn 2 as a beam search of 3 beams: our prompt cache copies the kept slots (the same best
+    first token with the whole prompt prefilled), transformers searches as many beams."""
+    pytest.importorskip("transformers")
+    data = _run("bench_prompt_cache.py", "--model", "tiny", "--prompt", "40", "--answer", "5", "--message", "4",
+                "--repeats", "1", "--beams", "3", tmp=tmp_path)
+    assert data["meta"]["beams"] == 3
+    timed = {r["provider"]: r for r in data["rows"] if r["provider"] != "ratio"}
+    assert sorted(timed) == ["codellama-fast-kept", "codellama-fast-whole", "transformers-eager"]
+    assert all(r["shape"] == "tiny P40 A5 M4 K3" for r in timed.values())
+    assert timed["codellama-fast-kept"]["reused"] == 44 and timed["codellama-fast-whole"]["reused"] == 0
+
+
 @pytest.mark.parametrize("stop", [[], ["@@never@@", "§§"]])
 def test_bench_beams_tiny(tmp_path, stop):
     """The harness runs both sides on the same weights (and stop strings): their beams agree on a

@@ -500,3 +500,32 @@ def test_samples_of_a_longer_prompt_copy_the_kept_slots(model, tok, graph):
     assert engine.generate(input_ids=two, max_new_tokens=2, stop_at_eos=False).prompt_tokens_reused == 0
     shapes = [shape for shape in shapes if shape[1] > 1]
     assert shapes[0][0] == 2
+
+
+@pytest.mark.parametrize("graph", [False, "eager"])
+def test_beams_of_a_longer_prompt_copy_the_kept_slots(model, tok, graph):
+    """A chat's next turn by beam search (3 beams, 2 returned): the kept prompt's slots (the kept
+    cache's, or on decode states the one-sequence state's) are copied into the prompt's cache, only
+    the rest of the prompt is prefilled, and the beams and their scores are transformers' for the
+    whole prompt; what was kept stays for the next call of one sequence. Two prompts' beams reuse
+    nothing."""
+    from tests.engine_helpers import fp32_engine, hf_beams, logprobs_close
+
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    engine.use_cuda_graph = graph
+    first_ids = tok.encode("def quicksort(items):\n    ")
+    first = engine.generate(input_ids=[first_ids], max_new_tokens=10, stop_at_eos=False)
+    calls = _forwards(engine)
+    longer = first_ids + first.token_ids[0] + tok.encode("\n# sort a list", add_special_tokens=False)
+    kw = dict(num_beams=3, num_return_sequences=2)
+    got = engine.generate(input_ids=[longer], max_new_tokens=6, stop_at_eos=False, **kw)
+    reused = len(first_ids) + 10 - 1
+    assert got.prompt_tokens_reused == reused
+    assert [c for c in calls if c > 1] == [len(longer) - reused]  # the prefill of the rest alone
+    want, want_scores = hf_beams(hf, [longer], 6, None, **kw)
+    assert got.token_ids == want
+    assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (got.sequence_scores, want_scores)
+    assert engine.generate(input_ids=[longer], max_new_tokens=4, stop_at_eos=False).prompt_tokens_reused == reused
+    two = [longer, tok.encode("class Stack:\n")]
+    assert engine.generate(input_ids=two, max_new_tokens=6, stop_at_eos=False, **kw).prompt_tokens_reused == 0

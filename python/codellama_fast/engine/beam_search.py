@@ -61,6 +61,7 @@ class BeamOutput:
     steps: int  # decode steps run
     prefill_s: float
     decode_s: float
+    reused: int = 0  # the prompt's leading tokens whose keys and values came from a kept cache
     # with log_steps (transformers' output_scores / output_logits and beam_indices): per step, the
     # running beams' scores after every rule and filter and their raw logits, [B k, V] fp32; per
     # returned beam, for each of its steps (a final stop id's included), the row it came from
@@ -74,15 +75,18 @@ class BeamOutput:
     top_logprobs: list[list[list[tuple[int, float]]]] | None = None
 
 
-def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor, KVCache], torch.Tensor], tokens: torch.Tensor,
+def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor, KVCache, int], torch.Tensor], tokens: torch.Tensor,
                 kv_start: torch.Tensor, max_new: int, settings: BeamSettings, rules: TokenRules, stop_ids: Sequence[set[int]],
                 allowed: int | None, dtype: torch.dtype, generator: torch.Generator | None = None,
                 candidate_ends: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                 log_steps: bool = False, token_logprobs: bool = False, guidance: Guidance | None = None,
                 top_logprobs: int = 0, captured: tuple[KVCache, GraphDecoder] | None = None,
-                started: float | None = None) -> BeamOutput:
+                started: float | None = None, reuse: Callable[[KVCache], int] | None = None) -> BeamOutput:
     """tokens [B, T] left-padded prompts (row b's first real slot kv_start[b]); ``prefill(tokens,
-    kv_start, cache)`` runs them into a cache and returns the last logits [B, V]; ``stop_ids``:
+    kv_start, cache, start)`` runs them into a cache whose first `start` slots of row 0 hold their
+    keys and values already, and returns the last logits [B, V]; ``reuse(cache)`` (one prompt):
+    copies the keys and values of the prompt's leading tokens a kept cache holds into row 0 of the
+    prompt's cache and returns how many (0: none); ``stop_ids``:
     each prompt's; ``allowed``: ids from it on are never chosen; ``generator``: beam sample's
     random draws (None: torch's global generator). ``candidate_ends(tokens [B, W, n], took_stop_id
     [B, W])``: for the step's W candidates of each prompt (their n generated tokens), the code of
@@ -105,7 +109,8 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     start = time.perf_counter() if started is None else started
     # The prompt once per prompt, then its cache copied to each of its k beams.
     prompt_cache = KVCache(cfg, b, t, dtype, device, grow=False)  # the prompt only: held whole
-    first = prefill(tokens, kv_start, prompt_cache)  # [B, V]
+    reused = reuse(prompt_cache) if reuse is not None and b == 1 else 0
+    first = prefill(tokens, kv_start, prompt_cache, reused)  # [B, V]
     sync()
     prefill_s = time.perf_counter() - start
     beam_kv_start = kv_start.repeat_interleave(k)  # [B k]
@@ -265,7 +270,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     out_tokens = [seq[:n] if ok else [] for row_s, row_n, row_d in zip(seqs, lens, done) for seq, n, ok in zip(row_s, row_n, row_d)]
     out_scores = [s for row in scores for s in row]
     out_reasons = [REASONS.get(c, "length") for row in fin_code[:, :n_out].tolist() for c in row]
-    out = BeamOutput(out_tokens, out_scores, out_reasons, steps, prefill_s, decode_s)
+    out = BeamOutput(out_tokens, out_scores, out_reasons, steps, prefill_s, decode_s, reused)
 
     def per_beam(name: str) -> list[list[Any]]:
         """History `name` of each returned beam (prompt-major, as out_tokens), as long as its tokens."""

@@ -405,10 +405,7 @@ class Engine:
             return state.cache, state.kv_start, state.decoder, reused
         if samples_of is not None:
             cache = self._new_cache(b, max_len, least)  # it drops the kept prompt where that memory is needed
-            shown, reused = self._prompt_cache.peek(samples_of)
-            if shown is not None:
-                copy_slots(shown.cache, cache, reused)
-            return cache, kv_start_now, None, reused
+            return cache, kv_start_now, None, self._copy_kept_prompt(samples_of, cache)
         cache = None
         kept, reused = self._prompt_cache.take(fed.seq) if fed.tracking else (None, 0)
         if kept is not None:
@@ -800,11 +797,14 @@ class Engine:
                                                                self._graph_runs(rows_run, k, t) if wanted else 1))
                 if state is not None:
                     state.ids = []  # the beams overwrite its cache: the tokens it held are gone
+                guidance = self._guidance(cfg, [p for p in prompts for _ in range(k)], k)
+                reusable = (self.reuse_prompt_cache and len(prompts) == 1 and guidance is None
+                            and self.model.config.rope_scaling_type != "dynamic")  # dynamic RoPE: keys depend on the length
                 out = beam_search.beam_search(self.model, self._prefill, tokens, kv_start, cfg.max_new_tokens, settings, rules,
                                               stop_ids, len(self.tokenizer), self.dtype, self._generator(cfg.seed),
                                               ends if ends.active else None, output_scores or output_logits, return_logprobs,
-                                              self._guidance(cfg, [p for p in prompts for _ in range(k)], k),
-                                              top_logprobs, None if state is None else (state.cache, state.decoder), started)
+                                              guidance, top_logprobs, None if state is None else (state.cache, state.decoder), started,
+                                              (lambda cache: self._copy_kept_prompt(list(prompts[0]), cache)) if reusable else None)
         rows = [k for k in range(len(prompts)) for _ in range(n)]
         ids = [seq[:-1] if reason == "eos" else seq for seq, reason in zip(out.tokens, out.reasons)]
         logprobs = None if out.token_logprobs is None else [lp[: len(i)] for lp, i in zip(out.token_logprobs, ids)]
@@ -820,10 +820,20 @@ class Engine:
             texts=texts, token_ids=ids, finish_reasons=out.reasons,
             prompt_tokens=[len(prompts[k]) for k in rows], time_to_first_token_s=out.prefill_s,
             decode_tokens_per_s=beam_tokens / out.decode_s if out.decode_s > 0 else 0.0,
-            prefill_tokens_per_s=sum(len(p) for p in prompts) / out.prefill_s if out.prefill_s > 0 else 0.0,
+            prefill_tokens_per_s=(sum(len(p) for p in prompts) - out.reused) / out.prefill_s if out.prefill_s > 0 else 0.0,
             total_s=out.prefill_s + out.decode_s, sequence_scores=out.scores, token_logprobs=logprobs, top_logprobs=tops,
             scores=out.step_scores if output_scores else None, logits=out.step_logits if output_logits else None,
-            beam_indices=out.beam_indices)
+            beam_indices=out.beam_indices, prompt_tokens_reused=out.reused)
+
+    def _copy_kept_prompt(self, prompt: Sequence[int], cache: KVCache) -> int:
+        """Copies into row 0 of `cache` the keys and values of `prompt`'s leading tokens that the
+        kept prompt cache holds, or else a kept decode state of one sequence (``reusable_slots``;
+        what held them keeps them); returns how many (0: none)."""
+        kept, n = self._prompt_cache.peek(prompt)
+        if kept is not None:
+            copy_slots(kept.cache, cache, n)
+            return n
+        return self._graphs.copy_prompt(prompt, cache)
 
     def _guidance(self, cfg: GenerationConfig, prompts: Sequence[Sequence[int]], per_prompt: int) -> Guidance | None:
         """Classifier-free guidance for the rows `prompts` (engine.guidance), or None; each prompt's
