@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     folder = Path(args.model) if args.model else DEMO_MODEL_DIR
     engine = Engine.from_pretrained(folder, device=args.device)
-    engine.reuse_prompt_cache = False  # plain decoding's repeats prefill their whole prompt, as the guessing calls do
+    engine.reuse_prompt_cache = False  # every repeat prefills its whole prompt (not the last repeat's kept cache), as transformers does
     hf = LlamaForCausalLM.from_pretrained(str(folder), dtype=engine.dtype).to(args.device).eval()
     draft_folder = None if args.assistant is None else folder if args.assistant == "self" else Path(args.assistant)
     if draft_folder is not None:

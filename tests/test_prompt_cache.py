@@ -174,7 +174,8 @@ def test_a_chats_next_turn_prefills_only_the_new_message(model, tok):
 
 def test_which_calls_take_and_keep_it(model, tok):
     """A batch of two neither takes nor replaces the kept cache; prompt lookup (guessed tokens
-    written ahead) leaves it too; release_cache drops it; reuse_prompt_cache=False turns it off."""
+    written ahead) takes it and keeps its own; release_cache drops it; reuse_prompt_cache=False
+    turns it off."""
     from tests.engine_helpers import fp32_engine
 
     _, path = model
@@ -186,7 +187,7 @@ def test_which_calls_take_and_keep_it(model, tok):
     assert engine.generate(input_ids=[ids, ids[:5]], max_new_tokens=4, stop_at_eos=False).prompt_tokens_reused == 0
     assert engine._prompt_cache.kept_tokens == kept
     looked = engine.generate(input_ids=[ids], max_new_tokens=6, stop_at_eos=False, prompt_lookup_num_tokens=3)
-    assert looked.prompt_tokens_reused == 0 and engine._prompt_cache.kept_tokens == kept
+    assert looked.prompt_tokens_reused == len(ids) - 1 and engine._prompt_cache.kept_tokens == kept
     assert engine.generate(input_ids=[ids], max_new_tokens=2).prompt_tokens_reused == len(ids) - 1
     engine.release_cache()
     assert engine._prompt_cache.kept_tokens == 0
@@ -323,7 +324,8 @@ def test_a_decode_state_reuses_what_its_last_call_fed(model, tok, every):
             state.ids = []
     again = engine.generate(input_ids=[longer], **kw)
     assert engine._graphs.builds == builds  # all on one state
-    assert again.prompt_tokens_reused == 0 and again.token_ids[0] == _greedy(hf, longer, 4)
+    # it holds what the prompt lookup call fed: the prompt and all but its last token
+    assert again.prompt_tokens_reused == len(longer) - 1 and again.token_ids[0] == _greedy(hf, longer, 4)
     # a batch's call builds a state of its own shape; the one-sequence states stay (engine.decode_states)
     assert engine.generate(input_ids=[longer, ids], max_new_tokens=3, stop_at_eos=False).prompt_tokens_reused == 0
     assert engine.generate(input_ids=[longer], max_new_tokens=3).prompt_tokens_reused == len(longer) - 1
@@ -529,3 +531,31 @@ def test_beams_of_a_longer_prompt_copy_the_kept_slots(model, tok, graph):
     assert engine.generate(input_ids=[longer], max_new_tokens=4, stop_at_eos=False).prompt_tokens_reused == reused
     two = [longer, tok.encode("class Stack:\n")]
     assert engine.generate(input_ids=two, max_new_tokens=6, stop_at_eos=False, **kw).prompt_tokens_reused == 0
+
+
+@pytest.mark.parametrize("graph", [False, "eager"])
+@pytest.mark.parametrize("guess", ["lookup", "assistant"])
+def test_guessed_tokens_take_the_kept_prompt_and_keep_what_they_fed(model, tok, graph, guess):
+    """Prompt lookup (its guesses mostly rejected here) and an assistant with the model's own
+    weights (every guess kept): a chat's next turn takes the kept slots and prefills only the rest,
+    and what it keeps is the prompt and every token it emitted but the last, whatever the slots of
+    rejected guesses hold: the turn after reuses exactly those and gives transformers' tokens."""
+    from tests.engine_helpers import fp32_engine
+
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    engine.use_cuda_graph = graph
+    kw = {"prompt_lookup_num_tokens": 3} if guess == "lookup" else {"assistant_model": fp32_engine(path, tok), "num_assistant_tokens": 3}
+    ids = tok.encode("def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return")
+    first = engine.generate(input_ids=[ids], max_new_tokens=8, stop_at_eos=False).token_ids[0]
+    second = ids + first + tok.encode("\n\ndef add(a, b):\n", add_special_tokens=False)
+    calls = _forwards(engine)
+    got = engine.generate(input_ids=[second], max_new_tokens=12, stop_at_eos=False, **kw)
+    assert got.prompt_tokens_reused == len(ids) + 7 and calls[0] == len(second) - len(ids) - 7
+    assert got.token_ids[0] == _greedy(hf, second, 12) and got.guesses_made > 0
+    if guess == "assistant":
+        assert got.guesses_kept > 0  # passes that fed kept guesses into the cache
+    third = second + got.token_ids[0] + tok.encode("\n", add_special_tokens=False)
+    after = engine.generate(input_ids=[third], max_new_tokens=6, stop_at_eos=False)
+    assert after.prompt_tokens_reused == len(second) + 11
+    assert after.token_ids[0] == _greedy(hf, third, 6)

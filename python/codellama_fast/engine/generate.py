@@ -567,7 +567,7 @@ class Engine:
                                                            self._graph_runs(b, runs, t) if wanted else 1))
             # one sequence: the keys and values of the tokens this prompt begins with come from a
             # kept cache or the decode state's own, and what the cache holds is kept when it ends
-            reusable = (self.reuse_prompt_cache and not guessing and guidance is None
+            reusable = (self.reuse_prompt_cache and guidance is None
                         and self.model.config.rope_scaling_type != "dynamic")  # dynamic RoPE: keys depend on the length
             fed = FedTokens(tokens[0].tolist() if reusable and b == 1 else [], reusable and b == 1)
             # the samples of one prompt (every row alike) copy a kept prompt's slots, where it is kept
@@ -617,10 +617,17 @@ class Engine:
                     watch.check(self.dtype, f"at generated token {picked[0]}")
                     return nxt
 
+                emitted = 1  # the first token, chosen from the prefill
                 try:
-                    yield from speculative.guess_and_check(self.model, cache.layers, guesser, t, cfg.max_new_tokens, per_step,
-                                                           set(stop_ids), checked_pick, logprob_of, logprobs, stats, time.perf_counter,
-                                                           graph, adapt)
+                    for step in speculative.guess_and_check(self.model, cache.layers, guesser, t, cfg.max_new_tokens, per_step,
+                                                            set(stop_ids), checked_pick, logprob_of, logprobs, stats, time.perf_counter,
+                                                            graph, adapt):
+                        # the cache holds the prompt and every token emitted but the newest (a pass
+                        # feeds its kept guesses; the slots of guesses it rejected are not counted)
+                        fed.chosen(step)
+                        emitted += len(step)
+                        fed.filled = t + emitted - 1
+                        yield step
                 finally:
                     if cfg.num_assistant_tokens_schedule == "heuristic" and cfg.assistant_model is not None and "num_tokens" in stats:
                         cfg.assistant_model._carried_assistant_tokens = stats["num_tokens"]
