@@ -7,9 +7,10 @@ adds ``--message`` tokens. The first token of turn 2 must be the same with and w
 cache (checked). ``--samples N`` asks turn 2 for N samples (``num_return_sequences``, sampled with
 one seed on both of our sides), which copy the kept slots; transformers samples as many.
 ``--beams K`` runs turn 2 as a beam search of K beams (its best beam returned), whose prompt
-cache copies the kept slots; transformers searches as many.
+cache copies the kept slots; transformers searches as many. ``--lookup G`` runs turn 2 with prompt
+lookup (``prompt_lookup_num_tokens=G``), on both sides.
 
-    python benches/bench_prompt_cache.py [--model 110M] [--prompt 512 2048] [--answer 32] [--message 32] [--dtype float32] [--samples 4 | --beams 4]
+    python benches/bench_prompt_cache.py [--model 110M] [--prompt 512 2048] [--answer 32] [--message 32] [--dtype float32] [--samples 4 | --beams 4 | --lookup 3]
 """
 
 from __future__ import annotations
@@ -28,29 +29,35 @@ from common import git_sha, machine, now, percentiles, versions, write_results  
 from llm_bench import SHAPES, free, hf_model, prompts, random_engine, sync  # noqa: E402
 
 
-def turn_two_args(samples: int = 1, beams: int = 1) -> dict[str, Any]:
-    """Our generate arguments for turn 2: `samples` > 1 samples (seed 0), `beams` > 1 beams."""
+def turn_two_args(samples: int = 1, beams: int = 1, lookup: int = 0) -> dict[str, Any]:
+    """Our generate arguments for turn 2: `samples` > 1 samples (seed 0), `beams` > 1 beams,
+    `lookup` > 0 prompt lookup guessing that many tokens."""
+    if lookup > 0:
+        return {"prompt_lookup_num_tokens": lookup}
     if beams > 1:
         return {"num_beams": beams}
     return {"num_return_sequences": samples, "temperature": 1.0, "seed": 0} if samples > 1 else {}
 
 
 def next_turn(engine, first: list[int], answer: int, message: list[int], reuse: bool,
-              samples: int = 1, beams: int = 1) -> tuple[float, tuple[int, ...], int]:
+              samples: int = 1, beams: int = 1, lookup: int = 0) -> tuple[float, tuple[int, ...], int]:
     """(seconds to the first token of turn 2, its first token(s), prompt tokens reused) after a
-    fresh turn 1; `samples` > 1: turn 2 samples that many (seed 0); `beams` > 1: its beam search."""
+    fresh turn 1; `samples` > 1: turn 2 samples that many (seed 0); `beams` > 1: its beam search;
+    `lookup` > 0: its prompt lookup."""
     engine.release_cache()
     engine.reuse_prompt_cache = reuse
     reply = engine.generate(input_ids=[first], max_new_tokens=answer, stop_at_eos=False).token_ids[0]
-    second = engine.generate(input_ids=[first + reply + message], max_new_tokens=1, stop_at_eos=False, **turn_two_args(samples, beams))
+    second = engine.generate(input_ids=[first + reply + message], max_new_tokens=1, stop_at_eos=False, **turn_two_args(samples, beams, lookup))
     return second.time_to_first_token_s, tuple(row[0] for row in second.token_ids), second.prompt_tokens_reused
 
 
-def transformers_ttft(model, ids: list[int], device: str, samples: int = 1, beams: int = 1) -> float:
+def transformers_ttft(model, ids: list[int], device: str, samples: int = 1, beams: int = 1, lookup: int = 0) -> float:
     x = torch.tensor([ids], device=device)
     sampling = {"do_sample": True, "num_return_sequences": samples} if samples > 1 else {"do_sample": False}
     if beams > 1:
         sampling = {"do_sample": False, "num_beams": beams}
+    if lookup > 0:
+        sampling = {"do_sample": False, "prompt_lookup_num_tokens": lookup}
     sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -69,11 +76,12 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--message", type=int, default=32, help="turn 2's new tokens")
     ap.add_argument("--samples", type=int, default=1, help="turn 2's samples (num_return_sequences)")
     ap.add_argument("--beams", type=int, default=1, help="turn 2 as a beam search of this many beams")
+    ap.add_argument("--lookup", type=int, default=0, help="turn 2 with prompt lookup guessing this many tokens")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    if args.samples > 1 and args.beams > 1:
-        ap.error("--samples and --beams are two kinds of turn 2: give one")
+    if (args.samples > 1) + (args.beams > 1) + (args.lookup > 0) > 1:
+        ap.error("--samples, --beams and --lookup are kinds of turn 2: give one")
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if args.device == "cuda" else torch.float32)
 
     from codellama_fast import CodeLlamaTokenizerFast
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> Path:
     meta = {"bench": "prompt_cache", "machine": machine(), "versions": versions("torch", "transformers", "codellama-fast"),
             "git_sha": git_sha(), "timestamp": now(), "model": args.model, "device": args.device, "dtype": str(dtype),
             "torch_threads": torch.get_num_threads(), "answer": args.answer, "message": args.message, "samples": args.samples,
-            "beams": args.beams}
+            "beams": args.beams, "lookup": args.lookup}
     ours = random_engine(args.model, args.device, dtype, tok)
     hf = hf_model(args.model, args.device, dtype)
     vocab = ours.model.config.vocab_size
@@ -91,13 +99,14 @@ def main(argv: list[str] | None = None) -> Path:
         first = prompts(1, p, vocab, seed=p)[0]
         message = prompts(1, args.message + 1, vocab, seed=p + 1)[0][1:]  # no BOS inside the dialog
         shape = (f"{args.model} P{p} A{args.answer} M{args.message}" + (f" N{args.samples}" if args.samples > 1 else "")
-                 + (f" K{args.beams}" if args.beams > 1 else ""))
-        kept = [next_turn(ours, first, args.answer, message, True, args.samples, args.beams) for _ in range(args.repeats)]
-        whole = [next_turn(ours, first, args.answer, message, False, args.samples, args.beams) for _ in range(args.repeats)]
+                 + (f" K{args.beams}" if args.beams > 1 else "") + (f" G{args.lookup}" if args.lookup > 0 else ""))
+        kind = (args.samples, args.beams, args.lookup)
+        kept = [next_turn(ours, first, args.answer, message, True, *kind) for _ in range(args.repeats)]
+        whole = [next_turn(ours, first, args.answer, message, False, *kind) for _ in range(args.repeats)]
         assert {k[1] for k in kept} == {w[1] for w in whole}, "turn 2's first token differs with the kept cache"
         reply = ours.generate(input_ids=[first], max_new_tokens=args.answer, stop_at_eos=False).token_ids[0]
-        transformers_ttft(hf, first + reply + message, args.device, args.samples, args.beams)  # warm-up
-        theirs = [transformers_ttft(hf, first + reply + message, args.device, args.samples, args.beams) for _ in range(args.repeats)]
+        transformers_ttft(hf, first + reply + message, args.device, *kind)  # warm-up
+        theirs = [transformers_ttft(hf, first + reply + message, args.device, *kind) for _ in range(args.repeats)]
         times = {"codellama-fast-kept": [k[0] for k in kept], "codellama-fast-whole": [w[0] for w in whole],
                  "transformers-eager": theirs}
         total = p + args.answer + args.message

@@ -149,6 +149,18 @@ def test_bench_prompt_cache_beams(tmp_path):
     assert timed["codellama-fast-kept"]["reused"] == 44 and timed["codellama-fast-whole"]["reused"] == 0
 
 
+def test_bench_prompt_cache_lookup(tmp_path):
+    """Turn 2 with prompt lookup on both sides: ours takes the kept slots (the same first token with
+    the whole prompt prefilled)."""
+    pytest.importorskip("transformers")
+    data = _run("bench_prompt_cache.py", "--model", "tiny", "--prompt", "40", "--answer", "5", "--message", "4",
+                "--repeats", "1", "--lookup", "3", tmp=tmp_path)
+    assert data["meta"]["lookup"] == 3
+    timed = {r["provider"]: r for r in data["rows"] if r["provider"] != "ratio"}
+    assert all(r["shape"] == "tiny P40 A5 M4 G3" for r in timed.values())
+    assert timed["codellama-fast-kept"]["reused"] == 44 and timed["codellama-fast-whole"]["reused"] == 0
+
+
 @pytest.mark.parametrize("stop", [[], ["@@never@@", "§§"]])
 def test_bench_beams_tiny(tmp_path, stop):
     """The harness runs both sides on the same weights (and stop strings): their beams agree on a
