@@ -2,7 +2,9 @@
 batch × prompt grid, 128 new tokens; time to first token, decode tokens/s, achieved GB/s and % of
 the copy bandwidth measured in the same run, peak memory; at batch 1, the time to first token of a
 call at a new prompt length (with the kept decode state, and rebuilt); at batch 1 and 8 and the first
-prompt length, a profile of one replayed decode step (time per kernel, and between kernels);
+prompt length, a profile of one replayed decode step (time per kernel, and between kernels), and the
+time to first token of calls that alternate between the two batch sizes (first call, then after the
+other size ran);
 transformers `LlamaForCausalLM` (sdpa
 eager, and static cache + compile where it works) on the same shapes in the same run. A correctness
 gate runs first. Writes JSON and a PNG chart to benches/results/.
@@ -29,8 +31,8 @@ import torch  # noqa: E402
 
 from common import LiveRows, git_sha, machine, now, result_path, versions, write_results  # noqa: E402
 from llm_bench import (  # noqa: E402
-    correctness_gate, free, hf_model, measure_hf, measure_new_length, measure_ours, our_config, profile_decode_step, random_engine,
-    weight_bytes,
+    correctness_gate, free, hf_model, measure_alternating, measure_hf, measure_new_length, measure_ours, our_config, profile_decode_step,
+    random_engine, weight_bytes,
 )
 
 
@@ -227,6 +229,21 @@ def main(argv: list[str] | None = None) -> Path:
                     # the fused step launched with programmatic dependent launch (sm_90+): the A/B
                     # of turning it on
                     measure_variant(engine, row, wbytes + kv, "fused step with programmatic dependent launch", "fused", pdl=True)
+        pair = (args.batch[0], args.batch[1]) if len(args.batch) > 1 else None
+        if pair is not None and cells and not out_of_time():
+            # calls alternating between two batch sizes: each size's first call builds its decode
+            # state; its call after the other size's finds it kept, or builds it again
+            p = args.prompt[0]
+            alternating, built = measure_alternating(engine, pair, p, args.new)
+            for b, (first, again) in alternating.items():
+                rows.append({"bench": "e2e", "provider": "codellama-fast-alternating", "model": name, "batch": b, "prompt": p,
+                             "shape": f"{name} B{b} P{p}", "metric": "ttft_ms", "unit": "ms", "ttft_first_ms": first * 1e3,
+                             "ttft_after_other_batch_ms": again * 1e3, "other_batch": pair[1] if b == pair[0] else pair[0],
+                             "states_built": built,
+                             "device": meta["machine"].get("gpu", "cpu"), "dtype": str(dtype), "git_sha": meta["git_sha"],
+                             "timestamp": meta["timestamp"]})
+                print(f"{name} B{b} P{p:<6d} ours, calls alternating between batch {pair[0]} and {pair[1]}: ttft {first * 1e3:8.1f} ms "
+                      f"first, {again * 1e3:8.1f} ms after the other batch size ({built} decode states built for the 4 calls)", flush=True)
         launches = getattr(engine.model.ops, "decode_launches", None)
         if launches is not None and launches.report():
             # the decode attention's launch timings at each shape the states were built for

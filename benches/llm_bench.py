@@ -175,6 +175,24 @@ def measure_new_length(engine, prompt_len: int, new_tokens: int) -> tuple[int, f
     return n, kept, rebuilt
 
 
+def measure_alternating(engine, batches: tuple[int, int], prompt_len: int,
+                        new_tokens: int) -> tuple[dict[int, tuple[float, float]], int]:
+    """Time to first token of calls that alternate between two batch sizes (a greedy completion and
+    a batch of them, say), from no decode state: per batch size, (its first call's, its call after
+    a call of the other size), and the decode states the four calls built. The first call builds
+    its state; the second finds it kept (engine.decode_states) where memory holds both, else
+    builds it again."""
+    engine.release_cache()
+    calls = {b: prompts(b, prompt_len, engine.model.config.vocab_size, seed=2) for b in batches}
+    seen: dict[int, list[float]] = {b: [] for b in batches}
+    built = engine._graphs.builds
+    for b in batches + batches:
+        seen[b].append(engine.generate(input_ids=calls[b], max_new_tokens=new_tokens, stop_at_eos=False).time_to_first_token_s)
+    built = engine._graphs.builds - built
+    engine.release_cache()
+    return {b: (first, again) for b, (first, again) in seen.items()}, built
+
+
 def profile_decode_step(engine, batch: int, prompt_len: int, steps: int = 8, top: int = 12) -> dict[str, Any] | None:
     """Where one decode step's time goes: the captured step the engine kept for `batch` sequences
     (after a generate call of that batch), replayed `steps` times from slot `prompt_len` under

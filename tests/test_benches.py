@@ -39,6 +39,12 @@ def test_bench_e2e_smoke(tmp_path):
     # batch 1: a call at a new prompt length, on the kept decode state and on a rebuilt one
     fresh = [r for r in data["rows"] if r["provider"] == "codellama-fast-new-length"]
     assert fresh and all(r["ttft_kept_ms"] > 0 and r["ttft_rebuilt_ms"] > 0 for r in fresh)
+    # calls alternating between batch 1 and 2: each size's state built once, kept for its second call
+    alternating = sorted((r["batch"], r["other_batch"], r["states_built"]) for r in data["rows"]
+                         if r["provider"] == "codellama-fast-alternating")
+    assert alternating == [(1, 2, 2), (2, 1, 2)], alternating
+    assert all(r["ttft_first_ms"] > 0 and r["ttft_after_other_batch_ms"] > 0 for r in data["rows"]
+               if r["provider"] == "codellama-fast-alternating")
     # batch 1: where one replayed decode step's time goes
     (prof,) = [r for r in data["rows"] if r["provider"] == "codellama-fast-step-profile"]
     assert "error" not in prof and prof["batch"] == 1 and prof["steps"] == 8, prof
