@@ -95,17 +95,21 @@ CALLS = [
 ]
 
 
-@pytest.mark.parametrize("memory", ["plenty", "short"])
+@pytest.mark.parametrize("memory", ["plenty", "short", "one kept"])
 def test_calls_of_other_lengths_and_shapes_reuse_the_states_and_give_transformers_tokens(model, tok, monkeypatch, memory):
     """Calls of other prompt lengths and budgets reuse a state whose cache holds them; calls of other
     batch sizes alternate between states of their own, at most MAX_STATES of them, the least
-    recently used going first; where memory holds a new state but not as much again beside it, it
-    is the only one kept. Every call gives transformers' greedy tokens, whatever the state held."""
+    recently used going first; where memory holds a new state but not as much again beside it, or
+    max_decode_states is 1, it is the only one kept. Every call gives transformers' greedy tokens,
+    whatever the state held."""
     assert MAX_STATES == 4  # the calls above are written for it
     hf, path = model
     engine = _engine(path, tok)
+    assert engine.max_decode_states == MAX_STATES
     if memory == "short":  # the free memory holds each new state, never as much again (below: the real sizes)
         monkeypatch.setattr(engine._graphs, "_spare_slots", lambda batch: 0)
+    elif memory == "one kept":
+        engine.max_decode_states = 1
     rng = random.Random()
     for lengths, new, plenty, short in CALLS:
         rows = [_prompt(rng, n) for n in lengths]
@@ -246,6 +250,17 @@ def test_release_cache_frees_the_state(model, tok):
     assert len(engine._graphs) == 0
     assert engine.generate(input_ids=[row], max_new_tokens=6, stop_at_eos=False).token_ids == want
     assert engine._graphs.builds == 2
+
+
+@pytest.mark.parametrize("graph", ["eager", False])
+@pytest.mark.parametrize("keep", [0, -1, 2.5, True, "4", None])
+def test_a_max_decode_states_that_is_no_count_is_refused(model, tok, graph, keep):
+    _, path = model
+    engine = _engine(path, tok)
+    engine.use_cuda_graph = graph
+    engine.max_decode_states = keep
+    with pytest.raises(ValueError, match="max_decode_states"):
+        engine.generate("x", max_new_tokens=2)
 
 
 def test_an_unknown_decode_step_is_refused_on_every_path(model, tok):

@@ -25,10 +25,11 @@ of prompts x beams rows too (the beams regrouped in its cache in place).
 
 The engine keeps states of several shapes (a batch size, a decode mode, runs of rows), so that
 calls that alternate between them (greedy and sampled calls, one sequence and a few samples of it)
-capture each shape once rather than at every switch: at most `MAX_STATES`, and only while the
-memory left after a new state is at least as large as that state. Past either, the states used
-least recently go first (all of them where memory is short, as they must for a long call). A state
-of the same shape too small for the call goes at once: the new one serves its calls.
+capture each shape once rather than at every switch: at most the engine's `max_decode_states`
+(`MAX_STATES` by default), and only while the memory left after a new state is at least as large
+as that state. Past either, the states used least recently go first (all of them where memory is
+short, as they must for a long call). A state of the same shape too small for the call goes at
+once: the new one serves its calls.
 
 A state serves one generation at a time (a lease): a generation that overlaps one using it
 (interleaved streams, a generate while a stream is open, another thread's call) gets none and runs
@@ -51,7 +52,7 @@ from .prompt_cache import copy_slots, reusable_slots
 
 MIN_BUCKET = 256  # cache slots: the finest capacity step
 
-# The most states kept at once. Each holds a cache sized to its calls plus its captured step's
+# The most states kept at once by default. Each holds a cache sized to its calls plus its captured step's
 # buffers; a handful covers an application's kinds of call (greedy, sampled, samples, beams).
 MAX_STATES = 4
 
@@ -113,13 +114,14 @@ class DecodeStates:
 
     @contextmanager
     def lease(self, batch: int, needed: int, greedy: bool, build: Builder,
-              least: int | None = None, runs: int = 1) -> Iterator[DecodeState | None]:
+              least: int | None = None, runs: int = 1, keep: int = MAX_STATES) -> Iterator[DecodeState | None]:
         """A state for one generation of `batch` sequences holding up to `needed` tokens, held until
         the block ends: the smallest free one of `batch` rows that fits, else a new one
         (`build`), or None when every one that fits is in use (the caller then runs uncaptured on
         a cache of its own). With `least`, a short state of at least `least` slots will do where
         `needed` does not fit in memory (the caller ends its generation at the state's end). `runs`:
-        the runs of rows sharing their prompt that the state's step reads once per run (1: none)."""
+        the runs of rows sharing their prompt that the state's step reads once per run (1: none).
+        `keep`: the most states kept, the new one included."""
         state: DecodeState | None = None
 
         def serves(s: DecodeState) -> bool:
@@ -141,7 +143,7 @@ class DecodeStates:
             elif not fitting:
                 # make room before allocating: generations using a dropped state keep it until they end
                 self._states = [s for s in self._states if not serves(s)]  # too small: the new one serves their calls
-                self._make_room(batch, cache_capacity(needed))
+                self._make_room(batch, cache_capacity(needed), keep)
         if state is None and fitting:
             yield None
             return
@@ -175,12 +177,12 @@ class DecodeStates:
                 self._leased.discard(id(donor))
         return n
 
-    def _make_room(self, batch: int, capacity: int) -> None:
-        """Drops the states used least recently until one more fits under MAX_STATES and the free
+    def _make_room(self, batch: int, capacity: int, keep: int) -> None:
+        """Drops the states used least recently until one more fits under `keep` and the free
         memory holds twice a cache of `capacity` slots for `batch` sequences (the new state's, and
         as much again left free after it): all of them where it does not. A dropped state's memory is
         free once no generation holds it."""
-        while self._states and (len(self._states) >= MAX_STATES or self._spare_slots(batch) < 2 * capacity):
+        while self._states and (len(self._states) >= keep or self._spare_slots(batch) < 2 * capacity):
             self._states.pop(0)
 
     def _build(self, batch: int, needed: int, greedy: bool, build: Builder, least: int | None, runs: int) -> DecodeState:

@@ -21,7 +21,7 @@ from .cache import KVCache
 from . import arguments, beam_search, fused_decode, memory, options, shared_prompts, speculative
 from .assisted import DraftGuesser, check_vocabularies
 from .cuda_graph import GraphDecoder, pick_faster
-from .decode_states import DecodeState, DecodeStates
+from .decode_states import MAX_STATES, DecodeState, DecodeStates
 from .finite import NO_TOKEN, FiniteWatch, no_token_error
 from .folders import generation_defaults, model_folder
 from .hf_load_args import read_load_args
@@ -134,7 +134,10 @@ class Engine:
         # GenerationResult.prompt_tokens_reused). Off: every call prefills its whole prompt.
         self.reuse_prompt_cache = True
         self._prompt_cache = PromptCache()
-        # captured decode states (KV cache + graph) kept between calls, and their leases
+        # Captured decode states (KV cache + graph) kept between calls, one per shape (batch size,
+        # decode mode, samples sharing a prompt), at most this many, and only while the free memory
+        # holds a new one twice over (engine.decode_states); 1: one shape at a time.
+        self.max_decode_states = MAX_STATES
         self._graphs = DecodeStates(lambda b: KVCache.slots_that_fit(self.model.config, b, self.dtype, self.device))
         # Model work (each step of a generation or stream, a whole beam search, a score) runs
         # under this lock, so several threads may share one Engine: their steps interleave, each
@@ -268,12 +271,15 @@ class Engine:
         the prompt's slots once per run of that many rows (``_graph_runs``)."""
         if self.decode_step not in ("auto", "plain", "fused"):
             raise ValueError(f"decode_step must be 'auto', 'plain' or 'fused', got {self.decode_step!r}")
+        keep = self.max_decode_states
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"max_decode_states must be a whole number of at least 1, got {keep!r}")
         if not wanted:
             yield None
             return
         with ExitStack() as lease:
             try:
-                state = lease.enter_context(self._graphs.lease(b, needed, greedy, self._build_decode_state, least, runs))
+                state = lease.enter_context(self._graphs.lease(b, needed, greedy, self._build_decode_state, least, runs, keep))
             except OutOfMemoryError:
                 state = None  # the uncaptured loop's own cache raises it again, with the sizes
             if state is not None:
