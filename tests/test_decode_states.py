@@ -253,14 +253,17 @@ def test_release_cache_frees_the_state(model, tok):
 
 
 @pytest.mark.parametrize("graph", ["eager", False])
+@pytest.mark.parametrize("setting", ["max_decode_states", "max_kept_prompts"])
 @pytest.mark.parametrize("keep", [0, -1, 2.5, True, "4", None])
-def test_a_max_decode_states_that_is_no_count_is_refused(model, tok, graph, keep):
+def test_a_count_of_kept_caches_that_is_no_count_is_refused(model, tok, graph, setting, keep):
     _, path = model
     engine = _engine(path, tok)
     engine.use_cuda_graph = graph
-    engine.max_decode_states = keep
-    with pytest.raises(ValueError, match="max_decode_states"):
+    setattr(engine, setting, keep)
+    with pytest.raises(ValueError, match=setting):
         engine.generate("x", max_new_tokens=2)
+    with pytest.raises(ValueError, match=setting):
+        engine.generate("x", max_new_tokens=2, num_beams=2)
 
 
 def test_an_unknown_decode_step_is_refused_on_every_path(model, tok):

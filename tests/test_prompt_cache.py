@@ -26,7 +26,7 @@ def test_a_prompt_sharing_fewer_than_the_floor_prefills_whole(monkeypatch):
     assert PC.reusable_slots([1, 2, 3, 4, 5], [1, 2, 3, 4]) == 0  # 3 left to reuse: the last is fed again
     cache = PC.PromptCache()
     cache.keep([1, 2, 3, 9], KVCache(_config(), 1, 8, torch.float32, torch.device("cpu")))
-    assert cache.take([1, 2, 3, 4, 5]) == (None, 0) and cache.kept_tokens == 0
+    assert cache.take([1, 2, 3, 4, 5]) == (None, 0) and cache.kept_tokens == 4  # not taken: it stays
 
 
 def test_take_shares_the_common_prefix_and_keeps_one_token_to_feed():
@@ -41,7 +41,7 @@ def test_take_shares_the_common_prefix_and_keeps_one_token_to_feed():
     cache.keep([1, 5, 6, 7], kept)
     assert cache.take([1, 5])[1] == 1  # the whole prompt is kept: its last token is fed again for its logits
     cache.keep([1, 5, 6, 7], kept)
-    assert cache.take([2, 5, 6]) == (None, 0) and cache.kept_tokens == 0  # nothing shared: dropped
+    assert cache.take([2, 5, 6]) == (None, 0) and cache.kept_tokens == 4  # nothing shared: it stays for another call
     assert PC.common_prefix([1, 2, 3], [1, 2]) == 2 and PC.common_prefix([], [1]) == 0
 
 
@@ -250,7 +250,7 @@ def test_the_kept_tensors_a_call_adopts_count_as_memory_it_has(model, tok, monke
     engine = fp32_engine(path, tok)
     ids = tok.encode("def quicksort(items):\n    ")
     first = engine.generate(input_ids=[ids], max_new_tokens=6, stop_at_eos=False)
-    held = engine._prompt_cache._kept.cache.held_bytes
+    held = engine._prompt_cache.held_bytes
     longer = ids + first.token_ids[0] + tok.encode("\n# sort", add_special_tokens=False)
     whole = engine.model.config.kv_bytes_per_token(4) * (len(longer) + 12)  # the second call's cache, fp32
     assert held < whole
@@ -391,8 +391,47 @@ def test_too_few_tokens_are_not_kept(monkeypatch):
     kv = KVCache(_config(), 1, 8, torch.float32, torch.device("cpu"))
     cache.keep([1, 2, 3, 4], kv)
     assert cache.kept_tokens == 4
-    cache.keep([1, 2, 3], kv)  # replaces it, and is itself too short to keep
-    assert cache.kept_tokens == 0
+    cache.keep([1, 2, 3], KVCache(_config(), 1, 8, torch.float32, torch.device("cpu")))  # too short to keep
+    assert cache.kept_tokens == 4 and len(cache) == 1
+
+
+def test_several_prompts_are_kept_the_least_recently_used_going_first(monkeypatch):
+    """Up to `most` kept prompts: a prompt takes the one that gives it the most (of equals, the most
+    recent), peeking makes one the most recent, the least recently used go past the count, and
+    all but the newest go where the free memory is less than they hold together."""
+    monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 2)
+    free = [1 << 40]
+    cache = PC.PromptCache(lambda: free[0])
+
+    def kv():
+        return KVCache(_config(), 1, 8, torch.float32, torch.device("cpu"))
+
+    a, b, c = kv(), kv(), kv()
+    cache.keep([1, 2, 3], a, most=2)
+    cache.keep([1, 7, 8, 9], b, most=2)
+    assert len(cache) == 2 and cache.kept_tokens == 4
+    got, n = cache.peek([1, 2, 3, 4])
+    assert got.cache is a and n == 3 and cache.kept_tokens == 3  # the most recent now
+    cache.keep([1, 5, 6], c, most=2)  # past the count: b, the least recently used, goes
+    assert cache.take([1, 7, 8, 9, 10]) == (None, 0)
+    got, n = cache.take([1, 2, 3, 4])
+    assert got.cache is a and n == 3 and len(cache) == 1
+    cache.keep([1, 2, 3], a, most=2)
+    got, n = cache.take([1, 9, 7])  # a and c each share 1 token: under the floor, none
+    assert got is None and n == 0
+    got, n = cache.take([1, 5, 6, 1])
+    assert got.cache is c and n == 3
+    cache.keep([1, 5, 6], c, most=2)
+    longer = kv()
+    cache.keep([1, 5, 6, 7], longer, most=3)  # gives more of [1, 5, 6, 7, 8] than c does
+    got, n = cache.peek([1, 5, 6, 7, 8])
+    assert got.cache is longer and n == 4
+    cache.clear()
+    cache.keep([1, 5, 6], c, most=2)
+    cache.keep([1, 2, 3], a, most=2)
+    free[0] = cache.held_bytes - 1  # less free than the two hold: all but the newest go
+    cache.keep([1, 9, 9], b, most=2)
+    assert len(cache) == 1 and cache.kept_tokens == 3 and cache._kept[0].cache is b
 
 
 def test_an_editors_next_infill_reuses_the_suffix_first_prompt(model, tok, monkeypatch):
@@ -534,28 +573,57 @@ def test_beams_of_a_longer_prompt_copy_the_kept_slots(model, tok, graph):
 
 
 @pytest.mark.parametrize("graph", [False, "eager"])
-@pytest.mark.parametrize("guess", ["lookup", "assistant"])
-def test_guessed_tokens_take_the_kept_prompt_and_keep_what_they_fed(model, tok, graph, guess):
-    """Prompt lookup (its guesses mostly rejected here) and an assistant with the model's own
-    weights (every guess kept): a chat's next turn takes the kept slots and prefills only the rest,
-    and what it keeps is the prompt and every token it emitted but the last, whatever the slots of
-    rejected guesses hold: the turn after reuses exactly those and gives transformers' tokens."""
-    from tests.engine_helpers import fp32_engine
+@pytest.mark.parametrize("guess", ["lookup", "assistant", "other assistant"])
+def test_guessed_tokens_take_the_kept_prompt_and_keep_what_they_fed(model, tok, tmp_path, graph, guess):
+    """Prompt lookup, an assistant with the model's own weights (every guess kept) and one with
+    other weights (its guesses rejected): a chat's next turn takes the kept slots and prefills only
+    the rest, and what it keeps is the prompt and every token it emitted but the last, whatever the
+    slots of rejected guesses hold: the turn after reuses exactly those and gives transformers'
+    tokens."""
+    from tests.engine_helpers import fp32_engine, make_hf_model, save
 
     hf, path = model
     engine = fp32_engine(path, tok)
     engine.use_cuda_graph = graph
-    kw = {"prompt_lookup_num_tokens": 3} if guess == "lookup" else {"assistant_model": fp32_engine(path, tok), "num_assistant_tokens": 3}
+    kw: dict = {"prompt_lookup_num_tokens": 3}
+    if guess != "lookup":
+        draft = path if guess == "assistant" else save(make_hf_model("gqa4", fresh_seed()), tmp_path / "draft")
+        kw = {"assistant_model": fp32_engine(draft, tok), "num_assistant_tokens": 3}
     ids = tok.encode("def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return")
     first = engine.generate(input_ids=[ids], max_new_tokens=8, stop_at_eos=False).token_ids[0]
     second = ids + first + tok.encode("\n\ndef add(a, b):\n", add_special_tokens=False)
     calls = _forwards(engine)
     got = engine.generate(input_ids=[second], max_new_tokens=12, stop_at_eos=False, **kw)
     assert got.prompt_tokens_reused == len(ids) + 7 and calls[0] == len(second) - len(ids) - 7
-    assert got.token_ids[0] == _greedy(hf, second, 12) and got.guesses_made > 0
+    assert got.token_ids[0] == _greedy(hf, second, 12)
     if guess == "assistant":
         assert got.guesses_kept > 0  # passes that fed kept guesses into the cache
+    elif guess == "other assistant":
+        assert got.guesses_made > got.guesses_kept  # passes that wrote rejected guesses into the cache
     third = second + got.token_ids[0] + tok.encode("\n", add_special_tokens=False)
     after = engine.generate(input_ids=[third], max_new_tokens=6, stop_at_eos=False)
     assert after.prompt_tokens_reused == len(second) + 11
     assert after.token_ids[0] == _greedy(hf, third, 6)
+
+
+@pytest.mark.parametrize("most", [4, 1])
+def test_conversations_taking_turns_each_reuse_their_own(model, tok, monkeypatch, most):
+    """Two conversations taking turns (a server's two users, an editor's two files): each next turn
+    reuses its own dialog's keys and values, and generates transformers' greedy tokens; with
+    max_kept_prompts=1 only the last call's cache is kept, so neither reuses anything."""
+    from tests.engine_helpers import fp32_engine
+
+    monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 4)  # the dialogs share BOS alone: that is not reused
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    engine.max_kept_prompts = most
+    dialogs = [tok.encode("def quicksort(items):\n    "), tok.encode("class Stack:\n    def __init__(self):\n")]
+    for turn in range(3):
+        for i, ids in enumerate(dialogs):
+            got = engine.generate(input_ids=[ids], max_new_tokens=5, stop_at_eos=False)
+            assert got.token_ids[0] == _greedy(hf, ids, 5), (turn, i)
+            # the last call's prompt and its tokens but the last: all but that token and the message added below
+            held = 0 if turn == 0 or most == 1 else len(ids) - 2
+            assert got.prompt_tokens_reused == held, (turn, i)
+            dialogs[i] = ids + got.token_ids[0] + [13]
+    assert len(engine._prompt_cache) == min(most, 2)

@@ -29,7 +29,7 @@ from .loader import load_model
 from .model import LlamaModel, StepContext
 from .options import GenerationConfig, logits_rules_for
 from .packing import rows_without_padding
-from .prompt_cache import FedTokens, PromptCache, adoptable_bytes, copy_slots, move_slots, reusable_slots
+from .prompt_cache import MAX_KEPT, FedTokens, PromptCache, adoptable_bytes, copy_slots, move_slots, reusable_slots
 from .prompt_lookup import NgramIndex
 from .results import GenerationResult, InfillResult
 from .guidance import Guidance
@@ -131,9 +131,12 @@ class Engine:
         self.prefill_chunk_tokens = 16384
         # A single-sequence generation's KV cache is kept for the next call whose prompt begins with
         # the same tokens (a chat's next turn): that call prefills only the rest (engine.prompt_cache;
-        # GenerationResult.prompt_tokens_reused). Off: every call prefills its whole prompt.
+        # GenerationResult.prompt_tokens_reused). Off: every call prefills its whole prompt. The
+        # last `max_kept_prompts` are kept (calls alternating between conversations or files), while
+        # the memory left free is at least what they hold together.
         self.reuse_prompt_cache = True
-        self._prompt_cache = PromptCache()
+        self.max_kept_prompts = MAX_KEPT
+        self._prompt_cache = PromptCache(lambda: memory.free_memory_bytes(self.device))
         # Captured decode states (KV cache + graph) kept between calls, one per shape (batch size,
         # decode mode, samples sharing a prompt), at most this many, and only while the free memory
         # holds a new one twice over (engine.decode_states); 1: one shape at a time.
@@ -271,9 +274,11 @@ class Engine:
         the prompt's slots once per run of that many rows (``_graph_runs``)."""
         if self.decode_step not in ("auto", "plain", "fused"):
             raise ValueError(f"decode_step must be 'auto', 'plain' or 'fused', got {self.decode_step!r}")
+        for name in ("max_decode_states", "max_kept_prompts"):
+            most = getattr(self, name)
+            if isinstance(most, bool) or not isinstance(most, int) or most < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {most!r}")
         keep = self.max_decode_states
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"max_decode_states must be a whole number of at least 1, got {keep!r}")
         if not wanted:
             yield None
             return
@@ -426,7 +431,7 @@ class Engine:
         if cache is None:
             cache = self._new_cache(b, max_len, least)
         if fed.tracking:
-            stack.callback(lambda: self._prompt_cache.keep(fed.ids, cache))
+            stack.callback(lambda: self._prompt_cache.keep(fed.ids, cache, self.max_kept_prompts))
         return cache, kv_start_now, None, reused
 
     def _prefill(self, tokens: torch.Tensor, kv_start: torch.Tensor, cache: KVCache, start: int = 0,

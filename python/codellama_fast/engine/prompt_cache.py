@@ -1,9 +1,13 @@
-"""The KV cache of the engine's last single-sequence generation, kept for the next one whose prompt
-begins with the same tokens: a chat's next turn (the whole dialog again, with a new message at its
-end), a longer version of the same file, a second completion of one prompt. That call takes the
-kept keys and values of the common tokens into its own cache and prefills only the rest. A decode
-state's cache (engine.decode_states) outlives its calls too: it notes the tokens its last call of
-one sequence fed (``DecodeState.ids``), and ``reusable_slots`` says how many the next call takes.
+"""The KV caches of the engine's last single-sequence generations, kept for the next one whose
+prompt begins with the same tokens: a chat's next turn (the whole dialog again, with a new message
+at its end), a longer version of the same file, a second completion of one prompt. That call takes
+the kept keys and values of the common tokens into its own cache and prefills only the rest. A few
+are kept at once (the engine's ``max_kept_prompts``), so that calls alternating between
+conversations, or between an editor's files, each find their own: the ones used least recently go
+first, and so do they all but the newest where the memory left free is less than they hold
+together. A decode state's cache (engine.decode_states) outlives its calls too: it notes the tokens
+its last call of one sequence fed (``DecodeState.ids``), and ``reusable_slots`` says how many the
+next call takes.
 
 A slot's key and value depend only on the tokens in the slots up to it (one sequence, no padding,
 positions equal to slots), so the reused slots hold what a new prefill would compute, up to the
@@ -14,7 +18,7 @@ with: ``Engine.release_cache`` drops it (as it drops the captured decode steps) 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .cache import KVCache
 
@@ -70,42 +74,71 @@ class FedTokens:
         return self.seq[: self.filled]
 
 
-class PromptCache:
-    """Holds at most one ``KeptPrompt``. A generation takes it (no other call can use it meanwhile:
-    two open streams never share a cache) and hands its own cache back when it ends."""
+# The most kept prompts by default (Engine.max_kept_prompts).
+MAX_KEPT = 4
 
-    def __init__(self) -> None:
-        self._kept: KeptPrompt | None = None
+
+class PromptCache:
+    """Holds up to `most` ``KeptPrompt`` (``keep``'s argument), least recently used first. A
+    generation takes the one it continues (no other call can use it meanwhile: two open streams
+    never share a cache) and hands its own cache back when it ends. `free_bytes()`: the memory the
+    device has free now (None: no limit but the count)."""
+
+    def __init__(self, free_bytes: Callable[[], int] | None = None) -> None:
+        self._kept: list[KeptPrompt] = []
+        self._free_bytes = free_bytes
+
+    def _best(self, prompt: Sequence[int]) -> tuple[int, int]:
+        """(index of the kept prompt giving the most of `prompt`, ``reusable_slots`` it gives);
+        (-1, 0) where none gives any. Of equals, the most recent."""
+        best, most = -1, 0
+        for i, kept in enumerate(self._kept):
+            n = reusable_slots(kept.ids, prompt)
+            if n > 0 and n >= most:
+                best, most = i, n
+        return best, most
 
     def take(self, prompt: Sequence[int]) -> tuple[KeptPrompt | None, int]:
-        """(the kept prompt, ``reusable_slots`` of `prompt` it gives), taken out of the cache;
-        (None, 0) where none is kept or it gives none (it is dropped then)."""
-        kept, self._kept = self._kept, None
-        if kept is None:
-            return None, 0
-        n = reusable_slots(kept.ids, prompt)
-        return (kept, n) if n > 0 else (None, 0)
+        """(the kept prompt giving the most of `prompt`, ``reusable_slots`` it gives), taken out of
+        the cache; (None, 0) where none gives any (the others stay)."""
+        i, n = self._best(prompt)
+        return (self._kept.pop(i), n) if i >= 0 else (None, 0)
 
     def peek(self, prompt: Sequence[int]) -> tuple[KeptPrompt | None, int]:
-        """As ``take``, but the kept prompt stays kept: for a call that copies its slots (the
-        samples of one prompt) and keeps nothing of its own."""
-        if self._kept is None:
+        """As ``take``, but the kept prompt stays kept (the most recently used now): for a call
+        that copies its slots (the samples of one prompt, its beams) and keeps nothing of its own."""
+        i, n = self._best(prompt)
+        if i < 0:
             return None, 0
-        n = reusable_slots(self._kept.ids, prompt)
-        return (self._kept, n) if n > 0 else (None, 0)
+        self._kept.append(self._kept.pop(i))
+        return self._kept[-1], n
 
-    def keep(self, ids: list[int], cache: KVCache) -> None:
-        """Keeps `cache`, whose slots hold the keys and values of `ids`: where they are too few to
-        be reused (a call that ended early), nothing is kept and the memory goes."""
-        self._kept = KeptPrompt(list(ids), cache) if len(ids) >= MIN_SHARED_TOKENS else None
+    def keep(self, ids: list[int], cache: KVCache, most: int = MAX_KEPT) -> None:
+        """Keeps `cache`, whose slots hold the keys and values of `ids`, as the most recent: where
+        they are too few to be reused (a call that ended early), nothing is kept and the memory
+        goes. Then the least recently used go while more than `most` are kept, or while the
+        memory left free is less than they hold together (the newest stays)."""
+        if len(ids) >= MIN_SHARED_TOKENS:
+            self._kept.append(KeptPrompt(list(ids), cache))
+        while len(self._kept) > max(1, most) or (len(self._kept) > 1 and self._free_bytes is not None
+                                                  and self._free_bytes() < self.held_bytes):
+            self._kept.pop(0)
 
     def clear(self) -> None:
-        self._kept = None
+        self._kept.clear()
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
     @property
     def kept_tokens(self) -> int:
-        """Tokens the kept cache holds (0: none kept)."""
-        return 0 if self._kept is None else len(self._kept.ids)
+        """Tokens the most recently kept cache holds (0: none kept)."""
+        return len(self._kept[-1].ids) if self._kept else 0
+
+    @property
+    def held_bytes(self) -> int:
+        """Memory the kept caches hold."""
+        return sum(kept.cache.held_bytes for kept in self._kept)
 
 
 def adopts(kept: KVCache, max_len: int) -> bool:
