@@ -8,9 +8,12 @@ cache (checked). ``--samples N`` asks turn 2 for N samples (``num_return_sequenc
 one seed on both of our sides), which copy the kept slots; transformers samples as many.
 ``--beams K`` runs turn 2 as a beam search of K beams (its best beam returned), whose prompt
 cache copies the kept slots; transformers searches as many. ``--lookup G`` runs turn 2 with prompt
-lookup (``prompt_lookup_num_tokens=G``), on both sides.
+lookup (``prompt_lookup_num_tokens=G``), on both sides. ``--others N``: N other conversations (prompts
+of the same length) have their turn 1 between turn 1 and turn 2, as on a server taking turns
+between users (one kept cache, ``max_kept_prompts=1``, would then be the last other's: turn 2
+prefills whole, as without reuse).
 
-    python benches/bench_prompt_cache.py [--model 110M] [--prompt 512 2048] [--answer 32] [--message 32] [--dtype float32] [--samples 4 | --beams 4 | --lookup 3]
+    python benches/bench_prompt_cache.py [--model 110M] [--prompt 512 2048] [--answer 32] [--message 32] [--dtype float32] [--samples 4 | --beams 4 | --lookup 3] [--others 2]
 """
 
 from __future__ import annotations
@@ -40,13 +43,17 @@ def turn_two_args(samples: int = 1, beams: int = 1, lookup: int = 0) -> dict[str
 
 
 def next_turn(engine, first: list[int], answer: int, message: list[int], reuse: bool,
-              samples: int = 1, beams: int = 1, lookup: int = 0) -> tuple[float, tuple[int, ...], int]:
+              samples: int = 1, beams: int = 1, lookup: int = 0,
+              others: list[list[int]] | None = None) -> tuple[float, tuple[int, ...], int]:
     """(seconds to the first token of turn 2, its first token(s), prompt tokens reused) after a
     fresh turn 1; `samples` > 1: turn 2 samples that many (seed 0); `beams` > 1: its beam search;
-    `lookup` > 0: its prompt lookup."""
+    `lookup` > 0: its prompt lookup; `others`: other conversations' first prompts, answered
+    between turn 1 and turn 2."""
     engine.release_cache()
     engine.reuse_prompt_cache = reuse
     reply = engine.generate(input_ids=[first], max_new_tokens=answer, stop_at_eos=False).token_ids[0]
+    for other in others or ():
+        engine.generate(input_ids=[other], max_new_tokens=answer, stop_at_eos=False)
     second = engine.generate(input_ids=[first + reply + message], max_new_tokens=1, stop_at_eos=False, **turn_two_args(samples, beams, lookup))
     return second.time_to_first_token_s, tuple(row[0] for row in second.token_ids), second.prompt_tokens_reused
 
@@ -77,6 +84,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--samples", type=int, default=1, help="turn 2's samples (num_return_sequences)")
     ap.add_argument("--beams", type=int, default=1, help="turn 2 as a beam search of this many beams")
     ap.add_argument("--lookup", type=int, default=0, help="turn 2 with prompt lookup guessing this many tokens")
+    ap.add_argument("--others", type=int, default=0, help="other conversations answered between turn 1 and turn 2")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> Path:
     meta = {"bench": "prompt_cache", "machine": machine(), "versions": versions("torch", "transformers", "codellama-fast"),
             "git_sha": git_sha(), "timestamp": now(), "model": args.model, "device": args.device, "dtype": str(dtype),
             "torch_threads": torch.get_num_threads(), "answer": args.answer, "message": args.message, "samples": args.samples,
-            "beams": args.beams, "lookup": args.lookup}
+            "beams": args.beams, "lookup": args.lookup, "others": args.others}
     ours = random_engine(args.model, args.device, dtype, tok)
     hf = hf_model(args.model, args.device, dtype)
     vocab = ours.model.config.vocab_size
@@ -99,10 +107,12 @@ def main(argv: list[str] | None = None) -> Path:
         first = prompts(1, p, vocab, seed=p)[0]
         message = prompts(1, args.message + 1, vocab, seed=p + 1)[0][1:]  # no BOS inside the dialog
         shape = (f"{args.model} P{p} A{args.answer} M{args.message}" + (f" N{args.samples}" if args.samples > 1 else "")
-                 + (f" K{args.beams}" if args.beams > 1 else "") + (f" G{args.lookup}" if args.lookup > 0 else ""))
+                 + (f" K{args.beams}" if args.beams > 1 else "") + (f" G{args.lookup}" if args.lookup > 0 else "")
+                 + (f" O{args.others}" if args.others else ""))
         kind = (args.samples, args.beams, args.lookup)
-        kept = [next_turn(ours, first, args.answer, message, True, *kind) for _ in range(args.repeats)]
-        whole = [next_turn(ours, first, args.answer, message, False, *kind) for _ in range(args.repeats)]
+        others = [prompts(1, p, vocab, seed=p + 100 + i)[0] for i in range(args.others)]
+        kept = [next_turn(ours, first, args.answer, message, True, *kind, others) for _ in range(args.repeats)]
+        whole = [next_turn(ours, first, args.answer, message, False, *kind, others) for _ in range(args.repeats)]
         assert {k[1] for k in kept} == {w[1] for w in whole}, "turn 2's first token differs with the kept cache"
         reply = ours.generate(input_ids=[first], max_new_tokens=args.answer, stop_at_eos=False).token_ids[0]
         transformers_ttft(hf, first + reply + message, args.device, *kind)  # warm-up

@@ -155,6 +155,17 @@ def test_bench_prompt_cache_beams(tmp_path):
     assert timed["codellama-fast-kept"]["reused"] == 44 and timed["codellama-fast-whole"]["reused"] == 0
 
 
+def test_bench_prompt_cache_others(tmp_path):
+    """Two other conversations answered between turn 1 and turn 2: turn 2 still reuses its own."""
+    pytest.importorskip("transformers")
+    data = _run("bench_prompt_cache.py", "--model", "tiny", "--prompt", "40", "--answer", "5", "--message", "4",
+                "--repeats", "1", "--others", "2", tmp=tmp_path)
+    assert data["meta"]["others"] == 2
+    timed = {r["provider"]: r for r in data["rows"] if r["provider"] != "ratio"}
+    assert all(r["shape"] == "tiny P40 A5 M4 O2" for r in timed.values())
+    assert timed["codellama-fast-kept"]["reused"] == 44 and timed["codellama-fast-whole"]["reused"] == 0
+
+
 def test_bench_prompt_cache_lookup(tmp_path):
     """Turn 2 with prompt lookup on both sides: ours takes the kept slots (the same first token with
     the whole prompt prefilled)."""
