@@ -375,8 +375,8 @@ class Engine:
 
     def _new_cache(self, b: int, max_len: int, least: int) -> KVCache:
         """A growing cache for a call of `b` sequences (KVCache.at_most). Where the memory the kept
-        prompt cache holds is what it lacks (it would be shorter than `max_len`, or none), the kept
-        cache goes and the cache is sized again."""
+        prompt caches hold is what it lacks (it would be shorter than `max_len`, or none), the kept
+        caches go and the cache is sized again."""
         try:
             cache = KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device)
         except OutOfMemoryError:

@@ -4,15 +4,15 @@ at its end), a longer version of the same file, a second completion of one promp
 the kept keys and values of the common tokens into its own cache and prefills only the rest. A few
 are kept at once (the engine's ``max_kept_prompts``), so that calls alternating between
 conversations, or between an editor's files, each find their own: the ones used least recently go
-first, and so do they all but the newest where the memory left free is less than they hold
-together. A decode state's cache (engine.decode_states) outlives its calls too: it notes the tokens
+first, and all but the newest go where the memory left free is less than they hold together. A
+decode state's cache (engine.decode_states) outlives its calls too: it notes the tokens
 its last call of one sequence fed (``DecodeState.ids``), and ``reusable_slots`` says how many the
 next call takes.
 
 A slot's key and value depend only on the tokens in the slots up to it (one sequence, no padding,
 positions equal to slots), so the reused slots hold what a new prefill would compute, up to the
 rounding of a prefill split in other chunks. The weights must be the ones the kept cache was made
-with: ``Engine.release_cache`` drops it (as it drops the captured decode steps) after weights change.
+with: ``Engine.release_cache`` drops them (as it drops the captured decode steps) after weights change.
 """
 
 from __future__ import annotations
