@@ -275,20 +275,23 @@ def test_dynamic_rope_scaling_prefills_every_prompt_whole(tmp_path, tok):
     assert got.prompt_tokens_reused == 0 and engine._prompt_cache.kept_tokens == 0
 
 
-def test_a_decode_state_call_frees_the_kept_cache(model, tok):
-    """A call on a decode state (the captured step's static buffers, run uncaptured here) frees the
-    uncaptured loop's kept cache, which those calls never use (their state's cache holds its own
-    tokens: a new state holds none)."""
+def test_a_decode_state_call_copies_the_kept_cache(model, tok):
+    """A call on a decode state (the captured step's static buffers, run uncaptured here) whose
+    prompt continues the uncaptured loop's kept cache copies its slots into the state's cache,
+    prefills only the rest and gives transformers' tokens; the kept cache then goes (its tokens
+    live in the state)."""
     from tests.engine_helpers import fp32_engine
 
-    _, path = model
+    hf, path = model
     engine = fp32_engine(path, tok)
     engine.use_cuda_graph = "eager"
     ids = tok.encode("while True:\n    pass\n")
     engine.generate(input_ids=[ids], max_new_tokens=1, stop_at_eos=False)  # one token: no decode state
     assert engine._prompt_cache.kept_tokens == len(ids)
+    calls = _forwards(engine)
     got = engine.generate(input_ids=[ids], max_new_tokens=4, stop_at_eos=False)
-    assert got.prompt_tokens_reused == 0 and engine._prompt_cache.kept_tokens == 0
+    assert got.prompt_tokens_reused == len(ids) - 1 and [c for c in calls if c > 1] == []  # the last token alone
+    assert got.token_ids[0] == _greedy(hf, ids, 4) and engine._prompt_cache.kept_tokens == 0
 
 
 @pytest.mark.parametrize("every", [1, 3, 16])
@@ -606,24 +609,56 @@ def test_guessed_tokens_take_the_kept_prompt_and_keep_what_they_fed(model, tok, 
     assert after.token_ids[0] == _greedy(hf, third, 6)
 
 
+@pytest.mark.parametrize("graph", [False, "eager"])
 @pytest.mark.parametrize("most", [4, 1])
-def test_conversations_taking_turns_each_reuse_their_own(model, tok, monkeypatch, most):
+def test_conversations_taking_turns_each_reuse_their_own(model, tok, monkeypatch, most, graph):
     """Two conversations taking turns (a server's two users, an editor's two files): each next turn
-    reuses its own dialog's keys and values, and generates transformers' greedy tokens; with
-    max_kept_prompts=1 only the last call's cache is kept, so neither reuses anything."""
-    from tests.engine_helpers import fp32_engine
+    reuses its own dialog's keys and values (on a decode state: the other conversation's slots are
+    kept aside before they are overwritten, and copied back at its next turn), and its tokens and
+    log-probabilities are transformers'; with max_kept_prompts=1 the one kept cache is the other
+    conversation's, so neither reuses anything."""
+    from tests.engine_helpers import fp32_engine, hf_logprobs, logprobs_close
 
     monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 4)  # the dialogs share BOS alone: that is not reused
     hf, path = model
     engine = fp32_engine(path, tok)
+    engine.use_cuda_graph = graph
     engine.max_kept_prompts = most
     dialogs = [tok.encode("def quicksort(items):\n    "), tok.encode("class Stack:\n    def __init__(self):\n")]
     for turn in range(3):
         for i, ids in enumerate(dialogs):
-            got = engine.generate(input_ids=[ids], max_new_tokens=5, stop_at_eos=False)
+            got = engine.generate(input_ids=[ids], max_new_tokens=5, stop_at_eos=False, return_logprobs=True)
             assert got.token_ids[0] == _greedy(hf, ids, 5), (turn, i)
+            assert logprobs_close(got.token_logprobs[0], hf_logprobs(hf, ids, got.token_ids[0]), 1e-4), (turn, i)
             # the last call's prompt and its tokens but the last: all but that token and the message added below
             held = 0 if turn == 0 or most == 1 else len(ids) - 2
             assert got.prompt_tokens_reused == held, (turn, i)
             dialogs[i] = ids + got.token_ids[0] + [13]
-    assert len(engine._prompt_cache) == min(most, 2)
+    # kept: both conversations (on a decode state: the one it does not hold)
+    assert len(engine._prompt_cache) == (min(most, 2) if not graph else 1)
+    if graph:
+        assert engine._graphs.builds == 1
+
+
+@pytest.mark.parametrize("room", [True, False])
+def test_a_new_decode_state_short_of_room_frees_the_kept_caches_first(model, tok, monkeypatch, room):
+    """A decode state built where the free memory holds it twice over leaves the kept caches (its
+    call copies the one it continues); where it does not, they go before any state does (a kept
+    cache saves a prefill, a state a capture): the call prefills its whole prompt, with
+    transformers' tokens either way."""
+    from tests.engine_helpers import fp32_engine
+
+    monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 4)  # the two prompts share BOS alone: that is not reused
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    ids = tok.encode("while True:\n    pass\n")
+    engine.generate(input_ids=[ids], max_new_tokens=1, stop_at_eos=False)  # kept by the uncaptured loop
+    engine.generate(input_ids=[tok.encode("import os\n")], max_new_tokens=1, stop_at_eos=False)
+    assert len(engine._prompt_cache) == 2
+    engine.use_cuda_graph = "eager"
+    if not room:
+        engine._graphs._spare_slots = lambda batch: 0
+    got = engine.generate(input_ids=[ids], max_new_tokens=4, stop_at_eos=False)
+    assert got.token_ids[0] == _greedy(hf, ids, 4)
+    assert got.prompt_tokens_reused == (len(ids) - 1 if room else 0)
+    assert len(engine._prompt_cache) == (1 if room else 0)  # with room: the other conversation's stays

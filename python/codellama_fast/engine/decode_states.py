@@ -93,9 +93,12 @@ Builder = Callable[[int, int, bool, "int | None", int], DecodeState]
 class DecodeStates:
     """The states an Engine keeps (several shapes while memory allows) and their leases."""
 
-    def __init__(self, spare_slots: Callable[[int], int]) -> None:
+    def __init__(self, spare_slots: Callable[[int], int], free_other: Callable[[], None] | None = None) -> None:
         # cache slots for a batch of this many sequences that the free memory holds now
         self._spare_slots = spare_slots
+        # frees the memory other kept caches hold (the engine's kept prompts), which go before any
+        # state does where a new state lacks room: a kept prompt saves a prefill, a state a capture
+        self._free_other = free_other
         self._states: list[DecodeState] = []  # least recently leased first
         self._leased: set[int] = set()  # id() of the states a generation is using now
         # bookkeeping only, never held while a state is built; reentrant: a dropped stream's clean-up
@@ -178,10 +181,13 @@ class DecodeStates:
         return n
 
     def _make_room(self, batch: int, capacity: int, keep: int) -> None:
-        """Drops the states used least recently until one more fits under `keep` and the free
-        memory holds twice a cache of `capacity` slots for `batch` sequences (the new state's, and
-        as much again left free after it): all of them where it does not. A dropped state's memory is
-        free once no generation holds it."""
+        """Where the free memory does not hold twice a cache of `capacity` slots for `batch`
+        sequences (the new state's, and as much again left free after it), frees the other kept
+        caches (``free_other``); then drops the states used least recently until one more fits
+        under `keep` and the memory holds that: all of them where it does not. A dropped state's
+        memory is free once no generation holds it."""
+        if self._free_other is not None and self._spare_slots(batch) < 2 * capacity:
+            self._free_other()
         while self._states and (len(self._states) >= keep or self._spare_slots(batch) < 2 * capacity):
             self._states.pop(0)
 

@@ -18,7 +18,7 @@ from ..data import BUNDLED_VOCAB_SIZE
 from ..errors import CheckpointError, InfillingUnsupported, OutOfMemoryError
 from ..tokenizer import FILL_MARKER, CodeLlamaTokenizerFast
 from .cache import KVCache
-from . import arguments, beam_search, fused_decode, memory, options, shared_prompts, speculative
+from . import arguments, beam_search, fused_decode, memory, options, prompt_cache, shared_prompts, speculative
 from .assisted import DraftGuesser, check_vocabularies
 from .cuda_graph import GraphDecoder, pick_faster
 from .decode_states import MAX_STATES, DecodeState, DecodeStates
@@ -141,7 +141,8 @@ class Engine:
         # decode mode, samples sharing a prompt), at most this many, and only while the free memory
         # holds a new one twice over (engine.decode_states); 1: one shape at a time.
         self.max_decode_states = MAX_STATES
-        self._graphs = DecodeStates(lambda b: KVCache.slots_that_fit(self.model.config, b, self.dtype, self.device))
+        self._graphs = DecodeStates(lambda b: KVCache.slots_that_fit(self.model.config, b, self.dtype, self.device),
+                                    self._prompt_cache.clear)
         # Model work (each step of a generation or stream, a whole beam search, a score) runs
         # under this lock, so several threads may share one Engine: their steps interleave, each
         # generation on its own cache (or leased graph state), never two steps at once (a graph
@@ -408,9 +409,12 @@ class Engine:
             if prompt is None:
                 return state.cache, state.kv_start, state.decoder, 0
             own = reusable_slots(held, prompt) if fed.tracking else 0
-            # a kept state of another shape may hold more of the prompt (the dialog a chat's samples
-            # continue, or its last turn in another decode mode): its slots are copied into row 0
-            reused = max(own, self._graphs.copy_prompt(prompt, state.cache, more_than=own))
+            if fed.tracking and self.reuse_prompt_cache and 2 * own < len(held):
+                self._stash(held, state.cache)  # mostly another conversation: the one it held is kept
+            # a kept prompt, or a kept state of another shape, may hold more of the prompt (another
+            # conversation's next turn, the dialog a chat's samples continue, its last turn in
+            # another decode mode): its slots are copied into row 0
+            reused = max(own, self._copy_kept_prompt(prompt, state.cache, more_than=own, drop=fed.tracking))
             if fed.tracking:
                 stack.callback(lambda: setattr(state, "ids", fed.ids))
             return state.cache, state.kv_start, state.decoder, reused
@@ -570,8 +574,6 @@ class Engine:
             # several slots ahead: they need all of it)
             least = max_len if guessing else min(max_len, t + LEAST_ROOM)
             wanted = self._use_graph() and cfg.max_new_tokens > 1
-            if wanted:  # decode states never take the kept cache: its memory goes before a state is built
-                self._prompt_cache.clear()
             # samples of one prompt: every row of a run holds the prompt's keys and values in slots < t
             runs = shared_prompts.run_length(tokens, kv_start_now) if b > 1 else 1
             state = stack.enter_context(self._decode_state(b, max_len, graph_greedy, wanted, least,
@@ -809,8 +811,6 @@ class Engine:
                 # every step on a captured decode state's step, as plain decoding's: its cache holds
                 # all of the beams' slots (a prompt's beams share its slots, read once per step)
                 wanted = self._use_graph() and cfg.max_new_tokens > 1
-                if wanted:  # decode states never take the kept cache: its memory goes before a state is built
-                    self._prompt_cache.clear()
                 state = stack.enter_context(self._decode_state(rows_run, t + cfg.max_new_tokens, False, wanted, None,
                                                                self._graph_runs(rows_run, k, t) if wanted else 1))
                 if state is not None:
@@ -843,15 +843,27 @@ class Engine:
             scores=out.step_scores if output_scores else None, logits=out.step_logits if output_logits else None,
             beam_indices=out.beam_indices, prompt_tokens_reused=out.reused)
 
-    def _copy_kept_prompt(self, prompt: Sequence[int], cache: KVCache) -> int:
-        """Copies into row 0 of `cache` the keys and values of `prompt`'s leading tokens that the
-        kept prompt cache holds, or else a kept decode state of one sequence (``reusable_slots``;
-        what held them keeps them); returns how many (0: none)."""
-        kept, n = self._prompt_cache.peek(prompt)
-        if kept is not None:
-            copy_slots(kept.cache, cache, n)
-            return n
-        return self._graphs.copy_prompt(prompt, cache)
+    def _copy_kept_prompt(self, prompt: Sequence[int], cache: KVCache, more_than: int = 0, drop: bool = False) -> int:
+        """Copies into row 0 of `cache` the keys and values of `prompt`'s leading tokens that a kept
+        prompt cache, or a kept decode state of one sequence, holds (``reusable_slots``), where one
+        gives more than `more_than`; returns how many (0: none). What held them keeps them, but a
+        kept prompt cache goes where `drop` (its tokens now live in `cache`)."""
+        n = self._prompt_cache.copy_into(prompt, cache, more_than, drop)
+        return max(n, self._graphs.copy_prompt(prompt, cache, more_than=max(more_than, n)))
+
+    def _stash(self, held: list[int], state_cache: KVCache) -> None:
+        """Keeps a copy of the first len(held) slots of a one-sequence decode state's cache (the
+        keys and values of `held`, the conversation its last call fed) as a kept prompt, before a
+        call of another conversation overwrites them: a server's users, or an editor's files, that
+        take turns each find their own. Nothing is kept where the memory for the copy is lacking."""
+        if len(held) < prompt_cache.MIN_SHARED_TOKENS:
+            return
+        try:
+            stash = KVCache(self.model.config, 1, len(held), self.dtype, self.device, grow=False)
+        except OutOfMemoryError:
+            return
+        copy_slots(state_cache, stash, len(held))
+        self._prompt_cache.keep(held, stash, self.max_kept_prompts)
 
     def _guidance(self, cfg: GenerationConfig, prompts: Sequence[Sequence[int]], per_prompt: int) -> Guidance | None:
         """Classifier-free guidance for the rows `prompts` (engine.guidance), or None; each prompt's

@@ -113,6 +113,20 @@ class PromptCache:
         self._kept.append(self._kept.pop(i))
         return self._kept[-1], n
 
+    def copy_into(self, prompt: Sequence[int], cache: KVCache, more_than: int = 0, drop: bool = False) -> int:
+        """Copies into row 0 of `cache` the slots of `prompt`'s leading tokens that the kept prompt
+        giving the most of it holds, where that is more than `more_than`; returns how many (0:
+        none). That kept prompt then goes (`drop`: its tokens now live in `cache`), or becomes the
+        most recent."""
+        i, n = self._best(prompt)
+        if i < 0 or n <= more_than:
+            return 0
+        kept = self._kept.pop(i)
+        copy_slots(kept.cache, cache, n)
+        if not drop:
+            self._kept.append(kept)
+        return n
+
     def keep(self, ids: list[int], cache: KVCache, most: int = MAX_KEPT) -> None:
         """Keeps `cache`, whose slots hold the keys and values of `ids`, as the most recent: where
         they are too few to be reused (a call that ended early), nothing is kept and the memory
