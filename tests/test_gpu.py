@@ -293,6 +293,28 @@ def test_a_chats_next_turn_on_the_captured_state_prefills_only_its_new_tokens():
     assert (a - b).abs().max().item() < 2e-2 * max(1.0, b.abs().max().item())
 
 
+def test_conversations_taking_turns_on_the_captured_state():
+    """7B layer shapes, 2 layers, fp16, the captured step: two conversations taking turns on one
+    decode state. Each next turn finds its own dialog (kept aside when the other one's call came)
+    copied back into the state's cache and prefills only its new tokens; its first step's logits are
+    the whole prompt's (an engine prefilling it whole, uncaptured) within fp16 rounding."""
+    eng = _captured_7b_two_layers()
+    eng.reuse_prompt_cache = True
+    kw = {"stop_at_eos": False, "output_logits": True}
+    dialogs = [[1] + torch.randint(3, 32000, (299,)).tolist(), [1] + torch.randint(3, 32000, (249,)).tolist()]
+    replies = [eng.generate(input_ids=[d], max_new_tokens=20, **kw).token_ids[0] for d in dialogs]
+    whole = _captured_7b_two_layers()  # the same weights (random_engine's seed)
+    whole.use_cuda_graph = False
+    for d, reply in zip(dialogs, replies):
+        turn2 = d + reply + torch.randint(3, 32000, (40,)).tolist()
+        got = eng.generate(input_ids=[turn2], max_new_tokens=6, **kw)
+        assert got.prompt_tokens_reused == len(d) + 19
+        want = whole.generate(input_ids=[turn2], max_new_tokens=6, **kw)
+        a, b = got.logits[0].float(), want.logits[0].float()
+        assert (a - b).abs().max().item() < 2e-2 * max(1.0, b.abs().max().item())
+    assert eng._graphs.builds == 1
+
+
 def test_shared_prompt_tokens_on_the_captured_state(monkeypatch):
     """7B layer shapes, 2 layers, fp16, the captured step: 3 samples each of two prompts that begin
     with the same 300 tokens. The shared tokens run in one row, then one row per prompt (through
