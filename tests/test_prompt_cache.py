@@ -400,8 +400,9 @@ def test_too_few_tokens_are_not_kept(monkeypatch):
 
 def test_several_prompts_are_kept_the_least_recently_used_going_first(monkeypatch):
     """Up to `most` kept prompts: a prompt takes the one that gives it the most (of equals, the most
-    recent), peeking makes one the most recent, the least recently used go past the count, and
-    all but the newest go where the free memory is less than they hold together."""
+    recent), copying one's slots makes it the most recent (or drops it), the least recently used
+    go past the count, and all but the newest go where the free memory is less than they hold
+    together."""
     monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 2)
     free = [1 << 40]
     cache = PC.PromptCache(lambda: free[0])
@@ -413,8 +414,12 @@ def test_several_prompts_are_kept_the_least_recently_used_going_first(monkeypatc
     cache.keep([1, 2, 3], a, most=2)
     cache.keep([1, 7, 8, 9], b, most=2)
     assert len(cache) == 2 and cache.kept_tokens == 4
-    got, n = cache.peek([1, 2, 3, 4])
-    assert got.cache is a and n == 3 and cache.kept_tokens == 3  # the most recent now
+    with torch.inference_mode():
+        a.layers[0][0].fill_(1.0)  # slot values to see in the copy
+    into = kv()
+    assert cache.copy_into([1, 2, 3, 4], into, more_than=3) == 0  # gives 3: not more
+    assert cache.copy_into([1, 2, 3, 4], into) == 3 and cache.kept_tokens == 3  # the most recent now
+    assert torch.equal(into.layers[0][0][:, :, :3], a.layers[0][0][:, :, :3])
     cache.keep([1, 5, 6], c, most=2)  # past the count: b, the least recently used, goes
     assert cache.take([1, 7, 8, 9, 10]) == (None, 0)
     got, n = cache.take([1, 2, 3, 4])
@@ -427,8 +432,7 @@ def test_several_prompts_are_kept_the_least_recently_used_going_first(monkeypatc
     cache.keep([1, 5, 6], c, most=2)
     longer = kv()
     cache.keep([1, 5, 6, 7], longer, most=3)  # gives more of [1, 5, 6, 7, 8] than c does
-    got, n = cache.peek([1, 5, 6, 7, 8])
-    assert got.cache is longer and n == 4
+    assert cache.copy_into([1, 5, 6, 7, 8], kv(), drop=True) == 4 and len(cache) == 2  # longer's: dropped
     cache.clear()
     cache.keep([1, 5, 6], c, most=2)
     cache.keep([1, 2, 3], a, most=2)

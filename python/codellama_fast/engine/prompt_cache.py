@@ -104,15 +104,6 @@ class PromptCache:
         i, n = self._best(prompt)
         return (self._kept.pop(i), n) if i >= 0 else (None, 0)
 
-    def peek(self, prompt: Sequence[int]) -> tuple[KeptPrompt | None, int]:
-        """As ``take``, but the kept prompt stays kept (the most recently used now): for a call
-        that copies its slots (the samples of one prompt, its beams) and keeps nothing of its own."""
-        i, n = self._best(prompt)
-        if i < 0:
-            return None, 0
-        self._kept.append(self._kept.pop(i))
-        return self._kept[-1], n
-
     def copy_into(self, prompt: Sequence[int], cache: KVCache, more_than: int = 0, drop: bool = False) -> int:
         """Copies into row 0 of `cache` the slots of `prompt`'s leading tokens that the kept prompt
         giving the most of it holds, where that is more than `more_than`; returns how many (0:
