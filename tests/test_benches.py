@@ -129,52 +129,18 @@ def test_bench_prompt_cache_tiny(tmp_path):
     assert len([r for r in data["rows"] if r["provider"] == "ratio"]) == 4
 
 
-def test_bench_prompt_cache_samples(tmp_path):
-    """Turn 2 sampled 3 times: our samples copy the kept slots (the same first tokens with the whole
-    prompt prefilled, one seed), transformers samples as many."""
+@pytest.mark.parametrize("flag, value, mark", [("samples", 3, "N3"), ("beams", 3, "K3"), ("lookup", 3, "G3"), ("others", 2, "O2")])
+def test_bench_prompt_cache_kinds_of_turn(tmp_path, flag, value, mark):
+    """Turn 2 sampled 3 times, as a beam search of 3 beams, with prompt lookup, or after two other
+    conversations' turns: ours takes or copies the kept slots (the same first tokens with the whole
+    prompt prefilled, checked by the harness), transformers runs the same kind of turn."""
     pytest.importorskip("transformers")
     data = _run("bench_prompt_cache.py", "--model", "tiny", "--prompt", "40", "--answer", "5", "--message", "4",
-                "--repeats", "1", "--samples", "3", tmp=tmp_path)
-    assert data["meta"]["samples"] == 3
+                "--repeats", "1", f"--{flag}", str(value), tmp=tmp_path)
+    assert data["meta"][flag] == value
     timed = {r["provider"]: r for r in data["rows"] if r["provider"] != "ratio"}
     assert sorted(timed) == ["codellama-fast-kept", "codellama-fast-whole", "transformers-eager"]
-    assert all(r["shape"] == "tiny P40 A5 M4 N3" for r in timed.values())
-    assert timed["codellama-fast-kept"]["reused"] == 44 and timed["codellama-fast-whole"]["reused"] == 0
-
-
-def test_bench_prompt_cache_beams(tmp_path):
-    """Turn 2 as a beam search of 3 beams: our prompt cache copies the kept slots (the same best
-    first token with the whole prompt prefilled), transformers searches as many beams."""
-    pytest.importorskip("transformers")
-    data = _run("bench_prompt_cache.py", "--model", "tiny", "--prompt", "40", "--answer", "5", "--message", "4",
-                "--repeats", "1", "--beams", "3", tmp=tmp_path)
-    assert data["meta"]["beams"] == 3
-    timed = {r["provider"]: r for r in data["rows"] if r["provider"] != "ratio"}
-    assert sorted(timed) == ["codellama-fast-kept", "codellama-fast-whole", "transformers-eager"]
-    assert all(r["shape"] == "tiny P40 A5 M4 K3" for r in timed.values())
-    assert timed["codellama-fast-kept"]["reused"] == 44 and timed["codellama-fast-whole"]["reused"] == 0
-
-
-def test_bench_prompt_cache_others(tmp_path):
-    """Two other conversations answered between turn 1 and turn 2: turn 2 still reuses its own."""
-    pytest.importorskip("transformers")
-    data = _run("bench_prompt_cache.py", "--model", "tiny", "--prompt", "40", "--answer", "5", "--message", "4",
-                "--repeats", "1", "--others", "2", tmp=tmp_path)
-    assert data["meta"]["others"] == 2
-    timed = {r["provider"]: r for r in data["rows"] if r["provider"] != "ratio"}
-    assert all(r["shape"] == "tiny P40 A5 M4 O2" for r in timed.values())
-    assert timed["codellama-fast-kept"]["reused"] == 44 and timed["codellama-fast-whole"]["reused"] == 0
-
-
-def test_bench_prompt_cache_lookup(tmp_path):
-    """Turn 2 with prompt lookup on both sides: ours takes the kept slots (the same first token with
-    the whole prompt prefilled)."""
-    pytest.importorskip("transformers")
-    data = _run("bench_prompt_cache.py", "--model", "tiny", "--prompt", "40", "--answer", "5", "--message", "4",
-                "--repeats", "1", "--lookup", "3", tmp=tmp_path)
-    assert data["meta"]["lookup"] == 3
-    timed = {r["provider"]: r for r in data["rows"] if r["provider"] != "ratio"}
-    assert all(r["shape"] == "tiny P40 A5 M4 G3" for r in timed.values())
+    assert all(r["shape"] == f"tiny P40 A5 M4 {mark}" for r in timed.values())
     assert timed["codellama-fast-kept"]["reused"] == 44 and timed["codellama-fast-whole"]["reused"] == 0
 
 

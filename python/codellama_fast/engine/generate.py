@@ -400,8 +400,9 @@ class Engine:
         `samples_of`: every row is this one prompt (its samples); a new cache then copies the kept
         prompt's slots for the tokens it begins with into row 0 (the prefill copies them on to the
         others), and the kept prompt stays for a later call. On a decode state, the samples (and a
-        sequence whose state holds less of it) copy them from a kept state of one sequence
-        (``DecodeStates.copy_prompt``)."""
+        sequence whose state holds less of it) copy them from a kept prompt or a kept state of one
+        sequence (``_copy_kept_prompt``); a sequence of another conversation first stashes the one
+        the state held (``_stash``)."""
         if state is not None:
             state.kv_start.copy_(kv_start_now)
             held, state.ids = state.ids, []  # this call writes the cache: what it held is known here alone
@@ -856,7 +857,7 @@ class Engine:
         keys and values of `held`, the conversation its last call fed) as a kept prompt, before a
         call of another conversation overwrites them: a server's users, or an editor's files, that
         take turns each find their own. Nothing is kept where the memory for the copy is lacking."""
-        if len(held) < prompt_cache.MIN_SHARED_TOKENS:
+        if len(held) < prompt_cache.MIN_SHARED_TOKENS:  # ``keep`` would not keep it: no copy to make
             return
         try:
             stash = KVCache(self.model.config, 1, len(held), self.dtype, self.device, grow=False)
