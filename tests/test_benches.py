@@ -129,19 +129,22 @@ def test_bench_prompt_cache_tiny(tmp_path):
     assert len([r for r in data["rows"] if r["provider"] == "ratio"]) == 4
 
 
-@pytest.mark.parametrize("flag, value, mark", [("samples", 3, "N3"), ("beams", 3, "K3"), ("lookup", 3, "G3"), ("others", 2, "O2")])
-def test_bench_prompt_cache_kinds_of_turn(tmp_path, flag, value, mark):
+@pytest.mark.parametrize("flag, value, mark, reused", [("samples", 3, "N3", 44), ("beams", 3, "K3", 44), ("lookup", 3, "G3", 44),
+                                                        ("others", 2, "O2", 44), ("first-samples", 3, "first-N3", 40),
+                                                        ("first-beams", 3, "first-K3", 40)])
+def test_bench_prompt_cache_kinds_of_turn(tmp_path, flag, value, mark, reused):
     """Turn 2 sampled 3 times, as a beam search of 3 beams, with prompt lookup, or after two other
     conversations' turns: ours takes or copies the kept slots (the same first tokens with the whole
-    prompt prefilled, checked by the harness), transformers runs the same kind of turn."""
+    prompt prefilled, checked by the harness), transformers runs the same kind of turn. After a turn
+    1 of samples or beams, turn 2 reuses turn 1's prompt (the answer it continues is prefilled)."""
     pytest.importorskip("transformers")
     data = _run("bench_prompt_cache.py", "--model", "tiny", "--prompt", "40", "--answer", "5", "--message", "4",
                 "--repeats", "1", f"--{flag}", str(value), tmp=tmp_path)
-    assert data["meta"][flag] == value
+    assert data["meta"][flag.replace("-", "_")] == value
     timed = {r["provider"]: r for r in data["rows"] if r["provider"] != "ratio"}
     assert sorted(timed) == ["codellama-fast-kept", "codellama-fast-whole", "transformers-eager"]
     assert all(r["shape"] == f"tiny P40 A5 M4 {mark}" for r in timed.values())
-    assert timed["codellama-fast-kept"]["reused"] == 44 and timed["codellama-fast-whole"]["reused"] == 0
+    assert timed["codellama-fast-kept"]["reused"] == reused and timed["codellama-fast-whole"]["reused"] == 0
 
 
 @pytest.mark.parametrize("stop", [[], ["@@never@@", "§§"]])

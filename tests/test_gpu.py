@@ -372,7 +372,8 @@ def test_samples_read_their_prompt_once_on_the_captured_state():
     after its first 1000 tokens and 20 greedy ones: the samples' captured step, built for runs of 4
     (its attention reads the prompt's slots once per step), beside the one-sequence state, whose
     slots it copies (1019 reused); each sample's log-probabilities equal those of its whole text
-    scored in one prefill (another kernel) within fp16 rounding."""
+    scored in one prefill (another kernel) within fp16 rounding. The turn after, continuing a
+    sample, reuses the whole 1100-token prompt, and its log-probabilities are its scored text's."""
     eng = _captured_7b_two_layers()
     eng.reuse_prompt_cache = True
     first = [1] + torch.randint(3, 32000, (999,)).tolist()
@@ -386,6 +387,13 @@ def test_samples_read_their_prompt_once_on_the_captured_state():
     for row, lps in enumerate(got.token_logprobs):
         want = scored.token_logprobs[row][-len(lps):]
         assert all(abs(a - b) <= 3e-2 * max(1.0, abs(b)) for a, b in zip(lps, want)), (row, lps, want)
+    # the turn after continues the second sample: the samples' prompt (row 0's slots of their
+    # state, kept when they ended) is copied into the one-sequence state
+    third = prompt + got.token_ids[1] + torch.randint(3, 32000, (30,)).tolist()
+    nxt = eng.generate(input_ids=[third], max_new_tokens=4, stop_at_eos=False, return_logprobs=True)
+    assert nxt.prompt_tokens_reused == len(prompt)
+    want = eng.score(input_ids=[third + nxt.token_ids[0]]).token_logprobs[0][-4:]
+    assert all(abs(a - b) <= 3e-2 * max(1.0, abs(b)) for a, b in zip(nxt.token_logprobs[0], want)), (nxt.token_logprobs, want)
 
 
 def test_beams_on_the_captured_state():

@@ -429,7 +429,7 @@ def test_several_prompts_are_kept_the_least_recently_used_going_first(monkeypatc
     assert got is None and n == 0
     got, n = cache.take([1, 5, 6, 1])
     assert got.cache is c and n == 3
-    cache.keep([1, 5, 6], c, most=2)
+    cache.keep([1, 5, 6, 9], c, most=2)
     longer = kv()
     cache.keep([1, 5, 6, 7], longer, most=3)  # gives more of [1, 5, 6, 7, 8] than c does
     assert cache.copy_into([1, 5, 6, 7, 8], kv(), drop=True) == 4 and len(cache) == 2  # longer's: dropped
@@ -439,6 +439,31 @@ def test_several_prompts_are_kept_the_least_recently_used_going_first(monkeypatc
     free[0] = cache.held_bytes - 1  # less free than the two hold: all but the newest go
     cache.keep([1, 9, 9], b, most=2)
     assert len(cache) == 1 and cache.kept_tokens == 3 and cache._kept[0].cache is b
+
+
+def test_a_kept_prompt_that_another_begins_with_is_not_kept_beside_it(monkeypatch):
+    """A kept prompt whose tokens begin another's gives no prompt more than that one: keeping the
+    longer drops the shorter, and keeping a shorter one beside a longer keeps the longer alone, as
+    the most recent (``extends``). Prompts that part ways stay side by side."""
+    monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 2)
+    cache = PC.PromptCache()
+
+    def kv():
+        return KVCache(_config(), 1, 8, torch.float32, torch.device("cpu"))
+
+    short, other, longer, again = kv(), kv(), kv(), kv()
+    cache.keep([1, 2, 3], short)
+    cache.keep([1, 2, 9, 9], other)  # parts ways with [1, 2, 3] at the third token: both stay
+    assert [k.cache for k in cache._kept] == [short, other]
+    cache.keep([1, 2, 3, 4, 5], longer)  # begins with [1, 2, 3]: short goes
+    assert [k.cache for k in cache._kept] == [other, longer]
+    assert not cache.extends([1, 2, 3, 5]) and cache.extends([1, 2, 3])
+    cache.keep([1, 2, 9], kv())  # other begins with all of it: other stays, as the most recent
+    assert [k.cache for k in cache._kept] == [longer, other]
+    cache.keep([1, 2, 3, 4, 5], again)  # the same tokens: the kept one stays, as the most recent
+    assert [k.cache for k in cache._kept] == [other, longer]
+    got, n = cache.take([1, 2, 3, 4, 5, 6])
+    assert got.cache is longer and n == 5
 
 
 def test_an_editors_next_infill_reuses_the_suffix_first_prompt(model, tok, monkeypatch):
@@ -475,7 +500,7 @@ def test_a_call_short_of_memory_frees_the_kept_cache_first(model, tok, monkeypat
     """A batch (which never takes the kept cache; with `samples`, the samples of the kept prompt,
     which would copy its slots) whose cache the free memory would not hold whole while the kept one
     is held: the kept one goes and the batch gets its whole cache, generating every token asked for
-    (no warning)."""
+    (no warning). The samples' own prompt is kept when they end."""
     import warnings
 
     from codellama_fast.engine import generate as G
@@ -505,16 +530,18 @@ def test_a_call_short_of_memory_frees_the_kept_cache_first(model, tok, monkeypat
         else:
             got = engine.generate(input_ids=[ids, ids[:5]], max_new_tokens=40, stop_at_eos=False)
             assert got.token_ids[0] == _greedy(hf, ids, 40)
-    assert engine._prompt_cache.kept_tokens == 0 and [len(r) for r in got.token_ids] == [40, 40]
+    assert engine._prompt_cache.kept_tokens == (len(ids) if samples else 0) and [len(r) for r in got.token_ids] == [40, 40]
 
 
 @pytest.mark.parametrize("graph", [False, "eager"])
 def test_samples_of_a_longer_prompt_copy_the_kept_slots(model, tok, graph):
     """A chat's next turn sampled 3 times (num_return_sequences): the kept prompt's slots (the kept
     cache's, or on decode states the one-sequence state's) are copied into the first row, the rest
-    of the prompt is prefilled there once and copied to the other rows, each sample's
-    log-probabilities are transformers' for the whole prompt and its own tokens, and the kept prompt
-    stays for the next call of one sequence. Prompts that differ reuse nothing."""
+    of the prompt is prefilled there once and copied to the other rows, and each sample's
+    log-probabilities are transformers' for the whole prompt and its own tokens. The samples'
+    prompt is kept when they end (the shorter kept prompt it begins with goes): the turn after,
+    which continues the second sample, prefills only that sample and its new message. Prompts that
+    differ reuse nothing."""
     from tests.engine_helpers import fp32_engine, hf_logprobs, logprobs_close
 
     hf, path = model
@@ -537,12 +564,15 @@ def test_samples_of_a_longer_prompt_copy_the_kept_slots(model, tok, graph):
     assert got.prefill_tokens_per_s > 0
     for out, lps in zip(got.token_ids, got.token_logprobs, strict=True):
         assert logprobs_close(lps, hf_logprobs(hf, longer, out), 1e-4)
+    assert [k.ids for k in engine._prompt_cache._kept] == [longer]  # the first turn's: gone, longer begins with it
     if graph:  # the one-sequence state still holds the first call's tokens: the samples copied them
         assert [s.ids for s in engine._graphs._states if s.batch == 1] == [(first_ids + first.token_ids[0])[:reused]]
-    else:  # still kept: the samples copied it
-        assert engine._prompt_cache.kept_tokens == reused
-    again = engine.generate(input_ids=[longer], max_new_tokens=4, stop_at_eos=False)
-    assert again.prompt_tokens_reused == reused
+    third = longer + got.token_ids[1] + tok.encode("\n# in place", add_special_tokens=False)
+    shapes.clear()
+    after = engine.generate(input_ids=[third], max_new_tokens=4, stop_at_eos=False)
+    assert after.prompt_tokens_reused == len(longer)
+    assert [s for s in shapes if s[1] > 1] == [(1, len(third) - len(longer))]
+    assert after.token_ids[0] == _greedy(hf, third, 4)
     shapes.clear()
     two = [longer, tok.encode("class Stack:\n")]  # rows that differ: each prompt prefilled whole
     assert engine.generate(input_ids=two, max_new_tokens=2, stop_at_eos=False).prompt_tokens_reused == 0
@@ -555,8 +585,9 @@ def test_beams_of_a_longer_prompt_copy_the_kept_slots(model, tok, graph):
     """A chat's next turn by beam search (3 beams, 2 returned): the kept prompt's slots (the kept
     cache's, or on decode states the one-sequence state's) are copied into the prompt's cache, only
     the rest of the prompt is prefilled, and the beams and their scores are transformers' for the
-    whole prompt; what was kept stays for the next call of one sequence. Two prompts' beams reuse
-    nothing."""
+    whole prompt. The prompt's cache is kept when the beams end: the turn after, which continues
+    the second beam returned, prefills only that beam and its new message. Two prompts' beams
+    reuse nothing."""
     from tests.engine_helpers import fp32_engine, hf_beams, logprobs_close
 
     hf, path = model
@@ -574,7 +605,12 @@ def test_beams_of_a_longer_prompt_copy_the_kept_slots(model, tok, graph):
     want, want_scores = hf_beams(hf, [longer], 6, None, **kw)
     assert got.token_ids == want
     assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (got.sequence_scores, want_scores)
-    assert engine.generate(input_ids=[longer], max_new_tokens=4, stop_at_eos=False).prompt_tokens_reused == reused
+    assert [k.ids for k in engine._prompt_cache._kept] == [longer]  # the first turn's: gone, longer begins with it
+    third = longer + got.token_ids[1] + tok.encode("\n# in place", add_special_tokens=False)
+    calls.clear()
+    after = engine.generate(input_ids=[third], max_new_tokens=4, stop_at_eos=False)
+    assert after.prompt_tokens_reused == len(longer) and [c for c in calls if c > 1] == [len(third) - len(longer)]
+    assert after.token_ids[0] == _greedy(hf, third, 4)
     two = [longer, tok.encode("class Stack:\n")]
     assert engine.generate(input_ids=two, max_new_tokens=6, stop_at_eos=False, **kw).prompt_tokens_reused == 0
 

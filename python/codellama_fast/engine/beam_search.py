@@ -81,12 +81,14 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
                 candidate_ends: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                 log_steps: bool = False, token_logprobs: bool = False, guidance: Guidance | None = None,
                 top_logprobs: int = 0, captured: tuple[KVCache, GraphDecoder] | None = None,
-                started: float | None = None, reuse: Callable[[KVCache], int] | None = None) -> BeamOutput:
+                started: float | None = None, reuse: Callable[[KVCache], int] | None = None,
+                keep_prompt: Callable[[KVCache], None] | None = None) -> BeamOutput:
     """tokens [B, T] left-padded prompts (row b's first real slot kv_start[b]); ``prefill(tokens,
     kv_start, cache, start)`` runs them into a cache whose first `start` slots of row 0 hold their
     keys and values already, and returns the last logits [B, V]; ``reuse(cache)`` (one prompt):
     copies the keys and values of the prompt's leading tokens a kept cache holds into row 0 of the
-    prompt's cache and returns how many (0: none); ``stop_ids``:
+    prompt's cache and returns how many (0: none); ``keep_prompt(cache)`` (one prompt): takes
+    the prompt's cache (its T slots) when the search ends, for a later call; ``stop_ids``:
     each prompt's; ``allowed``: ids from it on are never chosen; ``generator``: beam sample's
     random draws (None: torch's global generator). ``candidate_ends(tokens [B, W, n], took_stop_id
     [B, W])``: for the step's W candidates of each prompt (their n generated tokens), the code of
@@ -124,7 +126,8 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     for (kc, vc), (pk, pv) in zip(cache.layers, prompt_cache.layers):
         kc[:, :, :t].copy_(pk.repeat_interleave(k, dim=0))
         vc[:, :, :t].copy_(pv.repeat_interleave(k, dim=0))
-    del prompt_cache
+    if keep_prompt is None or b != 1:
+        del prompt_cache  # else held until the search ends, then handed over
     lengths = t - beam_kv_start  # real prompt lengths
     state = RuleState(rules, tokens.repeat_interleave(k, dim=0), beam_kv_start, vocab, max_new, allowed, rows_per_prompt=k)
 
@@ -258,6 +261,9 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
                 graph.tok.copy_(fed[:, None])
             logits = graph.replay().clone()  # its buffer: the next replay rewrites it, and the logs keep this one
 
+    if keep_prompt is not None and b == 1:
+        keep_prompt(prompt_cache)  # the prompt's slots, whichever beam a later call continues
+        del prompt_cache
     watch.check(dtype, f"at beam search step {steps}")
     seqs, lens, scores = fin["seq"][:, :n_out].tolist(), fin_len[:, :n_out].tolist(), fin_scores[:, :n_out].tolist()
     decode_s = time.perf_counter() - start - prefill_s

@@ -399,10 +399,11 @@ class Engine:
         (`stack` closes, however it ends) the new cache is kept, or the state notes ``fed.ids``.
         `samples_of`: every row is this one prompt (its samples); a new cache then copies the kept
         prompt's slots for the tokens it begins with into row 0 (the prefill copies them on to the
-        others), and the kept prompt stays for a later call. On a decode state, the samples (and a
-        sequence whose state holds less of it) copy them from a kept prompt or a kept state of one
-        sequence (``_copy_kept_prompt``); a sequence of another conversation first stashes the one
-        the state held (``_stash``)."""
+        others), and the kept prompt stays for a later call (the samples' own prompt, kept when
+        they end, replaces it: ``_stash``). On a decode state, the samples (and a sequence whose
+        state holds less of it) copy them from a kept prompt or a kept state of one sequence
+        (``_copy_kept_prompt``); a sequence of another conversation first stashes the one the
+        state held (``_stash``)."""
         if state is not None:
             state.kv_start.copy_(kv_start_now)
             held, state.ids = state.ids, []  # this call writes the cache: what it held is known here alone
@@ -599,6 +600,8 @@ class Engine:
             sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
             first = self._prefill(tokens, kv_start, cache, start=reused, stats=stats, runs=runs)
             fed.filled = t
+            if samples_of is not None:  # the prompt's slots (row 0's) are kept when the call ends: the
+                stack.callback(self._stash, samples_of, cache)  # next turn reuses them, whichever sample it continues
             nxt = watched_pick(first)
             host = nxt.tolist()
             fed.chosen(host)
@@ -823,7 +826,8 @@ class Engine:
                                               stop_ids, len(self.tokenizer), self.dtype, self._generator(cfg.seed),
                                               ends if ends.active else None, output_scores or output_logits, return_logprobs,
                                               guidance, top_logprobs, None if state is None else (state.cache, state.decoder), started,
-                                              (lambda cache: self._copy_kept_prompt(list(prompts[0]), cache)) if reusable else None)
+                                              (lambda cache: self._copy_kept_prompt(list(prompts[0]), cache)) if reusable else None,
+                                              (lambda cache: self._keep_prompt(list(prompts[0]), cache)) if reusable else None)
         rows = [k for k in range(len(prompts)) for _ in range(n)]
         ids = [seq[:-1] if reason == "eos" else seq for seq, reason in zip(out.tokens, out.reasons)]
         logprobs = None if out.token_logprobs is None else [lp[: len(i)] for lp, i in zip(out.token_logprobs, ids)]
@@ -852,18 +856,26 @@ class Engine:
         n = self._prompt_cache.copy_into(prompt, cache, more_than, drop)
         return max(n, self._graphs.copy_prompt(prompt, cache, more_than=max(more_than, n)))
 
-    def _stash(self, held: list[int], state_cache: KVCache) -> None:
-        """Keeps a copy of the first len(held) slots of a one-sequence decode state's cache (the
-        keys and values of `held`, the conversation its last call fed) as a kept prompt, before a
-        call of another conversation overwrites them: a server's users, or an editor's files, that
-        take turns each find their own. Nothing is kept where the memory for the copy is lacking."""
-        if len(held) < prompt_cache.MIN_SHARED_TOKENS:  # ``keep`` would not keep it: no copy to make
-            return
+    def _keep_prompt(self, ids: list[int], cache: KVCache) -> None:
+        """Keeps `cache` (one sequence, its slots the keys and values of `ids`) as a kept prompt,
+        with no copy: the prompt cache of a call's beams, for the next turn, whichever beam it
+        continues."""
+        self._prompt_cache.keep(ids, cache, self.max_kept_prompts)
+
+    def _stash(self, held: list[int], cache: KVCache) -> None:
+        """Keeps a copy of the first len(held) slots of row 0 of `cache` (the keys and values of
+        `held`) as a kept prompt: a one-sequence decode state's, before a call of another
+        conversation overwrites them (a server's users, or an editor's files, that take turns each
+        find their own), or the prompt of a call's samples or beams (the next turn reuses it,
+        whichever answer it continues). Nothing is copied where a kept prompt holds all of `held`
+        already, nor where the memory for the copy is lacking."""
+        if len(held) < prompt_cache.MIN_SHARED_TOKENS or self._prompt_cache.extends(held):
+            return  # ``keep`` would not keep it, or need it: no copy to make
         try:
             stash = KVCache(self.model.config, 1, len(held), self.dtype, self.device, grow=False)
         except OutOfMemoryError:
             return
-        copy_slots(state_cache, stash, len(held))
+        copy_slots(cache, stash, len(held))
         self._prompt_cache.keep(held, stash, self.max_kept_prompts)
 
     def _guidance(self, cfg: GenerationConfig, prompts: Sequence[Sequence[int]], per_prompt: int) -> Guidance | None:

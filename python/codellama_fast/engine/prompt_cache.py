@@ -1,6 +1,7 @@
-"""The KV caches of the engine's last single-sequence generations, kept for the next one whose
-prompt begins with the same tokens: a chat's next turn (the whole dialog again, with a new message
-at its end), a longer version of the same file, a second completion of one prompt. That call takes
+"""The KV caches of the engine's last single-sequence generations (and the prompts of its last
+samples and beams), kept for the next one whose prompt begins with the same tokens: a chat's next
+turn (the whole dialog again, with a new message at its end), a longer version of the same file, a
+second completion of one prompt. That call takes
 the kept keys and values of the common tokens into its own cache and prefills only the rest. A few
 are kept at once (the engine's ``max_kept_prompts``), so that calls alternating between
 conversations, or between an editor's files, each find their own: the ones used least recently go
@@ -43,6 +44,10 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def _begins_with(ids: Sequence[int], head: Sequence[int]) -> bool:
+    return len(head) <= len(ids) and common_prefix(ids, head) == len(head)
 
 
 def reusable_slots(held: Sequence[int], prompt: Sequence[int]) -> int:
@@ -118,12 +123,24 @@ class PromptCache:
             self._kept.append(kept)
         return n
 
+    def extends(self, ids: Sequence[int]) -> bool:
+        """Whether a kept prompt's tokens begin with all of `ids` (it gives any prompt at least what
+        a cache of `ids` would); that one becomes the most recent."""
+        for i in range(len(self._kept) - 1, -1, -1):
+            if _begins_with(self._kept[i].ids, ids):
+                self._kept.append(self._kept.pop(i))
+                return True
+        return False
+
     def keep(self, ids: list[int], cache: KVCache, most: int = MAX_KEPT) -> None:
         """Keeps `cache`, whose slots hold the keys and values of `ids`, as the most recent: where
         they are too few to be reused (a call that ended early), nothing is kept and the memory
-        goes. Then the least recently used go while more than `most` are kept, or while the
+        goes. A kept prompt that `ids` begins with goes (this one gives any prompt at least as
+        much), and where a kept one begins with all of `ids` that one stays instead, as the most
+        recent. Then the least recently used go while more than `most` are kept, or while the
         memory left free is less than they hold together (the newest stays)."""
-        if len(ids) >= MIN_SHARED_TOKENS:
+        if len(ids) >= MIN_SHARED_TOKENS and not self.extends(ids):
+            self._kept = [kept for kept in self._kept if not _begins_with(ids, kept.ids)]
             self._kept.append(KeptPrompt(list(ids), cache))
         while len(self._kept) > max(1, most) or (len(self._kept) > 1 and self._free_bytes is not None
                                                   and self._free_bytes() < self.held_bytes):
@@ -159,12 +176,12 @@ def adoptable_bytes(kept: KVCache, max_len: int) -> int:
 
 
 def copy_slots(kept: KVCache, cache: KVCache, n: int) -> None:
-    """Copies slots 0..n-1 of every layer of `kept` (batch 1, the same model, dtype and device)
+    """Copies slots 0..n-1 of every layer of row 0 of `kept` (the same model, dtype and device)
     into row 0 of `cache`, leaving `kept` as it is."""
     cache.reserve(n)
     for (k_new, v_new), (k_old, v_old) in zip(cache.layers, kept.layers):
-        k_new[:1, :, :n].copy_(k_old[:, :, :n])  # [1, Hkv, n, D]
-        v_new[:1, :, :n].copy_(v_old[:, :, :n])
+        k_new[:1, :, :n].copy_(k_old[:1, :, :n])  # [1, Hkv, n, D]
+        v_new[:1, :, :n].copy_(v_old[:1, :, :n])
 
 
 def move_slots(kept: KVCache, cache: KVCache, n: int) -> None:
