@@ -108,8 +108,8 @@ def test_shared_decode_checks_its_arguments():
 def test_samples_through_the_kernels_read_their_prompt_once(tmp_path, monkeypatch, graph):
     """3 samples each of two prompts on the Triton ops: every decode step's attention of every layer
     is the shared-prompt kernel (the graph-decode step, captured on CUDA and run eagerly here, and
-    the plain loop; the fused step too), and each sample's log-probabilities are transformers' for its own prompt and
-    tokens. The graph's state is built for runs of 3; a call whose rows do not repeat builds a state
+    the plain loop; the fused step too), the other rows of a run hold no copy of its prompt's slots,
+    and each sample's log-probabilities are transformers' for its own prompt and tokens. The graph's state is built for runs of 3; a call whose rows do not repeat builds a state
     of its own rather than take that one."""
     pytest.importorskip("transformers")
     from codellama_fast.kernels import attention_shared_decode as shared_kernel
@@ -117,11 +117,15 @@ def test_samples_through_the_kernels_read_their_prompt_once(tmp_path, monkeypatc
     from tests.engine_helpers import fresh_seed, hf_logprobs, logprobs_close, make_hf_model, save
     from tests.test_kernels import _triton_engine
 
+    from codellama_fast.engine import shared_prompts
+
     monkeypatch.setattr(shared_kernel, "MIN_SAVED_BYTES", 1)
-    calls = []
+    calls, copies = [], []
     real = triton_ops.attention_shared_decode
     monkeypatch.setattr(triton_ops, "attention_shared_decode",
                         lambda *a, **k: calls.append(a[5:7]) or real(*a, **k))  # (runs, prompt slots) of each call
+    real_copy = shared_prompts.copy_to_repeats
+    monkeypatch.setattr(shared_prompts, "copy_to_repeats", lambda *a: copies.append(a[1:]) or real_copy(*a))
     hf = make_hf_model("gqa4-d16", seed=fresh_seed())  # GQA 4, heads of 16 (the kernels' smallest)
     eng = _triton_engine(save(hf, tmp_path / "m"), bool(graph), **({"decode_step": "fused"} if graph == "fused" else {}))
     prompts = ["def reverse(items):\n    return", "import os"]
@@ -133,6 +137,7 @@ def test_samples_through_the_kernels_read_their_prompt_once(tmp_path, monkeypatc
     t = max(map(len, ids))
     steps = [c for c in calls if int(c[1]) == t]  # the graph's warm-up and timing steps (prompt slots 0) aside
     assert len(steps) == (new - 1) * layers and all(c[0] == 3 for c in steps), calls
+    assert not copies  # the prefill wrote each prompt's slots in its run's first row alone
     for row, (out, lps) in enumerate(zip(got.token_ids, got.token_logprobs)):
         assert logprobs_close(lps, hf_logprobs(hf, ids[row // 3], out), 1e-4), row
     if graph:

@@ -69,3 +69,66 @@ def test_samples_decoded_through_it_equal_transformers(tok, tmp_path_factory, mo
     assert calls == [(6, 1, 8, 8)] * (7 * layers)  # every step after the first (the prefill chose it), every layer
     for row, (ids, lps) in enumerate(zip(got.token_ids, got.token_logprobs)):
         assert logprobs_close(lps, hf_logprobs(hf, tok.encode(prompts[row // 3]), ids), 1e-4)
+
+
+@pytest.mark.parametrize("graph", [False, "eager"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_samples_read_once_keep_no_copies_of_their_prompt(tok, tmp_path_factory, monkeypatch, shared, graph):
+    """4 samples of one prompt in caches whose every slot starts as NaN: where every decode step
+    reads the prompt's slots from the first row alone (this path, in the plain loop), the prefill
+    copies nothing into the other rows, whose NaN slots then never reach a logit; where the steps
+    read every row (too few shared elements, or the decode state's step, built for rows read one by
+    one on these ops) it copies them. Each sample's log-probabilities are transformers'."""
+    pytest.importorskip("transformers")
+    from codellama_fast.engine import shared_prompts
+    from codellama_fast.engine.cache import KVCache
+    from tests.engine_helpers import fp32_engine, hf_logprobs, logprobs_close, random_checkpoint, spy_shapes
+
+    monkeypatch.setattr(SPA, "MIN_SHARED_ELEMENTS", 0 if shared else 1 << 62)
+    monkeypatch.setattr(KVCache, "_zeros", lambda self, slots: torch.full(self._shape(slots), float("nan"), dtype=self.dtype))
+    _, hf, path = random_checkpoint(tmp_path_factory, "gqa4", "shared-prompt-copies")
+    engine = fp32_engine(path, tok)
+    engine.use_cuda_graph = graph
+    copies = []
+    real = shared_prompts.copy_to_repeats
+    monkeypatch.setattr(shared_prompts, "copy_to_repeats", lambda layers, n, slots: copies.append((n, slots)) or real(layers, n, slots))
+    reads = spy_shapes(monkeypatch, SPA, "attention")
+    ids = tok.encode("def quicksort(items):\n    ")
+    got = engine.generate(input_ids=[ids], num_return_sequences=4, max_new_tokens=6, temperature=1.0, seed=3, stop_at_eos=False,
+                          return_logprobs=True)
+    once = shared and not graph
+    assert copies == ([] if once else [(4, len(ids))]) and bool(reads) == once
+    for out, lps in zip(got.token_ids, got.token_logprobs, strict=True):
+        assert logprobs_close(lps, hf_logprobs(hf, ids, out), 1e-4)
+
+
+@pytest.mark.parametrize("graph", [False, "eager"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_beams_read_once_hold_their_prompt_in_the_first_beam_alone(tok, tmp_path_factory, monkeypatch, shared, graph):
+    """3 beams of one prompt in caches whose every slot starts as NaN: where every step reads the
+    prompt's slots from the first beam's row alone (this path, in the plain loop), the prompt goes
+    to that row alone (the NaN slots of the others never reach a score); otherwise to every beam.
+    The beams and their scores are transformers'."""
+    pytest.importorskip("transformers")
+    from codellama_fast.engine.cache import KVCache
+    from tests.engine_helpers import fp32_engine, hf_beams, logprobs_close, random_checkpoint, spy_shapes
+
+    monkeypatch.setattr(SPA, "MIN_SHARED_ELEMENTS", 0 if shared else 1 << 62)
+    monkeypatch.setattr(KVCache, "_zeros", lambda self, slots: torch.full(self._shape(slots), float("nan"), dtype=self.dtype))
+    _, hf, path = random_checkpoint(tmp_path_factory, "gqa4", "shared-prompt-beams")
+    engine = fp32_engine(path, tok)
+    engine.use_cuda_graph = graph
+    reads = spy_shapes(monkeypatch, SPA, "attention")
+    caches = []  # the beams' cache, seen where the steps regroup it
+    real = KVCache.reorder_rows
+    monkeypatch.setattr(KVCache, "reorder_rows", lambda self, *a, **k: caches.append(self) or real(self, *a, **k))
+    ids = tok.encode("def quicksort(items):\n    ")
+    kw = dict(num_beams=3, num_return_sequences=2)
+    got = engine.generate(input_ids=[ids], max_new_tokens=6, stop_at_eos=False, **kw)
+    once = shared and not graph
+    assert bool(reads) == once
+    key = caches[0].layers[0][0]  # [3, Hkv, S, D]
+    assert not key[0, :, : len(ids)].isnan().any() and key[1:, :, : len(ids)].isnan().all() == once
+    want, want_scores = hf_beams(hf, [ids], 6, None, **kw)
+    assert got.token_ids == want
+    assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (got.sequence_scores, want_scores)

@@ -82,13 +82,15 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
                 log_steps: bool = False, token_logprobs: bool = False, guidance: Guidance | None = None,
                 top_logprobs: int = 0, captured: tuple[KVCache, GraphDecoder] | None = None,
                 started: float | None = None, reuse: Callable[[KVCache], int] | None = None,
-                keep_prompt: Callable[[KVCache], None] | None = None) -> BeamOutput:
+                keep_prompt: Callable[[KVCache], None] | None = None, prompt_in_every_beam: bool = True) -> BeamOutput:
     """tokens [B, T] left-padded prompts (row b's first real slot kv_start[b]); ``prefill(tokens,
     kv_start, cache, start)`` runs them into a cache whose first `start` slots of row 0 hold their
     keys and values already, and returns the last logits [B, V]; ``reuse(cache)`` (one prompt):
     copies the keys and values of the prompt's leading tokens a kept cache holds into row 0 of the
     prompt's cache and returns how many (0: none); ``keep_prompt(cache)`` (one prompt): takes
-    the prompt's cache (its T slots) when the search ends, for a later call; ``stop_ids``:
+    the prompt's cache (its T slots) when the search ends, for a later call;
+    ``prompt_in_every_beam`` False: the prompt's slots go to each prompt's first beam row alone
+    (every step reads them from there: ``Engine._decode_reads_prompt_once``); ``stop_ids``:
     each prompt's; ``allowed``: ids from it on are never chosen; ``generator``: beam sample's
     random draws (None: torch's global generator). ``candidate_ends(tokens [B, W, n], took_stop_id
     [B, W])``: for the step's W candidates of each prompt (their n generated tokens), the code of
@@ -124,8 +126,12 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         beam_kv_start = graph.kv_start
     cache.reserve(t)
     for (kc, vc), (pk, pv) in zip(cache.layers, prompt_cache.layers):
-        kc[:, :, :t].copy_(pk.repeat_interleave(k, dim=0))
-        vc[:, :, :t].copy_(pv.repeat_interleave(k, dim=0))
+        if prompt_in_every_beam:
+            kc[:, :, :t].copy_(pk.repeat_interleave(k, dim=0))
+            vc[:, :, :t].copy_(pv.repeat_interleave(k, dim=0))
+        else:  # rows 0, k, 2k, ...: each prompt's first beam
+            kc[::k, :, :t].copy_(pk)
+            vc[::k, :, :t].copy_(pv)
     if keep_prompt is None or b != 1:
         del prompt_cache  # else held until the search ends, then handed over
     lengths = t - beam_kv_start  # real prompt lengths

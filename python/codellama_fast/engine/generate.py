@@ -336,6 +336,19 @@ class Engine:
         cfg = self.model.config
         return choose(b, runs, prompt_slots, cfg.num_key_value_heads, cfg.head_dim, self.dtype.itemsize)
 
+    def _decode_reads_prompt_once(self, b: int, runs: int, t: int, graph: GraphDecoder | None) -> bool:
+        """Whether every decode step of a call of `b` rows in runs of `runs` > 1 that share their
+        first `t` slots reads those from each run's first row alone: the captured step where its
+        state was built to (``_graph_runs``), else the ops' decode attention at this size
+        (``Ops.decode_reads_prompt_once``). The prefill then copies nothing into the other rows."""
+        if runs <= 1:
+            return False
+        if graph is not None:
+            return graph.shared_runs > 1
+        ask = getattr(self.model.ops, "decode_reads_prompt_once", None)
+        cfg = self.model.config
+        return bool(ask is not None and ask(b, runs, t, cfg.num_key_value_heads, cfg.head_dim, self.dtype, self.device))
+
     def _tune_decode_attention(self, cache: KVCache) -> None:
         """The decode attention launch for this cache's shape, timed at its full length (the
         longest call it serves), where `tune_decode_attention` is on and the ops can time one;
@@ -441,7 +454,7 @@ class Engine:
         return cache, kv_start_now, None, reused
 
     def _prefill(self, tokens: torch.Tensor, kv_start: torch.Tensor, cache: KVCache, start: int = 0,
-                 stats: dict[str, float] | None = None, runs: int | None = None) -> torch.Tensor:
+                 stats: dict[str, float] | None = None, runs: int | None = None, copy_repeats: bool = True) -> torch.Tensor:
         """Runs the prompt through the model, in chunks when batch × length exceeds the prefill
         budget: `prefill_chunk_tokens`, or fewer when their activations would not fit in half the
         free memory (engine.memory); returns the last position's logits [B, V]. `start`: the
@@ -449,7 +462,9 @@ class Engine:
         the first row of each run of rows that repeat.
         Rows that repeat (num_return_sequences), and the tokens all rows begin with, are prefilled
         once (engine.shared_prompts); `stats["prompt_tokens_shared"]` counts the tokens that saved.
-        `runs`: ``shared_prompts.run_length`` of the rows, where the caller has it."""
+        `runs`: ``shared_prompts.run_length`` of the rows, where the caller has it; ``copy_repeats``
+        False: the rows that repeat another keep no copy of its prompt's slots (every step after
+        reads them from each run's first row alone, ``_decode_reads_prompt_once``)."""
         b, t = tokens.shape
         cache.reserve(t)  # a growing cache takes the prompt's slots before the free memory sizes the chunks
         # (with `start`, every run's first row holds the first `start` slots: the copies fill the rest)
@@ -465,7 +480,8 @@ class Engine:
             shared_prompts.copy_prefix(layers, head, starts, prefix)
         logits = self._prefill_chunks(tokens, kv_start, layers, max(start, prefix), t, t)
         if n > 1:
-            shared_prompts.copy_to_repeats(cache.layers, n, t)
+            if copy_repeats:
+                shared_prompts.copy_to_repeats(cache.layers, n, t)
             logits = logits.repeat_interleave(n, dim=0)  # [B, V]
         if stats is not None:  # the tokens neither prefilled nor reused (those of the first `start` slots)
             whole = n * sum(t - s for s in starts)  # every row's own tokens
@@ -598,7 +614,10 @@ class Engine:
                               f"{self.device} has free: this call generates at most {max_new} tokens (finish reason 'length' "
                               "past them)", RuntimeWarning, stacklevel=warn_stacklevel)
             sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-            first = self._prefill(tokens, kv_start, cache, start=reused, stats=stats, runs=runs)
+            # samples whose steps read their prompt once per run (or that take no step) need no
+            # copies of it in their other rows
+            copies = max_new > 1 and not self._decode_reads_prompt_once(b, runs, t, graph)
+            first = self._prefill(tokens, kv_start, cache, start=reused, stats=stats, runs=runs, copy_repeats=copies)
             fed.filled = t
             if samples_of is not None:  # the prompt's slots (row 0's) are kept when the call ends: the
                 stack.callback(self._stash, samples_of, cache)  # next turn reuses them, whichever sample it continues
@@ -827,7 +846,9 @@ class Engine:
                                               ends if ends.active else None, output_scores or output_logits, return_logprobs,
                                               guidance, top_logprobs, None if state is None else (state.cache, state.decoder), started,
                                               (lambda cache: self._copy_kept_prompt(list(prompts[0]), cache)) if reusable else None,
-                                              (lambda cache: self._keep_prompt(list(prompts[0]), cache)) if reusable else None)
+                                              (lambda cache: self._keep_prompt(list(prompts[0]), cache)) if reusable else None,
+                                              cfg.max_new_tokens > 1 and not self._decode_reads_prompt_once(
+                                                  rows_run, k, t, None if state is None else state.decoder))
         rows = [k for k in range(len(prompts)) for _ in range(n)]
         ids = [seq[:-1] if reason == "eos" else seq for seq, reason in zip(out.tokens, out.reasons)]
         logprobs = None if out.token_logprobs is None else [lp[: len(i)] for lp, i in zip(out.token_logprobs, ids)]

@@ -12,6 +12,10 @@ Shapes (B batch, T new tokens, S cache slots, Hq/Hkv query/KV heads, D head dim)
       (runs, slots), optional: rows come in runs whose first `slots` slots (an int, or a 1-element
       device tensor in a captured step) hold the same keys and values, which an implementation may
       read once per run (the result is the same up to rounding).
+  decode_reads_prompt_once(batch, runs, prompt_slots, kv_heads, head_dim, dtype, device) -> bool
+      whether every decode step of such rows (one query each, after the prompt; an int
+      prompt_slots) reads the prompt's slots from each run's first row alone: the engine then
+      leaves the other rows' copies of them unwritten.
   rope_attention(q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len) -> [B,T,Hq,D]
       the layer's whole attention step: rope_cache_update, then attention of the rotated q
       (an implementation may fuse them, e.g. in one launch for decode).
@@ -66,6 +70,9 @@ class Ops(Protocol):
 
     def linear_residual(self, x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor) -> torch.Tensor: ...
 
+    def decode_reads_prompt_once(self, batch: int, runs: int, prompt_slots: int, kv_heads: int, head_dim: int,
+                                 dtype: torch.dtype, device: torch.device) -> bool: ...
+
 
 class TorchOps:
     """Reference implementation on plain PyTorch ops (any device, any float dtype)."""
@@ -110,6 +117,12 @@ class TorchOps:
     def rope_attention(self, q, k, v, positions, inv_freq, k_cache, v_cache, slots, q_start, kv_start, kv_len, shared_prompt=None):
         q_rot = self.rope_cache_update(q, k, v, positions, inv_freq, k_cache, v_cache, slots)
         return self.attention(q_rot, k_cache, v_cache, q_start, kv_start, kv_len, shared_prompt)
+
+    def decode_reads_prompt_once(self, batch, runs, prompt_slots, kv_heads, head_dim, dtype, device):
+        """Whether every decode step (one query per row after the prompt, in the cache's dtype) of
+        `batch` rows in runs of `runs` sharing `prompt_slots` slots reads those from each run's
+        first row alone: on the CPU where they are enough (shared_prompt_attention.applies)."""
+        return torch.device(device).type == "cpu" and shared_prompt_attention.worth(batch, runs, prompt_slots, kv_heads, head_dim)
 
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
         return reference.swiglu(gate_up)

@@ -29,12 +29,18 @@ from .cpu_attention import fp32_blocks
 MIN_SHARED_ELEMENTS = 2**19
 
 
+def worth(batch: int, runs: int, prompt: int, kv_heads: int, head_dim: int) -> bool:
+    """Whether `batch` rows in runs of `runs` > 1 sharing `prompt` > 0 slots share enough of them."""
+    return runs > 1 and prompt > 0 and batch * prompt * kv_heads * head_dim >= MIN_SHARED_ELEMENTS
+
+
 def applies(q: torch.Tensor, k_cache: torch.Tensor, q_start: int, runs: int, prompt: int) -> bool:
     """q [B, T, Hq, D] on the CPU in the cache's dtype, every query after the prompt's `prompt`
-    slots (q_start >= prompt), rows in runs of `runs` > 1 sharing those slots, enough of them."""
+    slots (q_start >= prompt), rows in runs of `runs` sharing those slots, enough of them
+    (``worth``: a decode loop's every step then takes this path, TorchOps.decode_reads_prompt_once)."""
     b, _, _, d = q.shape
-    return (runs > 1 and q.device.type == "cpu" and q.dtype == k_cache.dtype and int(q_start) >= prompt > 0
-            and b * prompt * k_cache.shape[1] * d >= MIN_SHARED_ELEMENTS)
+    return (q.device.type == "cpu" and q.dtype == k_cache.dtype and int(q_start) >= prompt
+            and worth(b, runs, prompt, k_cache.shape[1], d))
 
 
 def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_start: int, kv_start: torch.Tensor,

@@ -75,6 +75,11 @@ class TritonOps:
                   and saves_enough(batch, runs, prompt_slots, kv_heads, head_dim, element_size))
         return runs if shares else 1
 
+    def decode_reads_prompt_once(self, batch, runs, prompt_slots, kv_heads, head_dim, dtype, device):
+        """Whether every uncaptured decode step of such rows reads the prompt's slots once per run
+        (``_reads_prompt_once`` with an int number of slots)."""
+        return self.shared_decode_runs(batch, runs, prompt_slots, kv_heads, head_dim, torch.empty((), dtype=dtype).element_size()) > 1
+
     def _reads_prompt_once(self, q: torch.Tensor, k_cache: torch.Tensor, shared_prompt) -> bool:
         """A decode step over runs of rows sharing their prompt's slots, worth reading them once. A
         captured step passes the slots as a device tensor: its engine chose the path for the call
