@@ -95,6 +95,56 @@ def test_a_growing_cache_keeps_what_it_holds(tmp_path):
     assert held.allocated == 5000 and held.held_bytes == held.nbytes
 
 
+def test_a_dropped_cache_frees_its_tensors_at_once(model, tok):
+    """With Python's cycle collector off, a cache is freed as soon as its last user drops it (no
+    cycle between it and its layers): alone, and every cache of an engine's calls of each kind
+    (plain, a batch, samples, beams, prompt lookup, a stream, scoring; the plain loop and the
+    decode states) once ``release_cache`` has dropped what it keeps. The layers of a cache that
+    is gone refuse to grow."""
+    import gc
+
+    made = []
+    init = KVCache.__init__
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(weakref.ref(self))
+
+    _, path = model
+    engine = fp32_engine(path, tok)
+    ids = tok.encode("def quicksort(items):\n    " * 6)  # past the kept prompts' floor of shared tokens
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        cache = KVCache(engine.model.config, 2, 300, torch.float32, torch.device("cpu"))  # 256 slots allocated
+        layers, tensor = cache.layers, weakref.ref(cache.layers[0][0])
+        del cache
+        assert tensor() is not None  # the layers still hold it: only the cache's own reference went
+        with pytest.raises(RuntimeError, match="is gone"):
+            layers.reserve(257)
+        layers.reserve(256)  # held already: nothing to grow
+        del layers
+        assert tensor() is None
+        KVCache.__init__ = recording_init  # type: ignore[method-assign]
+        for graph in (False, "eager"):
+            engine.use_cuda_graph = graph
+            engine.generate(input_ids=[ids], max_new_tokens=5, stop_at_eos=False)
+            engine.generate(input_ids=[ids, ids[:4]], max_new_tokens=5, stop_at_eos=False)
+            engine.generate(input_ids=[ids], max_new_tokens=5, num_return_sequences=3, temperature=1.0, stop_at_eos=False)
+            engine.generate(input_ids=[ids], max_new_tokens=5, num_beams=3, stop_at_eos=False)
+            engine.generate(input_ids=[ids], max_new_tokens=5, prompt_lookup_num_tokens=2, stop_at_eos=False)
+            assert len(list(engine.stream(ids, max_new_tokens=5))) > 0
+            engine.score(input_ids=[ids])
+            assert any(ref() is not None for ref in made)  # the kept ones (and the decode states)
+            engine.release_cache()
+            assert all(ref() is None for ref in made), graph
+    finally:
+        KVCache.__init__ = init  # type: ignore[method-assign]
+        if was_enabled:
+            gc.enable()
+
+
 def test_a_cache_that_cannot_grow_raises_and_keeps_what_it_holds(tmp_path, monkeypatch):
     from codellama_fast.errors import OutOfMemoryError
 

@@ -13,9 +13,12 @@ by its strides, so a grown cache needs no new kernel."""
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ..errors import OutOfMemoryError
+from . import lazy_zeros
 from .config import LlamaConfig
 from .memory import free_memory_bytes
 
@@ -34,14 +37,22 @@ INITIAL_SLOTS = 256
 class CacheLayers(list):
     """The per-layer (key, value) pairs the model reads and writes, plus `reserve(n)`: make every
     layer hold at least n slots (n <= the cache's max_len) before a step writes up to slot n - 1.
-    A pair may be replaced by a longer one there: hold the list, not its pairs, across steps."""
+    A pair may be replaced by a longer one there: hold the list, not its pairs, across steps.
+
+    The list refers to its cache weakly: a cycle between them would keep the tensors (gigabytes)
+    alive after the cache's last user drops it, until Python's cycle collector happens to run."""
 
     def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], cache: KVCache) -> None:
         super().__init__(pairs)
-        self._cache = cache
+        self._cache = weakref.ref(cache)
 
     def reserve(self, n: int) -> None:
-        self._cache.reserve(n)
+        cache = self._cache()
+        if cache is not None:
+            cache.reserve(n)
+        elif self and self[0][0].shape[2] < n:
+            raise RuntimeError(f"these cache layers hold {self[0][0].shape[2]} slots, not {n}, and the KV cache that grew "
+                               "them is gone: hold the KVCache while its layers are in use")
 
 
 class KVCache:
@@ -73,7 +84,7 @@ class KVCache:
         """One layer's key or value tensor of `slots` slots; the allocator's failure (a RuntimeError
         on the CPU, torch.OutOfMemoryError on CUDA) as an OutOfMemoryError."""
         try:
-            return torch.zeros(self._shape(slots), dtype=self.dtype, device=self.device)
+            return lazy_zeros.zeros(self._shape(slots), self.dtype, self.device)  # a large CPU one: its pages touched as written
         except RuntimeError as exc:
             raise OutOfMemoryError(
                 f"the KV cache could not take {slots} slots per sequence ({_gib(self.nbytes * slots / self.max_len)} in all) "

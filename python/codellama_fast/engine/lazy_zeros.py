@@ -1,0 +1,49 @@
+"""Zero-filled CPU tensors whose pages are touched only when written.
+
+``torch.zeros`` on the CPU allocates and then writes every byte. A tensor of tens of MiB or more
+comes from a fresh mapping of the C allocator anyway (glibc maps every block past its 32 MiB
+threshold), so that fill costs a page fault and a write per 4 KiB page, whether or not the
+tensor's owner ever writes there. A KV cache is such a tensor, and much of it may never be
+written: the slots past the tokens a call ends with, and the rows of samples whose decode steps
+read their prompt from the first row alone (engine.shared_prompts). An anonymous private mapping
+is zero on every page already, and a page costs nothing until it is first written; reading an
+untouched page reads the kernel's shared zero page. So a tensor made here is ``torch.zeros`` bit
+for bit, for less, where it is large.
+
+Smaller tensors, other devices, and a platform without anonymous mappings take ``torch.zeros``:
+the C allocator reuses its warm pages for those, which a new mapping would fault in again.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+
+import torch
+
+# The size from which a CPU tensor takes a lazily zeroed mapping (glibc's largest mmap threshold:
+# from there, malloc maps fresh pages for every block).
+LAZY_BYTES = 32 * 2**20
+
+_FLAGS = getattr(mmap, "MAP_PRIVATE", None), getattr(mmap, "MAP_ANONYMOUS", None)
+
+
+def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.zeros(shape, dtype=dtype, device=device)``: on the CPU from LAZY_BYTES up, a view of
+    a private anonymous mapping, freed with the last tensor that views it. The allocator's failure
+    is a RuntimeError, as torch's."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if torch.device(device).type != "cpu" or nbytes < LAZY_BYTES or None in _FLAGS:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    private, anonymous = _FLAGS
+    try:
+        mapping = mmap.mmap(-1, nbytes, flags=private | anonymous)
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"could not map {nbytes} bytes: {exc}") from exc
+    # frombuffer holds a reference to the mapping: it is unmapped once no tensor views it
+    return torch.frombuffer(mapping, dtype=torch.uint8).view(dtype).view(shape)
+
+
+def reference_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """What ``zeros`` gives, the plain way."""
+    return torch.zeros(shape, dtype=dtype, device=device)
