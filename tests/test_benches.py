@@ -147,6 +147,20 @@ def test_bench_prompt_cache_kinds_of_turn(tmp_path, flag, value, mark, reused):
     assert timed["codellama-fast-kept"]["reused"] == reused and timed["codellama-fast-whole"]["reused"] == 0
 
 
+def test_bench_memory_tiny(tmp_path):
+    """Both sides' conversations, each in a process of its own: the resident memory after each one
+    and at the peak, over the loaded model's, and turn 2's times to first token."""
+    pytest.importorskip("transformers")
+    data = _run("bench_memory.py", "--model", "tiny", "--prompt", "40", "--answer", "4", "--message", "4", "--samples", "3",
+                "--pairs", "2", tmp=tmp_path)
+    assert data["meta"]["samples"] == 3 and data["meta"]["pairs"] == 2
+    rows = {r["provider"]: r for r in data["rows"]}
+    assert sorted(rows) == ["codellama-fast", "transformers-eager"]
+    for r in rows.values():
+        assert r["shape"] == "tiny P40 A4 M4 N3 x2" and len(r["after_each_mib"]) == 2 and r["ttft_p50_ms"] > 0
+        assert r["loaded_mib"] > 0 and r["held_after_mib_max"] == max(r["after_each_mib"]) - r["loaded_mib"]
+
+
 @pytest.mark.parametrize("stop", [[], ["@@never@@", "§§"]])
 def test_bench_beams_tiny(tmp_path, stop):
     """The harness runs both sides on the same weights (and stop strings): their beams agree on a
