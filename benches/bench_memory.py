@@ -51,6 +51,7 @@ def run_side(side: str, args: argparse.Namespace) -> dict[str, Any]:
         from codellama_fast import CodeLlamaTokenizerFast
 
         engine = random_engine(args.model, "cpu", dtype, CodeLlamaTokenizerFast.from_pretrained())
+        engine.reuse_prompt_cache = True  # a user's default (random_engine turns it off for whole-prompt timings)
         vocab = engine.model.config.vocab_size
     else:
         model = hf_model(args.model, "cpu", dtype)
@@ -64,6 +65,7 @@ def run_side(side: str, args: argparse.Namespace) -> dict[str, Any]:
             reply = engine.generate(input_ids=[first], max_new_tokens=args.answer, stop_at_eos=False).token_ids[0]
             got = engine.generate(input_ids=[first + reply + message], max_new_tokens=1, stop_at_eos=False,
                                   num_return_sequences=args.samples, temperature=1.0, seed=pair)
+            assert got.prompt_tokens_reused == len(first) + args.answer - 1, got.prompt_tokens_reused  # turn 1's dialog
             ttft.append(got.time_to_first_token_s)
         else:
             with torch.inference_mode():
