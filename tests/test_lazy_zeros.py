@@ -67,3 +67,15 @@ def test_a_large_cpu_kv_cache_holds_only_what_it_wrote():
         v[0].fill_(1.0)
     assert 15 * MIB < _resident() - before < 20 * MIB  # row 0 of 8
     assert all(not k[1:].any() and not v[1:].any() for k, v in cache.layers)
+
+
+@on_linux
+def test_a_sparse_tensor_is_lazily_zeroed_from_a_smaller_size():
+    before = _resident()
+    x = lazy_zeros.zeros((4, MIB), torch.float32, torch.device("cpu"), sparse=True)  # 16 MiB (rows of 4), under LAZY_BYTES
+    assert x.data_ptr() % 4096 == 0 and _resident() - before < 2 * MIB  # a fresh mapping, nothing resident
+    unwritten = _resident()
+    x[0].fill_(1.0)
+    assert 3 * MIB < _resident() - unwritten < 6 * MIB and not x[1:].any()  # one row's pages
+    small = lazy_zeros.zeros((1000,), torch.float32, torch.device("cpu"), sparse=True)  # under SPARSE_LAZY_BYTES
+    assert not small.any()

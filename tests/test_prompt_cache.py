@@ -514,12 +514,12 @@ def test_a_call_short_of_memory_frees_the_kept_cache_first(model, tok, monkeypat
     assert engine._prompt_cache.kept_tokens > 0
     real = KVCache.at_most.__func__
 
-    def at_most(cls, cfg, batch, needed, least, dtype, device, grow=True):
+    def at_most(cls, cfg, batch, needed, least, dtype, device, grow=True, **kw):
         if engine._prompt_cache.kept_tokens:  # the kept cache holds the memory this one needs
             if lack == "none":
                 raise OutOfMemoryError("no room beside the kept cache")
             needed -= 10  # as many slots as fit: fewer than asked
-        return real(cls, cfg, batch, needed, least, dtype, device, grow)
+        return real(cls, cfg, batch, needed, least, dtype, device, grow, **kw)
 
     monkeypatch.setattr(G.KVCache, "at_most", classmethod(at_most))
     with warnings.catch_warnings():

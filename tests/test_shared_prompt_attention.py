@@ -93,11 +93,15 @@ def test_samples_read_once_keep_no_copies_of_their_prompt(tok, tmp_path_factory,
     real = shared_prompts.copy_to_repeats
     monkeypatch.setattr(shared_prompts, "copy_to_repeats", lambda layers, n, slots: copies.append((n, slots)) or real(layers, n, slots))
     reads = spy_shapes(monkeypatch, SPA, "attention")
+    made = []
+    init = KVCache.__init__
+    monkeypatch.setattr(KVCache, "__init__", lambda self, *a, **k: init(self, *a, **k) or made.append(self))
     ids = tok.encode("def quicksort(items):\n    ")
     got = engine.generate(input_ids=[ids], num_return_sequences=4, max_new_tokens=6, temperature=1.0, seed=3, stop_at_eos=False,
                           return_logprobs=True)
     once = shared and not graph
     assert copies == ([] if once else [(4, len(ids))]) and bool(reads) == once
+    assert [c.sparse for c in made if c.batch == 4] == [once]  # lazily zeroed on the CPU where its rows stay unwritten
     for out, lps in zip(got.token_ids, got.token_logprobs, strict=True):
         assert logprobs_close(lps, hf_logprobs(hf, ids, out), 1e-4)
 
@@ -127,6 +131,7 @@ def test_beams_read_once_hold_their_prompt_in_the_first_beam_alone(tok, tmp_path
     got = engine.generate(input_ids=[ids], max_new_tokens=6, stop_at_eos=False, **kw)
     once = shared and not graph
     assert bool(reads) == once
+    assert caches[0].sparse == once
     key = caches[0].layers[0][0]  # [3, Hkv, S, D]
     assert not key[0, :, : len(ids)].isnan().any() and key[1:, :, : len(ids)].isnan().all() == once
     want, want_scores = hf_beams(hf, [ids], 6, None, **kw)

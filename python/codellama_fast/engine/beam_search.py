@@ -119,7 +119,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     prefill_s = time.perf_counter() - start
     beam_kv_start = kv_start.repeat_interleave(k)  # [B k]
     if captured is None:
-        cache, graph = KVCache(cfg, rows, t + max_new, dtype, device), None
+        cache, graph = KVCache(cfg, rows, t + max_new, dtype, device, sparse=not prompt_in_every_beam), None
     else:
         cache, graph = captured
         graph.kv_start.copy_(beam_kv_start)  # the buffer its step reads

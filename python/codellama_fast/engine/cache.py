@@ -57,10 +57,13 @@ class CacheLayers(list):
 
 class KVCache:
     def __init__(self, cfg: LlamaConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device,
-                 grow: bool = True, adopting_bytes: int = 0) -> None:
+                 grow: bool = True, adopting_bytes: int = 0, sparse: bool = False) -> None:
         """`grow`: start small and grow as the steps need (default); False: allocate all of max_len now.
         `adopting_bytes`: memory already held by tensors this cache will take over as its own (a
-        kept prompt's, engine/prompt_cache.py): only the rest must be free."""
+        kept prompt's, engine/prompt_cache.py): only the rest must be free. `sparse`: most rows
+        will leave their prompt's slots unwritten (samples or beams that read the prompt from one
+        row): on the CPU its tensors are lazily zeroed from a smaller size (engine.lazy_zeros)."""
+        self.sparse = sparse
         if batch <= 0 or max_len <= 0:
             raise ValueError(f"KV cache needs a positive batch and length, got batch={batch}, max_len={max_len}")
         self.cfg, self.batch, self.max_len, self.dtype, self.device = cfg, batch, max_len, dtype, torch.device(device)
@@ -84,7 +87,8 @@ class KVCache:
         """One layer's key or value tensor of `slots` slots; the allocator's failure (a RuntimeError
         on the CPU, torch.OutOfMemoryError on CUDA) as an OutOfMemoryError."""
         try:
-            return lazy_zeros.zeros(self._shape(slots), self.dtype, self.device)  # a large CPU one: its pages touched as written
+            # a large CPU one (or a sparse one): its pages touched as written
+            return lazy_zeros.zeros(self._shape(slots), self.dtype, self.device, self.sparse)
         except RuntimeError as exc:
             raise OutOfMemoryError(
                 f"the KV cache could not take {slots} slots per sequence ({_gib(self.nbytes * slots / self.max_len)} in all) "
@@ -130,14 +134,14 @@ class KVCache:
 
     @classmethod
     def at_most(cls, cfg: LlamaConfig, batch: int, needed: int, least: int, dtype: torch.dtype, device: torch.device,
-                grow: bool = True) -> KVCache:
+                grow: bool = True, sparse: bool = False) -> KVCache:
         """A cache of `needed` slots where they fit in memory, else of as many as fit when that is
         at least `least` (the generation then ends at the end of the cache); else the
         OutOfMemoryError for `needed`."""
         try:
-            return cls(cfg, batch, needed, dtype, device, grow)
+            return cls(cfg, batch, needed, dtype, device, grow, sparse=sparse)
         except OutOfMemoryError:
             fit = min(needed, cls.slots_that_fit(cfg, batch, dtype, device))
             if fit < least:
                 raise
-        return cls(cfg, batch, fit, dtype, device, grow)
+        return cls(cfg, batch, fit, dtype, device, grow, sparse=sparse)

@@ -387,12 +387,12 @@ class Engine:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _new_cache(self, b: int, max_len: int, least: int) -> KVCache:
-        """A growing cache for a call of `b` sequences (KVCache.at_most). Where the memory the kept
-        prompt caches hold is what it lacks (it would be shorter than `max_len`, or none), the kept
-        caches go and the cache is sized again."""
+    def _new_cache(self, b: int, max_len: int, least: int, sparse: bool = False) -> KVCache:
+        """A growing cache for a call of `b` sequences (KVCache.at_most; `sparse`: KVCache's). Where
+        the memory the kept prompt caches hold is what it lacks (it would be shorter than
+        `max_len`, or none), the kept caches go and the cache is sized again."""
         try:
-            cache = KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device)
+            cache = KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device, sparse=sparse)
         except OutOfMemoryError:
             if not self._prompt_cache.kept_tokens:
                 raise
@@ -401,11 +401,11 @@ class Engine:
             return cache
         self._prompt_cache.clear()
         del cache
-        return KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device)
+        return KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device, sparse=sparse)
 
     def _call_cache(self, stack: ExitStack, state: DecodeState | None, b: int, max_len: int, least: int,
-                    kv_start_now: torch.Tensor, fed: FedTokens,
-                    samples_of: Sequence[int] | None = None) -> tuple[KVCache, torch.Tensor, GraphDecoder | None, int]:
+                    kv_start_now: torch.Tensor, fed: FedTokens, samples_of: Sequence[int] | None = None,
+                    sparse: bool = False) -> tuple[KVCache, torch.Tensor, GraphDecoder | None, int]:
         """(cache, kv_start, captured decoder or None, slots reused) for one call of `b` sequences:
         the decode state's, or a new cache of `max_len` slots (at least `least`), taking a kept
         prompt's slots where `fed` tracks a prompt that begins with its tokens. When the call ends
@@ -416,7 +416,8 @@ class Engine:
         they end, replaces it: ``_stash``). On a decode state, the samples (and a sequence whose
         state holds less of it) copy them from a kept prompt or a kept state of one sequence
         (``_copy_kept_prompt``); a sequence of another conversation first stashes the one the
-        state held (``_stash``)."""
+        state held (``_stash``). `sparse`: a new cache's rows will mostly leave their prompt's
+        slots unwritten (KVCache)."""
         if state is not None:
             state.kv_start.copy_(kv_start_now)
             held, state.ids = state.ids, []  # this call writes the cache: what it held is known here alone
@@ -434,7 +435,7 @@ class Engine:
                 stack.callback(lambda: setattr(state, "ids", fed.ids))
             return state.cache, state.kv_start, state.decoder, reused
         if samples_of is not None:
-            cache = self._new_cache(b, max_len, least)  # it drops the kept prompt where that memory is needed
+            cache = self._new_cache(b, max_len, least, sparse)  # it drops the kept prompt where that memory is needed
             return cache, kv_start_now, None, self._copy_kept_prompt(samples_of, cache)
         cache = None
         kept, reused = self._prompt_cache.take(fed.seq) if fed.tracking else (None, 0)
@@ -448,7 +449,7 @@ class Engine:
                 cache, reused = None, 0
             kept = None  # its tensors now belong to `cache`, or are freed before a new cache is sized
         if cache is None:
-            cache = self._new_cache(b, max_len, least)
+            cache = self._new_cache(b, max_len, least, sparse)
         if fed.tracking:
             stack.callback(lambda: self._prompt_cache.keep(fed.ids, cache, self.max_kept_prompts))
         return cache, kv_start_now, None, reused
@@ -603,7 +604,10 @@ class Engine:
             fed = FedTokens(tokens[0].tolist() if reusable and b == 1 else [], reusable and b == 1)
             # the samples of one prompt (every row alike) copy a kept prompt's slots, where it is kept
             samples_of = tokens[0].tolist() if reusable and b > 1 and runs == b else None
-            cache, kv_start, graph, reused = self._call_cache(stack, state, b, max_len, least, kv_start_now, fed, samples_of)
+            # runs of rows that the plain loop's steps read their prompt from the first row of: the
+            # others never hold it (below)
+            sparse = state is None and self._decode_reads_prompt_once(b, runs, t, None)
+            cache, kv_start, graph, reused = self._call_cache(stack, state, b, max_len, least, kv_start_now, fed, samples_of, sparse)
             fed.filled = reused
             stats["prompt_tokens_reused"] = reused
             # generating k tokens writes the first k - 1 into the cache after the prompt

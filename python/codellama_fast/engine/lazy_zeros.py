@@ -11,7 +11,9 @@ untouched page reads the kernel's shared zero page. So a tensor made here is ``t
 for bit, for less, where it is large.
 
 Smaller tensors, other devices, and a platform without anonymous mappings take ``torch.zeros``:
-the C allocator reuses its warm pages for those, which a new mapping would fault in again.
+the C allocator reuses its warm pages for those, which a new mapping would fault in again as they
+are written; a tensor its owner will mostly leave unwritten (``sparse``) takes a mapping from 1
+MiB up.
 """
 
 from __future__ import annotations
@@ -24,16 +26,21 @@ import torch
 # The size from which a CPU tensor takes a lazily zeroed mapping (glibc's largest mmap threshold:
 # from there, malloc maps fresh pages for every block).
 LAZY_BYTES = 32 * 2**20
+# The size from which a tensor its owner knows it will mostly leave unwritten takes one (the rows
+# of samples that hold no copy of their prompt): a page it never writes costs nothing there, where
+# malloc's warm pages would each be written with zeros.
+SPARSE_LAZY_BYTES = 2**20
 
 _FLAGS = getattr(mmap, "MAP_PRIVATE", None), getattr(mmap, "MAP_ANONYMOUS", None)
 
 
-def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``torch.zeros(shape, dtype=dtype, device=device)``: on the CPU from LAZY_BYTES up, a view of
-    a private anonymous mapping, freed with the last tensor that views it. The allocator's failure
-    is a RuntimeError, as torch's."""
+def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, sparse: bool = False) -> torch.Tensor:
+    """``torch.zeros(shape, dtype=dtype, device=device)``: on the CPU from LAZY_BYTES up (`sparse`:
+    mostly left unwritten, from SPARSE_LAZY_BYTES up), a view of a private anonymous mapping,
+    freed with the last tensor that views it. The allocator's failure is a RuntimeError, as
+    torch's."""
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    if torch.device(device).type != "cpu" or nbytes < LAZY_BYTES or None in _FLAGS:
+    if torch.device(device).type != "cpu" or nbytes < (SPARSE_LAZY_BYTES if sparse else LAZY_BYTES) or None in _FLAGS:
         return torch.zeros(shape, dtype=dtype, device=device)
     private, anonymous = _FLAGS
     try:
