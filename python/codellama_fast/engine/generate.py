@@ -891,8 +891,8 @@ class Engine:
         """Keeps a copy of the first len(held) slots of row 0 of `cache` (the keys and values of
         `held`) as a kept prompt: a one-sequence decode state's, before a call of another
         conversation overwrites them (a server's users, or an editor's files, that take turns each
-        find their own), or the prompt of a call's samples or beams (the next turn reuses it,
-        whichever answer it continues). Nothing is copied where a kept prompt holds all of `held`
+        find their own), or the prompt of a call's samples (the next turn reuses it, whichever
+        sample it continues). Nothing is copied where a kept prompt holds all of `held`
         already, nor where the memory for the copy is lacking."""
         if len(held) < prompt_cache.MIN_SHARED_TOKENS or self._prompt_cache.extends(held):
             return  # ``keep`` would not keep it, or need it: no copy to make
