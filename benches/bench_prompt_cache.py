@@ -13,7 +13,8 @@ of the same length) have their turn 1 between turn 1 and turn 2, as on a server 
 between users (one kept cache, ``max_kept_prompts=1``, would then be the last other's: turn 2
 prefills whole, as without reuse). ``--first-samples N`` / ``--first-beams K``: turn 1 is sampled N
 times (turn 2 continues its last sample) or a beam search of K beams (turn 2 continues the best);
-their prompt is kept when they end, so turn 2 prefills only that answer and its message.
+their prompt is kept when they end (with the best beam's tokens, where the search ran to its last
+step), so turn 2 prefills only that answer (past what is kept) and its message.
 
     python benches/bench_prompt_cache.py [--model 110M] [--prompt 512 2048] [--answer 32] [--message 32] [--dtype float32] [--samples 4 | --beams 4 | --lookup 3] [--others 2] [--first-samples 4 | --first-beams 4]
 """

@@ -412,3 +412,37 @@ def test_beams_on_the_decode_states_step_equal_the_uncaptured_loop(model, tok, m
     if "do_sample" not in kw:
         _same(engine, hf, rows, 8, None, **kw)
     assert [s.batch for s in engine._graphs._states] == [2 * k]
+
+
+@pytest.mark.parametrize("ended", ["at the last step", "earlier", "not at all"])
+def test_the_best_beams_slots_are_the_prompts_then_its_rows(ended):
+    """What a search of one prompt keeps for the next turn: where its best beam ended at the last
+    step, the prompt's slots from the prompt's own cache (the beams' rows may lack them) and the
+    best beam's fed tokens' slots from the row it came from; otherwise the prompt's cache itself."""
+    from codellama_fast.engine import LlamaConfig
+    from codellama_fast.engine import beam_search as BS
+    from codellama_fast.engine.cache import KVCache
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=48)
+    t, steps, k = 5, 4, 3
+    prompt = KVCache(cfg, 1, t, torch.float32, torch.device("cpu"), grow=False)
+    beams = KVCache(cfg, k, t + steps, torch.float32, torch.device("cpu"), grow=False)
+    for (pk, pv), (ck, cv) in zip(prompt.layers, beams.layers):
+        for x in (pk, pv):
+            x.copy_(torch.randn_like(x))
+        for x in (ck, cv):
+            x.copy_(torch.randn_like(x))
+            x[1:, :, :t] = float("nan")  # the other beams' rows hold no prompt
+    seq = torch.tensor([[[7, 8, 9, 10], [7, 8, 9, 11], [7, 8, 1, 2]]])  # [1, k, steps]
+    done = torch.tensor([[ended != "not at all", True, True]])
+    length = torch.tensor([[steps if ended == "at the last step" else steps - 1, steps, steps]])
+    parent = torch.tensor([[2, 0, 1]])  # the best came from row 2
+    kept, answer = BS._best_beam_slots(cfg, prompt, beams, {"seq": seq}, done, length, parent, steps)
+    if ended != "at the last step":
+        assert kept is prompt and answer == []
+        return
+    assert answer == [7, 8, 9] and kept.batch == 1 and kept.max_len == t + steps - 1
+    for (gk, gv), (pk, pv), (ck, cv) in zip(kept.layers, prompt.layers, beams.layers):
+        assert torch.equal(gk[:, :, :t], pk) and torch.equal(gv[:, :, :t], pv)
+        assert torch.equal(gk[0, :, t:], ck[2, :, t : t + steps - 1]) and torch.equal(gv[0, :, t:], cv[2, :, t : t + steps - 1])

@@ -585,10 +585,11 @@ def test_beams_of_a_longer_prompt_copy_the_kept_slots(model, tok, graph):
     """A chat's next turn by beam search (3 beams, 2 returned): the kept prompt's slots (the kept
     cache's, or on decode states the one-sequence state's) are copied into the prompt's cache, only
     the rest of the prompt is prefilled, and the beams and their scores are transformers' for the
-    whole prompt. The prompt's cache is kept when the beams end: the turn after, which continues
-    the second beam returned, prefills only that beam and its new message. Two prompts' beams
-    reuse nothing."""
-    from tests.engine_helpers import fp32_engine, hf_beams, logprobs_close
+    whole prompt. When the beams end, the prompt's keys and values are kept, with the best beam's
+    (its row held them: the search ended at its last step): a turn continuing the second beam
+    prefills that beam past what it shares with the best, and its message; one continuing the best
+    prefills only its last token and the message. Two prompts' beams reuse nothing."""
+    from tests.engine_helpers import fp32_engine, hf_beams, hf_logprobs, logprobs_close
 
     hf, path = model
     engine = fp32_engine(path, tok)
@@ -605,12 +606,21 @@ def test_beams_of_a_longer_prompt_copy_the_kept_slots(model, tok, graph):
     want, want_scores = hf_beams(hf, [longer], 6, None, **kw)
     assert got.token_ids == want
     assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (got.sequence_scores, want_scores)
-    assert [k.ids for k in engine._prompt_cache._kept] == [longer]  # the first turn's: gone, longer begins with it
-    third = longer + got.token_ids[1] + tok.encode("\n# in place", add_special_tokens=False)
-    calls.clear()
-    after = engine.generate(input_ids=[third], max_new_tokens=4, stop_at_eos=False)
-    assert after.prompt_tokens_reused == len(longer) and [c for c in calls if c > 1] == [len(third) - len(longer)]
-    assert after.token_ids[0] == _greedy(hf, third, 4)
+    # the first turn's cache is gone (what is kept begins with it): the prompt and the best beam's
+    # tokens but the last, which its row held when the search ended at its last step
+    assert [k.ids for k in engine._prompt_cache._kept] == [longer + got.token_ids[0][:5]]
+    message = tok.encode("\n# in place", add_special_tokens=False)
+    for beam in (1, 0):  # a turn continuing the second beam, then one continuing the best
+        third = longer + got.token_ids[beam] + message
+        shared = PC.common_prefix(got.token_ids[0][:5], got.token_ids[beam])  # of the tokens kept after the prompt
+        calls.clear()
+        after = engine.generate(input_ids=[third], max_new_tokens=4, stop_at_eos=False, return_logprobs=True)
+        assert after.prompt_tokens_reused == len(longer) + shared and [c for c in calls if c > 1] == [len(third) - len(longer) - shared]
+        assert after.token_ids[0] == _greedy(hf, third, 4)
+        assert logprobs_close(after.token_logprobs[0], hf_logprobs(hf, third, after.token_ids[0]), 1e-4)
+        if beam == 1:
+            engine.release_cache()  # each turn continues the beams' call
+            engine.generate(input_ids=[longer], max_new_tokens=6, stop_at_eos=False, **kw)
     two = [longer, tok.encode("class Stack:\n")]
     assert engine.generate(input_ids=two, max_new_tokens=6, stop_at_eos=False, **kw).prompt_tokens_reused == 0
 

@@ -112,12 +112,15 @@ def test_beams_read_once_hold_their_prompt_in_the_first_beam_alone(tok, tmp_path
     """3 beams of one prompt in caches whose every slot starts as NaN: where every step reads the
     prompt's slots from the first beam's row alone (this path, in the plain loop), the prompt goes
     to that row alone (the NaN slots of the others never reach a score); otherwise to every beam.
-    The beams and their scores are transformers'."""
+    The beams and their scores are transformers', and so is a next turn continuing the best beam,
+    which reuses the prompt's and that beam's keys and values."""
     pytest.importorskip("transformers")
     from codellama_fast.engine.cache import KVCache
-    from tests.engine_helpers import fp32_engine, hf_beams, logprobs_close, random_checkpoint, spy_shapes
+    from codellama_fast.engine import prompt_cache
+    from tests.engine_helpers import fp32_engine, hf_beams, hf_logprobs, logprobs_close, random_checkpoint, spy_shapes
 
     monkeypatch.setattr(SPA, "MIN_SHARED_ELEMENTS", 0 if shared else 1 << 62)
+    monkeypatch.setattr(prompt_cache, "MIN_SHARED_TOKENS", 1)  # a short prompt's keys and values are kept too
     monkeypatch.setattr(KVCache, "_zeros", lambda self, slots: torch.full(self._shape(slots), float("nan"), dtype=self.dtype))
     _, hf, path = random_checkpoint(tmp_path_factory, "gqa4", "shared-prompt-beams")
     engine = fp32_engine(path, tok)
@@ -137,3 +140,9 @@ def test_beams_read_once_hold_their_prompt_in_the_first_beam_alone(tok, tmp_path
     want, want_scores = hf_beams(hf, [ids], 6, None, **kw)
     assert got.token_ids == want
     assert logprobs_close(got.sequence_scores, want_scores, 1e-4), (got.sequence_scores, want_scores)
+    # the next turn continues the best beam: the prompt's keys and values (from the prompt's own
+    # cache, where the beams' rows lack them) and the beam's (from its row) are reused
+    nxt = ids + got.token_ids[0] + tok.encode("\n# sorted", add_special_tokens=False)
+    after = engine.generate(input_ids=[nxt], max_new_tokens=3, stop_at_eos=False, return_logprobs=True)
+    assert after.prompt_tokens_reused == len(ids) + 5
+    assert logprobs_close(after.token_logprobs[0], hf_logprobs(hf, nxt, after.token_ids[0]), 1e-4)

@@ -25,7 +25,9 @@ from typing import Any
 
 import torch
 
+from ..errors import OutOfMemoryError
 from .cache import KVCache
+from .config import LlamaConfig
 from .cuda_graph import GraphDecoder
 from .finite import FiniteWatch, no_token_error
 from .guidance import Guidance
@@ -82,13 +84,14 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
                 log_steps: bool = False, token_logprobs: bool = False, guidance: Guidance | None = None,
                 top_logprobs: int = 0, captured: tuple[KVCache, GraphDecoder] | None = None,
                 started: float | None = None, reuse: Callable[[KVCache], int] | None = None,
-                keep_prompt: Callable[[KVCache], None] | None = None, prompt_in_every_beam: bool = True) -> BeamOutput:
+                keep_prompt: Callable[[KVCache, list[int]], None] | None = None, prompt_in_every_beam: bool = True) -> BeamOutput:
     """tokens [B, T] left-padded prompts (row b's first real slot kv_start[b]); ``prefill(tokens,
     kv_start, cache, start)`` runs them into a cache whose first `start` slots of row 0 hold their
     keys and values already, and returns the last logits [B, V]; ``reuse(cache)`` (one prompt):
     copies the keys and values of the prompt's leading tokens a kept cache holds into row 0 of the
-    prompt's cache and returns how many (0: none); ``keep_prompt(cache)`` (one prompt): takes
-    the prompt's cache (its T slots) when the search ends, for a later call;
+    prompt's cache and returns how many (0: none); ``keep_prompt(cache, answer)`` (one prompt):
+    takes, when the search ends, a cache of one sequence whose slots hold the prompt's keys and
+    values and those of ``answer``'s tokens after it (``_best_beam_slots``), for a later call;
     ``prompt_in_every_beam`` False: the prompt's slots go to each prompt's first beam row alone
     (every step reads them from there: ``Engine._decode_reads_prompt_once``); ``stop_ids``:
     each prompt's; ``allowed``: ids from it on are never chosen; ``generator``: beam sample's
@@ -162,6 +165,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     fin_scores = torch.full((b, k), -_NEVER, device=device)
     fin_done = torch.zeros(b, k, dtype=torch.bool, device=device)
     fin_code = torch.zeros(b, k, dtype=torch.long, device=device)
+    fin_parent = torch.zeros(b, k, dtype=torch.long, device=device)  # the cache row each came from, at the step it ended
     step_scores: list[torch.Tensor] = []
     step_logits: list[torch.Tensor] = []
     improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
@@ -230,6 +234,7 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         fin_len = torch.cat([fin_len, torch.full_like(cand_seq[:, :, 0], step + 1)], dim=1).gather(1, best)
         fin_done = torch.cat([fin_done, just_done], dim=1).gather(1, best)
         fin_code = torch.cat([fin_code, code], dim=1).gather(1, best)
+        fin_parent = torch.cat([fin_parent, batch_base + parent], dim=1).gather(1, best)
 
         # can a running beam still beat the worst finished one?
         if settings.early_stopping == "never" and settings.length_penalty > 0.0:
@@ -268,8 +273,9 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
             logits = graph.replay().clone()  # its buffer: the next replay rewrites it, and the logs keep this one
 
     if keep_prompt is not None and b == 1:
-        keep_prompt(prompt_cache)  # the prompt's slots, whichever beam a later call continues
-        del prompt_cache
+        kept, answer = _best_beam_slots(cfg, prompt_cache, cache, fin, fin_done, fin_len, fin_parent, steps)
+        keep_prompt(kept, answer)
+        del prompt_cache, kept
     watch.check(dtype, f"at beam search step {steps}")
     seqs, lens, scores = fin["seq"][:, :n_out].tolist(), fin_len[:, :n_out].tolist(), fin_scores[:, :n_out].tolist()
     decode_s = time.perf_counter() - start - prefill_s
@@ -298,6 +304,32 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
         out.top_logprobs = [[list(zip(ids[i:i + kk], values[i:i + kk])) for i in range(0, len(ids), kk)]
                             for ids, values in zip(per_beam("top_ids"), per_beam("top_values"))]
     return out
+
+
+def _best_beam_slots(cfg: LlamaConfig, prompt_cache: KVCache, cache: KVCache, fin: dict[str, torch.Tensor], fin_done: torch.Tensor,
+                     fin_len: torch.Tensor, fin_parent: torch.Tensor, steps: int) -> tuple[KVCache, list[int]]:
+    """(a cache of one sequence, the tokens after the prompt whose slots it holds) for one prompt's
+    search that ran `steps` steps: where its best beam ended at the last step, the search stopped
+    before regrouping, so the row it came from holds its tokens but the last (the one it ended
+    with was never fed): a new cache takes the prompt's slots (`prompt_cache`, [1, Hkv, T, D]
+    per layer: the beams' rows may hold them in the first beam's row alone) and that row's next
+    ones. Otherwise (it ended earlier, whose row later steps overwrote; or no memory for the copy)
+    the prompt's cache alone."""
+    n = steps - 1  # the best beam's tokens that were fed
+    if n <= 0 or not bool(fin_done[0, 0]) or int(fin_len[0, 0]) != steps:
+        return prompt_cache, []
+    t = prompt_cache.max_len
+    try:
+        best = KVCache(cfg, 1, t + n, prompt_cache.dtype, prompt_cache.device, grow=False)
+    except OutOfMemoryError:
+        return prompt_cache, []
+    row = int(fin_parent[0, 0])
+    for (bk, bv), (pk, pv), (ck, cv) in zip(best.layers, prompt_cache.layers, cache.layers):
+        bk[:, :, :t].copy_(pk)
+        bv[:, :, :t].copy_(pv)
+        bk[0, :, t:].copy_(ck[row, :, t : t + n])  # [Hkv, n, D]
+        bv[0, :, t:].copy_(cv[row, :, t : t + n])
+    return best, fin["seq"][0, 0, :n].tolist()
 
 
 def _grown(history: torch.Tensor, parent: torch.Tensor, step: int, new: torch.Tensor) -> torch.Tensor:

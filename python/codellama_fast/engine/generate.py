@@ -850,7 +850,8 @@ class Engine:
                                               ends if ends.active else None, output_scores or output_logits, return_logprobs,
                                               guidance, top_logprobs, None if state is None else (state.cache, state.decoder), started,
                                               (lambda cache: self._copy_kept_prompt(list(prompts[0]), cache)) if reusable else None,
-                                              (lambda cache: self._keep_prompt(list(prompts[0]), cache)) if reusable else None,
+                                              (lambda cache, answer: self._keep_prompt(list(prompts[0]) + answer, cache))
+                                              if reusable else None,
                                               cfg.max_new_tokens > 1 and not self._decode_reads_prompt_once(
                                                   rows_run, k, t, None if state is None else state.decoder))
         rows = [k for k in range(len(prompts)) for _ in range(n)]
@@ -882,9 +883,9 @@ class Engine:
         return max(n, self._graphs.copy_prompt(prompt, cache, more_than=max(more_than, n)))
 
     def _keep_prompt(self, ids: list[int], cache: KVCache) -> None:
-        """Keeps `cache` (one sequence, its slots the keys and values of `ids`) as a kept prompt,
-        with no copy: the prompt cache of a call's beams, for the next turn, whichever beam it
-        continues."""
+        """Keeps `cache` (one sequence, its slots the keys and values of `ids`) as a kept prompt:
+        a call's beams' prompt, and their best beam's tokens where its row still held them, for
+        the next turn (whichever beam it continues, it reuses the prompt)."""
         self._prompt_cache.keep(ids, cache, self.max_kept_prompts)
 
     def _stash(self, held: list[int], cache: KVCache) -> None:
