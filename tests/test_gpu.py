@@ -400,8 +400,11 @@ def test_beams_on_the_captured_state():
     """7B layer shapes, 2 layers, fp16: 4 beams of an 1100-token prompt on a captured step built for
     runs of 4 (the prompt's slots read once per step): each beam's score (summed log-probabilities,
     length_penalty 0) equals that of its text scored in one prefill within fp16 rounding, and the
-    logits kept per step are each step's own (the step's buffer is rewritten by every replay)."""
+    logits kept per step are each step's own (the step's buffer is rewritten by every replay). A
+    turn continuing the best beam reuses the prompt's keys and values and the beam's (from the
+    row of the state's cache it came from), with its scored text's log-probabilities."""
     eng = _captured_7b_two_layers()
+    eng.reuse_prompt_cache = True
     prompt = [1] + torch.randint(3, 32000, (1099,)).tolist()
     got = eng.generate(input_ids=[prompt], num_beams=4, num_return_sequences=4, max_new_tokens=8, length_penalty=0.0,
                        stop_at_eos=False, output_logits=True)
@@ -411,6 +414,11 @@ def test_beams_on_the_captured_state():
     for row, total in enumerate(got.sequence_scores):
         want = sum(scored.token_logprobs[row][-len(got.token_ids[row]):])
         assert abs(total - want) <= 3e-2 * max(1.0, abs(want)), (row, total, want)
+    nxt = prompt + got.token_ids[0] + torch.randint(3, 32000, (20,)).tolist()
+    after = eng.generate(input_ids=[nxt], max_new_tokens=4, stop_at_eos=False, return_logprobs=True)
+    assert after.prompt_tokens_reused == len(prompt) + 7
+    want = eng.score(input_ids=[nxt + after.token_ids[0]]).token_logprobs[0][-4:]
+    assert all(abs(a - b) <= 3e-2 * max(1.0, abs(b)) for a, b in zip(after.token_logprobs[0], want)), (after.token_logprobs, want)
 
 
 def test_kept_captured_state_serves_calls_of_other_lengths():
