@@ -115,8 +115,8 @@ def test_beams_read_once_hold_their_prompt_in_the_first_beam_alone(tok, tmp_path
     The beams and their scores are transformers', and so is a next turn continuing the best beam,
     which reuses the prompt's and that beam's keys and values."""
     pytest.importorskip("transformers")
-    from codellama_fast.engine.cache import KVCache
     from codellama_fast.engine import prompt_cache
+    from codellama_fast.engine.cache import KVCache
     from tests.engine_helpers import fp32_engine, hf_beams, hf_logprobs, logprobs_close, random_checkpoint, spy_shapes
 
     monkeypatch.setattr(SPA, "MIN_SHARED_ELEMENTS", 0 if shared else 1 << 62)
