@@ -95,7 +95,7 @@ def test_a_growing_cache_keeps_what_it_holds(tmp_path):
     assert held.allocated == 5000 and held.held_bytes == held.nbytes
 
 
-def test_a_dropped_cache_frees_its_tensors_at_once(model, tok):
+def test_a_dropped_cache_frees_its_tensors_at_once(model, tok, monkeypatch):
     """With Python's cycle collector off, a cache is freed as soon as its last user drops it (no
     cycle between it and its layers): alone, and every cache of an engine's calls of each kind
     (plain, a batch, samples, beams, prompt lookup, a stream, scoring; the plain loop and the
@@ -105,11 +105,6 @@ def test_a_dropped_cache_frees_its_tensors_at_once(model, tok):
 
     made = []
     init = KVCache.__init__
-
-    def recording_init(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        made.append(weakref.ref(self))
-
     _, path = model
     engine = fp32_engine(path, tok)
     ids = tok.encode("def quicksort(items):\n    " * 6)  # past the kept prompts' floor of shared tokens
@@ -126,7 +121,7 @@ def test_a_dropped_cache_frees_its_tensors_at_once(model, tok):
         layers.reserve(256)  # held already: nothing to grow
         del layers
         assert tensor() is None
-        KVCache.__init__ = recording_init  # type: ignore[method-assign]
+        monkeypatch.setattr(KVCache, "__init__", lambda self, *a, **k: init(self, *a, **k) or made.append(weakref.ref(self)))
         for graph in (False, "eager"):
             engine.use_cuda_graph = graph
             engine.generate(input_ids=[ids], max_new_tokens=5, stop_at_eos=False)
@@ -140,7 +135,6 @@ def test_a_dropped_cache_frees_its_tensors_at_once(model, tok):
             engine.release_cache()
             assert all(ref() is None for ref in made), graph
     finally:
-        KVCache.__init__ = init  # type: ignore[method-assign]
         if was_enabled:
             gc.enable()
 

@@ -34,6 +34,7 @@ from .guidance import Guidance
 from .logits_rules import RuleState, renormalized
 from .model import LlamaModel, StepContext
 from .params import SamplingParams, TokenRules
+from .prompt_cache import copy_slots
 from .sampling import filter_logits
 from .stopping import EOS, LENGTH, REASONS
 
@@ -323,10 +324,9 @@ def _best_beam_slots(cfg: LlamaConfig, prompt_cache: KVCache, cache: KVCache, fi
         best = KVCache(cfg, 1, t + n, prompt_cache.dtype, prompt_cache.device, grow=False)
     except OutOfMemoryError:
         return prompt_cache, []
+    copy_slots(prompt_cache, best, t)
     row = int(fin_parent[0, 0])
-    for (bk, bv), (pk, pv), (ck, cv) in zip(best.layers, prompt_cache.layers, cache.layers):
-        bk[:, :, :t].copy_(pk)
-        bv[:, :, :t].copy_(pv)
+    for (bk, bv), (ck, cv) in zip(best.layers, cache.layers):
         bk[0, :, t:].copy_(ck[row, :, t : t + n])  # [Hkv, n, D]
         bv[0, :, t:].copy_(cv[row, :, t : t + n])
     return best, fin["seq"][0, 0, :n].tolist()

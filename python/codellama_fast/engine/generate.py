@@ -451,7 +451,7 @@ class Engine:
         if cache is None:
             cache = self._new_cache(b, max_len, least, sparse)
         if fed.tracking:
-            stack.callback(lambda: self._prompt_cache.keep(fed.ids, cache, self.max_kept_prompts))
+            stack.callback(lambda: self._keep_prompt(fed.ids, cache))
         return cache, kv_start_now, None, reused
 
     def _prefill(self, tokens: torch.Tensor, kv_start: torch.Tensor, cache: KVCache, start: int = 0,
@@ -599,8 +599,7 @@ class Engine:
                                                            self._graph_runs(b, runs, t) if wanted else 1))
             # one sequence: the keys and values of the tokens this prompt begins with come from a
             # kept cache or the decode state's own, and what the cache holds is kept when it ends
-            reusable = (self.reuse_prompt_cache and guidance is None
-                        and self.model.config.rope_scaling_type != "dynamic")  # dynamic RoPE: keys depend on the length
+            reusable = self._reuses_prompts(guidance)
             fed = FedTokens(tokens[0].tolist() if reusable and b == 1 else [], reusable and b == 1)
             # the samples of one prompt (every row alike) copy a kept prompt's slots, where it is kept
             samples_of = tokens[0].tolist() if reusable and b > 1 and runs == b else None
@@ -843,8 +842,7 @@ class Engine:
                 if state is not None:
                     state.ids = []  # the beams overwrite its cache: the tokens it held are gone
                 guidance = self._guidance(cfg, [p for p in prompts for _ in range(k)], k)
-                reusable = (self.reuse_prompt_cache and len(prompts) == 1 and guidance is None
-                            and self.model.config.rope_scaling_type != "dynamic")  # dynamic RoPE: keys depend on the length
+                reusable = len(prompts) == 1 and self._reuses_prompts(guidance)
                 out = beam_search.beam_search(self.model, self._prefill, tokens, kv_start, cfg.max_new_tokens, settings, rules,
                                               stop_ids, len(self.tokenizer), self.dtype, self._generator(cfg.seed),
                                               ends if ends.active else None, output_scores or output_logits, return_logprobs,
@@ -874,6 +872,11 @@ class Engine:
             scores=out.step_scores if output_scores else None, logits=out.step_logits if output_logits else None,
             beam_indices=out.beam_indices, prompt_tokens_reused=out.reused)
 
+    def _reuses_prompts(self, guidance: Guidance | None) -> bool:
+        """Whether a call takes and keeps prompts' keys and values (engine.prompt_cache): not with
+        guidance, nor with dynamic RoPE scaling (a key depends on the sequence's length)."""
+        return self.reuse_prompt_cache and guidance is None and self.model.config.rope_scaling_type != "dynamic"
+
     def _copy_kept_prompt(self, prompt: Sequence[int], cache: KVCache, more_than: int = 0, drop: bool = False) -> int:
         """Copies into row 0 of `cache` the keys and values of `prompt`'s leading tokens that a kept
         prompt cache, or a kept decode state of one sequence, holds (``reusable_slots``), where one
@@ -884,8 +887,8 @@ class Engine:
 
     def _keep_prompt(self, ids: list[int], cache: KVCache) -> None:
         """Keeps `cache` (one sequence, its slots the keys and values of `ids`) as a kept prompt:
-        a call's beams' prompt, and their best beam's tokens where its row still held them, for
-        the next turn (whichever beam it continues, it reuses the prompt)."""
+        a call's own cache, a stash, or a call's beams' prompt with their best beam's tokens where
+        its row still held them (the next turn reuses the prompt whichever beam it continues)."""
         self._prompt_cache.keep(ids, cache, self.max_kept_prompts)
 
     def _stash(self, held: list[int], cache: KVCache) -> None:
@@ -902,7 +905,7 @@ class Engine:
         except OutOfMemoryError:
             return
         copy_slots(cache, stash, len(held))
-        self._prompt_cache.keep(held, stash, self.max_kept_prompts)
+        self._keep_prompt(held, stash)
 
     def _guidance(self, cfg: GenerationConfig, prompts: Sequence[Sequence[int]], per_prompt: int) -> Guidance | None:
         """Classifier-free guidance for the rows `prompts` (engine.guidance), or None; each prompt's

@@ -1,14 +1,13 @@
 """The KV caches of the engine's last single-sequence generations (and the prompts of its last
 samples and beams), kept for the next one whose prompt begins with the same tokens: a chat's next
 turn (the whole dialog again, with a new message at its end), a longer version of the same file, a
-second completion of one prompt. That call takes
-the kept keys and values of the common tokens into its own cache and prefills only the rest. A few
-are kept at once (the engine's ``max_kept_prompts``), so that calls alternating between
-conversations, or between an editor's files, each find their own: the ones used least recently go
-first, and all but the newest go where the memory left free is less than they hold together. A
-decode state's cache (engine.decode_states) outlives its calls too: it notes the tokens
-its last call of one sequence fed (``DecodeState.ids``), and ``reusable_slots`` says how many the
-next call takes.
+second completion of one prompt. That call takes the kept keys and values of the common tokens into
+its own cache and prefills only the rest. A few are kept at once (the engine's
+``max_kept_prompts``), so that calls alternating between conversations, or between an editor's
+files, each find their own: the ones used least recently go first, and all but the newest go where
+the memory left free is less than they hold together. A decode state's cache
+(engine.decode_states) outlives its calls too: it notes the tokens its last call of one sequence
+fed (``DecodeState.ids``), and ``reusable_slots`` says how many the next call takes.
 
 A slot's key and value depend only on the tokens in the slots up to it (one sequence, no padding,
 positions equal to slots), so the reused slots hold what a new prefill would compute, up to the
