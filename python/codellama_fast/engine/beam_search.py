@@ -116,7 +116,8 @@ def beam_search(model: LlamaModel, prefill: Callable[[torch.Tensor, torch.Tensor
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     start = time.perf_counter() if started is None else started
     # The prompt once per prompt, then its cache copied to each of its k beams.
-    prompt_cache = KVCache(cfg, b, t, dtype, device, grow=False)  # the prompt only: held whole
+    # the prompt only, held whole (with room for a later call where it is kept)
+    prompt_cache = KVCache(cfg, b, t, dtype, device, grow=False, headroom=keep_prompt is not None and b == 1)
     reused = reuse(prompt_cache) if reuse is not None and b == 1 else 0
     first = prefill(tokens, kv_start, prompt_cache, reused)  # [B, V]
     sync()
@@ -321,7 +322,7 @@ def _best_beam_slots(cfg: LlamaConfig, prompt_cache: KVCache, cache: KVCache, fi
         return prompt_cache, []
     t = prompt_cache.max_len
     try:
-        best = KVCache(cfg, 1, t + n, prompt_cache.dtype, prompt_cache.device, grow=False)
+        best = KVCache(cfg, 1, t + n, prompt_cache.dtype, prompt_cache.device, grow=False, headroom=True)
     except OutOfMemoryError:
         return prompt_cache, []
     copy_slots(prompt_cache, best, t)

@@ -9,7 +9,14 @@ before it writes), never past the `max_len` checked up front. A caller whose ste
 slot on the device (a captured or kept decode state: its step and the attention launches tuned for
 it need fixed addresses and shapes) or that writes every slot at once asks for the whole cache
 (`grow=False`). On CUDA the growth runs outside any graph capture, and the kernels take the cache
-by its strides, so a grown cache needs no new kernel."""
+by its strides, so a grown cache needs no new kernel.
+
+A cache that may be kept for a longer call (a chat's next turn: engine.prompt_cache) asks for
+`headroom`. On the CPU its tensors then view lazily zeroed mappings (engine.lazy_zeros) of
+`capacity` slots, more than max_len: their pages become resident only as slots are written, so the
+room costs address space alone, and the layers hold all of max_len at once and never grow. A later
+call of up to `capacity` slots takes those mappings over (``adopt``) with no copy, where growing
+would copy every slot the dialog holds on each turn."""
 
 from __future__ import annotations
 
@@ -32,6 +39,12 @@ HEADROOM = 0.9
 
 # slots a growing cache starts with
 INITIAL_SLOTS = 256
+
+
+def headroom_slots(cfg: LlamaConfig, max_len: int) -> int:
+    """The slots a cache with headroom maps for a call of `max_len`: twice that (the next turns of
+    a chat add its answer and a message), and at least the model's context length."""
+    return max(2 * max_len, cfg.max_position_embeddings)
 
 
 class CacheLayers(list):
@@ -57,12 +70,14 @@ class CacheLayers(list):
 
 class KVCache:
     def __init__(self, cfg: LlamaConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device,
-                 grow: bool = True, adopting_bytes: int = 0, sparse: bool = False) -> None:
+                 grow: bool = True, adopting_bytes: int = 0, sparse: bool = False, headroom: bool = False) -> None:
         """`grow`: start small and grow as the steps need (default); False: allocate all of max_len now.
         `adopting_bytes`: memory already held by tensors this cache will take over as its own (a
         kept prompt's, engine/prompt_cache.py): only the rest must be free. `sparse`: most rows
         will leave their prompt's slots unwritten (samples or beams that read the prompt from one
-        row): on the CPU its tensors are lazily zeroed from a smaller size (engine.lazy_zeros)."""
+        row): on the CPU its tensors are lazily zeroed from a smaller size (engine.lazy_zeros).
+        `headroom`: the cache may be kept for a longer call; on the CPU its layers view mappings
+        of ``headroom_slots`` slots (see the module's docstring)."""
         self.sparse = sparse
         if batch <= 0 or max_len <= 0:
             raise ValueError(f"KV cache needs a positive batch and length, got batch={batch}, max_len={max_len}")
@@ -76,9 +91,35 @@ class KVCache:
                 f"{cfg.num_key_value_heads} KV heads × {cfg.head_dim} dims × 2 × {elem} bytes) but {self.device} has "
                 f"{_gib(free)} free; lower max_new_tokens, the prompt length or the batch size"
             )
-        self.allocated = min(max_len, INITIAL_SLOTS) if grow else max_len  # slots each layer holds now
-        self.layers = CacheLayers([(self._zeros(self.allocated), self._zeros(self.allocated))
-                                   for _ in range(cfg.num_hidden_layers)], self)
+        self.touched = 0  # the most slots any call has asked for (``reserve``): those written, at most
+        self._mapped: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # the headroom's mappings, per layer
+        self.layers = CacheLayers([], self)
+        if headroom and lazy_zeros.can_map(self.device):
+            try:
+                mapped = [(self._map(), self._map()) for _ in range(cfg.num_hidden_layers)]
+            except RuntimeError:  # no address space for the room (a ulimit, strict overcommit): a growing cache
+                mapped = None
+            if mapped is not None:
+                self._view(mapped)
+                return
+        self.capacity = self.allocated = min(max_len, INITIAL_SLOTS) if grow else max_len  # slots each layer holds now
+        self.layers[:] = [(self._zeros(self.allocated), self._zeros(self.allocated)) for _ in range(cfg.num_hidden_layers)]
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the layers view mappings with room past max_len (`headroom`)."""
+        return self._mapped is not None
+
+    def _map(self) -> torch.Tensor:
+        return lazy_zeros.mapped(self._shape(headroom_slots(self.cfg, self.max_len)), self.dtype)
+
+    def _view(self, mapped: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """The layers become the first max_len slots of `mapped` (per layer: key, value [B, Hkv, C, D])."""
+        self._mapped = mapped
+        self.capacity = mapped[0][0].shape[2]
+        self.allocated = self.max_len
+        # the same CacheLayers object: callers may hold it
+        self.layers[:] = [(k[:, :, : self.max_len], v[:, :, : self.max_len]) for k, v in mapped]
 
     def _shape(self, slots: int) -> tuple[int, int, int, int]:
         return (self.batch, self.cfg.num_key_value_heads, slots, self.cfg.head_dim)
@@ -100,6 +141,7 @@ class KVCache:
         room for as many new tokens before the next growth and the memory held stays within twice
         what is used. One tensor at a time is copied and the old one dropped, so the peak is the
         new cache plus one old tensor."""
+        self.touched = max(self.touched, min(n, self.max_len))
         if n <= self.allocated or self.allocated == self.max_len:
             return  # (past max_len: the step's own write reports it)
         slots = min(self.max_len, 2 * n)
@@ -111,12 +153,44 @@ class KVCache:
                 pair[j] = longer
                 self.layers[i] = (pair[0], pair[1])
                 del pair, longer  # the old tensor's last reference was the replaced pair
-        self.allocated = slots
+        self.capacity = self.allocated = slots
 
     @property
     def held_bytes(self) -> int:
-        """Bytes the layers hold now (`nbytes`: what the whole max_len takes)."""
+        """Bytes the layers hold now (`nbytes`: what the whole max_len takes); of mappings, those of
+        the slots written (up to a page per row, head and layer more are resident)."""
+        if self._mapped is not None:
+            return self.nbytes * self.touched // self.max_len
         return sum(k.nbytes + v.nbytes for k, v in self.layers)
+
+    def adoptable_by(self, max_len: int) -> bool:
+        """Whether a cache of `max_len` slots takes this one's tensors with no copy (``adopt``):
+        its slots fit there (of a mapping: the slots written fit, and its room holds max_len)."""
+        if self._mapped is not None:
+            return self.touched <= max_len <= self.capacity
+        return self.allocated <= max_len
+
+    def pop_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first remaining layer's (key, value), no longer held here (a spent cache's layers
+        go one at a time as they are copied)."""
+        if self._mapped is not None:
+            self._mapped.pop(0)
+        return self.layers.pop(0)
+
+    def adopt(self, kept: KVCache) -> None:
+        """Takes over `kept`'s tensors (``kept.adoptable_by(max_len)``; one sequence, the same
+        model, dtype and device), which is spent: its slots become this cache's, and this cache's own tensors go.
+        The slots past those `kept` wrote hold stale keys or zeros, which every step writes before
+        it reads them."""
+        if kept._mapped is not None:
+            self._view(kept._mapped)
+        else:
+            self._mapped = None
+            self.layers[:] = list(kept.layers)  # CacheLayers stays bound to this cache
+            self.capacity = self.allocated = kept.allocated
+        self.touched = max(self.touched, kept.touched)
+        kept._mapped = None
+        kept.layers.clear()
 
     def reorder_rows(self, order: torch.Tensor, filled: int, start: int = 0) -> None:
         """Row i becomes row order[i] ([B] int64) in slots start..filled-1 of every layer (the
@@ -134,14 +208,14 @@ class KVCache:
 
     @classmethod
     def at_most(cls, cfg: LlamaConfig, batch: int, needed: int, least: int, dtype: torch.dtype, device: torch.device,
-                grow: bool = True, sparse: bool = False) -> KVCache:
+                grow: bool = True, sparse: bool = False, headroom: bool = False) -> KVCache:
         """A cache of `needed` slots where they fit in memory, else of as many as fit when that is
         at least `least` (the generation then ends at the end of the cache); else the
         OutOfMemoryError for `needed`."""
         try:
-            return cls(cfg, batch, needed, dtype, device, grow, sparse=sparse)
+            return cls(cfg, batch, needed, dtype, device, grow, sparse=sparse, headroom=headroom)
         except OutOfMemoryError:
             fit = min(needed, cls.slots_that_fit(cfg, batch, dtype, device))
             if fit < least:
                 raise
-        return cls(cfg, batch, fit, dtype, device, grow, sparse=sparse)
+        return cls(cfg, batch, fit, dtype, device, grow, sparse=sparse, headroom=headroom)

@@ -387,12 +387,13 @@ class Engine:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _new_cache(self, b: int, max_len: int, least: int, sparse: bool = False) -> KVCache:
-        """A growing cache for a call of `b` sequences (KVCache.at_most; `sparse`: KVCache's). Where
+    def _new_cache(self, b: int, max_len: int, least: int, sparse: bool = False, headroom: bool = False) -> KVCache:
+        """A growing cache for a call of `b` sequences (KVCache.at_most; `sparse`, `headroom`: KVCache's). Where
         the memory the kept prompt caches hold is what it lacks (it would be shorter than
         `max_len`, or none), the kept caches go and the cache is sized again."""
         try:
-            cache = KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device, sparse=sparse)
+            cache = KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device, sparse=sparse,
+                                    headroom=headroom)
         except OutOfMemoryError:
             if not self._prompt_cache.kept_tokens:
                 raise
@@ -401,7 +402,7 @@ class Engine:
             return cache
         self._prompt_cache.clear()
         del cache
-        return KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device, sparse=sparse)
+        return KVCache.at_most(self.model.config, b, max_len, least, self.dtype, self.device, sparse=sparse, headroom=headroom)
 
     def _call_cache(self, stack: ExitStack, state: DecodeState | None, b: int, max_len: int, least: int,
                     kv_start_now: torch.Tensor, fed: FedTokens, samples_of: Sequence[int] | None = None,
@@ -443,13 +444,13 @@ class Engine:
             try:
                 # the kept tensors it adopts need no new memory: only the rest must be free
                 cache = KVCache(self.model.config, b, max_len, self.dtype, self.device,
-                                adopting_bytes=adoptable_bytes(kept.cache, max_len))
+                                adopting_bytes=adoptable_bytes(kept.cache, max_len), headroom=True)
                 move_slots(kept.cache, cache, reused)
             except OutOfMemoryError:  # the kept cache's memory is needed: the whole prompt is prefilled
                 cache, reused = None, 0
             kept = None  # its tensors now belong to `cache`, or are freed before a new cache is sized
         if cache is None:
-            cache = self._new_cache(b, max_len, least, sparse)
+            cache = self._new_cache(b, max_len, least, sparse, headroom=fed.tracking)  # kept when the call ends
         if fed.tracking:
             stack.callback(lambda: self._keep_prompt(fed.ids, cache))
         return cache, kv_start_now, None, reused
@@ -901,7 +902,7 @@ class Engine:
         if len(held) < prompt_cache.MIN_SHARED_TOKENS or self._prompt_cache.extends(held):
             return  # ``keep`` would not keep it, or need it: no copy to make
         try:
-            stash = KVCache(self.model.config, 1, len(held), self.dtype, self.device, grow=False)
+            stash = KVCache(self.model.config, 1, len(held), self.dtype, self.device, grow=False, headroom=True)
         except OutOfMemoryError:
             return
         copy_slots(cache, stash, len(held))

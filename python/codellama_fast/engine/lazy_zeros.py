@@ -42,13 +42,27 @@ def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, spar
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     if torch.device(device).type != "cpu" or nbytes < (SPARSE_LAZY_BYTES if sparse else LAZY_BYTES) or None in _FLAGS:
         return torch.zeros(shape, dtype=dtype, device=device)
+    return mapped(shape, dtype)
+
+
+def can_map(device: torch.device) -> bool:
+    """Whether ``mapped`` makes tensors for `device`: the CPU, where anonymous mappings exist."""
+    return torch.device(device).type == "cpu" and None not in _FLAGS
+
+
+def mapped(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero-filled CPU tensor viewing a private anonymous mapping of its own, whatever its size
+    (where ``can_map``): no page is resident until written, so a tensor larger than its owner may
+    ever write costs only address space. Freed with the last tensor that views it; the mapping's
+    failure is a RuntimeError."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     private, anonymous = _FLAGS
     try:
-        mapping = mmap.mmap(-1, nbytes, flags=private | anonymous)
-    except (OSError, ValueError) as exc:
+        mapping = mmap.mmap(-1, max(nbytes, 1), flags=private | anonymous)
+    except (OSError, ValueError, OverflowError) as exc:
         raise RuntimeError(f"could not map {nbytes} bytes: {exc}") from exc
     # frombuffer holds a reference to the mapping: it is unmapped once no tensor views it
-    return torch.frombuffer(mapping, dtype=torch.uint8).view(dtype).view(shape)
+    return torch.frombuffer(mapping, dtype=torch.uint8)[:nbytes].view(dtype).view(shape)
 
 
 def reference_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

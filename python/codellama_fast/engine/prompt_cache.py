@@ -162,16 +162,10 @@ class PromptCache:
         return sum(kept.cache.held_bytes for kept in self._kept)
 
 
-def adopts(kept: KVCache, max_len: int) -> bool:
-    """Whether a cache of `max_len` slots takes `kept`'s tensors as its own in ``move_slots`` (else
-    it copies their slots)."""
-    return kept.allocated <= max_len
-
-
 def adoptable_bytes(kept: KVCache, max_len: int) -> int:
     """The memory `kept` holds that a cache of `max_len` slots takes over with no copy in
     ``move_slots`` (0 where its slots are copied instead)."""
-    return kept.held_bytes if adopts(kept, max_len) else 0
+    return kept.held_bytes if kept.adoptable_by(max_len) else 0
 
 
 def copy_slots(kept: KVCache, cache: KVCache, n: int) -> None:
@@ -185,17 +179,15 @@ def copy_slots(kept: KVCache, cache: KVCache, n: int) -> None:
 
 def move_slots(kept: KVCache, cache: KVCache, n: int) -> None:
     """`cache` (batch 1, the same model, dtype and device as `kept`) takes over slots 0..n-1 of
-    every layer of `kept`, which is spent: where kept's tensors fit in `cache` (its slots, at most
-    `cache.max_len`) they become cache's own, with no copy (the slots past n hold stale keys, which
-    every step writes before it reads them); else their first n slots are copied."""
-    if adopts(kept, cache.max_len):
-        cache.layers[:] = list(kept.layers)  # CacheLayers stays bound to `cache`; its own first tensors are dropped
-        cache.allocated = kept.allocated
-    else:
-        cache.reserve(n)
-        for k_new, v_new in cache.layers:
-            k_old, v_old = kept.layers.pop(0)  # each of kept's layers goes once copied
-            k_new[:, :, :n].copy_(k_old[:, :, :n])  # [1, Hkv, n, D]
-            v_new[:, :, :n].copy_(v_old[:, :, :n])
-            del k_old, v_old
+    every layer of `kept`, which is spent: where kept's tensors fit in `cache` (``adoptable_by``)
+    they become cache's own, with no copy; else their first n slots are copied."""
+    if kept.adoptable_by(cache.max_len):
+        cache.adopt(kept)
+        return
+    cache.reserve(n)
+    for k_new, v_new in cache.layers:
+        k_old, v_old = kept.pop_layer()  # each of kept's layers goes once copied
+        k_new[:, :, :n].copy_(k_old[:, :, :n])  # [1, Hkv, n, D]
+        v_new[:, :, :n].copy_(v_old[:, :, :n])
+        del k_old, v_old
     kept.layers.clear()
