@@ -129,6 +129,29 @@ def test_a_growing_cache_takes_a_mapped_one_and_a_mapped_one_a_growing_one():
     assert torch.equal(plain.layers[1][1][:, :, :24], want[1][1][:, :, :24])
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="an address-space limit as Linux sets it")
+def test_under_an_address_space_limit_the_cache_grows_instead():
+    """``ulimit -v`` counts mapped room as used: a cache asked for headroom then grows."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 45, hard))  # 32 TiB: a limit, far above what the process uses
+    try:
+        assert lazy_zeros.address_space_limit() == 1 << 45
+        cache = KVCache(_config(), 1, 300, torch.float32, CPU, headroom=True)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert not cache.mapped and cache.allocated == cache_module.INITIAL_SLOTS
+
+
+def test_under_strict_overcommit_the_cache_grows_instead(monkeypatch):
+    monkeypatch.setattr(lazy_zeros, "strict_overcommit", lambda: True)
+    cache = KVCache(_config(), 1, 300, torch.float32, CPU, headroom=True)
+    assert not cache.mapped and cache.allocated == cache_module.INITIAL_SLOTS
+    monkeypatch.setattr(lazy_zeros, "strict_overcommit", lambda: False)
+    assert KVCache(_config(), 1, 300, torch.float32, CPU, headroom=True).mapped
+
+
 on_linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="resident memory is read from /proc/self/statm")
 
 

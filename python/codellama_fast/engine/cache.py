@@ -16,7 +16,8 @@ A cache that may be kept for a longer call (a chat's next turn: engine.prompt_ca
 `capacity` slots, more than max_len: their pages become resident only as slots are written, so the
 room costs address space alone, and the layers hold all of max_len at once and never grow. A later
 call of up to `capacity` slots takes those mappings over (``adopt``) with no copy, where growing
-would copy every slot the dialog holds on each turn."""
+would copy every slot the dialog holds on each turn. Under an address-space limit or strict
+overcommit, where room mapped ahead is charged as used, the cache grows instead."""
 
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ class KVCache:
         self.touched = 0  # the most slots any call has asked for (``reserve``): those written, at most
         self._mapped: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # the headroom's mappings, per layer
         self.layers = CacheLayers([], self)
-        if headroom and lazy_zeros.can_map(self.device):
+        if headroom and lazy_zeros.can_map(self.device) and lazy_zeros.room_is_free():
             try:
                 mapped = [(self._map(), self._map()) for _ in range(cfg.num_hidden_layers)]
             except RuntimeError:  # no address space for the room (a ulimit, strict overcommit): a growing cache

@@ -50,6 +50,34 @@ def can_map(device: torch.device) -> bool:
     return torch.device(device).type == "cpu" and None not in _FLAGS
 
 
+def address_space_limit() -> int | None:
+    """This process's address-space limit in bytes (``ulimit -v``); None: none."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def strict_overcommit() -> bool:
+    """Whether the kernel charges every private mapping whole against its commit limit
+    (``vm.overcommit_memory = 2``)."""
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return f.read().strip() == "2"
+    except OSError:
+        return False
+
+
+def room_is_free() -> bool:
+    """Whether pages mapped but never written cost nothing: not under an address-space limit, nor
+    under strict overcommit, where a mapping's untouched pages count as used and room mapped
+    ahead could make other allocations fail."""
+    return address_space_limit() is None and not strict_overcommit()
+
+
 def mapped(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A zero-filled CPU tensor viewing a private anonymous mapping of its own, whatever its size
     (where ``can_map``): no page is resident until written, so a tensor larger than its owner may
