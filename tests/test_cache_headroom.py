@@ -259,7 +259,7 @@ def test_the_turn_after_samples_or_beams_takes_their_kept_prompt_with_no_copy(mo
     args = {"num_return_sequences": 2, "temperature": 1.0, "seed": 0} if kind == "samples" else {"num_beams": 2}
     got = engine.generate(input_ids=[ids], max_new_tokens=new, stop_at_eos=False, **args)
     kept = engine._prompt_cache._kept[-1].cache
-    assert kept.mapped
+    assert kept.mapped and kept.held_bytes == kept.nbytes  # every slot it has was written, and counts as held
     storage = _storage(kept)
     held = engine._prompt_cache.kept_tokens  # the prompt (samples), with the best beam's fed tokens (beams)
     assert held == (len(ids) if kind == "samples" else len(ids) + new - 1)

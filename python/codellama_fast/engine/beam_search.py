@@ -326,6 +326,7 @@ def _best_beam_slots(cfg: LlamaConfig, prompt_cache: KVCache, cache: KVCache, fi
     except OutOfMemoryError:
         return prompt_cache, []
     copy_slots(prompt_cache, best, t)
+    best.reserve(t + n)  # the slots written below (a cache with room counts those as held)
     row = int(fin_parent[0, 0])
     for (bk, bv), (ck, cv) in zip(best.layers, cache.layers):
         bk[0, :, t:].copy_(ck[row, :, t : t + n])  # [Hkv, n, D]
