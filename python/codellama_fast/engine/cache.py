@@ -97,11 +97,11 @@ class KVCache:
         self.layers = CacheLayers([], self)
         if headroom and lazy_zeros.can_map(self.device) and lazy_zeros.room_is_free():
             try:
-                mapped = [(self._map(), self._map()) for _ in range(cfg.num_hidden_layers)]
-            except RuntimeError:  # no address space for the room (a ulimit, strict overcommit): a growing cache
-                mapped = None
-            if mapped is not None:
-                self._view(mapped)
+                mappings = [(self._map(), self._map()) for _ in range(cfg.num_hidden_layers)]
+            except RuntimeError:  # no address space for the room: a growing cache
+                mappings = None
+            if mappings is not None:
+                self._view(mappings)
                 return
         self.capacity = self.allocated = min(max_len, INITIAL_SLOTS) if grow else max_len  # slots each layer holds now
         self.layers[:] = [(self._zeros(self.allocated), self._zeros(self.allocated)) for _ in range(cfg.num_hidden_layers)]
@@ -176,13 +176,15 @@ class KVCache:
         go one at a time as they are copied)."""
         if self._mapped is not None:
             self._mapped.pop(0)
+            if not self._mapped:
+                self._mapped = None
         return self.layers.pop(0)
 
     def adopt(self, kept: KVCache) -> None:
         """Takes over `kept`'s tensors (``kept.adoptable_by(max_len)``; one sequence, the same
-        model, dtype and device), which is spent: its slots become this cache's, and this cache's own tensors go.
-        The slots past those `kept` wrote hold stale keys or zeros, which every step writes before
-        it reads them."""
+        model, dtype and device), which is spent: its slots become this cache's, and this cache's
+        own tensors go. The slots past those `kept` wrote hold stale keys or zeros, which every
+        step writes before it reads them."""
         if kept._mapped is not None:
             self._view(kept._mapped)
         else:
