@@ -16,6 +16,12 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+def _plain_ints(values: Sequence[Any]) -> bool:
+    """Whether every value is exactly an int: the usual token ids, checked at C speed (an 8k-token
+    prompt in a fraction of a millisecond, where ``_is_int``'s abstract-class check takes ms)."""
+    return all(type(x) is int for x in values)  # exact type: True is no token id
+
+
 def _is_real(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
@@ -72,6 +78,8 @@ def token_id_list(name: str, value: Any) -> list[int]:
     value = _array_as_list(name, value, (1,))
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise TypeError(f"{name} must be a sequence of int token ids, got {type(value).__name__}")
+    if _plain_ints(value):
+        return list(value)
     for i, t in enumerate(value):
         if not _is_int(t):
             raise TypeError(f"{name}[{i}] must be an int token id, got {type(t).__name__} {t!r}")
@@ -87,8 +95,12 @@ def prompt_id_lists(input_ids: Any, attention_mask: Any = None, names: tuple[str
     input_ids = _array_as_list(ids_name, input_ids, (1, 2))
     if isinstance(input_ids, (str, bytes)) or not isinstance(input_ids, Sequence):
         raise TypeError(f"{ids_name} must be a list of token ids or a list of such lists, got {type(input_ids).__name__}")
-    single = len(input_ids) > 0 and all(_is_int(t) for t in input_ids)
-    rows = [[int(t) for t in input_ids]] if single else [token_id_list(f"{ids_name}[{i}]", row) for i, row in enumerate(input_ids)]
+    plain = len(input_ids) > 0 and _plain_ints(input_ids)
+    single = plain or len(input_ids) > 0 and all(_is_int(t) for t in input_ids)
+    if single:
+        rows = [list(input_ids) if plain else [int(t) for t in input_ids]]
+    else:
+        rows = [token_id_list(f"{ids_name}[{i}]", row) for i, row in enumerate(input_ids)]
     if attention_mask is None:
         return rows
     mask = _array_as_list(mask_name, attention_mask, (1, 2))
