@@ -267,3 +267,53 @@ def test_the_turn_after_samples_or_beams_takes_their_kept_prompt_with_no_copy(mo
     turn = engine.generate(input_ids=[following], max_new_tokens=5, stop_at_eos=False)
     assert turn.prompt_tokens_reused == held and _storage(engine._prompt_cache._kept[-1].cache) == storage
     assert turn.token_ids[0] == _greedy(hf, following, 5)
+
+
+def test_a_sampled_turn_adds_its_message_to_the_kept_dialog_in_place(model, tok, monkeypatch):
+    """Turn 1 greedy, turn 2 sampled (its prompt: the dialog and a new message), turn 3 continuing
+    the second sample: turn 2's samples copy the kept dialog's slots, and when they end only their
+    message's slots are added to the kept dialog's own mapping (no copy of the dialog); turn 3
+    reuses all of turn 2's prompt from it and answers as transformers does."""
+    from tests.engine_helpers import fp32_engine
+
+    monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 1)
+    hf, path = model
+    engine = fp32_engine(path, tok)
+    ids = tok.encode("def flatten(nested):\n    ")
+    first = engine.generate(input_ids=[ids], max_new_tokens=8, stop_at_eos=False)
+    storage = _storage(engine._prompt_cache._kept[-1].cache)
+    second_ids = ids + first.token_ids[0] + tok.encode("\n# one level only", add_special_tokens=False)
+    second = engine.generate(input_ids=[second_ids], max_new_tokens=6, stop_at_eos=False, num_return_sequences=2,
+                             temperature=1.0, seed=0)
+    assert second.prompt_tokens_reused == len(ids) + 7
+    assert len(engine._prompt_cache) == 1 and engine._prompt_cache.kept_tokens == len(second_ids)
+    kept = engine._prompt_cache._kept[-1].cache
+    assert _storage(kept) == storage and kept.max_len == len(second_ids) and kept.held_bytes == kept.nbytes
+    third_ids = second_ids + second.token_ids[1] + tok.encode("\n# test it", add_special_tokens=False)
+    third = engine.generate(input_ids=[third_ids], max_new_tokens=6, stop_at_eos=False)
+    assert third.prompt_tokens_reused == len(second_ids)
+    assert third.token_ids[0] == _greedy(hf, third_ids, 6)
+    assert _storage(engine._prompt_cache._kept[-1].cache) == storage
+
+
+def test_take_with_room_takes_the_kept_head_that_has_room(monkeypatch):
+    monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 1)
+    cfg = _config(positions=64)
+    cache = PC.PromptCache()
+    short, longer, other = (KVCache(cfg, 1, 40, torch.float32, CPU, headroom=True) for _ in range(3))
+    cache.keep([1, 2, 9, 9], other)
+    cache.keep([1, 2, 3], short)
+    cache.keep([1, 2, 3, 4, 5], longer)  # ([1, 2, 3] goes: the longer one gives any prompt as much)
+    assert len(cache) == 2
+    assert cache.take_with_room([1, 2, 3, 4, 5]) is None  # nothing to add
+    assert cache.take_with_room([1, 2, 3, 4, 5, 6] + [0] * 80) is None  # past its room (80 slots)
+    got = cache.take_with_room([1, 2, 3, 4, 5, 6])
+    assert got is not None and got.cache is longer and len(cache) == 1  # taken out
+    grown = KVCache(cfg, 1, 40, torch.float32, CPU)  # no room
+    cache.keep([7, 8, 9], grown)
+    assert cache.take_with_room([7, 8, 9, 10]) is None and len(cache) == 2
+    longer.widen(70)
+    assert longer.max_len == 70 and all(t.shape[2] == 70 for pair in longer.layers for t in pair)
+    assert longer.nbytes == 70 * KVCache(cfg, 1, 1, torch.float32, CPU).nbytes  # it may hold all 70 now
+    with pytest.raises(ValueError, match="no room"):
+        longer.widen(81)

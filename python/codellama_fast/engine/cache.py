@@ -171,6 +171,19 @@ class KVCache:
             return self.touched <= max_len <= self.capacity
         return self.allocated <= max_len
 
+    def has_room(self, max_len: int) -> bool:
+        """Whether ``widen(max_len)`` can view max_len slots of this cache's mappings."""
+        return self._mapped is not None and max_len <= self.capacity
+
+    def widen(self, max_len: int) -> None:
+        """A cache with room (``has_room``) holds max_len slots from now on, in the same mappings:
+        what it holds stays, with no copy (a kept prompt taking the next tokens' slots)."""
+        if not self.has_room(max_len):
+            raise ValueError(f"this cache has no room for {max_len} slots")
+        self.max_len = max(self.max_len, max_len)
+        self.nbytes = self.batch * self.max_len * self.cfg.kv_bytes_per_token(torch.empty((), dtype=self.dtype).element_size())
+        self._view(self._mapped)
+
     def pop_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The first remaining layer's (key, value), no longer held here (a spent cache's layers
         go one at a time as they are copied)."""

@@ -898,9 +898,18 @@ class Engine:
         conversation overwrites them (a server's users, or an editor's files, that take turns each
         find their own), or the prompt of a call's samples (the next turn reuses it, whichever
         sample it continues). Nothing is copied where a kept prompt holds all of `held`
-        already, nor where the memory for the copy is lacking."""
+        already, nor where the memory for the copy is lacking; where a kept prompt whose tokens
+        begin `held` has room for the rest (on the CPU: KVCache's `headroom`), only the rest's
+        slots are copied, into it (a chat's samples: the dialog so far is kept, and their new
+        message is added to it)."""
         if len(held) < prompt_cache.MIN_SHARED_TOKENS or self._prompt_cache.extends(held):
             return  # ``keep`` would not keep it, or need it: no copy to make
+        roomy = self._prompt_cache.take_with_room(held)
+        if roomy is not None:
+            roomy.cache.widen(len(held))
+            copy_slots(cache, roomy.cache, len(held), start=len(roomy.ids))
+            self._keep_prompt(held, roomy.cache)
+            return
         try:
             stash = KVCache(self.model.config, 1, len(held), self.dtype, self.device, grow=False, headroom=True)
         except OutOfMemoryError:

@@ -131,6 +131,15 @@ class PromptCache:
                 return True
         return False
 
+    def take_with_room(self, ids: Sequence[int]) -> KeptPrompt | None:
+        """The kept prompt whose tokens begin `ids` and are fewer (at most one: ``keep`` never
+        keeps one whose tokens begin another's), taken out of the cache where its cache has room
+        for all of `ids` (one sequence: ``KVCache.has_room``); else None (the kept prompts stay)."""
+        for i, kept in enumerate(self._kept):
+            if len(kept.ids) < len(ids) and _begins_with(ids, kept.ids):
+                return self._kept.pop(i) if kept.cache.batch == 1 and kept.cache.has_room(len(ids)) else None
+        return None
+
     def keep(self, ids: list[int], cache: KVCache, most: int = MAX_KEPT) -> None:
         """Keeps `cache`, whose slots hold the keys and values of `ids`, as the most recent: where
         they are too few to be reused (a call that ended early), nothing is kept and the memory
@@ -168,13 +177,13 @@ def adoptable_bytes(kept: KVCache, max_len: int) -> int:
     return kept.held_bytes if kept.adoptable_by(max_len) else 0
 
 
-def copy_slots(kept: KVCache, cache: KVCache, n: int) -> None:
-    """Copies slots 0..n-1 of every layer of row 0 of `kept` (the same model, dtype and device)
+def copy_slots(kept: KVCache, cache: KVCache, n: int, start: int = 0) -> None:
+    """Copies slots start..n-1 of every layer of row 0 of `kept` (the same model, dtype and device)
     into row 0 of `cache`, leaving `kept` as it is."""
     cache.reserve(n)
     for (k_new, v_new), (k_old, v_old) in zip(cache.layers, kept.layers):
-        k_new[:1, :, :n].copy_(k_old[:1, :, :n])  # [1, Hkv, n, D]
-        v_new[:1, :, :n].copy_(v_old[:1, :, :n])
+        k_new[:1, :, start:n].copy_(k_old[:1, :, start:n])  # [1, Hkv, n - start, D]
+        v_new[:1, :, start:n].copy_(v_old[:1, :, start:n])
 
 
 def move_slots(kept: KVCache, cache: KVCache, n: int) -> None:
