@@ -182,18 +182,26 @@ def model(tmp_path_factory):
     return hf, save(hf, tmp_path_factory.mktemp("headroom"))
 
 
+@pytest.fixture
+def chat(model, tok, monkeypatch):
+    """(transformers' model, our fp32 CPU engine on the same checkpoint); the tests' prompts are
+    short, so any shared token is reused (the floor has its own test in test_prompt_cache.py)."""
+    from tests.engine_helpers import fp32_engine
+
+    monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 1)
+    hf, path = model
+    return hf, fp32_engine(path, tok)
+
+
 def _greedy(hf, ids, n):
     x = torch.tensor([ids])
     return hf.generate(x, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
 
 
-def test_a_chats_turns_write_into_one_mapping(model, tok, monkeypatch):
+def test_a_chats_turns_write_into_one_mapping(chat, tok, monkeypatch):
     """Three turns of a dialog on the CPU: each takes the last one's cache with no copy (the same
     mapping holds every turn's keys and values, and no cache grows), prefills only its new tokens,
     and answers as transformers does for the whole dialog."""
-    from tests.engine_helpers import fp32_engine
-
-    monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 1)  # the test's prompts are short
     grown: list[int] = []
     reserve = KVCache.reserve
 
@@ -204,8 +212,7 @@ def test_a_chats_turns_write_into_one_mapping(model, tok, monkeypatch):
             grown.append(n)
 
     monkeypatch.setattr(KVCache, "reserve", recording_reserve)
-    hf, path = model
-    engine = fp32_engine(path, tok)
+    hf, engine = chat
     ids = tok.encode("def reverse(items):\n    ")
     storage = None
     for turn, message in enumerate(["", "\n# in place", "\n# and sorted"]):
@@ -225,15 +232,11 @@ def test_a_chats_turns_write_into_one_mapping(model, tok, monkeypatch):
     assert grown == []
 
 
-def test_an_earlier_point_of_the_dialog_copies_into_a_cache_with_room(model, tok, monkeypatch):
+def test_an_earlier_point_of_the_dialog_copies_into_a_cache_with_room(chat, tok):
     """A call that asks for fewer slots than the kept cache wrote (the dialog's first lines again,
     a few tokens asked): the slots it reuses are copied into a cache with room of its own, kept
     in turn, and the tokens are transformers'."""
-    from tests.engine_helpers import fp32_engine
-
-    monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 1)
-    hf, path = model
-    engine = fp32_engine(path, tok)
+    hf, engine = chat
     ids = tok.encode("class Queue:\n    def __init__(self):\n")
     first = engine.generate(input_ids=[ids], max_new_tokens=30, stop_at_eos=False)
     storage = _storage(engine._prompt_cache._kept[-1].cache)
@@ -246,15 +249,11 @@ def test_an_earlier_point_of_the_dialog_copies_into_a_cache_with_room(model, tok
 
 
 @pytest.mark.parametrize("kind, new", [("samples", 6), ("beams", 6), ("beams", 1)])
-def test_the_turn_after_samples_or_beams_takes_their_kept_prompt_with_no_copy(model, tok, monkeypatch, kind, new):
+def test_the_turn_after_samples_or_beams_takes_their_kept_prompt_with_no_copy(chat, tok, kind, new):
     """The prompt samples keep (a copy of their first row's), the best beam's cache, and the
     beams' prompt cache (kept alone where the best beam fed no token: one new token) are kept with
     room: the next turn continuing them takes their mapping, and answers as transformers."""
-    from tests.engine_helpers import fp32_engine
-
-    monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 1)
-    hf, path = model
-    engine = fp32_engine(path, tok)
+    hf, engine = chat
     ids = tok.encode("def merge(a, b):\n    ")
     args = {"num_return_sequences": 2, "temperature": 1.0, "seed": 0} if kind == "samples" else {"num_beams": 2}
     got = engine.generate(input_ids=[ids], max_new_tokens=new, stop_at_eos=False, **args)
@@ -269,16 +268,12 @@ def test_the_turn_after_samples_or_beams_takes_their_kept_prompt_with_no_copy(mo
     assert turn.token_ids[0] == _greedy(hf, following, 5)
 
 
-def test_a_sampled_turn_adds_its_message_to_the_kept_dialog_in_place(model, tok, monkeypatch):
+def test_a_sampled_turn_adds_its_message_to_the_kept_dialog_in_place(chat, tok):
     """Turn 1 greedy, turn 2 sampled (its prompt: the dialog and a new message), turn 3 continuing
     the second sample: turn 2's samples copy the kept dialog's slots, and when they end only their
     message's slots are added to the kept dialog's own mapping (no copy of the dialog); turn 3
     reuses all of turn 2's prompt from it and answers as transformers does."""
-    from tests.engine_helpers import fp32_engine
-
-    monkeypatch.setattr(PC, "MIN_SHARED_TOKENS", 1)
-    hf, path = model
-    engine = fp32_engine(path, tok)
+    hf, engine = chat
     ids = tok.encode("def flatten(nested):\n    ")
     first = engine.generate(input_ids=[ids], max_new_tokens=8, stop_at_eos=False)
     storage = _storage(engine._prompt_cache._kept[-1].cache)

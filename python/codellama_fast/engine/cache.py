@@ -84,7 +84,7 @@ class KVCache:
             raise ValueError(f"KV cache needs a positive batch and length, got batch={batch}, max_len={max_len}")
         self.cfg, self.batch, self.max_len, self.dtype, self.device = cfg, batch, max_len, dtype, torch.device(device)
         elem = torch.empty((), dtype=dtype).element_size()
-        self.nbytes = batch * max_len * cfg.kv_bytes_per_token(elem)
+        self.nbytes = self._nbytes(max_len)
         free = free_memory_bytes(self.device)
         if self.nbytes - adopting_bytes > HEADROOM * free:
             raise OutOfMemoryError(
@@ -121,6 +121,10 @@ class KVCache:
         self.allocated = self.max_len
         # the same CacheLayers object: callers may hold it
         self.layers[:] = [(k[:, :, : self.max_len], v[:, :, : self.max_len]) for k, v in mapped]
+
+    def _nbytes(self, slots: int) -> int:
+        """What `slots` slots of every row, layer, key and value take."""
+        return self.batch * slots * self.cfg.kv_bytes_per_token(torch.empty((), dtype=self.dtype).element_size())
 
     def _shape(self, slots: int) -> tuple[int, int, int, int]:
         return (self.batch, self.cfg.num_key_value_heads, slots, self.cfg.head_dim)
@@ -181,7 +185,7 @@ class KVCache:
         if not self.has_room(max_len):
             raise ValueError(f"this cache has no room for {max_len} slots")
         self.max_len = max(self.max_len, max_len)
-        self.nbytes = self.batch * self.max_len * self.cfg.kv_bytes_per_token(torch.empty((), dtype=self.dtype).element_size())
+        self.nbytes = self._nbytes(self.max_len)
         self._view(self._mapped)
 
     def pop_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
