@@ -40,7 +40,7 @@ def _assert_capturable(steps: dict, least_steps: int) -> None:
     for records in steps.values():
         # each state's first step uncaptured also sets up its logits buffer; a capture (after two
         # warm-up steps) records a later one, which every replay repeats
-        assert len(records) >= least_steps, len(records)
+        assert len(records) >= least_steps, {k: len(v) for k, v in steps.items()}
         for i, record in enumerate(records):
             assert not record.host_reads, (i, record.host_reads)
         assert any(op[0].startswith("triton ") for op in records[1].ops), "no Triton kernel launched"
@@ -116,6 +116,30 @@ def test_each_tuned_decode_attention_launch_is_capturable(hf_model, launch):
     assert len(attention) == layers, kernels
     assert all(("MERGE_LAST", repr(launch[0] == "last")) in op[3] and ("num_stages", repr(launch[1])) in op[3] for op in attention)
     assert sum(op[0] == "triton _merge_kernel" for op in kernels) == (layers if launch[0] == "kernel" else 0)
+
+
+@pytest.mark.parametrize("guess", ["prompt_lookup", "assistant"])
+def test_the_steps_of_guessing_calls_are_capturable(hf_model, monkeypatch, guess):
+    """Prompt lookup's steps without guesses and an assistant's draft steps run on captured decode
+    steps too (the draft on its own engine's): each alike, with no host read."""
+    from codellama_fast.engine.prompt_lookup import NgramIndex
+
+    hf, folder, seed = hf_model
+    eng = _engine(folder)
+    ids = eng.tokenizer.encode(PROMPTS[0])
+    asked = []
+    real = NgramIndex.candidates  # every other step without guesses (a random model's text repeats)
+    monkeypatch.setattr(NgramIndex, "candidates", lambda self, *a: asked.append(1) or (real(self, *a) if len(asked) % 2 else []))
+    if guess == "prompt_lookup":
+        kw = dict(prompt_lookup_num_tokens=3)
+    else:  # every guess after a draft's first is its one-token step (sure or not: the threshold is 0)
+        kw = dict(assistant_model=_engine(folder), num_assistant_tokens=3, assistant_confidence_threshold=0.0)
+    new = 16
+    with record_decode_steps() as steps:
+        got = eng.generate(input_ids=[ids], max_new_tokens=new, stop_at_eos=False, **kw)
+    want = hf.generate(torch.tensor([ids]), max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert got.token_ids == want[:, len(ids):].tolist(), seed
+    _assert_capturable(steps, 2)
 
 
 def test_the_recording_sees_a_length_read_on_the_host(hf_model, monkeypatch):
