@@ -922,3 +922,32 @@ def test_the_engine_package_imports_torch_only_when_a_name_is_used():
             "print(before, 'torch' in sys.modules, names == e.__all__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True", "True"]
+
+
+def test_loading_and_generating_leave_torch_compile_unimported(tmp_path):
+    """Building the model on the meta device does no arithmetic there: torch's meta decompositions
+    import torch._dynamo (and inductor), about a second of a process's first load. A fresh
+    process loads the bundled demo model, generates, streams and scores without it; the model's
+    rotary frequencies are transformers' all the same (the logits are checked elsewhere)."""
+    code = ("import sys\nfrom codellama_fast import Engine\nfrom codellama_fast.data import DEMO_MODEL_DIR\n"
+            "e = Engine.from_pretrained(DEMO_MODEL_DIR)\nloaded = 'torch._dynamo' in sys.modules\n"
+            "e.generate('Once', max_new_tokens=4); ''.join(e.stream('Once', max_new_tokens=4)); e.score(['Once upon'])\n"
+            "print(loaded, 'torch._dynamo' in sys.modules, e.model.inv_freq.device)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", "cpu"]
+
+
+def test_the_model_built_on_the_cpu_has_transformers_rotary_frequencies():
+    """The rotary frequencies are computed on the CPU and moved to the device the model is built on."""
+    pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from codellama_fast.engine import LlamaModel
+    from tests.engine_helpers import hf_config
+
+    hf_cfg = hf_config("gqa4", rope_theta=1e6)
+    cfg = LlamaConfig.from_dict(hf_cfg.to_dict())
+    want = LlamaRotaryEmbedding(hf_cfg).inv_freq
+    with torch.device("meta"):
+        assert LlamaModel(cfg).inv_freq.device.type == "meta"
+    assert torch.equal(LlamaModel(cfg).inv_freq, want)

@@ -123,12 +123,18 @@ class LlamaModel(nn.Module):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # Built on the meta device and filled by the loader: the weight is given, not initialised
+        # (normal_ on the meta device runs torch's Python decompositions, which import
+        # torch._dynamo: about 1 s of a process's first load)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size, _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = nn.Parameter(torch.ones(cfg.hidden_size))
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.ops: Ops = TorchOps()
-        self.register_buffer("inv_freq", self.rope_inv_freq(cfg), persistent=False)
+        # computed on the CPU and moved to the device the model is built on (the meta device, as
+        # above: arithmetic there would run the decompositions too)
+        here = torch.empty(0).device
+        self.register_buffer("inv_freq", self.rope_inv_freq(cfg, "cpu").to(here), persistent=False)
 
     @staticmethod
     def rope_inv_freq(cfg: LlamaConfig, device: torch.device | str | None = None) -> torch.Tensor:
