@@ -10,7 +10,8 @@ step (``GraphDecoder._body``) must
 
 ``record_decode_steps`` runs the engine's graph-decode steps uncaptured (``use_cuda_graph="eager"``)
 and records, per step, every torch op at the dispatcher and every Triton launch (the kernel, its
-grid, its scalar arguments and its tensors' shapes), along with the host reads among them.
+grid, its scalar arguments, its tensors' shapes and the addresses of those the step did not make),
+along with the host reads among them.
 ``record_decode_loop_reads`` records the host reads of the loop around those steps, which should
 read the device once per block of steps, never per token.
 """
@@ -36,15 +37,23 @@ HOST_READ_OPS = frozenset({"item", "is_nonzero", "_local_scalar_dense", "allclos
                            "masked_select", "_unique2", "unique_dim", "unique_consecutive", "lift_fresh", "lift_fresh_copy"})
 
 
-def _summary(value) -> object:
-    """A hashable stand-in for an op's argument: a tensor's shape, dtype and strides; a scalar's
-    repr (so NaN equals NaN); any other object's type."""
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def _summary(value, made: set[int] = frozenset()) -> object:
+    """A hashable stand-in for an op's argument: a tensor's shape, dtype and strides, and, for a
+    tensor the step did not make (`made`: the storages its ops created), its storage's address; a
+    scalar's repr (so NaN equals NaN); any other object's type. A captured step reads and writes
+    the outside tensors it had at capture (weights, the cache, its buffers): a step handed another
+    one (a scratch buffer a launcher replaced) would replay on memory that may be gone."""
     if isinstance(value, torch.Tensor):
-        return ("tensor", tuple(value.shape), str(value.dtype), tuple(value.stride()))
+        outside = () if _storage(value) in made else ("outside", _storage(value))
+        return ("tensor", tuple(value.shape), str(value.dtype), tuple(value.stride())) + outside
     if isinstance(value, (bool, int, float, str, type(None), torch.dtype, torch.device, torch.memory_format)):
         return repr(value)
     if isinstance(value, (tuple, list)):
-        return tuple(_summary(v) for v in value)
+        return tuple(_summary(v, made) for v in value)
     return type(value).__name__
 
 
@@ -55,6 +64,7 @@ class StepRecord:
 
     ops: list[tuple] = field(default_factory=list)
     host_reads: list[str] = field(default_factory=list)
+    made: set[int] = field(default_factory=set)  # storages the step's ops created
 
 
 TESTS = str(Path(__file__).resolve().parent)
@@ -83,16 +93,25 @@ def _reads_host(func, args, kwargs) -> bool:
 
 
 class _StepOps(TorchDispatchMode):
-    def __init__(self, record: StepRecord) -> None:
+    """Records a step's torch ops, except those a Triton launch runs (the interpreter's copies of
+    its arguments; the launch itself is recorded, with its arguments): `launching()` says when."""
+
+    def __init__(self, record: StepRecord, launching: Callable[[], bool]) -> None:
         super().__init__()
-        self.record = record
+        self.record, self.launching = record, launching
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.launching():
+            return func(*args, **kwargs)
         if _reads_host(func, args, kwargs):
             self.record.host_reads.append(f"{func}: {_caller()}")
-        self.record.ops.append((str(func), tuple(_summary(a) for a in tree_flatten((args, kwargs))[0])))
-        return func(*args, **kwargs)
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        self.record.ops.append((str(func), tuple(_summary(a, self.record.made) for a in tree_flatten((args, kwargs))[0])))
+        out = func(*args, **kwargs)
+        known = {_storage(t) for t in inputs}
+        self.record.made.update(_storage(t) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and _storage(t) not in known)
+        return out
 
 
 @lru_cache(maxsize=1)
@@ -128,12 +147,14 @@ def record_decode_steps() -> Iterator[dict[int, list[StepRecord]]]:
     real_getitem = KernelInterface.__getitem__
     real_tolist, real_numpy = torch.Tensor.tolist, torch.Tensor.numpy
 
+    launching = [0]  # Triton launches under way
+
     def body(self) -> None:
         record = StepRecord()
         steps.setdefault(id(self), []).append(record)
         current.append(record)
         try:
-            with _StepOps(record):
+            with _StepOps(record, lambda: launching[0] > 0):
                 real_body(self)
         finally:
             current.pop()
@@ -143,11 +164,16 @@ def record_decode_steps() -> Iterator[dict[int, list[StepRecord]]]:
 
         def recorded(*args, **kwargs):
             if current:
+                made = current[-1].made
                 name = getattr(kernel, "__name__", None) or getattr(getattr(kernel, "fn", None), "__name__", type(kernel).__name__)
                 shown = grid if not callable(grid) else f"grid function {getattr(grid, '__qualname__', grid)}"
-                current[-1].ops.append(("triton " + str(name), _summary(shown), tuple(_summary(a) for a in args),
-                                        tuple(sorted((k, _summary(v)) for k, v in kwargs.items()))))
-            return launch(*args, **kwargs)
+                current[-1].ops.append(("triton " + str(name), _summary(shown), tuple(_summary(a, made) for a in args),
+                                        tuple(sorted((k, _summary(v, made)) for k, v in kwargs.items()))))
+            launching[0] += 1
+            try:
+                return launch(*args, **kwargs)
+            finally:
+                launching[0] -= 1
 
         return recorded
 

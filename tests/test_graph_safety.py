@@ -213,3 +213,24 @@ def test_the_decode_loop_reads_the_device_once_per_block(hf_model, monkeypatch, 
     blocks = -(-(new - 1) // every)
     assert sites and all(count == blocks for count in sites.values()), (blocks, sites)
     assert len(sites) <= 3, sites  # ids, the non-finite note, log-probabilities
+
+
+def test_the_recording_sees_a_buffer_from_outside_the_step_that_changes(hf_model, monkeypatch):
+    """A launch handed, at each step, another buffer made outside the step (here: the split counters
+    of the one-launch decode attention, from a pool made before the call) is caught as steps that
+    differ: a capture would keep the first one's address."""
+    from codellama_fast.kernels import triton_ops
+    from codellama_fast.kernels.attention_decode import new_counters
+    from codellama_fast.kernels.decode_tuning import DecodeLaunches
+
+    hf, folder, _ = hf_model
+    eng = _engine(folder)  # the launch that merges its splits with the counters
+    eng.model.ops.decode_launches = DecodeLaunches(timer=lambda fn: 1.0 if fn.keywords["merge"] == "last" else 2.0)
+    pool = [new_counters(256, torch.device(DEVICE)) for _ in range(64)]
+    monkeypatch.setattr(triton_ops.TritonOps, "_decode_counters", lambda self, n, device: pool.pop())
+    with record_decode_steps() as steps:
+        eng.generate(PROMPTS, max_new_tokens=NEW, stop_at_eos=False)
+    records = next(iter(steps.values()))
+    assert all(not r.host_reads for r in records)
+    found = differences(records[1], records[2])
+    assert found and "outside" in found[0], found
