@@ -216,9 +216,9 @@ class _LoopReads(TorchDispatchMode):
 @contextlib.contextmanager
 def record_decode_loop_reads() -> Iterator[list[list[str]]]:
     """Records the host reads of each graph decode loop that runs in the block: from its decoder's
-    ``start`` (after the prefill) to the next ``start`` or the block's end, one list per loop,
-    each read named by the line that asked for it. The loop should read the device once per
-    block of steps (``check_every``), not per token."""
+    ``start`` (after the prefill) to the next ``start`` or the block's end (so what the call does
+    after its loop counts too), one list per loop, each read named by the line that asked for it.
+    The loop should read the device once per block of steps (``check_every``), not per token."""
     from codellama_fast.engine import cuda_graph
 
     loops: list[list[str]] = []
