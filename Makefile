@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-stamp
 
-.PHONY: demo test build venv bench gpu-prep
+.PHONY: demo test build venv bench gpu-prep triton-compat
 
 $(STAMP): requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -44,3 +44,8 @@ gpu-prep: $(STAMP)
 	cp -r $(SHARED)/tokenizers .gpu/shared/
 	git rev-parse --short=12 HEAD > .gpu/GIT_SHA
 	if [ -n "$$(git status --porcelain --untracked-files=no)" ]; then sed -i 's/$$/-dirty/' .gpu/GIT_SHA; fi
+
+# The kernels against the GPU machine's Triton 3.6, without a GPU: compiled for sm_90, and their
+# tests in its interpreter (installs Triton 3.6 outside .venv; needs PyPI once).
+triton-compat: build
+	PY=$(PY) bash scripts/triton_compat.sh
