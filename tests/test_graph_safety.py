@@ -6,7 +6,7 @@ the engine captures): greedy, sampled and beam-search states; the plain and the 
 samples and beams reading their prompt's slots once; each decode attention launch the tuning can
 pick. The tokens are checked against transformers too, so the steps recorded are steps that
 decode correctly. And between the steps, the decode loop reads the device once per block of
-steps, whatever rules choose the tokens."""
+steps, whatever rules choose the tokens (a beam search once per step)."""
 
 from __future__ import annotations
 
@@ -234,3 +234,30 @@ def test_the_recording_sees_a_buffer_from_outside_the_step_that_changes(hf_model
     assert all(not r.host_reads for r in records)
     found = differences(records[1], records[2])
     assert found and "outside" in found[0], found
+
+
+def test_beam_search_reads_the_device_once_per_step(hf_model):
+    """A beam search on the captured step reads one value per step (whether any beam goes on), and
+    its result once at the end: the reads past one per step do not grow with the steps."""
+    from codellama_fast.engine import cuda_graph
+
+    hf, folder, seed = hf_model
+    eng = _engine(folder)
+    reads, replays = {}, {}
+    real = cuda_graph.GraphDecoder.replay
+    for new in (6, 12):
+        count = [0]
+        cuda_graph.GraphDecoder.replay = lambda self, count=count: count.__setitem__(0, count[0] + 1) or real(self)
+        try:
+            with record_decode_loop_reads() as loops:
+                got = eng.generate(PROMPTS, max_new_tokens=new, stop_at_eos=False, num_beams=3)
+        finally:
+            cuda_graph.GraphDecoder.replay = real
+        assert len(loops) == 1 and all(len(row) == new for row in got.token_ids), seed
+        reads[new], replays[new] = loops[0], count[0]
+    assert replays[6] == 5 and replays[12] == 11  # one replay per step after the prefill's token
+    # each step adds exactly one read, from one line of the beam loop
+    extra = [r for r in reads[12] if reads[12].count(r) > reads[6].count(r)]
+    assert len(reads[12]) - len(reads[6]) == replays[12] - replays[6], (reads[6], reads[12])
+    # (every step but the last, which ends the search without asking)
+    assert len(set(extra)) == 1 and reads[12].count(extra[0]) == replays[12] - 1, set(extra)
