@@ -22,7 +22,7 @@ import contextlib
 import sys
 import traceback
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -106,10 +106,10 @@ class _StepOps(TorchDispatchMode):
             return func(*args, **kwargs)
         if _reads_host(func, args, kwargs):
             self.record.host_reads.append(f"{func}: {_caller()}")
-        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        self.record.ops.append((str(func), tuple(_summary(a, self.record.made) for a in tree_flatten((args, kwargs))[0])))
+        flat = tree_flatten((args, kwargs))[0]
+        self.record.ops.append((str(func), tuple(_summary(a, self.record.made) for a in flat)))
         out = func(*args, **kwargs)
-        known = {_storage(t) for t in inputs}
+        known = {_storage(t) for t in flat if isinstance(t, torch.Tensor)}
         self.record.made.update(_storage(t) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and _storage(t) not in known)
         return out
 
@@ -145,7 +145,6 @@ def record_decode_steps() -> Iterator[dict[int, list[StepRecord]]]:
     current: list[StepRecord] = []
     real_body = cuda_graph.GraphDecoder._body
     real_getitem = KernelInterface.__getitem__
-    real_tolist, real_numpy = torch.Tensor.tolist, torch.Tensor.numpy
 
     launching = [0]  # Triton launches under way
 
@@ -177,27 +176,35 @@ def record_decode_steps() -> Iterator[dict[int, list[StepRecord]]]:
 
         return recorded
 
-    reading = partial(_reading, lambda: current[-1].host_reads if current else None)
     cuda_graph.GraphDecoder._body = body
     KernelInterface.__getitem__ = getitem
-    torch.Tensor.tolist, torch.Tensor.numpy = reading(real_tolist), reading(real_numpy)
     try:
-        yield steps
+        with _data_reads(lambda: current[-1].host_reads if current else None):
+            yield steps
     finally:
         cuda_graph.GraphDecoder._body = real_body
         KernelInterface.__getitem__ = real_getitem
+
+
+@contextlib.contextmanager
+def _data_reads(reads: Callable[[], list | None]) -> Iterator[None]:
+    """While the block runs, `Tensor.tolist`/`numpy` (which read a tensor's data without a
+    dispatched op on the CPU) note each call in the list `reads()` gives, where it gives one."""
+    real_tolist, real_numpy = torch.Tensor.tolist, torch.Tensor.numpy
+
+    def noting(real):
+        def read(self, *args, **kwargs):
+            into = reads()
+            if into is not None and not _in_triton():
+                into.append(f"Tensor.{real.__name__}: {_caller()}")
+            return real(self, *args, **kwargs)
+        return read
+
+    torch.Tensor.tolist, torch.Tensor.numpy = noting(real_tolist), noting(real_numpy)
+    try:
+        yield
+    finally:
         torch.Tensor.tolist, torch.Tensor.numpy = real_tolist, real_numpy
-
-
-def _reading(reads: Callable[[], list | None], real):
-    """`Tensor.tolist`/`numpy` (which read a tensor's data without a dispatched op on the CPU),
-    noting each call in the list `reads()` gives, where it gives one."""
-    def read(self, *args, **kwargs):
-        into = reads()
-        if into is not None and not _in_triton():
-            into.append(f"Tensor.{real.__name__}: {_caller()}")
-        return real(self, *args, **kwargs)
-    return read
 
 
 class _LoopReads(TorchDispatchMode):
@@ -224,7 +231,6 @@ def record_decode_loop_reads() -> Iterator[list[list[str]]]:
     loops: list[list[str]] = []
     active = [False]
     real_start = cuda_graph.GraphDecoder.start
-    real_tolist, real_numpy = torch.Tensor.tolist, torch.Tensor.numpy
 
     def start(self, *args, **kwargs):
         real_start(self, *args, **kwargs)
@@ -235,13 +241,11 @@ def record_decode_loop_reads() -> Iterator[list[list[str]]]:
         return loops[-1] if active[0] else None
 
     cuda_graph.GraphDecoder.start = start
-    torch.Tensor.tolist, torch.Tensor.numpy = _reading(reads, real_tolist), _reading(reads, real_numpy)
     try:
-        with _LoopReads(reads):
+        with _data_reads(reads), _LoopReads(reads):
             yield loops
     finally:
         cuda_graph.GraphDecoder.start = real_start
-        torch.Tensor.tolist, torch.Tensor.numpy = real_tolist, real_numpy
 
 
 def differences(first: StepRecord, other: StepRecord, most: int = 3) -> list[str]:

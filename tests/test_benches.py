@@ -245,3 +245,14 @@ def test_bench_cpu_attention_tiny(tmp_path):
     # the three ways compute the same attention (fp32 rounding; bf16 / fp16 round the outputs, ~3 digits)
     for r in timed:
         assert r["max_abs_diff_from_engine"] <= {"float32": 1e-5, "bfloat16": 2e-2, "float16": 5e-3}[r["dtype"]], r
+
+
+def test_bench_startup_small(tmp_path):
+    """Fresh processes of each side: the whole process, its import, load and generation, and the
+    same tokens from both (the bundled demo model)."""
+    pytest.importorskip("transformers")
+    data = _run("bench_startup.py", "--repeats", "1", "--tokens", "4", tmp=tmp_path)
+    assert data["meta"]["same_tokens"] is True
+    phases = {(r["provider"], r["metric"]) for r in data["rows"]}
+    assert phases == {(p, m) for p in ("codellama-fast", "transformers") for m in ("process_s", "import_s", "load_s", "generate_s")}
+    assert all(r["p50"] > 0 and len(r["samples"]) == 1 for r in data["rows"])

@@ -236,7 +236,7 @@ def test_the_recording_sees_a_buffer_from_outside_the_step_that_changes(hf_model
     assert found and "outside" in found[0], found
 
 
-def test_beam_search_reads_the_device_once_per_step(hf_model):
+def test_beam_search_reads_the_device_once_per_step(hf_model, monkeypatch):
     """A beam search on the captured step reads one value per step (whether any beam goes on), and
     its result once at the end: the reads past one per step do not grow with the steps."""
     from codellama_fast.engine import cuda_graph
@@ -245,14 +245,12 @@ def test_beam_search_reads_the_device_once_per_step(hf_model):
     eng = _engine(folder)
     reads, replays = {}, {}
     real = cuda_graph.GraphDecoder.replay
+    count = [0]
+    monkeypatch.setattr(cuda_graph.GraphDecoder, "replay", lambda self: count.__setitem__(0, count[0] + 1) or real(self))
     for new in (6, 12):
-        count = [0]
-        cuda_graph.GraphDecoder.replay = lambda self, count=count: count.__setitem__(0, count[0] + 1) or real(self)
-        try:
-            with record_decode_loop_reads() as loops:
-                got = eng.generate(PROMPTS, max_new_tokens=new, stop_at_eos=False, num_beams=3)
-        finally:
-            cuda_graph.GraphDecoder.replay = real
+        count[0] = 0
+        with record_decode_loop_reads() as loops:
+            got = eng.generate(PROMPTS, max_new_tokens=new, stop_at_eos=False, num_beams=3)
         assert len(loops) == 1 and all(len(row) == new for row in got.token_ids), seed
         reads[new], replays[new] = loops[0], count[0]
     assert replays[6] == 5 and replays[12] == 11  # one replay per step after the prefill's token

@@ -133,8 +133,7 @@ class LlamaModel(nn.Module):
         self.ops: Ops = TorchOps()
         # computed on the CPU and moved to the device the model is built on (the meta device, as
         # above: arithmetic there would run the decompositions too)
-        here = torch.empty(0).device
-        self.register_buffer("inv_freq", self.rope_inv_freq(cfg, "cpu").to(here), persistent=False)
+        self.register_buffer("inv_freq", self.rope_inv_freq(cfg, "cpu").to(torch.get_default_device()), persistent=False)
 
     @staticmethod
     def rope_inv_freq(cfg: LlamaConfig, device: torch.device | str | None = None) -> torch.Tensor:
